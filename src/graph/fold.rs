@@ -1,0 +1,131 @@
+//! Fold passes: BatchNormalization into the preceding Conv/Linear, Identity removed.
+
+use super::{Graph, GraphError, Op, Tensor};
+use crate::weights::Weights;
+
+/// Runs every fold pass. The result computes the same function (to f32 rounding)
+/// with fewer nodes. Folding needs dense weights; compressed layers are left alone.
+pub fn fold(mut graph: Graph) -> Result<Graph, GraphError> {
+    graph.sort_and_validate()?;
+    remove_identities(&mut graph);
+    fold_batchnorm(&mut graph);
+    graph.sort_and_validate()?;
+    Ok(graph)
+}
+
+/// Rewires the readers of each Identity to its input. An Identity whose output is
+/// a graph output renames its producer's output instead, so output names survive.
+fn remove_identities(graph: &mut Graph) {
+    while let Some(i) = graph
+        .nodes
+        .iter()
+        .position(|n| matches!(n.op, Op::Identity))
+    {
+        let node = graph.nodes.remove(i);
+        let (from, to) = (node.inputs[0].clone(), node.output.clone());
+        let is_output = graph.outputs.contains(&to);
+        let producer = graph.producer(&from);
+        let from_used_elsewhere =
+            graph.used_values().contains(from.as_str()) || graph.outputs.contains(&from);
+        if is_output && producer.is_some() && !from_used_elsewhere {
+            graph.nodes[producer.unwrap()].output = to;
+        } else if is_output {
+            // Keep the name: an Identity between the graph input and output stays.
+            graph.nodes.insert(i, node);
+            return;
+        } else {
+            for n in &mut graph.nodes {
+                for v in &mut n.inputs {
+                    if *v == to {
+                        *v = from.clone();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds `BN(conv(x))` into the conv: w' = w * s, b' = (b - mean) * s + beta with
+/// s = gamma / sqrt(var + eps). Only when the conv's output feeds the BN alone.
+fn fold_batchnorm(graph: &mut Graph) {
+    let mut i = 0;
+    while i < graph.nodes.len() {
+        let Op::BatchNorm {
+            scale,
+            bias,
+            mean,
+            var,
+            epsilon,
+        } = &graph.nodes[i].op
+        else {
+            i += 1;
+            continue;
+        };
+        let input = graph.nodes[i].inputs[0].clone();
+        let Some(p) = graph.producer(&input) else {
+            i += 1;
+            continue;
+        };
+        let readers = graph
+            .nodes
+            .iter()
+            .filter(|n| n.inputs.contains(&input))
+            .count();
+        if readers != 1 || graph.outputs.contains(&input) {
+            i += 1;
+            continue;
+        }
+        let s: Vec<f32> = scale
+            .data
+            .iter()
+            .zip(&var.data)
+            .map(|(g, v)| g / (v + epsilon).sqrt())
+            .collect();
+        let shift: Vec<(f32, f32)> = mean
+            .data
+            .iter()
+            .copied()
+            .zip(bias.data.iter().copied())
+            .collect();
+        let folded = match &mut graph.nodes[p].op {
+            Op::Conv(c) => scale_layer(&mut c.weight, &mut c.bias, &s, &shift),
+            // BN normalises axis 1, which for [N, K] is the fc output axis.
+            Op::Linear(l) => scale_layer(&mut l.weight, &mut l.bias, &s, &shift),
+            _ => false,
+        };
+        if folded {
+            let bn = graph.nodes.remove(i);
+            graph.nodes[p].output = bn.output;
+        } else {
+            i += 1;
+        }
+    }
+}
+
+fn scale_layer(
+    weight: &mut Weights,
+    bias: &mut Option<Tensor>,
+    s: &[f32],
+    shift: &[(f32, f32)],
+) -> bool {
+    // Refutable once compressed encodings exist: only dense weights are rescaled.
+    #[allow(irrefutable_let_patterns)]
+    let Weights::Dense(w) = weight
+    else {
+        return false;
+    };
+    let rows = w.shape[0];
+    if rows != s.len() {
+        return false;
+    }
+    let per_row = w.len() / rows;
+    for (r, chunk) in w.data.chunks_mut(per_row).enumerate() {
+        chunk.iter_mut().for_each(|v| *v *= s[r]);
+    }
+    let b = bias.get_or_insert_with(|| Tensor::zeros(vec![rows]));
+    for r in 0..rows {
+        let (mean, beta) = shift[r];
+        b.data[r] = (b.data[r] - mean) * s[r] + beta;
+    }
+    true
+}

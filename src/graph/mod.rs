@@ -1,0 +1,215 @@
+//! The intermediate representation every stage reads and writes.
+//!
+//! A `Graph` has one NCHW (or `[N, K]`) input whose first axis is the batch, a list
+//! of nodes in topological order, and named outputs. Values are named by strings, as
+//! in ONNX. Constants live inside the ops (see `op.rs`).
+
+mod builder;
+mod fold;
+mod op;
+mod shape;
+mod tensor;
+
+pub use builder::GraphBuilder;
+pub use fold::fold;
+pub use op::{BinaryKind, Conv2d, Linear, Op, Pool2d};
+pub use shape::Shapes;
+pub use tensor::{Rng, Tensor};
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Errors in a graph's structure or shapes.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    /// A node reads a value that nothing produces.
+    #[error("node '{node}' reads '{value}', which no node or graph input produces")]
+    DanglingInput {
+        /// The reading node.
+        node: String,
+        /// The missing value.
+        value: String,
+    },
+    /// Two producers for one value.
+    #[error("value '{0}' is produced more than once")]
+    DuplicateValue(String),
+    /// The nodes cannot be ordered.
+    #[error("the graph has a cycle through node '{0}'")]
+    Cycle(String),
+    /// A graph output is never produced.
+    #[error("graph output '{0}' is not produced by any node")]
+    MissingOutput(String),
+    /// A shape rule failed.
+    #[error("node '{node}' ({op}): {reason}")]
+    Shape {
+        /// The node at fault.
+        node: String,
+        /// Its op kind.
+        op: &'static str,
+        /// What disagreed.
+        reason: String,
+    },
+    /// A constant holds NaN or infinity.
+    #[error("node '{node}': {what} holds a non-finite value")]
+    NonFinite {
+        /// The node at fault.
+        node: String,
+        /// Which constant.
+        what: String,
+    },
+}
+
+/// One operation applied to named values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Unique name (the ONNX node name, or one made up at import).
+    pub name: String,
+    /// The operation and its parameters.
+    pub op: Op,
+    /// Names of the dynamic input values.
+    pub inputs: Vec<String>,
+    /// Name of the value it produces.
+    pub output: String,
+}
+
+/// The model's input: axis 0 is the batch, the rest is fixed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GraphInput {
+    /// Value name.
+    pub name: String,
+    /// Shape without the batch axis (e.g. `[3, 224, 224]` or `[784]`).
+    pub item_shape: Vec<usize>,
+    /// The batch size fixed in the source file, if it fixed one (informational:
+    /// cnnpack runs any batch size).
+    pub declared_batch: Option<usize>,
+}
+
+/// A CNN as a list of nodes in topological order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Graph {
+    /// The single graph input.
+    pub input: GraphInput,
+    /// Nodes, each after the producers of its inputs.
+    pub nodes: Vec<Node>,
+    /// Names of the output values, in order.
+    pub outputs: Vec<String>,
+    /// Free-form metadata (ONNX `metadata_props`: preprocessing, labels, ...).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Graph {
+    /// Puts the nodes in topological order and checks the structure: unique
+    /// producers, no dangling inputs, no cycles, every output produced.
+    pub fn sort_and_validate(&mut self) -> Result<(), GraphError> {
+        let mut producer: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.output == self.input.name || producer.insert(&n.output, i).is_some() {
+                return Err(GraphError::DuplicateValue(n.output.clone()));
+            }
+        }
+        for n in &self.nodes {
+            for v in &n.inputs {
+                if *v != self.input.name && !producer.contains_key(v.as_str()) {
+                    return Err(GraphError::DanglingInput {
+                        node: n.name.clone(),
+                        value: v.clone(),
+                    });
+                }
+            }
+        }
+        for o in &self.outputs {
+            if *o != self.input.name && !producer.contains_key(o.as_str()) {
+                return Err(GraphError::MissingOutput(o.clone()));
+            }
+        }
+        // Kahn's algorithm, stable with respect to the current order.
+        let n = self.nodes.len();
+        let mut indegree = vec![0usize; n];
+        let mut users: Vec<Vec<usize>> = vec![vec![]; n];
+        for (i, node) in self.nodes.iter().enumerate() {
+            for v in &node.inputs {
+                if let Some(&p) = producer.get(v.as_str()) {
+                    indegree[i] += 1;
+                    users[p].push(i);
+                }
+            }
+        }
+        let mut ready: std::collections::BTreeSet<usize> =
+            (0..n).filter(|&i| indegree[i] == 0).collect();
+        let mut order = Vec::with_capacity(n);
+        while let Some(i) = ready.pop_first() {
+            order.push(i);
+            for &u in &users[i] {
+                indegree[u] -= 1;
+                if indegree[u] == 0 {
+                    ready.insert(u);
+                }
+            }
+        }
+        if order.len() != n {
+            let stuck = (0..n).find(|&i| indegree[i] > 0).unwrap_or(0);
+            return Err(GraphError::Cycle(self.nodes[stuck].name.clone()));
+        }
+        let mut slots: Vec<Option<Node>> = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.nodes = order
+            .into_iter()
+            .map(|i| slots[i].take().expect("each index once"))
+            .collect();
+        Ok(())
+    }
+
+    /// Full validation before any kernel runs: structure, shapes at batch 1,
+    /// and finite constants.
+    pub fn validate(&self) -> Result<(), GraphError> {
+        let mut g = self.clone();
+        g.sort_and_validate()?;
+        for node in &self.nodes {
+            if let Some(w) = node.op.weights() {
+                if !w.to_dense().data.iter().all(|v| v.is_finite()) {
+                    return Err(GraphError::NonFinite {
+                        node: node.name.clone(),
+                        what: "weight".into(),
+                    });
+                }
+            }
+            for (role, t) in node.op.constants() {
+                if !t.data.iter().all(|v| v.is_finite()) {
+                    return Err(GraphError::NonFinite {
+                        node: node.name.clone(),
+                        what: role.into(),
+                    });
+                }
+            }
+        }
+        g.infer_shapes(1)?;
+        Ok(())
+    }
+
+    /// Index of the node that produces `value`.
+    pub fn producer(&self, value: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.output == value)
+    }
+
+    /// Names of values read by some node or listed as outputs.
+    pub fn used_values(&self) -> HashSet<&str> {
+        let mut used: HashSet<&str> = self.outputs.iter().map(|s| s.as_str()).collect();
+        for n in &self.nodes {
+            used.extend(n.inputs.iter().map(|s| s.as_str()));
+        }
+        used
+    }
+
+    /// Number of weight parameters (conv and fc weights and biases, BN constants).
+    pub fn parameters(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.op.weights().map_or(0, |w| w.parameters())
+                    + n.op.constants().iter().map(|(_, t)| t.len()).sum::<usize>()
+            })
+            .sum()
+    }
+}

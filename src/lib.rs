@@ -1,0 +1,5 @@
+//! cnnpack: a GPU compute engine for compressed CNNs.
+#![warn(missing_docs)]
+
+pub mod graph;
+pub mod weights;
