@@ -11,7 +11,49 @@ use crate::graph::Tensor;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
+/// Borrowed view of one flat array of an encoding, as stored in `.cnnpack`.
+#[derive(Debug)]
+pub enum PartRef<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// u32 words (bit planes, packed codes).
+    U32(&'a [u32]),
+    /// u16 values (sparse indices).
+    U16(&'a [u16]),
+}
+
+/// Mutable slot for one flat array of an encoding, filled by the `.cnnpack` loader.
+#[derive(Debug)]
+pub enum PartMut<'a> {
+    /// f32 values.
+    F32(&'a mut Vec<f32>),
+    /// u32 words.
+    U32(&'a mut Vec<u32>),
+    /// u16 values.
+    U16(&'a mut Vec<u16>),
+}
+
+/// An encoding whose arrays disagree with its declared shape.
+#[derive(Debug, thiserror::Error)]
+#[error("{encoding} weights of shape {shape:?}: part '{part}' has {found} elements, expected {expected}")]
+pub struct EncodingError {
+    /// Encoding name.
+    pub encoding: &'static str,
+    /// Logical weight shape.
+    pub shape: Vec<usize>,
+    /// The part at fault.
+    pub part: &'static str,
+    /// Elements found.
+    pub found: usize,
+    /// Elements expected.
+    pub expected: usize,
+}
+
 /// How a layer's weights are stored.
+///
+/// The serde form holds each encoding's shape and settings; the flat arrays
+/// (`parts`) are stored beside it and filled in through `parts_mut`, after which
+/// `check` verifies their sizes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Weights {
     /// Plain f32, row-major.
@@ -60,6 +102,39 @@ impl Weights {
     /// Logical parameter count.
     pub fn parameters(&self) -> usize {
         self.shape().iter().product()
+    }
+
+    /// The flat arrays holding the data, with role names (unique per encoding).
+    pub fn parts(&self) -> Vec<(&'static str, PartRef<'_>)> {
+        match self {
+            Weights::Dense(t) => vec![("weight", PartRef::F32(&t.data))],
+        }
+    }
+
+    /// Mutable slots for the same arrays as `parts`, in the same order.
+    pub fn parts_mut(&mut self) -> Vec<(&'static str, PartMut<'_>)> {
+        match self {
+            Weights::Dense(t) => vec![("weight", PartMut::F32(&mut t.data))],
+        }
+    }
+
+    /// Verifies that every part has the size the shape and settings imply.
+    pub fn check(&self) -> Result<(), EncodingError> {
+        match self {
+            Weights::Dense(t) => {
+                let expected = t.shape.iter().product();
+                if t.data.len() != expected {
+                    return Err(EncodingError {
+                        encoding: "dense",
+                        shape: t.shape.clone(),
+                        part: "weight",
+                        found: t.data.len(),
+                        expected,
+                    });
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Parameters that are not zero.
