@@ -4,3 +4,4 @@
 pub mod backend;
 pub mod graph;
 pub mod weights;
+pub mod bench;
