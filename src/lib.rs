@@ -1,5 +1,8 @@
 //! cnnpack: a GPU compute engine for compressed CNNs.
 #![warn(missing_docs)]
 
+pub mod data;
+pub mod format;
 pub mod graph;
 pub mod weights;
+pub mod zoo;
