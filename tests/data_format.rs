@@ -16,7 +16,10 @@ fn data_dir(test: &str) -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        println!("skipped: {test}: test data folder {} not found", dir.display());
+        println!(
+            "skipped: {test}: test data folder {} not found",
+            dir.display()
+        );
         None
     }
 }
@@ -153,10 +156,18 @@ fn assert_bit_identical(a: &Graph, b: &Graph) {
     for (x, y) in a.nodes.iter().zip(&b.nodes) {
         if let (Some(wx), Some(wy)) = (x.op.weights(), y.op.weights()) {
             let (dx, dy) = (wx.to_dense(), wy.to_dense());
-            assert!(dx.data.iter().zip(&dy.data).all(|(p, q)| p.to_bits() == q.to_bits()));
+            assert!(dx
+                .data
+                .iter()
+                .zip(&dy.data)
+                .all(|(p, q)| p.to_bits() == q.to_bits()));
         }
         for ((_, tx), (_, ty)) in x.op.constants().iter().zip(y.op.constants()) {
-            assert!(tx.data.iter().zip(&ty.data).all(|(p, q)| p.to_bits() == q.to_bits()));
+            assert!(tx
+                .data
+                .iter()
+                .zip(&ty.data)
+                .all(|(p, q)| p.to_bits() == q.to_bits()));
         }
     }
 }
@@ -211,7 +222,10 @@ fn cnnpack_interrupted_save_keeps_old_file() {
     });
     assert!(matches!(r, Err(FormatError::Io { .. })), "{r:?}");
     assert_eq!(pack::load(&path).expect("old file intact"), old);
-    assert!(!seen_tmp.expect("hook ran").exists(), "failed save removes its temp file");
+    assert!(
+        !seen_tmp.expect("hook ran").exists(),
+        "failed save removes its temp file"
+    );
 
     // A killed process leaves a half-written temp file: it does not disturb loading,
     // and the next save still succeeds.
@@ -248,14 +262,20 @@ fn cnnpack_malformed_files_are_errors() {
 
     // Truncated anywhere.
     for cut in (0..bytes.len()).step_by(7).chain([bytes.len() - 1]) {
-        assert!(pack::from_bytes(&bytes[..cut]).is_err(), "truncated at {cut}");
+        assert!(
+            pack::from_bytes(&bytes[..cut]).is_err(),
+            "truncated at {cut}"
+        );
     }
     // A flipped data byte is caught by the checksum.
     for pos in (header_len..bytes.len()).step_by(13) {
         let mut b = bytes.clone();
         b[pos] ^= 0x01;
         let r = pack::from_bytes(&b);
-        assert!(matches!(r, Err(FormatError::Checksum { .. })), "flip at {pos}: {r:?}");
+        assert!(
+            matches!(r, Err(FormatError::Checksum { .. })),
+            "flip at {pos}: {r:?}"
+        );
     }
     // A flipped header byte is an error of some kind, never a panic.
     for pos in (0..header_len).step_by(3) {
@@ -265,14 +285,20 @@ fn cnnpack_malformed_files_are_errors() {
     }
     // Wrong dtype (same byte size, valid checksum).
     let b = reassemble(&bytes, |_, ts| {
-        let t = ts.iter_mut().find(|t| t.name.ends_with(".weight")).expect("weight");
+        let t = ts
+            .iter_mut()
+            .find(|t| t.name.ends_with(".weight"))
+            .expect("weight");
         t.dtype = safetensors::Dtype::I32;
     });
     let r = pack::from_bytes(&b);
     assert!(matches!(r, Err(FormatError::Dtype { .. })), "{r:?}");
     // Wrong length of a weight part.
     let b = reassemble(&bytes, |_, ts| {
-        let t = ts.iter_mut().find(|t| t.name.ends_with(".weight")).expect("weight");
+        let t = ts
+            .iter_mut()
+            .find(|t| t.name.ends_with(".weight"))
+            .expect("weight");
         let n = t.data.len() - 4;
         t.data = t.data[..n].to_vec().into();
         t.shape = vec![n / 4];
@@ -281,7 +307,10 @@ fn cnnpack_malformed_files_are_errors() {
     assert!(matches!(r, Err(FormatError::Encoding { .. })), "{r:?}");
     // Wrong length of a constant.
     let b = reassemble(&bytes, |_, ts| {
-        let t = ts.iter_mut().find(|t| t.name.ends_with(".var")).expect("var");
+        let t = ts
+            .iter_mut()
+            .find(|t| t.name.ends_with(".var"))
+            .expect("var");
         t.data = t.data[..4].to_vec().into();
         t.shape = vec![1];
     });
@@ -291,18 +320,31 @@ fn cnnpack_malformed_files_are_errors() {
     let b = reassemble(&bytes, |_, ts| {
         ts.retain(|t| !t.name.ends_with(".bias"));
     });
-    assert!(matches!(pack::from_bytes(&b), Err(FormatError::MissingTensor(_))));
+    assert!(matches!(
+        pack::from_bytes(&b),
+        Err(FormatError::MissingTensor(_))
+    ));
     let b = reassemble(&bytes, |_, ts| {
         let mut extra = ts[0].clone();
         extra.name = "ghost.weight".into();
         ts.push(extra);
     });
-    assert!(matches!(pack::from_bytes(&b), Err(FormatError::UnexpectedTensor(_))));
+    assert!(matches!(
+        pack::from_bytes(&b),
+        Err(FormatError::UnexpectedTensor(_))
+    ));
     // Bad JSON, and absurd shapes in valid JSON.
     let b = reassemble(&bytes, |json, _| *json = "{not json".into());
-    assert!(matches!(pack::from_bytes(&b), Err(FormatError::GraphJson(_))));
+    assert!(matches!(
+        pack::from_bytes(&b),
+        Err(FormatError::GraphJson(_))
+    ));
     let b = reassemble(&bytes, |json, _| {
-        *json = json.replacen("\"shape\":[4,3,3,3]", "\"shape\":[1099511627776,1099511627776,1,1]", 1);
+        *json = json.replacen(
+            "\"shape\":[4,3,3,3]",
+            "\"shape\":[1099511627776,1099511627776,1,1]",
+            1,
+        );
     });
     let r = pack::from_bytes(&b);
     assert!(matches!(r, Err(FormatError::Oversized { .. })), "{r:?}");
@@ -314,12 +356,19 @@ fn cnnpack_malformed_files_are_errors() {
     assert!(matches!(r, Err(FormatError::Graph(_))), "{r:?}");
     // Plain safetensors without the cnnpack metadata, and a wrong version.
     let plain = safetensors::serialize(Vec::<(String, &RawTensor<'_>)>::new(), None).expect("st");
-    assert!(matches!(pack::from_bytes(&plain), Err(FormatError::Metadata { key: "format", .. })));
+    assert!(matches!(
+        pack::from_bytes(&plain),
+        Err(FormatError::Metadata { key: "format", .. })
+    ));
     let (meta, tensors) = pack::disassemble(&bytes).expect("valid");
     let mut m: std::collections::HashMap<String, String> = meta.clone();
     m.insert("version".into(), "2".into());
-    let v2 = safetensors::serialize(tensors.iter().map(|t| (t.name.clone(), t)), Some(m)).expect("st");
-    assert!(matches!(pack::from_bytes(&v2), Err(FormatError::Metadata { key: "version", .. })));
+    let v2 =
+        safetensors::serialize(tensors.iter().map(|t| (t.name.clone(), t)), Some(m)).expect("st");
+    assert!(matches!(
+        pack::from_bytes(&v2),
+        Err(FormatError::Metadata { key: "version", .. })
+    ));
     // Unknown extensions and the ONNX placeholder.
     assert!(cnnpack::format::load_model(Path::new("model.bin")).is_err());
 }
@@ -386,11 +435,20 @@ fn npy_malformed() {
         }
     }
     let h = "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }\n";
-    assert!(matches!(read(&npy_bytes(h, 1, 24)), Err(NpyError::FortranOrder { .. })));
+    assert!(matches!(
+        read(&npy_bytes(h, 1, 24)),
+        Err(NpyError::FortranOrder { .. })
+    ));
     let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 1099511627776), }\n";
-    assert!(matches!(read(&npy_bytes(h, 1, 8)), Err(NpyError::TooLarge { .. })));
+    assert!(matches!(
+        read(&npy_bytes(h, 1, 8)),
+        Err(NpyError::TooLarge { .. })
+    ));
     let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999,), }\n";
-    assert!(matches!(read(&npy_bytes(h, 1, 8)), Err(NpyError::Header { .. })));
+    assert!(matches!(
+        read(&npy_bytes(h, 1, 8)),
+        Err(NpyError::Header { .. })
+    ));
     for garbage in [
         "not a dict\n",
         "{'descr': '<f4'\n",
@@ -401,9 +459,18 @@ fn npy_malformed() {
         "{'descr: '<f4', 'fortran_order': False, 'shape': (1,)}\n",
         "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'extra': 1}\n",
     ] {
-        assert!(matches!(read(&npy_bytes(garbage, 1, 4)), Err(NpyError::Header { .. })), "{garbage}");
+        assert!(
+            matches!(
+                read(&npy_bytes(garbage, 1, 4)),
+                Err(NpyError::Header { .. })
+            ),
+            "{garbage}"
+        );
     }
-    assert!(read(b"\x93NUMPY\x09\x00\x10\x00").is_err(), "unknown version");
+    assert!(
+        read(b"\x93NUMPY\x09\x00\x10\x00").is_err(),
+        "unknown version"
+    );
     assert!(read(b"PK\x03\x04 not npy at all").is_err(), "bad magic");
     // A header length pointing past the end of the file.
     let mut b = npy_bytes("{}", 1, 0);
@@ -442,7 +509,10 @@ fn npy_golden_files_and_mnist() {
         return;
     };
     for (rel, shape) in [
-        ("imagenet/squeezenet1.0/golden/input.npy", vec![4, 3, 227, 227]),
+        (
+            "imagenet/squeezenet1.0/golden/input.npy",
+            vec![4, 3, 227, 227],
+        ),
         ("imagenet/squeezenet1.0/golden/output.npy", vec![4, 1000]),
         ("lenet/golden/input.npy", vec![16, 1, 28, 28]),
         ("lenet/golden/output.npy", vec![16, 10]),
@@ -481,7 +551,10 @@ fn npy_golden_files_and_mnist() {
     assert_eq!(ds.len(), 10_000);
     let (batch, lab) = ds.batch(0, 16).expect("batch");
     let golden = read_npy(&data.join("lenet/golden/input.npy")).expect("golden");
-    assert_eq!(batch, golden, "MNIST batch equals the golden LeNet input exactly");
+    assert_eq!(
+        batch, golden,
+        "MNIST batch equals the golden LeNet input exactly"
+    );
     assert_eq!(lab[..3], [7, 2, 1]);
     // The last partial batch is clipped; past the end is an error.
     let (tail, tl) = ds.batch(9_990, 64).expect("tail");
@@ -520,7 +593,10 @@ fn idx_malformed() {
     std::fs::write(&p, &wrong_type).expect("write");
     assert!(read_idx_images(&p).is_err());
     std::fs::write(&p, &good).expect("write");
-    assert!(read_idx_labels(&p).is_err(), "an image file is not a label file");
+    assert!(
+        read_idx_labels(&p).is_err(),
+        "an image file is not a label file"
+    );
     std::fs::write(&p, [0x1f, 0x8b, 0x08, 0, 1, 2, 3]).expect("write");
     assert!(read_idx_images(&p).is_err(), "broken gzip");
     let _ = std::fs::remove_dir_all(&dir);
@@ -529,14 +605,24 @@ fn idx_malformed() {
 // ---------------------------------------------------------------- preprocessing
 
 fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
 fn preprocess_metadata_and_channels() {
     let p = Preprocess::from_metadata(&BTreeMap::new(), &[3, 2, 2]).expect("defaults");
     assert_eq!(
-        (p.color_order, p.scale, p.mean.clone(), p.std.clone(), p.resize, p.crop),
+        (
+            p.color_order,
+            p.scale,
+            p.mean.clone(),
+            p.std.clone(),
+            p.resize,
+            p.crop
+        ),
         (ColorOrder::Rgb, 1.0, vec![0.0], vec![1.0], None, None)
     );
     let p = Preprocess::from_metadata(&BTreeMap::new(), &[1, 4, 4]).expect("gray default");
@@ -544,7 +630,9 @@ fn preprocess_metadata_and_channels() {
     assert!(Preprocess::from_metadata(&meta(&[("preprocess.mean", "1,2")]), &[3, 2, 2]).is_err());
     assert!(Preprocess::from_metadata(&meta(&[("preprocess.std", "1,0,1")]), &[3, 2, 2]).is_err());
     assert!(Preprocess::from_metadata(&meta(&[("preprocess.resize", "x")]), &[3, 2, 2]).is_err());
-    assert!(Preprocess::from_metadata(&meta(&[("preprocess.color_order", "RGB")]), &[1, 2, 2]).is_err());
+    assert!(
+        Preprocess::from_metadata(&meta(&[("preprocess.color_order", "RGB")]), &[1, 2, 2]).is_err()
+    );
     assert!(Preprocess::from_metadata(&BTreeMap::new(), &[3, 2]).is_err());
 
     // A 2x2 image with known pixels: exact channel order, scale, mean and std.
@@ -568,7 +656,7 @@ fn preprocess_metadata_and_channels() {
     assert_eq!(out, want);
     // No resize/crop: the wrong size is an error, not a silent resample.
     let p = Preprocess::from_metadata(&BTreeMap::new(), &[3, 3, 3]).expect("p");
-    assert!(p.apply(&img, &mut vec![0.0; 27]).is_err());
+    assert!(p.apply(&img, &mut [0.0; 27]).is_err());
     // Gray: ITU-R 601 luma.
     let p = Preprocess::from_metadata(&BTreeMap::new(), &[1, 2, 2]).expect("gray");
     let mut out = vec![0.0; 4];
@@ -608,26 +696,42 @@ fn preprocess_real_images() {
     let plane = 227 * 227;
     for (c, mean) in [104.0f32, 117.0, 123.0].iter().enumerate() {
         let ch = &out[c * plane..(c + 1) * plane];
-        let (lo, hi) = ch.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let (lo, hi) = ch
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
         assert!(lo >= -mean && hi <= 255.0 - mean, "channel {c}: {lo}..{hi}");
         assert!(hi - lo > 100.0, "channel {c} has contrast");
-        assert!(ch.iter().all(|v| v.fract() == 0.0), "integer pixels minus integer means");
+        assert!(
+            ch.iter().all(|v| v.fract() == 0.0),
+            "integer pixels minus integer means"
+        );
     }
 
-    // Against the golden input (Pillow BILINEAR + libjpeg): rows 0 and 1.
+    // Against the golden input (Pillow BILINEAR + libjpeg), all four rows. Decoders and
+    // resize filters differ slightly: measured max |diff| 1-2 (pixel levels), mean ~0.2.
     let golden = read_npy(&data.join("imagenet/squeezenet1.0/golden/input.npy")).expect("golden");
     let item = 3 * plane;
-    for (row, file) in [(0, "n01440764_tench.JPEG"), (1, "n01484850_great_white_shark.JPEG")] {
-        let img = cnnpack::data::load_image(&data.join("imagenet/samples").join(file)).expect("img");
+    for (row, file) in [
+        (0, "n01440764_tench.JPEG"),
+        (1, "n01484850_great_white_shark.JPEG"),
+        (2, "n03042490_cliff_dwelling.JPEG"),
+        (3, "n13133613_ear.JPEG"),
+    ] {
+        let img =
+            cnnpack::data::load_image(&data.join("imagenet/samples").join(file)).expect("img");
         p.apply(&img, &mut out).expect("apply");
         let g = &golden.data[row * item..(row + 1) * item];
         let diffs: Vec<f32> = out.iter().zip(g).map(|(a, b)| (a - b).abs()).collect();
         let max = diffs.iter().cloned().fold(0.0, f32::max);
         let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
         let within2 = diffs.iter().filter(|d| **d <= 2.0).count() as f32 / diffs.len() as f32;
-        println!("golden row {row} ({file}): max |diff| {max}, mean |diff| {mean:.3}, within 2: {:.1}%", within2 * 100.0);
-        assert!(mean < 2.0, "row {row}: mean |diff| {mean}");
-        assert!(within2 > 0.9, "row {row}: only {within2} within 2");
+        println!(
+            "golden row {row} ({file}): max |diff| {max}, mean |diff| {mean:.3}, within 2: {:.1}%",
+            within2 * 100.0
+        );
+        assert!(max <= 4.0, "row {row}: max |diff| {max}");
+        assert!(mean < 0.5, "row {row}: mean |diff| {mean}");
+        assert!(within2 > 0.99, "row {row}: only {within2} within 2");
     }
 }
 
@@ -639,7 +743,8 @@ fn datasets_from_folders() {
         std::fs::create_dir_all(dir.join(class)).expect("mkdir");
         for i in 0..3u8 {
             let img = image::RgbImage::from_pixel(6, 4, image::Rgb([shade, shade + i, 0]));
-            img.save(dir.join(class).join(format!("{i}.png"))).expect("png");
+            img.save(dir.join(class).join(format!("{i}.png")))
+                .expect("png");
         }
     }
     std::fs::write(dir.join("ant").join("notes.txt"), "not an image").expect("txt");
