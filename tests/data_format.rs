@@ -597,6 +597,23 @@ fn idx_malformed() {
         read_idx_labels(&p).is_err(),
         "an image file is not a label file"
     );
+    // Gzip: a valid file, one truncated in the data, and one whose header claims 4 GiB.
+    let gz = |bytes: &[u8]| {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).expect("gzip");
+        e.finish().expect("gzip")
+    };
+    let pg = dir.join("x-images-idx3-ubyte.gz");
+    std::fs::write(&pg, gz(&good)).expect("write");
+    assert_eq!(
+        read_idx_images(&pg).expect("gz idx").0,
+        (0..12u8).collect::<Vec<_>>()
+    );
+    std::fs::write(&pg, gz(&good[..good.len() - 1])).expect("write");
+    assert!(read_idx_images(&pg).is_err(), "short gz data");
+    std::fs::write(&pg, gz(&huge)).expect("write");
+    assert!(read_idx_images(&pg).is_err(), "huge gz dims");
     std::fs::write(&p, [0x1f, 0x8b, 0x08, 0, 1, 2, 3]).expect("write");
     assert!(read_idx_images(&p).is_err(), "broken gzip");
     let _ = std::fs::remove_dir_all(&dir);

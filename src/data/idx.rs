@@ -10,116 +10,109 @@ use std::path::Path;
 /// Largest (decompressed) IDX file read (bytes).
 pub const MAX_IDX_BYTES: u64 = 1 << 31;
 
-/// Reads the bytes of a file, decompressing gzip (detected by its magic), at most
-/// `MAX_IDX_BYTES` after decompression.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
+/// Reads an unsigned-byte IDX file with `ndims` dimensions (gzip detected by its
+/// magic); returns the dims and the data. The dims are checked before the data is
+/// allocated: against the file length for raw files, against `MAX_IDX_BYTES` for
+/// gzip (whose decompressed size is only known by decompressing), and the data read
+/// must then have exactly the length they imply.
+fn read_idx(path: &Path, ndims: u8) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let p = path.display().to_string();
     let io = |source| DataError::Io {
         path: p.clone(),
         source,
     };
+    let err = |reason: String| DataError::Idx {
+        path: p.clone(),
+        reason,
+    };
     let mut f = std::fs::File::open(path).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
+    let file_len = f.metadata().map_err(io)?.len();
     let mut magic = [0u8; 2];
     let n = f.read(&mut magic).map_err(io)?;
     let gz = n == 2 && magic == [0x1f, 0x8b];
-    let f = std::fs::File::open(path).map_err(io)?;
-    let mut out = Vec::new();
-    if gz {
-        // Read one byte past the limit to tell "exactly at the limit" from "over it".
-        flate2::read::MultiGzDecoder::new(f)
-            .take(MAX_IDX_BYTES + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Idx {
-                path: p.clone(),
-                reason: format!("gzip: {e}"),
-            })?;
+    let f = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let mut r: Box<dyn Read> = if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(f))
     } else {
-        if len > MAX_IDX_BYTES {
-            return Err(DataError::Idx {
-                path: p,
-                reason: format!("{len} bytes, more than the limit of {MAX_IDX_BYTES}"),
-            });
-        }
-        f.take(MAX_IDX_BYTES + 1)
-            .read_to_end(&mut out)
-            .map_err(io)?;
-    }
-    if out.len() as u64 > MAX_IDX_BYTES {
-        return Err(DataError::Idx {
-            path: p,
-            reason: format!("more than {MAX_IDX_BYTES} bytes after decompression"),
-        });
-    }
-    Ok(out)
-}
-
-/// Parses an unsigned-byte IDX file with `ndims` dimensions; returns the dims and the data.
-fn parse(path: &Path, bytes: Vec<u8>, ndims: u8) -> Result<(Vec<usize>, Vec<u8>), DataError> {
-    let err = |reason: String| DataError::Idx {
-        path: path.display().to_string(),
-        reason,
+        Box::new(f)
     };
-    if bytes.len() < 4 {
-        return Err(err(format!(
-            "{} bytes, too short for the magic",
-            bytes.len()
-        )));
+    let header_len = 4 + 4 * ndims as usize;
+    let mut header = vec![0u8; header_len];
+    let mut got = 0;
+    while got < header_len {
+        match r.read(&mut header[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(err(format!("reading the header: {e}"))),
+        }
     }
-    if bytes[0] != 0 || bytes[1] != 0 {
+    if got < 4 {
+        return Err(err(format!("{got} bytes, too short for the magic")));
+    }
+    if header[0] != 0 || header[1] != 0 {
         return Err(err(format!(
             "bad magic {:02x}{:02x}{:02x}{:02x} (not an IDX file)",
-            bytes[0], bytes[1], bytes[2], bytes[3]
+            header[0], header[1], header[2], header[3]
         )));
     }
-    if bytes[2] != 0x08 {
+    if header[2] != 0x08 {
         return Err(err(format!(
             "element type 0x{:02x}, only 0x08 (unsigned byte) is supported",
-            bytes[2]
+            header[2]
         )));
     }
-    if bytes[3] != ndims {
-        return Err(err(format!("{} dimensions, expected {ndims}", bytes[3])));
+    if header[3] != ndims {
+        return Err(err(format!("{} dimensions, expected {ndims}", header[3])));
     }
-    let header = 4 + 4 * ndims as usize;
-    if bytes.len() < header {
-        return Err(err(format!(
-            "{} bytes, too short for the header",
-            bytes.len()
-        )));
+    if got < header_len {
+        return Err(err(format!("{got} bytes, too short for the header")));
     }
     let dims: Vec<usize> = (0..ndims as usize)
         .map(|i| {
             let o = 4 + 4 * i;
-            u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) as usize
+            u32::from_be_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]]) as usize
         })
         .collect();
     let expected = dims
         .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| err(format!("dimensions {dims:?} overflow")))?;
-    let found = bytes.len() - header;
-    if found != expected {
+        .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+        .filter(|&n| n <= MAX_IDX_BYTES)
+        .ok_or_else(|| err(format!("dimensions {dims:?} exceed {MAX_IDX_BYTES} bytes")))?;
+    if !gz && file_len - header_len as u64 != expected {
         return Err(err(format!(
-            "dimensions {dims:?} need {expected} data bytes, the file has {found}"
+            "dimensions {dims:?} need {expected} data bytes, the file has {}",
+            file_len - header_len as u64
         )));
     }
-    let mut bytes = bytes;
-    bytes.drain(..header);
-    Ok((dims, bytes))
+    // Read one byte more than expected to detect trailing data.
+    let mut data = Vec::with_capacity(expected as usize);
+    r.take(expected + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| err(format!("reading the data: {e}")))?;
+    if data.len() as u64 != expected {
+        return Err(err(format!(
+            "dimensions {dims:?} need {expected} data bytes, the file has {}{}",
+            data.len(),
+            if data.len() as u64 > expected {
+                " or more"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok((dims, data))
 }
 
 /// Reads an IDX image file (`.gz` or raw): `(pixels, n, rows, cols)`, pixels row-major
 /// `[n, rows, cols]`, 0-255.
 pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
-    let bytes = read_maybe_gz(path)?;
-    let (dims, data) = parse(path, bytes, 3)?;
+    let (dims, data) = read_idx(path, 3)?;
     Ok((data, dims[0], dims[1], dims[2]))
 }
 
 /// Reads an IDX label file (`.gz` or raw): one byte per item.
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
-    let bytes = read_maybe_gz(path)?;
-    let (_, data) = parse(path, bytes, 1)?;
+    let (_, data) = read_idx(path, 1)?;
     Ok(data)
 }
