@@ -2,6 +2,9 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bench;
+pub mod data;
+pub mod format;
 pub mod graph;
 pub mod weights;
-pub mod bench;
+pub mod zoo;
