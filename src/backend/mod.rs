@@ -1,0 +1,4 @@
+//! Executors of a planned graph.
+
+// pub mod cpu;
+pub mod gpu;
