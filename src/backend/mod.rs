@@ -1,4 +1,4 @@
-//! Executors of a planned graph.
+//! Backends that execute a `Graph`: the CPU (reference and fast kernels) and the GPU (wgpu).
 
-// pub mod cpu;
+pub mod cpu;
 pub mod gpu;
