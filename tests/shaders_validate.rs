@@ -7,14 +7,23 @@ use std::path::{Path, PathBuf};
 /// Parses and validates one WGSL source; the error text names the file and lines.
 fn check(path: &Path, source: &str) -> Result<(), String> {
     let name = path.display().to_string();
-    let module = naga::front::wgsl::parse_str(source)
-        .map_err(|e| format!("{name}: parse error:\n{}", e.emit_to_string_with_path(source, &name)))?;
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| {
+        format!(
+            "{name}: parse error:\n{}",
+            e.emit_to_string_with_path(source, &name)
+        )
+    })?;
     naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::default(),
     )
     .validate(&module)
-    .map_err(|e| format!("{name}: validation error:\n{}", e.emit_to_string_with_path(source, &name)))?;
+    .map_err(|e| {
+        format!(
+            "{name}: validation error:\n{}",
+            e.emit_to_string_with_path(source, &name)
+        )
+    })?;
     Ok(())
 }
 

@@ -23,9 +23,16 @@ fn remove_identities(graph: &mut Graph) {
             i += 1;
             continue;
         }
-        let (from, to) = (graph.nodes[i].inputs[0].clone(), graph.nodes[i].output.clone());
+        let (from, to) = (
+            graph.nodes[i].inputs[0].clone(),
+            graph.nodes[i].output.clone(),
+        );
         if graph.outputs.contains(&to) {
-            let readers = graph.nodes.iter().filter(|n| n.inputs.contains(&from)).count();
+            let readers = graph
+                .nodes
+                .iter()
+                .filter(|n| n.inputs.contains(&from))
+                .count();
             match graph.producer(&from) {
                 Some(p) if readers == 1 && !graph.outputs.contains(&from) => {
                     graph.nodes[p].output = to;

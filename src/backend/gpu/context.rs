@@ -137,7 +137,9 @@ impl GpuContext {
         });
         // Errors are caught with error scopes around every creation and run; anything
         // escaping them is reported here instead of panicking inside wgpu.
-        device.on_uncaptured_error(Arc::new(|e| eprintln!("cnnpack: uncaptured wgpu error: {e}")));
+        device.on_uncaptured_error(Arc::new(|e| {
+            eprintln!("cnnpack: uncaptured wgpu error: {e}")
+        }));
         GpuContext {
             info: device.adapter_info(),
             limits: device.limits(),
@@ -205,7 +207,10 @@ impl GpuContext {
         entry: &'static str,
         slots: &[Slot],
     ) -> Arc<Kernel> {
-        let mut cache = self.kernels.lock().expect("kernel cache mutex is not poisoned");
+        let mut cache = self
+            .kernels
+            .lock()
+            .expect("kernel cache mutex is not poisoned");
         if let Some(k) = cache.get(&(family, entry)) {
             return k.clone();
         }
@@ -256,10 +261,7 @@ impl GpuContext {
                 compilation_options: Default::default(),
                 cache: None,
             });
-        let k = Arc::new(Kernel {
-            layout,
-            pipeline,
-        });
+        let k = Arc::new(Kernel { layout, pipeline });
         cache.insert((family, entry), k.clone());
         k
     }
@@ -286,8 +288,10 @@ impl GpuContext {
         params: &[u32],
         groups: [u32; 3],
     ) -> Dispatch {
+        // Every params struct fits in 64 words; a fixed size keeps the binding at least
+        // as large as the struct the shader declares, whatever the host filled in.
         let mut words = params.to_vec();
-        words.resize(params.len().div_ceil(4).max(1) * 4, 0);
+        words.resize(PARAMS_WORDS.max(params.len()), 0);
         let uniform = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -336,6 +340,9 @@ impl GpuContext {
         Ok([x as u32, y as u32, 1])
     }
 }
+
+/// Size of every params uniform in u32 words (the largest struct, copy.wgsl's, has 36).
+const PARAMS_WORDS: usize = 64;
 
 /// f32 as a params word.
 pub(crate) fn fw(v: f32) -> u32 {

@@ -10,7 +10,13 @@ use std::sync::Arc;
 const SOURCE: &str = include_str!("../../../shaders/dense_conv.wgsl");
 
 /// Bindings: input, weights, bias, output, params.
-pub(crate) const LAYOUT: [Slot; 5] = [Slot::Read, Slot::Read, Slot::Read, Slot::Write, Slot::Uniform];
+pub(crate) const LAYOUT: [Slot; 5] = [
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Write,
+    Slot::Uniform,
+];
 
 /// Output rows (channels) per workgroup tile of `conv_fwd_tiled`.
 const TILE_M: usize = 64;
@@ -85,7 +91,14 @@ impl Geometry {
     }
 
     /// A 1x1 "conv" over `[batch, k, 1, 1]`: the tiled GEMM for Linear at larger batch.
-    pub(crate) fn linear(batch: usize, k: usize, rows: usize, total: usize, off: usize, relu: bool) -> Self {
+    pub(crate) fn linear(
+        batch: usize,
+        k: usize,
+        rows: usize,
+        total: usize,
+        off: usize,
+        relu: bool,
+    ) -> Self {
         Geometry {
             batch,
             cin: k,
@@ -156,7 +169,10 @@ pub(crate) fn upload_rows(
             RowChunk {
                 r0,
                 rows: r1 - r0,
-                weight: io.ctx.upload(&format!("{label} weight"), &data[r0 * row_len..r1 * row_len]),
+                weight: io.ctx.upload(
+                    &format!("{label} weight"),
+                    &data[r0 * row_len..r1 * row_len],
+                ),
                 bias: io.ctx.upload(&format!("{label} bias"), &bias[r0..r1]),
             }
         })
@@ -203,7 +219,11 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
         )));
     }
     let use_direct = cout_g < DIRECT_BELOW;
-    let kernel = if use_direct { direct(io.ctx) } else { tiled(io.ctx) };
+    let kernel = if use_direct {
+        direct(io.ctx)
+    } else {
+        tiled(io.ctx)
+    };
     chunks
         .iter()
         .map(|ch| {
@@ -258,5 +278,7 @@ pub(crate) fn dispatch_geometry(
     binds: &[Bind],
 ) -> Result<Dispatch, GpuError> {
     let groups = dispatch_tiled(io, g)?;
-    Ok(io.ctx.dispatch(&tiled(io.ctx), io.name, binds, &g.words(), groups))
+    Ok(io
+        .ctx
+        .dispatch(&tiled(io.ctx), io.name, binds, &g.words(), groups))
 }

@@ -13,7 +13,15 @@ const MAX_RANK: usize = 8;
 
 /// Params words: out_dims[8], in_dims[8], mul[8], add[8] (shapes right-aligned, padded
 /// with leading 1s / mul 1 / add 0), total, fill.
-fn params(io: &StepIo, out: &[usize], inp: &[usize], mul: &[i64], add: &[i64], total: usize, fill: f32) -> Result<Vec<u32>, GpuError> {
+fn params(
+    io: &StepIo,
+    out: &[usize],
+    inp: &[usize],
+    mul: &[i64],
+    add: &[i64],
+    total: usize,
+    fill: f32,
+) -> Result<Vec<u32>, GpuError> {
     if out.len() > MAX_RANK {
         return Err(io.unsupported(format!("rank {} above {MAX_RANK}", out.len())));
     }
@@ -32,7 +40,13 @@ fn params(io: &StepIo, out: &[usize], inp: &[usize], mul: &[i64], add: &[i64], t
     Ok(w)
 }
 
-fn launch(io: &StepIo, entry: &'static str, input: Bind, words: &[u32], total: usize) -> Result<Dispatch, GpuError> {
+fn launch(
+    io: &StepIo,
+    entry: &'static str,
+    input: Bind,
+    words: &[u32],
+    total: usize,
+) -> Result<Dispatch, GpuError> {
     Ok(io.ctx.dispatch(
         &io.ctx.kernel("copy", SOURCE, entry, &LAYOUT),
         io.name,
@@ -60,23 +74,43 @@ pub(crate) fn encode_concat(io: &StepIo, axis: usize) -> Result<Vec<Dispatch>, G
 }
 
 /// Output coordinate c reads input coordinate c - begin (outside: `value`).
-pub(crate) fn encode_pad(io: &StepIo, pads: &[usize], value: f32) -> Result<Vec<Dispatch>, GpuError> {
+pub(crate) fn encode_pad(
+    io: &StepIo,
+    pads: &[usize],
+    value: f32,
+) -> Result<Vec<Dispatch>, GpuError> {
     let out = io.output.1;
     let inp = io.inputs[0].1;
     let mul = vec![1i64; out.len()];
     let add: Vec<i64> = pads[..out.len()].iter().map(|&p| -(p as i64)).collect();
     let total: usize = out.iter().product();
     let w = params(io, out, inp, &mul, &add, total, value)?;
-    Ok(vec![launch(io, "gather_fwd", io.inputs[0].0.clone(), &w, total)?])
+    Ok(vec![launch(
+        io,
+        "gather_fwd",
+        io.inputs[0].0.clone(),
+        &w,
+        total,
+    )?])
 }
 
 /// Output coordinate c reads input coordinate start + c * step (ends are already in the output shape).
-pub(crate) fn encode_slice(io: &StepIo, starts: &[usize], steps: &[usize]) -> Result<Vec<Dispatch>, GpuError> {
+pub(crate) fn encode_slice(
+    io: &StepIo,
+    starts: &[usize],
+    steps: &[usize],
+) -> Result<Vec<Dispatch>, GpuError> {
     let out = io.output.1;
     let inp = io.inputs[0].1;
     let mul: Vec<i64> = steps.iter().map(|&s| s as i64).collect();
     let add: Vec<i64> = starts.iter().map(|&s| s as i64).collect();
     let total: usize = out.iter().product();
     let w = params(io, out, inp, &mul, &add, total, 0.0)?;
-    Ok(vec![launch(io, "gather_fwd", io.inputs[0].0.clone(), &w, total)?])
+    Ok(vec![launch(
+        io,
+        "gather_fwd",
+        io.inputs[0].0.clone(),
+        &w,
+        total,
+    )?])
 }

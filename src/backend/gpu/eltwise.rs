@@ -38,7 +38,12 @@ fn total(io: &StepIo) -> u32 {
 }
 
 /// `op`: 0 relu, 1 leaky relu (a = alpha), 2 clip (a = min, b = max), 3 sigmoid.
-pub(crate) fn encode_unary(io: &StepIo, op: u32, a: f32, b: f32) -> Result<Vec<Dispatch>, GpuError> {
+pub(crate) fn encode_unary(
+    io: &StepIo,
+    op: u32,
+    a: f32,
+    b: f32,
+) -> Result<Vec<Dispatch>, GpuError> {
     let params = [total(io), op, fw(a), fw(b), 0, 0, 0];
     launch(io, "unary_fwd", io.inputs[0].0.clone(), params)
 }
@@ -60,9 +65,17 @@ pub(crate) fn encode_const(
     let shape = io.output.1;
     let rank = shape.len();
     let batch_varies = constant.shape.len() == rank && rank > 0 && constant.shape[0] > 1;
-    let target: &[usize] = if batch_varies { shape } else { &shape[1.min(rank)..] };
-    let expanded = broadcast_to(constant, target)
-        .ok_or_else(|| io.unsupported(format!("constant {:?} does not broadcast to {shape:?}", constant.shape)))?;
+    let target: &[usize] = if batch_varies {
+        shape
+    } else {
+        &shape[1.min(rank)..]
+    };
+    let expanded = broadcast_to(constant, target).ok_or_else(|| {
+        io.unsupported(format!(
+            "constant {:?} does not broadcast to {shape:?}",
+            constant.shape
+        ))
+    })?;
     let buf = io.ctx.upload(&format!("{} constant", io.name), &expanded);
     let op = match kind {
         BinaryKind::Add => 0,
@@ -70,8 +83,21 @@ pub(crate) fn encode_const(
         BinaryKind::Mul => 2,
         BinaryKind::Div => 3,
     };
-    let params = [total(io), op, 0, 0, uw(expanded.len()), 0, constant_first as u32];
-    launch(io, "const_binary_fwd", Bind::f32s(&buf, expanded.len()), params)
+    let params = [
+        total(io),
+        op,
+        0,
+        0,
+        uw(expanded.len()),
+        0,
+        constant_first as u32,
+    ];
+    launch(
+        io,
+        "const_binary_fwd",
+        Bind::f32s(&buf, expanded.len()),
+        params,
+    )
 }
 
 /// `t` broadcast to `target` (NumPy rules, `t` aligned to the trailing axes).

@@ -45,9 +45,13 @@ pub(crate) fn encode(io: &StepIo, l: &Linear) -> Result<Vec<Dispatch>, GpuError>
                 return Err(io.unsupported(format!("batch {batch} exceeds {max} workgroups")));
             }
             let params = [uw(ch.rows), uw(k), uw(out), uw(ch.r0), io.relu as u32];
-            Ok(io
-                .ctx
-                .dispatch(&gemv(io.ctx), io.name, &binds, &params, [gx, gy, batch as u32]))
+            Ok(io.ctx.dispatch(
+                &gemv(io.ctx),
+                io.name,
+                &binds,
+                &params,
+                [gx, gy, batch as u32],
+            ))
         })
         .collect()
 }

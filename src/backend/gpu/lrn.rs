@@ -18,7 +18,15 @@ pub(crate) fn encode(
 ) -> Result<Vec<Dispatch>, GpuError> {
     let x = io.inputs[0].1;
     let total: usize = x.iter().product();
-    let params = [uw(total), uw(x[1]), uw(x[2] * x[3]), uw(size), fw(alpha), fw(beta), fw(bias)];
+    let params = [
+        uw(total),
+        uw(x[1]),
+        uw(x[2] * x[3]),
+        uw(size),
+        fw(alpha),
+        fw(beta),
+        fw(bias),
+    ];
     Ok(vec![io.ctx.dispatch(
         &io.ctx.kernel("lrn", SOURCE, "lrn_fwd", &LAYOUT),
         io.name,

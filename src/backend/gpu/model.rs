@@ -114,7 +114,9 @@ pub(crate) fn scoped<T>(
     layer: &str,
     f: impl FnOnce() -> Result<T, GpuError>,
 ) -> Result<T, GpuError> {
-    let oom = ctx.device().push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let oom = ctx
+        .device()
+        .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let val = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
     let out = f();
     let val = pollster::block_on(val.pop());

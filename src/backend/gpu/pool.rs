@@ -28,8 +28,20 @@ pub(crate) fn encode(io: &StepIo, p: &Pool2d, mode: Mode) -> Result<Vec<Dispatch
     let y = io.output.1;
     let total: usize = y.iter().product();
     let params = [
-        total, x[2], x[3], y[2], y[3], p.kernel[0], p.kernel[1], p.stride[0], p.stride[1],
-        p.pads[0], p.pads[1], p.pads[2], p.pads[3], mode as usize,
+        total,
+        x[2],
+        x[3],
+        y[2],
+        y[3],
+        p.kernel[0],
+        p.kernel[1],
+        p.stride[0],
+        p.stride[1],
+        p.pads[0],
+        p.pads[1],
+        p.pads[2],
+        p.pads[3],
+        mode as usize,
     ]
     .map(uw);
     Ok(vec![io.ctx.dispatch(
