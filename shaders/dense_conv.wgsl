@@ -198,3 +198,4 @@ fn conv_fwd_direct(
     }
     y[(b * p.c_total + p.c_off + co) * ohw + pix] = v;
 }
+

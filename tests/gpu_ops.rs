@@ -13,7 +13,7 @@
 //! CNNPACK_REQUIRE_GPU=1.
 
 use cnnpack::backend::cpu::reference;
-use cnnpack::backend::gpu::{GpuContext, GpuError, GpuModel, GpuOptions};
+use cnnpack::backend::gpu::{ConvKernel, GpuContext, GpuError, GpuModel, GpuOptions};
 use cnnpack::graph::{BinaryKind, Conv2d, Graph, GraphBuilder, Linear, Op, Pool2d, Rng, Tensor};
 use cnnpack::weights::Weights;
 use std::sync::{Arc, OnceLock};
@@ -99,6 +99,33 @@ fn check_with(
 fn check(ctx: &Arc<GpuContext>, what: &str, graph: &Graph, batches: &[usize], tol: (f32, f32)) {
     for &b in batches {
         check_with(ctx, what, graph, b, tol, GpuOptions::default());
+    }
+}
+
+/// As `check`, once with each dense conv kernel (the tiled GPU one and the uniform-buffer
+/// one), whatever the adapter would pick.
+fn check_conv_kernels(
+    ctx: &Arc<GpuContext>,
+    what: &str,
+    graph: &Graph,
+    batches: &[usize],
+    tol: (f32, f32),
+) {
+    for conv_kernel in [ConvKernel::Tiled, ConvKernel::Uniform] {
+        for &b in batches {
+            let options = GpuOptions {
+                conv_kernel,
+                ..GpuOptions::default()
+            };
+            check_with(
+                ctx,
+                &format!("{what} [{conv_kernel:?}]"),
+                graph,
+                b,
+                tol,
+                options,
+            );
+        }
     }
 }
 
@@ -235,6 +262,31 @@ fn conv_matches_reference() {
             groups: 1,
             bias: true,
         },
+        // K = 90*9 = 810: the uniform-buffer kernel splits input channels into slices
+        // that accumulate, and 70 rows into blocks; bias and ReLU on the right slice.
+        ConvCase {
+            cin: 90,
+            cout: 70,
+            hw: [6, 7],
+            k: [3, 3],
+            stride: [1, 1],
+            pads: [1, 1, 1, 1],
+            dilation: [1, 1],
+            groups: 1,
+            bias: true,
+        },
+        // Same with groups (per-group slices).
+        ConvCase {
+            cin: 80,
+            cout: 40,
+            hw: [5, 5],
+            k: [3, 3],
+            stride: [1, 1],
+            pads: [1, 1, 1, 1],
+            dilation: [1, 1],
+            groups: 2,
+            bias: true,
+        },
         // 7x7 stride 2 stem, K = 147.
         ConvCase {
             cin: 3,
@@ -250,7 +302,7 @@ fn conv_matches_reference() {
     ];
     for (i, c) in cases.iter().enumerate() {
         let g = one(&[c.cin, c.hw[0], c.hw[1]], conv_op(c, &mut rng));
-        check(&ctx, &format!("conv case {i}"), &g, &[1, 5], CONV_TOL);
+        check_conv_kernels(&ctx, &format!("conv case {i}"), &g, &[1, 5], CONV_TOL);
     }
     // Random shapes.
     for i in 0..6 {
@@ -298,7 +350,7 @@ fn conv_and_linear_with_fused_relu() {
     let l = b.linear(&f, 19);
     let r3 = b.relu(&l);
     let g = b.finish(&[&r3]).unwrap();
-    check(&ctx, "fused relu", &g, &[1, 5, 9], CONV_TOL);
+    check_conv_kernels(&ctx, "fused relu", &g, &[1, 5, 9], CONV_TOL);
 }
 
 fn linear_op(out: usize, k: usize, bias: bool, rng: &mut Rng) -> Op {
@@ -351,7 +403,22 @@ fn weights_over_the_binding_limit_are_split_by_rows() {
     };
     let g = one(&[5, 7, 6], conv_op(&c, &mut rng));
     for batch in [1, 5] {
-        check_with(&ctx, "split conv", &g, batch, CONV_TOL, small);
+        // The tiled kernel binds weights as storage (split here); the uniform-buffer one
+        // always slices them into 64 KiB uniform buffers.
+        for conv_kernel in [ConvKernel::Tiled, ConvKernel::Uniform] {
+            let options = GpuOptions {
+                conv_kernel,
+                ..small
+            };
+            check_with(
+                &ctx,
+                &format!("split conv [{conv_kernel:?}]"),
+                &g,
+                batch,
+                CONV_TOL,
+                options,
+            );
+        }
     }
     // One row over the limit cannot be split further: a clear error, not truncation.
     let g = one(&[300], linear_op(4, 300, true, &mut rng));
@@ -611,7 +678,7 @@ fn zoo_model() -> Graph {
 fn zoo_like_model_matches_reference() {
     let Some(ctx) = gpu() else { return };
     let g = zoo_model();
-    check(&ctx, "zoo model", &g, &[1, 5], CONV_TOL);
+    check_conv_kernels(&ctx, "zoo model", &g, &[1, 5], CONV_TOL);
     // Without fusion too: the Relu kernels and more buffers in play.
     let unfused = GpuOptions {
         fuse_relu: false,

@@ -278,6 +278,16 @@ impl GpuContext {
             })
     }
 
+    /// A uniform buffer holding `data` (the caller pads it to the size the shader declares).
+    pub(crate) fn upload_uniform(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
     /// Records a launch of `kernel` over `binds` (in layout order, the params uniform
     /// excluded) with `params` (u32 words; f32 as bits) in a fresh uniform buffer.
     pub(crate) fn dispatch(

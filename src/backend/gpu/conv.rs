@@ -30,6 +30,25 @@ pub(crate) fn tiled(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("dense_conv", SOURCE, "conv_fwd_tiled", &LAYOUT)
 }
 
+const SOURCE_UBO: &str = include_str!("../../../shaders/dense_conv_ubo.wgsl");
+
+/// Bindings of `conv_fwd_ubo`: input, weights (uniform), bias, output, params.
+const LAYOUT_UBO: [Slot; 5] = [
+    Slot::Read,
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Write,
+    Slot::Uniform,
+];
+
+/// f32 values in one weight uniform buffer of `conv_fwd_ubo` (64 KiB, the WebGPU default
+/// `max_uniform_buffer_binding_size`).
+const UBO_FLOATS: usize = 16384;
+
+fn ubo(ctx: &GpuContext) -> Arc<Kernel> {
+    ctx.kernel("dense_conv_ubo", SOURCE_UBO, "conv_fwd_ubo", &LAYOUT_UBO)
+}
+
 fn direct(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("dense_conv", SOURCE, "conv_fwd_direct", &LAYOUT)
 }
@@ -218,8 +237,28 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
             io.max_binding
         )));
     }
-    let use_direct = cout_g < DIRECT_BELOW;
-    let kernel = if use_direct {
+    let khw = c.kernel[0] * c.kernel[1];
+    let ubo_fits = khw * 16 <= UBO_FLOATS
+        && io.ctx.limits().max_uniform_buffer_binding_size as usize >= UBO_FLOATS * 4;
+    let variant = match io.conv_kernel {
+        _ if cout_g < DIRECT_BELOW => Variant::Direct,
+        ConvKernel::Tiled => Variant::Tiled,
+        ConvKernel::Uniform if ubo_fits => Variant::Ubo,
+        ConvKernel::Auto if ubo_fits && io.ctx.is_software() => Variant::Ubo,
+        _ => Variant::Tiled,
+    };
+    if variant == Variant::Ubo {
+        return encode_ubo(io, c, &geom, &weight.data);
+    }
+    let chunks = upload_rows(io, &weight.data, cout, k_len, c.bias.as_ref())?;
+    if chunks.len() > 1 && c.groups > 1 {
+        return Err(io.unsupported(format!(
+            "grouped conv weights of {} bytes exceed the {}-byte binding limit",
+            weight.bytes(),
+            io.max_binding
+        )));
+    }
+    let kernel = if variant == Variant::Direct {
         direct(io.ctx)
     } else {
         tiled(io.ctx)
@@ -236,7 +275,7 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
             } else {
                 geom
             };
-            let groups = if use_direct {
+            let groups = if variant == Variant::Direct {
                 io.grid256(g.batch * g.cout_g * g.groups * g.oh * g.ow)?
             } else {
                 dispatch_tiled(io, &g)?
@@ -255,6 +294,123 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
             ))
         })
         .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// One invocation per output (few channels per group, depthwise).
+    Direct,
+    /// Weights through uniform buffers, 16 channels per invocation: CPU adapters.
+    Ubo,
+    /// 64x64 implicit GEMM tiles in workgroup memory: GPUs.
+    Tiled,
+}
+
+/// Which dense conv kernel to use for convs with 16 or more output channels per group
+/// (fewer always run the direct kernel).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// `Uniform` on CPU adapters (lavapipe), `Tiled` on GPUs.
+    #[default]
+    Auto,
+    /// The tiled implicit GEMM in workgroup memory (`conv_fwd_tiled`).
+    Tiled,
+    /// Weights in uniform buffers, 16 channels per invocation (`conv_fwd_ubo`); falls back
+    /// to `Tiled` for kernels over 32x32.
+    Uniform,
+}
+
+/// `conv_fwd_ubo`: one dispatch per (group, block of output rows, slice of input
+/// channels) whose weights fill one 64 KiB uniform buffer; slices after the first add
+/// to the output, so the steps of one layer must run in order (they do: one pass).
+fn encode_ubo(
+    io: &StepIo,
+    c: &Conv2d,
+    geom: &Geometry,
+    weight: &[f32],
+) -> Result<Vec<Dispatch>, GpuError> {
+    let khw = geom.kh * geom.kw;
+    let (cin_g, cout_g) = (geom.cin_g, geom.cout_g);
+    let ci_per = cin_g.min((UBO_FLOATS / (khw * cout_g.min(64))).max(1));
+    // Whole 16-row blocks (zero-padded) must fit the buffer.
+    let rows_per = (UBO_FLOATS / (ci_per * khw)) / 16 * 16;
+    let zeros;
+    let bias: &[f32] = match &c.bias {
+        Some(b) => &b.data,
+        None => {
+            zeros = vec![0.0; geom.cout_g * geom.groups];
+            &zeros
+        }
+    };
+    let pixels = geom.batch * geom.oh * geom.ow;
+    let kernel = ubo(io.ctx);
+    let mut out = vec![];
+    for g in 0..geom.groups {
+        for r0 in (0..cout_g).step_by(rows_per) {
+            let rows = rows_per.min(cout_g - r0);
+            let row0 = g * cout_g + r0;
+            let bias_buf = io.ctx.upload(
+                &format!("{} bias {row0}..{}", io.name, row0 + rows),
+                &bias[row0..row0 + rows],
+            );
+            for ci0 in (0..cin_g).step_by(ci_per) {
+                let cc = ci_per.min(cin_g - ci0);
+                // [block of 16 rows][k][row in block], as conv_fwd_ubo loads it.
+                let kc = cc * khw;
+                let mut data = vec![0.0f32; UBO_FLOATS];
+                for r in 0..rows {
+                    let src = (row0 + r) * geom.k_len + ci0 * khw;
+                    let dst0 = (r / 16) * kc * 16 + r % 16;
+                    for k in 0..kc {
+                        data[dst0 + k * 16] = weight[src + k];
+                    }
+                }
+                let label = format!(
+                    "{} rows {row0}..{} channels {ci0}..{}",
+                    io.name,
+                    row0 + rows,
+                    ci0 + cc
+                );
+                let w_buf = io.ctx.upload_uniform(&label, &data);
+                let g_chunk = Geometry {
+                    cout_g: rows,
+                    k_len: cc * khw,
+                    c_off: geom.c_off + row0,
+                    ..*geom
+                };
+                let mut words = g_chunk.words();
+                words.extend([
+                    uw(g),
+                    uw(ci0),
+                    uw(cc),
+                    (ci0 > 0) as u32,
+                    (ci0 + cc == cin_g) as u32,
+                ]);
+                let groups = io
+                    .ctx
+                    .grid(pixels.div_ceil(64))
+                    .map_err(|e| io.unsupported(e))?;
+                if groups[1] > 1 {
+                    return Err(
+                        io.unsupported("too many pixels for one grid row; use a smaller batch")
+                    );
+                }
+                out.push(io.ctx.dispatch(
+                    &kernel,
+                    &label,
+                    &[
+                        io.inputs[0].0.clone(),
+                        Bind::f32s(&w_buf, UBO_FLOATS),
+                        Bind::f32s(&bias_buf, rows),
+                        io.output.0.clone(),
+                    ],
+                    &words,
+                    [groups[0], rows.div_ceil(16) as u32, 1],
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Workgroup counts of `conv_fwd_tiled`: pixel tiles, channel tiles, groups.

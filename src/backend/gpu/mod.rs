@@ -17,6 +17,7 @@ mod pool;
 mod softmax;
 
 pub use context::GpuContext;
+pub use conv::ConvKernel;
 pub use model::{GpuModel, GpuOptions};
 
 use crate::graph::GraphError;

@@ -2,6 +2,7 @@
 //! launch recorded, activation buffers allocated by liveness (see `plan.rs`).
 
 use super::context::{Bind, Dispatch, GpuContext};
+use super::conv::ConvKernel;
 use super::{conv, copy, eltwise, gemm, lrn, pool, softmax, GpuError};
 use crate::graph::{Graph, Node, Op, Tensor};
 use crate::plan::{Plan, PlanOptions};
@@ -15,6 +16,8 @@ pub struct GpuOptions {
     pub max_binding_bytes: Option<u64>,
     /// Fuse a Relu into the Conv/Linear before it (plan-level fusion).
     pub fuse_relu: bool,
+    /// Dense conv kernel choice (tests force each one).
+    pub conv_kernel: ConvKernel,
 }
 
 impl Default for GpuOptions {
@@ -22,6 +25,7 @@ impl Default for GpuOptions {
         GpuOptions {
             max_binding_bytes: None,
             fuse_relu: true,
+            conv_kernel: ConvKernel::Auto,
         }
     }
 }
@@ -40,6 +44,8 @@ pub(crate) struct StepIo<'a> {
     pub(crate) output: (Bind, &'a [usize]),
     /// Largest weight binding in bytes.
     pub(crate) max_binding: u64,
+    /// Dense conv kernel choice.
+    pub(crate) conv_kernel: ConvKernel,
 }
 
 impl StepIo<'_> {
@@ -221,6 +227,7 @@ impl GpuModel {
                     .collect::<Result<_, _>>()?,
                 output: value(&step.output)?,
                 max_binding,
+                conv_kernel: options.conv_kernel,
             };
             let dispatches = scoped(&ctx, &step.name, || encode(&io))?;
             steps.push(StepKernels {
@@ -327,7 +334,9 @@ impl GpuModel {
         input: &Tensor,
         profile: bool,
     ) -> Result<(Vec<Tensor>, Option<Vec<(String, f64)>>), GpuError> {
-        if input.shape != self.input_shape || input.data.len() != input.shape.iter().product() {
+        if input.shape != self.input_shape
+            || input.data.len() != input.shape.iter().product::<usize>()
+        {
             return Err(GpuError::BadInput {
                 expected: self.input_shape.clone(),
                 found: input.shape.clone(),
