@@ -238,7 +238,7 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
         )));
     }
     let khw = c.kernel[0] * c.kernel[1];
-    let ubo_fits = khw * 16 <= UBO_FLOATS
+    let ubo_fits = khw * 32 <= UBO_FLOATS
         && io.ctx.limits().max_uniform_buffer_binding_size as usize >= UBO_FLOATS * 4;
     let variant = match io.conv_kernel {
         _ if cout_g < DIRECT_BELOW => Variant::Direct,
@@ -300,7 +300,7 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
 enum Variant {
     /// One invocation per output (few channels per group, depthwise).
     Direct,
-    /// Weights through uniform buffers, 16 channels per invocation: CPU adapters.
+    /// Weights through uniform buffers, 32 channels per invocation: CPU adapters.
     Ubo,
     /// 64x64 implicit GEMM tiles in workgroup memory: GPUs.
     Tiled,
@@ -315,8 +315,8 @@ pub enum ConvKernel {
     Auto,
     /// The tiled implicit GEMM in workgroup memory (`conv_fwd_tiled`).
     Tiled,
-    /// Weights in uniform buffers, 16 channels per invocation (`conv_fwd_ubo`); falls back
-    /// to `Tiled` for kernels over 32x32.
+    /// Weights in uniform buffers, 32 channels per invocation (`conv_fwd_ubo`); falls back
+    /// to `Tiled` for kernels of more than 512 taps (kh * kw).
     Uniform,
 }
 
@@ -332,8 +332,8 @@ fn encode_ubo(
     let khw = geom.kh * geom.kw;
     let (cin_g, cout_g) = (geom.cin_g, geom.cout_g);
     let ci_per = cin_g.min((UBO_FLOATS / (khw * cout_g.min(64))).max(1));
-    // Whole 16-row blocks (zero-padded) must fit the buffer.
-    let rows_per = (UBO_FLOATS / (ci_per * khw)) / 16 * 16;
+    // Whole 32-row blocks (zero-padded) must fit the buffer.
+    let rows_per = (UBO_FLOATS / (ci_per * khw)) / 32 * 32;
     let zeros;
     let bias: &[f32] = match &c.bias {
         Some(b) => &b.data,
@@ -355,14 +355,14 @@ fn encode_ubo(
             );
             for ci0 in (0..cin_g).step_by(ci_per) {
                 let cc = ci_per.min(cin_g - ci0);
-                // [block of 16 rows][k][row in block], as conv_fwd_ubo loads it.
+                // [block of 32 rows][k][row in block], as conv_fwd_ubo loads it.
                 let kc = cc * khw;
                 let mut data = vec![0.0f32; UBO_FLOATS];
                 for r in 0..rows {
                     let src = (row0 + r) * geom.k_len + ci0 * khw;
-                    let dst0 = (r / 16) * kc * 16 + r % 16;
+                    let dst0 = (r / 32) * kc * 32 + r % 32;
                     for k in 0..kc {
-                        data[dst0 + k * 16] = weight[src + k];
+                        data[dst0 + k * 32] = weight[src + k];
                     }
                 }
                 let label = format!(
@@ -405,7 +405,7 @@ fn encode_ubo(
                         io.output.0.clone(),
                     ],
                     &words,
-                    [groups[0], rows.div_ceil(16) as u32, 1],
+                    [groups[0], rows.div_ceil(32) as u32, 1],
                 ));
             }
         }
