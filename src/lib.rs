@@ -4,6 +4,8 @@
 pub mod backend;
 pub mod bench;
 pub mod data;
+pub mod engine;
+pub mod eval;
 pub mod format;
 pub mod graph;
 pub mod plan;
