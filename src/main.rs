@@ -92,6 +92,32 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Time a model (whole and per layer) and/or measure the device's peak rates.
+    Bench {
+        /// Model: .onnx, .cnnpack or zoo:NAME (omit with --peak to measure peaks only).
+        model: Option<String>,
+        /// Measure the peak FMA rate and bandwidth first, and rate each layer against it.
+        #[arg(long)]
+        peak: bool,
+        /// Devices, comma-separated: gpu, cpu.
+        #[arg(long, value_delimiter = ',', default_value = "gpu,cpu")]
+        device: Vec<DeviceKind>,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batch: Vec<usize>,
+        /// Timed runs per configuration (fewer if --budget runs out; at least 3).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Seconds of timed runs per configuration.
+        #[arg(long, default_value_t = 10.0)]
+        budget: f64,
+        /// How many of the slowest layers to print per configuration (all with --json).
+        #[arg(long, default_value_t = 12)]
+        layers: usize,
+        /// Write everything as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// The main job on an embedded default, no arguments, no network.
     Demo,
 }
@@ -176,6 +202,25 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", output.display());
             Ok(())
         }
+        Command::Bench {
+            model,
+            peak,
+            device,
+            batch,
+            runs,
+            budget,
+            layers,
+            json,
+        } => bench(
+            model.as_deref(),
+            peak,
+            &device,
+            &batch,
+            runs,
+            budget,
+            layers,
+            json.as_deref(),
+        ),
         Command::Demo => demo(),
     }
 }
@@ -448,4 +493,139 @@ fn demo() -> Result<()> {
         cnnpack::eval::top_k(&y_cpu.data, 1)[0]
     );
     Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench(
+    model: Option<&str>,
+    peak: bool,
+    devices: &[DeviceKind],
+    batches: &[usize],
+    runs: usize,
+    budget: f64,
+    top: usize,
+    json: Option<&Path>,
+) -> Result<()> {
+    use cnnpack::bench::model::{bench_model, Roof};
+    if model.is_none() && !peak {
+        bail!("give a MODEL to benchmark, or --peak to measure the device's peak rates");
+    }
+    let mut report = serde_json::Map::new();
+    let mut roofs = std::collections::HashMap::new();
+    for &device in devices {
+        let gpu = device == DeviceKind::Gpu;
+        if peak {
+            let bar =
+                ProgressBar::new_spinner().with_message(format!("measuring {device:?} peaks"));
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            let roof = if gpu {
+                let ctx = match cnnpack::backend::gpu::GpuContext::new() {
+                    Ok(ctx) => ctx,
+                    Err(e) => {
+                        bar.finish_and_clear();
+                        eprintln!("note: skipping the GPU: {e}");
+                        continue;
+                    }
+                };
+                let p = cnnpack::bench::gpu_peak::gpu_peak(&ctx, false)?;
+                bar.finish_and_clear();
+                println!(
+                    "peak {}: FMA {:.1} GFLOP/s, read {:.1} GB/s, copy {:.1} GB/s, xor+popcount {:.1} Gop/s{}",
+                    p.adapter, p.fma_gflops, p.read_gbps, p.copy_gbps, p.popcount_gops, software_note(&p.adapter)
+                );
+                report.insert("gpu_peak".into(), serde_json::to_value(&p)?);
+                Roof {
+                    gflops: p.fma_gflops,
+                    gbps: p.read_gbps,
+                }
+            } else {
+                let p = cnnpack::bench::peak::cpu_peak();
+                bar.finish_and_clear();
+                println!(
+                    "peak cpu ({} threads, {}): FMA {:.1} GFLOP/s, read {:.1} GB/s, copy {:.1} GB/s",
+                    p.threads, p.kernel, p.fma_gflops, p.read_gbps, p.copy_gbps
+                );
+                report.insert("cpu_peak".into(), serde_json::to_value(&p)?);
+                Roof {
+                    gflops: p.fma_gflops,
+                    gbps: p.read_gbps,
+                }
+            };
+            roofs.insert(gpu, roof);
+        }
+    }
+    let mut results = vec![];
+    if let Some(model) = model {
+        let graph = load(model)?;
+        for &device in devices {
+            let engine = Engine::new(graph.clone(), device)?;
+            if let Some(note) = engine.fallback_note() {
+                eprintln!("note: skipping --device gpu: {note}");
+                continue;
+            }
+            for &batch in batches {
+                let bar = ProgressBar::new_spinner().with_message(format!(
+                    "{model} on {} at batch {batch}",
+                    engine.device_name()
+                ));
+                bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                let r = bench_model(
+                    &engine,
+                    batch,
+                    2,
+                    runs,
+                    budget,
+                    roofs.get(&engine.is_gpu()).copied(),
+                )?;
+                bar.finish_and_clear();
+                println!(
+                    "\n{model} on {}{} batch {batch}: p50 {:.2} ms, p90 {:.2} ms, {:.1} images/s ({} runs)",
+                    r.device, software_note(&r.device), r.latency.p50_ms, r.latency.p90_ms, r.images_per_s, r.latency.runs
+                );
+                let mut slowest: Vec<_> = r.layers.iter().collect();
+                slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+                if !slowest.is_empty() {
+                    println!(
+                        "  {:<28} {:<12} {:<8} {:>9} {:>9} {:>8} {:>7} {:>8}",
+                        "layer", "op", "encoding", "ms", "GFLOP/s", "GB/s", "roof%", "bound"
+                    );
+                }
+                for l in slowest.iter().take(top) {
+                    println!(
+                        "  {:<28} {:<12} {:<8} {:>9.3} {:>9.2} {:>8.2} {:>7} {:>8}",
+                        truncate(&l.name, 28),
+                        l.op,
+                        l.encoding,
+                        l.ms,
+                        l.gflops,
+                        l.gbps,
+                        l.roof_fraction
+                            .map_or("-".into(), |f| format!("{:.1}", 100.0 * f)),
+                        l.bound.unwrap_or("-")
+                    );
+                }
+                results.push(serde_json::json!({ "model": model, "result": r }));
+            }
+        }
+    }
+    if let Some(path) = json {
+        report.insert("runs".into(), serde_json::Value::Array(results));
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(report))?;
+        cnnpack::format::write_atomic(path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// A reminder that a software adapter's times are CPU times.
+fn software_note(adapter: &str) -> &'static str {
+    if adapter.contains("llvmpipe")
+        || adapter.contains("lavapipe")
+        || adapter.contains("SwiftShader")
+    {
+        " [software rasterizer: CPU timing, not GPU speed]"
+    } else {
+        ""
+    }
 }
