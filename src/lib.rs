@@ -2,4 +2,5 @@
 #![warn(missing_docs)]
 
 pub mod graph;
+pub mod import;
 pub mod weights;
