@@ -236,7 +236,12 @@ fn export_node(node: &crate::graph::Node, g: &mut GraphProto) -> Result<(), Impo
             var,
             epsilon,
         } => {
-            for (role, t) in [("scale", scale), ("bias", bias), ("mean", mean), ("var", var)] {
+            for (role, t) in [
+                ("scale", scale),
+                ("bias", bias),
+                ("mean", mean),
+                ("var", var),
+            ] {
                 inputs.push(init(g, f32_init(format!("{n}.{role}"), t)));
             }
             attrs = vec![a_float("epsilon", *epsilon)];

@@ -487,7 +487,7 @@ impl<'a> Attrs<'a> {
     fn sizes(&self, name: &str, len: usize, default: usize) -> Result<Vec<usize>, ImportError> {
         match self.ints(name)? {
             None => Ok(vec![default; len]),
-            Some(v) if v.len() == len && v.iter().all(|&x| x >= 1 && x < 1 << 24) => {
+            Some(v) if v.len() == len && v.iter().all(|&x| (1..1 << 24).contains(&x)) => {
                 Ok(v.iter().map(|&x| x as usize).collect())
             }
             Some(v) => Err(self.unsupported(name, v)),
@@ -795,10 +795,12 @@ impl Importer {
                 let x = self.dynamic(ctx, 0)?;
                 let axis = a.int_or("axis", 1)?;
                 let rank = self.shape(&x)?.len();
-                // Flatten allows axis == rank.
-                let axis = norm_axis(axis, rank + 1)
-                    .filter(|&ax| ax <= rank)
-                    .ok_or_else(|| ctx.unsupported("axis", axis))?;
+                // Flatten allows axis in -rank..=rank.
+                let ax = if axis < 0 { axis + rank as i64 } else { axis };
+                if !(0..=rank as i64).contains(&ax) {
+                    return Err(ctx.unsupported("axis", axis));
+                }
+                let axis = ax as usize;
                 one(Op::Flatten { axis }, x)
             }
             "Reshape" => self.reshape(ctx),
@@ -1193,7 +1195,7 @@ impl Importer {
             Some(&0) => !allowzero,
             Some(&-1) => true,
             Some(&n) => {
-                self.graph.input.declared_batch.unwrap_or(1) == n as usize && shape[0] == n as usize
+                self.graph.input.declared_batch == Some(n as usize) && shape[0] == n as usize
             }
             None => false,
         };
@@ -1411,7 +1413,7 @@ fn reshape_dims(input: &[usize], target: &[i64], allowzero: bool) -> Option<Vec<
     }
     let known = out.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return None;
         }
         out[i] = total / known;
