@@ -1486,3 +1486,52 @@ fn export_round_trip_real_models() {
         assert_same_graph(&back, &want, f);
     }
 }
+
+#[test]
+fn size_explosions_are_errors() {
+    // Each Concat doubles the channels: 2^20 elements per item reach 2^31 after 11.
+    let mut nodes = vec![node("Relu", "r", &["x"], "v0", vec![])];
+    for i in 0..40 {
+        let (a, b) = (format!("v{i}"), format!("v{}", i + 1));
+        nodes.push(node(
+            "Concat",
+            &format!("c{i}"),
+            &[&a, &a],
+            &b,
+            vec![attr_i("axis", 1)],
+        ));
+    }
+    let e = parse(&model(13, &[1, 1024, 1024], nodes, vec![], &["v40"])).unwrap_err();
+    assert!(e.to_string().contains("c11"), "{e}");
+    // Pads that make one value over 2^31 elements.
+    let m = model(
+        13,
+        &[1, 1, 1],
+        vec![node("Pad", "p", &["x", "p"], "y", vec![])],
+        vec![i64_typed(
+            "p",
+            &[0, 0, 1 << 23, 1 << 23, 0, 0, 1 << 23, 1 << 23],
+        )],
+        &["y"],
+    );
+    assert!(parse(&m).is_err());
+}
+
+#[test]
+fn unsorted_nodes_are_sorted() {
+    let m = model(
+        13,
+        &[3, 4, 4],
+        vec![
+            node("Flatten", "f", &["b"], "y", vec![]),
+            node("Relu", "b", &["a"], "b", vec![]),
+            node("Sigmoid", "a", &["x"], "a", vec![]),
+        ],
+        vec![],
+        &["y"],
+    );
+    let g = parse(&m).unwrap();
+    let names: Vec<_> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "f"]);
+    assert_eq!(g.infer_shapes(2).unwrap()["y"], vec![2, 48]);
+}

@@ -12,7 +12,9 @@
 
 use super::proto::{attr_type, data_type, AttributeProto, ModelProto, NodeProto, TensorProto};
 use super::ImportError;
-use crate::graph::{BinaryKind, Conv2d, Graph, GraphInput, Linear, Node, Op, Pool2d, Tensor};
+use crate::graph::{
+    BinaryKind, Conv2d, Graph, GraphError, GraphInput, Linear, Node, Op, Pool2d, Shapes, Tensor,
+};
 use crate::weights::Weights;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -120,6 +122,11 @@ pub fn parse_onnx(bytes: &[u8]) -> Result<Graph, ImportError> {
         used.extend(n.input.iter().map(|s| s.as_str()));
     }
 
+    let batch = input.declared_batch.unwrap_or(1);
+    let mut shapes = Shapes::new();
+    let mut first = vec![batch];
+    first.extend(&input.item_shape);
+    shapes.insert(input.name.clone(), first);
     let mut imp = Importer {
         graph: Graph {
             input,
@@ -130,7 +137,7 @@ pub fn parse_onnx(bytes: &[u8]) -> Result<Graph, ImportError> {
         consts,
         opset,
         names: HashSet::new(),
-        shape_cache: None,
+        shapes: Some(shapes),
     };
     for (index, np) in gp.node.iter().enumerate() {
         imp.node(np, index, &used)?;
@@ -145,10 +152,133 @@ pub fn parse_onnx(bytes: &[u8]) -> Result<Graph, ImportError> {
             )));
         }
     }
+    let unordered = imp.shapes.is_none();
     let mut graph = imp.graph;
     graph.sort_and_validate()?;
+    if unordered {
+        // The file was not in topological order (ONNX requires it, but sorting
+        // fixed it): check sizes over the sorted nodes before any plain inference.
+        bounded_shapes(&mut graph, batch)?;
+    }
     graph.infer_shapes(1)?;
     Ok(graph)
+}
+
+/// Shapes of every node in order, rejecting any value over `MAX_ELEMENTS` per
+/// item as soon as it appears, so later shape arithmetic cannot overflow.
+fn bounded_shapes(graph: &mut Graph, batch: usize) -> Result<Shapes, ImportError> {
+    let mut shapes = Shapes::new();
+    let mut first = vec![batch];
+    first.extend(&graph.input.item_shape);
+    shapes.insert(graph.input.name.clone(), first);
+    for i in 0..graph.nodes.len() {
+        match node_shape_bounded(&mut graph.nodes[i], &shapes)? {
+            Some(s) => {
+                shapes.insert(graph.nodes[i].output.clone(), s);
+            }
+            None => {
+                return Err(ImportError::Malformed(format!(
+                    "node '{}' reads a value produced later",
+                    graph.nodes[i].name
+                )))
+            }
+        }
+    }
+    Ok(shapes)
+}
+
+/// The output shape of one node from known input shapes (`None` when an input
+/// has no shape yet), with the per-item element count bounded by `MAX_ELEMENTS`.
+///
+/// Single-input ops go through the IR's own shape rules on a one-node graph (the
+/// node is moved in and back, not copied); Add and Concat are checked here.
+fn node_shape_bounded(node: &mut Node, shapes: &Shapes) -> Result<Option<Vec<usize>>, ImportError> {
+    let mut ins = Vec::with_capacity(node.inputs.len());
+    for v in &node.inputs {
+        match shapes.get(v) {
+            Some(s) => ins.push(s.clone()),
+            None => return Ok(None),
+        }
+    }
+    let (name, kind) = (node.name.clone(), node.op.kind());
+    let shape_err = |reason: String| {
+        ImportError::Graph(GraphError::Shape {
+            node: name.clone(),
+            op: kind,
+            reason,
+        })
+    };
+    let out = match &node.op {
+        Op::Add => {
+            if ins.len() != 2 || ins[0] != ins[1] {
+                return Err(shape_err(format!(
+                    "operands must have equal shapes, got {ins:?}"
+                )));
+            }
+            ins[0].clone()
+        }
+        Op::Concat { axis } => {
+            let axis = *axis;
+            let Some(first) = ins.first() else {
+                return Err(shape_err("no inputs".into()));
+            };
+            if axis >= first.len() {
+                return Err(shape_err(format!("axis {axis} out of range for {first:?}")));
+            }
+            let mut out = first.clone();
+            out[axis] = 0;
+            for s in &ins {
+                let same_rest =
+                    s.len() == first.len() && (0..s.len()).all(|i| i == axis || s[i] == first[i]);
+                if !same_rest {
+                    return Err(shape_err(format!(
+                        "shapes {first:?} and {s:?} differ off axis {axis}"
+                    )));
+                }
+                out[axis] = out[axis].saturating_add(s[axis]);
+            }
+            out
+        }
+        _ => {
+            if ins.len() != 1 || ins[0].is_empty() {
+                return Err(shape_err(format!(
+                    "expects one input with a batch axis, got {ins:?}"
+                )));
+            }
+            let placeholder = Node {
+                name: String::new(),
+                op: Op::Identity,
+                inputs: vec![],
+                output: String::new(),
+            };
+            let output = node.output.clone();
+            let mut mini = Graph {
+                input: GraphInput {
+                    name: node.inputs[0].clone(),
+                    item_shape: ins[0][1..].to_vec(),
+                    declared_batch: None,
+                },
+                nodes: vec![std::mem::replace(node, placeholder)],
+                outputs: vec![],
+                metadata: BTreeMap::new(),
+            };
+            let r = mini.infer_shapes(ins[0][0]);
+            *node = mini.nodes.pop().expect("the node moved in above");
+            let mut s = r?;
+            s.remove(&output).unwrap_or_default()
+        }
+    };
+    let items = out
+        .iter()
+        .skip(1)
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .filter(|&n| n <= MAX_ELEMENTS);
+    if items.is_none() || out.is_empty() {
+        return Err(shape_err(format!(
+            "output shape {out:?} is over {MAX_ELEMENTS} elements per item"
+        )));
+    }
+    Ok(Some(out))
 }
 
 /// The default-domain opset version, checked against the supported range.
@@ -500,8 +630,9 @@ struct Importer {
     consts: HashMap<String, Const>,
     opset: i64,
     names: HashSet<String>,
-    /// Shapes at the declared batch, valid while the node count is unchanged.
-    shape_cache: Option<(usize, crate::graph::Shapes)>,
+    /// Shape of every computed value at the declared batch (1 when symbolic);
+    /// `None` once a node read a value not produced yet (file out of order).
+    shapes: Option<Shapes>,
 }
 
 /// Per-node context: names for errors, input lookup.
@@ -601,6 +732,7 @@ impl Importer {
                     inputs,
                     output: output.clone(),
                 });
+                self.track_last()?;
             }
             Out::Const(c) => {
                 self.consts.insert(output.clone(), c);
@@ -644,15 +776,31 @@ impl Importer {
 
     /// Shape of a computed value at the declared batch (1 when symbolic).
     fn shape(&mut self, v: &str) -> Result<Vec<usize>, ImportError> {
-        let n = self.graph.nodes.len();
-        if self.shape_cache.as_ref().is_none_or(|(k, _)| *k != n) {
-            let batch = self.graph.input.declared_batch.unwrap_or(1);
-            self.shape_cache = Some((n, self.graph.infer_shapes(batch)?));
+        self.shapes
+            .as_ref()
+            .and_then(|s| s.get(v))
+            .cloned()
+            .ok_or_else(|| {
+                ImportError::Malformed(format!(
+                    "value '{v}' is used before it is produced (nodes must be in topological order)"
+                ))
+            })
+    }
+
+    /// Records the shape of the node just pushed.
+    fn track_last(&mut self) -> Result<(), ImportError> {
+        let Some(shapes) = self.shapes.as_mut() else {
+            return Ok(());
+        };
+        let node = self.graph.nodes.last_mut().expect("called after a push");
+        match node_shape_bounded(node, shapes)? {
+            Some(s) => {
+                shapes.insert(node.output.clone(), s);
+            }
+            // Out of order: sort_and_validate decides (cycle, dangling or just unsorted).
+            None => self.shapes = None,
         }
-        let shapes = &self.shape_cache.as_ref().expect("filled above").1;
-        shapes.get(v).cloned().ok_or_else(|| {
-            ImportError::Malformed(format!("value '{v}' is used before it is produced"))
-        })
+        Ok(())
     }
 
     fn convert(&mut self, ctx: &Ctx) -> Result<Out, ImportError> {
@@ -786,7 +934,11 @@ impl Importer {
                 if inputs.is_empty() {
                     return Err(ctx.bad("no inputs"));
                 }
-                let rank = self.shape(&inputs[0])?.len();
+                let rank = if axis >= 0 {
+                    usize::MAX >> 1
+                } else {
+                    self.shape(&inputs[0])?.len()
+                };
                 let axis = norm_axis(axis, rank).ok_or_else(|| ctx.unsupported("axis", axis))?;
                 Ok(Out::Node(Op::Concat { axis }, inputs))
             }
@@ -794,7 +946,12 @@ impl Importer {
                 a.only(&["axis"])?;
                 let x = self.dynamic(ctx, 0)?;
                 let axis = a.int_or("axis", 1)?;
-                let rank = self.shape(&x)?.len();
+                // A non-negative axis needs no shape (the shape rules check it).
+                let rank = if axis >= 0 {
+                    usize::MAX >> 1
+                } else {
+                    self.shape(&x)?.len()
+                };
                 // Flatten allows axis in -rank..=rank.
                 let ax = if axis < 0 { axis + rank as i64 } else { axis };
                 if !(0..=rank as i64).contains(&ax) {
