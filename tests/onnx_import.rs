@@ -1535,3 +1535,72 @@ fn unsorted_nodes_are_sorted() {
     assert_eq!(names, ["a", "b", "f"]);
     assert_eq!(g.infer_shapes(2).unwrap()["y"], vec![2, 48]);
 }
+
+// ---------------------------------------------------------------------------
+// ONNX Runtime golden pairs through the CPU reference.
+
+/// Runs `model` on `golden/input.npy` with the reference backend (as imported,
+/// and after `fold`) and compares with onnxruntime's `golden/output.npy`:
+/// |ours - ort| <= 1e-4 * |ort| + `abs_floor` per element. The floor covers
+/// values near zero, where a relative bound means nothing (probabilities of
+/// 1e-9, logits that cross zero); it is 1e-4 of the output's largest magnitude.
+fn golden(model: &str, dir: &str) {
+    use cnnpack::backend::cpu::reference::run_graph;
+    use cnnpack::format::read_npy;
+    let Some(d) = data_dir() else { return };
+    let g = load_onnx(&d.join(model)).unwrap();
+    let input = read_npy(&d.join(dir).join("input.npy")).unwrap();
+    let want = read_npy(&d.join(dir).join("output.npy")).unwrap();
+    let folded = cnnpack::graph::fold(g.clone()).unwrap();
+    let mut runs = vec![("imported", &g)];
+    // The reference is slow on SqueezeNet; only rerun when folding changed something.
+    if folded != g {
+        runs.push(("folded", &folded));
+    }
+    for (what, graph) in runs {
+        let out = run_graph(graph, &input).unwrap_or_else(|e| panic!("{model}: {e}"));
+        assert_eq!(out.len(), 1);
+        let got = &out[0];
+        assert_eq!(got.shape, want.shape, "{model} {what}");
+        let peak = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let floor = 1e-4 * peak;
+        let mut worst = 0f32;
+        for (i, (a, b)) in got.data.iter().zip(&want.data).enumerate() {
+            let err = (a - b).abs();
+            let bound = 1e-4 * b.abs() + floor;
+            worst = worst.max(err / bound);
+            assert!(
+                err <= bound,
+                "{model} {what}: element {i}: {a} vs onnxruntime {b}"
+            );
+        }
+        println!("{model} {what}: worst error / bound {worst:.3e}");
+        // Same class per row.
+        let cols = want.shape[1];
+        for r in 0..want.shape[0] {
+            let am = |t: &Tensor| {
+                let row = &t.data[r * cols..(r + 1) * cols];
+                (0..cols).fold(0, |best, j| if row[j] > row[best] { j } else { best })
+            };
+            assert_eq!(am(got), am(&want), "{model} {what} row {r}");
+        }
+    }
+}
+
+#[test]
+fn golden_lenet5() {
+    golden("lenet/lenet5_original.onnx", "lenet/golden");
+}
+
+#[test]
+fn golden_squeezenet() {
+    golden(
+        "imagenet/squeezenet1.0/squeezenet1.0.onnx",
+        "imagenet/squeezenet1.0/golden",
+    );
+}
+
+#[test]
+fn golden_resnet20() {
+    golden("cifar/resnet20.onnx", "cifar/golden");
+}

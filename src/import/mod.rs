@@ -4,8 +4,8 @@
 //! listed in `onnx.rs`) into a validated `Graph` with shapes checked at batch 1;
 //! `export_onnx` writes a dense opset-13 model with a symbolic batch axis `N`.
 
-mod export;
-mod onnx;
+pub mod export;
+pub mod onnx;
 pub mod proto;
 
 pub use export::export_onnx;
