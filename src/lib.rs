@@ -8,6 +8,7 @@ pub mod engine;
 pub mod eval;
 pub mod format;
 pub mod graph;
+pub mod import;
 pub mod plan;
 pub mod weights;
 pub mod zoo;
