@@ -92,6 +92,14 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Export a model to ONNX (opset 13; compressed weights are expanded to f32).
+    Export {
+        /// Model: .onnx, .cnnpack or zoo:NAME.
+        model: String,
+        /// Output .onnx file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Time a model (whole and per layer) and/or measure the device's peak rates.
     Bench {
         /// Model: .onnx, .cnnpack or zoo:NAME (omit with --peak to measure peaks only).
@@ -198,6 +206,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Convert { model, output } => {
             let graph = load(&model)?;
             cnnpack::format::save(&graph, &output)
+                .with_context(|| format!("writing {}", output.display()))?;
+            println!("wrote {}", output.display());
+            Ok(())
+        }
+        Command::Export { model, output } => {
+            let graph = load(&model)?;
+            let bytes = cnnpack::import::export::export_onnx(&graph)?;
+            cnnpack::format::write_atomic(&output, &bytes)
                 .with_context(|| format!("writing {}", output.display()))?;
             println!("wrote {}", output.display());
             Ok(())

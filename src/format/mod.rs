@@ -26,15 +26,11 @@ pub fn load_model(path: &Path) -> Result<Graph, FormatError> {
     }
 }
 
-/// MERGE POINT: the single place where `.onnx` files reach the ONNX importer.
-///
-/// The importer (`crate::import::onnx::load_onnx`) lives on another branch; at merge
-/// this body becomes
-/// `crate::import::onnx::load_onnx(path).map_err(|e| FormatError::Onnx { path: .., reason: e.to_string() })`.
+/// The single place where `.onnx` files reach the ONNX importer.
 fn import_onnx(path: &Path) -> Result<Graph, FormatError> {
-    Err(FormatError::Onnx {
+    crate::import::onnx::load_onnx(path).map_err(|e| FormatError::Onnx {
         path: path.display().to_string(),
-        reason: "ONNX import not built".into(),
+        reason: e.to_string(),
     })
 }
 
