@@ -562,6 +562,8 @@ fn conv_unsupported_attribute_value() {
     ))
     .unwrap_err();
     assert!(e.to_string().contains("pads"), "{e}");
+    let e = parse(&conv_model(vec![], &[4, 3, 0, 0], 0)).unwrap_err();
+    assert!(e.to_string().contains("[4, 3, 0, 0]"), "{e}");
     let e = parse(&conv_model(vec![attr_i("group", 0)], &[4, 3, 3, 3], 108)).unwrap_err();
     assert!(e.to_string().contains("group"), "{e}");
     let e = parse(&conv_model(
@@ -1334,7 +1336,12 @@ fn random_byte_flips_never_panic() {
     let mut trials = 0;
     for f in ["onnx-zoo/mnist-8.onnx", "cifar/resnet20.onnx"] {
         let bytes = std::fs::read(d.join(f)).unwrap();
-        for trial in 0..100 {
+        // CNNPACK_FLIP_TRIALS raises the count for a longer local fuzz run.
+        let n: usize = std::env::var("CNNPACK_FLIP_TRIALS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
+        for trial in 0..n {
             let mut b = bytes.clone();
             let flips = rng.range(1, 8);
             for _ in 0..flips {

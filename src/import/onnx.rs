@@ -1074,6 +1074,9 @@ impl Importer {
                 format!("weight of rank {} (only 2-D convolution)", w.dims.len()),
             ));
         }
+        if w.dims.contains(&0) {
+            return Err(ctx.unsupported("W", format!("weight of shape {:?}", w.dims)));
+        }
         let weight = w.to_tensor();
         let bias = match self.opt_constant(ctx, 2, "B")? {
             None => None,
