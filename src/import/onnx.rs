@@ -954,7 +954,8 @@ impl Importer {
                 };
                 // Flatten allows axis in -rank..=rank.
                 let ax = if axis < 0 { axis + rank as i64 } else { axis };
-                if !(0..=rank as i64).contains(&ax) {
+                // Axis 0 would fold the batch into the features.
+                if !(1..=rank as i64).contains(&ax) {
                     return Err(ctx.unsupported("axis", axis));
                 }
                 let axis = ax as usize;
