@@ -796,6 +796,18 @@ fn gemm_and_matmul() {
     };
     assert_eq!(l.weight.to_dense().data, vec![0., 2., 4., 1., 3., 5.]);
     assert!(l.bias.is_none());
+    // A weight behind an Identity is still a constant.
+    let m = model(
+        13,
+        &[3],
+        vec![
+            node("Identity", "i", &["B"], "B2", vec![]),
+            node("Gemm", "g", &["x", "B2"], "y", vec![]),
+        ],
+        vec![f32_raw("B", &[3, 2], &b)],
+        &["y"],
+    );
+    assert_eq!(parse(&m).unwrap().nodes.len(), 1);
     // MatMul of two computed values is refused.
     let m = model(
         13,
@@ -1625,4 +1637,34 @@ fn golden_squeezenet() {
 #[test]
 fn golden_resnet20() {
     golden("cifar/resnet20.onnx", "cifar/golden");
+}
+
+/// Encodes a length-delimited field (wire type 2).
+fn ld(field: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![(field << 3) | 2];
+    let mut n = body.len();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn allocation_bombs_are_refused_before_decoding() {
+    // 1,000,001 empty nodes: 2 MB of file, over the node limit.
+    let graph: Vec<u8> = [0x0a, 0x00].repeat(1_000_001);
+    let e = parse_onnx(&ld(7, &graph)).unwrap_err();
+    assert!(e.to_string().contains("1000001 nodes"), "{e}");
+    // One node with 4 million empty attributes: 8 MB that prost would turn into
+    // more than a gigabyte of structs.
+    let node_body: Vec<u8> = [0x2a, 0x00].repeat(4_000_000);
+    let e = parse_onnx(&ld(7, &ld(1, &node_body))).unwrap_err();
+    assert!(e.to_string().contains("decoding would take"), "{e}");
 }

@@ -6,6 +6,7 @@
 
 pub mod export;
 pub mod onnx;
+mod prescan;
 pub mod proto;
 
 pub use export::export_onnx;

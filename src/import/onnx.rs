@@ -60,6 +60,22 @@ pub fn parse_onnx(bytes: &[u8]) -> Result<Graph, ImportError> {
             limit: MAX_FILE_BYTES,
         });
     }
+    // Bound what decoding allocates before prost allocates it.
+    let est = super::prescan::estimate(bytes);
+    if est.nodes > MAX_NODES as u64 {
+        return Err(ImportError::Malformed(format!(
+            "{} nodes, over the limit of {MAX_NODES}",
+            est.nodes
+        )));
+    }
+    let budget = 4 * bytes.len() as u64 + (256 << 20);
+    if est.cost > budget {
+        return Err(ImportError::Malformed(format!(
+            "decoding would take about {} bytes for a {}-byte file (limit {budget})",
+            est.cost,
+            bytes.len()
+        )));
+    }
     let model = ModelProto::decode(bytes)?;
     let opset = default_opset(&model)?;
     let Some(gp) = model.graph.as_ref() else {
@@ -824,6 +840,11 @@ impl Importer {
                     }),
                     x,
                 )
+            }
+            "Identity" if ctx.input(0).is_some_and(|v| self.consts.contains_key(v)) => {
+                // An alias of a constant stays a constant.
+                a.only(&[])?;
+                Ok(Out::Const(self.constant(ctx, 0, "input")?.clone()))
             }
             "Relu" | "Sigmoid" | "Identity" => {
                 a.only(&["consumed_inputs"])?;
