@@ -46,7 +46,7 @@ fn child(kind: Kind, field: u64) -> Option<Kind> {
         (Model, 14) => Entry,
         (Graph, 1) => Node,
         (Graph, 5) => Tensor,
-        (Graph, 11 | 12 | 13) => ValueInfo,
+        (Graph, 11..=13) => ValueInfo,
         (Node, 5) => Attribute,
         (Attribute, 5 | 10) => Tensor,
         (Tensor, 13) => Entry,
