@@ -76,9 +76,9 @@ pub fn parse_onnx(bytes: &[u8]) -> Result<Graph, ImportError> {
             bytes.len()
         )));
     }
-    let model = ModelProto::decode(bytes)?;
+    let mut model = ModelProto::decode(bytes)?;
     let opset = default_opset(&model)?;
-    let Some(gp) = model.graph.as_ref() else {
+    let Some(mut gp) = model.graph.take() else {
         return Err(ImportError::Malformed("the model has no graph".into()));
     };
     if gp.node.len() > MAX_NODES {
@@ -89,8 +89,9 @@ pub fn parse_onnx(bytes: &[u8]) -> Result<Graph, ImportError> {
     }
 
     let mut consts: HashMap<String, Const> = HashMap::new();
-    for t in &gp.initializer {
-        let c = Const::from_proto(t)?;
+    // Each TensorProto is dropped once converted, so its bytes are not held twice.
+    for t in std::mem::take(&mut gp.initializer) {
+        let c = Const::from_proto(&t)?;
         consts.insert(t.name.clone().unwrap_or_default(), c);
     }
 
