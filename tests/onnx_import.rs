@@ -518,16 +518,36 @@ fn conv_attributes_and_auto_pad() {
             assert_eq!(s["y"], vec![1, 4, 4, 8]);
         }
     }
-    // Dilation and groups.
-    let g = parse(&conv_model(
-        vec![attr_i("group", 3), attr_is("dilations", &[2, 2])],
-        &[4 * 3 / 3 * 3, 1, 3, 3],
-        108,
-    ))
-    .map(|_| ());
+    // Dilation and groups: depthwise 3x3, dilation 2, no bias.
+    let m = model(
+        13,
+        &[3, 9, 9],
+        vec![node(
+            "Conv",
+            "dw",
+            &["x", "w"],
+            "y",
+            vec![
+                attr_i("group", 3),
+                attr_is("dilations", &[2, 2]),
+                attr_s("auto_pad", "SAME_UPPER"),
+            ],
+        )],
+        vec![f32_raw("w", &[3, 1, 3, 3], &[0.5; 27])],
+        &["y"],
+    );
+    let g = parse(&m).unwrap();
+    let Op::Conv(c) = only_node(&g, "Conv") else {
+        unreachable!()
+    };
+    assert_eq!((c.groups, c.dilation, c.pads), (3, [2, 2], [2, 2, 2, 2]));
+    assert!(c.bias.is_none());
+    assert_eq!(g.infer_shapes(1).unwrap()["y"], vec![1, 3, 9, 9]);
+    // A 4-value bias for 12 output channels fails the shape check.
+    let e = parse(&conv_model(vec![attr_i("group", 3)], &[12, 1, 3, 3], 108)).unwrap_err();
     assert!(
-        g.is_err(),
-        "12 output channels with a 4-value bias must fail"
+        matches!(e, ImportError::Graph(GraphError::Shape { .. })),
+        "{e}"
     );
 }
 
