@@ -518,16 +518,36 @@ fn conv_attributes_and_auto_pad() {
             assert_eq!(s["y"], vec![1, 4, 4, 8]);
         }
     }
-    // Dilation and groups.
-    let g = parse(&conv_model(
-        vec![attr_i("group", 3), attr_is("dilations", &[2, 2])],
-        &[4 * 3 / 3 * 3, 1, 3, 3],
-        108,
-    ))
-    .map(|_| ());
+    // Dilation and groups: depthwise 3x3, dilation 2, no bias.
+    let m = model(
+        13,
+        &[3, 9, 9],
+        vec![node(
+            "Conv",
+            "dw",
+            &["x", "w"],
+            "y",
+            vec![
+                attr_i("group", 3),
+                attr_is("dilations", &[2, 2]),
+                attr_s("auto_pad", "SAME_UPPER"),
+            ],
+        )],
+        vec![f32_raw("w", &[3, 1, 3, 3], &[0.5; 27])],
+        &["y"],
+    );
+    let g = parse(&m).unwrap();
+    let Op::Conv(c) = only_node(&g, "Conv") else {
+        unreachable!()
+    };
+    assert_eq!((c.groups, c.dilation, c.pads), (3, [2, 2], [2, 2, 2, 2]));
+    assert!(c.bias.is_none());
+    assert_eq!(g.infer_shapes(1).unwrap()["y"], vec![1, 3, 9, 9]);
+    // A 4-value bias for 12 output channels fails the shape check.
+    let e = parse(&conv_model(vec![attr_i("group", 3)], &[12, 1, 3, 3], 108)).unwrap_err();
     assert!(
-        g.is_err(),
-        "12 output channels with a 4-value bias must fail"
+        matches!(e, ImportError::Graph(GraphError::Shape { .. })),
+        "{e}"
     );
 }
 
@@ -562,6 +582,8 @@ fn conv_unsupported_attribute_value() {
     ))
     .unwrap_err();
     assert!(e.to_string().contains("pads"), "{e}");
+    let e = parse(&conv_model(vec![], &[4, 3, 0, 0], 0)).unwrap_err();
+    assert!(e.to_string().contains("[4, 3, 0, 0]"), "{e}");
     let e = parse(&conv_model(vec![attr_i("group", 0)], &[4, 3, 3, 3], 108)).unwrap_err();
     assert!(e.to_string().contains("group"), "{e}");
     let e = parse(&conv_model(
@@ -794,6 +816,18 @@ fn gemm_and_matmul() {
     };
     assert_eq!(l.weight.to_dense().data, vec![0., 2., 4., 1., 3., 5.]);
     assert!(l.bias.is_none());
+    // A weight behind an Identity is still a constant.
+    let m = model(
+        13,
+        &[3],
+        vec![
+            node("Identity", "i", &["B"], "B2", vec![]),
+            node("Gemm", "g", &["x", "B2"], "y", vec![]),
+        ],
+        vec![f32_raw("B", &[3, 2], &b)],
+        &["y"],
+    );
+    assert_eq!(parse(&m).unwrap().nodes.len(), 1);
     // MatMul of two computed values is refused.
     let m = model(
         13,
@@ -1328,15 +1362,29 @@ fn truncated_files_fail() {
 
 #[test]
 fn random_byte_flips_never_panic() {
-    let Some(d) = data_dir() else { return };
     let mut rng = cnnpack::graph::Rng::new(2024);
     let mut errors = 0;
     let mut trials = 0;
-    for f in ["onnx-zoo/mnist-8.onnx", "cifar/resnet20.onnx"] {
-        let bytes = std::fs::read(d.join(f)).unwrap();
-        for trial in 0..100 {
+    // A structure-dense exported model (every op kind) needs no test data.
+    let mut files = vec![(
+        "zoo-like export".to_string(),
+        export_onnx(&zoo_like()).unwrap(),
+    )];
+    if let Some(d) = data_dir() {
+        for f in ["onnx-zoo/mnist-8.onnx", "cifar/resnet20.onnx"] {
+            files.push((f.to_string(), std::fs::read(d.join(f)).unwrap()));
+        }
+    }
+    for (f, bytes) in &files {
+        assert!(parse_onnx(bytes).is_ok(), "{f} parses before corruption");
+        // CNNPACK_FLIP_TRIALS raises the count for a longer local fuzz run.
+        let n: usize = std::env::var("CNNPACK_FLIP_TRIALS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
+        for trial in 0..n {
             let mut b = bytes.clone();
-            let flips = rng.range(1, 8);
+            let flips = rng.range(1, 4);
             for _ in 0..flips {
                 // Half the flips hit the first 2 KiB, where the structure is dense.
                 let limit = if rng.range(0, 1) == 0 {
@@ -1352,6 +1400,12 @@ fn random_byte_flips_never_panic() {
                 Ok(g) => {
                     // Whatever parses must be a consistent graph.
                     g.infer_shapes(2).expect("an imported graph has shapes");
+                    // ... and survives an export round trip unchanged.
+                    let back = parse_onnx(&export_onnx(&g).expect("export"))
+                        .unwrap_or_else(|e| panic!("{f} trial {trial}: re-import: {e}"));
+                    let mut want = g.clone();
+                    want.input.declared_batch = None;
+                    assert_same_graph(&back, &want, &format!("{f} trial {trial}"));
                 }
                 Err(_) => errors += 1,
             }
@@ -1603,4 +1657,34 @@ fn golden_squeezenet() {
 #[test]
 fn golden_resnet20() {
     golden("cifar/resnet20.onnx", "cifar/golden");
+}
+
+/// Encodes a length-delimited field (wire type 2).
+fn ld(field: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![(field << 3) | 2];
+    let mut n = body.len();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn allocation_bombs_are_refused_before_decoding() {
+    // 1,000,001 empty nodes: 2 MB of file, over the node limit.
+    let graph: Vec<u8> = [0x0a, 0x00].repeat(1_000_001);
+    let e = parse_onnx(&ld(7, &graph)).unwrap_err();
+    assert!(e.to_string().contains("1000001 nodes"), "{e}");
+    // One node with 4 million empty attributes: 8 MB that prost would turn into
+    // more than a gigabyte of structs.
+    let node_body: Vec<u8> = [0x2a, 0x00].repeat(4_000_000);
+    let e = parse_onnx(&ld(7, &ld(1, &node_body))).unwrap_err();
+    assert!(e.to_string().contains("decoding would take"), "{e}");
 }

@@ -3,9 +3,15 @@
 //! `load_onnx`/`parse_onnx` read an ONNX model (opsets 7 to 21, the CNN operators
 //! listed in `onnx.rs`) into a validated `Graph` with shapes checked at batch 1;
 //! `export_onnx` writes a dense opset-13 model with a symbolic batch axis `N`.
+//!
+//! Untrusted input: the file size, the decoded size (a wire-format pre-pass,
+//! `prescan.rs`), node count, tensor element counts and every value's size are
+//! bounded before anything is allocated for them; bad input is an
+//! `ImportError`, never a panic.
 
 pub mod export;
 pub mod onnx;
+mod prescan;
 pub mod proto;
 
 pub use export::export_onnx;

@@ -60,9 +60,25 @@ pub fn parse_onnx(bytes: &[u8]) -> Result<Graph, ImportError> {
             limit: MAX_FILE_BYTES,
         });
     }
-    let model = ModelProto::decode(bytes)?;
+    // Bound what decoding allocates before prost allocates it.
+    let est = super::prescan::estimate(bytes);
+    if est.nodes > MAX_NODES as u64 {
+        return Err(ImportError::Malformed(format!(
+            "{} nodes, over the limit of {MAX_NODES}",
+            est.nodes
+        )));
+    }
+    let budget = 4 * bytes.len() as u64 + (256 << 20);
+    if est.cost > budget {
+        return Err(ImportError::Malformed(format!(
+            "decoding would take about {} bytes for a {}-byte file (limit {budget})",
+            est.cost,
+            bytes.len()
+        )));
+    }
+    let mut model = ModelProto::decode(bytes)?;
     let opset = default_opset(&model)?;
-    let Some(gp) = model.graph.as_ref() else {
+    let Some(mut gp) = model.graph.take() else {
         return Err(ImportError::Malformed("the model has no graph".into()));
     };
     if gp.node.len() > MAX_NODES {
@@ -73,8 +89,9 @@ pub fn parse_onnx(bytes: &[u8]) -> Result<Graph, ImportError> {
     }
 
     let mut consts: HashMap<String, Const> = HashMap::new();
-    for t in &gp.initializer {
-        let c = Const::from_proto(t)?;
+    // Each TensorProto is dropped once converted, so its bytes are not held twice.
+    for t in std::mem::take(&mut gp.initializer) {
+        let c = Const::from_proto(&t)?;
         consts.insert(t.name.clone().unwrap_or_default(), c);
     }
 
@@ -825,6 +842,11 @@ impl Importer {
                     x,
                 )
             }
+            "Identity" if ctx.input(0).is_some_and(|v| self.consts.contains_key(v)) => {
+                // An alias of a constant stays a constant.
+                a.only(&[])?;
+                Ok(Out::Const(self.constant(ctx, 0, "input")?.clone()))
+            }
             "Relu" | "Sigmoid" | "Identity" => {
                 a.only(&["consumed_inputs"])?;
                 let x = self.dynamic(ctx, 0)?;
@@ -954,7 +976,8 @@ impl Importer {
                 };
                 // Flatten allows axis in -rank..=rank.
                 let ax = if axis < 0 { axis + rank as i64 } else { axis };
-                if !(0..=rank as i64).contains(&ax) {
+                // Axis 0 would fold the batch into the features.
+                if !(1..=rank as i64).contains(&ax) {
                     return Err(ctx.unsupported("axis", axis));
                 }
                 let axis = ax as usize;
@@ -1073,6 +1096,9 @@ impl Importer {
                 "W",
                 format!("weight of rank {} (only 2-D convolution)", w.dims.len()),
             ));
+        }
+        if w.dims.contains(&0) {
+            return Err(ctx.unsupported("W", format!("weight of shape {:?}", w.dims)));
         }
         let weight = w.to_tensor();
         let bias = match self.opt_constant(ctx, 2, "B")? {
