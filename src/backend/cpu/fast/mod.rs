@@ -1,0 +1,3 @@
+//! Fast CPU kernels.
+
+pub mod sketch;

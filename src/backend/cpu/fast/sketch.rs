@@ -1,0 +1,574 @@
+//! Binary-weight (sketch) fc and conv on the CPU, with additions and subtractions only.
+//!
+//! For an input row `x` (an fc input row or a conv im2col patch, K long, in the K order
+//! of `weights/mod.rs`) and a binary row `B ∈ {±1}^K`:
+//! `x·B = 2·P − S` with `S = Σ_k x_k` (once per input row, shared by every output
+//! channel and base) and `P = Σ_{k: bit set} x_k`. Then `y_o = b_o + Σ_j a_{o,j}(2P_{o,j} − S)`.
+//! Three ways to get P:
+//! - masked (`sketch_linear`, `sketch_conv`): for each word, every input is ANDed with
+//!   an all-ones/all-zeros lane mask derived from its bit and added; vectorises, no
+//!   multiply by ±1.
+//! - LUT (`*_lut`): for each group of 8 inputs all 256 subset sums are built once per
+//!   input row; P is then one table lookup and add per byte of the bit row.
+//! - associative (`*_assoc`, the paper's CPU scheme): a layer's binary rows are ordered
+//!   along a minimum spanning tree over Hamming distance (rooted at the all-clear row,
+//!   whose P is 0), and each row's P is its parent's plus the inputs whose bit turns on
+//!   minus those whose bit turns off; cost ∝ the tree's total Hamming distance.
+//!
+//! Input rows are copied into buffers padded with zeros to `32 · words_per_row`, so the
+//! padding bits of the last word meet zero inputs and contribute nothing to P, and the
+//! conv's spatial zero padding contributes zero to both P and S, as in the dense conv.
+//!
+//! Preconditions (shapes agreeing with the weights, `Weights::Sketch` in the conv) are
+//! the planner's invariants, checked by shape inference before a kernel runs; a
+//! violation panics with a message naming it.
+
+use crate::graph::{Conv2d, Tensor};
+use crate::weights::{SketchWeights, Weights};
+use rayon::prelude::*;
+
+/// How P (the sum of inputs under set bits) is computed.
+#[derive(Clone, Copy)]
+enum Method<'a> {
+    Masked,
+    Lut,
+    Assoc(&'a AssocPlan),
+}
+
+/// `y = x Wᵀ + b` for `x: [N, K]` and sketch weights `[O, K]`; returns `[N, O]`.
+pub fn sketch_linear(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Tensor {
+    linear_with(x, w, bias, Method::Masked)
+}
+
+/// As `sketch_linear`, with P from per-input-row 8-input lookup tables.
+pub fn sketch_linear_lut(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Tensor {
+    linear_with(x, w, bias, Method::Lut)
+}
+
+/// As `sketch_linear`, with P computed associatively (builds the plan each call;
+/// see `sketch_linear_assoc_with` to reuse one).
+pub fn sketch_linear_assoc(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Tensor {
+    let plan = AssocPlan::new(w, 1);
+    linear_with(x, w, bias, Method::Assoc(&plan))
+}
+
+/// As `sketch_linear_assoc` with a plan built by `AssocPlan::new(w, 1)`.
+pub fn sketch_linear_assoc_with(
+    x: &Tensor,
+    w: &SketchWeights,
+    plan: &AssocPlan,
+    bias: Option<&Tensor>,
+) -> Tensor {
+    linear_with(x, w, bias, Method::Assoc(plan))
+}
+
+/// Sketch convolution, NCHW: `x: [N, Cin, H, W]`, `conv.weight` a `Weights::Sketch`
+/// of logical shape `[Cout, Cin/groups, kh, kw]`; returns `[N, Cout, OH, OW]`.
+pub fn sketch_conv(x: &Tensor, conv: &Conv2d) -> Tensor {
+    conv_with(x, conv, Method::Masked)
+}
+
+/// As `sketch_conv`, with P from per-patch 8-input lookup tables.
+pub fn sketch_conv_lut(x: &Tensor, conv: &Conv2d) -> Tensor {
+    conv_with(x, conv, Method::Lut)
+}
+
+/// As `sketch_conv`, with P computed associatively (builds the plan each call).
+pub fn sketch_conv_assoc(x: &Tensor, conv: &Conv2d) -> Tensor {
+    let plan = AssocPlan::new(sketch_of(conv), conv.groups);
+    conv_with(x, conv, Method::Assoc(&plan))
+}
+
+/// As `sketch_conv_assoc` with a plan built by `AssocPlan::new(weights, conv.groups)`.
+pub fn sketch_conv_assoc_with(x: &Tensor, conv: &Conv2d, plan: &AssocPlan) -> Tensor {
+    conv_with(x, conv, Method::Assoc(plan))
+}
+
+fn sketch_of(conv: &Conv2d) -> &SketchWeights {
+    match &conv.weight {
+        Weights::Sketch(s) => s,
+        other => panic!(
+            "sketch_conv needs sketch weights, got {} (the planner picks the kernel by encoding)",
+            other.encoding()
+        ),
+    }
+}
+
+fn linear_with(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>, method: Method) -> Tensor {
+    let k = w.row_len();
+    assert!(
+        x.shape.len() == 2 && x.shape[1] == k,
+        "sketch_linear: input shape {:?} does not match weights {:?}",
+        x.shape,
+        w.shape()
+    );
+    let n = x.shape[0];
+    let o = w.rows();
+    let kp = 32 * w.words_per_row();
+    let mut xs = vec![0f32; n * kp];
+    let mut sums = vec![0f32; n];
+    for ((dst, src), s) in xs.chunks_exact_mut(kp).zip(x.data.chunks_exact(k)).zip(&mut sums) {
+        dst[..k].copy_from_slice(src);
+        *s = src.iter().sum();
+    }
+    let mut out = rows_times_weights(&xs, &sums, kp, w, 0, o, method, 0);
+    add_bias_rows(&mut out, o, bias);
+    Tensor {
+        shape: vec![n, o],
+        data: out,
+    }
+}
+
+fn add_bias_rows(out: &mut [f32], o: usize, bias: Option<&Tensor>) {
+    if let Some(b) = bias {
+        assert_eq!(b.data.len(), o, "bias length must equal the output channels");
+        for row in out.chunks_exact_mut(o) {
+            row.iter_mut().zip(&b.data).for_each(|(y, b)| *y += b);
+        }
+    }
+}
+
+/// Output-channel tile of the masked and LUT kernels (outputs per task).
+const O_TILE: usize = 16;
+/// Input-row tile of the masked kernel.
+const R_TILE: usize = 16;
+
+/// `out[r][o − o0] = Σ_j a_{o,j} (2 P_{o,j}(x_r) − S_r)` for rows `r` of `xs`
+/// (padded to `kp`) and outputs `o0..o0+count`. `group` selects the plan's group.
+#[allow(clippy::too_many_arguments)]
+fn rows_times_weights(
+    xs: &[f32],
+    sums: &[f32],
+    kp: usize,
+    w: &SketchWeights,
+    o0: usize,
+    count: usize,
+    method: Method,
+    group: usize,
+) -> Vec<f32> {
+    let nrows = sums.len();
+    let mut out = vec![0f32; nrows * count];
+    if nrows == 0 || count == 0 {
+        return out;
+    }
+    let m = w.bases();
+    let wpr = w.words_per_row();
+    let scales = w.scales();
+    let bits = w.bits();
+    // y for one output from the m values of P.
+    let combine = |o: usize, p: &[f32], s: f32| -> f32 {
+        let a = &scales[o * m..(o + 1) * m];
+        a.iter().zip(p).map(|(a, p)| a * (2.0 * p - s)).sum()
+    };
+    let many_rows = nrows >= 2 * rayon::current_num_threads();
+    match method {
+        Method::Masked => {
+            // Tiles of (rows × outputs) so that bit rows and input rows stay in cache.
+            let r_tiles = nrows.div_ceil(R_TILE);
+            let o_tiles = count.div_ceil(O_TILE);
+            let tiles: Vec<(usize, usize, Vec<f32>)> = (0..r_tiles * o_tiles)
+                .into_par_iter()
+                .map(|t| {
+                    let (rt, ot) = (t / o_tiles, t % o_tiles);
+                    let rs = rt * R_TILE..((rt + 1) * R_TILE).min(nrows);
+                    let os = ot * O_TILE..((ot + 1) * O_TILE).min(count);
+                    let mut tile = Vec::with_capacity(rs.len() * os.len());
+                    let mut p = vec![0f32; m];
+                    for r in rs.clone() {
+                        let x = &xs[r * kp..(r + 1) * kp];
+                        for oi in os.clone() {
+                            let o = o0 + oi;
+                            for (j, pj) in p.iter_mut().enumerate() {
+                                let row = &bits[(o * m + j) * wpr..(o * m + j + 1) * wpr];
+                                *pj = masked_sum(x, row);
+                            }
+                            tile.push(combine(o, &p, sums[r]));
+                        }
+                    }
+                    (rs.start, os.start, tile)
+                })
+                .collect();
+            for (r0, oi0, tile) in tiles {
+                let width = O_TILE.min(count - oi0);
+                for (i, chunk) in tile.chunks_exact(width).enumerate() {
+                    let dst = (r0 + i) * count + oi0;
+                    out[dst..dst + width].copy_from_slice(chunk);
+                }
+            }
+        }
+        Method::Lut => {
+            let groups = kp / 8;
+            let lut_one = |x: &[f32], lut: &mut Vec<f32>| {
+                lut.resize(groups * 256, 0.0);
+                build_lut(x, lut);
+            };
+            let eval = |lut: &[f32], o: usize, s: f32, p: &mut [f32]| -> f32 {
+                for (j, pj) in p.iter_mut().enumerate() {
+                    let row = &bits[(o * m + j) * wpr..(o * m + j + 1) * wpr];
+                    *pj = lut_sum(lut, row);
+                }
+                combine(o, p, s)
+            };
+            if many_rows {
+                out.par_chunks_mut(count).enumerate().for_each_init(
+                    || (Vec::new(), vec![0f32; m]),
+                    |(lut, p), (r, y)| {
+                        lut_one(&xs[r * kp..(r + 1) * kp], lut);
+                        for (oi, yo) in y.iter_mut().enumerate() {
+                            *yo = eval(lut, o0 + oi, sums[r], p);
+                        }
+                    },
+                );
+            } else {
+                let luts: Vec<Vec<f32>> = (0..nrows)
+                    .into_par_iter()
+                    .map(|r| {
+                        let mut lut = Vec::new();
+                        lut_one(&xs[r * kp..(r + 1) * kp], &mut lut);
+                        lut
+                    })
+                    .collect();
+                let cols: Vec<Vec<f32>> = (0..count.div_ceil(O_TILE))
+                    .into_par_iter()
+                    .map(|ot| {
+                        let mut p = vec![0f32; m];
+                        let os = ot * O_TILE..((ot + 1) * O_TILE).min(count);
+                        let mut tile = Vec::with_capacity(nrows * os.len());
+                        for (r, lut) in luts.iter().enumerate() {
+                            for oi in os.clone() {
+                                tile.push(eval(lut, o0 + oi, sums[r], &mut p));
+                            }
+                        }
+                        tile
+                    })
+                    .collect();
+                for (ot, tile) in cols.into_iter().enumerate() {
+                    let oi0 = ot * O_TILE;
+                    let width = O_TILE.min(count - oi0);
+                    for (r, chunk) in tile.chunks_exact(width).enumerate() {
+                        out[r * count + oi0..r * count + oi0 + width].copy_from_slice(chunk);
+                    }
+                }
+            }
+        }
+        Method::Assoc(plan) => {
+            let g = &plan.groups[group];
+            assert_eq!(
+                g.rows,
+                count * m,
+                "associative plan was built for other weights or groups"
+            );
+            out.par_chunks_mut(count).enumerate().for_each_init(
+                || vec![0f32; g.rows],
+                |pv, (r, y)| {
+                    let x = &xs[r * kp..(r + 1) * kp];
+                    g.eval(x, pv);
+                    for (oi, yo) in y.iter_mut().enumerate() {
+                        *yo = combine(o0 + oi, &pv[oi * m..(oi + 1) * m], sums[r]);
+                    }
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Sum of `x[k]` over the set bits of `bits`; `x` has `32 * bits.len()` elements.
+#[inline]
+fn masked_sum(x: &[f32], bits: &[u32]) -> f32 {
+    // One accumulator per bit position: the compiler vectorises the lane loop
+    // (broadcast the word, test each lane's bit, AND the input with the mask, add).
+    let mut acc = [0f32; 32];
+    for (xc, &word) in x.chunks_exact(32).zip(bits) {
+        for t in 0..32 {
+            let mask = if word & (1u32 << t) != 0 { u32::MAX } else { 0 };
+            acc[t] += f32::from_bits(xc[t].to_bits() & mask);
+        }
+    }
+    let mut half = [0f32; 8];
+    for c in acc.chunks_exact(8) {
+        for (h, v) in half.iter_mut().zip(c) {
+            *h += v;
+        }
+    }
+    half.iter().sum()
+}
+
+/// All 256 subset sums of each group of 8 inputs: `lut[g * 256 + b] = Σ_{t: bit t of b} x[8g + t]`.
+/// Built from two 16-entry nibble tables per group, one addition per entry.
+fn build_lut(x: &[f32], lut: &mut [f32]) {
+    for (xg, l) in x.chunks_exact(8).zip(lut.chunks_exact_mut(256)) {
+        let mut lo = [0f32; 16];
+        let mut hi = [0f32; 16];
+        for b in 1..16usize {
+            let t = b.trailing_zeros() as usize;
+            lo[b] = lo[b & (b - 1)] + xg[t];
+            hi[b] = hi[b & (b - 1)] + xg[4 + t];
+        }
+        for (h, chunk) in hi.iter().zip(l.chunks_exact_mut(16)) {
+            for (dst, lv) in chunk.iter_mut().zip(&lo) {
+                *dst = h + lv;
+            }
+        }
+    }
+}
+
+/// P from the lookup tables: one lookup per byte of the bit row.
+#[inline]
+fn lut_sum(lut: &[f32], bits: &[u32]) -> f32 {
+    let mut acc = [0f32; 4];
+    for (i, &word) in bits.iter().enumerate() {
+        let l = &lut[i * 1024..(i + 1) * 1024];
+        acc[0] += l[(word & 0xff) as usize];
+        acc[1] += l[256 + ((word >> 8) & 0xff) as usize];
+        acc[2] += l[512 + ((word >> 16) & 0xff) as usize];
+        acc[3] += l[768 + (word >> 24) as usize];
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+
+/// The associative evaluation order of a layer's binary rows, per conv group.
+#[derive(Clone, Debug)]
+pub struct AssocPlan {
+    groups: Vec<GroupPlan>,
+    k: usize,
+}
+
+/// One group's rows `(o, j)` (local output `o`, base `j`, index `o * m + j`) in
+/// tree order: each step names the row, its parent (or none: the all-clear row, P = 0)
+/// and the inputs whose bit differs from the parent's.
+#[derive(Clone, Debug)]
+struct GroupPlan {
+    rows: usize,
+    /// (row, parent or usize::MAX, end of its `plus` run, end of its `minus` run).
+    steps: Vec<(usize, usize, usize, usize)>,
+    /// Input indices whose bit turns on (concatenated runs, in step order).
+    plus: Vec<u32>,
+    /// Input indices whose bit turns off.
+    minus: Vec<u32>,
+}
+
+impl AssocPlan {
+    /// Builds the plan for `w` split into `groups` conv groups (1 for fc): a minimum
+    /// spanning tree (Prim, O(R² · words) per group of R rows) over Hamming distance,
+    /// including the all-clear root so a row far from all others is computed directly.
+    pub fn new(w: &SketchWeights, groups: usize) -> AssocPlan {
+        let m = w.bases();
+        let wpr = w.words_per_row();
+        let k = w.row_len();
+        let groups = groups.max(1);
+        assert!(
+            w.rows() % groups == 0,
+            "output channels {} not divisible by groups {groups}",
+            w.rows()
+        );
+        let per = w.rows() / groups * m;
+        let plans = (0..groups)
+            .into_par_iter()
+            .map(|g| {
+                let rows: Vec<&[u32]> = (0..per)
+                    .map(|i| &w.bits()[(g * per + i) * wpr..(g * per + i + 1) * wpr])
+                    .collect();
+                GroupPlan::new(&rows, k)
+            })
+            .collect();
+        AssocPlan { groups: plans, k }
+    }
+
+    /// Input additions per input row along the tree (its total Hamming distance).
+    pub fn tree_flips(&self) -> usize {
+        self.groups.iter().map(|g| g.plus.len() + g.minus.len()).sum()
+    }
+
+    /// Input additions per input row if every row were summed from scratch over its
+    /// set bits (the sparse direct cost), for comparison with `tree_flips`.
+    pub fn direct_set_bits(&self, w: &SketchWeights) -> usize {
+        w.bits().iter().map(|b| b.count_ones() as usize).sum()
+    }
+
+    /// Additions per input row of the dense masked kernel: rows × K.
+    pub fn dense_cost(&self) -> usize {
+        self.groups.iter().map(|g| g.rows).sum::<usize>() * self.k
+    }
+}
+
+fn hamming(a: &[u32], b: &[u32]) -> u32 {
+    a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
+}
+
+impl GroupPlan {
+    fn new(rows: &[&[u32]], k: usize) -> GroupPlan {
+        let r = rows.len();
+        // Bits past K are ignored, whatever the file holds.
+        let wpr = k.div_ceil(32);
+        let clean: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|row| {
+                let mut v = row.to_vec();
+                if k % 32 != 0 && wpr > 0 {
+                    v[wpr - 1] &= (1u32 << (k % 32)) - 1;
+                }
+                v
+            })
+            .collect();
+        // Prim from the virtual root: best[i] = (distance, parent) of the cheapest edge
+        // from the tree to row i.
+        let mut best: Vec<(u32, usize)> = clean
+            .iter()
+            .map(|v| (v.iter().map(|w| w.count_ones()).sum(), usize::MAX))
+            .collect();
+        let mut done = vec![false; r];
+        let mut steps = Vec::with_capacity(r);
+        let (mut plus, mut minus) = (Vec::new(), Vec::new());
+        for _ in 0..r {
+            let Some(i) = (0..r)
+                .filter(|&i| !done[i])
+                .min_by_key(|&i| best[i].0)
+            else {
+                break;
+            };
+            done[i] = true;
+            let parent = best[i].1;
+            for (wi, &word) in clean[i].iter().enumerate() {
+                let old = if parent == usize::MAX {
+                    0
+                } else {
+                    clean[parent][wi]
+                };
+                let (mut on, mut off) = (word & !old, old & !word);
+                while on != 0 {
+                    plus.push((wi * 32) as u32 + on.trailing_zeros());
+                    on &= on - 1;
+                }
+                while off != 0 {
+                    minus.push((wi * 32) as u32 + off.trailing_zeros());
+                    off &= off - 1;
+                }
+            }
+            steps.push((i, parent, plus.len(), minus.len()));
+            let ci = &clean[i];
+            let updates: Vec<(usize, u32)> = (0..r)
+                .into_par_iter()
+                .with_min_len(64)
+                .filter(|&j| !done[j])
+                .filter_map(|j| {
+                    let d = hamming(ci, &clean[j]);
+                    (d < best[j].0).then_some((j, d))
+                })
+                .collect();
+            for (j, d) in updates {
+                best[j] = (d, i);
+            }
+        }
+        GroupPlan {
+            rows: r,
+            steps,
+            plus,
+            minus,
+        }
+    }
+
+    /// P for every row of the group from one (padded) input row, written to `p[row]`.
+    fn eval(&self, x: &[f32], p: &mut [f32]) {
+        let (mut pi, mut mi) = (0, 0);
+        for &(row, parent, pe, me) in &self.steps {
+            let mut v = if parent == usize::MAX { 0.0 } else { p[parent] };
+            for &k in &self.plus[pi..pe] {
+                v += x[k as usize];
+            }
+            for &k in &self.minus[mi..me] {
+                v -= x[k as usize];
+            }
+            p[row] = v;
+            pi = pe;
+            mi = me;
+        }
+    }
+}
+
+fn conv_with(x: &Tensor, conv: &Conv2d, method: Method) -> Tensor {
+    let w = sketch_of(conv);
+    assert!(
+        x.shape.len() == 4,
+        "sketch_conv: input must be NCHW, got {:?}",
+        x.shape
+    );
+    let (n, cin, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let groups = conv.groups.max(1);
+    let cout = w.rows();
+    let cin_g = conv.in_channels_per_group();
+    assert!(
+        cin == cin_g * groups && cout % groups == 0,
+        "sketch_conv: input channels {cin} do not match weights {:?} with {groups} groups",
+        w.shape()
+    );
+    let [oh, ow] = conv
+        .output_hw(h, wd)
+        .expect("sketch_conv: window larger than the padded input (shape inference rejects this)");
+    let [kh, kw] = conv.kernel;
+    let k = cin_g * kh * kw;
+    let kp = 32 * w.words_per_row();
+    let ohw = oh * ow;
+    let cout_g = cout / groups;
+    let mut out = vec![0f32; n * cout * ohw];
+    let mut patches = vec![0f32; ohw * kp];
+    let mut sums = vec![0f32; ohw];
+    for img in 0..n {
+        for g in 0..groups {
+            // im2col: one contiguous, zero-padded row of K per output position.
+            patches
+                .par_chunks_mut(kp)
+                .zip(sums.par_iter_mut())
+                .enumerate()
+                .for_each(|(pos, (row, s))| {
+                    let (oy, ox) = (pos / ow, pos % ow);
+                    let mut sum = 0f32;
+                    for ci in 0..cin_g {
+                        let plane = &x.data[((img * cin) + g * cin_g + ci) * h * wd..][..h * wd];
+                        for ky in 0..kh {
+                            let iy = (oy * conv.stride[0] + ky * conv.dilation[0]) as isize
+                                - conv.pads[0] as isize;
+                            for kx in 0..kw {
+                                let ix = (ox * conv.stride[1] + kx * conv.dilation[1]) as isize
+                                    - conv.pads[1] as isize;
+                                let v = if iy >= 0
+                                    && (iy as usize) < h
+                                    && ix >= 0
+                                    && (ix as usize) < wd
+                                {
+                                    plane[iy as usize * wd + ix as usize]
+                                } else {
+                                    0.0
+                                };
+                                row[(ci * kh + ky) * kw + kx] = v;
+                                sum += v;
+                            }
+                        }
+                    }
+                    row[k..].fill(0.0);
+                    *s = sum;
+                });
+            let y = rows_times_weights(&patches, &sums, kp, w, g * cout_g, cout_g, method, g);
+            // [pos][co] -> NCHW planes.
+            let base = img * cout * ohw + g * cout_g * ohw;
+            for (pos, yr) in y.chunks_exact(cout_g).enumerate() {
+                for (oi, v) in yr.iter().enumerate() {
+                    out[base + oi * ohw + pos] = *v;
+                }
+            }
+        }
+        if let Some(b) = &conv.bias {
+            assert_eq!(b.data.len(), cout, "bias length must equal the output channels");
+            for (co, plane) in out[img * cout * ohw..(img + 1) * cout * ohw]
+                .chunks_exact_mut(ohw.max(1))
+                .enumerate()
+            {
+                plane.iter_mut().for_each(|v| *v += b.data[co]);
+            }
+        }
+    }
+    Tensor {
+        shape: vec![n, cout, oh, ow],
+        data: out,
+    }
+}

@@ -1,0 +1,3 @@
+//! CPU backends: `fast` (rayon, bit tricks, LUT).
+
+pub mod fast;

@@ -1,0 +1,3 @@
+//! Execution backends.
+
+pub mod cpu;

@@ -1,0 +1,467 @@
+//! Network sketching: algorithm properties, the bit-packed encoding, and the fast CPU
+//! kernels (masked, LUT, associative) against a dense reference of the unpacked weights.
+//!
+//! Kernel tolerance: max |fast − reference| ≤ 1e-4 · max |reference| (+1e-6 absolute),
+//! f32 sums of at most a few hundred terms in a different order.
+
+use cnnpack::backend::cpu::fast::sketch::{
+    sketch_conv, sketch_conv_assoc, sketch_conv_lut, sketch_linear, sketch_linear_assoc,
+    sketch_linear_lut, AssocPlan,
+};
+use cnnpack::compress::sketch::{relative_error, sketch_row};
+use cnnpack::compress::{sketch_graph, sketch_tensor, CompressError, SketchOptions};
+use cnnpack::graph::{Conv2d, GraphBuilder, Op, Rng, Tensor};
+use cnnpack::weights::{PartMut, SketchWeights, Weights};
+use std::collections::HashMap;
+
+/// Naive dense conv, NCHW, written from the definition (zero padding, groups, dilation).
+fn naive_conv(x: &Tensor, conv: &Conv2d) -> Tensor {
+    let w = conv.weight.to_dense();
+    let (n, cin, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let cout = w.shape[0];
+    let cin_g = w.shape[1];
+    let [kh, kw] = conv.kernel;
+    let [oh, ow] = conv.output_hw(h, wd).expect("test shapes fit");
+    let cout_g = cout / conv.groups;
+    let mut out = vec![0f32; n * cout * oh * ow];
+    for img in 0..n {
+        for co in 0..cout {
+            let g = co / cout_g;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = conv.bias.as_ref().map_or(0.0, |b| b.data[co] as f64);
+                    for ci in 0..cin_g {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * conv.stride[0] + ky * conv.dilation[0]) as isize
+                                    - conv.pads[0] as isize;
+                                let ix = (ox * conv.stride[1] + kx * conv.dilation[1]) as isize
+                                    - conv.pads[1] as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
+                                    continue;
+                                }
+                                let xv = x.data[((img * cin + g * cin_g + ci) * h + iy as usize)
+                                    * wd
+                                    + ix as usize];
+                                let wv = w.data[((co * cin_g + ci) * kh + ky) * kw + kx];
+                                acc += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    out[((img * cout + co) * oh + oy) * ow + ox] = acc as f32;
+                }
+            }
+        }
+    }
+    Tensor::new(vec![n, cout, oh, ow], out).expect("sizes agree")
+}
+
+/// Naive dense fc `[N, K] x [O, K]ᵀ + b`.
+fn naive_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let (n, k) = (x.shape[0], x.shape[1]);
+    let o = w.shape[0];
+    let mut out = vec![0f32; n * o];
+    for r in 0..n {
+        for c in 0..o {
+            let mut acc = bias.map_or(0.0, |b| b.data[c] as f64);
+            for i in 0..k {
+                acc += x.data[r * k + i] as f64 * w.data[c * k + i] as f64;
+            }
+            out[r * o + c] = acc as f32;
+        }
+    }
+    Tensor::new(vec![n, o], out).expect("sizes agree")
+}
+
+fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
+    assert_eq!(got.shape, want.shape, "{what}: shape");
+    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let tol = 1e-4 * scale + 1e-6;
+    let diff = got.max_abs_diff(want);
+    assert!(
+        diff <= tol,
+        "{what}: max diff {diff} > tolerance {tol} (max |ref| {scale})"
+    );
+}
+
+fn random_sketch(rng: &mut Rng, shape: Vec<usize>, m: usize, refined: bool) -> SketchWeights {
+    let w = rng.normal_tensor(shape, 0.3);
+    sketch_tensor(&w, m, refined)
+}
+
+#[test]
+fn direct_m1_is_bwn() {
+    let mut rng = Rng::new(1);
+    for _ in 0..10 {
+        let rows = rng.range(1, 9);
+        let k = rng.range(1, 100);
+        let w = rng.normal_tensor(vec![rows, k], 1.0);
+        for refined in [false, true] {
+            let s = sketch_tensor(&w, 1, refined);
+            for c in 0..rows {
+                let row = &w.data[c * k..(c + 1) * k];
+                let mean = (row.iter().map(|v| v.abs() as f64).sum::<f64>() / k as f64) as f32;
+                let a = s.scales()[c];
+                // Refined m = 1 is the same least-squares optimum, up to f64 rounding.
+                if refined {
+                    assert!((a - mean).abs() <= 1e-6 * mean, "refined a {a} vs {mean}");
+                } else {
+                    assert_eq!(a, mean, "direct a of row {c}");
+                }
+                for (i, v) in row.iter().enumerate() {
+                    let want = if *v >= 0.0 { 1.0 } else { -1.0 };
+                    assert_eq!(s.sign(c, 0, i), want, "sign of row {c} element {i}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn refined_error_never_above_direct_and_both_fall_with_m() {
+    let mut rng = Rng::new(2);
+    for layer in 0..8 {
+        let rows = rng.range(1, 12);
+        let k = rng.range(9, 300);
+        let w = rng.normal_tensor(vec![rows, k], 0.1);
+        let mut prev = [f64::INFINITY; 2];
+        for m in 1..=6 {
+            let d = relative_error(&w.data, &sketch_tensor(&w, m, false).dense_data());
+            let r = relative_error(&w.data, &sketch_tensor(&w, m, true).dense_data());
+            assert!(
+                r <= d * (1.0 + 1e-6),
+                "layer {layer} [{rows},{k}] m={m}: refined {r} > direct {d}"
+            );
+            assert!(d < prev[0], "layer {layer} m={m}: direct {d} !< {}", prev[0]);
+            assert!(r < prev[1], "layer {layer} m={m}: refined {r} !< {}", prev[1]);
+            prev = [d, r];
+        }
+        println!("layer {layer} [{rows},{k}]: m=6 direct {:.4} refined {:.4}", prev[0], prev[1]);
+    }
+}
+
+#[test]
+fn dependent_bases_give_no_nan() {
+    // A constant row is fit exactly by one base; later residual signs repeat B_1.
+    let w = Tensor::new(vec![2, 5], vec![0.5; 5].into_iter().chain([1.0, -1.0, 1.0, -1.0, 1.0]).collect())
+        .expect("10 values");
+    for refined in [false, true] {
+        let s = sketch_tensor(&w, 4, refined);
+        assert!(s.scales().iter().all(|a| a.is_finite()), "{:?}", s.scales());
+        let e = relative_error(&w.data, &s.dense_data());
+        assert!(e < 1e-6, "refined={refined}: error {e}");
+    }
+    let (_, a) = sketch_row(&[0.0; 7], 3, true);
+    assert_eq!(a, vec![0.0; 3]);
+}
+
+#[test]
+fn pack_unpack_round_trip() {
+    let mut rng = Rng::new(3);
+    for &(rows, k, m) in &[(3usize, 1usize, 2usize), (4, 32, 3), (2, 33, 1), (5, 75, 4), (1, 64, 6)] {
+        let signs: Vec<bool> = (0..rows * m * k).map(|_| rng.uniform() < 0.5).collect();
+        let scales: Vec<f32> = (0..rows * m).map(|_| rng.normal()).collect();
+        let s = SketchWeights::from_signs(vec![rows, k], m, &signs, scales.clone()).expect("sizes");
+        assert_eq!(s.words_per_row(), k.div_ceil(32));
+        let dense = Weights::Sketch(s.clone()).to_dense().into_owned();
+        for c in 0..rows {
+            for i in 0..k {
+                let mut want = 0f32;
+                for j in 0..m {
+                    let b = signs[(c * m + j) * k + i];
+                    assert_eq!(s.sign(c, j, i), if b { 1.0 } else { -1.0 });
+                    // Documented layout: bit k % 32 of word k / 32 of row (c, j).
+                    let word = s.bits()[(c * m + j) * s.words_per_row() + i / 32];
+                    assert_eq!(word >> (i % 32) & 1 == 1, b);
+                    let a = scales[c * m + j];
+                    want += if b { a } else { -a };
+                }
+                assert_eq!(dense.data[c * k + i], want, "row {c} k {i}");
+            }
+        }
+        // Padding bits are written as zero.
+        if k % 32 != 0 {
+            for row in s.bits().chunks_exact(s.words_per_row()) {
+                assert_eq!(row[row.len() - 1] >> (k % 32), 0);
+            }
+        }
+        let wts = Weights::Sketch(s.clone());
+        assert_eq!(wts.encoding(), "sketch");
+        assert_eq!(wts.bytes(), (rows * m * k.div_ceil(32) + rows * m) * 4);
+        assert_eq!(wts.parameters(), rows * k);
+    }
+}
+
+#[test]
+fn serde_and_parts_round_trip() {
+    let mut rng = Rng::new(4);
+    let s = random_sketch(&mut rng, vec![6, 3, 3, 3], 3, true);
+    let wts = Weights::Sketch(s);
+    let json = serde_json::to_string(&wts).expect("serialises");
+    let mut back: Weights = serde_json::from_str(&json).expect("deserialises");
+    assert!(back.check().is_err(), "empty arrays must fail the size check");
+    let parts: Vec<_> = wts.parts().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(parts, vec!["bits", "scales"]);
+    for ((name, dst), (_, src)) in back.parts_mut().into_iter().zip(wts.parts()) {
+        match (dst, src) {
+            (PartMut::U32(d), cnnpack::weights::PartRef::U32(s)) => *d = s.to_vec(),
+            (PartMut::F32(d), cnnpack::weights::PartRef::F32(s)) => *d = s.to_vec(),
+            _ => panic!("part {name} changed type"),
+        }
+    }
+    back.check().expect("filled parts pass");
+    assert_eq!(back, wts);
+}
+
+fn set_padding_bits(s: &mut SketchWeights) {
+    let k = s.row_len();
+    let wpr = s.words_per_row();
+    let (bits, _) = s.arrays_mut();
+    for row in bits.chunks_exact_mut(wpr) {
+        row[wpr - 1] |= !((1u32 << (k % 32)) - 1);
+    }
+}
+
+#[test]
+fn padding_bits_are_neutral() {
+    let mut rng = Rng::new(5);
+    let k = 37;
+    let clean = random_sketch(&mut rng, vec![7, k], 3, true);
+    let mut dirty = clean.clone();
+    set_padding_bits(&mut dirty);
+    assert_ne!(clean.bits(), dirty.bits());
+    assert_eq!(clean.dense_data(), dirty.dense_data());
+    let x = rng.normal_tensor(vec![3, k], 1.0);
+    for (name, f) in [
+        ("masked", sketch_linear as fn(&Tensor, &SketchWeights, Option<&Tensor>) -> Tensor),
+        ("lut", sketch_linear_lut),
+        ("assoc", sketch_linear_assoc),
+    ] {
+        assert_eq!(f(&x, &clean, None).data, f(&x, &dirty, None).data, "{name}");
+    }
+    // Conv: K = 4 * 3 * 3 = 36.
+    let w = random_sketch(&mut rng, vec![5, 4, 3, 3], 2, false);
+    let mut dw = w.clone();
+    set_padding_bits(&mut dw);
+    let mk = |w: SketchWeights| Conv2d {
+        kernel: [3, 3],
+        stride: [1, 1],
+        pads: [1, 1, 1, 1],
+        dilation: [1, 1],
+        groups: 1,
+        weight: Weights::Sketch(w),
+        bias: None,
+    };
+    let (c1, c2) = (mk(w), mk(dw));
+    let x = rng.normal_tensor(vec![2, 4, 6, 5], 1.0);
+    assert_eq!(sketch_conv(&x, &c1).data, sketch_conv(&x, &c2).data);
+    assert_eq!(sketch_conv_lut(&x, &c1).data, sketch_conv_lut(&x, &c2).data);
+    assert_eq!(sketch_conv_assoc(&x, &c1).data, sketch_conv_assoc(&x, &c2).data);
+}
+
+#[test]
+fn linear_kernels_match_dense_reference() {
+    let mut rng = Rng::new(6);
+    for case in 0..12 {
+        let n = [1, 5][case % 2];
+        let k = rng.range(1, 200) | 1;
+        let o = rng.range(1, 40);
+        let m = rng.range(1, 4);
+        let s = random_sketch(&mut rng, vec![o, k], m, case % 3 == 0);
+        let bias = rng.normal_tensor(vec![o], 1.0);
+        let x = rng.normal_tensor(vec![n, k], 1.0);
+        let want = naive_linear(&x, &Weights::Sketch(s.clone()).to_dense(), Some(&bias));
+        let what = format!("fc case {case} n={n} k={k} o={o} m={m}");
+        assert_close(&sketch_linear(&x, &s, Some(&bias)), &want, &format!("{what} masked"));
+        assert_close(&sketch_linear_lut(&x, &s, Some(&bias)), &want, &format!("{what} lut"));
+        assert_close(&sketch_linear_assoc(&x, &s, Some(&bias)), &want, &format!("{what} assoc"));
+    }
+}
+
+#[test]
+fn conv_kernels_match_dense_reference() {
+    let mut rng = Rng::new(7);
+    // (cin, cout, groups, k, stride, pad, dilation)
+    let cases = [
+        (3, 8, 1, 3, 1, 1, 1),
+        (5, 7, 1, 3, 2, 1, 1),
+        (6, 6, 6, 3, 1, 1, 1),  // depthwise
+        (8, 12, 4, 3, 2, 2, 1), // grouped, stride 2, wide padding
+        (4, 5, 1, 5, 1, 2, 2),  // dilated
+        (9, 3, 1, 1, 1, 0, 1),  // 1x1
+        (7, 11, 1, 3, 2, 0, 1), // K = 63
+        (16, 4, 2, 3, 1, 1, 1), // K = 72
+    ];
+    for (case, &(cin, cout, groups, k, stride, pad, dil)) in cases.iter().enumerate() {
+        for n in [1, 5] {
+            let h = rng.range(k * dil, 13);
+            let wd = rng.range(k * dil, 11);
+            let m = rng.range(1, 4);
+            let s = random_sketch(&mut rng, vec![cout, cin / groups, k, k], m, case % 2 == 0);
+            let conv = Conv2d {
+                kernel: [k, k],
+                stride: [stride, stride],
+                pads: [pad, pad + case % 2, pad, pad],
+                dilation: [dil, dil],
+                groups,
+                weight: Weights::Sketch(s),
+                bias: Some(rng.normal_tensor(vec![cout], 1.0)),
+            };
+            let x = rng.normal_tensor(vec![n, cin, h, wd], 1.0);
+            let want = naive_conv(&x, &conv);
+            let what = format!("conv case {case} n={n} {h}x{wd} m={m}");
+            assert_close(&sketch_conv(&x, &conv), &want, &format!("{what} masked"));
+            assert_close(&sketch_conv_lut(&x, &conv), &want, &format!("{what} lut"));
+            assert_close(&sketch_conv_assoc(&x, &conv), &want, &format!("{what} assoc"));
+        }
+    }
+}
+
+#[test]
+fn assoc_tree_cost_bounded_and_small_for_similar_rows() {
+    let mut rng = Rng::new(8);
+    let s = random_sketch(&mut rng, vec![32, 100], 3, true);
+    let plan = AssocPlan::new(&s, 1);
+    // The tree contains every root edge, so it never costs more than summing set bits.
+    assert!(plan.tree_flips() <= plan.direct_set_bits(&s));
+    assert_eq!(plan.dense_cost(), 32 * 3 * 100);
+    // Rows that differ from one prototype in 2 bits each: the tree is nearly free.
+    let k = 200;
+    let proto: Vec<bool> = (0..k).map(|_| rng.uniform() < 0.5).collect();
+    let mut signs = Vec::new();
+    for _ in 0..20 {
+        let mut row = proto.clone();
+        for _ in 0..2 {
+            let i = rng.range(0, k - 1);
+            row[i] = !row[i];
+        }
+        signs.extend(row);
+    }
+    let scales = (0..20).map(|_| rng.normal()).collect();
+    let s = SketchWeights::from_signs(vec![20, k], 1, &signs, scales).expect("sizes");
+    let plan = AssocPlan::new(&s, 1);
+    let set: usize = proto.iter().filter(|b| **b).count();
+    assert!(
+        plan.tree_flips() <= set + 19 * 4,
+        "tree {} vs prototype bits {set}",
+        plan.tree_flips()
+    );
+    let x = rng.normal_tensor(vec![3, k], 1.0);
+    let want = naive_linear(&x, &Weights::Sketch(s.clone()).to_dense(), None);
+    assert_close(&sketch_linear_assoc(&x, &s, None), &want, "near-duplicate rows");
+}
+
+#[test]
+fn sketch_graph_options_and_errors() {
+    let mut b = GraphBuilder::new("net", &[3, 12, 12], 9);
+    let x = b.input();
+    let c1 = b.conv_named("conv1", &x, 8, 3, 1, 1, 1);
+    let r = b.relu(&c1);
+    let c2 = b.conv_named("conv2", &r, 8, 3, 2, 1, 2);
+    let f = b.flatten(&c2);
+    let y = b.linear_named("fc", &f, 10);
+    let g = b.finish(&[&y]).expect("valid graph");
+
+    let opts = SketchOptions {
+        bases: 2,
+        refined: true,
+        dense_layers: vec!["conv1".into()],
+        bases_per_layer: HashMap::from([("fc".to_string(), 4)]),
+    };
+    let (out, reports) = sketch_graph(&g, &opts).expect("sketches");
+    let names: Vec<_> = reports.iter().map(|r| (r.name.as_str(), r.op, r.bases)).collect();
+    assert_eq!(names, vec![("conv2", "conv", 2), ("fc", "linear", 4)]);
+    for r in &reports {
+        assert!(r.rel_error > 0.0 && r.rel_error < 1.0, "{r:?}");
+        assert!(r.bytes_after < r.bytes_before, "{r:?}");
+    }
+    let enc = |name: &str| {
+        let node = out.nodes.iter().find(|n| n.name == name).expect("node kept");
+        match &node.op {
+            Op::Conv(c) => c.weight.encoding(),
+            Op::Linear(l) => l.weight.encoding(),
+            _ => "other",
+        }
+    };
+    assert_eq!((enc("conv1"), enc("conv2"), enc("fc")), ("dense", "sketch", "sketch"));
+
+    let bad = SketchOptions {
+        dense_layers: vec!["conv9".into()],
+        ..opts.clone()
+    };
+    let e = sketch_graph(&g, &bad).expect_err("unknown layer");
+    assert!(matches!(e, CompressError::UnknownLayer(ref n) if n == "conv9"), "{e}");
+    assert!(e.to_string().contains("conv9"));
+
+    let mut nan = g.clone();
+    for node in &mut nan.nodes {
+        if let Op::Linear(l) = &mut node.op {
+            if let Weights::Dense(t) = &mut l.weight {
+                t.data[3] = f32::NAN;
+            }
+        }
+    }
+    let e = sketch_graph(&nan, &opts).expect_err("NaN weights");
+    assert!(e.to_string().contains("'fc'"), "{e}");
+
+    // Sketching twice refuses the already-sketched layer.
+    let e = sketch_graph(&out, &opts).expect_err("already sketched");
+    assert!(e.to_string().contains("conv2"), "{e}");
+}
+
+/// Local timing of the three kernels (not a pass/fail test):
+/// `cargo test --test sketch -- --ignored --nocapture timing`.
+#[test]
+#[ignore]
+fn timing() {
+    use std::time::Instant;
+    let mut rng = Rng::new(10);
+    let time = |f: &dyn Fn() -> Tensor| {
+        f();
+        let reps = 5;
+        let t = Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(f());
+        }
+        t.elapsed().as_secs_f64() * 1e3 / reps as f64
+    };
+    for &(n, k, o, m) in &[(1usize, 4096usize, 1024usize, 3usize), (16, 4096, 1024, 3), (1, 800, 500, 2)] {
+        let s = random_sketch(&mut rng, vec![o, k], m, true);
+        let x = rng.normal_tensor(vec![n, k], 1.0);
+        let plan = AssocPlan::new(&s, 1);
+        let wd = Weights::Sketch(s.clone()).to_dense().into_owned();
+        println!(
+            "fc n={n} k={k} o={o} m={m}: masked {:.2} ms, lut {:.2} ms, assoc {:.2} ms (tree flips {} vs set bits {} vs dense {}), naive dense f64 {:.2} ms",
+            time(&|| sketch_linear(&x, &s, None)),
+            time(&|| sketch_linear_lut(&x, &s, None)),
+            time(&|| cnnpack::backend::cpu::fast::sketch::sketch_linear_assoc_with(&x, &s, &plan, None)),
+            plan.tree_flips(),
+            plan.direct_set_bits(&s),
+            plan.dense_cost(),
+            time(&|| naive_linear(&x, &wd, None)),
+        );
+    }
+    for &(n, cin, cout, hw, m) in &[(1usize, 64usize, 64usize, 28usize, 3usize), (1, 128, 128, 14, 2)] {
+        let s = random_sketch(&mut rng, vec![cout, cin, 3, 3], m, true);
+        let conv = Conv2d {
+            kernel: [3, 3],
+            stride: [1, 1],
+            pads: [1; 4],
+            dilation: [1, 1],
+            groups: 1,
+            weight: Weights::Sketch(s.clone()),
+            bias: None,
+        };
+        let x = rng.normal_tensor(vec![n, cin, hw, hw], 1.0);
+        let plan = AssocPlan::new(&s, 1);
+        println!(
+            "conv n={n} {cin}->{cout} 3x3 {hw}x{hw} m={m}: masked {:.2} ms, lut {:.2} ms, assoc {:.2} ms (tree flips {} vs set bits {} vs dense {})",
+            time(&|| sketch_conv(&x, &conv)),
+            time(&|| sketch_conv_lut(&x, &conv)),
+            time(&|| cnnpack::backend::cpu::fast::sketch::sketch_conv_assoc_with(&x, &conv, &plan)),
+            plan.tree_flips(),
+            plan.direct_set_bits(&s),
+            plan.dense_cost(),
+        );
+    }
+}
