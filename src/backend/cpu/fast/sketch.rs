@@ -164,6 +164,7 @@ fn rows_times_weights(
     match method {
         Method::Masked => {
             // Tiles of (rows × outputs) so that bit rows and input rows stay in cache.
+            let kernel = masked_kernel();
             let r_tiles = nrows.div_ceil(R_TILE);
             let o_tiles = count.div_ceil(O_TILE);
             let tiles: Vec<(usize, usize, Vec<f32>)> = (0..r_tiles * o_tiles)
@@ -180,7 +181,7 @@ fn rows_times_weights(
                             let o = o0 + oi;
                             for (j, pj) in p.iter_mut().enumerate() {
                                 let row = &bits[(o * m + j) * wpr..(o * m + j + 1) * wpr];
-                                *pj = masked_sum(x, row);
+                                *pj = kernel(x, row);
                             }
                             tile.push(combine(o, &p, sums[r]));
                         }
@@ -252,29 +253,79 @@ fn rows_times_weights(
             }
         }
         Method::Assoc(plan) => {
-            let g = &plan.groups[group];
+            let chunks = &plan.groups[group];
             assert_eq!(
-                g.rows,
+                chunks.iter().map(|c| c.rows).sum::<usize>(),
                 count * m,
                 "associative plan was built for other weights or groups"
             );
-            out.par_chunks_mut(count).enumerate().for_each_init(
-                || vec![0f32; g.rows],
-                |pv, (r, y)| {
-                    let x = &xs[r * kp..(r + 1) * kp];
-                    g.eval(x, pv);
-                    for (oi, yo) in y.iter_mut().enumerate() {
-                        *yo = combine(o0 + oi, &pv[oi * m..(oi + 1) * m], sums[r]);
-                    }
-                },
-            );
+            // P of every row of the group for one input row, chunk trees in turn or in parallel.
+            let eval_all = |x: &[f32], pv: &mut [f32], parallel: bool| {
+                let mut parts = Vec::with_capacity(chunks.len());
+                let mut rest = pv;
+                for c in chunks {
+                    let (head, tail) = rest.split_at_mut(c.rows);
+                    parts.push((c, head));
+                    rest = tail;
+                }
+                if parallel {
+                    parts.into_par_iter().for_each(|(c, p)| c.eval(x, p));
+                } else {
+                    parts.into_iter().for_each(|(c, p)| c.eval(x, p));
+                }
+            };
+            let finish = |r: usize, pv: &[f32], y: &mut [f32]| {
+                for (oi, yo) in y.iter_mut().enumerate() {
+                    *yo = combine(o0 + oi, &pv[oi * m..(oi + 1) * m], sums[r]);
+                }
+            };
+            if many_rows {
+                out.par_chunks_mut(count).enumerate().for_each_init(
+                    || vec![0f32; count * m],
+                    |pv, (r, y)| {
+                        eval_all(&xs[r * kp..(r + 1) * kp], pv, false);
+                        finish(r, pv, y);
+                    },
+                );
+            } else {
+                // Few input rows (fc at batch 1): the trees of the chunks run in parallel.
+                let mut pv = vec![0f32; count * m];
+                for (r, y) in out.chunks_exact_mut(count).enumerate() {
+                    eval_all(&xs[r * kp..(r + 1) * kp], &mut pv, true);
+                    finish(r, &pv, y);
+                }
+            }
         }
     }
     out
 }
 
+/// Signature of the masked inner kernel.
+type MaskedFn = fn(&[f32], &[u32]) -> f32;
+
+/// The masked kernel for this CPU: the AVX2 build where available (8 lanes instead
+/// of SSE2's 4), chosen once per layer call.
+fn masked_kernel() -> MaskedFn {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return |x, bits| {
+                // SAFETY: AVX2 support was detected just above.
+                unsafe { masked_sum_avx2(x, bits) }
+            };
+        }
+    }
+    masked_sum
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn masked_sum_avx2(x: &[f32], bits: &[u32]) -> f32 {
+    masked_sum(x, bits)
+}
+
 /// Sum of `x[k]` over the set bits of `bits`; `x` has `32 * bits.len()` elements.
-#[inline]
+#[inline(always)]
 fn masked_sum(x: &[f32], bits: &[u32]) -> f32 {
     // One accumulator per bit position: the compiler vectorises the lane loop
     // (broadcast the word, test each lane's bit, AND the input with the mask, add).
@@ -327,16 +378,20 @@ fn lut_sum(lut: &[f32], bits: &[u32]) -> f32 {
     (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
-/// The associative evaluation order of a layer's binary rows, per conv group.
+/// The associative evaluation order of a layer's binary rows: per conv group, the
+/// rows are cut into a few contiguous chunks (about two per worker thread) with one
+/// tree each, so a single input row can still be spread over the threads; each cut
+/// costs at most one extra root edge.
 #[derive(Clone, Debug)]
 pub struct AssocPlan {
-    groups: Vec<GroupPlan>,
+    groups: Vec<Vec<GroupPlan>>,
     k: usize,
 }
 
-/// One group's rows `(o, j)` (local output `o`, base `j`, index `o * m + j`) in
-/// tree order: each step names the row, its parent (or none: the all-clear row, P = 0)
-/// and the inputs whose bit differs from the parent's.
+/// One chunk of a group's rows `(o, j)` (local output `o`, base `j`, index `o * m + j`,
+/// counted from the chunk's first row) in tree order: each step names the row, its
+/// parent (or none: the all-clear row, P = 0) and the inputs whose bit differs from
+/// the parent's.
 #[derive(Clone, Debug)]
 struct GroupPlan {
     rows: usize,
@@ -363,21 +418,38 @@ impl AssocPlan {
             w.rows()
         );
         let per = w.rows() / groups * m;
+        let n_chunks = (2 * rayon::current_num_threads()).clamp(1, per.max(1));
+        let chunk = per.div_ceil(n_chunks).max(1);
         let plans = (0..groups)
-            .into_par_iter()
             .map(|g| {
-                let rows: Vec<&[u32]> = (0..per)
-                    .map(|i| &w.bits()[(g * per + i) * wpr..(g * per + i + 1) * wpr])
-                    .collect();
-                GroupPlan::new(&rows, k)
+                (0..per)
+                    .step_by(chunk)
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .map(|start| {
+                        let rows: Vec<&[u32]> = (start..(start + chunk).min(per))
+                            .map(|i| &w.bits()[(g * per + i) * wpr..(g * per + i + 1) * wpr])
+                            .collect();
+                        GroupPlan::new(&rows, k)
+                    })
+                    .collect()
             })
             .collect();
         AssocPlan { groups: plans, k }
     }
 
+    /// Number of trees (chunks over all groups); each starts from the all-clear row.
+    pub fn trees(&self) -> usize {
+        self.groups.iter().map(Vec::len).sum()
+    }
+
     /// Input additions per input row along the tree (its total Hamming distance).
     pub fn tree_flips(&self) -> usize {
-        self.groups.iter().map(|g| g.plus.len() + g.minus.len()).sum()
+        self.groups
+            .iter()
+            .flatten()
+            .map(|g| g.plus.len() + g.minus.len())
+            .sum()
     }
 
     /// Input additions per input row if every row were summed from scratch over its
@@ -388,7 +460,7 @@ impl AssocPlan {
 
     /// Additions per input row of the dense masked kernel: rows × K.
     pub fn dense_cost(&self) -> usize {
-        self.groups.iter().map(|g| g.rows).sum::<usize>() * self.k
+        self.groups.iter().flatten().map(|g| g.rows).sum::<usize>() * self.k
     }
 }
 
@@ -447,17 +519,13 @@ impl GroupPlan {
             }
             steps.push((i, parent, plus.len(), minus.len()));
             let ci = &clean[i];
-            let updates: Vec<(usize, u32)> = (0..r)
-                .into_par_iter()
-                .with_min_len(64)
-                .filter(|&j| !done[j])
-                .filter_map(|j| {
+            for j in 0..r {
+                if !done[j] {
                     let d = hamming(ci, &clean[j]);
-                    (d < best[j].0).then_some((j, d))
-                })
-                .collect();
-            for (j, d) in updates {
-                best[j] = (d, i);
+                    if d < best[j].0 {
+                        best[j] = (d, i);
+                    }
+                }
             }
         }
         GroupPlan {
