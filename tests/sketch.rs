@@ -132,19 +132,36 @@ fn refined_error_never_above_direct_and_both_fall_with_m() {
                 r <= d * (1.0 + 1e-6),
                 "layer {layer} [{rows},{k}] m={m}: refined {r} > direct {d}"
             );
-            assert!(d < prev[0], "layer {layer} m={m}: direct {d} !< {}", prev[0]);
-            assert!(r < prev[1], "layer {layer} m={m}: refined {r} !< {}", prev[1]);
+            assert!(
+                d < prev[0],
+                "layer {layer} m={m}: direct {d} !< {}",
+                prev[0]
+            );
+            assert!(
+                r < prev[1],
+                "layer {layer} m={m}: refined {r} !< {}",
+                prev[1]
+            );
             prev = [d, r];
         }
-        println!("layer {layer} [{rows},{k}]: m=6 direct {:.4} refined {:.4}", prev[0], prev[1]);
+        println!(
+            "layer {layer} [{rows},{k}]: m=6 direct {:.4} refined {:.4}",
+            prev[0], prev[1]
+        );
     }
 }
 
 #[test]
 fn dependent_bases_give_no_nan() {
     // A constant row is fit exactly by one base; later residual signs repeat B_1.
-    let w = Tensor::new(vec![2, 5], vec![0.5; 5].into_iter().chain([1.0, -1.0, 1.0, -1.0, 1.0]).collect())
-        .expect("10 values");
+    let w = Tensor::new(
+        vec![2, 5],
+        vec![0.5; 5]
+            .into_iter()
+            .chain([1.0, -1.0, 1.0, -1.0, 1.0])
+            .collect(),
+    )
+    .expect("10 values");
     for refined in [false, true] {
         let s = sketch_tensor(&w, 4, refined);
         assert!(s.scales().iter().all(|a| a.is_finite()), "{:?}", s.scales());
@@ -158,7 +175,13 @@ fn dependent_bases_give_no_nan() {
 #[test]
 fn pack_unpack_round_trip() {
     let mut rng = Rng::new(3);
-    for &(rows, k, m) in &[(3usize, 1usize, 2usize), (4, 32, 3), (2, 33, 1), (5, 75, 4), (1, 64, 6)] {
+    for &(rows, k, m) in &[
+        (3usize, 1usize, 2usize),
+        (4, 32, 3),
+        (2, 33, 1),
+        (5, 75, 4),
+        (1, 64, 6),
+    ] {
         let signs: Vec<bool> = (0..rows * m * k).map(|_| rng.uniform() < 0.5).collect();
         let scales: Vec<f32> = (0..rows * m).map(|_| rng.normal()).collect();
         let s = SketchWeights::from_signs(vec![rows, k], m, &signs, scales.clone()).expect("sizes");
@@ -199,7 +222,10 @@ fn serde_and_parts_round_trip() {
     let wts = Weights::Sketch(s);
     let json = serde_json::to_string(&wts).expect("serialises");
     let mut back: Weights = serde_json::from_str(&json).expect("deserialises");
-    assert!(back.check().is_err(), "empty arrays must fail the size check");
+    assert!(
+        back.check().is_err(),
+        "empty arrays must fail the size check"
+    );
     let parts: Vec<_> = wts.parts().into_iter().map(|(n, _)| n).collect();
     assert_eq!(parts, vec!["bits", "scales"]);
     for ((name, dst), (_, src)) in back.parts_mut().into_iter().zip(wts.parts()) {
@@ -233,7 +259,10 @@ fn padding_bits_are_neutral() {
     assert_eq!(clean.dense_data(), dirty.dense_data());
     let x = rng.normal_tensor(vec![3, k], 1.0);
     for (name, f) in [
-        ("masked", sketch_linear as fn(&Tensor, &SketchWeights, Option<&Tensor>) -> Tensor),
+        (
+            "masked",
+            sketch_linear as fn(&Tensor, &SketchWeights, Option<&Tensor>) -> Tensor,
+        ),
         ("lut", sketch_linear_lut),
         ("assoc", sketch_linear_assoc),
     ] {
@@ -256,7 +285,10 @@ fn padding_bits_are_neutral() {
     let x = rng.normal_tensor(vec![2, 4, 6, 5], 1.0);
     assert_eq!(sketch_conv(&x, &c1).data, sketch_conv(&x, &c2).data);
     assert_eq!(sketch_conv_lut(&x, &c1).data, sketch_conv_lut(&x, &c2).data);
-    assert_eq!(sketch_conv_assoc(&x, &c1).data, sketch_conv_assoc(&x, &c2).data);
+    assert_eq!(
+        sketch_conv_assoc(&x, &c1).data,
+        sketch_conv_assoc(&x, &c2).data
+    );
 }
 
 #[test]
@@ -272,9 +304,21 @@ fn linear_kernels_match_dense_reference() {
         let x = rng.normal_tensor(vec![n, k], 1.0);
         let want = naive_linear(&x, &Weights::Sketch(s.clone()).to_dense(), Some(&bias));
         let what = format!("fc case {case} n={n} k={k} o={o} m={m}");
-        assert_close(&sketch_linear(&x, &s, Some(&bias)), &want, &format!("{what} masked"));
-        assert_close(&sketch_linear_lut(&x, &s, Some(&bias)), &want, &format!("{what} lut"));
-        assert_close(&sketch_linear_assoc(&x, &s, Some(&bias)), &want, &format!("{what} assoc"));
+        assert_close(
+            &sketch_linear(&x, &s, Some(&bias)),
+            &want,
+            &format!("{what} masked"),
+        );
+        assert_close(
+            &sketch_linear_lut(&x, &s, Some(&bias)),
+            &want,
+            &format!("{what} lut"),
+        );
+        assert_close(
+            &sketch_linear_assoc(&x, &s, Some(&bias)),
+            &want,
+            &format!("{what} assoc"),
+        );
     }
 }
 
@@ -312,7 +356,11 @@ fn conv_kernels_match_dense_reference() {
             let what = format!("conv case {case} n={n} {h}x{wd} m={m}");
             assert_close(&sketch_conv(&x, &conv), &want, &format!("{what} masked"));
             assert_close(&sketch_conv_lut(&x, &conv), &want, &format!("{what} lut"));
-            assert_close(&sketch_conv_assoc(&x, &conv), &want, &format!("{what} assoc"));
+            assert_close(
+                &sketch_conv_assoc(&x, &conv),
+                &want,
+                &format!("{what} assoc"),
+            );
         }
     }
 }
@@ -349,7 +397,11 @@ fn assoc_tree_cost_bounded_and_small_for_similar_rows() {
     );
     let x = rng.normal_tensor(vec![3, k], 1.0);
     let want = naive_linear(&x, &Weights::Sketch(s.clone()).to_dense(), None);
-    assert_close(&sketch_linear_assoc(&x, &s, None), &want, "near-duplicate rows");
+    assert_close(
+        &sketch_linear_assoc(&x, &s, None),
+        &want,
+        "near-duplicate rows",
+    );
 }
 
 #[test]
@@ -370,28 +422,41 @@ fn sketch_graph_options_and_errors() {
         bases_per_layer: HashMap::from([("fc".to_string(), 4)]),
     };
     let (out, reports) = sketch_graph(&g, &opts).expect("sketches");
-    let names: Vec<_> = reports.iter().map(|r| (r.name.as_str(), r.op, r.bases)).collect();
+    let names: Vec<_> = reports
+        .iter()
+        .map(|r| (r.name.as_str(), r.op, r.bases))
+        .collect();
     assert_eq!(names, vec![("conv2", "conv", 2), ("fc", "linear", 4)]);
     for r in &reports {
         assert!(r.rel_error > 0.0 && r.rel_error < 1.0, "{r:?}");
         assert!(r.bytes_after < r.bytes_before, "{r:?}");
     }
     let enc = |name: &str| {
-        let node = out.nodes.iter().find(|n| n.name == name).expect("node kept");
+        let node = out
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("node kept");
         match &node.op {
             Op::Conv(c) => c.weight.encoding(),
             Op::Linear(l) => l.weight.encoding(),
             _ => "other",
         }
     };
-    assert_eq!((enc("conv1"), enc("conv2"), enc("fc")), ("dense", "sketch", "sketch"));
+    assert_eq!(
+        (enc("conv1"), enc("conv2"), enc("fc")),
+        ("dense", "sketch", "sketch")
+    );
 
     let bad = SketchOptions {
         dense_layers: vec!["conv9".into()],
         ..opts.clone()
     };
     let e = sketch_graph(&g, &bad).expect_err("unknown layer");
-    assert!(matches!(e, CompressError::UnknownLayer(ref n) if n == "conv9"), "{e}");
+    assert!(
+        matches!(e, CompressError::UnknownLayer(ref n) if n == "conv9"),
+        "{e}"
+    );
     assert!(e.to_string().contains("conv9"));
 
     let mut nan = g.clone();
@@ -417,10 +482,20 @@ fn dense_sgemm(x: &Tensor, w: &Tensor) -> Tensor {
     // SAFETY: pointers and strides describe the three row-major buffers exactly.
     unsafe {
         matrixmultiply::sgemm(
-            n, k, o, 1.0,
-            x.data.as_ptr(), k as isize, 1,
-            w.data.as_ptr(), 1, k as isize,
-            0.0, y.as_mut_ptr(), o as isize, 1,
+            n,
+            k,
+            o,
+            1.0,
+            x.data.as_ptr(),
+            k as isize,
+            1,
+            w.data.as_ptr(),
+            1,
+            k as isize,
+            0.0,
+            y.as_mut_ptr(),
+            o as isize,
+            1,
         );
     }
     Tensor::new(vec![n, o], y).expect("sizes agree")
@@ -442,7 +517,11 @@ fn timing() {
         }
         t.elapsed().as_secs_f64() * 1e3 / reps as f64
     };
-    for &(n, k, o, m) in &[(1usize, 4096usize, 1024usize, 3usize), (16, 4096, 1024, 3), (1, 800, 500, 2)] {
+    for &(n, k, o, m) in &[
+        (1usize, 4096usize, 1024usize, 3usize),
+        (16, 4096, 1024, 3),
+        (1, 800, 500, 2),
+    ] {
         let s = random_sketch(&mut rng, vec![o, k], m, true);
         let x = rng.normal_tensor(vec![n, k], 1.0);
         let plan = AssocPlan::new(&s, 1);
@@ -459,7 +538,10 @@ fn timing() {
         );
     }
     // Where the associative scheme pays: rows that differ from a prototype in ~1% of bits.
-    for &(n, k, o, flips) in &[(1usize, 4096usize, 1024usize, 40usize), (16, 4096, 1024, 40)] {
+    for &(n, k, o, flips) in &[
+        (1usize, 4096usize, 1024usize, 40usize),
+        (16, 4096, 1024, 40),
+    ] {
         let proto: Vec<bool> = (0..k).map(|_| rng.uniform() < 0.5).collect();
         let mut signs = Vec::with_capacity(o * k);
         for _ in 0..o {
@@ -483,7 +565,10 @@ fn timing() {
             plan.dense_cost(),
         );
     }
-    for &(n, cin, cout, hw, m) in &[(1usize, 64usize, 64usize, 28usize, 3usize), (1, 128, 128, 14, 2)] {
+    for &(n, cin, cout, hw, m) in &[
+        (1usize, 64usize, 64usize, 28usize, 3usize),
+        (1, 128, 128, 14, 2),
+    ] {
         let s = random_sketch(&mut rng, vec![cout, cin, 3, 3], m, true);
         let conv = Conv2d {
             kernel: [3, 3],

@@ -109,8 +109,7 @@ fn scale_layer(
     shift: &[(f32, f32)],
 ) -> bool {
     // Only dense weights are rescaled; compressed layers are left as they are.
-    let Weights::Dense(w) = weight
-    else {
+    let Weights::Dense(w) = weight else {
         return false;
     };
     let rows = w.shape[0];

@@ -134,7 +134,10 @@ impl Weights {
             Weights::Dense(t) => vec![("weight", PartMut::F32(&mut t.data))],
             Weights::Sketch(s) => {
                 let (bits, scales) = s.arrays_mut();
-                vec![("bits", PartMut::U32(bits)), ("scales", PartMut::F32(scales))]
+                vec![
+                    ("bits", PartMut::U32(bits)),
+                    ("scales", PartMut::F32(scales)),
+                ]
             }
         }
     }

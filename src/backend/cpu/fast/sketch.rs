@@ -107,7 +107,11 @@ fn linear_with(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>, method: Met
     let kp = 32 * w.words_per_row();
     let mut xs = vec![0f32; n * kp];
     let mut sums = vec![0f32; n];
-    for ((dst, src), s) in xs.chunks_exact_mut(kp).zip(x.data.chunks_exact(k)).zip(&mut sums) {
+    for ((dst, src), s) in xs
+        .chunks_exact_mut(kp)
+        .zip(x.data.chunks_exact(k))
+        .zip(&mut sums)
+    {
         dst[..k].copy_from_slice(src);
         *s = src.iter().sum();
     }
@@ -121,7 +125,11 @@ fn linear_with(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>, method: Met
 
 fn add_bias_rows(out: &mut [f32], o: usize, bias: Option<&Tensor>) {
     if let Some(b) = bias {
-        assert_eq!(b.data.len(), o, "bias length must equal the output channels");
+        assert_eq!(
+            b.data.len(),
+            o,
+            "bias length must equal the output channels"
+        );
         for row in out.chunks_exact_mut(o) {
             row.iter_mut().zip(&b.data).for_each(|(y, b)| *y += b);
         }
@@ -413,7 +421,7 @@ impl AssocPlan {
         let k = w.row_len();
         let groups = groups.max(1);
         assert!(
-            w.rows() % groups == 0,
+            w.rows().is_multiple_of(groups),
             "output channels {} not divisible by groups {groups}",
             w.rows()
         );
@@ -477,7 +485,7 @@ impl GroupPlan {
             .iter()
             .map(|row| {
                 let mut v = row.to_vec();
-                if k % 32 != 0 && wpr > 0 {
+                if !k.is_multiple_of(32) && wpr > 0 {
                     v[wpr - 1] &= (1u32 << (k % 32)) - 1;
                 }
                 v
@@ -493,10 +501,7 @@ impl GroupPlan {
         let mut steps = Vec::with_capacity(r);
         let (mut plus, mut minus) = (Vec::new(), Vec::new());
         for _ in 0..r {
-            let Some(i) = (0..r)
-                .filter(|&i| !done[i])
-                .min_by_key(|&i| best[i].0)
-            else {
+            let Some(i) = (0..r).filter(|&i| !done[i]).min_by_key(|&i| best[i].0) else {
                 break;
             };
             done[i] = true;
@@ -566,7 +571,7 @@ fn conv_with(x: &Tensor, conv: &Conv2d, method: Method) -> Tensor {
     let cout = w.rows();
     let cin_g = conv.in_channels_per_group();
     assert!(
-        cin == cin_g * groups && cout % groups == 0,
+        cin == cin_g * groups && cout.is_multiple_of(groups),
         "sketch_conv: input channels {cin} do not match weights {:?} with {groups} groups",
         w.shape()
     );
@@ -626,7 +631,11 @@ fn conv_with(x: &Tensor, conv: &Conv2d, method: Method) -> Tensor {
             }
         }
         if let Some(b) = &conv.bias {
-            assert_eq!(b.data.len(), cout, "bias length must equal the output channels");
+            assert_eq!(
+                b.data.len(),
+                cout,
+                "bias length must equal the output channels"
+            );
             for (co, plane) in out[img * cout * ohw..(img + 1) * cout * ohw]
                 .chunks_exact_mut(ohw.max(1))
                 .enumerate()
