@@ -55,7 +55,10 @@ impl SketchWeights {
             bits: Vec::new(),
             scales,
         };
-        if !k.is_multiple_of(32) && words_per_row > 0 && bits.len() == w.rows() * bases * words_per_row {
+        if !k.is_multiple_of(32)
+            && words_per_row > 0
+            && bits.len() == w.rows() * bases * words_per_row
+        {
             let keep = (1u32 << (k % 32)) - 1;
             for row in bits.chunks_exact_mut(words_per_row) {
                 row[words_per_row - 1] &= keep;

@@ -108,8 +108,8 @@ fn linear_with(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>, method: Met
     let mut xs = vec![0f32; n * kp];
     let mut sums = vec![0f32; n];
     for ((dst, src), s) in xs
-        .chunks_exact_mut(kp)
-        .zip(x.data.chunks_exact(k))
+        .chunks_exact_mut(kp.max(1))
+        .zip(x.data.chunks_exact(k.max(1)))
         .zip(&mut sums)
     {
         dst[..k].copy_from_slice(src);
@@ -156,7 +156,8 @@ fn rows_times_weights(
 ) -> Vec<f32> {
     let nrows = sums.len();
     let mut out = vec![0f32; nrows * count];
-    if nrows == 0 || count == 0 {
+    // K = 0: every P and S is 0, so is y.
+    if nrows == 0 || count == 0 || kp == 0 {
         return out;
     }
     let m = w.bases();
@@ -182,16 +183,14 @@ fn rows_times_weights(
                     let rs = rt * R_TILE..((rt + 1) * R_TILE).min(nrows);
                     let os = ot * O_TILE..((ot + 1) * O_TILE).min(count);
                     let mut tile = Vec::with_capacity(rs.len() * os.len());
-                    let mut p = vec![0f32; m];
+                    // The tile's bit rows (o, j) are contiguous: [o0+os.start .. o0+os.end) × m.
+                    let tile_bits = &bits[(o0 + os.start) * m * wpr..(o0 + os.end) * m * wpr];
+                    let mut p = vec![0f32; os.len() * m];
                     for r in rs.clone() {
                         let x = &xs[r * kp..(r + 1) * kp];
-                        for oi in os.clone() {
-                            let o = o0 + oi;
-                            for (j, pj) in p.iter_mut().enumerate() {
-                                let row = &bits[(o * m + j) * wpr..(o * m + j + 1) * wpr];
-                                *pj = kernel(x, row);
-                            }
-                            tile.push(combine(o, &p, sums[r]));
+                        kernel(x, tile_bits, &mut p);
+                        for (i, oi) in os.clone().enumerate() {
+                            tile.push(combine(o0 + oi, &p[i * m..(i + 1) * m], sums[r]));
                         }
                     }
                     (rs.start, os.start, tile)
@@ -308,8 +307,9 @@ fn rows_times_weights(
     out
 }
 
-/// Signature of the masked inner kernel.
-type MaskedFn = fn(&[f32], &[u32]) -> f32;
+/// Signature of the masked inner kernel: `p[i]` = sum of `x` under the set bits of
+/// row `i` of `bits` (rows of `x.len() / 32` words, back to back).
+type MaskedFn = fn(&[f32], &[u32], &mut [f32]);
 
 /// The masked kernel for this CPU: the AVX2 build where available (8 lanes instead
 /// of SSE2's 4), chosen once per layer call.
@@ -317,19 +317,70 @@ fn masked_kernel() -> MaskedFn {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
-            return |x, bits| {
+            return |x, bits, p| {
                 // SAFETY: AVX2 support was detected just above.
-                unsafe { masked_sum_avx2(x, bits) }
+                unsafe { masked_rows_avx2(x, bits, p) }
             };
         }
     }
-    masked_sum
+    masked_rows
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn masked_sum_avx2(x: &[f32], bits: &[u32]) -> f32 {
-    masked_sum(x, bits)
+fn masked_rows_avx2(x: &[f32], bits: &[u32], p: &mut [f32]) {
+    masked_rows(x, bits, p)
+}
+
+/// Bit rows handled per pass over `x` (each input chunk is loaded once for all of them).
+const ROW_BLOCK: usize = 4;
+
+#[inline(always)]
+fn masked_rows(x: &[f32], bits: &[u32], p: &mut [f32]) {
+    let wpr = x.len() / 32;
+    let mut blocks = bits.chunks_exact(ROW_BLOCK * wpr);
+    let mut out = p.chunks_exact_mut(ROW_BLOCK);
+    for (b, o) in (&mut blocks).zip(&mut out) {
+        let rows: [&[u32]; ROW_BLOCK] = std::array::from_fn(|i| &b[i * wpr..(i + 1) * wpr]);
+        o.copy_from_slice(&masked_block(x, rows));
+    }
+    for (row, pi) in blocks
+        .remainder()
+        .chunks_exact(wpr)
+        .zip(out.into_remainder())
+    {
+        *pi = masked_sum(x, row);
+    }
+}
+
+/// `masked_sum` for `ROW_BLOCK` rows at once: 16 lanes of accumulators per row, so the
+/// add chains stay short and the input is read once per block.
+#[inline(always)]
+fn masked_block(x: &[f32], rows: [&[u32]; ROW_BLOCK]) -> [f32; ROW_BLOCK] {
+    let mut acc = [[0f32; 16]; ROW_BLOCK];
+    for (w, xc) in x.chunks_exact(32).enumerate() {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let word = rows[r][w];
+            for half in 0..2 {
+                for t in 0..16 {
+                    let bit = half * 16 + t;
+                    let mask = if word & (1u32 << bit) != 0 {
+                        u32::MAX
+                    } else {
+                        0
+                    };
+                    acc[t] += f32::from_bits(xc[bit].to_bits() & mask);
+                }
+            }
+        }
+    }
+    acc.map(|a| {
+        let mut h = [0f32; 8];
+        for (i, v) in a.iter().enumerate() {
+            h[i % 8] += v;
+        }
+        h.iter().sum()
+    })
 }
 
 /// Sum of `x[k]` over the set bits of `bits`; `x` has `32 * bits.len()` elements.
@@ -587,7 +638,7 @@ fn conv_with(x: &Tensor, conv: &Conv2d, method: Method) -> Tensor {
     let mut patches = vec![0f32; ohw * kp];
     let mut sums = vec![0f32; ohw];
     for img in 0..n {
-        for g in 0..groups {
+        for g in (0..groups).filter(|_| kp > 0) {
             // im2col: one contiguous, zero-padded row of K per output position.
             patches
                 .par_chunks_mut(kp)
