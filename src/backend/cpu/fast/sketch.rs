@@ -355,6 +355,8 @@ fn masked_rows(x: &[f32], bits: &[u32], p: &mut [f32]) {
 
 /// `masked_sum` for `ROW_BLOCK` rows at once: 16 lanes of accumulators per row, so the
 /// add chains stay short and the input is read once per block.
+// Explicit lane indices: the shape the vectoriser turns into whole-register ops.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn masked_block(x: &[f32], rows: [&[u32]; ROW_BLOCK]) -> [f32; ROW_BLOCK] {
     let mut acc = [[0f32; 16]; ROW_BLOCK];
