@@ -2,6 +2,11 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bench;
 pub mod compress;
+pub mod data;
+pub mod format;
 pub mod graph;
+pub mod plan;
 pub mod weights;
+pub mod zoo;

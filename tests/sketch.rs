@@ -8,55 +8,32 @@ use cnnpack::backend::cpu::fast::sketch::{
     sketch_conv, sketch_conv_assoc, sketch_conv_lut, sketch_linear, sketch_linear_assoc,
     sketch_linear_lut, AssocPlan,
 };
+use cnnpack::backend::cpu::{fast as cpu_fast, reference as cpu_reference};
 use cnnpack::compress::sketch::{relative_error, sketch_row};
 use cnnpack::compress::{sketch_graph, sketch_tensor, CompressError, SketchOptions};
-use cnnpack::graph::{Conv2d, GraphBuilder, Op, Rng, Tensor};
+use cnnpack::format::cnnpack as pack_format;
+use cnnpack::graph::{Conv2d, GraphBuilder, Linear, Node, Op, Rng, Tensor};
 use cnnpack::weights::{PartMut, SketchWeights, Weights};
 use std::collections::HashMap;
 
-/// Naive dense conv, NCHW, written from the definition (zero padding, groups, dilation).
-fn naive_conv(x: &Tensor, conv: &Conv2d) -> Tensor {
-    let w = conv.weight.to_dense();
-    let (n, cin, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let cout = w.shape[0];
-    let cin_g = w.shape[1];
-    let [kh, kw] = conv.kernel;
-    let [oh, ow] = conv.output_hw(h, wd).expect("test shapes fit");
-    let cout_g = cout / conv.groups;
-    let mut out = vec![0f32; n * cout * oh * ow];
-    for img in 0..n {
-        for co in 0..cout {
-            let g = co / cout_g;
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = conv.bias.as_ref().map_or(0.0, |b| b.data[co] as f64);
-                    for ci in 0..cin_g {
-                        for ky in 0..kh {
-                            for kx in 0..kw {
-                                let iy = (oy * conv.stride[0] + ky * conv.dilation[0]) as isize
-                                    - conv.pads[0] as isize;
-                                let ix = (ox * conv.stride[1] + kx * conv.dilation[1]) as isize
-                                    - conv.pads[1] as isize;
-                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
-                                    continue;
-                                }
-                                let xv = x.data[((img * cin + g * cin_g + ci) * h + iy as usize)
-                                    * wd
-                                    + ix as usize];
-                                let wv = w.data[((co * cin_g + ci) * kh + ky) * kw + kx];
-                                acc += xv as f64 * wv as f64;
-                            }
-                        }
-                    }
-                    out[((img * cout + co) * oh + oy) * ow + ox] = acc as f32;
-                }
-            }
-        }
-    }
-    Tensor::new(vec![n, cout, oh, ow], out).expect("sizes agree")
+/// The dense reference (`backend::cpu::reference`, f64 accumulation) on one layer:
+/// it unpacks the sketch with `to_dense`, so this checks the fast kernels against
+/// the unpacked weights.
+fn reference(op: Op, x: &Tensor) -> Tensor {
+    let node = Node {
+        name: "layer".into(),
+        op,
+        inputs: vec!["x".into()],
+        output: "y".into(),
+    };
+    cpu_reference::run_node(&node, &[x]).expect("reference runs the layer")
 }
 
-/// Naive dense fc `[N, K] x [O, K]ᵀ + b`.
+fn reference_conv(x: &Tensor, conv: &Conv2d) -> Tensor {
+    reference(Op::Conv(conv.clone()), x)
+}
+
+/// Naive dense fc `[N, K] x [O, K]ᵀ + b` (for weights given as a dense tensor).
 fn naive_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let (n, k) = (x.shape[0], x.shape[1]);
     let o = w.shape[0];
@@ -302,7 +279,13 @@ fn linear_kernels_match_dense_reference() {
         let s = random_sketch(&mut rng, vec![o, k], m, case % 3 == 0);
         let bias = rng.normal_tensor(vec![o], 1.0);
         let x = rng.normal_tensor(vec![n, k], 1.0);
-        let want = naive_linear(&x, &Weights::Sketch(s.clone()).to_dense(), Some(&bias));
+        let want = reference(
+            Op::Linear(Linear {
+                weight: Weights::Sketch(s.clone()),
+                bias: Some(bias.clone()),
+            }),
+            &x,
+        );
         let what = format!("fc case {case} n={n} k={k} o={o} m={m}");
         assert_close(
             &sketch_linear(&x, &s, Some(&bias)),
@@ -352,7 +335,7 @@ fn conv_kernels_match_dense_reference() {
                 bias: Some(rng.normal_tensor(vec![cout], 1.0)),
             };
             let x = rng.normal_tensor(vec![n, cin, h, wd], 1.0);
-            let want = naive_conv(&x, &conv);
+            let want = reference_conv(&x, &conv);
             let what = format!("conv case {case} n={n} {h}x{wd} m={m}");
             assert_close(&sketch_conv(&x, &conv), &want, &format!("{what} masked"));
             assert_close(&sketch_conv_lut(&x, &conv), &want, &format!("{what} lut"));
@@ -473,6 +456,36 @@ fn sketch_graph_options_and_errors() {
     // Sketching twice refuses the already-sketched layer.
     let e = sketch_graph(&out, &opts).expect_err("already sketched");
     assert!(e.to_string().contains("conv2"), "{e}");
+}
+
+#[test]
+fn sketched_graph_runs_fast_path_like_reference_and_survives_cnnpack() {
+    let mut b = GraphBuilder::new("net", &[3, 15, 13], 11);
+    let x = b.input();
+    let c1 = b.conv_named("conv1", &x, 8, 3, 2, 1, 1);
+    let r1 = b.relu(&c1);
+    let c2 = b.conv_named("conv2", &r1, 8, 3, 1, 1, 8);
+    let r2 = b.relu(&c2);
+    let c3 = b.conv_named("conv3", &r2, 12, 3, 2, 0, 2);
+    let f = b.flatten(&c3);
+    let y = b.linear_named("fc", &f, 10);
+    let g = b.finish(&[&y]).expect("valid graph");
+    let opts = SketchOptions {
+        bases: 3,
+        ..SketchOptions::default()
+    };
+    let (sk, _) = sketch_graph(&g, &opts).expect("sketches");
+    let mut rng = Rng::new(12);
+    for batch in [1, 5] {
+        let input = rng.normal_tensor(vec![batch, 3, 15, 13], 1.0);
+        let want = cpu_reference::run_graph(&sk, &input).expect("reference runs");
+        let got = cpu_fast::run_graph(&sk, &input).expect("fast runs");
+        assert_close(&got[0], &want[0], &format!("sketched graph, batch {batch}"));
+    }
+    // .cnnpack round trip keeps the packed arrays bit for bit.
+    let bytes = pack_format::to_bytes(&sk).expect("saves");
+    let back = pack_format::from_bytes(&bytes).expect("loads");
+    assert_eq!(back.nodes, sk.nodes);
 }
 
 /// Dense f32 `x Wᵀ` (one vectorised dot product per output), for context in `timing`;

@@ -1,3 +1,4 @@
-//! Execution backends.
+//! Backends that execute a `Graph`: the CPU (reference and fast kernels) and the GPU (wgpu).
 
 pub mod cpu;
+pub mod gpu;

@@ -131,6 +131,26 @@ impl GraphBuilder {
         self.push(name, op, &[x])
     }
 
+    /// Square conv without bias (as before a BatchNorm), with a generated name.
+    pub fn conv_no_bias(
+        &mut self,
+        x: &str,
+        out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> String {
+        let name = self.fresh("conv");
+        let y = self.conv_named(&name, x, out, k, stride, pad, 1);
+        if let Some(Node {
+            op: Op::Conv(c), ..
+        }) = self.graph.nodes.last_mut()
+        {
+            c.bias = None;
+        }
+        y
+    }
+
     /// Fully connected layer with He-initialised weights and zero bias.
     pub fn linear(&mut self, x: &str, out: usize) -> String {
         let name = self.fresh("fc");

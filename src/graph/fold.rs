@@ -14,25 +14,34 @@ pub fn fold(mut graph: Graph) -> Result<Graph, GraphError> {
 }
 
 /// Rewires the readers of each Identity to its input. An Identity whose output is
-/// a graph output renames its producer's output instead, so output names survive.
+/// a graph output renames its producer's output instead, so output names survive;
+/// where that is impossible (its input is the graph input or is read elsewhere) it stays.
 fn remove_identities(graph: &mut Graph) {
-    while let Some(i) = graph
-        .nodes
-        .iter()
-        .position(|n| matches!(n.op, Op::Identity))
-    {
-        let node = graph.nodes.remove(i);
-        let (from, to) = (node.inputs[0].clone(), node.output.clone());
-        let is_output = graph.outputs.contains(&to);
-        let producer = graph.producer(&from);
-        let from_used_elsewhere =
-            graph.used_values().contains(from.as_str()) || graph.outputs.contains(&from);
-        if is_output && producer.is_some() && !from_used_elsewhere {
-            graph.nodes[producer.unwrap()].output = to;
-        } else if is_output {
-            // Keep the name: an Identity between the graph input and output stays.
-            graph.nodes.insert(i, node);
-            return;
+    let mut i = 0;
+    while i < graph.nodes.len() {
+        if !matches!(graph.nodes[i].op, Op::Identity) {
+            i += 1;
+            continue;
+        }
+        let (from, to) = (
+            graph.nodes[i].inputs[0].clone(),
+            graph.nodes[i].output.clone(),
+        );
+        if graph.outputs.contains(&to) {
+            let readers = graph
+                .nodes
+                .iter()
+                .filter(|n| n.inputs.contains(&from))
+                .count();
+            match graph.producer(&from) {
+                Some(p) if readers == 1 && !graph.outputs.contains(&from) => {
+                    graph.nodes[p].output = to;
+                }
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            }
         } else {
             for n in &mut graph.nodes {
                 for v in &mut n.inputs {
@@ -42,6 +51,7 @@ fn remove_identities(graph: &mut Graph) {
                 }
             }
         }
+        graph.nodes.remove(i);
     }
 }
 

@@ -8,12 +8,14 @@ mod builder;
 mod fold;
 mod op;
 mod shape;
+mod stats;
 mod tensor;
 
 pub use builder::GraphBuilder;
 pub use fold::fold;
 pub use op::{BinaryKind, Conv2d, Linear, Op, Pool2d};
-pub use shape::Shapes;
+pub use shape::{broadcast, Shapes};
+pub use stats::{layer_stats, LayerStats};
 pub use tensor::{Rng, Tensor};
 
 use serde::{Deserialize, Serialize};

@@ -1,3 +1,35 @@
-//! Fast CPU kernels.
+//! Fast CPU kernels (rayon, GEMM) and the executor that picks them per node.
+//! Ops without a fast kernel here run their reference kernel, which is already
+//! memory-bound-cheap for them (pooling, element-wise, layout).
 
+mod dense;
 pub mod sketch;
+
+pub use dense::{conv2d, linear};
+
+use super::{reference, CpuError};
+use crate::graph::{Graph, Node, Op, Tensor};
+use crate::weights::Weights;
+
+/// Runs one node with the fastest CPU kernel for its op and weight encoding.
+pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
+    match (&node.op, inputs.first()) {
+        (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Sketch(_)) => {
+            Ok(sketch::sketch_conv(x, c))
+        }
+        (Op::Linear(l), Some(x)) if matches!(l.weight, Weights::Sketch(_)) => {
+            let Weights::Sketch(w) = &l.weight else {
+                unreachable!("guarded by the match arm")
+            };
+            Ok(sketch::sketch_linear(x, w, l.bias.as_ref()))
+        }
+        (Op::Conv(c), Some(x)) => Ok(conv2d(x, c)),
+        (Op::Linear(l), Some(x)) => Ok(linear(x, l)),
+        _ => reference::run_node(node, inputs),
+    }
+}
+
+/// Runs the whole graph with the fast kernels; returns the outputs in order.
+pub fn run_graph(graph: &Graph, input: &Tensor) -> Result<Vec<Tensor>, CpuError> {
+    super::run_with(graph, input, run_node)
+}

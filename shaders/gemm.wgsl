@@ -1,0 +1,63 @@
+// Linear layers at small batch: y[n, row_off + r] = sum_k x[n, k] * W[r, k] + b[r] (+ ReLU).
+//
+// GEMV: one 64-invocation workgroup per output row and batch item; each invocation
+// strides over K (consecutive invocations read consecutive weights, so loads coalesce)
+// and a workgroup tree reduction sums the 64 partials. Weight matrices larger than the
+// adapter's storage binding limit arrive as row chunks: each chunk is its own dispatch,
+// `row_off` places its rows in the output. Larger batches use conv_fwd_tiled (a 1x1 conv).
+//
+// Bindings: 0 input (read), 1 weights (read), 2 bias (read), 3 output (read_write), 4 params.
+
+struct Params {
+    rows: u32,
+    k_len: u32,
+    out_total: u32,
+    row_off: u32,
+    relu: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> wt: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+var<workgroup> partial: array<f32, 64>;
+
+@compute @workgroup_size(64, 1, 1)
+fn linear_fwd_gemv(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let r = wid.y * nwg.x + wid.x;
+    let n = wid.z;
+    // Uniform control flow: every invocation reaches the barriers, rows past the end add nothing.
+    let live = r < p.rows;
+    var acc = 0.0;
+    if (live) {
+        let w_base = r * p.k_len;
+        let x_base = n * p.k_len;
+        for (var k = li; k < p.k_len; k += 64u) {
+            acc = fma(x[x_base + k], wt[w_base + k], acc);
+        }
+    }
+    partial[li] = acc;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            partial[li] += partial[li + s];
+        }
+        workgroupBarrier();
+    }
+    if (li == 0u && live) {
+        var v = partial[0] + bias[r];
+        if (p.relu != 0u) {
+            v = max(v, 0.0);
+        }
+        y[n * p.out_total + p.row_off + r] = v;
+    }
+}

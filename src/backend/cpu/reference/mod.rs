@@ -1,0 +1,89 @@
+//! The CPU reference: naive, obviously correct kernels for every op, accumulating
+//! in f64. Every fast CPU and GPU kernel is tested against these.
+
+mod conv;
+mod eltwise;
+mod layout;
+mod pool;
+
+pub use conv::{conv2d, linear};
+pub use eltwise::{add, batch_norm, broadcast_to, const_binary, lrn, map, softmax};
+pub use layout::{concat, pad, slice};
+pub use pool::{avg_pool, global_avg_pool, max_pool};
+
+use super::CpuError;
+use crate::graph::{Graph, Node, Op, Tensor};
+use std::collections::HashMap;
+
+/// Runs one node on its input values with the reference kernels.
+pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
+    let x = inputs.first().ok_or_else(|| CpuError::Arity {
+        node: node.name.clone(),
+    })?;
+    Ok(match &node.op {
+        Op::Conv(c) => conv2d(x, c),
+        Op::Linear(l) => linear(x, l),
+        Op::Relu => map(x, |v| v.max(0.0)),
+        Op::LeakyRelu { alpha } => map(x, |v| if v >= 0.0 { v } else { alpha * v }),
+        Op::Clip { min, max } => map(x, |v| v.max(*min).min(*max)),
+        Op::Sigmoid => map(x, |v| (1.0 / (1.0 + (-(v as f64)).exp())) as f32),
+        Op::MaxPool(p) => max_pool(x, p),
+        Op::AvgPool(p) => avg_pool(x, p),
+        Op::GlobalAvgPool => global_avg_pool(x),
+        Op::BatchNorm {
+            scale,
+            bias,
+            mean,
+            var,
+            epsilon,
+        } => batch_norm(x, scale, bias, mean, var, *epsilon),
+        Op::Add => {
+            let b = inputs.get(1).ok_or_else(|| CpuError::Arity {
+                node: node.name.clone(),
+            })?;
+            add(x, b)
+        }
+        Op::ConstBinary {
+            kind,
+            constant,
+            constant_first,
+        } => const_binary(x, *kind, constant, *constant_first),
+        Op::Concat { axis } => concat(inputs, *axis),
+        Op::Flatten { axis } => {
+            let shape = vec![
+                x.shape[..*axis].iter().product(),
+                x.shape[*axis..].iter().product(),
+            ];
+            Tensor {
+                shape,
+                data: x.data.clone(),
+            }
+        }
+        Op::Lrn {
+            size,
+            alpha,
+            beta,
+            bias,
+        } => lrn(x, *size, *alpha, *beta, *bias),
+        Op::Softmax => softmax(x),
+        Op::Pad { pads, value } => pad(x, pads, *value),
+        Op::Slice {
+            starts,
+            ends,
+            steps,
+        } => slice(x, starts, ends, steps),
+        Op::Identity => (*x).clone(),
+    })
+}
+
+/// Runs the whole graph with the reference kernels; returns the outputs in order.
+/// The graph is validated and its shapes checked against `input` first.
+pub fn run_graph(graph: &Graph, input: &Tensor) -> Result<Vec<Tensor>, CpuError> {
+    super::run_with(graph, input, run_node)
+}
+
+/// Values by name, for callers that want every intermediate (debugging, tests).
+pub type Values = HashMap<String, Tensor>;
+
+#[cfg(test)]
+mod tests;

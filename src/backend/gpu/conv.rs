@@ -1,0 +1,440 @@
+//! Dense convolution (shaders/dense_conv.wgsl): tiled implicit GEMM, plus a direct
+//! kernel for convs with few output channels per group (depthwise).
+
+use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
+use super::model::StepIo;
+use super::GpuError;
+use crate::graph::{Conv2d, Tensor};
+use std::sync::Arc;
+
+const SOURCE: &str = include_str!("../../../shaders/dense_conv.wgsl");
+
+/// Bindings: input, weights, bias, output, params.
+pub(crate) const LAYOUT: [Slot; 5] = [
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Write,
+    Slot::Uniform,
+];
+
+/// Output rows (channels) per workgroup tile of `conv_fwd_tiled`.
+const TILE_M: usize = 64;
+/// Output pixels per workgroup tile of `conv_fwd_tiled`.
+const TILE_N: usize = 64;
+/// Below this many output channels per group the 64-row tile is mostly idle and the
+/// direct kernel is used instead (depthwise: 1).
+const DIRECT_BELOW: usize = 16;
+
+pub(crate) fn tiled(ctx: &GpuContext) -> Arc<Kernel> {
+    ctx.kernel("dense_conv", SOURCE, "conv_fwd_tiled", &LAYOUT)
+}
+
+const SOURCE_UBO: &str = include_str!("../../../shaders/dense_conv_ubo.wgsl");
+
+/// Bindings of `conv_fwd_ubo`: input, weights (uniform), bias, output, params.
+const LAYOUT_UBO: [Slot; 5] = [
+    Slot::Read,
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Write,
+    Slot::Uniform,
+];
+
+/// f32 values in one weight uniform buffer of `conv_fwd_ubo` (64 KiB, the WebGPU default
+/// `max_uniform_buffer_binding_size`).
+const UBO_FLOATS: usize = 16384;
+
+fn ubo(ctx: &GpuContext) -> Arc<Kernel> {
+    ctx.kernel("dense_conv_ubo", SOURCE_UBO, "conv_fwd_ubo", &LAYOUT_UBO)
+}
+
+fn direct(ctx: &GpuContext) -> Arc<Kernel> {
+    ctx.kernel("dense_conv", SOURCE, "conv_fwd_direct", &LAYOUT)
+}
+
+/// The `Params` struct of dense_conv.wgsl, field for field.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Geometry {
+    pub(crate) batch: usize,
+    pub(crate) cin: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) sh: usize,
+    pub(crate) sw: usize,
+    pub(crate) ph: usize,
+    pub(crate) pw: usize,
+    pub(crate) dh: usize,
+    pub(crate) dw: usize,
+    pub(crate) cin_g: usize,
+    pub(crate) cout_g: usize,
+    pub(crate) k_len: usize,
+    pub(crate) c_total: usize,
+    pub(crate) c_off: usize,
+    pub(crate) relu: bool,
+    pub(crate) groups: usize,
+}
+
+impl Geometry {
+    fn words(&self) -> Vec<u32> {
+        [
+            self.batch,
+            self.cin,
+            self.h,
+            self.w,
+            self.oh,
+            self.ow,
+            self.kh,
+            self.kw,
+            self.sh,
+            self.sw,
+            self.ph,
+            self.pw,
+            self.dh,
+            self.dw,
+            self.cin_g,
+            self.cout_g,
+            self.k_len,
+            self.c_total,
+            self.c_off,
+            self.relu as usize,
+            self.groups,
+        ]
+        .iter()
+        .map(|&v| uw(v))
+        .collect()
+    }
+
+    /// A 1x1 "conv" over `[batch, k, 1, 1]`: the tiled GEMM for Linear at larger batch.
+    pub(crate) fn linear(
+        batch: usize,
+        k: usize,
+        rows: usize,
+        total: usize,
+        off: usize,
+        relu: bool,
+    ) -> Self {
+        Geometry {
+            batch,
+            cin: k,
+            h: 1,
+            w: 1,
+            oh: 1,
+            ow: 1,
+            kh: 1,
+            kw: 1,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            cin_g: k,
+            cout_g: rows,
+            k_len: k,
+            c_total: total,
+            c_off: off,
+            relu,
+            groups: 1,
+            ..Default::default()
+        }
+    }
+}
+
+/// Rows `r0..r0+rows` of a `[rows_total, row_len]` weight matrix in their own buffers.
+pub(crate) struct RowChunk {
+    pub(crate) r0: usize,
+    pub(crate) rows: usize,
+    pub(crate) weight: wgpu::Buffer,
+    pub(crate) bias: wgpu::Buffer,
+}
+
+/// Uploads a row-major `[rows, row_len]` weight matrix and its bias, split by rows into
+/// chunks of at most `io.max_binding` bytes each (never truncated).
+pub(crate) fn upload_rows(
+    io: &StepIo,
+    data: &[f32],
+    rows: usize,
+    row_len: usize,
+    bias: Option<&Tensor>,
+) -> Result<Vec<RowChunk>, GpuError> {
+    let per = (io.max_binding / (row_len.max(1) as u64 * 4)) as usize;
+    if per == 0 {
+        return Err(io.unsupported(format!(
+            "one weight row of {row_len} f32 exceeds the {}-byte binding limit",
+            io.max_binding
+        )));
+    }
+    let zeros;
+    let bias: &[f32] = match bias {
+        Some(b) => &b.data,
+        None => {
+            zeros = vec![0.0; rows];
+            &zeros
+        }
+    };
+    let chunks = rows.div_ceil(per);
+    Ok((0..chunks)
+        .map(|c| {
+            let r0 = c * per;
+            let r1 = (r0 + per).min(rows);
+            let label = if chunks == 1 {
+                io.name.to_string()
+            } else {
+                format!("{} rows {r0}..{r1}", io.name)
+            };
+            RowChunk {
+                r0,
+                rows: r1 - r0,
+                weight: io.ctx.upload(
+                    &format!("{label} weight"),
+                    &data[r0 * row_len..r1 * row_len],
+                ),
+                bias: io.ctx.upload(&format!("{label} bias"), &bias[r0..r1]),
+            }
+        })
+        .collect())
+}
+
+pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError> {
+    let x = io.inputs[0].1;
+    let y = io.output.1;
+    let weight = c.weight.to_dense();
+    let cout = c.out_channels();
+    let cin_g = c.in_channels_per_group();
+    let cout_g = cout / c.groups;
+    let k_len = cin_g * c.kernel[0] * c.kernel[1];
+    let geom = Geometry {
+        batch: x[0],
+        cin: x[1],
+        h: x[2],
+        w: x[3],
+        oh: y[2],
+        ow: y[3],
+        kh: c.kernel[0],
+        kw: c.kernel[1],
+        sh: c.stride[0],
+        sw: c.stride[1],
+        ph: c.pads[0],
+        pw: c.pads[1],
+        dh: c.dilation[0],
+        dw: c.dilation[1],
+        cin_g,
+        cout_g,
+        k_len,
+        c_total: cout,
+        c_off: 0,
+        relu: io.relu,
+        groups: c.groups,
+    };
+    let chunks = upload_rows(io, &weight.data, cout, k_len, c.bias.as_ref())?;
+    if chunks.len() > 1 && c.groups > 1 {
+        return Err(io.unsupported(format!(
+            "grouped conv weights of {} bytes exceed the {}-byte binding limit",
+            weight.bytes(),
+            io.max_binding
+        )));
+    }
+    let khw = c.kernel[0] * c.kernel[1];
+    let ubo_fits = khw * 32 <= UBO_FLOATS
+        && io.ctx.limits().max_uniform_buffer_binding_size as usize >= UBO_FLOATS * 4;
+    let variant = match io.conv_kernel {
+        _ if cout_g < DIRECT_BELOW => Variant::Direct,
+        ConvKernel::Tiled => Variant::Tiled,
+        ConvKernel::Uniform if ubo_fits => Variant::Ubo,
+        ConvKernel::Auto if ubo_fits && io.ctx.is_software() => Variant::Ubo,
+        _ => Variant::Tiled,
+    };
+    if variant == Variant::Ubo {
+        return encode_ubo(io, c, &geom, &weight.data);
+    }
+    let chunks = upload_rows(io, &weight.data, cout, k_len, c.bias.as_ref())?;
+    if chunks.len() > 1 && c.groups > 1 {
+        return Err(io.unsupported(format!(
+            "grouped conv weights of {} bytes exceed the {}-byte binding limit",
+            weight.bytes(),
+            io.max_binding
+        )));
+    }
+    let kernel = if variant == Variant::Direct {
+        direct(io.ctx)
+    } else {
+        tiled(io.ctx)
+    };
+    chunks
+        .iter()
+        .map(|ch| {
+            let g = if chunks.len() > 1 {
+                Geometry {
+                    cout_g: ch.rows,
+                    c_off: ch.r0,
+                    ..geom
+                }
+            } else {
+                geom
+            };
+            let groups = if variant == Variant::Direct {
+                io.grid256(g.batch * g.cout_g * g.groups * g.oh * g.ow)?
+            } else {
+                dispatch_tiled(io, &g)?
+            };
+            Ok(io.ctx.dispatch(
+                &kernel,
+                io.name,
+                &[
+                    io.inputs[0].0.clone(),
+                    Bind::f32s(&ch.weight, ch.rows * k_len),
+                    Bind::f32s(&ch.bias, ch.rows),
+                    io.output.0.clone(),
+                ],
+                &g.words(),
+                groups,
+            ))
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// One invocation per output (few channels per group, depthwise).
+    Direct,
+    /// Weights through uniform buffers, 32 channels per invocation: CPU adapters.
+    Ubo,
+    /// 64x64 implicit GEMM tiles in workgroup memory: GPUs.
+    Tiled,
+}
+
+/// Which dense conv kernel to use for convs with 16 or more output channels per group
+/// (fewer always run the direct kernel).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// `Uniform` on CPU adapters (lavapipe), `Tiled` on GPUs.
+    #[default]
+    Auto,
+    /// The tiled implicit GEMM in workgroup memory (`conv_fwd_tiled`).
+    Tiled,
+    /// Weights in uniform buffers, 32 channels per invocation (`conv_fwd_ubo`); falls back
+    /// to `Tiled` for kernels of more than 512 taps (kh * kw).
+    Uniform,
+}
+
+/// `conv_fwd_ubo`: one dispatch per (group, block of output rows, slice of input
+/// channels) whose weights fill one 64 KiB uniform buffer; slices after the first add
+/// to the output, so the steps of one layer must run in order (they do: one pass).
+fn encode_ubo(
+    io: &StepIo,
+    c: &Conv2d,
+    geom: &Geometry,
+    weight: &[f32],
+) -> Result<Vec<Dispatch>, GpuError> {
+    let khw = geom.kh * geom.kw;
+    let (cin_g, cout_g) = (geom.cin_g, geom.cout_g);
+    let ci_per = cin_g.min((UBO_FLOATS / (khw * cout_g.min(64))).max(1));
+    // Whole 32-row blocks (zero-padded) must fit the buffer.
+    let rows_per = (UBO_FLOATS / (ci_per * khw)) / 32 * 32;
+    let zeros;
+    let bias: &[f32] = match &c.bias {
+        Some(b) => &b.data,
+        None => {
+            zeros = vec![0.0; geom.cout_g * geom.groups];
+            &zeros
+        }
+    };
+    let pixels = geom.batch * geom.oh * geom.ow;
+    let kernel = ubo(io.ctx);
+    let mut out = vec![];
+    for g in 0..geom.groups {
+        for r0 in (0..cout_g).step_by(rows_per) {
+            let rows = rows_per.min(cout_g - r0);
+            let row0 = g * cout_g + r0;
+            let bias_buf = io.ctx.upload(
+                &format!("{} bias {row0}..{}", io.name, row0 + rows),
+                &bias[row0..row0 + rows],
+            );
+            for ci0 in (0..cin_g).step_by(ci_per) {
+                let cc = ci_per.min(cin_g - ci0);
+                // [block of 32 rows][k][row in block], as conv_fwd_ubo loads it.
+                let kc = cc * khw;
+                let mut data = vec![0.0f32; UBO_FLOATS];
+                for r in 0..rows {
+                    let src = (row0 + r) * geom.k_len + ci0 * khw;
+                    let dst0 = (r / 32) * kc * 32 + r % 32;
+                    for k in 0..kc {
+                        data[dst0 + k * 32] = weight[src + k];
+                    }
+                }
+                let label = format!(
+                    "{} rows {row0}..{} channels {ci0}..{}",
+                    io.name,
+                    row0 + rows,
+                    ci0 + cc
+                );
+                let w_buf = io.ctx.upload_uniform(&label, &data);
+                let g_chunk = Geometry {
+                    cout_g: rows,
+                    k_len: cc * khw,
+                    c_off: geom.c_off + row0,
+                    ..*geom
+                };
+                let mut words = g_chunk.words();
+                words.extend([
+                    uw(g),
+                    uw(ci0),
+                    uw(cc),
+                    (ci0 > 0) as u32,
+                    (ci0 + cc == cin_g) as u32,
+                ]);
+                let groups = io
+                    .ctx
+                    .grid(pixels.div_ceil(64))
+                    .map_err(|e| io.unsupported(e))?;
+                if groups[1] > 1 {
+                    return Err(
+                        io.unsupported("too many pixels for one grid row; use a smaller batch")
+                    );
+                }
+                out.push(io.ctx.dispatch(
+                    &kernel,
+                    &label,
+                    &[
+                        io.inputs[0].0.clone(),
+                        Bind::f32s(&w_buf, UBO_FLOATS),
+                        Bind::f32s(&bias_buf, rows),
+                        io.output.0.clone(),
+                    ],
+                    &words,
+                    [groups[0], rows.div_ceil(32) as u32, 1],
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Workgroup counts of `conv_fwd_tiled`: pixel tiles, channel tiles, groups.
+pub(crate) fn dispatch_tiled(io: &StepIo, g: &Geometry) -> Result<[u32; 3], GpuError> {
+    let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
+    let nx = (g.batch * g.oh * g.ow).div_ceil(TILE_N);
+    let ny = g.cout_g.div_ceil(TILE_M);
+    if nx > max || ny > max || g.groups > max {
+        return Err(io.unsupported(format!(
+            "{nx}x{ny}x{} workgroups exceed the per-dimension limit {max}; use a smaller batch",
+            g.groups
+        )));
+    }
+    Ok([nx as u32, ny as u32, g.groups as u32])
+}
+
+/// Runs `conv_fwd_tiled` with an arbitrary geometry (Linear at larger batch).
+pub(crate) fn dispatch_geometry(
+    io: &StepIo,
+    g: &Geometry,
+    binds: &[Bind],
+) -> Result<Dispatch, GpuError> {
+    let groups = dispatch_tiled(io, g)?;
+    Ok(io
+        .ctx
+        .dispatch(&tiled(io.ctx), io.name, binds, &g.words(), groups))
+}

@@ -1,0 +1,534 @@
+//! A graph planned for one batch size on one device: weights uploaded, every kernel
+//! launch recorded, activation buffers allocated by liveness (see `plan.rs`).
+
+use super::context::{Bind, Dispatch, GpuContext};
+use super::conv::ConvKernel;
+use super::{conv, copy, eltwise, gemm, lrn, pool, softmax, GpuError};
+use crate::graph::{Graph, Node, Op, Tensor};
+use crate::plan::{Plan, PlanOptions};
+use std::sync::{mpsc, Arc, Mutex};
+
+/// Options for building a [`GpuModel`].
+#[derive(Clone, Copy, Debug)]
+pub struct GpuOptions {
+    /// Caps the bytes of one weight binding below the adapter's
+    /// `max_storage_buffer_binding_size` (tests force the split path with it).
+    pub max_binding_bytes: Option<u64>,
+    /// Fuse a Relu into the Conv/Linear before it (plan-level fusion).
+    pub fuse_relu: bool,
+    /// Dense conv kernel choice (tests force each one).
+    pub conv_kernel: ConvKernel,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            max_binding_bytes: None,
+            fuse_relu: true,
+            conv_kernel: ConvKernel::Auto,
+        }
+    }
+}
+
+/// What a family's encoder gets for one step.
+pub(crate) struct StepIo<'a> {
+    pub(crate) ctx: &'a GpuContext,
+    pub(crate) node: &'a Node,
+    /// Step name (node name, `+relu` when fused): labels every wgpu object of the step.
+    pub(crate) name: &'a str,
+    /// Apply a fused ReLU.
+    pub(crate) relu: bool,
+    /// Input buffers and shapes, in node order.
+    pub(crate) inputs: Vec<(Bind, &'a [usize])>,
+    /// Output buffer and shape.
+    pub(crate) output: (Bind, &'a [usize]),
+    /// Largest weight binding in bytes.
+    pub(crate) max_binding: u64,
+    /// Dense conv kernel choice.
+    pub(crate) conv_kernel: ConvKernel,
+}
+
+impl StepIo<'_> {
+    pub(crate) fn unsupported(&self, reason: impl Into<String>) -> GpuError {
+        GpuError::Unsupported {
+            node: self.node.name.clone(),
+            op: self.node.op.kind(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Workgroup grid for `elements` invocations in 256-wide workgroups.
+    pub(crate) fn grid256(&self, elements: usize) -> Result<[u32; 3], GpuError> {
+        self.ctx
+            .grid(elements.div_ceil(256))
+            .map_err(|e| self.unsupported(e))
+    }
+}
+
+struct StepKernels {
+    name: String,
+    dispatches: Vec<Dispatch>,
+}
+
+struct Output {
+    slot: usize,
+    shape: Vec<usize>,
+    /// Byte offset in the staging buffer.
+    staging_offset: u64,
+}
+
+/// Buffers a run writes; one run at a time holds them.
+struct RunState {
+    staging: wgpu::Buffer,
+    timing: Option<Timing>,
+}
+
+struct Timing {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+}
+
+/// A graph planned for one batch size on a [`GpuContext`], weights resident on the device.
+///
+/// `Send + Sync`: runs from several threads are serialised (they share the activation
+/// buffers).
+pub struct GpuModel {
+    ctx: Arc<GpuContext>,
+    batch: usize,
+    input_shape: Vec<usize>,
+    slots: Vec<wgpu::Buffer>,
+    input_slot: usize,
+    steps: Vec<StepKernels>,
+    outputs: Vec<Output>,
+    run: Mutex<RunState>,
+}
+
+impl std::fmt::Debug for GpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuModel")
+            .field("batch", &self.batch)
+            .field("input_shape", &self.input_shape)
+            .field("steps", &self.steps.len())
+            .finish()
+    }
+}
+
+/// Runs `f` inside out-of-memory and validation error scopes; a caught error names `layer`.
+pub(crate) fn scoped<T>(
+    ctx: &GpuContext,
+    layer: &str,
+    f: impl FnOnce() -> Result<T, GpuError>,
+) -> Result<T, GpuError> {
+    let oom = ctx
+        .device()
+        .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let val = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    let out = f();
+    let val = pollster::block_on(val.pop());
+    let oom = pollster::block_on(oom.pop());
+    if let Some(e) = oom {
+        return Err(GpuError::OutOfMemory {
+            layer: layer.into(),
+            message: e.to_string(),
+        });
+    }
+    if let Some(e) = val {
+        return Err(GpuError::Validation {
+            layer: layer.into(),
+            message: e.to_string(),
+        });
+    }
+    ctx.check_lost()?;
+    out
+}
+
+impl GpuModel {
+    /// Validates the graph, plans it for `batch` and uploads the weights once.
+    pub fn new(ctx: Arc<GpuContext>, graph: &Graph, batch: usize) -> Result<GpuModel, GpuError> {
+        GpuModel::with_options(ctx, graph, batch, GpuOptions::default())
+    }
+
+    /// As [`GpuModel::new`], with options.
+    pub fn with_options(
+        ctx: Arc<GpuContext>,
+        graph: &Graph,
+        batch: usize,
+        options: GpuOptions,
+    ) -> Result<GpuModel, GpuError> {
+        graph.validate()?;
+        if batch == 0 {
+            return Err(GpuError::BadInput {
+                expected: vec![1],
+                found: vec![0],
+            });
+        }
+        let mut graph = graph.clone();
+        graph.sort_and_validate()?;
+        let plan = Plan::with_options(
+            &graph,
+            batch,
+            PlanOptions {
+                fuse_relu: options.fuse_relu,
+            },
+        )?;
+        let limit = ctx.max_binding_bytes();
+        let max_binding = options.max_binding_bytes.map_or(limit, |m| m.min(limit));
+        for (i, &len) in plan.slots.iter().enumerate() {
+            if (len * 4) as u64 > limit {
+                return Err(GpuError::Unsupported {
+                    node: format!("activation buffer {i}"),
+                    op: "buffer",
+                    reason: format!(
+                        "{} bytes at batch {batch} exceed the adapter's {limit}-byte binding limit; use a smaller batch",
+                        len * 4
+                    ),
+                });
+            }
+        }
+        let slots: Vec<wgpu::Buffer> = scoped(&ctx, "activation buffers", || {
+            Ok(plan
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| {
+                    ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(&format!("activations{i}")),
+                        size: (len.max(1) * 4) as u64,
+                        usage: wgpu::BufferUsages::STORAGE
+                            | wgpu::BufferUsages::COPY_DST
+                            | wgpu::BufferUsages::COPY_SRC,
+                        mapped_at_creation: false,
+                    })
+                })
+                .collect())
+        })?;
+        let value = |v: &str| -> Result<(Bind, &[usize]), GpuError> {
+            let slot = plan.slot_of(v).ok_or_else(|| GpuError::Unsupported {
+                node: v.into(),
+                op: "value",
+                reason: "not computed by the plan".into(),
+            })?;
+            let shape = plan.shape(v).expect("every planned value has a shape");
+            Ok((Bind::f32s(&slots[slot], shape.iter().product()), shape))
+        };
+        let mut steps = Vec::with_capacity(plan.steps.len());
+        for step in &plan.steps {
+            let node = &graph.nodes[step.node];
+            let io = StepIo {
+                ctx: &ctx,
+                node,
+                name: &step.name,
+                relu: step.fused_relu,
+                inputs: step
+                    .inputs
+                    .iter()
+                    .map(|v| value(v))
+                    .collect::<Result<_, _>>()?,
+                output: value(&step.output)?,
+                max_binding,
+                conv_kernel: options.conv_kernel,
+            };
+            let dispatches = scoped(&ctx, &step.name, || encode(&io))?;
+            steps.push(StepKernels {
+                name: step.name.clone(),
+                dispatches,
+            });
+        }
+        let input_slot = plan
+            .slot_of(&graph.input.name)
+            .expect("the plan places the graph input");
+        let mut outputs = vec![];
+        let mut staging_len = 0u64;
+        for o in &graph.outputs {
+            let shape = plan.shape(o).expect("outputs have shapes").to_vec();
+            let bytes = (shape.iter().product::<usize>() * 4) as u64;
+            outputs.push(Output {
+                slot: plan.slot_of(o).expect("the plan places every output"),
+                shape,
+                staging_offset: staging_len,
+            });
+            staging_len += bytes;
+        }
+        let run = scoped(&ctx, "readback buffers", || {
+            let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: staging_len.max(4),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let n_queries = 2 * steps.len() as u32;
+            let timing = (ctx.has_timestamps()
+                && n_queries > 0
+                && n_queries <= wgpu::QUERY_SET_MAX_QUERIES)
+                .then(|| {
+                    let bytes = n_queries as u64 * wgpu::QUERY_SIZE as u64;
+                    Timing {
+                        queries: ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
+                            label: Some("step timestamps"),
+                            ty: wgpu::QueryType::Timestamp,
+                            count: n_queries,
+                        }),
+                        resolve: ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("timestamp resolve"),
+                            size: bytes,
+                            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                            mapped_at_creation: false,
+                        }),
+                        readback: ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("timestamp readback"),
+                            size: bytes,
+                            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                            mapped_at_creation: false,
+                        }),
+                    }
+                });
+            Ok(RunState { staging, timing })
+        })?;
+        let mut input_shape = vec![batch];
+        input_shape.extend(&graph.input.item_shape);
+        Ok(GpuModel {
+            ctx,
+            batch,
+            input_shape,
+            slots,
+            input_slot,
+            steps,
+            outputs,
+            run: Mutex::new(run),
+        })
+    }
+
+    /// The batch size the model was planned for.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The context the model runs on.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    /// Names of the steps (kernel launches grouped per node), in execution order.
+    pub fn step_names(&self) -> Vec<String> {
+        self.steps.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Runs one batch: `input` must have shape `[batch, ..item_shape]`. Returns the
+    /// graph outputs in order. One command buffer per call.
+    pub fn run(&self, input: &Tensor) -> Result<Vec<Tensor>, GpuError> {
+        self.execute(input, false).map(|(o, _)| o)
+    }
+
+    /// As [`GpuModel::run`], plus the GPU time of each step in milliseconds from
+    /// timestamp queries (`None` when the adapter has none).
+    pub fn run_profiled(
+        &self,
+        input: &Tensor,
+    ) -> Result<(Vec<Tensor>, Option<Vec<(String, f64)>>), GpuError> {
+        self.execute(input, true)
+    }
+
+    fn execute(
+        &self,
+        input: &Tensor,
+        profile: bool,
+    ) -> Result<(Vec<Tensor>, Option<Vec<(String, f64)>>), GpuError> {
+        if input.shape != self.input_shape
+            || input.data.len() != input.shape.iter().product::<usize>()
+        {
+            return Err(GpuError::BadInput {
+                expected: self.input_shape.clone(),
+                found: input.shape.clone(),
+            });
+        }
+        let state = self
+            .run
+            .lock()
+            .map_err(|_| GpuError::DeviceLost("a previous run panicked mid-way".into()))?;
+        let ctx = &self.ctx;
+        let timing = if profile { state.timing.as_ref() } else { None };
+        scoped(ctx, "run", || {
+            ctx.queue().write_buffer(
+                &self.slots[self.input_slot],
+                0,
+                bytemuck::cast_slice(&input.data),
+            );
+            let mut enc = ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
+            match timing {
+                // One pass per step, so each step's time is bracketed by two timestamps.
+                Some(t) => {
+                    for (i, step) in self.steps.iter().enumerate() {
+                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some(&step.name),
+                            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                                query_set: &t.queries,
+                                beginning_of_pass_write_index: Some(2 * i as u32),
+                                end_of_pass_write_index: Some(2 * i as u32 + 1),
+                            }),
+                        });
+                        record(&mut pass, &step.dispatches);
+                    }
+                    let n = 2 * self.steps.len() as u32;
+                    enc.resolve_query_set(&t.queries, 0..n, &t.resolve, 0);
+                    enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, t.resolve.size());
+                }
+                // One pass for all: wgpu inserts the barriers between dependent dispatches.
+                None => {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("model"),
+                        timestamp_writes: None,
+                    });
+                    for step in &self.steps {
+                        record(&mut pass, &step.dispatches);
+                    }
+                }
+            }
+            for o in &self.outputs {
+                let bytes = (o.shape.iter().product::<usize>() * 4) as u64;
+                enc.copy_buffer_to_buffer(
+                    &self.slots[o.slot],
+                    0,
+                    &state.staging,
+                    o.staging_offset,
+                    bytes,
+                );
+            }
+            ctx.queue().submit([enc.finish()]);
+            Ok(())
+        })?;
+        let raw = read_back(ctx, &state.staging, "readback")?;
+        let floats: &[f32] = bytemuck::cast_slice(&raw);
+        let outputs = self
+            .outputs
+            .iter()
+            .map(|o| {
+                let start = (o.staging_offset / 4) as usize;
+                let len: usize = o.shape.iter().product();
+                Tensor {
+                    shape: o.shape.clone(),
+                    data: floats[start..start + len].to_vec(),
+                }
+            })
+            .collect();
+        let times = match timing {
+            Some(t) => {
+                let raw = read_back(ctx, &t.readback, "timestamp readback")?;
+                let ticks: &[u64] = bytemuck::cast_slice(&raw);
+                let period = ctx.queue().get_timestamp_period() as f64;
+                Some(
+                    self.steps
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| {
+                            let dt = ticks[2 * i + 1].wrapping_sub(ticks[2 * i]);
+                            (s.name.clone(), dt as f64 * period * 1e-6)
+                        })
+                        .collect(),
+                )
+            }
+            None => None,
+        };
+        Ok((outputs, times))
+    }
+}
+
+fn record(pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) {
+    for d in dispatches {
+        pass.set_pipeline(&d.kernel.pipeline);
+        pass.set_bind_group(0, &d.bind_group, &[]);
+        pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+    }
+}
+
+/// Maps `buffer`, copies its bytes out and unmaps it.
+fn read_back(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    name: &'static str,
+) -> Result<Vec<u8>, GpuError> {
+    let (tx, rx) = mpsc::channel();
+    buffer.map_async(wgpu::MapMode::Read, .., move |r| {
+        // The receiver lives until after the poll below; a failed send only means it gave up.
+        let _ = tx.send(r);
+    });
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| GpuError::Map {
+            buffer: name,
+            message: e.to_string(),
+        })?;
+    ctx.check_lost()?;
+    rx.recv()
+        .map_err(|e| GpuError::Map {
+            buffer: name,
+            message: e.to_string(),
+        })?
+        .map_err(|e| GpuError::Map {
+            buffer: name,
+            message: e.to_string(),
+        })?;
+    let bytes = buffer
+        .get_mapped_range(..)
+        .map_err(|e| GpuError::Map {
+            buffer: name,
+            message: e.to_string(),
+        })?
+        .to_vec();
+    buffer.unmap();
+    Ok(bytes)
+}
+
+/// Records the launches of one step with the family's host code.
+fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
+    match &io.node.op {
+        Op::Conv(c) => conv::encode(io, c),
+        Op::Linear(l) => gemm::encode(io, l),
+        Op::MaxPool(p) => pool::encode(io, p, pool::Mode::Max),
+        Op::AvgPool(p) => pool::encode(
+            io,
+            p,
+            if p.count_include_pad {
+                pool::Mode::AvgIncludePad
+            } else {
+                pool::Mode::AvgExcludePad
+            },
+        ),
+        Op::GlobalAvgPool => pool::encode_global(io),
+        Op::Relu => eltwise::encode_unary(io, 0, 0.0, 0.0),
+        Op::LeakyRelu { alpha } => eltwise::encode_unary(io, 1, *alpha, 0.0),
+        Op::Clip { min, max } => eltwise::encode_unary(io, 2, *min, *max),
+        Op::Sigmoid => eltwise::encode_unary(io, 3, 0.0, 0.0),
+        Op::Add => eltwise::encode_add(io),
+        Op::ConstBinary {
+            kind,
+            constant,
+            constant_first,
+        } => eltwise::encode_const(io, *kind, constant, *constant_first),
+        Op::BatchNorm {
+            scale,
+            bias,
+            mean,
+            var,
+            epsilon,
+        } => eltwise::encode_batchnorm(io, scale, bias, mean, var, *epsilon),
+        Op::Lrn {
+            size,
+            alpha,
+            beta,
+            bias,
+        } => lrn::encode(io, *size, *alpha, *beta, *bias),
+        Op::Softmax => softmax::encode(io),
+        Op::Concat { axis } => copy::encode_concat(io, *axis),
+        Op::Pad { pads, value } => copy::encode_pad(io, pads, *value),
+        Op::Slice {
+            starts,
+            ends: _,
+            steps,
+        } => copy::encode_slice(io, starts, steps),
+        // Aliases never become steps; planned graphs cannot reach this.
+        Op::Flatten { .. } | Op::Identity => Err(io.unsupported("alias op planned as a step")),
+    }
+}

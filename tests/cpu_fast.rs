@@ -1,0 +1,109 @@
+//! The fast CPU kernels against the reference on random shapes.
+//! Tolerance: max |fast - ref| <= 1e-5 * (1 + max |ref|) * sqrt(K), since sgemm
+//! accumulates K products in f32 in a different order than the f64 reference.
+
+use cnnpack::backend::cpu::{fast, reference};
+use cnnpack::graph::{Conv2d, Linear, Node, Op, Rng, Tensor};
+use cnnpack::weights::Weights;
+
+fn check(got: &Tensor, want: &Tensor, k: usize, what: &str) {
+    assert_eq!(got.shape, want.shape, "{what}: shape");
+    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let tol = 1e-5 * (1.0 + scale) * (k as f32).sqrt();
+    let diff = got.max_abs_diff(want);
+    assert!(diff <= tol, "{what}: max diff {diff} > {tol}");
+}
+
+fn node(op: Op) -> Node {
+    Node {
+        name: "n".into(),
+        op,
+        inputs: vec!["x".into()],
+        output: "y".into(),
+    }
+}
+
+#[test]
+fn conv_matches_reference_on_random_shapes() {
+    let mut rng = Rng::new(42);
+    for case in 0..60 {
+        let groups = [1, 1, 2, 3][rng.range(0, 3)];
+        let depthwise = case % 7 == 0;
+        let cin_g = if depthwise { 1 } else { rng.range(1, 9) };
+        let groups = if depthwise { rng.range(2, 9) } else { groups };
+        let cout = groups * if depthwise { 1 } else { rng.range(1, 7) };
+        let k = [1, 2, 3, 5][rng.range(0, 3)];
+        let stride = rng.range(1, 2);
+        let dilation = if case % 5 == 0 { 2 } else { 1 };
+        let pads = [
+            rng.range(0, 2),
+            rng.range(0, 2),
+            rng.range(0, 2),
+            rng.range(0, 2),
+        ];
+        let span = dilation * (k - 1) + 1;
+        let h = rng.range(span, span + 12);
+        let w = rng.range(span, span + 17);
+        let n = [1, 5][case % 2];
+        let conv = Conv2d {
+            kernel: [k, k],
+            stride: [stride; 2],
+            pads,
+            dilation: [dilation; 2],
+            groups,
+            weight: Weights::Dense(rng.normal_tensor(vec![cout, cin_g, k, k], 1.0)),
+            bias: (case % 3 != 0).then(|| rng.normal_tensor(vec![cout], 1.0)),
+        };
+        let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
+        let want = reference::run_node(&node(Op::Conv(conv.clone())), &[&x]).unwrap();
+        let what = format!("case {case}: n{n} cin{} cout{cout} g{groups} k{k} s{stride} d{dilation} p{pads:?} {h}x{w}", cin_g * groups);
+        check(&fast::conv2d(&x, &conv), &want, cin_g * k * k, &what);
+    }
+}
+
+#[test]
+fn conv_with_many_columns_spans_blocks() {
+    // P = 40*40 = 1600 output positions: several column blocks, the last one partial.
+    let mut rng = Rng::new(7);
+    for (k, pad) in [(1, 0), (3, 1)] {
+        let conv = Conv2d {
+            kernel: [k, k],
+            stride: [1, 1],
+            pads: [pad; 4],
+            dilation: [1, 1],
+            groups: 1,
+            weight: Weights::Dense(rng.normal_tensor(vec![7, 5, k, k], 1.0)),
+            bias: Some(rng.normal_tensor(vec![7], 1.0)),
+        };
+        let x = rng.normal_tensor(vec![2, 5, 40, 40], 1.0);
+        let want = reference::conv2d(&x, &conv);
+        check(
+            &fast::conv2d(&x, &conv),
+            &want,
+            5 * k * k,
+            &format!("{k}x{k} conv over 40x40"),
+        );
+    }
+}
+
+#[test]
+fn linear_matches_reference_on_random_shapes() {
+    let mut rng = Rng::new(3);
+    for case in 0..30 {
+        let n = [1, 5, 8][case % 3];
+        let k = rng.range(1, 300);
+        let out = rng.range(1, 200);
+        let fc = Linear {
+            weight: Weights::Dense(rng.normal_tensor(vec![out, k], 1.0)),
+            bias: (case % 2 == 0).then(|| rng.normal_tensor(vec![out], 1.0)),
+        };
+        let x = rng.normal_tensor(vec![n, k], 1.0);
+        let want = reference::linear(&x, &fc);
+        check(
+            &fast::linear(&x, &fc),
+            &want,
+            k,
+            &format!("case {case}: n{n} k{k} out{out}"),
+        );
+    }
+}
