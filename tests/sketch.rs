@@ -5,8 +5,8 @@
 //! f32 sums of at most a few hundred terms in a different order.
 
 use cnnpack::backend::cpu::fast::sketch::{
-    sketch_conv, sketch_conv_assoc, sketch_conv_lut, sketch_linear, sketch_linear_assoc,
-    sketch_linear_lut, AssocPlan,
+    sketch_conv, sketch_conv_assoc, sketch_conv_assoc_with, sketch_conv_lut, sketch_linear,
+    sketch_linear_assoc, sketch_linear_assoc_with, sketch_linear_lut, AssocPlan,
 };
 use cnnpack::backend::cpu::{fast as cpu_fast, reference as cpu_reference};
 use cnnpack::compress::sketch::{relative_error, sketch_row};
@@ -302,6 +302,12 @@ fn linear_kernels_match_dense_reference() {
             &want,
             &format!("{what} assoc"),
         );
+        let pure = AssocPlan::pure(&s, 1);
+        assert_close(
+            &sketch_linear_assoc_with(&x, &s, &pure, Some(&bias)),
+            &want,
+            &format!("{what} assoc (pure tree)"),
+        );
     }
 }
 
@@ -344,6 +350,15 @@ fn conv_kernels_match_dense_reference() {
                 &want,
                 &format!("{what} assoc"),
             );
+            let Weights::Sketch(sw) = &conv.weight else {
+                unreachable!("built as sketch above")
+            };
+            let pure = AssocPlan::pure(sw, groups);
+            assert_close(
+                &sketch_conv_assoc_with(&x, &conv, &pure),
+                &want,
+                &format!("{what} assoc (pure tree)"),
+            );
         }
     }
 }
@@ -352,7 +367,7 @@ fn conv_kernels_match_dense_reference() {
 fn assoc_tree_cost_bounded_and_small_for_similar_rows() {
     let mut rng = Rng::new(8);
     let s = random_sketch(&mut rng, vec![32, 100], 3, true);
-    let plan = AssocPlan::new(&s, 1);
+    let plan = AssocPlan::pure(&s, 1);
     // The tree contains every root edge, so it never costs more than summing set bits.
     assert!(plan.tree_flips() <= plan.direct_set_bits(&s));
     assert_eq!(plan.dense_cost(), 32 * 3 * 100);
@@ -370,7 +385,19 @@ fn assoc_tree_cost_bounded_and_small_for_similar_rows() {
     }
     let scales = (0..20).map(|_| rng.normal()).collect();
     let s = SketchWeights::from_signs(vec![20, k], 1, &signs, scales).expect("sizes");
-    let plan = AssocPlan::new(&s, 1);
+    // Hybrid: one direct row per tree, every other row a cheap tree edge.
+    let hybrid = AssocPlan::new(&s, 1);
+    assert_eq!(hybrid.direct_rows(), hybrid.trees());
+    assert!(
+        hybrid.tree_flips() <= 20 * 4,
+        "hybrid flips {}",
+        hybrid.tree_flips()
+    );
+    // Random rows are all computed directly by the hybrid plan.
+    let far = random_sketch(&mut rng, vec![16, k], 2, true);
+    let far_plan = AssocPlan::new(&far, 1);
+    assert_eq!((far_plan.direct_rows(), far_plan.tree_flips()), (32, 0));
+    let plan = AssocPlan::pure(&s, 1);
     let set: usize = proto.iter().filter(|b| **b).count();
     // Each tree pays one root edge (about the prototype's set bits), then ≤ 4 flips a row.
     assert!(
@@ -384,6 +411,11 @@ fn assoc_tree_cost_bounded_and_small_for_similar_rows() {
         &sketch_linear_assoc(&x, &s, None),
         &want,
         "near-duplicate rows",
+    );
+    assert_close(
+        &sketch_linear_assoc_with(&x, &s, &plan, None),
+        &want,
+        "near-duplicate rows, pure tree",
     );
 }
 
@@ -564,13 +596,17 @@ fn timing() {
     ] {
         let s = random_sketch(&mut rng, vec![o, k], m, true);
         let x = rng.normal_tensor(vec![n, k], 1.0);
-        let plan = AssocPlan::new(&s, 1);
+        let plan = AssocPlan::pure(&s, 1);
+        let hyb = AssocPlan::new(&s, 1);
         let wd = Weights::Sketch(s.clone()).to_dense().into_owned();
         println!(
-            "fc n={n} k={k} o={o} m={m}: masked {:.2} ms, lut {:.2} ms, assoc {:.2} ms (tree flips {} vs set bits {} vs dense {}), dense f32 FMA {:.2} ms",
+            "fc n={n} k={k} o={o} m={m}: masked {:.2} ms, lut {:.2} ms, assoc pure {:.2} ms, assoc hybrid {:.2} ms [{} direct rows, {} flips] (pure tree flips {} vs set bits {} vs dense {}), dense f32 FMA {:.2} ms",
             time(&|| sketch_linear(&x, &s, None)),
             time(&|| sketch_linear_lut(&x, &s, None)),
-            time(&|| cnnpack::backend::cpu::fast::sketch::sketch_linear_assoc_with(&x, &s, &plan, None)),
+            time(&|| sketch_linear_assoc_with(&x, &s, &plan, None)),
+            time(&|| sketch_linear_assoc_with(&x, &s, &hyb, None)),
+            hyb.direct_rows(),
+            hyb.tree_flips(),
             plan.tree_flips(),
             plan.direct_set_bits(&s),
             plan.dense_cost(),
@@ -595,12 +631,16 @@ fn timing() {
         let scales = (0..o).map(|_| rng.normal()).collect();
         let s = SketchWeights::from_signs(vec![o, k], 1, &signs, scales).expect("sizes");
         let x = rng.normal_tensor(vec![n, k], 1.0);
-        let plan = AssocPlan::new(&s, 1);
+        let plan = AssocPlan::pure(&s, 1);
+        let hyb = AssocPlan::new(&s, 1);
         println!(
-            "fc near-duplicate rows n={n} k={k} o={o} m=1 ({flips} flips/row): masked {:.2} ms, lut {:.2} ms, assoc {:.2} ms (tree flips {} vs dense {})",
+            "fc near-duplicate rows n={n} k={k} o={o} m=1 ({flips} flips/row): masked {:.2} ms, lut {:.2} ms, assoc pure {:.2} ms, assoc hybrid {:.2} ms [{} direct rows, {} flips] (pure tree flips {} vs dense {})",
             time(&|| sketch_linear(&x, &s, None)),
             time(&|| sketch_linear_lut(&x, &s, None)),
-            time(&|| cnnpack::backend::cpu::fast::sketch::sketch_linear_assoc_with(&x, &s, &plan, None)),
+            time(&|| sketch_linear_assoc_with(&x, &s, &plan, None)),
+            time(&|| sketch_linear_assoc_with(&x, &s, &hyb, None)),
+            hyb.direct_rows(),
+            hyb.tree_flips(),
             plan.tree_flips(),
             plan.dense_cost(),
         );
@@ -620,12 +660,16 @@ fn timing() {
             bias: None,
         };
         let x = rng.normal_tensor(vec![n, cin, hw, hw], 1.0);
-        let plan = AssocPlan::new(&s, 1);
+        let plan = AssocPlan::pure(&s, 1);
+        let hyb = AssocPlan::new(&s, 1);
         println!(
-            "conv n={n} {cin}->{cout} 3x3 {hw}x{hw} m={m}: masked {:.2} ms, lut {:.2} ms, assoc {:.2} ms (tree flips {} vs set bits {} vs dense {})",
+            "conv n={n} {cin}->{cout} 3x3 {hw}x{hw} m={m}: masked {:.2} ms, lut {:.2} ms, assoc pure {:.2} ms, assoc hybrid {:.2} ms [{} direct rows, {} flips] (pure tree flips {} vs set bits {} vs dense {})",
             time(&|| sketch_conv(&x, &conv)),
             time(&|| sketch_conv_lut(&x, &conv)),
-            time(&|| cnnpack::backend::cpu::fast::sketch::sketch_conv_assoc_with(&x, &conv, &plan)),
+            time(&|| sketch_conv_assoc_with(&x, &conv, &plan)),
+            time(&|| sketch_conv_assoc_with(&x, &conv, &hyb)),
+            hyb.direct_rows(),
+            hyb.tree_flips(),
             plan.tree_flips(),
             plan.direct_set_bits(&s),
             plan.dense_cost(),

@@ -14,6 +14,14 @@
 //!   along a minimum spanning tree over Hamming distance (rooted at the all-clear row,
 //!   whose P is 0), and each row's P is its parent's plus the inputs whose bit turns on
 //!   minus those whose bit turns off; cost ∝ the tree's total Hamming distance.
+//!   `AssocPlan::pure` is that scheme; `AssocPlan::new` (used by `*_assoc`) is a hybrid
+//!   whose root edge means "compute the row with the masked kernel" at a cost of K/8
+//!   flips, so it only takes tree edges that beat the vectorised kernel.
+//!
+//! Default (`sketch_linear`, `sketch_conv`): the masked kernel, AVX2 build chosen at run
+//! time where the CPU has it. On the 2-core development machine it beat the LUT on
+//! most shapes (see the `timing` test in tests/sketch.rs); the associative scheme wins
+//! only when rows are within a few percent of each other in Hamming distance.
 //!
 //! Input rows are copied into buffers padded with zeros to `32 · words_per_row`, so the
 //! padding bits of the last word meet zero inputs and contribute nothing to P, and the
@@ -260,6 +268,7 @@ fn rows_times_weights(
             }
         }
         Method::Assoc(plan) => {
+            let kernel = masked_kernel();
             let chunks = &plan.groups[group];
             assert_eq!(
                 chunks.iter().map(|c| c.rows).sum::<usize>(),
@@ -276,9 +285,11 @@ fn rows_times_weights(
                     rest = tail;
                 }
                 if parallel {
-                    parts.into_par_iter().for_each(|(c, p)| c.eval(x, p));
+                    parts
+                        .into_par_iter()
+                        .for_each(|(c, p)| c.eval(x, p, kernel));
                 } else {
-                    parts.into_iter().for_each(|(c, p)| c.eval(x, p));
+                    parts.into_iter().for_each(|(c, p)| c.eval(x, p, kernel));
                 }
             };
             let finish = |r: usize, pv: &[f32], y: &mut [f32]| {
@@ -456,19 +467,45 @@ pub struct AssocPlan {
 #[derive(Clone, Debug)]
 struct GroupPlan {
     rows: usize,
-    /// (row, parent or usize::MAX, end of its `plus` run, end of its `minus` run).
+    /// (row, parent or `ROOT`/`DIRECT`, end of its `plus` run, end of its `minus` run).
     steps: Vec<(usize, usize, usize, usize)>,
+    /// Bit rows of the `DIRECT` steps, in step order, `words` each.
+    direct: Vec<u32>,
+    words: usize,
     /// Input indices whose bit turns on (concatenated runs, in step order).
     plus: Vec<u32>,
     /// Input indices whose bit turns off.
     minus: Vec<u32>,
 }
 
+/// Parent marker: P summed from the all-clear row through index lists (pure scheme).
+const ROOT: usize = usize::MAX;
+/// Parent marker: P computed from scratch with the masked kernel (hybrid scheme).
+const DIRECT: usize = usize::MAX - 1;
+/// Hybrid plans take a tree edge only when its Hamming distance is below K / this:
+/// one scalar gather-add per flipped bit costs about as much as 8 to 14 lanes of the
+/// vectorised masked kernel on the machines measured (see the report in tests/sketch.rs).
+const DIRECT_RATIO: usize = 8;
+
 impl AssocPlan {
-    /// Builds the plan for `w` split into `groups` conv groups (1 for fc): a minimum
-    /// spanning tree (Prim, O(R² · words) per group of R rows) over Hamming distance,
-    /// including the all-clear root so a row far from all others is computed directly.
+    /// Builds the hybrid plan for `w` split into `groups` conv groups (1 for fc): a
+    /// minimum spanning tree (Prim, O(R² · words) per chunk of R rows) over Hamming
+    /// distance, where the root edge of every row costs `32 · words / DIRECT_RATIO`
+    /// and means "compute this row directly with the masked kernel". Rows with no
+    /// close neighbour are thus never slower than `sketch_linear`'s kernel, and rows
+    /// close to another one cost one add per differing bit.
     pub fn new(w: &SketchWeights, groups: usize) -> AssocPlan {
+        Self::build(w, groups, true)
+    }
+
+    /// The pure associative plan (the paper's scheme): every row is reached from the
+    /// all-clear row (P = 0, root edge = its set bits) or from another row through
+    /// index lists, along a minimum spanning tree over Hamming distance.
+    pub fn pure(w: &SketchWeights, groups: usize) -> AssocPlan {
+        Self::build(w, groups, false)
+    }
+
+    fn build(w: &SketchWeights, groups: usize, hybrid: bool) -> AssocPlan {
         let m = w.bases();
         let wpr = w.words_per_row();
         let k = w.row_len();
@@ -491,7 +528,7 @@ impl AssocPlan {
                         let rows: Vec<&[u32]> = (start..(start + chunk).min(per))
                             .map(|i| &w.bits()[(g * per + i) * wpr..(g * per + i + 1) * wpr])
                             .collect();
-                        GroupPlan::new(&rows, k)
+                        GroupPlan::new(&rows, k, hybrid)
                     })
                     .collect()
             })
@@ -502,6 +539,15 @@ impl AssocPlan {
     /// Number of trees (chunks over all groups); each starts from the all-clear row.
     pub fn trees(&self) -> usize {
         self.groups.iter().map(Vec::len).sum()
+    }
+
+    /// Rows computed from scratch with the masked kernel (0 for a pure plan).
+    pub fn direct_rows(&self) -> usize {
+        self.groups
+            .iter()
+            .flatten()
+            .map(|g| g.direct.len() / g.words.max(1))
+            .sum()
     }
 
     /// Input additions per input row along the tree (its total Hamming distance).
@@ -530,7 +576,7 @@ fn hamming(a: &[u32], b: &[u32]) -> u32 {
 }
 
 impl GroupPlan {
-    fn new(rows: &[&[u32]], k: usize) -> GroupPlan {
+    fn new(rows: &[&[u32]], k: usize, hybrid: bool) -> GroupPlan {
         let r = rows.len();
         // Bits past K are ignored, whatever the file holds.
         let wpr = k.div_ceil(32);
@@ -546,25 +592,31 @@ impl GroupPlan {
             .collect();
         // Prim from the virtual root: best[i] = (distance, parent) of the cheapest edge
         // from the tree to row i.
+        let direct_cost = (32 * wpr / DIRECT_RATIO) as u32;
         let mut best: Vec<(u32, usize)> = clean
             .iter()
-            .map(|v| (v.iter().map(|w| w.count_ones()).sum(), usize::MAX))
+            .map(|v| {
+                if hybrid {
+                    (direct_cost, DIRECT)
+                } else {
+                    (v.iter().map(|w| w.count_ones()).sum(), ROOT)
+                }
+            })
             .collect();
         let mut done = vec![false; r];
         let mut steps = Vec::with_capacity(r);
-        let (mut plus, mut minus) = (Vec::new(), Vec::new());
+        let (mut plus, mut minus, mut direct) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..r {
             let Some(i) = (0..r).filter(|&i| !done[i]).min_by_key(|&i| best[i].0) else {
                 break;
             };
             done[i] = true;
             let parent = best[i].1;
-            for (wi, &word) in clean[i].iter().enumerate() {
-                let old = if parent == usize::MAX {
-                    0
-                } else {
-                    clean[parent][wi]
-                };
+            if parent == DIRECT {
+                direct.extend_from_slice(&clean[i]);
+            }
+            for (wi, &word) in clean[i].iter().enumerate().filter(|_| parent != DIRECT) {
+                let old = if parent == ROOT { 0 } else { clean[parent][wi] };
                 let (mut on, mut off) = (word & !old, old & !word);
                 while on != 0 {
                     plus.push((wi * 32) as u32 + on.trailing_zeros());
@@ -589,16 +641,24 @@ impl GroupPlan {
         GroupPlan {
             rows: r,
             steps,
+            direct,
+            words: wpr,
             plus,
             minus,
         }
     }
 
     /// P for every row of the group from one (padded) input row, written to `p[row]`.
-    fn eval(&self, x: &[f32], p: &mut [f32]) {
-        let (mut pi, mut mi) = (0, 0);
+    fn eval(&self, x: &[f32], p: &mut [f32], kernel: MaskedFn) {
+        let (mut pi, mut mi, mut di) = (0, 0, 0);
         for &(row, parent, pe, me) in &self.steps {
-            let mut v = if parent == usize::MAX { 0.0 } else { p[parent] };
+            if parent == DIRECT {
+                let bits = &self.direct[di * self.words..(di + 1) * self.words];
+                kernel(x, bits, &mut p[row..row + 1]);
+                di += 1;
+                continue;
+            }
+            let mut v = if parent == ROOT { 0.0 } else { p[parent] };
             for &k in &self.plus[pi..pe] {
                 v += x[k as usize];
             }
