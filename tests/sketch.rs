@@ -593,6 +593,7 @@ fn timing() {
         (1usize, 4096usize, 1024usize, 3usize),
         (16, 4096, 1024, 3),
         (1, 800, 500, 2),
+        (784, 576, 64, 3), // the im2col matrix of the 64->64 3x3 28x28 conv below
     ] {
         let s = random_sketch(&mut rng, vec![o, k], m, true);
         let x = rng.normal_tensor(vec![n, k], 1.0);

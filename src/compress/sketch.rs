@@ -13,6 +13,7 @@
 use super::CompressError;
 use crate::graph::{Graph, Op, Tensor};
 use crate::weights::{words_for, SketchWeights, Weights};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// Settings of `sketch_graph`.
@@ -149,19 +150,23 @@ pub fn sketch_tensor(w: &Tensor, bases: usize, refined: bool) -> SketchWeights {
     let wpr = words_for(k);
     let mut bits = vec![0u32; rows * bases * wpr];
     let mut scales = vec![0f32; rows * bases];
-    if k > 0 {
-        for (c, row) in w.data.chunks_exact(k).enumerate().take(rows) {
-            let (signs, a) = sketch_row(row, bases, refined);
-            for j in 0..bases {
-                let out = &mut bits[(c * bases + j) * wpr..(c * bases + j + 1) * wpr];
-                for (i, &s) in signs[j * k..(j + 1) * k].iter().enumerate() {
-                    if s > 0.0 {
-                        out[i / 32] |= 1 << (i % 32);
+    if k > 0 && bases > 0 {
+        // Rows are independent: one rayon task per output channel, packing as it goes
+        // so that only one row's f64 signs are alive per task.
+        bits.par_chunks_exact_mut(bases * wpr)
+            .zip(scales.par_chunks_exact_mut(bases))
+            .zip(w.data.par_chunks_exact(k))
+            .for_each(|((out, sc), row)| {
+                let (signs, a) = sketch_row(row, bases, refined);
+                for (j, plane) in out.chunks_exact_mut(wpr).enumerate() {
+                    for (i, &s) in signs[j * k..(j + 1) * k].iter().enumerate() {
+                        if s > 0.0 {
+                            plane[i / 32] |= 1 << (i % 32);
+                        }
                     }
                 }
-            }
-            scales[c * bases..(c + 1) * bases].copy_from_slice(&a);
-        }
+                sc.copy_from_slice(&a);
+            });
     }
     SketchWeights::new(w.shape.clone(), bases, bits, scales)
         .expect("sketch_tensor sizes its arrays from the shape")
