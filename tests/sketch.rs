@@ -677,3 +677,27 @@ fn timing() {
         );
     }
 }
+
+/// Fixed work for `perf stat -e cycles:u` comparisons of the masked kernel (cycle
+/// counts are robust to the machine's other load where wall time is not).
+#[test]
+#[ignore]
+fn masked_cycles() {
+    let mut rng = Rng::new(13);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("thread pool");
+    let s = random_sketch(&mut rng, vec![1024, 4096], 3, true);
+    let x = rng.normal_tensor(vec![1, 4096], 1.0);
+    let s2 = random_sketch(&mut rng, vec![64, 576], 3, true);
+    let x2 = rng.normal_tensor(vec![784, 576], 1.0);
+    pool.install(|| {
+        for _ in 0..100 {
+            std::hint::black_box(sketch_linear(&x, &s, None));
+        }
+        for _ in 0..10 {
+            std::hint::black_box(sketch_linear(&x2, &s2, None));
+        }
+    });
+}
