@@ -43,7 +43,10 @@ enum Executor {
     Cpu,
     Reference,
     /// GPU models are planned per batch size (eval's last batch is smaller).
-    Gpu { ctx: Arc<GpuContext>, models: Mutex<HashMap<usize, Arc<GpuModel>>> },
+    Gpu {
+        ctx: Arc<GpuContext>,
+        models: Mutex<HashMap<usize, Arc<GpuModel>>>,
+    },
 }
 
 /// A model ready to run on one device. Send + Sync: many threads may call `run`.
@@ -64,14 +67,25 @@ impl Engine {
             DeviceKind::Cpu => (Executor::Cpu, None),
             DeviceKind::Reference => (Executor::Reference, None),
             DeviceKind::Gpu => match GpuContext::new() {
-                Ok(ctx) => (Executor::Gpu { ctx: Arc::new(ctx), models: Mutex::default() }, None),
-                Err(e) if std::env::var("CNNPACK_REQUIRE_GPU").as_deref() != Ok("1") => {
-                    (Executor::Cpu, Some(format!("no GPU ({e}); running on the CPU")))
-                }
+                Ok(ctx) => (
+                    Executor::Gpu {
+                        ctx: Arc::new(ctx),
+                        models: Mutex::default(),
+                    },
+                    None,
+                ),
+                Err(e) if std::env::var("CNNPACK_REQUIRE_GPU").as_deref() != Ok("1") => (
+                    Executor::Cpu,
+                    Some(format!("no GPU ({e}); running on the CPU")),
+                ),
                 Err(e) => return Err(e.into()),
             },
         };
-        Ok(Engine { graph, executor, fallback_note })
+        Ok(Engine {
+            graph,
+            executor,
+            fallback_note,
+        })
     }
 
     /// Prepares `graph` on an existing GPU context (e.g. an application's own device,
@@ -79,7 +93,14 @@ impl Engine {
     pub fn with_gpu(graph: Graph, ctx: Arc<GpuContext>) -> Result<Engine, EngineError> {
         let graph = Arc::new(fold(graph)?);
         graph.validate()?;
-        Ok(Engine { graph, executor: Executor::Gpu { ctx, models: Mutex::default() }, fallback_note: None })
+        Ok(Engine {
+            graph,
+            executor: Executor::Gpu {
+                ctx,
+                models: Mutex::default(),
+            },
+            fallback_note: None,
+        })
     }
 
     /// The folded graph this engine runs.
@@ -108,8 +129,12 @@ impl Engine {
 
     /// The GPU model for a batch size, planned and uploaded on first use.
     pub fn gpu_model(&self, batch: usize) -> Result<Option<Arc<GpuModel>>, EngineError> {
-        let Executor::Gpu { ctx, models } = &self.executor else { return Ok(None) };
-        let mut models = models.lock().expect("the model cache lock is never held across a panic");
+        let Executor::Gpu { ctx, models } = &self.executor else {
+            return Ok(None);
+        };
+        let mut models = models
+            .lock()
+            .expect("the model cache lock is never held across a panic");
         if let Some(m) = models.get(&batch) {
             return Ok(Some(m.clone()));
         }

@@ -96,7 +96,13 @@ pub fn evaluate(
         Ok(())
     })?;
     let secs = start.elapsed().as_secs_f64();
-    let pct = |c: usize| if total == 0 { 0.0 } else { 100.0 * c as f64 / total as f64 };
+    let pct = |c: usize| {
+        if total == 0 {
+            0.0
+        } else {
+            100.0 * c as f64 / total as f64
+        }
+    };
     Ok(EvalResult {
         top1: pct(top1),
         top5: pct(top5),

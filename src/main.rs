@@ -1,1 +1,647 @@
-fn main() {}
+//! The `cnnpack` command line: a thin layer over the library. Errors are printed
+//! once and map to exit code 1; a panic anywhere is a bug.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use cnnpack::data::{Dataset, Preprocess};
+use cnnpack::engine::{DeviceKind, Engine};
+use cnnpack::graph::{layer_stats, Graph, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "cnnpack",
+    version,
+    about = "Compress CNNs (network sketching, INQ, DNS) and run them on wgpu or the CPU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Per-layer op, shapes, encoding, parameters, nonzeros, weight bytes and FLOPs.
+    Inspect {
+        /// Model: .onnx, .cnnpack or zoo:NAME.
+        model: String,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify images and print the top classes.
+    Classify {
+        /// Model: .onnx, .cnnpack or zoo:NAME.
+        model: String,
+        /// Image files (JPEG or PNG).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[command(flatten)]
+        device: DeviceArg,
+        /// How many classes to print per image.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Class names, one per line (default: the model's `labels` metadata).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        #[command(flatten)]
+        pre: PreprocessArgs,
+    },
+    /// Top-1/top-5 accuracy on a labelled data set.
+    Eval {
+        /// Model: .onnx, .cnnpack or zoo:NAME.
+        model: String,
+        /// A folder of IDX files (MNIST layout), of images with labels.csv, or ImageFolder layout.
+        #[arg(long)]
+        data: PathBuf,
+        #[command(flatten)]
+        device: DeviceArg,
+        /// Images per batch.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Evaluate only the first N items.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print one JSON object (top1, top5, count, images_per_s, device).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        pre: PreprocessArgs,
+    },
+    /// Run a model on a tensor from a .npy file and write the output as .npy.
+    Run {
+        /// Model: .onnx, .cnnpack or zoo:NAME.
+        model: String,
+        /// Input: float32 C-order .npy of shape [N, ..the model's input shape].
+        #[arg(long)]
+        input: PathBuf,
+        /// Output .npy (float32): the model's first output.
+        #[arg(long)]
+        output: PathBuf,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
+    /// Convert a model to .cnnpack (lossless).
+    Convert {
+        /// Model: .onnx, .cnnpack or zoo:NAME.
+        model: String,
+        /// Output .cnnpack file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Export a model to ONNX (opset 13; compressed weights are expanded to f32).
+    Export {
+        /// Model: .onnx, .cnnpack or zoo:NAME.
+        model: String,
+        /// Output .onnx file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Time a model (whole and per layer) and/or measure the device's peak rates.
+    Bench {
+        /// Model: .onnx, .cnnpack or zoo:NAME (omit with --peak to measure peaks only).
+        model: Option<String>,
+        /// Measure the peak FMA rate and bandwidth first, and rate each layer against it.
+        #[arg(long)]
+        peak: bool,
+        /// Devices, comma-separated: gpu, cpu.
+        #[arg(long, value_delimiter = ',', default_value = "gpu,cpu")]
+        device: Vec<DeviceKind>,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batch: Vec<usize>,
+        /// Timed runs per configuration (fewer if --budget runs out; at least 3).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Seconds of timed runs per configuration.
+        #[arg(long, default_value_t = 10.0)]
+        budget: f64,
+        /// How many of the slowest layers to print per configuration (all with --json).
+        #[arg(long, default_value_t = 12)]
+        layers: usize,
+        /// Write everything as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The main job on an embedded default, no arguments, no network.
+    Demo,
+}
+
+#[derive(Args)]
+struct DeviceArg {
+    /// Where to run: gpu (falls back to cpu without an adapter), cpu, or reference (naive CPU).
+    #[arg(long, value_enum, default_value = "gpu")]
+    device: DeviceKind,
+}
+
+/// Overrides of the preprocessing that the model's metadata specifies.
+#[derive(Args, Default)]
+struct PreprocessArgs {
+    /// Resize the shorter side to this many pixels.
+    #[arg(long)]
+    resize: Option<u32>,
+    /// Center-crop to this square size.
+    #[arg(long)]
+    crop: Option<u32>,
+    /// Per-channel mean, comma-separated, in the network's channel order.
+    #[arg(long, value_delimiter = ',')]
+    mean: Option<Vec<f32>>,
+    /// Per-channel std, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    std: Option<Vec<f32>>,
+    /// Multiplier applied to the 0-255 pixel first.
+    #[arg(long)]
+    scale: Option<f32>,
+    /// Feed channels as BGR instead of RGB.
+    #[arg(long)]
+    bgr: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid" to stderr when probing
+    // window-system support on a headless machine; cnnpack draws nothing, so give them
+    // a harmless value before any thread starts.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect { model, json } => inspect(&model, json),
+        Command::Classify {
+            model,
+            images,
+            device,
+            top,
+            labels,
+            pre,
+        } => classify(&model, &images, device.device, top, labels.as_deref(), &pre),
+        Command::Eval {
+            model,
+            data,
+            device,
+            batch,
+            limit,
+            json,
+            pre,
+        } => eval(&model, &data, device.device, batch, limit, json, &pre),
+        Command::Run {
+            model,
+            input,
+            output,
+            device,
+        } => run_npy(&model, &input, &output, device.device),
+        Command::Convert { model, output } => {
+            let graph = load(&model)?;
+            cnnpack::format::save(&graph, &output)
+                .with_context(|| format!("writing {}", output.display()))?;
+            println!("wrote {}", output.display());
+            Ok(())
+        }
+        Command::Export { model, output } => {
+            let graph = load(&model)?;
+            let bytes = cnnpack::import::export::export_onnx(&graph)?;
+            cnnpack::format::write_atomic(&output, &bytes)
+                .with_context(|| format!("writing {}", output.display()))?;
+            println!("wrote {}", output.display());
+            Ok(())
+        }
+        Command::Bench {
+            model,
+            peak,
+            device,
+            batch,
+            runs,
+            budget,
+            layers,
+            json,
+        } => bench(
+            model.as_deref(),
+            peak,
+            &device,
+            &batch,
+            runs,
+            budget,
+            layers,
+            json.as_deref(),
+        ),
+        Command::Demo => demo(),
+    }
+}
+
+/// Loads `.onnx`, `.cnnpack` or `zoo:NAME` (seed 0).
+fn load(model: &str) -> Result<Graph> {
+    if let Some(name) = model.strip_prefix("zoo:") {
+        return Ok(cnnpack::zoo::build(name, 0)?);
+    }
+    cnnpack::format::load_model(Path::new(model)).with_context(|| format!("loading {model}"))
+}
+
+fn engine(graph: Graph, device: DeviceKind) -> Result<Engine> {
+    let engine = Engine::new(graph, device)?;
+    if let Some(note) = engine.fallback_note() {
+        eprintln!("note: {note}");
+    }
+    eprintln!("device: {}", engine.device_name());
+    Ok(engine)
+}
+
+fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("the progress template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn inspect(model: &str, json: bool) -> Result<()> {
+    let graph = load(model)?;
+    let layers = layer_stats(&graph)?;
+    let sum = |f: fn(&cnnpack::graph::LayerStats) -> u64| layers.iter().map(f).sum::<u64>();
+    let (params, nonzeros) = (
+        sum(|l| l.parameters as u64),
+        sum(|l| l.nonzero_parameters as u64),
+    );
+    let (bytes, flops) = (sum(|l| l.weight_bytes as u64), sum(|l| l.flops));
+    if json {
+        let obj = serde_json::json!({
+            "parameters": params, "nonzero_parameters": nonzeros, "weight_bytes": bytes, "flops": flops,
+            "input": { "name": graph.input.name, "item_shape": graph.input.item_shape },
+            "outputs": graph.outputs, "layers": layers,
+        });
+        println!("{}", serde_json::to_string_pretty(&obj)?);
+        return Ok(());
+    }
+    println!(
+        "input {} [N, {}]",
+        graph.input.name,
+        join(&graph.input.item_shape)
+    );
+    println!(
+        "{:<28} {:<18} {:<20} {:<8} {:>11} {:>11} {:>12} {:>14}",
+        "layer", "op", "output", "encoding", "params", "nonzero", "bytes", "FLOPs"
+    );
+    for l in &layers {
+        println!(
+            "{:<28} {:<18} {:<20} {:<8} {:>11} {:>11} {:>12} {:>14}",
+            truncate(&l.name, 28),
+            l.op,
+            format!("[{}]", join(&l.output_shape)),
+            l.encoding,
+            l.parameters,
+            l.nonzero_parameters,
+            l.weight_bytes,
+            l.flops
+        );
+    }
+    println!(
+        "total: {} nodes, {params} parameters ({nonzeros} nonzero, {:.2}%), {bytes} weight bytes ({:.2} MB), {:.3} GFLOPs per image",
+        layers.len(), 100.0 * nonzeros as f64 / params.max(1) as f64, bytes as f64 / 1e6, flops as f64 / 1e9
+    );
+    Ok(())
+}
+
+fn join(dims: &[usize]) -> String {
+    dims.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
+}
+
+fn preprocess(graph: &Graph, args: &PreprocessArgs) -> Result<Preprocess> {
+    let mut p = Preprocess::from_metadata(&graph.metadata, &graph.input.item_shape)?;
+    if args.resize.is_some() {
+        p.resize = args.resize;
+    }
+    if args.crop.is_some() {
+        p.crop = args.crop;
+    }
+    if let Some(m) = &args.mean {
+        p.mean = m.clone();
+    }
+    if let Some(s) = &args.std {
+        p.std = s.clone();
+    }
+    if let Some(s) = args.scale {
+        p.scale = s;
+    }
+    if args.bgr {
+        p.color_order = cnnpack::data::ColorOrder::Bgr;
+    }
+    Ok(p)
+}
+
+/// Class names from `--labels`, or the model's `labels` metadata (a file beside the
+/// model or a comma-separated list).
+fn labels(graph: &Graph, model: &str, file: Option<&Path>) -> Result<Option<Vec<String>>> {
+    let from_file = |p: &Path| -> Result<Vec<String>> {
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("reading labels {}", p.display()))?;
+        Ok(text.lines().map(|l| l.trim().to_string()).collect())
+    };
+    if let Some(f) = file {
+        return Ok(Some(from_file(f)?));
+    }
+    let Some(meta) = graph.metadata.get("labels") else {
+        return Ok(None);
+    };
+    let beside = Path::new(model).parent().map(|d| d.join(meta));
+    match beside {
+        Some(p) if p.is_file() => Ok(Some(from_file(&p)?)),
+        _ if meta.contains(',') => Ok(Some(
+            meta.split(',').map(|s| s.trim().to_string()).collect(),
+        )),
+        _ => Ok(None),
+    }
+}
+
+fn classify(
+    model: &str,
+    images: &[PathBuf],
+    device: DeviceKind,
+    top: usize,
+    labels_file: Option<&Path>,
+    pre: &PreprocessArgs,
+) -> Result<()> {
+    let graph = load(model)?;
+    let pre = preprocess(&graph, pre)?;
+    let names = labels(&graph, model, labels_file)?;
+    let item = graph.input.item_shape.clone();
+    let engine = engine(graph, device)?;
+    let item_len: usize = item.iter().product();
+    let mut shape = vec![images.len()];
+    shape.extend(&item);
+    let mut batch = Tensor::zeros(shape);
+    for (i, path) in images.iter().enumerate() {
+        let img = cnnpack::data::load_image(path)?;
+        pre.apply(&img, &mut batch.data[i * item_len..(i + 1) * item_len])
+            .with_context(|| format!("preprocessing {}", path.display()))?;
+    }
+    let out = engine.run(&batch)?.swap_remove(0);
+    let classes = *out.shape.last().unwrap_or(&1);
+    for (path, row) in images.iter().zip(out.data.chunks(classes)) {
+        println!("{}", path.display());
+        for c in cnnpack::eval::top_k(row, top) {
+            let name = names
+                .as_ref()
+                .and_then(|n| n.get(c))
+                .map_or("", |s| s.as_str());
+            println!("  {c:>5}  {:>10.6}  {name}", row[c]);
+        }
+    }
+    Ok(())
+}
+
+fn eval(
+    model: &str,
+    data: &Path,
+    device: DeviceKind,
+    batch: usize,
+    limit: Option<usize>,
+    json: bool,
+    pre: &PreprocessArgs,
+) -> Result<()> {
+    let graph = load(model)?;
+    let pre = preprocess(&graph, pre)?;
+    let dataset = Dataset::open(data, &pre, &graph.input.item_shape)?;
+    let engine = engine(graph, device)?;
+    let total = limit.map_or(dataset.len(), |l| l.min(dataset.len()));
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        progress(total, "eval")
+    };
+    let result = cnnpack::eval::evaluate(&engine, &dataset, batch, limit, |done| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!(
+            "top-1 {:.2}%  top-5 {:.2}%  count {}  {:.1} images/s  device {}",
+            result.top1, result.top5, result.count, result.images_per_s, result.device
+        );
+    }
+    Ok(())
+}
+
+fn run_npy(model: &str, input: &Path, output: &Path, device: DeviceKind) -> Result<()> {
+    let graph = load(model)?;
+    let x = cnnpack::format::npy::read_npy(input)
+        .with_context(|| format!("reading {}", input.display()))?;
+    let mut expected = vec!["N".to_string()];
+    expected.extend(graph.input.item_shape.iter().map(|d| d.to_string()));
+    if x.shape.len() != graph.input.item_shape.len() + 1
+        || x.shape[1..] != graph.input.item_shape[..]
+        || x.shape[0] == 0
+    {
+        bail!(
+            "{} has shape {:?}; the model's input '{}' takes [{}]",
+            input.display(),
+            x.shape,
+            graph.input.name,
+            expected.join(", ")
+        );
+    }
+    let engine = engine(graph, device)?;
+    let y = engine.run(&x)?.swap_remove(0);
+    cnnpack::format::npy::write_npy(output, &y)
+        .with_context(|| format!("writing {}", output.display()))?;
+    eprintln!("wrote {} {:?}", output.display(), y.shape);
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    println!("cnnpack demo: zoo ResNet-18 (seeded He init), batch 1, 3x224x224, GPU vs CPU");
+    let graph = cnnpack::zoo::build("resnet18", 0)?;
+    let mut rng = cnnpack::graph::Rng::new(1);
+    let x = rng.normal_tensor(vec![1, 3, 224, 224], 1.0);
+    let cpu = Engine::new(graph.clone(), DeviceKind::Cpu)?;
+    let gpu = engine(graph, DeviceKind::Gpu)?;
+    let time = |e: &Engine| -> Result<(Tensor, f64)> {
+        e.run(&x)?; // warm-up: pipelines, uploads, caches
+        let t = Instant::now();
+        let y = e.run(&x)?.swap_remove(0);
+        Ok((y, t.elapsed().as_secs_f64() * 1e3))
+    };
+    let (y_cpu, ms_cpu) = time(&cpu)?;
+    let (y_gpu, ms_gpu) = time(&gpu)?;
+    let scale = y_cpu.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    println!("cpu (fast kernels): {ms_cpu:8.1} ms");
+    println!(
+        "{:<18}: {ms_gpu:8.1} ms{}",
+        gpu.device_name(),
+        if gpu.device_name().contains("llvmpipe") {
+            "  (lavapipe: a CPU emulating a GPU, not GPU speed)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "outputs agree: max |gpu - cpu| = {:.3e} (max |logit| {:.3}); top-1 class {} vs {}",
+        y_gpu.max_abs_diff(&y_cpu),
+        scale,
+        cnnpack::eval::top_k(&y_gpu.data, 1)[0],
+        cnnpack::eval::top_k(&y_cpu.data, 1)[0]
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench(
+    model: Option<&str>,
+    peak: bool,
+    devices: &[DeviceKind],
+    batches: &[usize],
+    runs: usize,
+    budget: f64,
+    top: usize,
+    json: Option<&Path>,
+) -> Result<()> {
+    use cnnpack::bench::model::{bench_model, Roof};
+    if model.is_none() && !peak {
+        bail!("give a MODEL to benchmark, or --peak to measure the device's peak rates");
+    }
+    let mut report = serde_json::Map::new();
+    let mut roofs = std::collections::HashMap::new();
+    for &device in devices {
+        let gpu = device == DeviceKind::Gpu;
+        if peak {
+            let bar =
+                ProgressBar::new_spinner().with_message(format!("measuring {device:?} peaks"));
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            let roof = if gpu {
+                let ctx = match cnnpack::backend::gpu::GpuContext::new() {
+                    Ok(ctx) => ctx,
+                    Err(e) => {
+                        bar.finish_and_clear();
+                        eprintln!("note: skipping the GPU: {e}");
+                        continue;
+                    }
+                };
+                let p = cnnpack::bench::gpu_peak::gpu_peak(&ctx, false)?;
+                bar.finish_and_clear();
+                println!(
+                    "peak {}: FMA {:.1} GFLOP/s, read {:.1} GB/s, copy {:.1} GB/s, xor+popcount {:.1} Gop/s{}",
+                    p.adapter, p.fma_gflops, p.read_gbps, p.copy_gbps, p.popcount_gops, software_note(&p.adapter)
+                );
+                report.insert("gpu_peak".into(), serde_json::to_value(&p)?);
+                Roof {
+                    gflops: p.fma_gflops,
+                    gbps: p.read_gbps,
+                }
+            } else {
+                let p = cnnpack::bench::peak::cpu_peak();
+                bar.finish_and_clear();
+                println!(
+                    "peak cpu ({} threads, {}): FMA {:.1} GFLOP/s, read {:.1} GB/s, copy {:.1} GB/s",
+                    p.threads, p.kernel, p.fma_gflops, p.read_gbps, p.copy_gbps
+                );
+                report.insert("cpu_peak".into(), serde_json::to_value(&p)?);
+                Roof {
+                    gflops: p.fma_gflops,
+                    gbps: p.read_gbps,
+                }
+            };
+            roofs.insert(gpu, roof);
+        }
+    }
+    let mut results = vec![];
+    if let Some(model) = model {
+        let graph = load(model)?;
+        for &device in devices {
+            let engine = Engine::new(graph.clone(), device)?;
+            if let Some(note) = engine.fallback_note() {
+                eprintln!("note: skipping --device gpu: {note}");
+                continue;
+            }
+            for &batch in batches {
+                let bar = ProgressBar::new_spinner().with_message(format!(
+                    "{model} on {} at batch {batch}",
+                    engine.device_name()
+                ));
+                bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                let r = bench_model(
+                    &engine,
+                    batch,
+                    2,
+                    runs,
+                    budget,
+                    roofs.get(&engine.is_gpu()).copied(),
+                )?;
+                bar.finish_and_clear();
+                println!(
+                    "\n{model} on {}{} batch {batch}: p50 {:.2} ms, p90 {:.2} ms, {:.1} images/s ({} runs)",
+                    r.device, software_note(&r.device), r.latency.p50_ms, r.latency.p90_ms, r.images_per_s, r.latency.runs
+                );
+                let mut slowest: Vec<_> = r.layers.iter().collect();
+                slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+                if !slowest.is_empty() {
+                    println!(
+                        "  {:<28} {:<12} {:<8} {:>9} {:>9} {:>8} {:>7} {:>8}",
+                        "layer", "op", "encoding", "ms", "GFLOP/s", "GB/s", "roof%", "bound"
+                    );
+                }
+                for l in slowest.iter().take(top) {
+                    println!(
+                        "  {:<28} {:<12} {:<8} {:>9.3} {:>9.2} {:>8.2} {:>7} {:>8}",
+                        truncate(&l.name, 28),
+                        l.op,
+                        l.encoding,
+                        l.ms,
+                        l.gflops,
+                        l.gbps,
+                        l.roof_fraction
+                            .map_or("-".into(), |f| format!("{:.1}", 100.0 * f)),
+                        l.bound.unwrap_or("-")
+                    );
+                }
+                results.push(serde_json::json!({ "model": model, "result": r }));
+            }
+        }
+    }
+    if let Some(path) = json {
+        report.insert("runs".into(), serde_json::Value::Array(results));
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(report))?;
+        cnnpack::format::write_atomic(path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// A reminder that a software adapter's times are CPU times.
+fn software_note(adapter: &str) -> &'static str {
+    if adapter.contains("llvmpipe")
+        || adapter.contains("lavapipe")
+        || adapter.contains("SwiftShader")
+    {
+        " [software rasterizer: CPU timing, not GPU speed]"
+    } else {
+        ""
+    }
+}

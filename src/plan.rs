@@ -112,7 +112,7 @@ impl Plan {
             {
                 let reader = graph.nodes[i + 1..]
                     .iter()
-                    .position(|n| n.inputs.iter().any(|v| *v == node.output))
+                    .position(|n| n.inputs.contains(&node.output))
                     .map(|p| p + i + 1);
                 if let Some(r) = reader {
                     if matches!(graph.nodes[r].op, Op::Relu) {

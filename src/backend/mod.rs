@@ -2,3 +2,6 @@
 
 pub mod cpu;
 pub mod gpu;
+
+/// Per-step times of one profiled run: (node or fused-step name, milliseconds), in run order.
+pub type StepTimes = Vec<(String, f64)>;

@@ -1,5 +1,7 @@
 //! Timing and roofline helpers shared by `cnnpack bench` and the criterion benches.
 
+pub mod gpu_peak;
+pub mod model;
 pub mod peak;
 
 use serde::Serialize;

@@ -19,8 +19,7 @@ use crate::weights::{EncodingError, PartMut, PartRef, Weights};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Value of the `format` metadata key.
 pub const FORMAT: &str = "cnnpack";
@@ -351,38 +350,12 @@ pub fn save_with_hook(
     before_rename: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<(), FormatError> {
     let bytes = to_bytes(graph)?;
-    let io = |source: std::io::Error, p: &Path| FormatError::Io {
-        path: p.display().to_string(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".{file_name}.tmp-{}-{n}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io(e, &tmp))?;
-        f.write_all(&bytes).map_err(|e| io(e, &tmp))?;
-        f.sync_all().map_err(|e| io(e, &tmp))?;
-        drop(f);
-        before_rename(&tmp).map_err(|e| io(e, &tmp))?;
-        std::fs::rename(&tmp, path).map_err(|e| io(e, path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    // Make the rename itself durable; not all platforms can open a directory.
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    super::write_atomic_with_hook(path, &bytes, before_rename).map_err(|(p, source)| {
+        FormatError::Io {
+            path: p.display().to_string(),
+            source,
+        }
+    })
 }
 
 /// Loads a `.cnnpack` file (at most `MAX_FILE_BYTES`).

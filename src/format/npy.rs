@@ -7,7 +7,7 @@
 //! allocation. Writes version 1.0.
 
 use crate::graph::Tensor;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 /// Largest element count `read_npy` accepts.
@@ -211,9 +211,8 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), NpyError> {
     for v in &t.data {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    let mut f = std::fs::File::create(path).map_err(io)?;
-    f.write_all(&out).map_err(io)?;
-    Ok(())
+    // Atomic, so a failed write never leaves a half .npy where a good one was.
+    super::write_atomic(path, &out).map_err(io)
 }
 
 struct Header {

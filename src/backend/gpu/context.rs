@@ -188,7 +188,9 @@ impl GpuContext {
 
     /// Largest storage binding in bytes (the smaller of the binding and buffer limits).
     pub fn max_binding_bytes(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     pub(crate) fn check_lost(&self) -> Result<(), GpuError> {

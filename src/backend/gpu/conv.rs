@@ -1,5 +1,21 @@
-//! Dense convolution (shaders/dense_conv.wgsl): tiled implicit GEMM, plus a direct
-//! kernel for convs with few output channels per group (depthwise).
+//! Dense convolution: three kernels, chosen per layer.
+//!
+//! - `conv_fwd_tiled` (shaders/dense_conv.wgsl): 64x64 implicit-GEMM tiles in workgroup
+//!   memory, 4x4 register blocks; the GPU kernel.
+//! - `conv_fwd_ubo` (shaders/dense_conv_ubo.wgsl): weights through 64 KiB uniform buffers,
+//!   32 output channels per invocation; the CPU-adapter kernel.
+//! - `conv_fwd_direct`: one invocation per output, for < 16 output channels per group
+//!   (depthwise).
+//!
+//! Numbers behind the choice (lavapipe, Mesa 22.3.6 / LLVM 15, 2 shared AMD EPYC cores,
+//! load average ~8, so CPU timings, not GPU speed; 3x3 conv 64->64, 56x56, batch 8,
+//! 1.85 GFLOP, timestamp queries): `conv_fwd_tiled` 0.18-0.21 GFLOP/s, `conv_fwd_ubo`
+//! 0.7-1.2 GFLOP/s; an FMA-only micro-kernel reached 11-18 GFLOP/s on the same adapter,
+//! so ~6-8% of peak. Rejected: a register-blocked kernel reading weights from storage
+//! (0.1 GFLOP/s: llvmpipe turns every storage load inside a loop into a per-lane scalar
+//! loop, uniform address or not); 16 instead of 32 channels per invocation (~10% slower);
+//! trusted shader modules without loop bounding and division guards (no change). With
+//! weights from the uniform buffer, the remaining cost is the per-lane input load.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::model::StepIo;

@@ -18,7 +18,7 @@ mod softmax;
 
 pub use context::GpuContext;
 pub use conv::ConvKernel;
-pub use model::{GpuModel, GpuOptions};
+pub use model::{GpuModel, GpuOptions, StepTimes};
 
 use crate::graph::GraphError;
 

@@ -8,6 +8,9 @@ use crate::graph::{Graph, Node, Op, Tensor};
 use crate::plan::{Plan, PlanOptions};
 use std::sync::{mpsc, Arc, Mutex};
 
+/// GPU time of each step: `(step name, milliseconds)` in execution order.
+pub type StepTimes = Vec<(String, f64)>;
+
 /// Options for building a [`GpuModel`].
 #[derive(Clone, Copy, Debug)]
 pub struct GpuOptions {
@@ -325,7 +328,7 @@ impl GpuModel {
     pub fn run_profiled(
         &self,
         input: &Tensor,
-    ) -> Result<(Vec<Tensor>, Option<Vec<(String, f64)>>), GpuError> {
+    ) -> Result<(Vec<Tensor>, Option<StepTimes>), GpuError> {
         self.execute(input, true)
     }
 
@@ -333,7 +336,7 @@ impl GpuModel {
         &self,
         input: &Tensor,
         profile: bool,
-    ) -> Result<(Vec<Tensor>, Option<Vec<(String, f64)>>), GpuError> {
+    ) -> Result<(Vec<Tensor>, Option<StepTimes>), GpuError> {
         if input.shape != self.input_shape
             || input.data.len() != input.shape.iter().product::<usize>()
         {

@@ -1,0 +1,121 @@
+//! Whole-model and per-layer benchmarks on an `Engine`, with a roofline verdict.
+
+use super::{time_runs, Timing};
+use crate::backend::cpu::fast;
+use crate::engine::{Engine, EngineError};
+use crate::graph::{layer_stats, Rng};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// The roof a layer is measured against.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Roof {
+    /// Peak f32 rate, GFLOP/s.
+    pub gflops: f64,
+    /// Peak bandwidth, GB/s.
+    pub gbps: f64,
+}
+
+/// One layer's time and rates (batch-scaled).
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerTiming {
+    /// Node (or fused step) name.
+    pub name: String,
+    /// Op kind.
+    pub op: String,
+    /// Weight encoding.
+    pub encoding: String,
+    /// Milliseconds (GPU timestamps or CPU wall time).
+    pub ms: f64,
+    /// Dense-equivalent FLOPs for the batch.
+    pub flops: u64,
+    /// Bytes moved at least once: weights + input and output activations.
+    pub bytes: u64,
+    /// Achieved GFLOP/s.
+    pub gflops: f64,
+    /// Achieved GB/s.
+    pub gbps: f64,
+    /// Fraction of the roof that bounds this layer (compute or memory), if a roof was given.
+    pub roof_fraction: Option<f64>,
+    /// `compute` or `memory`: which roof bounds the layer at its arithmetic intensity.
+    pub bound: Option<&'static str>,
+}
+
+/// A model on one device at one batch size.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelBench {
+    /// Device name.
+    pub device: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Whole-model latency per batch (wall clock, including upload and readback).
+    pub latency: Timing,
+    /// Images per second at p50.
+    pub images_per_s: f64,
+    /// Per-layer times (GPU: timestamp queries when the adapter has them).
+    pub layers: Vec<LayerTiming>,
+}
+
+/// Benchmarks `engine` at `batch` on a seeded random input: `warmup` untimed runs,
+/// then up to `runs` timed ones within about `budget_s` seconds, then one profiled run.
+pub fn bench_model(
+    engine: &Engine,
+    batch: usize,
+    warmup: usize,
+    runs: usize,
+    budget_s: f64,
+    roof: Option<Roof>,
+) -> Result<ModelBench, EngineError> {
+    let graph = engine.graph();
+    let mut shape = vec![batch];
+    shape.extend(&graph.input.item_shape);
+    let x = Rng::new(0).normal_tensor(shape, 1.0);
+    let latency = time_runs(warmup, runs, budget_s, || engine.run(&x).map(|_| ()))?;
+    let times: Vec<(String, f64)> = match engine.gpu_model(batch)? {
+        Some(model) => model.run_profiled(&x)?.1.unwrap_or_default(),
+        None => fast::run_graph_profiled(graph, &x)?.1,
+    };
+    let stats: HashMap<String, _> = layer_stats(graph)?
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    let layers = times
+        .into_iter()
+        .filter_map(|(name, ms)| {
+            let s = stats.get(&name)?;
+            let act = |shape: &Vec<usize>| shape.iter().product::<usize>() as u64 * 4;
+            let bytes = s.weight_bytes as u64
+                + batch as u64
+                    * (s.input_shapes.iter().map(act).sum::<u64>() + act(&s.output_shape));
+            let flops = s.flops * batch as u64;
+            let secs = (ms / 1e3).max(1e-12);
+            let (gflops, gbps) = (flops as f64 / secs / 1e9, bytes as f64 / secs / 1e9);
+            let (roof_fraction, bound) = match roof {
+                Some(r) if flops as f64 / bytes as f64 >= r.gflops / r.gbps => {
+                    (Some(gflops / r.gflops), Some("compute"))
+                }
+                Some(r) => (Some(gbps / r.gbps), Some("memory")),
+                None => (None, None),
+            };
+            Some(LayerTiming {
+                name,
+                op: s.op.to_string(),
+                encoding: s.encoding.clone(),
+                ms,
+                flops,
+                bytes,
+                gflops,
+                gbps,
+                roof_fraction,
+                bound,
+            })
+        })
+        .collect();
+    Ok(ModelBench {
+        device: engine.device_name(),
+        batch,
+        images_per_s: batch as f64 / (latency.p50_ms / 1e3),
+        latency,
+        layers,
+    })
+}
