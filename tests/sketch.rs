@@ -701,3 +701,93 @@ fn masked_cycles() {
         }
     });
 }
+
+/// `CNNPACK_DATA` or `../shared/data` beside the crate; `None` (test skipped) if absent.
+fn data_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::var("CNNPACK_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data").into());
+    dir.is_dir().then_some(dir)
+}
+
+/// LeNet-5 and MNIST test images for the accuracy checks; `None` when absent.
+fn lenet5() -> Option<(cnnpack::graph::Graph, cnnpack::data::Dataset)> {
+    use cnnpack::data::{Dataset, Preprocess};
+    let Some(dir) = data_dir() else {
+        println!("skipped: no data folder (set CNNPACK_DATA)");
+        return None;
+    };
+    let model = dir.join("lenet/lenet5_original.onnx");
+    if !model.is_file() {
+        println!("skipped: {} not found", model.display());
+        return None;
+    }
+    let graph = cnnpack::format::load_model(&model).expect("LeNet-5 imports");
+    let pre = Preprocess::from_metadata(&graph.metadata, &graph.input.item_shape)
+        .expect("preprocessing metadata");
+    let data = Dataset::open(&dir.join("mnist"), &pre, &graph.input.item_shape).expect("MNIST");
+    Some((graph, data))
+}
+
+/// MNIST top-1 (%) of `g` on the first `n` test images with the fast CPU kernels.
+fn top1(g: &cnnpack::graph::Graph, data: &cnnpack::data::Dataset, n: usize) -> f64 {
+    use cnnpack::engine::{DeviceKind, Engine};
+    let engine = Engine::new(g.clone(), DeviceKind::Cpu).expect("cpu engine");
+    cnnpack::eval::evaluate(&engine, data, 250, Some(n), |_| {})
+        .expect("evaluates")
+        .top1
+}
+
+/// LeNet-5 (the DNS paper's Caffe model) with every conv and fc layer sketched
+/// (refined, m = 3) stays within 1 point of the dense model's MNIST top-1
+/// (first 1000 test images; the full table is `lenet5_sketch_sweep`).
+#[test]
+fn lenet5_sketched_accuracy() {
+    let Some((graph, data)) = lenet5() else {
+        return;
+    };
+    let dense = top1(&graph, &data, 1000);
+    let (g, _) = sketch_graph(&graph, &SketchOptions::default()).expect("sketches");
+    let sketched = top1(&g, &data, 1000);
+    println!("LeNet-5 top-1 on 1000 images: dense {dense:.2}%, refined m=3 {sketched:.2}%");
+    assert!(
+        sketched >= dense - 1.0,
+        "refined m=3 top-1 {sketched}% vs dense {dense}%"
+    );
+}
+
+/// Direct and refined sketching of LeNet-5 at m = 1..4: bytes, per-layer relative
+/// errors and MNIST top-1 on the first 2000 test images (a report, ~1 min).
+#[test]
+#[ignore]
+fn lenet5_sketch_sweep() {
+    let Some((graph, data)) = lenet5() else {
+        return;
+    };
+    let dense = top1(&graph, &data, 2000);
+    println!("LeNet-5 dense: top-1 {dense:.2}% (first 2000 MNIST test images)");
+    for refined in [false, true] {
+        for bases in 1..=4 {
+            let opts = SketchOptions {
+                bases,
+                refined,
+                ..SketchOptions::default()
+            };
+            let (g, reports) = sketch_graph(&graph, &opts).expect("sketches");
+            let acc = top1(&g, &data, 2000);
+            let (before, after): (usize, usize) = reports
+                .iter()
+                .fold((0, 0), |(b, a), r| (b + r.bytes_before, a + r.bytes_after));
+            let errs: Vec<String> = reports
+                .iter()
+                .map(|r| format!("{} {:.3}", r.name, r.rel_error))
+                .collect();
+            println!(
+                "{} m={bases}: top-1 {acc:.2}%, weights {before} -> {after} bytes ({:.1}x), rel. errors [{}]",
+                if refined { "refined" } else { "direct " },
+                before as f64 / after as f64,
+                errs.join(", ")
+            );
+        }
+    }
+}
