@@ -29,6 +29,7 @@ pub struct SketchOptions {
     pub bases_per_layer: HashMap<String, usize>,
 }
 
+/// m = 3 bases, refined, every layer sketched.
 impl Default for SketchOptions {
     fn default() -> Self {
         SketchOptions {
