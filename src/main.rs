@@ -84,6 +84,9 @@ enum Command {
         #[command(flatten)]
         device: DeviceArg,
     },
+    /// Compress a model's conv and fc weights.
+    #[command(subcommand)]
+    Compress(Compress),
     /// Convert a model to .cnnpack (lossless).
     Convert {
         /// Model: .onnx, .cnnpack or zoo:NAME.
@@ -128,6 +131,35 @@ enum Command {
     },
     /// The main job on an embedded default, no arguments, no network.
     Demo,
+}
+
+#[derive(Subcommand)]
+enum Compress {
+    /// Network sketching (Guo et al., CVPR 2017): each filter becomes m binary (±1)
+    /// tensors with a scale each; kernels use additions and subtractions only.
+    Sketch {
+        /// Model: .onnx, .cnnpack or zoo:NAME.
+        model: String,
+        /// Output .cnnpack file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Binary bases per filter (m); m = 1 is a binary-weight network (BWN).
+        #[arg(long, default_value_t = 3)]
+        bases: usize,
+        /// Direct sketching (greedy residual signs, scale = mean |residual|).
+        #[arg(long, conflicts_with = "refined")]
+        direct: bool,
+        /// Refined sketching: refit all scales by least squares after each new base (default).
+        #[arg(long)]
+        refined: bool,
+        /// Conv/fc layers to keep dense, comma-separated node names; `first` and `last`
+        /// name the first and last conv/fc layer.
+        #[arg(long, value_delimiter = ',')]
+        dense_layers: Vec<String>,
+        /// Per-layer bases, e.g. `conv1=4,fc8=2`.
+        #[arg(long, value_delimiter = ',')]
+        layer_bases: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -203,6 +235,15 @@ fn run(cli: Cli) -> Result<()> {
             output,
             device,
         } => run_npy(&model, &input, &output, device.device),
+        Command::Compress(Compress::Sketch {
+            model,
+            output,
+            bases,
+            direct,
+            refined: _,
+            dense_layers,
+            layer_bases,
+        }) => compress_sketch(&model, &output, bases, !direct, &dense_layers, &layer_bases),
         Command::Convert { model, output } => {
             let graph = load(&model)?;
             cnnpack::format::save(&graph, &output)
@@ -644,4 +685,91 @@ fn software_note(adapter: &str) -> &'static str {
     } else {
         ""
     }
+}
+
+fn compress_sketch(
+    model: &str,
+    output: &Path,
+    bases: usize,
+    refined: bool,
+    dense: &[String],
+    layer_bases: &[String],
+) -> Result<()> {
+    use cnnpack::compress::sketch::{sketch_graph, SketchOptions};
+    // Fold first: BatchNorm can only be folded into dense weights.
+    let graph = cnnpack::graph::fold(load(model)?)?;
+    let layers: Vec<&str> = graph
+        .nodes
+        .iter()
+        .filter(|n| n.op.weights().is_some())
+        .map(|n| n.name.as_str())
+        .collect();
+    let dense_layers = dense
+        .iter()
+        .map(|name| match name.as_str() {
+            "first" => layers
+                .first()
+                .map(|s| s.to_string())
+                .context("the model has no conv or fc layer"),
+            "last" => layers
+                .last()
+                .map(|s| s.to_string())
+                .context("the model has no conv or fc layer"),
+            _ => Ok(name.clone()),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut bases_per_layer = std::collections::HashMap::new();
+    for item in layer_bases {
+        let (name, m) = item
+            .split_once('=')
+            .with_context(|| format!("--layer-bases expects NAME=M, got '{item}'"))?;
+        let m: usize = m
+            .parse()
+            .with_context(|| format!("--layer-bases: '{m}' is not a number of bases"))?;
+        bases_per_layer.insert(name.to_string(), m);
+    }
+    let opts = SketchOptions {
+        bases,
+        refined,
+        dense_layers,
+        bases_per_layer,
+    };
+    let (sketched, report) = sketch_graph(&graph, &opts)?;
+    println!(
+        "{} sketching, m = {bases}",
+        if refined { "refined" } else { "direct" }
+    );
+    println!(
+        "{:<28} {:<7} {:<20} {:>5} {:>9} {:>12} {:>12} {:>7}",
+        "layer", "op", "weight", "m", "rel.err", "bytes", "sketched", "ratio"
+    );
+    for r in &report {
+        println!(
+            "{:<28} {:<7} {:<20} {:>5} {:>9.4} {:>12} {:>12} {:>6.1}x",
+            truncate(&r.name, 28),
+            r.op,
+            format!("{:?}", r.shape),
+            r.bases,
+            r.rel_error,
+            r.bytes_before,
+            r.bytes_after,
+            r.bytes_before as f64 / r.bytes_after.max(1) as f64
+        );
+    }
+    let before = layer_stats(&graph)?
+        .iter()
+        .map(|l| l.weight_bytes)
+        .sum::<usize>();
+    let after = layer_stats(&sketched)?
+        .iter()
+        .map(|l| l.weight_bytes)
+        .sum::<usize>();
+    println!(
+        "model: {before} -> {after} bytes of weights and constants ({:.1}x smaller); {} of {} conv/fc layers sketched",
+        before as f64 / after.max(1) as f64, report.len(), layers.len()
+    );
+    cnnpack::format::save(&sketched, output)
+        .with_context(|| format!("writing {}", output.display()))?;
+    println!("wrote {}", output.display());
+    Ok(())
 }

@@ -14,7 +14,10 @@ fn data_dir() -> Option<PathBuf> {
 }
 
 fn assert_bit_identical(graph: Graph, name: &str) {
-    let path = std::env::temp_dir().join(format!("cnnpack-roundtrip-{}-{name}.cnnpack", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "cnnpack-roundtrip-{}-{name}.cnnpack",
+        std::process::id()
+    ));
     cnnpack::format::save(&graph, &path).unwrap();
     let loaded = cnnpack::format::load_model(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
@@ -29,10 +32,16 @@ fn assert_bit_identical(graph: Graph, name: &str) {
         }
         let b = Engine::new(loaded.clone(), device).unwrap();
         let (ya, yb) = (a.run(&x).unwrap(), b.run(&x).unwrap());
-        let bits = |t: &cnnpack::graph::Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let bits =
+            |t: &cnnpack::graph::Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(ya.len(), yb.len());
         for (p, q) in ya.iter().zip(&yb) {
-            assert_eq!(bits(p), bits(q), "{name} on {}: outputs differ after a .cnnpack round trip", a.device_name());
+            assert_eq!(
+                bits(p),
+                bits(q),
+                "{name} on {}: outputs differ after a .cnnpack round trip",
+                a.device_name()
+            );
         }
     }
 }
@@ -40,7 +49,10 @@ fn assert_bit_identical(graph: Graph, name: &str) {
 #[test]
 fn zoo_models_round_trip_bit_identically() {
     assert_bit_identical(cnnpack::zoo::build("lenet5", 3).unwrap(), "lenet5");
-    assert_bit_identical(cnnpack::zoo::build("squeezenet1.1", 3).unwrap(), "squeezenet1.1");
+    assert_bit_identical(
+        cnnpack::zoo::build("squeezenet1.1", 3).unwrap(),
+        "squeezenet1.1",
+    );
 }
 
 #[test]
