@@ -6,5 +6,6 @@ pub mod bench;
 pub mod data;
 pub mod format;
 pub mod graph;
+pub mod train;
 pub mod weights;
 pub mod zoo;
