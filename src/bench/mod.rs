@@ -26,13 +26,23 @@ impl Timing {
         }
         samples.sort_by(f64::total_cmp);
         let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-        Some(Timing { p50_ms: at(0.5), p90_ms: at(0.9), min_ms: samples[0], runs: samples.len() })
+        Some(Timing {
+            p50_ms: at(0.5),
+            p90_ms: at(0.9),
+            min_ms: samples[0],
+            runs: samples.len(),
+        })
     }
 }
 
 /// Runs `f` `warmup` times untimed, then until `runs` samples or `budget_s` seconds
 /// (at least 3 samples) are collected; returns the summary.
-pub fn time_runs<E>(warmup: usize, runs: usize, budget_s: f64, mut f: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
+pub fn time_runs<E>(
+    warmup: usize,
+    runs: usize,
+    budget_s: f64,
+    mut f: impl FnMut() -> Result<(), E>,
+) -> Result<Timing, E> {
     for _ in 0..warmup {
         f()?;
     }

@@ -90,7 +90,10 @@ pub fn cpu_peak() -> CpuPeak {
     let mut best_fma = 0f64;
     for _ in 0..5 {
         let t = Instant::now();
-        let sink: f32 = (0..threads).into_par_iter().map(|i| fma(iters, i as f32)).sum();
+        let sink: f32 = (0..threads)
+            .into_par_iter()
+            .map(|i| fma(iters, i as f32))
+            .sum();
         let secs = t.elapsed().as_secs_f64();
         std::hint::black_box(sink);
         let flops = (threads * iters * CHAINS * LANES * 2) as f64;
@@ -107,9 +110,17 @@ pub fn cpu_peak() -> CpuPeak {
         best_read = best_read.max((n * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
         std::hint::black_box(s);
         let t = Instant::now();
-        dst.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
+        dst.par_chunks_mut(1 << 16)
+            .zip(src.par_chunks(1 << 16))
+            .for_each(|(d, s)| d.copy_from_slice(s));
         best_copy = best_copy.max((n * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
         std::hint::black_box(&dst);
     }
-    CpuPeak { fma_gflops: best_fma, read_gbps: best_read, copy_gbps: best_copy, threads, kernel }
+    CpuPeak {
+        fma_gflops: best_fma,
+        read_gbps: best_read,
+        copy_gbps: best_copy,
+        threads,
+        kernel,
+    }
 }

@@ -47,10 +47,18 @@ pub fn layer_stats(graph: &Graph) -> Result<Vec<LayerStats>, GraphError> {
                 Op::GlobalAvgPool => shapes[&node.inputs[0]].iter().product::<usize>() as u64,
                 Op::Lrn { size, .. } => out_elems * (2 * *size as u64 + 4),
                 Op::Softmax => out_elems * 4,
-                Op::Relu | Op::LeakyRelu { .. } | Op::Clip { .. } | Op::Add | Op::ConstBinary { .. } => out_elems,
+                Op::Relu
+                | Op::LeakyRelu { .. }
+                | Op::Clip { .. }
+                | Op::Add
+                | Op::ConstBinary { .. } => out_elems,
                 Op::Sigmoid => out_elems * 4,
                 Op::BatchNorm { .. } => out_elems * 2,
-                Op::Concat { .. } | Op::Flatten { .. } | Op::Pad { .. } | Op::Slice { .. } | Op::Identity => 0,
+                Op::Concat { .. }
+                | Op::Flatten { .. }
+                | Op::Pad { .. }
+                | Op::Slice { .. }
+                | Op::Identity => 0,
             };
             LayerStats {
                 name: node.name.clone(),

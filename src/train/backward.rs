@@ -47,7 +47,10 @@ fn like(x: &Tensor, data: Vec<f32>) -> Tensor {
 }
 
 fn zip_map(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32) -> Tensor {
-    like(a, a.data.iter().zip(&b.data).map(|(x, y)| f(*x, *y)).collect())
+    like(
+        a,
+        a.data.iter().zip(&b.data).map(|(x, y)| f(*x, *y)).collect(),
+    )
 }
 
 /// Backpropagates `dlogits` (dL/d`cache.target.logits`) through the graph `cache` was
@@ -111,20 +114,22 @@ pub fn backward(
                 g.dx
             }
             Op::Relu => Some(zip_map(&dy, x, |d, x| if x > 0.0 { d } else { 0.0 })),
-            Op::LeakyRelu { alpha } => Some(zip_map(&dy, x, |d, x| {
-                if x >= 0.0 {
-                    d
-                } else {
-                    alpha * d
-                }
-            })),
-            Op::Clip { min, max } => Some(zip_map(&dy, x, |d, x| {
-                if x > *min && x < *max {
-                    d
-                } else {
-                    0.0
-                }
-            })),
+            Op::LeakyRelu { alpha } => {
+                Some(zip_map(&dy, x, |d, x| if x >= 0.0 { d } else { alpha * d }))
+            }
+            Op::Clip { min, max } => {
+                Some(zip_map(
+                    &dy,
+                    x,
+                    |d, x| {
+                        if x > *min && x < *max {
+                            d
+                        } else {
+                            0.0
+                        }
+                    },
+                ))
+            }
             Op::Sigmoid => Some(zip_map(&dy, y, |d, y| d * y * (1.0 - y))),
             Op::MaxPool(_) => {
                 let Some(Aux::Argmax(arg)) = cache.aux.get(&i) else {
@@ -149,12 +154,9 @@ pub fn backward(
                 ..
             } => {
                 let (dx, dscale, dbias) = match (cache.mode, cache.aux.get(&i)) {
-                    (
-                        BnMode::Train,
-                        Some(Aux::BnBatch {
-                            mean, inv_std, ..
-                        }),
-                    ) => batch_norm_backward(x, &dy, &scale.data, mean, inv_std, true),
+                    (BnMode::Train, Some(Aux::BnBatch { mean, inv_std, .. })) => {
+                        batch_norm_backward(x, &dy, &scale.data, mean, inv_std, true)
+                    }
                     _ => {
                         let inv: Vec<f32> = var
                             .data
@@ -386,8 +388,7 @@ fn lrn_backward(x: &Tensor, dy: &Tensor, size: usize, alpha: f32, beta: f32, bia
                 let hi = (j + before).min(c - 1);
                 let s: f64 = (lo..=hi).map(|i| t[i]).sum();
                 let xj = x.data[at(j)] as f64;
-                dx[at(j)] =
-                    (dy.data[at(j)] as f64 * d[j].powf(-b) - 2.0 * a * b * xj * s) as f32;
+                dx[at(j)] = (dy.data[at(j)] as f64 * d[j].powf(-b) - 2.0 * a * b * xj * s) as f32;
             }
         }
     }
@@ -403,7 +404,7 @@ fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
-/// Flat offset in a tensor of `strides` of `idx` mapped by `f` per axis.
+/// Calls `f(flat_index, multi_index)` for every element of `shape` in row-major order.
 fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize])) {
     let n: usize = shape.iter().product();
     let mut idx = vec![0usize; shape.len()];
@@ -425,7 +426,11 @@ fn pad_backward(x: &Tensor, dy: &Tensor, pads: &[usize]) -> Tensor {
     let ys = strides(&dy.shape);
     let mut dx = vec![0.0f32; x.data.len()];
     for_each_index(&x.shape, |i, idx| {
-        let off: usize = idx.iter().enumerate().map(|(d, v)| (v + pads[d]) * ys[d]).sum();
+        let off: usize = idx
+            .iter()
+            .enumerate()
+            .map(|(d, v)| (v + pads[d]) * ys[d])
+            .sum();
         dx[i] = dy.data[off];
     });
     like(x, dx)

@@ -134,7 +134,8 @@ fn im2col(planes: &[f32], conv: &Conv2d, g: &Geom, col: &mut [f32]) {
                 let row = &mut col[((ci * g.kh + ky) * g.kw + kx) * g.p..][..g.p];
                 for oy in 0..g.oh {
                     for ox in 0..g.ow {
-                        row[oy * g.ow + ox] = tap(conv, g, oy, ky, ox, kx).map_or(0.0, |i| plane[i]);
+                        row[oy * g.ow + ox] =
+                            tap(conv, g, oy, ky, ox, kx).map_or(0.0, |i| plane[i]);
                     }
                 }
             }
@@ -194,8 +195,8 @@ pub fn conv2d_backward(
             let b0 = ci * chunk;
             for b in b0..(b0 + chunk).min(g.n) {
                 for gi in 0..g.groups {
-                    let planes = &x.data[b * in_img + gi * g.cin_g * g.h * g.w..]
-                        [..g.cin_g * g.h * g.w];
+                    let planes =
+                        &x.data[b * in_img + gi * g.cin_g * g.h * g.w..][..g.cin_g * g.h * g.w];
                     let dyg = &dy.data[b * out_img + gi * g.cout_g * g.p..][..g.cout_g * g.p];
                     let wg = &weight.data[gi * g.cout_g * g.k..][..g.cout_g * g.k];
                     let cols: &[f32] = if direct {
@@ -249,7 +250,9 @@ pub fn conv2d_backward(
         let mut db = vec![0.0f32; g.cout];
         for b in 0..g.n {
             for (co, d) in db.iter_mut().enumerate() {
-                *d += dy.data[(b * g.cout + co) * g.p..][..g.p].iter().sum::<f32>();
+                *d += dy.data[(b * g.cout + co) * g.p..][..g.p]
+                    .iter()
+                    .sum::<f32>();
             }
         }
         Tensor {
@@ -272,6 +275,7 @@ pub fn conv2d_backward(
 
 /// Naive conv backward (f64 accumulation, always computes dx): the yardstick for
 /// `conv2d_backward`.
+#[allow(clippy::needless_range_loop)] // the index loops spell out the definition
 pub fn conv2d_backward_naive(
     x: &Tensor,
     weight: &Tensor,
@@ -392,6 +396,7 @@ pub fn linear_backward(
 
 /// Naive fc backward (f64 accumulation, always computes dx): the yardstick for
 /// `linear_backward`.
+#[allow(clippy::needless_range_loop)] // the index loops spell out the definition
 pub fn linear_backward_naive(
     x: &Tensor,
     weight: &Tensor,

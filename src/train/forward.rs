@@ -180,7 +180,10 @@ pub fn forward(
             (_, Some(_)) => {
                 return Err(TrainError::Mask {
                     layer: node.name.clone(),
-                    reason: format!("a forward mask needs a Conv or Linear layer, not {}", node.op.kind()),
+                    reason: format!(
+                        "a forward mask needs a Conv or Linear layer, not {}",
+                        node.op.kind()
+                    ),
                 })
             }
             _ => fast::run_node(node, &ins)?,
@@ -293,7 +296,12 @@ pub fn update_bn_running(graph: &mut Graph, cache: &Cache, momentum: f32) {
             } else {
                 1.0
             };
-            for ((r, b), (rv, v)) in mean.data.iter_mut().zip(bm).zip(var.data.iter_mut().zip(bv)) {
+            for ((r, b), (rv, v)) in mean
+                .data
+                .iter_mut()
+                .zip(bm)
+                .zip(var.data.iter_mut().zip(bv))
+            {
                 *r = (1.0 - momentum) * *r + momentum * b;
                 *rv = (1.0 - momentum) * *rv + momentum * v * unbias;
             }
@@ -307,7 +315,10 @@ pub fn update_bn_running(graph: &mut Graph, cache: &Cache, momentum: f32) {
 /// classes); `labels` holds N class indices. Returns (loss, dL/dlogits) with the loss
 /// averaged over the batch (Caffe's and PyTorch's default normalisation), computed in
 /// f64 with the max subtracted.
-pub fn softmax_cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<(f32, Tensor), TrainError> {
+pub fn softmax_cross_entropy(
+    logits: &Tensor,
+    labels: &[usize],
+) -> Result<(f32, Tensor), TrainError> {
     let n = logits.shape.first().copied().unwrap_or(0);
     if n == 0 || n != labels.len() {
         return Err(TrainError::Labels {
@@ -321,11 +332,18 @@ pub fn softmax_cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<(f32, 
     let classes = logits.data.len() / n;
     let mut d = vec![0.0f32; logits.data.len()];
     let mut loss = 0.0f64;
-    for (b, (row, drow)) in logits.data.chunks(classes).zip(d.chunks_mut(classes)).enumerate() {
+    for (b, (row, drow)) in logits
+        .data
+        .chunks(classes)
+        .zip(d.chunks_mut(classes))
+        .enumerate()
+    {
         let label = labels[b];
         if label >= classes {
             return Err(TrainError::Labels {
-                reason: format!("label {label} of item {b} is not below the {classes} classes of the logits"),
+                reason: format!(
+                    "label {label} of item {b} is not below the {classes} classes of the logits"
+                ),
             });
         }
         let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -358,7 +376,10 @@ pub fn top1_hits(logits: &Tensor, labels: &[usize]) -> usize {
             let best = row
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+                );
             best.0 == l
         })
         .count()

@@ -97,15 +97,20 @@ impl Masks {
     pub fn check(&self, graph: &Graph) -> Result<(), TrainError> {
         for (kind, map) in [("gradient", &self.grad), ("forward", &self.forward)] {
             for (name, mask) in map {
-                let node = graph.nodes.iter().find(|n| &n.name == name).ok_or_else(|| {
-                    TrainError::Mask {
+                let node = graph
+                    .nodes
+                    .iter()
+                    .find(|n| &n.name == name)
+                    .ok_or_else(|| TrainError::Mask {
                         layer: name.clone(),
                         reason: format!("{kind} mask for a layer the graph does not have"),
-                    }
-                })?;
+                    })?;
                 let w = node.op.weights().ok_or_else(|| TrainError::Mask {
                     layer: name.clone(),
-                    reason: format!("{kind} mask on a {} layer, which has no weights", node.op.kind()),
+                    reason: format!(
+                        "{kind} mask on a {} layer, which has no weights",
+                        node.op.kind()
+                    ),
                 })?;
                 if mask.len() != w.parameters() {
                     return Err(TrainError::Mask {
@@ -227,7 +232,13 @@ impl Sgd {
                 Op::Conv(_) | Op::Linear(_) => {
                     let gmask = masks.grad.get(&name).map(|m| m.as_slice());
                     let w = dense_weight_mut(&name, &mut node.op)?;
-                    self.update(&format!("{name}.weight"), &mut w.data, &g.weight.data, gmask, lr);
+                    self.update(
+                        &format!("{name}.weight"),
+                        &mut w.data,
+                        &g.weight.data,
+                        gmask,
+                        lr,
+                    );
                     let bias = match &mut node.op {
                         Op::Conv(c) => c.bias.as_mut(),
                         Op::Linear(l) => l.bias.as_mut(),
@@ -238,7 +249,13 @@ impl Sgd {
                     }
                 }
                 Op::BatchNorm { scale, bias, .. } => {
-                    self.update(&format!("{name}.scale"), &mut scale.data, &g.weight.data, None, lr);
+                    self.update(
+                        &format!("{name}.scale"),
+                        &mut scale.data,
+                        &g.weight.data,
+                        None,
+                        lr,
+                    );
                     if let Some(gb) = &g.bias {
                         self.update(&format!("{name}.bias"), &mut bias.data, &gb.data, None, lr);
                     }
