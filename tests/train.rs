@@ -286,7 +286,7 @@ fn fast_conv_backward_equals_naive() {
             rng.range(0, 2),
             rng.range(0, 2),
         ];
-        let (n, h, w) = (rng.range(1, 10), rng.range(5, 12), rng.range(5, 12));
+        let (n, h, w) = (rng.range(1, 20), rng.range(5, 12), rng.range(5, 12));
         let Op::Conv(conv) = conv_op(
             &mut rng,
             [cin, cout, groups],

@@ -125,17 +125,34 @@ fn tap(conv: &Conv2d, g: &Geom, oy: usize, ky: usize, ox: usize, kx: usize) -> O
         .then(|| iy as usize * g.w + ix as usize)
 }
 
-/// Patches of one image and group as a `[K, P]` row-major matrix (K ordered ci, ky, kx).
-fn im2col(planes: &[f32], conv: &Conv2d, g: &Geom, col: &mut [f32]) {
-    for ci in 0..g.cin_g {
-        let plane = &planes[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = &mut col[((ci * g.kh + ky) * g.kw + kx) * g.p..][..g.p];
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        row[oy * g.ow + ox] =
-                            tap(conv, g, oy, ky, ox, kx).map_or(0.0, |i| plane[i]);
+/// Writes the patches of one image and group as a `[P, K]` row-major matrix: one row
+/// per output position, K ordered (ci, ky, kx). Padding reads as 0. Rows (not the
+/// usual im2col columns) so that both backward GEMMs read it with unit stride.
+fn im2row(planes: &[f32], conv: &Conv2d, g: &Geom, rows: &mut [f32]) {
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let dst = &mut rows[(oy * g.ow + ox) * g.k..][..g.k];
+            let mut t = 0;
+            for ci in 0..g.cin_g {
+                let plane = &planes[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+                for ky in 0..g.kh {
+                    let iy = (oy * conv.stride[0] + ky * conv.dilation[0]) as isize
+                        - conv.pads[0] as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        dst[t..t + g.kw].fill(0.0);
+                        t += g.kw;
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for kx in 0..g.kw {
+                        let ix = (ox * conv.stride[1] + kx * conv.dilation[1]) as isize
+                            - conv.pads[1] as isize;
+                        dst[t] = if ix >= 0 && ix < g.w as isize {
+                            src[ix as usize]
+                        } else {
+                            0.0
+                        };
+                        t += 1;
                     }
                 }
             }
@@ -143,29 +160,47 @@ fn im2col(planes: &[f32], conv: &Conv2d, g: &Geom, col: &mut [f32]) {
     }
 }
 
-/// The adjoint of `im2col`: adds each column entry back onto the input pixel it came from.
-fn col2im(col: &[f32], conv: &Conv2d, g: &Geom, planes: &mut [f32]) {
-    for ci in 0..g.cin_g {
-        let plane = &mut planes[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = &col[((ci * g.kh + ky) * g.kw + kx) * g.p..][..g.p];
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        if let Some(i) = tap(conv, g, oy, ky, ox, kx) {
-                            plane[i] += row[oy * g.ow + ox];
+/// The adjoint of `im2row`: adds each entry of the `[P, K]` matrix back onto the input
+/// pixel it came from.
+fn row2im(rows: &[f32], conv: &Conv2d, g: &Geom, planes: &mut [f32]) {
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let src = &rows[(oy * g.ow + ox) * g.k..][..g.k];
+            let mut t = 0;
+            for ci in 0..g.cin_g {
+                let plane = &mut planes[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+                for ky in 0..g.kh {
+                    let iy = (oy * conv.stride[0] + ky * conv.dilation[0]) as isize
+                        - conv.pads[0] as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        t += g.kw;
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for kx in 0..g.kw {
+                        let ix = (ox * conv.stride[1] + kx * conv.dilation[1]) as isize
+                            - conv.pads[1] as isize;
+                        if ix >= 0 && ix < g.w as isize {
+                            dst[ix as usize] += src[t];
                         }
+                        t += 1;
                     }
                 }
             }
         }
     }
 }
+
+/// Upper bound on the elements of one patch matrix (`K x images*P`): several images
+/// share one GEMM (so sgemm packs the weights once for all of them) until this is hit.
+const COL_BUDGET: usize = 1 << 22;
 
 /// Conv backward with im2col + sgemm, parallel over chunks of images.
 ///
 /// `weight` is the dense weight the forward used (W, or W⊙T under a forward mask);
 /// `dy` is dL/dy `[N, Cout, OH, OW]`. `dx` is computed only when `need_dx`.
+/// Within a chunk, the patches of several images are stacked in one `[m*P, K]` matrix
+/// so that each GEMM is large: dW_g += dY_g * rows and drows = dY_g^T * W_g.
 pub fn conv2d_backward(
     x: &Tensor,
     weight: &Tensor,
@@ -174,11 +209,11 @@ pub fn conv2d_backward(
     need_dx: bool,
 ) -> LayerGrads {
     let g = geom(x, weight, conv);
-    // 1x1, stride 1, no padding: the image already is the [K, P] matrix.
-    let direct = g.kh == 1 && g.kw == 1 && conv.stride == [1, 1] && conv.pads == [0; 4];
     let chunk = g.n.div_ceil(WGRAD_CHUNKS).max(1);
+    let per_gemm = (COL_BUDGET / (g.k * g.p).max(1)).clamp(1, chunk);
     let in_img = g.cin * g.h * g.w;
     let out_img = g.cout * g.p;
+    let group_in = g.cin_g * g.h * g.w;
     let mut dx = vec![0.0f32; if need_dx { x.data.len() } else { 0 }];
     let mut dx_chunks: Vec<&mut [f32]> = if need_dx {
         dx.chunks_mut(chunk * in_img).collect()
@@ -190,49 +225,61 @@ pub fn conv2d_backward(
         .enumerate()
         .map(|(ci, dxc)| {
             let mut dw = vec![0.0f32; g.cout * g.k];
-            let mut col = vec![0.0f32; if direct { 0 } else { g.k * g.p }];
-            let mut dcol = vec![0.0f32; if need_dx && !direct { g.k * g.p } else { 0 }];
             let b0 = ci * chunk;
-            for b in b0..(b0 + chunk).min(g.n) {
+            let b_end = (b0 + chunk).min(g.n);
+            let mut col = Vec::new();
+            let mut dcol = Vec::new();
+            let mut dyc = Vec::new();
+            for s0 in (b0..b_end).step_by(per_gemm) {
+                let m = per_gemm.min(b_end - s0);
+                let ld = m * g.p;
+                col.resize(g.k * ld, 0.0);
+                dyc.resize(g.cout_g * ld, 0.0);
+                if need_dx {
+                    dcol.resize(g.k * ld, 0.0);
+                }
                 for gi in 0..g.groups {
-                    let planes =
-                        &x.data[b * in_img + gi * g.cin_g * g.h * g.w..][..g.cin_g * g.h * g.w];
-                    let dyg = &dy.data[b * out_img + gi * g.cout_g * g.p..][..g.cout_g * g.p];
-                    let wg = &weight.data[gi * g.cout_g * g.k..][..g.cout_g * g.k];
-                    let cols: &[f32] = if direct {
-                        planes
-                    } else {
-                        im2col(planes, conv, &g, &mut col);
-                        &col
-                    };
-                    // dW_g[cout_g x K] += dY_g[cout_g x P] * cols^T[P x K]
+                    for j in 0..m {
+                        let b = s0 + j;
+                        let planes = &x.data[b * in_img + gi * group_in..][..group_in];
+                        im2row(planes, conv, &g, &mut col[j * g.p * g.k..][..g.p * g.k]);
+                        for r in 0..g.cout_g {
+                            let src = &dy.data[b * out_img + (gi * g.cout_g + r) * g.p..][..g.p];
+                            dyc[r * ld + j * g.p..][..g.p].copy_from_slice(src);
+                        }
+                    }
+                    // dW_g[cout_g x K] += dY_g[cout_g x m*P] * rows[m*P x K]
                     gemm(
-                        [g.cout_g, g.p, g.k],
-                        dyg,
-                        [g.p, 1],
-                        cols,
-                        [1, g.p],
+                        [g.cout_g, ld, g.k],
+                        &dyc,
+                        [ld, 1],
+                        &col,
+                        [g.k, 1],
                         1.0,
                         &mut dw[gi * g.cout_g * g.k..],
                         g.k,
                     );
                     if need_dx {
-                        let dplanes = &mut dxc[(b - b0) * in_img + gi * g.cin_g * g.h * g.w..]
-                            [..g.cin_g * g.h * g.w];
-                        // dcols[K x P] = W_g^T[K x cout_g] * dY_g[cout_g x P]
-                        let target: &mut [f32] = if direct { dplanes } else { &mut dcol };
+                        let wg = &weight.data[gi * g.cout_g * g.k..][..g.cout_g * g.k];
+                        // drows[m*P x K] = dY_g^T[m*P x cout_g] * W_g[cout_g x K]
                         gemm(
-                            [g.k, g.cout_g, g.p],
+                            [ld, g.cout_g, g.k],
+                            &dyc,
+                            [1, ld],
                             wg,
-                            [1, g.k],
-                            dyg,
-                            [g.p, 1],
+                            [g.k, 1],
                             0.0,
-                            target,
-                            g.p,
+                            &mut dcol,
+                            g.k,
                         );
-                        if !direct {
-                            col2im(&dcol, conv, &g, dplanes);
+                        for j in 0..m {
+                            let at = (s0 + j - b0) * in_img + gi * group_in;
+                            row2im(
+                                &dcol[j * g.p * g.k..][..g.p * g.k],
+                                conv,
+                                &g,
+                                &mut dxc[at..at + group_in],
+                            );
                         }
                     }
                 }
