@@ -1036,3 +1036,50 @@ fn lenet5_learns_mnist_in_one_epoch() {
     let acc = stats[0].test_acc.expect("test");
     assert!(acc >= 0.95, "test accuracy after 1 epoch {acc}");
 }
+
+#[test]
+fn zoo_models_take_a_descent_step() {
+    // Every op family of the zoo (Fire concats, residual adds, BN, ceil-mode pools)
+    // through one step on one batch: each parameter gets a finite gradient of its
+    // shape, and a small step along it lowers the loss of that batch.
+    for name in ["lenet300100", "squeezenet1.1", "resnet18"] {
+        let mut g = cnnpack::zoo::build(name, 3).expect("zoo");
+        let mut shape = vec![2];
+        shape.extend(&g.input.item_shape);
+        let x = Rng::new(1).normal_tensor(shape, 1.0);
+        let labels = [1, 7];
+        let loss_of = |g: &Graph| {
+            let cache = train::forward(g, &x, BnMode::Train, &HashMap::new()).expect("forward");
+            let (loss, d) = train::softmax_cross_entropy(cache.logits(), &labels).expect("ce");
+            (loss, cache, d)
+        };
+        let (loss0, cache, d) = loss_of(&g);
+        assert!(loss0.is_finite(), "{name}: loss {loss0}");
+        let (grads, _) = train::backward(&g, &cache, d, false).expect("backward");
+        for n in &g.nodes {
+            let want = match &n.op {
+                Op::Conv(_) | Op::Linear(_) => n.op.weights().expect("weights").shape().to_vec(),
+                Op::BatchNorm { scale, .. } => scale.shape.clone(),
+                _ => continue,
+            };
+            let pg = grads
+                .get(&n.name)
+                .unwrap_or_else(|| panic!("{name}: no gradient for {}", n.name));
+            assert_eq!(pg.weight.shape, want, "{name}: {}", n.name);
+            assert!(
+                pg.weight.data.iter().all(|v| v.is_finite()),
+                "{name}: {}",
+                n.name
+            );
+        }
+        Sgd::new(0.0, 0.0)
+            .step(&mut g, &grads, &Masks::new(), 1e-3)
+            .expect("step");
+        let (loss1, ..) = loss_of(&g);
+        assert!(
+            loss1 < loss0,
+            "{name}: loss {loss0} -> {loss1} after a descent step"
+        );
+        println!("{name}: loss {loss0} -> {loss1}");
+    }
+}
