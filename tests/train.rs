@@ -1001,15 +1001,20 @@ fn lenet5_learns_mnist_in_one_epoch() {
     // 91.4% here after one epoch (157 iterations): too few steps. Batch 16 (625 steps)
     // with a cosine decay to 0 over the run reaches 95.9%, and ending at lr 0 makes the
     // final weights a stable point rather than one noisy SGD iterate.
-    // CNNPACK_TRAIN_{EPOCHS,BATCH,LR} override for experiments.
+    // CNNPACK_TRAIN_{EPOCHS,BATCH,LR} override for experiments, CNNPACK_TRAIN_CAFFE_INV
+    // switches to Caffe's "inv" policy.
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f32>().ok());
     let batch = env("CNNPACK_TRAIN_BATCH").map_or(16, |b| b as usize);
     let opts = TrainOptions {
         epochs,
         batch,
         lr: env("CNNPACK_TRAIN_LR").unwrap_or(0.01),
-        schedule: Schedule::Cosine {
-            total: epochs * train_set.len().div_ceil(batch),
+        schedule: if std::env::var("CNNPACK_TRAIN_CAFFE_INV").is_ok() {
+            TrainOptions::default().schedule
+        } else {
+            Schedule::Cosine {
+                total: epochs * train_set.len().div_ceil(batch),
+            }
         },
         log: true,
         ..TrainOptions::default()
