@@ -11,5 +11,6 @@ pub mod format;
 pub mod graph;
 pub mod import;
 pub mod plan;
+pub mod train;
 pub mod weights;
 pub mod zoo;
