@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod compress;
 pub mod data;
 pub mod engine;
 pub mod eval;

@@ -118,10 +118,8 @@ fn scale_layer(
     s: &[f32],
     shift: &[(f32, f32)],
 ) -> bool {
-    // Refutable once compressed encodings exist: only dense weights are rescaled.
-    #[allow(irrefutable_let_patterns)]
-    let Weights::Dense(w) = weight
-    else {
+    // Only dense weights are rescaled; compressed layers are left as they are.
+    let Weights::Dense(w) = weight else {
         return false;
     };
     let rows = w.shape[0];

@@ -7,6 +7,10 @@
 //! order and every packed encoding added later (sketch bit planes, pow2 codes, CSR
 //! columns) is laid out along it.
 
+mod sketch;
+
+pub use sketch::{words_for, SketchWeights};
+
 use crate::graph::Tensor;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -58,6 +62,8 @@ pub struct EncodingError {
 pub enum Weights {
     /// Plain f32, row-major.
     Dense(Tensor),
+    /// Network sketching: binary bases plus scales (see `sketch.rs` for the layout).
+    Sketch(SketchWeights),
 }
 
 impl Weights {
@@ -65,6 +71,7 @@ impl Weights {
     pub fn shape(&self) -> &[usize] {
         match self {
             Weights::Dense(t) => &t.shape,
+            Weights::Sketch(s) => s.shape(),
         }
     }
 
@@ -82,6 +89,10 @@ impl Weights {
     pub fn to_dense(&self) -> Cow<'_, Tensor> {
         match self {
             Weights::Dense(t) => Cow::Borrowed(t),
+            Weights::Sketch(s) => Cow::Owned(Tensor {
+                shape: s.shape().to_vec(),
+                data: s.dense_data(),
+            }),
         }
     }
 
@@ -89,6 +100,7 @@ impl Weights {
     pub fn encoding(&self) -> &'static str {
         match self {
             Weights::Dense(_) => "dense",
+            Weights::Sketch(_) => "sketch",
         }
     }
 
@@ -96,6 +108,7 @@ impl Weights {
     pub fn bytes(&self) -> usize {
         match self {
             Weights::Dense(t) => t.bytes(),
+            Weights::Sketch(s) => s.bytes(),
         }
     }
 
@@ -108,6 +121,10 @@ impl Weights {
     pub fn parts(&self) -> Vec<(&'static str, PartRef<'_>)> {
         match self {
             Weights::Dense(t) => vec![("weight", PartRef::F32(&t.data))],
+            Weights::Sketch(s) => vec![
+                ("bits", PartRef::U32(s.bits())),
+                ("scales", PartRef::F32(s.scales())),
+            ],
         }
     }
 
@@ -115,6 +132,13 @@ impl Weights {
     pub fn parts_mut(&mut self) -> Vec<(&'static str, PartMut<'_>)> {
         match self {
             Weights::Dense(t) => vec![("weight", PartMut::F32(&mut t.data))],
+            Weights::Sketch(s) => {
+                let (bits, scales) = s.arrays_mut();
+                vec![
+                    ("bits", PartMut::U32(bits)),
+                    ("scales", PartMut::F32(scales)),
+                ]
+            }
         }
     }
 
@@ -134,6 +158,7 @@ impl Weights {
                 }
                 Ok(())
             }
+            Weights::Sketch(s) => s.check(),
         }
     }
 
@@ -141,6 +166,7 @@ impl Weights {
     pub fn nonzeros(&self) -> usize {
         match self {
             Weights::Dense(t) => t.nonzeros(),
+            Weights::Sketch(s) => s.dense_data().iter().filter(|v| **v != 0.0).count(),
         }
     }
 }

@@ -3,15 +3,26 @@
 //! memory-bound-cheap for them (pooling, element-wise, layout).
 
 mod dense;
+pub mod sketch;
 
 pub use dense::{conv2d, linear};
 
 use super::{reference, CpuError};
 use crate::graph::{Graph, Node, Op, Tensor};
+use crate::weights::Weights;
 
 /// Runs one node with the fastest CPU kernel for its op and weight encoding.
 pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
     match (&node.op, inputs.first()) {
+        (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Sketch(_)) => {
+            Ok(sketch::sketch_conv(x, c))
+        }
+        (Op::Linear(l), Some(x)) if matches!(l.weight, Weights::Sketch(_)) => {
+            let Weights::Sketch(w) = &l.weight else {
+                unreachable!("guarded by the match arm")
+            };
+            Ok(sketch::sketch_linear(x, w, l.bias.as_ref()))
+        }
         (Op::Conv(c), Some(x)) => Ok(conv2d(x, c)),
         (Op::Linear(l), Some(x)) => Ok(linear(x, l)),
         _ => reference::run_node(node, inputs),
