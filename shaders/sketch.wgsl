@@ -75,6 +75,8 @@ struct ConvParams {
 @group(0) @binding(5) var<uniform> cp: ConvParams;
 
 const M0 = vec4<u32>(1u, 2u, 4u, 8u);
+const U0 = vec4<u32>(0u);
+const Z4 = vec4<f32>(0.0);
 
 // Adds v to the lanes of acc whose bit (of word w, bits 4*i .. 4*i+3) is set.
 fn acc4(acc: vec4<f32>, w: u32, i: u32, v: f32) -> vec4<f32> {
@@ -231,12 +233,6 @@ struct FcParams {
 @group(0) @binding(4) var<storage, read_write> fy: array<f32>;
 @group(0) @binding(5) var<uniform> fp: FcParams;
 
-// Sum of the 4 window values at vec4 index xi whose bits (4*i .. 4*i+3 of w) are set.
-fn sel4(w: u32, i: u32, xi: u32) -> vec4<f32> {
-    let on = (vec4<u32>(w >> (4u * i)) & M0) != vec4<u32>(0u);
-    return select(vec4<f32>(0.0), fx[xi + i], on);
-}
-
 @compute @workgroup_size(64, 1, 1)
 fn sketch_fc(
     @builtin(local_invocation_index) li: u32,
@@ -246,31 +242,81 @@ fn sketch_fc(
     let r = min(r_live, fp.rows - 1u);
     let n = wid.z;
     let x_base = n * (fp.kpad / 4u);
-    var s4 = vec4<f32>(0.0);
-    for (var i = 0u; i < fp.wn * 8u; i++) {
-        s4 += fx[x_base + i];
-    }
-    let s = s4.x + s4.y + s4.z + s4.w;
+    // Bases go four at a time, so each window load (these dominate on lavapipe) feeds
+    // four of them, and S comes out of the first pass:
+    // y = sum_j 2 a_j P_j - S * sum_j a_j.
+    var s = 0.0;
     var v = 0.0;
-    for (var j = 0u; j < fp.m; j++) {
-        var p = vec4<f32>(0.0);
-        var bi = (j * fp.words_per_row + fp.w0) * fp.rows + r;
+    var a_sum = 0.0;
+    for (var j0 = 0u; j0 < fp.m; j0 += 4u) {
+        var s4 = vec4<f32>(0.0);
+        var p0 = vec4<f32>(0.0);
+        var p1 = vec4<f32>(0.0);
+        var p2 = vec4<f32>(0.0);
+        var p3 = vec4<f32>(0.0);
+        let nb = min(fp.m - j0, 4u);
+        let stride = fp.words_per_row * fp.rows;
+        var bi = (j0 * fp.words_per_row + fp.w0) * fp.rows + r;
         var xi = x_base;
-        for (var wl = 0u; wl < fp.wn; wl++) {
-            let w = fbits[bi];
-            p += sel4(w, 0u, xi);
-            p += sel4(w, 1u, xi);
-            p += sel4(w, 2u, xi);
-            p += sel4(w, 3u, xi);
-            p += sel4(w, 4u, xi);
-            p += sel4(w, 5u, xi);
-            p += sel4(w, 6u, xi);
-            p += sel4(w, 7u, xi);
-            bi += fp.rows;
-            xi += 8u;
+        // One loop per base count: masked-out bases would cost as much as real ones.
+        if (nb == 1u) {
+            for (var wl = 0u; wl < fp.wn; wl++) {
+                let w0 = fbits[bi];
+                for (var i = 0u; i < 8u; i++) {
+                    let xq = fx[xi + i];
+                    s4 += xq;
+                    p0 += select(Z4, xq, (vec4<u32>(w0 >> (4u * i)) & M0) != U0);
+                }
+                bi += fp.rows;
+                xi += 8u;
+            }
+        } else if (nb == 2u) {
+            for (var wl = 0u; wl < fp.wn; wl++) {
+                let w0 = fbits[bi];
+                let w1 = fbits[bi + stride];
+                for (var i = 0u; i < 8u; i++) {
+                    let xq = fx[xi + i];
+                    let sh = 4u * i;
+                    s4 += xq;
+                    p0 += select(Z4, xq, (vec4<u32>(w0 >> sh) & M0) != U0);
+                    p1 += select(Z4, xq, (vec4<u32>(w1 >> sh) & M0) != U0);
+                }
+                bi += fp.rows;
+                xi += 8u;
+            }
+        } else {
+            // Three bases: the fourth reads base j0 again and is masked to nothing.
+            let s3 = select(0u, 3u * stride, nb > 3u);
+            for (var wl = 0u; wl < fp.wn; wl++) {
+                let w0 = fbits[bi];
+                let w1 = fbits[bi + stride];
+                let w2 = fbits[bi + 2u * stride];
+                let w3 = select(0u, fbits[bi + s3], nb > 3u);
+                for (var i = 0u; i < 8u; i++) {
+                    let xq = fx[xi + i];
+                    let sh = 4u * i;
+                    s4 += xq;
+                    p0 += select(Z4, xq, (vec4<u32>(w0 >> sh) & M0) != U0);
+                    p1 += select(Z4, xq, (vec4<u32>(w1 >> sh) & M0) != U0);
+                    p2 += select(Z4, xq, (vec4<u32>(w2 >> sh) & M0) != U0);
+                    p3 += select(Z4, xq, (vec4<u32>(w3 >> sh) & M0) != U0);
+                }
+                bi += fp.rows;
+                xi += 8u;
+            }
         }
-        v += fscales[r * fp.m + j] * (2.0 * (p.x + p.y + p.z + p.w) - s);
+        if (j0 == 0u) {
+            s = s4.x + s4.y + s4.z + s4.w;
+        }
+        let ps = array<vec4<f32>, 4>(p0, p1, p2, p3);
+        for (var t = 0u; t < nb; t++) {
+            let a = fscales[r * fp.m + j0 + t];
+            a_sum += a;
+            let pt = ps[t];
+            v += 2.0 * a * (pt.x + pt.y + pt.z + pt.w);
+        }
     }
+    v -= s * a_sum;
     if (r_live >= fp.rows) {
         return;
     }

@@ -71,9 +71,7 @@ fn assert_close(what: &str, gpu: &Tensor, reference: &Tensor, (rel, abs): (f32, 
 fn random_sketch(rng: &mut Rng, shape: Vec<usize>, m: usize) -> SketchWeights {
     let rows = shape[0];
     let k: usize = shape[1..].iter().product();
-    let signs: Vec<bool> = (0..rows * m * k)
-        .map(|_| rng.next_u64() & 1 == 1)
-        .collect();
+    let signs: Vec<bool> = (0..rows * m * k).map(|_| rng.next_u64() & 1 == 1).collect();
     let scales: Vec<f32> = (0..rows * m).map(|_| rng.normal() * 0.3).collect();
     SketchWeights::from_signs(shape, m, &signs, scales).expect("consistent test sketch")
 }
@@ -358,7 +356,12 @@ fn sketched_model_matches_cpu_fast() {
         let model = GpuModel::new(ctx.clone(), &sketched, batch).expect("GPU model builds");
         let got = model.run(&input).expect("GPU run");
         let want = fast::run_graph(&sketched, &input).expect("CPU fast run");
-        assert_close(&format!("sketched model batch {batch}"), &got[0], &want[0], TOL);
+        assert_close(
+            &format!("sketched model batch {batch}"),
+            &got[0],
+            &want[0],
+            TOL,
+        );
     }
 }
 
@@ -393,6 +396,8 @@ fn timing() {
             weight_bytes / best * 1e-6
         );
     };
+    // CNNPACK_TIMING=fc or conv runs only that half.
+    let only = std::env::var("CNNPACK_TIMING").unwrap_or_default();
     let (k, out) = (9216, 4096);
     let dense_fc = {
         let mut b = GraphBuilder::new("x", &[k], 1);
@@ -401,16 +406,27 @@ fn timing() {
         b.finish(&[&y]).expect("valid")
     };
     let flops = 2.0 * (k * out) as f64;
-    time(&dense_fc, 1, "fc 9216->4096 dense", flops, (k * out * 4) as f64);
-    for m in [1, 2, 4] {
-        let g = linear_graph(k, out, m, true, false, &mut rng);
+    if only != "conv" {
         time(
-            &g,
+            &dense_fc,
             1,
-            &format!("fc 9216->4096 sketch m={m}"),
+            "fc 9216->4096 dense",
             flops,
-            (out * m * (k / 32) * 4) as f64,
+            (k * out * 4) as f64,
         );
+        for m in [1, 2, 4] {
+            let g = linear_graph(k, out, m, true, false, &mut rng);
+            time(
+                &g,
+                1,
+                &format!("fc 9216->4096 sketch m={m}"),
+                flops,
+                (out * m * (k / 32) * 4) as f64,
+            );
+        }
+    }
+    if only == "fc" {
+        return;
     }
     let c = ConvCase {
         cin: 64,
@@ -426,7 +442,13 @@ fn timing() {
     };
     let flops = 2.0 * (64 * 64 * 9 * 56 * 56 * 8) as f64;
     let dense_conv = densified(&conv_graph(&c, 1, &mut rng));
-    time(&dense_conv, 8, "conv 3x3 64->64 56x56 b8 dense", flops, (64 * 576 * 4) as f64);
+    time(
+        &dense_conv,
+        8,
+        "conv 3x3 64->64 56x56 b8 dense",
+        flops,
+        (64 * 576 * 4) as f64,
+    );
     for m in [1, 2, 4] {
         let g = conv_graph(&c, m, &mut rng);
         time(

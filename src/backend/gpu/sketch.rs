@@ -200,13 +200,10 @@ fn conv_dispatches(
                 g0 * cout_g + ((b0 + bcount) * rpb).min(cout_g)
             };
             let label = format!("{} rows {row0}..{row1}", io.name);
-            let scales = io.ctx.upload(
-                &format!("{label} scales"),
-                &w.scales()[row0 * m..row1 * m],
-            );
-            let bias_buf = io
+            let scales = io
                 .ctx
-                .upload(&format!("{label} bias"), &bias[row0..row1]);
+                .upload(&format!("{label} scales"), &w.scales()[row0 * m..row1 * m]);
+            let bias_buf = io.ctx.upload(&format!("{label} bias"), &bias[row0..row1]);
             for ci0 in (0..cin_g).step_by(ci_per) {
                 let cc = ci_per.min(cin_g - ci0);
                 let kc = cc * khw;
@@ -371,17 +368,13 @@ pub(crate) fn encode_linear(
                     &format!("{label} scales"),
                     &w.scales()[r0 * m..(r0 + n) * m],
                 ),
-                bias: io
-                    .ctx
-                    .upload(&format!("{label} bias"), &bias[r0..r0 + n]),
+                bias: io.ctx.upload(&format!("{label} bias"), &bias[r0..r0 + n]),
             }
         })
         .collect();
     let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
     if rows_per.div_ceil(64) > max {
-        return Err(io.unsupported(format!(
-            "{rows_per} rows exceed {max} workgroups of 64"
-        )));
+        return Err(io.unsupported(format!("{rows_per} rows exceed {max} workgroups of 64")));
     }
     let mut out = vec![];
     for w0 in (0..wpr).step_by(win_words) {
@@ -393,7 +386,12 @@ pub(crate) fn encode_linear(
         let items = (cap / kpad).clamp(1, batch);
         for n0 in (0..batch).step_by(items) {
             let nn = items.min(batch - n0);
-            let label = format!("{} inputs {k0}..{} items {n0}..{}", io.name, k0 + kc, n0 + nn);
+            let label = format!(
+                "{} inputs {k0}..{} items {n0}..{}",
+                io.name,
+                k0 + kc,
+                n0 + nn
+            );
             let window = io.ctx.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("{label} window")),
                 size: (UBO_WORDS * 4) as u64,
