@@ -111,6 +111,14 @@ fn sketch_conv(
     var p5 = vec4<f32>(0.0);
     var p6 = vec4<f32>(0.0);
     var p7 = vec4<f32>(0.0);
+    var p8 = vec4<f32>(0.0);
+    var p9 = vec4<f32>(0.0);
+    var p10 = vec4<f32>(0.0);
+    var p11 = vec4<f32>(0.0);
+    var p12 = vec4<f32>(0.0);
+    var p13 = vec4<f32>(0.0);
+    var p14 = vec4<f32>(0.0);
+    var p15 = vec4<f32>(0.0);
     for (var ky = 0u; ky < cp.kh; ky++) {
         let iy = iy0 + i32(ky * cp.dh);
         for (var kx = 0u; kx < cp.kw; kx++) {
@@ -118,28 +126,39 @@ fn sketch_conv(
             let inside = iy >= 0 && iy < i32(cp.h) && ix >= 0 && ix < i32(cp.w);
             let factor = select(0.0, 1.0, inside);
             var off = x_base + select(0u, u32(iy) * cp.w + u32(ix), inside);
-            var wi = w_base + ky * cp.kw + kx;
+            // Two words per k: pairs 0..31 and 32..63.
+            var wi = 2u * (w_base + ky * cp.kw + kx);
             for (var ci = 0u; ci < cp.ci_count; ci++) {
                 let v = cx[off] * factor;
-                let w = cbits[wi >> 2u][wi & 3u];
+                let wpair = cbits[wi >> 2u];
+                let wa = select(wpair.x, wpair.z, (wi & 2u) != 0u);
+                let wb = select(wpair.y, wpair.w, (wi & 2u) != 0u);
                 s += v;
-                p0 = acc4(p0, w, 0u, v);
-                p1 = acc4(p1, w, 1u, v);
-                p2 = acc4(p2, w, 2u, v);
-                p3 = acc4(p3, w, 3u, v);
-                p4 = acc4(p4, w, 4u, v);
-                p5 = acc4(p5, w, 5u, v);
-                p6 = acc4(p6, w, 6u, v);
-                p7 = acc4(p7, w, 7u, v);
+                p0 = acc4(p0, wa, 0u, v);
+                p1 = acc4(p1, wa, 1u, v);
+                p2 = acc4(p2, wa, 2u, v);
+                p3 = acc4(p3, wa, 3u, v);
+                p4 = acc4(p4, wa, 4u, v);
+                p5 = acc4(p5, wa, 5u, v);
+                p6 = acc4(p6, wa, 6u, v);
+                p7 = acc4(p7, wa, 7u, v);
+                p8 = acc4(p8, wb, 0u, v);
+                p9 = acc4(p9, wb, 1u, v);
+                p10 = acc4(p10, wb, 2u, v);
+                p11 = acc4(p11, wb, 3u, v);
+                p12 = acc4(p12, wb, 4u, v);
+                p13 = acc4(p13, wb, 5u, v);
+                p14 = acc4(p14, wb, 6u, v);
+                p15 = acc4(p15, wb, 7u, v);
                 off += hw;
-                wi += khw;
+                wi += 2u * khw;
             }
         }
     }
     if (wid.x * 64u + li >= pix_total) {
         return;
     }
-    let ps = array<vec4<f32>, 8>(p0, p1, p2, p3, p4, p5, p6, p7);
+    let ps = array<vec4<f32>, 16>(p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14, p15);
     for (var r = 0u; r < cp.rpb; r++) {
         let co = blk * cp.rpb + r;
         if (co >= cp.cout_g) {

@@ -140,9 +140,9 @@ fn conv_dispatches(
     bias: &[f32],
 ) -> Result<Vec<Dispatch>, GpuError> {
     let m = w.bases();
-    if m == 0 || m > 32 {
+    if m == 0 || m > 64 {
         return Err(io.unsupported(format!(
-            "{m} bases per channel; the sketch kernels take 1 to 32"
+            "{m} bases per channel; the sketch conv kernel takes 1 to 64"
         )));
     }
     let cout = w.rows();
@@ -160,16 +160,16 @@ fn conv_dispatches(
     }
     let cap = word_cap(io)?;
     // Channels per block: its (channel, base) pairs fill at most the 32 bits of a word.
-    let rpb = 32 / m;
+    let rpb = 64 / m;
     let nblocks = cout_g.div_ceil(rpb);
-    let ci_per = cin_g.min(cap / khw.max(1));
+    let ci_per = cin_g.min(cap / (2 * khw.max(1)));
     if ci_per == 0 {
         return Err(io.unsupported(format!(
             "a {}x{} kernel needs {khw} words in one binding, over the {cap}-word cap",
             s.kernel[0], s.kernel[1]
         )));
     }
-    let kc_full = ci_per * khw;
+    let kc_full = 2 * ci_per * khw;
     let bn = nblocks.min(cap / kc_full);
     // Several groups per dispatch only when a whole group's blocks fit (depthwise), so a
     // dispatch's channels are one contiguous range.
@@ -211,7 +211,7 @@ fn conv_dispatches(
                 for gl in 0..gcount {
                     let g = g0 + gl;
                     for bl in 0..bcount {
-                        let dst = &mut words[(gl * bcount + bl) * kc..][..kc];
+                        let dst = &mut words[2 * (gl * bcount + bl) * kc..][..2 * kc];
                         for r in 0..rpb {
                             let co = (b0 + bl) * rpb + r;
                             if co >= cout_g {
@@ -219,9 +219,10 @@ fn conv_dispatches(
                             }
                             let row = g * cout_g + co;
                             for j in 0..m {
-                                let q = (r * m + j) as u32;
-                                for (t, d) in dst.iter_mut().enumerate() {
-                                    *d |= bit(w, row, j, ci0 * khw + t) << q;
+                                let q = r * m + j;
+                                for t in 0..kc {
+                                    dst[2 * t + q / 32] |=
+                                        bit(w, row, j, ci0 * khw + t) << (q % 32);
                                 }
                             }
                         }
