@@ -19,11 +19,15 @@
 // ---------------------------------------------------------------------------------------
 // sketch_conv: implicit GEMM over output pixels, 64 per workgroup (one per invocation).
 // A workgroup covers one group (wid.z: g0 + wid.z) and one block of `rpb` output channels
-// of it (wid.y: b0 + wid.y), i.e. rpb * m <= 32 (channel, base) pairs q = r * m + j.
+// of it (wid.y: b0 + wid.y), i.e. rpb * m <= 64 (channel, base) pairs q = r * m + j.
+// Each input value (the per-lane storage load, the cost that dominates on lavapipe)
+// feeds all 64 pairs: 16 vec4 accumulators. (32 pairs per block ran 2-2.4x slower,
+// 128 pairs 3x slower: register spills.)
 // Each dispatch covers a slice of input channels ci0..ci0+ci_count; later slices add to
 // the output (bias with the first, ReLU with the last).
-// Bit words (uniform, 16384 u32 = 64 KiB): [group in dispatch][block in dispatch][kc],
-// kc = ci_count * kh * kw in K order of the slice; bit q of a word is B_q at that k.
+// Bit words (uniform, 16384 u32 = 64 KiB): [group in dispatch][block in dispatch][kc][2],
+// kc = ci_count * kh * kw in K order of the slice; bit q % 32 of word q / 32 is B_q at
+// that k.
 // Bindings: 0 input (read), 1 bit words (uniform), 2 scales [rows of dispatch][m]
 // (read), 3 bias [rows of dispatch] (read), 4 output (read_write), 5 params.
 
@@ -46,7 +50,7 @@ struct ConvParams {
     cout_g: u32,
     c_total: u32,
     relu: u32,
-    // Bases per channel and channels per block (rpb * m <= 32).
+    // Bases per channel and channels per block (rpb * m <= 64).
     m: u32,
     rpb: u32,
     // First group and block of this dispatch, blocks per group in it.

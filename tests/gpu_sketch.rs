@@ -391,9 +391,9 @@ fn timing() {
             best = best.min(gpu_ms);
         }
         println!(
-            "{what}: {best:.2} ms, {:.2} GFLOP/s-equivalent, {:.2} GB/s of weights",
+            "{what}: {best:.2} ms, {:.2} GFLOP/s-equivalent, {:.2} MB/s of weight bytes (packed when sketched)",
             flops / best * 1e-6,
-            weight_bytes / best * 1e-6
+            weight_bytes / best * 1e-3
         );
     };
     // CNNPACK_TIMING=fc or conv runs only that half.

@@ -6,16 +6,28 @@
 //! loops only add.
 //!
 //! - Conv (`sketch_conv`): lanes = 64 output pixels, workgroup = one block of output
-//!   channels whose `(channel, base)` pairs fit 32 bits; the bit words, one u32 per
-//!   `k` and block (bit q = pair q), come from a 64 KiB uniform buffer. Also Linear at
-//!   batch >= 8 (a 1x1 conv over `[batch, K, 1, 1]`).
+//!   channels whose `(channel, base)` pairs fit 64 bits; the bit words, two u32 per
+//!   `k` and block (bit q % 32 of word q / 32 = pair q), come from a 64 KiB uniform
+//!   buffer. Also Linear at batch >= 8 (a 1x1 conv over `[batch, K, 1, 1]`).
 //! - Linear at batch < 8 (`sketch_fc`): lanes = output rows reading their own bit words
 //!   (storage, `[m][word][row]` so lanes read consecutive words), the input row from a
 //!   uniform window filled by `sketch_gather` one dispatch earlier.
 //!
-//! Measured on lavapipe (Mesa 22.3.6 / LLVM 15, 2 shared cores: CPU timings, not GPU
-//! speed): see the `timing` test in tests/gpu_sketch.rs and the report in the branch
-//! history for the numbers.
+//! Measured on lavapipe (llvmpipe, LLVM 15, 256-bit; 2 shared cores under load ~5-8, so
+//! CPU timings, not GPU speed, +-40% run to run; timestamp queries, best of 5; the
+//! ignored `timing` test in tests/gpu_sketch.rs):
+//! - fc 9216->4096, batch 1 (75.5 MFLOP dense-equivalent): dense GEMV 0.9-1.4 s;
+//!   sketch m=1 48-69 ms (1.1-1.6 GFLOP/s-eq.), m=2 77-85 ms, m=4 132-183 ms.
+//!   Window loads dominate on lavapipe: a separate pass for S cost as much as the m=1
+//!   pass itself (121 ms before S was folded into the first pass), and one window load
+//!   now feeds up to four bases (m=4: 292 -> 132 ms).
+//! - conv 3x3 64->64, 56x56, batch 8 (1.85 GFLOP): dense `conv_fwd_ubo` 1.0-2.0 s;
+//!   sketch m=1 0.48-0.75 s (2.5-3.9 GFLOP/s-eq.), m=2 0.87-1.13 s, m=4 1.3-1.7 s.
+//!   Pairs per block: 16 and 32 ran ~1.15 s at m=1 (the per-lane input load dominates,
+//!   not the selects), 64 ~0.5 s, 128 1.4 s (spills).
+//!
+//! Packed weights are 1/32 of dense per base, so on a real GPU the fc is bound by reading
+//! `m/32` of the dense bytes; not measured (no GPU here).
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::model::StepIo;
