@@ -287,6 +287,35 @@ fn sketch_linear_matches_reference() {
     }
 }
 
+/// More than four bases: the fc takes them four per pass (5 = 4 + 1, 7 = 4 + 3), the conv
+/// fits fewer channels per 64-pair block (12 at m = 5, 9 at m = 7).
+#[test]
+fn sketch_many_bases() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(16);
+    for m in [5, 7] {
+        let g = linear_graph(101, 70, m, true, false, &mut rng);
+        for batch in [1, 9] {
+            check(
+                &ctx,
+                &format!("linear m={m}"),
+                &g,
+                batch,
+                GpuOptions::default(),
+            );
+        }
+        let c = &conv_cases()[1];
+        let g = conv_graph(c, m, &mut rng);
+        check(
+            &ctx,
+            &format!("conv case 1 m={m}"),
+            &g,
+            2,
+            GpuOptions::default(),
+        );
+    }
+}
+
 /// K over one 64 KiB input window (16384 floats): the fc runs in K slices that accumulate.
 #[test]
 fn sketch_linear_wide_input() {
