@@ -21,6 +21,11 @@
 //!   Window loads dominate on lavapipe: a separate pass for S cost as much as the m=1
 //!   pass itself (121 ms before S was folded into the first pass), and one window load
 //!   now feeds up to four bases (m=4: 292 -> 132 ms).
+//!   Rejected: a subset-sum LUT (16 sums per 4 inputs, built by the gather kernel into
+//!   the uniform window, one lookup per 4 bits at a per-lane index): in one paired run
+//!   32.6/49.3/93.8 ms against this kernel's 40.0/57.2/87.8 ms (m = 1/2/4), i.e. ~20%
+//!   faster at m <= 2 on lavapipe only; on GPUs a uniform load at divergent addresses
+//!   serialises in the constant cache, so it is not worth a second kernel.
 //! - conv 3x3 64->64, 56x56, batch 8 (1.85 GFLOP): dense `conv_fwd_ubo` 1.0-2.0 s;
 //!   sketch m=1 0.48-0.75 s (2.5-3.9 GFLOP/s-eq.), m=2 0.87-1.13 s, m=4 1.3-1.7 s.
 //!   Pairs per block: 16 and 32 ran ~1.15 s at m=1 (the per-lane input load dominates,
