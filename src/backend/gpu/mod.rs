@@ -4,7 +4,7 @@
 //! size, with its weights uploaded once and every kernel launch recorded up front, so
 //! a run writes the input, submits one command buffer and reads the outputs back.
 //! Each kernel family has one shader and one host file here (`conv`, `gemm`, `pool`,
-//! `eltwise`, `lrn`, `softmax`, `copy`).
+//! `eltwise`, `lrn`, `softmax`, `copy`, `sketch`).
 
 mod context;
 mod conv;
@@ -14,6 +14,7 @@ mod gemm;
 mod lrn;
 mod model;
 mod pool;
+mod sketch;
 mod softmax;
 
 pub use context::GpuContext;

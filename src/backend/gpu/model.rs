@@ -3,9 +3,10 @@
 
 use super::context::{Bind, Dispatch, GpuContext};
 use super::conv::ConvKernel;
-use super::{conv, copy, eltwise, gemm, lrn, pool, softmax, GpuError};
+use super::{conv, copy, eltwise, gemm, lrn, pool, sketch, softmax, GpuError};
 use crate::graph::{Graph, Node, Op, Tensor};
 use crate::plan::{Plan, PlanOptions};
+use crate::weights::Weights;
 use std::sync::{mpsc, Arc, Mutex};
 
 /// GPU time of each step: `(step name, milliseconds)` in execution order.
@@ -487,8 +488,15 @@ fn read_back(
 /// Records the launches of one step with the family's host code.
 fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
     match &io.node.op {
-        Op::Conv(c) => conv::encode(io, c),
-        Op::Linear(l) => gemm::encode(io, l),
+        // Sketched layers run on their packed bits (gpusketch branch).
+        Op::Conv(c) => match &c.weight {
+            Weights::Sketch(w) => sketch::encode_conv(io, c, w),
+            _ => conv::encode(io, c),
+        },
+        Op::Linear(l) => match &l.weight {
+            Weights::Sketch(w) => sketch::encode_linear(io, l, w),
+            _ => gemm::encode(io, l),
+        },
         Op::MaxPool(p) => pool::encode(io, p, pool::Mode::Max),
         Op::AvgPool(p) => pool::encode(
             io,

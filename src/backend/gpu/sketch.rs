@@ -1,0 +1,477 @@
+//! Sketched (binary-basis) Conv and Linear layers (shaders/sketch.wgsl) on packed bits.
+//!
+//! The packed `SketchWeights` are repacked on the host, still as bits, into the order each
+//! kernel reads; nothing is expanded to f32 weights. `y_c = Σ_j a_{c,j} (2 P_{c,j} − S)`
+//! with `S` the sum of the inputs and `P` the sum of those whose bit is set, so the inner
+//! loops only add.
+//!
+//! - Conv (`sketch_conv`): lanes = 64 output pixels, workgroup = one block of output
+//!   channels whose `(channel, base)` pairs fit 64 bits; the bit words, two u32 per
+//!   `k` and block (bit q % 32 of word q / 32 = pair q), come from a 64 KiB uniform
+//!   buffer. Also Linear at batch >= 8 (a 1x1 conv over `[batch, K, 1, 1]`).
+//! - Linear at batch < 8 (`sketch_fc`): lanes = output rows reading their own bit words
+//!   (storage, `[m][word][row]` so lanes read consecutive words), the input row from a
+//!   uniform window filled by `sketch_gather` one dispatch earlier.
+//!
+//! Measured on lavapipe (llvmpipe, LLVM 15, 256-bit; 2 shared cores under load ~5-8, so
+//! CPU timings, not GPU speed, +-40% run to run; timestamp queries, best of 5; the
+//! ignored `timing` test in tests/gpu_sketch.rs):
+//! - fc 9216->4096, batch 1 (75.5 MFLOP dense-equivalent): dense GEMV 0.9-1.4 s;
+//!   sketch m=1 48-69 ms (1.1-1.6 GFLOP/s-eq.), m=2 77-85 ms, m=4 132-183 ms.
+//!   Window loads dominate on lavapipe: a separate pass for S cost as much as the m=1
+//!   pass itself (121 ms before S was folded into the first pass), and one window load
+//!   now feeds up to four bases (m=4: 292 -> 132 ms).
+//!   Rejected: a subset-sum LUT (16 sums per 4 inputs, built by the gather kernel into
+//!   the uniform window, one lookup per 4 bits at a per-lane index): in one paired run
+//!   32.6/49.3/93.8 ms against this kernel's 40.0/57.2/87.8 ms (m = 1/2/4), i.e. ~20%
+//!   faster at m <= 2 on lavapipe only; on GPUs a uniform load at divergent addresses
+//!   serialises in the constant cache, so it is not worth a second kernel.
+//! - conv 3x3 64->64, 56x56, batch 8 (1.85 GFLOP): dense `conv_fwd_ubo` 1.0-2.0 s;
+//!   sketch m=1 0.48-0.75 s (2.5-3.9 GFLOP/s-eq.), m=2 0.87-1.13 s, m=4 1.3-1.7 s.
+//!   Pairs per block: 16 and 32 ran ~1.15 s at m=1 (the per-lane input load dominates,
+//!   not the selects), 64 ~0.5 s, 128 1.4 s (spills).
+//!
+//! Packed weights are 1/32 of dense per base, so on a real GPU the fc is bound by reading
+//! `m/32` of the dense bytes; not measured (no GPU here).
+
+use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
+use super::model::StepIo;
+use super::GpuError;
+use crate::graph::{Conv2d, Linear, Tensor};
+use crate::weights::SketchWeights;
+use std::sync::Arc;
+
+const SOURCE: &str = include_str!("../../../shaders/sketch.wgsl");
+
+/// u32 words (or f32 values) in one 64 KiB uniform buffer, as the shader declares it.
+const UBO_WORDS: usize = 16384;
+
+/// Linear layers below this batch use the GEMV kernel; from here on the conv kernel
+/// (lanes = batch items) fills its 64 lanes better.
+const GEMV_BELOW: usize = 8;
+
+/// Bindings of `sketch_conv`: input, bit words (uniform), scales, bias, output, params.
+const LAYOUT_CONV: [Slot; 6] = [
+    Slot::Read,
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::Write,
+    Slot::Uniform,
+];
+
+/// Bindings of `sketch_fc`: input window (uniform), bits, scales, bias, output, params.
+const LAYOUT_FC: [Slot; 6] = [
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Write,
+    Slot::Uniform,
+];
+
+/// Bindings of `sketch_gather`: input, window, params.
+const LAYOUT_GATHER: [Slot; 3] = [Slot::Read, Slot::Write, Slot::Uniform];
+
+fn conv_kernel(ctx: &GpuContext) -> Arc<Kernel> {
+    ctx.kernel("sketch", SOURCE, "sketch_conv", &LAYOUT_CONV)
+}
+
+fn fc_kernel(ctx: &GpuContext) -> Arc<Kernel> {
+    ctx.kernel("sketch", SOURCE, "sketch_fc", &LAYOUT_FC)
+}
+
+fn gather_kernel(ctx: &GpuContext) -> Arc<Kernel> {
+    ctx.kernel("sketch", SOURCE, "sketch_gather", &LAYOUT_GATHER)
+}
+
+/// Convolution geometry in the order of `ConvParams` (first 18 words).
+struct ConvShape {
+    batch: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    pads: [usize; 2],
+    dilation: [usize; 2],
+    groups: usize,
+}
+
+/// Bit `k` of row `(c, j)`.
+fn bit(w: &SketchWeights, c: usize, j: usize, k: usize) -> u32 {
+    w.bit_row(c, j)[k / 32] >> (k % 32) & 1
+}
+
+/// Uniform-buffer words available to one dispatch: 64 KiB, or fewer when the caller
+/// caps bindings (tests force the chunked path that way).
+fn word_cap(io: &StepIo) -> Result<usize, GpuError> {
+    if (io.ctx.limits().max_uniform_buffer_binding_size as usize) < UBO_WORDS * 4 {
+        return Err(io.unsupported(format!(
+            "the adapter's uniform binding limit {} is below the {} bytes the sketch kernels need",
+            io.ctx.limits().max_uniform_buffer_binding_size,
+            UBO_WORDS * 4
+        )));
+    }
+    Ok(UBO_WORDS.min((io.max_binding / 4) as usize))
+}
+
+fn bias_or_zeros(bias: Option<&Tensor>, rows: usize) -> Vec<f32> {
+    match bias {
+        Some(b) => b.data.clone(),
+        None => vec![0.0; rows],
+    }
+}
+
+/// Records a sketched conv (`c.weight` must be `Weights::Sketch(w)`).
+pub(crate) fn encode_conv(
+    io: &StepIo,
+    c: &Conv2d,
+    w: &SketchWeights,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let x = io.inputs[0].1;
+    let y = io.output.1;
+    let shape = ConvShape {
+        batch: x[0],
+        cin: x[1],
+        h: x[2],
+        w: x[3],
+        oh: y[2],
+        ow: y[3],
+        kernel: c.kernel,
+        stride: c.stride,
+        pads: [c.pads[0], c.pads[1]],
+        dilation: c.dilation,
+        groups: c.groups,
+    };
+    let bias = bias_or_zeros(c.bias.as_ref(), w.rows());
+    conv_dispatches(io, &shape, w, &bias)
+}
+
+fn conv_dispatches(
+    io: &StepIo,
+    s: &ConvShape,
+    w: &SketchWeights,
+    bias: &[f32],
+) -> Result<Vec<Dispatch>, GpuError> {
+    let m = w.bases();
+    if m == 0 || m > 64 {
+        return Err(io.unsupported(format!(
+            "{m} bases per channel; the sketch conv kernel takes 1 to 64"
+        )));
+    }
+    let cout = w.rows();
+    let groups = s.groups;
+    let cout_g = cout / groups;
+    let cin_g = s.cin / groups;
+    let khw = s.kernel[0] * s.kernel[1];
+    let k_len = w.row_len();
+    if cin_g * khw != k_len || cout_g * groups != cout {
+        return Err(io.unsupported(format!(
+            "sketch weights {:?} do not match {} input channels in {groups} groups",
+            w.shape(),
+            s.cin
+        )));
+    }
+    let cap = word_cap(io)?;
+    // Channels per block: its (channel, base) pairs fill at most the 32 bits of a word.
+    let rpb = 64 / m;
+    let nblocks = cout_g.div_ceil(rpb);
+    let ci_per = cin_g.min(cap / (2 * khw.max(1)));
+    if ci_per == 0 {
+        return Err(io.unsupported(format!(
+            "a {}x{} kernel needs {khw} words in one binding, over the {cap}-word cap",
+            s.kernel[0], s.kernel[1]
+        )));
+    }
+    let kc_full = 2 * ci_per * khw;
+    let bn = nblocks.min(cap / kc_full);
+    // Several groups per dispatch only when a whole group's blocks fit (depthwise), so a
+    // dispatch's channels are one contiguous range.
+    let gn = if bn == nblocks {
+        groups.min(cap / (kc_full * nblocks)).max(1)
+    } else {
+        1
+    };
+    let pixels = s.batch * s.oh * s.ow;
+    let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
+    let px_groups = pixels.div_ceil(64);
+    if px_groups > max {
+        return Err(io.unsupported(format!(
+            "{pixels} output pixels need {px_groups} workgroups, over the per-dimension limit {max}; use a smaller batch"
+        )));
+    }
+    let kernel = conv_kernel(io.ctx);
+    let mut out = vec![];
+    for g0 in (0..groups).step_by(gn) {
+        let gcount = gn.min(groups - g0);
+        for b0 in (0..nblocks).step_by(bn) {
+            let bcount = bn.min(nblocks - b0);
+            // Contiguous output channels row0..row1 of this dispatch.
+            let row0 = g0 * cout_g + b0 * rpb;
+            let row1 = if gcount > 1 {
+                (g0 + gcount) * cout_g
+            } else {
+                g0 * cout_g + ((b0 + bcount) * rpb).min(cout_g)
+            };
+            let label = format!("{} rows {row0}..{row1}", io.name);
+            let scales = io
+                .ctx
+                .upload(&format!("{label} scales"), &w.scales()[row0 * m..row1 * m]);
+            let bias_buf = io.ctx.upload(&format!("{label} bias"), &bias[row0..row1]);
+            for ci0 in (0..cin_g).step_by(ci_per) {
+                let cc = ci_per.min(cin_g - ci0);
+                let kc = cc * khw;
+                let mut words = vec![0u32; UBO_WORDS];
+                for gl in 0..gcount {
+                    let g = g0 + gl;
+                    for bl in 0..bcount {
+                        let dst = &mut words[2 * (gl * bcount + bl) * kc..][..2 * kc];
+                        for r in 0..rpb {
+                            let co = (b0 + bl) * rpb + r;
+                            if co >= cout_g {
+                                break;
+                            }
+                            let row = g * cout_g + co;
+                            for j in 0..m {
+                                let q = r * m + j;
+                                for t in 0..kc {
+                                    dst[2 * t + q / 32] |=
+                                        bit(w, row, j, ci0 * khw + t) << (q % 32);
+                                }
+                            }
+                        }
+                    }
+                }
+                let bits = io.ctx.device().create_buffer_init_u32(
+                    &format!("{label} channels {ci0}..{} bits", ci0 + cc),
+                    &words,
+                );
+                let params = [
+                    s.batch,
+                    s.cin,
+                    s.h,
+                    s.w,
+                    s.oh,
+                    s.ow,
+                    s.kernel[0],
+                    s.kernel[1],
+                    s.stride[0],
+                    s.stride[1],
+                    s.pads[0],
+                    s.pads[1],
+                    s.dilation[0],
+                    s.dilation[1],
+                    cin_g,
+                    cout_g,
+                    cout,
+                    io.relu as usize,
+                    m,
+                    rpb,
+                    g0,
+                    b0,
+                    bcount,
+                    ci0,
+                    cc,
+                    kc,
+                    (ci0 > 0) as usize,
+                    (ci0 + cc == cin_g) as usize,
+                    row0,
+                ]
+                .map(uw);
+                out.push(io.ctx.dispatch(
+                    &kernel,
+                    &label,
+                    &[
+                        io.inputs[0].0.clone(),
+                        Bind::f32s(&bits, UBO_WORDS),
+                        Bind::f32s(&scales, (row1 - row0) * m),
+                        Bind::f32s(&bias_buf, row1 - row0),
+                        io.output.0.clone(),
+                    ],
+                    &params,
+                    [px_groups as u32, bcount as u32, gcount as u32],
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Records a sketched Linear (`l.weight` must be `Weights::Sketch(w)`).
+pub(crate) fn encode_linear(
+    io: &StepIo,
+    l: &Linear,
+    w: &SketchWeights,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let x = io.inputs[0].1;
+    let (batch, k) = (x[0], x[1]);
+    let rows = w.rows();
+    if w.row_len() != k {
+        return Err(io.unsupported(format!(
+            "sketch weights {:?} do not match input width {k}",
+            w.shape()
+        )));
+    }
+    let bias = bias_or_zeros(l.bias.as_ref(), rows);
+    if batch >= GEMV_BELOW {
+        let shape = ConvShape {
+            batch,
+            cin: k,
+            h: 1,
+            w: 1,
+            oh: 1,
+            ow: 1,
+            kernel: [1, 1],
+            stride: [1, 1],
+            pads: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        return conv_dispatches(io, &shape, w, &bias);
+    }
+    let m = w.bases();
+    if m == 0 {
+        return Err(io.unsupported("0 bases per row"));
+    }
+    let wpr = w.words_per_row();
+    let cap = word_cap(io)?;
+    // Input window: whole words of K, at most `cap` floats per dispatch.
+    let win_words = wpr.min(cap / 32);
+    if win_words == 0 {
+        return Err(io.unsupported(format!(
+            "a {cap}-word binding cap cannot hold one 32-input word"
+        )));
+    }
+    // Row chunks: each chunk's bits within the storage binding cap.
+    let per_row = (m * wpr * 4) as u64;
+    let rows_per = ((io.max_binding / per_row) as usize).min(rows);
+    if rows_per == 0 {
+        return Err(io.unsupported(format!(
+            "one row's {per_row} bytes of bits exceed the {}-byte binding limit",
+            io.max_binding
+        )));
+    }
+    struct Chunk {
+        r0: usize,
+        rows: usize,
+        bits: wgpu::Buffer,
+        scales: wgpu::Buffer,
+        bias: wgpu::Buffer,
+    }
+    let chunks: Vec<Chunk> = (0..rows)
+        .step_by(rows_per)
+        .map(|r0| {
+            let n = rows_per.min(rows - r0);
+            let label = format!("{} rows {r0}..{}", io.name, r0 + n);
+            // [m][word][row of chunk]
+            let mut words = vec![0u32; m * wpr * n];
+            for r in 0..n {
+                for j in 0..m {
+                    for (t, &b) in w.bit_row(r0 + r, j).iter().enumerate() {
+                        words[(j * wpr + t) * n + r] = b;
+                    }
+                }
+            }
+            Chunk {
+                r0,
+                rows: n,
+                bits: io
+                    .ctx
+                    .device()
+                    .create_buffer_init_u32(&format!("{label} bits"), &words),
+                scales: io.ctx.upload(
+                    &format!("{label} scales"),
+                    &w.scales()[r0 * m..(r0 + n) * m],
+                ),
+                bias: io.ctx.upload(&format!("{label} bias"), &bias[r0..r0 + n]),
+            }
+        })
+        .collect();
+    let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
+    if rows_per.div_ceil(64) > max {
+        return Err(io.unsupported(format!("{rows_per} rows exceed {max} workgroups of 64")));
+    }
+    let mut out = vec![];
+    for w0 in (0..wpr).step_by(win_words) {
+        let wn = win_words.min(wpr - w0);
+        let k0 = w0 * 32;
+        let kc = (wn * 32).min(k - k0);
+        let kpad = wn * 32;
+        // Batch items sharing one window (and one launch per row chunk).
+        let items = (cap / kpad).clamp(1, batch);
+        for n0 in (0..batch).step_by(items) {
+            let nn = items.min(batch - n0);
+            let label = format!(
+                "{} inputs {k0}..{} items {n0}..{}",
+                io.name,
+                k0 + kc,
+                n0 + nn
+            );
+            let window = io.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("{label} window")),
+                size: (UBO_WORDS * 4) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
+                mapped_at_creation: false,
+            });
+            out.push(io.ctx.dispatch(
+                &gather_kernel(io.ctx),
+                &label,
+                &[io.inputs[0].0.clone(), Bind::f32s(&window, UBO_WORDS)],
+                &[k, k0, kc, kpad, n0, nn].map(uw),
+                [UBO_WORDS.div_ceil(256) as u32, 1, 1],
+            ));
+            for ch in &chunks {
+                let params = [
+                    ch.rows,
+                    m,
+                    wpr,
+                    w0,
+                    wn,
+                    kpad,
+                    rows,
+                    ch.r0,
+                    n0,
+                    (w0 > 0) as usize,
+                    (w0 + wn == wpr) as usize,
+                    io.relu as usize,
+                ]
+                .map(uw);
+                out.push(io.ctx.dispatch(
+                    &fc_kernel(io.ctx),
+                    &format!("{label} rows {}..{}", ch.r0, ch.r0 + ch.rows),
+                    &[
+                        Bind::f32s(&window, UBO_WORDS),
+                        Bind::f32s(&ch.bits, m * wpr * ch.rows),
+                        Bind::f32s(&ch.scales, ch.rows * m),
+                        Bind::f32s(&ch.bias, ch.rows),
+                        io.output.0.clone(),
+                    ],
+                    &params,
+                    [ch.rows.div_ceil(64) as u32, 1, nn as u32],
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Storage/uniform buffers of u32 words (the context's `upload` takes f32).
+trait InitU32 {
+    fn create_buffer_init_u32(&self, label: &str, words: &[u32]) -> wgpu::Buffer;
+}
+
+impl InitU32 for wgpu::Device {
+    fn create_buffer_init_u32(&self, label: &str, words: &[u32]) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        let zero = [0u32];
+        let words = if words.is_empty() { &zero[..] } else { words };
+        self.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(words),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
+        })
+    }
+}
