@@ -87,6 +87,10 @@ enum Command {
     /// Compress a model's conv and fc weights.
     #[command(subcommand)]
     Compress(Compress),
+    /// Train a model (e.g. zoo:lenet5, randomly initialised) on a data set; CPU for now.
+    Train(TrainArgs),
+    /// Fine-tune a pre-trained model (as `train`, with fine-tuning defaults: lr 0.001, 1 epoch).
+    Finetune(TrainArgs),
     /// Convert a model to .cnnpack (lossless).
     Convert {
         /// Model: .onnx, .cnnpack or zoo:NAME.
@@ -160,6 +164,43 @@ enum Compress {
         #[arg(long, value_delimiter = ',')]
         layer_bases: Vec<String>,
     },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Model: .onnx, .cnnpack or zoo:NAME.
+    model: String,
+    /// Folder with the training split (train-* or train10k-* IDX files, or images);
+    /// its test split (t10k-* / labels.csv) is evaluated after each epoch when present.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output .cnnpack, rewritten atomically after every epoch (a checkpoint).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Passes over the training set [train: 10, finetune: 1].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Base learning rate [train: 0.01, finetune: 0.001].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Images per update.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// L2 weight decay.
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f32,
+    /// Learning-rate schedule: inv (Caffe LeNet: gamma 1e-4, power 0.75), cosine (to 0 at the end), fixed.
+    #[arg(long, default_value = "inv")]
+    schedule: String,
+    /// Shuffling seed (same seed, same device: same weights).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where to train: only the CPU today (the GPU backward kernels are not built yet).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceKind,
 }
 
 #[derive(Args)]
@@ -244,6 +285,8 @@ fn run(cli: Cli) -> Result<()> {
             dense_layers,
             layer_bases,
         }) => compress_sketch(&model, &output, bases, !direct, &dense_layers, &layer_bases),
+        Command::Train(args) => train(&args, 10, 0.01),
+        Command::Finetune(args) => train(&args, 1, 0.001),
         Command::Convert { model, output } => {
             let graph = load(&model)?;
             cnnpack::format::save(&graph, &output)
@@ -771,5 +814,79 @@ fn compress_sketch(
     cnnpack::format::save(&sketched, output)
         .with_context(|| format!("writing {}", output.display()))?;
     println!("wrote {}", output.display());
+    Ok(())
+}
+
+fn train(args: &TrainArgs, default_epochs: usize, default_lr: f32) -> Result<()> {
+    use cnnpack::train::{Masks, Schedule, TrainOptions};
+    if args.device != DeviceKind::Cpu {
+        bail!("training runs on the CPU only for now (the GPU backward kernels are not built yet): use --device cpu");
+    }
+    let mut graph = load(&args.model)?;
+    let pre = Preprocess::from_metadata(&graph.metadata, &graph.input.item_shape)?;
+    let train_set = Dataset::open_split(&args.data, "train", &pre, &graph.input.item_shape)
+        .with_context(|| format!("opening the training split in {}", args.data.display()))?;
+    let test_set = Dataset::open(&args.data, &pre, &graph.input.item_shape).ok();
+    let epochs = args.epochs.unwrap_or(default_epochs);
+    let iters_per_epoch = train_set.len().div_ceil(args.batch.max(1));
+    let schedule = match args.schedule.as_str() {
+        "inv" => Schedule::Inv {
+            gamma: 1e-4,
+            power: 0.75,
+        },
+        "cosine" => Schedule::Cosine {
+            total: epochs * iters_per_epoch,
+        },
+        "fixed" => Schedule::Fixed,
+        other => bail!("unknown --schedule '{other}': use inv, cosine or fixed"),
+    };
+    let opts = TrainOptions {
+        epochs,
+        batch: args.batch,
+        lr: args.lr.unwrap_or(default_lr),
+        momentum: args.momentum,
+        weight_decay: args.weight_decay,
+        schedule,
+        seed: args.seed,
+        log: true, // one line per epoch: losses, accuracies, seconds
+        ..TrainOptions::default()
+    };
+    println!(
+        "training {} on {} images ({iters_per_epoch} updates per epoch at batch {}), {epochs} epoch(s), lr {}, schedule {}",
+        args.model, train_set.len(), args.batch, opts.lr, args.schedule
+    );
+    let mut masks = Masks::default();
+    let start = Instant::now();
+    let bar = progress(epochs * iters_per_epoch, "train");
+    let mut saved: Result<()> = Ok(());
+    cnnpack::train::train(
+        &mut graph,
+        &train_set,
+        test_set.as_ref(),
+        &opts,
+        &mut masks,
+        |info| {
+            bar.set_position(info.iter as u64 + 1);
+            if info.iter_in_epoch % 20 == 0 {
+                bar.set_message(format!(
+                    "epoch {}/{epochs} loss {:.4}",
+                    info.epoch + 1,
+                    info.loss
+                ));
+            }
+            // Checkpoint at the end of every epoch (atomic: a killed run keeps the last one).
+            if info.iter_in_epoch + 1 == info.iters_per_epoch && saved.is_ok() {
+                saved = cnnpack::format::save(info.graph, &args.output)
+                    .with_context(|| format!("writing checkpoint {}", args.output.display()));
+            }
+        },
+    )?;
+    bar.finish_and_clear();
+    saved?;
+    println!(
+        "wrote {} ({:.1} s)",
+        args.output.display(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -107,3 +107,41 @@ fn linear_matches_reference_on_random_shapes() {
         );
     }
 }
+
+#[test]
+fn pooling_matches_reference_on_random_shapes() {
+    use cnnpack::graph::Pool2d;
+    let mut rng = Rng::new(17);
+    for case in 0..60 {
+        let k = [rng.range(1, 4), rng.range(1, 4)];
+        let stride = [rng.range(1, 3), rng.range(1, 3)];
+        let pads = [
+            rng.range(0, k[0] - 1),
+            rng.range(0, k[1] - 1),
+            rng.range(0, k[0] - 1),
+            rng.range(0, k[1] - 1),
+        ];
+        let p = Pool2d {
+            kernel: k,
+            stride,
+            pads,
+            ceil_mode: case % 2 == 0,
+            count_include_pad: case % 3 == 0,
+        };
+        let (h, w) = (rng.range(k[0], k[0] + 9), rng.range(k[1], k[1] + 9));
+        let c = rng.range(1, 4);
+        let x = rng.normal_tensor(vec![[1, 5][case % 2], c, h, w], 1.0);
+        let what = format!("case {case}: {p:?} on {:?}", x.shape);
+        assert_eq!(
+            fast::max_pool(&x, &p),
+            reference::max_pool(&x, &p),
+            "max {what}"
+        );
+        check(
+            &fast::avg_pool(&x, &p),
+            &reference::avg_pool(&x, &p),
+            k[0] * k[1],
+            &format!("avg {what}"),
+        );
+    }
+}

@@ -245,14 +245,6 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
         relu: io.relu,
         groups: c.groups,
     };
-    let chunks = upload_rows(io, &weight.data, cout, k_len, c.bias.as_ref())?;
-    if chunks.len() > 1 && c.groups > 1 {
-        return Err(io.unsupported(format!(
-            "grouped conv weights of {} bytes exceed the {}-byte binding limit",
-            weight.bytes(),
-            io.max_binding
-        )));
-    }
     let khw = c.kernel[0] * c.kernel[1];
     let ubo_fits = khw * 32 <= UBO_FLOATS
         && io.ctx.limits().max_uniform_buffer_binding_size as usize >= UBO_FLOATS * 4;

@@ -142,15 +142,26 @@ fn im2col(
         for ky in 0..kh {
             for kx in 0..kw {
                 let row = &mut col[((ci * kh + ky) * kw + kx) * cols..][..cols];
-                for (j, dst) in row.iter_mut().enumerate() {
-                    let (oy, ox) = ((c0 + j) / ow, (c0 + j) % ow);
+                // Walk the output positions row by row: one bounds check per output row
+                // and a contiguous (or strided) run per row, no division per element.
+                let (mut j, mut oy, mut ox0) = (0, c0 / ow, c0 % ow);
+                while j < cols {
+                    let run = (ow - ox0).min(cols - j);
                     let iy = (oy * conv.stride[0] + ky * conv.dilation[0]) as isize
                         - conv.pads[0] as isize;
-                    let ix = (ox * conv.stride[1] + kx * conv.dilation[1]) as isize
-                        - conv.pads[1] as isize;
-                    if iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize {
-                        *dst = plane[iy as usize * w + ix as usize];
+                    if iy >= 0 && iy < h as isize {
+                        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                        let x_off = (kx * conv.dilation[1]) as isize - conv.pads[1] as isize;
+                        for (i, dst) in row[j..j + run].iter_mut().enumerate() {
+                            let ix = ((ox0 + i) * conv.stride[1]) as isize + x_off;
+                            if ix >= 0 && ix < w as isize {
+                                *dst = src[ix as usize];
+                            }
+                        }
                     }
+                    j += run;
+                    oy += 1;
+                    ox0 = 0;
                 }
             }
         }

@@ -1,11 +1,13 @@
 //! Fast CPU kernels (rayon, GEMM) and the executor that picks them per node.
 //! Ops without a fast kernel here run their reference kernel, which is already
-//! memory-bound-cheap for them (pooling, element-wise, layout).
+//! memory-bound-cheap for them (element-wise, layout).
 
 mod dense;
+mod pool;
 pub mod sketch;
 
 pub use dense::{conv2d, linear};
+pub use pool::{avg_pool, max_pool};
 
 use super::{reference, CpuError};
 use crate::graph::{Graph, Node, Op, Tensor};
@@ -25,6 +27,8 @@ pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
         }
         (Op::Conv(c), Some(x)) => Ok(conv2d(x, c)),
         (Op::Linear(l), Some(x)) => Ok(linear(x, l)),
+        (Op::MaxPool(p), Some(x)) => Ok(max_pool(x, p)),
+        (Op::AvgPool(p), Some(x)) => Ok(avg_pool(x, p)),
         _ => reference::run_node(node, inputs),
     }
 }
