@@ -124,6 +124,7 @@ fn param_mut<'a>(g: &'a mut Graph, i: usize, role: &str) -> Option<&'a mut Tenso
         (Op::Conv(Conv2d { weight, .. }) | Op::Linear(Linear { weight, .. }), "weight") => {
             match weight {
                 Weights::Dense(t) => Some(t),
+                _ => None,
             }
         }
         (Op::Conv(Conv2d { bias, .. }) | Op::Linear(Linear { bias, .. }), "bias") => bias.as_mut(),
@@ -1087,4 +1088,20 @@ fn zoo_models_take_a_descent_step() {
         );
         println!("{name}: loss {loss0} -> {loss1}");
     }
+}
+
+#[test]
+fn compressed_layers_are_refused_by_name() {
+    let graph = cnnpack::zoo::build("lenet5", 1).unwrap();
+    let opts = cnnpack::compress::sketch::SketchOptions {
+        bases: 1,
+        dense_layers: vec!["conv1".into()],
+        ..Default::default()
+    };
+    let (sketched, _) = cnnpack::compress::sketch::sketch_graph(&graph, &opts).unwrap();
+    let err = train::sgd::check_trainable(&sketched)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("conv2") && err.contains("sketch"), "{err}");
+    train::sgd::check_trainable(&graph).unwrap();
 }

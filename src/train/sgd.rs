@@ -171,7 +171,6 @@ fn dense_weight_mut<'a>(layer: &str, op: &'a mut Op) -> Result<&'a mut Tensor, T
 /// `Weights::Dense`); the error names the first layer that cannot.
 pub fn check_trainable(graph: &Graph) -> Result<(), TrainError> {
     for node in &graph.nodes {
-        #[allow(unreachable_patterns)]
         match node.op.weights() {
             None | Some(Weights::Dense(_)) => {}
             Some(other) => {
