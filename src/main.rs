@@ -1,6 +1,8 @@
 //! The `cnnpack` command line: a thin layer over the library. Errors are printed
 //! once and map to exit code 1; a panic anywhere is a bug.
 
+mod demo;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use cnnpack::data::{Dataset, Preprocess};
@@ -321,7 +323,7 @@ fn run(cli: Cli) -> Result<()> {
             layers,
             json.as_deref(),
         ),
-        Command::Demo => demo(),
+        Command::Demo => demo::run(),
     }
 }
 
@@ -556,42 +558,6 @@ fn run_npy(model: &str, input: &Path, output: &Path, device: DeviceKind) -> Resu
     cnnpack::format::npy::write_npy(output, &y)
         .with_context(|| format!("writing {}", output.display()))?;
     eprintln!("wrote {} {:?}", output.display(), y.shape);
-    Ok(())
-}
-
-fn demo() -> Result<()> {
-    println!("cnnpack demo: zoo ResNet-18 (seeded He init), batch 1, 3x224x224, GPU vs CPU");
-    let graph = cnnpack::zoo::build("resnet18", 0)?;
-    let mut rng = cnnpack::graph::Rng::new(1);
-    let x = rng.normal_tensor(vec![1, 3, 224, 224], 1.0);
-    let cpu = Engine::new(graph.clone(), DeviceKind::Cpu)?;
-    let gpu = engine(graph, DeviceKind::Gpu)?;
-    let time = |e: &Engine| -> Result<(Tensor, f64)> {
-        e.run(&x)?; // warm-up: pipelines, uploads, caches
-        let t = Instant::now();
-        let y = e.run(&x)?.swap_remove(0);
-        Ok((y, t.elapsed().as_secs_f64() * 1e3))
-    };
-    let (y_cpu, ms_cpu) = time(&cpu)?;
-    let (y_gpu, ms_gpu) = time(&gpu)?;
-    let scale = y_cpu.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-    println!("cpu (fast kernels): {ms_cpu:8.1} ms");
-    println!(
-        "{:<18}: {ms_gpu:8.1} ms{}",
-        gpu.device_name(),
-        if gpu.device_name().contains("llvmpipe") {
-            "  (lavapipe: a CPU emulating a GPU, not GPU speed)"
-        } else {
-            ""
-        }
-    );
-    println!(
-        "outputs agree: max |gpu - cpu| = {:.3e} (max |logit| {:.3}); top-1 class {} vs {}",
-        y_gpu.max_abs_diff(&y_cpu),
-        scale,
-        cnnpack::eval::top_k(&y_gpu.data, 1)[0],
-        cnnpack::eval::top_k(&y_cpu.data, 1)[0]
-    );
     Ok(())
 }
 
