@@ -82,7 +82,8 @@ pub fn bench_model(
     let layers = times
         .into_iter()
         .filter_map(|(name, ms)| {
-            let s = stats.get(&name)?;
+            // Fused steps are named `node+relu`: the node carries the layer's numbers.
+            let s = stats.get(name.split('+').next().unwrap_or(&name))?;
             let act = |shape: &Vec<usize>| shape.iter().product::<usize>() as u64 * 4;
             let bytes = s.weight_bytes as u64
                 + batch as u64
