@@ -14,3 +14,8 @@ pub mod plan;
 pub mod train;
 pub mod weights;
 pub mod zoo;
+
+/// The README's code blocks, compiled as doctests so the documented API stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
