@@ -160,6 +160,22 @@ enum Compress {
         #[arg(long, value_delimiter = ',')]
         layer_bases: Vec<String>,
     },
+    /// Store the exact zeros already in the weights as CSR (no retraining), e.g. for the
+    /// DNS paper's released sparse LeNet. Layers denser than the CPU kernels' crossover
+    /// stay dense unless `--all` or `--max-density` says otherwise.
+    Sparse {
+        /// Model: .onnx, .cnnpack or zoo:NAME.
+        model: String,
+        /// Output .cnnpack file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Store every conv/fc layer sparse, whatever its density.
+        #[arg(long, conflicts_with = "max_density")]
+        all: bool,
+        /// Store a layer sparse when its density (0..1) is at most this.
+        #[arg(long)]
+        max_density: Option<f64>,
+    },
 }
 
 #[derive(Args)]
@@ -244,6 +260,21 @@ fn run(cli: Cli) -> Result<()> {
             dense_layers,
             layer_bases,
         }) => compress_sketch(&model, &output, bases, !direct, &dense_layers, &layer_bases),
+        Command::Compress(Compress::Sparse {
+            model,
+            output,
+            all,
+            max_density,
+        }) => {
+            use cnnpack::compress::dns::SparsePolicy;
+            let policy = match (all, max_density) {
+                (true, _) => SparsePolicy::All,
+                (false, Some(d)) => SparsePolicy::MaxDensity(d),
+                (false, None) => SparsePolicy::Crossover,
+            };
+            let graph = cnnpack::graph::fold(load(&model)?)?;
+            compress_sparse(&graph, &output, &policy)
+        }
         Command::Convert { model, output } => {
             let graph = load(&model)?;
             cnnpack::format::save(&graph, &output)
@@ -334,18 +365,23 @@ fn inspect(model: &str, json: bool) -> Result<()> {
         join(&graph.input.item_shape)
     );
     println!(
-        "{:<28} {:<18} {:<20} {:<8} {:>11} {:>11} {:>12} {:>14}",
-        "layer", "op", "output", "encoding", "params", "nonzero", "bytes", "FLOPs"
+        "{:<28} {:<18} {:<20} {:<8} {:>11} {:>11} {:>8} {:>12} {:>14}",
+        "layer", "op", "output", "encoding", "params", "nonzero", "density", "bytes", "FLOPs"
     );
     for l in &layers {
         println!(
-            "{:<28} {:<18} {:<20} {:<8} {:>11} {:>11} {:>12} {:>14}",
+            "{:<28} {:<18} {:<20} {:<8} {:>11} {:>11} {:>8} {:>12} {:>14}",
             truncate(&l.name, 28),
             l.op,
             format!("[{}]", join(&l.output_shape)),
             l.encoding,
             l.parameters,
             l.nonzero_parameters,
+            if l.parameters == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.2}%", 100.0 * l.nonzero_parameters as f64 / l.parameters as f64)
+            },
             l.weight_bytes,
             l.flops
         );
@@ -769,6 +805,50 @@ fn compress_sketch(
         before as f64 / after.max(1) as f64, report.len(), layers.len()
     );
     cnnpack::format::save(&sketched, output)
+        .with_context(|| format!("writing {}", output.display()))?;
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+/// Stores `graph`'s zeros as CSR per `policy`, prints a per-layer table and writes `output`
+/// (shared by `compress sparse` and `compress dns`).
+fn compress_sparse(
+    graph: &Graph,
+    output: &Path,
+    policy: &cnnpack::compress::dns::SparsePolicy,
+) -> Result<()> {
+    let (sparse, report) = cnnpack::compress::dns::sparsify_graph(graph, policy)?;
+    println!(
+        "{:<28} {:<7} {:<20} {:>10} {:>9} {:>8} {:>12} {:>12} {:>7}",
+        "layer", "op", "weight", "params", "nonzero", "density", "bytes", "stored", "ratio"
+    );
+    for r in &report {
+        println!(
+            "{:<28} {:<7} {:<20} {:>10} {:>9} {:>7.2}% {:>12} {:>12} {:>6.1}x{}",
+            truncate(&r.name, 28),
+            r.op,
+            format!("{:?}", r.shape),
+            r.parameters,
+            r.nonzeros,
+            100.0 * r.density(),
+            r.bytes_before,
+            r.bytes_after,
+            r.bytes_before as f64 / r.bytes_after.max(1) as f64,
+            if r.sparse { "" } else { "  (kept dense)" }
+        );
+    }
+    let (params, nonzeros) = report
+        .iter()
+        .fold((0, 0), |(p, n), r| (p + r.parameters, n + r.nonzeros));
+    let before = layer_stats(graph)?.iter().map(|l| l.weight_bytes).sum::<usize>();
+    let after = layer_stats(&sparse)?.iter().map(|l| l.weight_bytes).sum::<usize>();
+    println!(
+        "weights: {nonzeros} of {params} nonzero ({:.2}%, {:.1}x fewer); model: {before} -> {after} bytes of weights and constants incl. indices ({:.1}x smaller)",
+        100.0 * nonzeros as f64 / params.max(1) as f64,
+        params as f64 / nonzeros.max(1) as f64,
+        before as f64 / after.max(1) as f64
+    );
+    cnnpack::format::save(&sparse, output)
         .with_context(|| format!("writing {}", output.display()))?;
     println!("wrote {}", output.display());
     Ok(())
