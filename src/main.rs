@@ -176,6 +176,38 @@ enum Compress {
         #[arg(long)]
         max_density: Option<f64>,
     },
+    /// Dynamic network surgery (Guo et al., NIPS 2016): retrain with masks that prune
+    /// small weights and splice back those that grow, then store the result as CSR.
+    Dns {
+        /// Model: .onnx, .cnnpack or zoo:NAME (dense weights).
+        model: String,
+        /// Output .cnnpack file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Data folder with a train split (and a test split, evaluated after each epoch).
+        #[arg(long)]
+        data: PathBuf,
+        /// c of t = mean|W| + c·std|W|: one value for all layers, or LAYER=VALUE pairs
+        /// (a bare VALUE among them sets the default).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        c: Vec<String>,
+        /// Training iterations (rounded up to whole epochs).
+        #[arg(long, default_value_t = 6000)]
+        iters: usize,
+        /// Masks are updated until this iteration (default: 3/4 of --iters).
+        #[arg(long)]
+        iter_stop: Option<usize>,
+        /// Base learning rate (Caffe "inv" policy, gamma 1e-4, power 0.75).
+        #[arg(long, default_value_t = 0.01)]
+        lr: f32,
+        /// Items per iteration.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Store every layer sparse, whatever its density (default: dense above the
+        /// CPU kernels' crossover density).
+        #[arg(long)]
+        all_sparse: bool,
+    },
 }
 
 #[derive(Args)]
@@ -275,6 +307,19 @@ fn run(cli: Cli) -> Result<()> {
             let graph = cnnpack::graph::fold(load(&model)?)?;
             compress_sparse(&graph, &output, &policy)
         }
+        Command::Compress(Compress::Dns {
+            model,
+            output,
+            data,
+            c,
+            iters,
+            iter_stop,
+            lr,
+            batch,
+            all_sparse,
+        }) => compress_dns(
+            &model, &output, &data, &c, iters, iter_stop, lr, batch, all_sparse,
+        ),
         Command::Convert { model, output } => {
             let graph = load(&model)?;
             cnnpack::format::save(&graph, &output)
@@ -852,4 +897,82 @@ fn compress_sparse(
         .with_context(|| format!("writing {}", output.display()))?;
     println!("wrote {}", output.display());
     Ok(())
+}
+
+/// `compress dns`: DNS retraining on `data`'s train split, then `compress_sparse`.
+#[allow(clippy::too_many_arguments)]
+fn compress_dns(
+    model: &str,
+    output: &Path,
+    data: &Path,
+    c: &[String],
+    iters: usize,
+    iter_stop: Option<usize>,
+    lr: f32,
+    batch: usize,
+    all_sparse: bool,
+) -> Result<()> {
+    use cnnpack::compress::dns::{dns, DnsOptions, SparsePolicy};
+    let graph = cnnpack::graph::fold(load(model)?)?;
+    let mut opts = DnsOptions {
+        iter_stop: iter_stop.unwrap_or(iters * 3 / 4),
+        policy: if all_sparse {
+            SparsePolicy::All
+        } else {
+            SparsePolicy::Crossover
+        },
+        ..DnsOptions::default()
+    };
+    for item in c {
+        match item.split_once('=') {
+            Some((name, v)) => {
+                let v: f64 = v
+                    .parse()
+                    .with_context(|| format!("--c: '{v}' is not a number"))?;
+                opts.c_per_layer.insert(name.to_string(), v);
+            }
+            None => {
+                opts.c = item
+                    .parse()
+                    .with_context(|| format!("--c: '{item}' is neither LAYER=VALUE nor a number"))?
+            }
+        }
+    }
+    let pre = preprocess(&graph, &PreprocessArgs::default())?;
+    let train = Dataset::open_split(data, "train", &pre, &graph.input.item_shape)?;
+    let test = Dataset::open_split(data, "test", &pre, &graph.input.item_shape).ok();
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let per_epoch = train.len().div_ceil(batch);
+    let epochs = iters.div_ceil(per_epoch.max(1)).max(1);
+    let topts = cnnpack::train::TrainOptions {
+        epochs,
+        batch,
+        lr,
+        log: true,
+        ..Default::default()
+    };
+    eprintln!(
+        "DNS: {} training items, {epochs} epochs x {per_epoch} iterations, masks updated until iteration {}",
+        train.len(),
+        opts.iter_stop
+    );
+    let bar = progress(epochs * per_epoch, "dns");
+    let t0 = Instant::now();
+    let (out, _, _) = dns(&graph, &train, test.as_ref(), &topts, &opts, |info| {
+        bar.set_position(info.iter as u64 + 1);
+        if info.iter % 20 == 0 {
+            let kept: usize = info.masks.forward.values().flatten().filter(|m| **m).count();
+            let total: usize = info.masks.forward.values().map(|m| m.len()).sum();
+            bar.set_message(format!(
+                "dns loss {:.3} kept {:.2}%",
+                info.loss,
+                100.0 * kept as f64 / total.max(1) as f64
+            ));
+        }
+    })?;
+    bar.finish_and_clear();
+    eprintln!("DNS training took {:.1} s", t0.elapsed().as_secs_f64());
+    compress_sparse(&out, output, &opts.policy)
 }

@@ -129,3 +129,237 @@ pub fn sparsify_graph(
     }
     Ok((out, reports))
 }
+
+/// Errors of dynamic network surgery; each names the layer or option at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// A layer named in the options is not a conv/fc node.
+    #[error("layer '{0}' named in --c is not a conv or linear node of the graph")]
+    UnknownLayer(String),
+    /// A layer whose weights are not dense.
+    #[error("layer '{layer}' holds {encoding} weights; DNS needs dense weights")]
+    NotDense {
+        /// The layer.
+        layer: String,
+        /// Its encoding.
+        encoding: &'static str,
+    },
+    /// A layer with NaN or infinite weights.
+    #[error("layer '{0}' has non-finite (NaN or infinite) weights")]
+    NonFinite(String),
+    /// A bad option.
+    #[error("option {name}: {reason}")]
+    Option {
+        /// The option.
+        name: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Training failed.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    /// The final sparse conversion failed.
+    #[error(transparent)]
+    Compress(#[from] CompressError),
+}
+
+/// Settings of dynamic network surgery.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsOptions {
+    /// c for layers not in `c_per_layer` (t = mean|W| + c·std|W|).
+    pub c: f64,
+    /// Per-layer c by node name.
+    pub c_per_layer: HashMap<String, f64>,
+    /// γ of the surgery probability `σ(iter) = (1 + γ·iter)^(−power)`.
+    pub gamma: f64,
+    /// power of the surgery probability.
+    pub power: f64,
+    /// Masks are updated only at iterations `< iter_stop`.
+    pub iter_stop: usize,
+    /// Seed of the surgery coin flips.
+    pub seed: u64,
+    /// How the result is encoded.
+    pub policy: SparsePolicy,
+}
+
+impl Default for DnsOptions {
+    /// c = 1 everywhere, γ = 1e-4, power = 1, surgery for ever, seed 7, crossover policy.
+    fn default() -> Self {
+        DnsOptions {
+            c: 1.0,
+            c_per_layer: HashMap::new(),
+            gamma: 1e-4,
+            power: 1.0,
+            iter_stop: usize::MAX,
+            seed: 7,
+            policy: SparsePolicy::Crossover,
+        }
+    }
+}
+
+/// The surgery thresholds of one layer: prune below `a`, splice at or above `b`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Thresholds {
+    /// `0.9·t`.
+    pub a: f32,
+    /// `1.1·t`.
+    pub b: f32,
+}
+
+impl Thresholds {
+    /// From `t = max(mean|w| + c·std|w|, 0)` over all entries of `w` (f64 sums; std is
+    /// the population standard deviation of |w|, as in the authors' Caffe layers).
+    pub fn from_weights(w: &[f32], c: f64) -> Thresholds {
+        let n = w.len().max(1) as f64;
+        let mean = w.iter().map(|v| v.abs() as f64).sum::<f64>() / n;
+        let var = w
+            .iter()
+            .map(|v| (v.abs() as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let t = (mean + c * var.sqrt()).max(0.0);
+        Thresholds {
+            a: (0.9 * t) as f32,
+            b: (1.1 * t) as f32,
+        }
+    }
+}
+
+/// h(W): `T = 0` where `|w| < a`, `T = 1` where `|w| ≥ b`, unchanged in between.
+/// Returns (pruned, spliced) counts of entries that changed.
+pub fn surgery(w: &[f32], mask: &mut [bool], th: Thresholds) -> (usize, usize) {
+    let (mut pruned, mut spliced) = (0, 0);
+    for (v, m) in w.iter().zip(mask.iter_mut()) {
+        let a = v.abs();
+        if a < th.a {
+            pruned += *m as usize;
+            *m = false;
+        } else if a >= th.b {
+            spliced += !*m as usize;
+            *m = true;
+        }
+    }
+    (pruned, spliced)
+}
+
+/// Surgery probability at iteration `iter`: `(1 + γ·iter)^(−power)`.
+pub fn surgery_probability(iter: usize, gamma: f64, power: f64) -> f64 {
+    (1.0 + gamma * iter as f64).powf(-power)
+}
+
+/// The DNS state: per-layer thresholds (fixed at the start) and the coin-flip source.
+/// Drive it with `start` once, then `step` after every update (the `train` hook).
+#[derive(Clone, Debug)]
+pub struct Surgeon {
+    /// Thresholds per conv/fc node name.
+    pub thresholds: HashMap<String, Thresholds>,
+    opts: DnsOptions,
+    rng: Rng,
+    /// Surgeries performed so far (iterations at which the masks were updated).
+    pub surgeries: usize,
+}
+
+impl Surgeon {
+    /// Computes every conv/fc layer's thresholds from the current (initial) weights.
+    pub fn new(graph: &Graph, opts: &DnsOptions) -> Result<Surgeon, DnsError> {
+        for name in opts.c_per_layer.keys() {
+            if !graph
+                .nodes
+                .iter()
+                .any(|n| &n.name == name && matches!(n.op, Op::Conv(_) | Op::Linear(_)))
+            {
+                return Err(DnsError::UnknownLayer(name.clone()));
+            }
+        }
+        if !(opts.gamma >= 0.0 && opts.power >= 0.0) {
+            return Err(DnsError::Option {
+                name: "gamma/power",
+                reason: format!("must be >= 0, got {} / {}", opts.gamma, opts.power),
+            });
+        }
+        let mut thresholds = HashMap::new();
+        for node in &graph.nodes {
+            let Some(w) = node.op.weights() else { continue };
+            let Weights::Dense(t) = w else {
+                return Err(DnsError::NotDense {
+                    layer: node.name.clone(),
+                    encoding: w.encoding(),
+                });
+            };
+            if t.data.iter().any(|v| !v.is_finite()) {
+                return Err(DnsError::NonFinite(node.name.clone()));
+            }
+            let c = opts.c_per_layer.get(&node.name).copied().unwrap_or(opts.c);
+            thresholds.insert(node.name.clone(), Thresholds::from_weights(&t.data, c));
+        }
+        Ok(Surgeon {
+            thresholds,
+            opts: opts.clone(),
+            rng: Rng::new(opts.seed),
+            surgeries: 0,
+        })
+    }
+
+    /// Initial masks: all ones, then one surgery (iteration 0 has probability 1).
+    pub fn start(&mut self, graph: &Graph) -> Masks {
+        let mut masks = Masks::new();
+        for node in &graph.nodes {
+            if let (Some(w), Some(th)) = (node.op.weights(), self.thresholds.get(&node.name)) {
+                let w = w.to_dense();
+                let mut m = vec![true; w.data.len()];
+                surgery(&w.data, &mut m, *th);
+                masks.forward.insert(node.name.clone(), m);
+            }
+        }
+        self.surgeries += 1;
+        masks
+    }
+
+    /// Called after the update of iteration `iter`: with probability σ(iter + 1), and
+    /// only while `iter + 1 < iter_stop`, applies h to every layer's mask for the next
+    /// iteration. Returns whether surgery ran.
+    pub fn step(&mut self, graph: &Graph, masks: &mut Masks, iter: usize) -> bool {
+        let next = iter + 1;
+        if next >= self.opts.iter_stop {
+            return false;
+        }
+        let p = surgery_probability(next, self.opts.gamma, self.opts.power);
+        if self.rng.uniform() as f64 >= p {
+            return false;
+        }
+        for node in &graph.nodes {
+            let (Some(w), Some(th)) = (node.op.weights(), self.thresholds.get(&node.name)) else {
+                continue;
+            };
+            if let (Weights::Dense(t), Some(m)) = (w, masks.forward.get_mut(&node.name)) {
+                surgery(&t.data, m, *th);
+            }
+        }
+        self.surgeries += 1;
+        true
+    }
+}
+
+/// Runs DNS on `graph` (dense conv/fc weights): thresholds from the initial weights,
+/// masks from one surgery, then `crate::train::train` with surgery in the hook, and
+/// finally W⊙T encoded per `opts.policy`. `on_iter` sees every iteration (progress).
+/// Returns the compressed graph, the per-layer report and the epoch statistics.
+pub fn dns(
+    graph: &Graph,
+    train: &crate::data::Dataset,
+    test: Option<&crate::data::Dataset>,
+    train_opts: &crate::train::TrainOptions,
+    opts: &DnsOptions,
+    mut on_iter: impl FnMut(&crate::train::IterInfo<'_>),
+) -> Result<(Graph, Vec<SparseReport>, Vec<crate::train::EpochStats>), DnsError> {
+    let mut g = graph.clone();
+    let mut surgeon = Surgeon::new(&g, opts)?;
+    let mut masks = surgeon.start(&g);
+    let stats = crate::train::train(&mut g, train, test, train_opts, &mut masks, |info| {
+        on_iter(&info);
+        surgeon.step(info.graph, info.masks, info.iter);
+    })?;
+    masks.apply_forward(&mut g)?;
+    let (out, report) = sparsify_graph(&g, &opts.policy)?;
+    Ok((out, report, stats))
+}
