@@ -391,3 +391,57 @@ fn sparse_dense_crossover() {
     }
     let _ = HashMap::<u8, u8>::new();
 }
+
+/// The WGSL sparse kernels against the reference on the dense reconstruction: graphs of
+/// one sparse conv (random geometry, groups incl. depthwise, stride 2, padding) followed
+/// by a sparse fc, at batch 1 and 5. Skipped without an adapter.
+#[test]
+fn gpu_sparse_kernels_match_reference() {
+    use cnnpack::backend::gpu::{GpuContext, GpuModel};
+    use std::sync::Arc;
+    let ctx = match GpuContext::new() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            println!("skipped: no GPU adapter ({e})");
+            return;
+        }
+    };
+    let mut rng = Rng::new(31);
+    for case in 0..6 {
+        let density = DENSITIES[case];
+        let depthwise = case == 2;
+        let groups = if depthwise { 6 } else { [1, 2, 3][case % 3] };
+        let cin = if depthwise { 6 } else { groups * rng.range(1, 4) };
+        let cout = if depthwise { 6 } else { groups * rng.range(1, 5) };
+        let k = [3, 5, 1][case % 3];
+        let stride = 1 + case % 2;
+        let pad = case % 3;
+        let side = rng.range(k + 2, k + 10) | 1;
+        let mut b = GraphBuilder::new("x", &[cin, side, side], case as u64);
+        let x = b.input();
+        let c = b.conv(&x, cout, k, stride, pad, groups);
+        let f = b.flatten(&c);
+        let y = b.linear(&f, 7);
+        let mut g = b.finish(&[&y]).expect("graph");
+        for node in &mut g.nodes {
+            let (w, bias) = match &mut node.op {
+                Op::Conv(c) => (&mut c.weight, &mut c.bias),
+                Op::Linear(l) => (&mut l.weight, &mut l.bias),
+                _ => continue,
+            };
+            let shape = w.shape().to_vec();
+            *w = Weights::Dense(sparse_tensor(&mut rng, shape, density));
+            if let Some(bb) = bias {
+                *bb = rng.normal_tensor(bb.shape.clone(), 1.0);
+            }
+        }
+        let (sg, _) = sparsify_graph(&g, &SparsePolicy::All).expect("sparsify");
+        for n in [1, 5] {
+            let xb = rng.normal_tensor(vec![n, cin, side, side], 1.0);
+            let want = reference::run_graph(&g, &xb).unwrap().remove(0);
+            let model = GpuModel::new(ctx.clone(), &sg, n).expect("gpu model");
+            let got = model.run(&xb).expect("gpu run").remove(0);
+            check(&got, &want, &format!("gpu case {case} density {density} batch {n} g{groups} k{k} s{stride} p{pad}"));
+        }
+    }
+}

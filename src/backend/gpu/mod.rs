@@ -15,6 +15,7 @@ mod lrn;
 mod model;
 mod pool;
 mod sketch;
+mod sparse;
 mod softmax;
 
 pub use context::GpuContext;

@@ -12,9 +12,25 @@
 //!   each stored weight updates N contiguous accumulators.
 //!
 //! Crossover (where dense becomes faster), measured by the `#[ignore]` test
-//! `sparse_dense_crossover` in tests/dns.rs on the 2-core shared dev machine:
-//! see `CONV_CROSSOVER` and `FC_CROSSOVER`. `compress sparse` keeps a layer dense above
-//! its crossover unless told otherwise.
+//! `sparse_dense_crossover` in tests/dns.rs (test profile, opt-level 2) on the 2-core
+//! shared dev machine at load ~12, best of 3, batch 1, ms dense / sparse:
+//!
+//! | density | fc 9216->4096 | conv 3x3 64->64 56x56 pad 1 |
+//! |---|---|---|
+//! | 1%  | 668 / 3.9 | 29.4 / 0.55 |
+//! | 5%  | 793 / 42  | 28.1 / 2.5 |
+//! | 10% | 592 / 7.9 | 29.6 / 4.9 |
+//! | 20% | 472 / 24  | 24.8 / 9.9 |
+//! | 30% | 772 / 86  | 47.5 / 19.0 |
+//! | 50% | 344 / 90  | 25.8 / 21.6 |
+//!
+//! The load makes single numbers noisy (±2x), but the trend is clear: the conv
+//! crosses over just above 50% (sparse time grows linearly with density, dense stays
+//! ~25 ms); the batch-1 fc is a GEMV that sgemm runs far below bandwidth, so sparse
+//! wins even at 50%. Above 50% CSR also stops saving bytes (6 bytes per stored weight
+//! with u16 indices against 4 dense, i.e. smaller only below 67%), so both crossovers
+//! are set to 50%. `compress sparse` keeps a layer dense above its crossover unless
+//! told otherwise (`--all`, `--max-density`).
 
 use crate::graph::{Conv2d, Tensor};
 use crate::weights::{SparseWeights, Weights};
@@ -27,10 +43,10 @@ const ROW_BLOCK: usize = 64;
 
 /// Density above which the dense conv kernel is faster than `sparse_conv`
 /// (3x3 conv 64->64 at 56x56, batch 1; measured, see module docs).
-pub const CONV_CROSSOVER: f64 = 0.15;
+pub const CONV_CROSSOVER: f64 = 0.5;
 /// Density above which the dense fc kernel is faster than `sparse_linear`
 /// (fc 9216->4096, batch 1; measured, see module docs).
-pub const FC_CROSSOVER: f64 = 0.30;
+pub const FC_CROSSOVER: f64 = 0.5;
 
 /// Sparse convolution, NCHW: `x: [N, Cin, H, W]`, `conv.weight` a `Weights::Sparse`
 /// (other encodings are densified and run through the dense kernel). Same semantics as
