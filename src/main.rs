@@ -425,7 +425,10 @@ fn inspect(model: &str, json: bool) -> Result<()> {
             if l.parameters == 0 {
                 "-".to_string()
             } else {
-                format!("{:.2}%", 100.0 * l.nonzero_parameters as f64 / l.parameters as f64)
+                format!(
+                    "{:.2}%",
+                    100.0 * l.nonzero_parameters as f64 / l.parameters as f64
+                )
             },
             l.weight_bytes,
             l.flops
@@ -885,8 +888,14 @@ fn compress_sparse(
     let (params, nonzeros) = report
         .iter()
         .fold((0, 0), |(p, n), r| (p + r.parameters, n + r.nonzeros));
-    let before = layer_stats(graph)?.iter().map(|l| l.weight_bytes).sum::<usize>();
-    let after = layer_stats(&sparse)?.iter().map(|l| l.weight_bytes).sum::<usize>();
+    let before = layer_stats(graph)?
+        .iter()
+        .map(|l| l.weight_bytes)
+        .sum::<usize>();
+    let after = layer_stats(&sparse)?
+        .iter()
+        .map(|l| l.weight_bytes)
+        .sum::<usize>();
     println!(
         "weights: {nonzeros} of {params} nonzero ({:.2}%, {:.1}x fewer); model: {before} -> {after} bytes of weights and constants incl. indices ({:.1}x smaller)",
         100.0 * nonzeros as f64 / params.max(1) as f64,
@@ -963,7 +972,13 @@ fn compress_dns(
     let (out, _, _) = dns(&graph, &train, test.as_ref(), &topts, &opts, |info| {
         bar.set_position(info.iter as u64 + 1);
         if info.iter % 20 == 0 {
-            let kept: usize = info.masks.forward.values().flatten().filter(|m| **m).count();
+            let kept: usize = info
+                .masks
+                .forward
+                .values()
+                .flatten()
+                .filter(|m| **m)
+                .count();
             let total: usize = info.masks.forward.values().map(|m| m.len()).sum();
             bar.set_message(format!(
                 "dns loss {:.3} kept {:.2}%",

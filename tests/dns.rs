@@ -41,7 +41,11 @@ fn check(got: &Tensor, want: &Tensor, what: &str) {
     assert_eq!(got.shape, want.shape, "{what}: shape");
     let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
     let diff = got.max_abs_diff(want);
-    assert!(diff <= 1e-4 * scale, "{what}: max diff {diff} > {}", 1e-4 * scale);
+    assert!(
+        diff <= 1e-4 * scale,
+        "{what}: max diff {diff} > {}",
+        1e-4 * scale
+    );
 }
 
 #[test]
@@ -127,7 +131,12 @@ fn sparse_conv_matches_reference() {
         let kw = if case % 4 == 1 { k.max(2) - 1 } else { k };
         let stride = if case % 3 == 0 { 2 } else { 1 };
         let dilation = if case % 7 == 3 { 2 } else { 1 };
-        let pads = [rng.range(0, 2), rng.range(0, 2), rng.range(0, 2), rng.range(0, 2)];
+        let pads = [
+            rng.range(0, 2),
+            rng.range(0, 2),
+            rng.range(0, 2),
+            rng.range(0, 2),
+        ];
         let h = rng.range(dilation * (k - 1) + 1, dilation * (k - 1) + 12);
         let w = rng.range(dilation * (kw - 1) + 1, dilation * (kw - 1) + 14);
         let n = [1, 5][case % 2];
@@ -142,7 +151,8 @@ fn sparse_conv_matches_reference() {
             bias: (case % 3 != 2).then(|| rng.normal_tensor(vec![cout], 1.0)),
         };
         let mut sparse = dense.clone();
-        sparse.weight = Weights::Sparse(SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap());
+        sparse.weight =
+            Weights::Sparse(SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap());
         let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
         let want = reference::conv2d(&x, &dense);
         let got = fast::sparse::sparse_conv(&x, &sparse);
@@ -171,7 +181,11 @@ fn sparse_linear_matches_reference() {
         let x = rng.normal_tensor(vec![n, k], 1.0);
         let want = reference::linear(&x, &dense);
         let got = fast::sparse::sparse_linear(&x, &s, bias.as_ref());
-        check(&got, &want, &format!("case {case}: density {density} n{n} {k}->{out}"));
+        check(
+            &got,
+            &want,
+            &format!("case {case}: density {density} n{n} {k}->{out}"),
+        );
     }
 }
 
@@ -182,7 +196,12 @@ fn masks_obey_the_thresholds() {
         let w = rng.normal_tensor(vec![4000], 1.0).data;
         let th = Thresholds::from_weights(&w, c);
         let mean = w.iter().map(|v| v.abs() as f64).sum::<f64>() / w.len() as f64;
-        let std = (w.iter().map(|v| (v.abs() as f64 - mean).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+        let std = (w
+            .iter()
+            .map(|v| (v.abs() as f64 - mean).powi(2))
+            .sum::<f64>()
+            / w.len() as f64)
+            .sqrt();
         let t = (mean + c * std).max(0.0);
         assert!((th.a as f64 - 0.9 * t).abs() < 1e-6 && (th.b as f64 - 1.1 * t).abs() < 1e-6);
         let before: Vec<bool> = (0..w.len()).map(|_| rng.uniform() < 0.5).collect();
@@ -204,7 +223,10 @@ fn masks_obey_the_thresholds() {
         }
         assert_eq!((pruned, spliced), (p, s));
         if c >= 0.0 {
-            assert!(in_band > 0, "c = {c}: the hysteresis band holds some entries");
+            assert!(
+                in_band > 0,
+                "c = {c}: the hysteresis band holds some entries"
+            );
         }
     }
     assert_eq!(surgery_probability(0, 1e-4, 1.0), 1.0);
@@ -233,7 +255,12 @@ fn a_pruned_connection_can_return() {
     let mut surgeon = Surgeon::new(&g, &opts).expect("surgeon");
     let th = surgeon.thresholds["fc"];
     let mut masks: Masks = surgeon.start(&g);
-    assert_eq!(masks.forward["fc"], vec![true, false, false, true], "0.01 < a = {}", th.a);
+    assert_eq!(
+        masks.forward["fc"],
+        vec![true, false, false, true],
+        "0.01 < a = {}",
+        th.a
+    );
     // Input (0, 1) labelled class 0: dL/dW[0][1] = (p0 − 1)·1 < 0, so W[0][1] grows.
     let xb = Tensor {
         shape: vec![4, 2],
@@ -384,7 +411,8 @@ fn sparse_dense_crossover() {
             bias: None,
         };
         let mut sparse = dense.clone();
-        sparse.weight = Weights::Sparse(SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap());
+        sparse.weight =
+            Weights::Sparse(SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap());
         let td = best(&mut || drop(fast::conv2d(&x, &dense)));
         let ts = best(&mut || drop(fast::sparse::sparse_conv(&x, &sparse)));
         println!("conv 3x3 64->64 56x56 batch 1 density {d}: dense {td:.2} ms sparse {ts:.2} ms");
@@ -411,8 +439,16 @@ fn gpu_sparse_kernels_match_reference() {
         let density = DENSITIES[case];
         let depthwise = case == 2;
         let groups = if depthwise { 6 } else { [1, 2, 3][case % 3] };
-        let cin = if depthwise { 6 } else { groups * rng.range(1, 4) };
-        let cout = if depthwise { 6 } else { groups * rng.range(1, 5) };
+        let cin = if depthwise {
+            6
+        } else {
+            groups * rng.range(1, 4)
+        };
+        let cout = if depthwise {
+            6
+        } else {
+            groups * rng.range(1, 5)
+        };
         let k = [3, 5, 1][case % 3];
         let stride = 1 + case % 2;
         let pad = case % 3;
@@ -441,7 +477,13 @@ fn gpu_sparse_kernels_match_reference() {
             let want = reference::run_graph(&g, &xb).unwrap().remove(0);
             let model = GpuModel::new(ctx.clone(), &sg, n).expect("gpu model");
             let got = model.run(&xb).expect("gpu run").remove(0);
-            check(&got, &want, &format!("gpu case {case} density {density} batch {n} g{groups} k{k} s{stride} p{pad}"));
+            check(
+                &got,
+                &want,
+                &format!(
+                    "gpu case {case} density {density} batch {n} g{groups} k{k} s{stride} p{pad}"
+                ),
+            );
         }
     }
 }

@@ -112,7 +112,12 @@ impl SparseWeights {
     ) -> Result<SparseWeights, EncodingError> {
         let k: usize = shape.iter().skip(1).product();
         let (cols16, cols32) = if k <= MAX_U16_K {
-            (cols.iter().map(|&c| c.min(u16::MAX as u32) as u16).collect(), Vec::new())
+            (
+                cols.iter()
+                    .map(|&c| c.min(u16::MAX as u32) as u16)
+                    .collect(),
+                Vec::new(),
+            )
         } else {
             (Vec::new(), cols)
         };
@@ -220,14 +225,7 @@ impl SparseWeights {
     /// Mutable row pointers, column indices (u16 variant) , column indices (u32 variant)
     /// and values, for the loader; call `check` afterwards.
     #[allow(clippy::type_complexity)]
-    pub fn arrays_mut(
-        &mut self,
-    ) -> (
-        &mut Vec<u32>,
-        &mut Vec<u16>,
-        &mut Vec<u32>,
-        &mut Vec<f32>,
-    ) {
+    pub fn arrays_mut(&mut self) -> (&mut Vec<u32>, &mut Vec<u16>, &mut Vec<u32>, &mut Vec<f32>) {
         (
             &mut self.row_ptr,
             &mut self.cols16,
@@ -266,7 +264,11 @@ impl SparseWeights {
             return Err(err("row_ptr[0]", self.row_ptr[0] as usize, 0));
         }
         if self.row_ptr[rows] as usize != nnz {
-            return Err(err("row_ptr[rows] (= nnz)", self.row_ptr[rows] as usize, nnz));
+            return Err(err(
+                "row_ptr[rows] (= nnz)",
+                self.row_ptr[rows] as usize,
+                nnz,
+            ));
         }
         if nnz > rows * k {
             return Err(err("values", nnz, rows * k));
@@ -285,7 +287,11 @@ impl SparseWeights {
                     return Err(err("cols (index out of range)", c, k));
                 }
                 if prev.is_some_and(|p| c <= p) {
-                    return Err(err("cols (not strictly increasing)", c, prev.unwrap_or(0) + 1));
+                    return Err(err(
+                        "cols (not strictly increasing)",
+                        c,
+                        prev.unwrap_or(0) + 1,
+                    ));
                 }
                 prev = Some(c);
             }

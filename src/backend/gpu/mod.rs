@@ -15,8 +15,8 @@ mod lrn;
 mod model;
 mod pool;
 mod sketch;
-mod sparse;
 mod softmax;
+mod sparse;
 
 pub use context::GpuContext;
 pub use conv::ConvKernel;

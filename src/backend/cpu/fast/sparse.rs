@@ -74,7 +74,11 @@ pub fn sparse_conv(x: &Tensor, conv: &Conv2d) -> Tensor {
     let ox_range: Vec<(usize, usize)> = (0..kw)
         .map(|kx| {
             let off = kx * dw;
-            let lo = if off >= pl { 0 } else { (pl - off).div_ceil(sw) };
+            let lo = if off >= pl {
+                0
+            } else {
+                (pl - off).div_ceil(sw)
+            };
             // ox*sw + off - pl <= W - 1  <=>  ox <= (W - 1 + pl - off) / sw
             let hi = if wd + pl > off {
                 ((wd - 1 + pl - off) / sw + 1).min(ow)
