@@ -29,15 +29,22 @@ pub struct SparseWeights {
     /// Row pointers, `rows + 1`; stored beside the graph JSON.
     #[serde(skip)]
     row_ptr: Vec<u32>,
-    /// Column indices when K ≤ 65535 (else empty).
+    /// Column indices, boxed so that `Weights` (and every `Op`) stays as small as
+    /// with the other encodings.
     #[serde(skip)]
-    cols16: Vec<u16>,
-    /// Column indices when K > 65535 (else empty).
-    #[serde(skip)]
-    cols32: Vec<u32>,
+    cols: Box<ColStore>,
     /// Stored values, `nnz`.
     #[serde(skip)]
     values: Vec<f32>,
+}
+
+/// Column index storage: exactly one of the two is used, by `SparseWeights::wide`.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct ColStore {
+    /// Indices when K ≤ 65535 (else empty).
+    u16: Vec<u16>,
+    /// Indices when K > 65535 (else empty).
+    u32: Vec<u32>,
 }
 
 /// Column indices of one row, in whichever width the layer uses.
@@ -124,8 +131,10 @@ impl SparseWeights {
         let w = SparseWeights {
             shape,
             row_ptr,
-            cols16,
-            cols32,
+            cols: Box::new(ColStore {
+                u16: cols16,
+                u32: cols32,
+            }),
             values,
         };
         w.check()?;
@@ -170,18 +179,18 @@ impl SparseWeights {
     /// All column indices.
     pub fn cols(&self) -> Cols<'_> {
         if self.wide() {
-            Cols::U32(&self.cols32)
+            Cols::U32(&self.cols.u32)
         } else {
-            Cols::U16(&self.cols16)
+            Cols::U16(&self.cols.u16)
         }
     }
 
     /// All column indices widened to u32 (for GPU upload).
     pub fn cols_u32(&self) -> Vec<u32> {
         if self.wide() {
-            self.cols32.clone()
+            self.cols.u32.clone()
         } else {
-            self.cols16.iter().map(|&c| c as u32).collect()
+            self.cols.u16.iter().map(|&c| c as u32).collect()
         }
     }
 
@@ -212,8 +221,8 @@ impl SparseWeights {
     /// Bytes: row pointers (4 each), column indices (2 or 4 each), values (4 each).
     pub fn bytes(&self) -> usize {
         self.row_ptr.len() * 4
-            + self.cols16.len() * 2
-            + self.cols32.len() * 4
+            + self.cols.u16.len() * 2
+            + self.cols.u32.len() * 4
             + self.values.len() * 4
     }
 
@@ -228,8 +237,8 @@ impl SparseWeights {
     pub fn arrays_mut(&mut self) -> (&mut Vec<u32>, &mut Vec<u16>, &mut Vec<u32>, &mut Vec<f32>) {
         (
             &mut self.row_ptr,
-            &mut self.cols16,
-            &mut self.cols32,
+            &mut self.cols.u16,
+            &mut self.cols.u32,
             &mut self.values,
         )
     }
@@ -250,9 +259,9 @@ impl SparseWeights {
         }
         let nnz = self.values.len();
         let (n_cols, other) = if self.wide() {
-            (self.cols32.len(), self.cols16.len())
+            (self.cols.u32.len(), self.cols.u16.len())
         } else {
-            (self.cols16.len(), self.cols32.len())
+            (self.cols.u16.len(), self.cols.u32.len())
         };
         if other != 0 {
             return Err(err("cols (unused width)", other, 0));

@@ -59,7 +59,7 @@ fn dispatch(
 ) -> Result<Vec<Dispatch>, GpuError> {
     let [batch, cin, h, wd, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups] = g;
     let cout = w.rows();
-    if groups == 0 || cout % groups != 0 || cin % groups != 0 {
+    if groups == 0 || !cout.is_multiple_of(groups) || !cin.is_multiple_of(groups) {
         return Err(io.unsupported(format!("{cout} outputs / {cin} inputs in {groups} groups")));
     }
     let cin_g = cin / groups;
