@@ -305,7 +305,7 @@ fn run(cli: Cli) -> Result<()> {
                 (false, None) => SparsePolicy::Crossover,
             };
             let graph = cnnpack::graph::fold(load(&model)?)?;
-            compress_sparse(&graph, &output, &policy)
+            compress_sparse(&graph, &graph, &output, &policy)
         }
         Command::Compress(Compress::Dns {
             model,
@@ -859,9 +859,10 @@ fn compress_sketch(
 }
 
 /// Stores `graph`'s zeros as CSR per `policy`, prints a per-layer table and writes `output`
-/// (shared by `compress sparse` and `compress dns`).
+/// (shared by `compress sparse` and `compress dns`); byte ratios are against `original`.
 fn compress_sparse(
     graph: &Graph,
+    original: &Graph,
     output: &Path,
     policy: &cnnpack::compress::dns::SparsePolicy,
 ) -> Result<()> {
@@ -888,7 +889,7 @@ fn compress_sparse(
     let (params, nonzeros) = report
         .iter()
         .fold((0, 0), |(p, n), r| (p + r.parameters, n + r.nonzeros));
-    let before = layer_stats(graph)?
+    let before = layer_stats(original)?
         .iter()
         .map(|l| l.weight_bytes)
         .sum::<usize>();
@@ -989,5 +990,5 @@ fn compress_dns(
     })?;
     bar.finish_and_clear();
     eprintln!("DNS training took {:.1} s", t0.elapsed().as_secs_f64());
-    compress_sparse(&out, output, &opts.policy)
+    compress_sparse(&out, &graph, output, &opts.policy)
 }
