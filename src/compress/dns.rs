@@ -18,6 +18,16 @@
 //! `train::Masks` masks weights only, and biases are 0.1% of LeNet-5's parameters
 //! (580 of 431,080), so they stay dense and are counted in full in every byte and
 //! nonzero figure.
+//!
+//! Result on this machine (2 shared cores; `cargo build --release`):
+//! `cnnpack compress dns lenet5_original.onnx -o out.cnnpack --data mnist
+//! --c conv1=1,conv2=3,ip1=4,ip2=2.5 --iters 4710 --batch 64` (lr 0.01, Caffe inv
+//! policy, 30 epochs of the 10k-image train10k set, masks updated until iteration 3532),
+//! 544 s of training: 3,829 of 430,500 weights nonzero (112.4x fewer; conv1 26.2%,
+//! conv2 3.34%, ip1 0.65%, ip2 5.02%), t10k top-1 98.05% on CPU and GPU (the paper,
+//! with 60k training images: 108x, 99.09%). Training accuracy reaches 99.9%: with a
+//! sixth of MNIST the pruned net overfits. lr 0.001 and 0.003 recovered more slowly
+//! (94.0% after 8 epochs, 97% after 11) and were stopped.
 
 use super::CompressError;
 use crate::backend::cpu::fast::sparse::{CONV_CROSSOVER, FC_CROSSOVER};
