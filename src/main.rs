@@ -166,6 +166,54 @@ enum Compress {
         #[arg(long, value_delimiter = ',')]
         layer_bases: Vec<String>,
     },
+    /// Store the exact zeros already in the weights as CSR (no retraining), e.g. for the
+    /// DNS paper's released sparse LeNet. Layers denser than the CPU kernels' crossover
+    /// stay dense unless `--all` or `--max-density` says otherwise.
+    Sparse {
+        /// Model: .onnx, .cnnpack or zoo:NAME.
+        model: String,
+        /// Output .cnnpack file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Store every conv/fc layer sparse, whatever its density.
+        #[arg(long, conflicts_with = "max_density")]
+        all: bool,
+        /// Store a layer sparse when its density (0..1) is at most this.
+        #[arg(long)]
+        max_density: Option<f64>,
+    },
+    /// Dynamic network surgery (Guo et al., NIPS 2016): retrain with masks that prune
+    /// small weights and splice back those that grow, then store the result as CSR.
+    Dns {
+        /// Model: .onnx, .cnnpack or zoo:NAME (dense weights).
+        model: String,
+        /// Output .cnnpack file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Data folder with a train split (and a test split, evaluated after each epoch).
+        #[arg(long)]
+        data: PathBuf,
+        /// c of t = mean|W| + c·std|W|: one value for all layers, or LAYER=VALUE pairs
+        /// (a bare VALUE among them sets the default).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        c: Vec<String>,
+        /// Training iterations (rounded up to whole epochs).
+        #[arg(long, default_value_t = 6000)]
+        iters: usize,
+        /// Masks are updated until this iteration (default: 3/4 of --iters).
+        #[arg(long)]
+        iter_stop: Option<usize>,
+        /// Base learning rate (Caffe "inv" policy, gamma 1e-4, power 0.75).
+        #[arg(long, default_value_t = 0.01)]
+        lr: f32,
+        /// Items per iteration.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Store every layer sparse, whatever its density (default: dense above the
+        /// CPU kernels' crossover density).
+        #[arg(long)]
+        all_sparse: bool,
+    },
 }
 
 #[derive(Args)]
@@ -289,6 +337,34 @@ fn run(cli: Cli) -> Result<()> {
         }) => compress_sketch(&model, &output, bases, !direct, &dense_layers, &layer_bases),
         Command::Train(args) => train(&args, 10, 0.01),
         Command::Finetune(args) => train(&args, 1, 0.001),
+        Command::Compress(Compress::Sparse {
+            model,
+            output,
+            all,
+            max_density,
+        }) => {
+            use cnnpack::compress::dns::SparsePolicy;
+            let policy = match (all, max_density) {
+                (true, _) => SparsePolicy::All,
+                (false, Some(d)) => SparsePolicy::MaxDensity(d),
+                (false, None) => SparsePolicy::Crossover,
+            };
+            let graph = cnnpack::graph::fold(load(&model)?)?;
+            compress_sparse(&graph, &graph, &output, &policy)
+        }
+        Command::Compress(Compress::Dns {
+            model,
+            output,
+            data,
+            c,
+            iters,
+            iter_stop,
+            lr,
+            batch,
+            all_sparse,
+        }) => compress_dns(
+            &model, &output, &data, &c, iters, iter_stop, lr, batch, all_sparse,
+        ),
         Command::Convert { model, output } => {
             let graph = load(&model)?;
             cnnpack::format::save(&graph, &output)
@@ -379,18 +455,26 @@ fn inspect(model: &str, json: bool) -> Result<()> {
         join(&graph.input.item_shape)
     );
     println!(
-        "{:<28} {:<18} {:<20} {:<8} {:>11} {:>11} {:>12} {:>14}",
-        "layer", "op", "output", "encoding", "params", "nonzero", "bytes", "FLOPs"
+        "{:<28} {:<18} {:<20} {:<8} {:>11} {:>11} {:>8} {:>12} {:>14}",
+        "layer", "op", "output", "encoding", "params", "nonzero", "density", "bytes", "FLOPs"
     );
     for l in &layers {
         println!(
-            "{:<28} {:<18} {:<20} {:<8} {:>11} {:>11} {:>12} {:>14}",
+            "{:<28} {:<18} {:<20} {:<8} {:>11} {:>11} {:>8} {:>12} {:>14}",
             truncate(&l.name, 28),
             l.op,
             format!("[{}]", join(&l.output_shape)),
             l.encoding,
             l.parameters,
             l.nonzero_parameters,
+            if l.parameters == 0 {
+                "-".to_string()
+            } else {
+                format!(
+                    "{:.2}%",
+                    100.0 * l.nonzero_parameters as f64 / l.parameters as f64
+                )
+            },
             l.weight_bytes,
             l.flops
         );
@@ -855,4 +939,138 @@ fn train(args: &TrainArgs, default_epochs: usize, default_lr: f32) -> Result<()>
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+/// Stores `graph`'s zeros as CSR per `policy`, prints a per-layer table and writes `output`
+/// (shared by `compress sparse` and `compress dns`); byte ratios are against `original`.
+fn compress_sparse(
+    graph: &Graph,
+    original: &Graph,
+    output: &Path,
+    policy: &cnnpack::compress::dns::SparsePolicy,
+) -> Result<()> {
+    let (sparse, report) = cnnpack::compress::dns::sparsify_graph(graph, policy)?;
+    println!(
+        "{:<28} {:<7} {:<20} {:>10} {:>9} {:>8} {:>12} {:>12} {:>7}",
+        "layer", "op", "weight", "params", "nonzero", "density", "bytes", "stored", "ratio"
+    );
+    for r in &report {
+        println!(
+            "{:<28} {:<7} {:<20} {:>10} {:>9} {:>7.2}% {:>12} {:>12} {:>6.1}x{}",
+            truncate(&r.name, 28),
+            r.op,
+            format!("{:?}", r.shape),
+            r.parameters,
+            r.nonzeros,
+            100.0 * r.density(),
+            r.bytes_before,
+            r.bytes_after,
+            r.bytes_before as f64 / r.bytes_after.max(1) as f64,
+            if r.sparse { "" } else { "  (kept dense)" }
+        );
+    }
+    let (params, nonzeros) = report
+        .iter()
+        .fold((0, 0), |(p, n), r| (p + r.parameters, n + r.nonzeros));
+    let before = layer_stats(original)?
+        .iter()
+        .map(|l| l.weight_bytes)
+        .sum::<usize>();
+    let after = layer_stats(&sparse)?
+        .iter()
+        .map(|l| l.weight_bytes)
+        .sum::<usize>();
+    println!(
+        "weights: {nonzeros} of {params} nonzero ({:.2}%, {:.1}x fewer); model: {before} -> {after} bytes of weights and constants incl. indices ({:.1}x smaller)",
+        100.0 * nonzeros as f64 / params.max(1) as f64,
+        params as f64 / nonzeros.max(1) as f64,
+        before as f64 / after.max(1) as f64
+    );
+    cnnpack::format::save(&sparse, output)
+        .with_context(|| format!("writing {}", output.display()))?;
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+/// `compress dns`: DNS retraining on `data`'s train split, then `compress_sparse`.
+#[allow(clippy::too_many_arguments)]
+fn compress_dns(
+    model: &str,
+    output: &Path,
+    data: &Path,
+    c: &[String],
+    iters: usize,
+    iter_stop: Option<usize>,
+    lr: f32,
+    batch: usize,
+    all_sparse: bool,
+) -> Result<()> {
+    use cnnpack::compress::dns::{dns, DnsOptions, SparsePolicy};
+    let graph = cnnpack::graph::fold(load(model)?)?;
+    let mut opts = DnsOptions {
+        iter_stop: iter_stop.unwrap_or(iters * 3 / 4),
+        policy: if all_sparse {
+            SparsePolicy::All
+        } else {
+            SparsePolicy::Crossover
+        },
+        ..DnsOptions::default()
+    };
+    for item in c {
+        match item.split_once('=') {
+            Some((name, v)) => {
+                let v: f64 = v
+                    .parse()
+                    .with_context(|| format!("--c: '{v}' is not a number"))?;
+                opts.c_per_layer.insert(name.to_string(), v);
+            }
+            None => {
+                opts.c = item
+                    .parse()
+                    .with_context(|| format!("--c: '{item}' is neither LAYER=VALUE nor a number"))?
+            }
+        }
+    }
+    let pre = preprocess(&graph, &PreprocessArgs::default())?;
+    let train = Dataset::open_split(data, "train", &pre, &graph.input.item_shape)?;
+    let test = Dataset::open_split(data, "test", &pre, &graph.input.item_shape).ok();
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let per_epoch = train.len().div_ceil(batch);
+    let epochs = iters.div_ceil(per_epoch.max(1)).max(1);
+    let topts = cnnpack::train::TrainOptions {
+        epochs,
+        batch,
+        lr,
+        log: true,
+        ..Default::default()
+    };
+    eprintln!(
+        "DNS: {} training items, {epochs} epochs x {per_epoch} iterations, masks updated until iteration {}",
+        train.len(),
+        opts.iter_stop
+    );
+    let bar = progress(epochs * per_epoch, "dns");
+    let t0 = Instant::now();
+    let (out, _, _) = dns(&graph, &train, test.as_ref(), &topts, &opts, |info| {
+        bar.set_position(info.iter as u64 + 1);
+        if info.iter % 20 == 0 {
+            let kept: usize = info
+                .masks
+                .forward
+                .values()
+                .flatten()
+                .filter(|m| **m)
+                .count();
+            let total: usize = info.masks.forward.values().map(|m| m.len()).sum();
+            bar.set_message(format!(
+                "dns loss {:.3} kept {:.2}%",
+                info.loss,
+                100.0 * kept as f64 / total.max(1) as f64
+            ));
+        }
+    })?;
+    bar.finish_and_clear();
+    eprintln!("DNS training took {:.1} s", t0.elapsed().as_secs_f64());
+    compress_sparse(&out, &graph, output, &opts.policy)
 }

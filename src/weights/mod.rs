@@ -8,8 +8,10 @@
 //! columns) is laid out along it.
 
 mod sketch;
+mod sparse;
 
 pub use sketch::{words_for, SketchWeights};
+pub use sparse::{Cols, SparseWeights, MAX_U16_K};
 
 use crate::graph::Tensor;
 use serde::{Deserialize, Serialize};
@@ -64,6 +66,8 @@ pub enum Weights {
     Dense(Tensor),
     /// Network sketching: binary bases plus scales (see `sketch.rs` for the layout).
     Sketch(SketchWeights),
+    /// CSR over K per output channel (see `sparse.rs` for the layout).
+    Sparse(SparseWeights),
 }
 
 impl Weights {
@@ -72,6 +76,7 @@ impl Weights {
         match self {
             Weights::Dense(t) => &t.shape,
             Weights::Sketch(s) => s.shape(),
+            Weights::Sparse(s) => s.shape(),
         }
     }
 
@@ -93,6 +98,10 @@ impl Weights {
                 shape: s.shape().to_vec(),
                 data: s.dense_data(),
             }),
+            Weights::Sparse(s) => Cow::Owned(Tensor {
+                shape: s.shape().to_vec(),
+                data: s.dense_data(),
+            }),
         }
     }
 
@@ -101,6 +110,7 @@ impl Weights {
         match self {
             Weights::Dense(_) => "dense",
             Weights::Sketch(_) => "sketch",
+            Weights::Sparse(_) => "sparse",
         }
     }
 
@@ -109,6 +119,7 @@ impl Weights {
         match self {
             Weights::Dense(t) => t.bytes(),
             Weights::Sketch(s) => s.bytes(),
+            Weights::Sparse(s) => s.bytes(),
         }
     }
 
@@ -125,6 +136,17 @@ impl Weights {
                 ("bits", PartRef::U32(s.bits())),
                 ("scales", PartRef::F32(s.scales())),
             ],
+            Weights::Sparse(s) => {
+                let cols = match s.cols() {
+                    crate::weights::Cols::U16(c) => PartRef::U16(c),
+                    crate::weights::Cols::U32(c) => PartRef::U32(c),
+                };
+                vec![
+                    ("row_ptr", PartRef::U32(s.row_ptr())),
+                    ("cols", cols),
+                    ("values", PartRef::F32(s.values())),
+                ]
+            }
         }
     }
 
@@ -137,6 +159,20 @@ impl Weights {
                 vec![
                     ("bits", PartMut::U32(bits)),
                     ("scales", PartMut::F32(scales)),
+                ]
+            }
+            Weights::Sparse(s) => {
+                let wide = s.wide();
+                let (row_ptr, cols16, cols32, values) = s.arrays_mut();
+                let cols = if wide {
+                    PartMut::U32(cols32)
+                } else {
+                    PartMut::U16(cols16)
+                };
+                vec![
+                    ("row_ptr", PartMut::U32(row_ptr)),
+                    ("cols", cols),
+                    ("values", PartMut::F32(values)),
                 ]
             }
         }
@@ -159,6 +195,7 @@ impl Weights {
                 Ok(())
             }
             Weights::Sketch(s) => s.check(),
+            Weights::Sparse(s) => s.check(),
         }
     }
 
@@ -167,6 +204,7 @@ impl Weights {
         match self {
             Weights::Dense(t) => t.nonzeros(),
             Weights::Sketch(s) => s.dense_data().iter().filter(|v| **v != 0.0).count(),
+            Weights::Sparse(s) => s.nonzeros(),
         }
     }
 }

@@ -16,6 +16,7 @@ mod model;
 mod pool;
 mod sketch;
 mod softmax;
+mod sparse;
 
 pub use context::GpuContext;
 pub use conv::ConvKernel;

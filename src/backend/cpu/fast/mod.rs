@@ -5,6 +5,7 @@
 mod dense;
 mod pool;
 pub mod sketch;
+pub mod sparse;
 
 pub use dense::{conv2d, linear};
 pub use pool::{avg_pool, max_pool};
@@ -34,6 +35,15 @@ pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
                 unreachable!("guarded by the match arm")
             };
             Ok(sketch::sketch_linear(x, w, l.bias.as_ref()))
+        }
+        (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Sparse(_)) => {
+            Ok(sparse::sparse_conv(x, c))
+        }
+        (Op::Linear(l), Some(x)) if matches!(l.weight, Weights::Sparse(_)) => {
+            let Weights::Sparse(w) = &l.weight else {
+                unreachable!("guarded by the match arm")
+            };
+            Ok(sparse::sparse_linear(x, w, l.bias.as_ref()))
         }
         (Op::Conv(c), Some(x)) => Ok(conv2d(x, c)),
         (Op::Linear(l), Some(x)) => Ok(linear(x, l)),

@@ -1,0 +1,310 @@
+//! Sparse encoding (dynamic network surgery, Guo et al., NIPS 2016; or any weight
+//! tensor with many exact zeros): compressed sparse rows (CSR), one row per output
+//! channel, over the reduction axis K.
+//!
+//! Layout (the one place it is written down):
+//! - `row_ptr`: u32, `rows + 1` entries, `row_ptr[0] = 0`, non-decreasing,
+//!   `row_ptr[rows] = nnz`. Row `c` (output channel) owns entries
+//!   `row_ptr[c]..row_ptr[c + 1]` of `cols` and `values`.
+//! - `cols`: the K index of each stored entry (K order as in `weights/mod.rs`:
+//!   `k = (ci * kh + ky) * kw + kx`), strictly increasing within a row, `< K`.
+//!   u16 when `K ≤ 65535` (part dtype U16), else u32 (dtype U32); the width follows
+//!   from the shape alone, so a file cannot choose it.
+//! - `values`: f32, `nnz` entries, the weights at those positions.
+//!
+//! Stored entries are normally nonzero, but a zero value is legal (it costs bytes,
+//! not correctness). Bytes: `4·(rows + 1) + (2 or 4)·nnz + 4·nnz`.
+
+use super::EncodingError;
+use serde::{Deserialize, Serialize};
+
+/// Largest K for which column indices are stored as u16.
+pub const MAX_U16_K: usize = u16::MAX as usize;
+
+/// CSR weights, one row per output channel; see the module docs for the layout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SparseWeights {
+    /// Logical weight shape `[Cout, ...]` (conv `[Cout, Cin/groups, kh, kw]`, fc `[out, in]`).
+    shape: Vec<usize>,
+    /// Row pointers, `rows + 1`; stored beside the graph JSON.
+    #[serde(skip)]
+    row_ptr: Vec<u32>,
+    /// Column indices, boxed so that `Weights` (and every `Op`) stays as small as
+    /// with the other encodings.
+    #[serde(skip)]
+    cols: Box<ColStore>,
+    /// Stored values, `nnz`.
+    #[serde(skip)]
+    values: Vec<f32>,
+}
+
+/// Column index storage: exactly one of the two is used, by `SparseWeights::wide`.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct ColStore {
+    /// Indices when K ≤ 65535 (else empty).
+    u16: Vec<u16>,
+    /// Indices when K > 65535 (else empty).
+    u32: Vec<u32>,
+}
+
+/// Column indices of one row, in whichever width the layer uses.
+#[derive(Clone, Copy, Debug)]
+pub enum Cols<'a> {
+    /// u16 indices (K ≤ 65535).
+    U16(&'a [u16]),
+    /// u32 indices.
+    U32(&'a [u32]),
+}
+
+impl Cols<'_> {
+    /// Index `i` as usize.
+    #[inline]
+    pub fn get(&self, i: usize) -> usize {
+        match self {
+            Cols::U16(c) => c[i] as usize,
+            Cols::U32(c) => c[i] as usize,
+        }
+    }
+
+    /// Number of indices.
+    pub fn len(&self) -> usize {
+        match self {
+            Cols::U16(c) => c.len(),
+            Cols::U32(c) => c.len(),
+        }
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl SparseWeights {
+    /// Encodes the nonzero entries of a dense row-major tensor of `shape`
+    /// (`data.len()` must be the product of `shape`).
+    pub fn from_dense(shape: Vec<usize>, data: &[f32]) -> Result<SparseWeights, EncodingError> {
+        let rows = shape.first().copied().unwrap_or(0);
+        let k: usize = shape.iter().skip(1).product();
+        if data.len() != rows * k {
+            return Err(EncodingError {
+                encoding: "sparse",
+                shape,
+                part: "dense data",
+                found: data.len(),
+                expected: rows * k,
+            });
+        }
+        let mut row_ptr = Vec::with_capacity(rows + 1);
+        row_ptr.push(0u32);
+        let (mut cols, mut values) = (Vec::new(), Vec::new());
+        for r in 0..rows {
+            for (i, &v) in data[r * k..(r + 1) * k].iter().enumerate() {
+                if v != 0.0 {
+                    cols.push(i as u32);
+                    values.push(v);
+                }
+            }
+            row_ptr.push(values.len() as u32);
+        }
+        SparseWeights::new(shape, row_ptr, cols, values)
+    }
+
+    /// Wraps CSR arrays (column indices given as u32 whatever the width) and checks them.
+    pub fn new(
+        shape: Vec<usize>,
+        row_ptr: Vec<u32>,
+        cols: Vec<u32>,
+        values: Vec<f32>,
+    ) -> Result<SparseWeights, EncodingError> {
+        let k: usize = shape.iter().skip(1).product();
+        let (cols16, cols32) = if k <= MAX_U16_K {
+            (
+                cols.iter()
+                    .map(|&c| c.min(u16::MAX as u32) as u16)
+                    .collect(),
+                Vec::new(),
+            )
+        } else {
+            (Vec::new(), cols)
+        };
+        let w = SparseWeights {
+            shape,
+            row_ptr,
+            cols: Box::new(ColStore {
+                u16: cols16,
+                u32: cols32,
+            }),
+            values,
+        };
+        w.check()?;
+        Ok(w)
+    }
+
+    /// Logical weight shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Output channels.
+    pub fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(0)
+    }
+
+    /// Length K of the reduction axis.
+    pub fn row_len(&self) -> usize {
+        self.shape.iter().skip(1).product()
+    }
+
+    /// True when column indices are u32 (K > 65535).
+    pub fn wide(&self) -> bool {
+        self.row_len() > MAX_U16_K
+    }
+
+    /// Stored entries.
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Stored entries over parameters, in [0, 1].
+    pub fn density(&self) -> f64 {
+        self.nnz() as f64 / (self.rows() * self.row_len()).max(1) as f64
+    }
+
+    /// Row pointers, `rows + 1`.
+    pub fn row_ptr(&self) -> &[u32] {
+        &self.row_ptr
+    }
+
+    /// All column indices.
+    pub fn cols(&self) -> Cols<'_> {
+        if self.wide() {
+            Cols::U32(&self.cols.u32)
+        } else {
+            Cols::U16(&self.cols.u16)
+        }
+    }
+
+    /// All column indices widened to u32 (for GPU upload).
+    pub fn cols_u32(&self) -> Vec<u32> {
+        if self.wide() {
+            self.cols.u32.clone()
+        } else {
+            self.cols.u16.iter().map(|&c| c as u32).collect()
+        }
+    }
+
+    /// All stored values.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// Range of row `c` in `cols` / `values`.
+    #[inline]
+    pub fn row_range(&self, c: usize) -> std::ops::Range<usize> {
+        self.row_ptr[c] as usize..self.row_ptr[c + 1] as usize
+    }
+
+    /// Dense values, `[Cout][K]` row-major; exact (stored values are copied).
+    pub fn dense_data(&self) -> Vec<f32> {
+        let k = self.row_len();
+        let mut out = vec![0f32; self.rows() * k];
+        let cols = self.cols();
+        for r in 0..self.rows() {
+            for i in self.row_range(r) {
+                out[r * k + cols.get(i)] = self.values[i];
+            }
+        }
+        out
+    }
+
+    /// Bytes: row pointers (4 each), column indices (2 or 4 each), values (4 each).
+    pub fn bytes(&self) -> usize {
+        self.row_ptr.len() * 4
+            + self.cols.u16.len() * 2
+            + self.cols.u32.len() * 4
+            + self.values.len() * 4
+    }
+
+    /// Nonzero stored values.
+    pub fn nonzeros(&self) -> usize {
+        self.values.iter().filter(|v| **v != 0.0).count()
+    }
+
+    /// Mutable row pointers, column indices (u16 variant) , column indices (u32 variant)
+    /// and values, for the loader; call `check` afterwards.
+    #[allow(clippy::type_complexity)]
+    pub fn arrays_mut(&mut self) -> (&mut Vec<u32>, &mut Vec<u16>, &mut Vec<u32>, &mut Vec<f32>) {
+        (
+            &mut self.row_ptr,
+            &mut self.cols.u16,
+            &mut self.cols.u32,
+            &mut self.values,
+        )
+    }
+
+    /// Verifies sizes, monotone row pointers ending at nnz, and strictly increasing
+    /// in-range column indices within every row.
+    pub fn check(&self) -> Result<(), EncodingError> {
+        let err = |part, found, expected| EncodingError {
+            encoding: "sparse",
+            shape: self.shape.clone(),
+            part,
+            found,
+            expected,
+        };
+        let (rows, k) = (self.rows(), self.row_len());
+        if self.row_ptr.len() != rows + 1 {
+            return Err(err("row_ptr", self.row_ptr.len(), rows + 1));
+        }
+        let nnz = self.values.len();
+        let (n_cols, other) = if self.wide() {
+            (self.cols.u32.len(), self.cols.u16.len())
+        } else {
+            (self.cols.u16.len(), self.cols.u32.len())
+        };
+        if other != 0 {
+            return Err(err("cols (unused width)", other, 0));
+        }
+        if n_cols != nnz {
+            return Err(err("cols", n_cols, nnz));
+        }
+        if self.row_ptr[0] != 0 {
+            return Err(err("row_ptr[0]", self.row_ptr[0] as usize, 0));
+        }
+        if self.row_ptr[rows] as usize != nnz {
+            return Err(err(
+                "row_ptr[rows] (= nnz)",
+                self.row_ptr[rows] as usize,
+                nnz,
+            ));
+        }
+        if nnz > rows * k {
+            return Err(err("values", nnz, rows * k));
+        }
+        let cols = self.cols();
+        for r in 0..rows {
+            let (a, b) = (self.row_ptr[r] as usize, self.row_ptr[r + 1] as usize);
+            if b < a {
+                // Non-monotone: report the offending pointer against its predecessor.
+                return Err(err("row_ptr (decreasing)", b, a));
+            }
+            let mut prev: Option<usize> = None;
+            for i in a..b {
+                let c = cols.get(i);
+                if c >= k {
+                    return Err(err("cols (index out of range)", c, k));
+                }
+                if prev.is_some_and(|p| c <= p) {
+                    return Err(err(
+                        "cols (not strictly increasing)",
+                        c,
+                        prev.unwrap_or(0) + 1,
+                    ));
+                }
+                prev = Some(c);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,489 @@
+//! Dynamic network surgery and the sparse (CSR) encoding: round trips, mask
+//! properties, splicing, and the sparse CPU kernels against the reference.
+//! Kernel tolerance: max |fast − ref| ≤ 1e-4 · max(max |ref|, 1e-3) (f32 sums in a
+//! different order than the f64 reference).
+
+use cnnpack::backend::cpu::{fast, reference};
+use cnnpack::compress::dns::{
+    sparsify_graph, surgery, surgery_probability, DnsOptions, SparsePolicy, Surgeon, Thresholds,
+};
+use cnnpack::graph::{Conv2d, GraphBuilder, Linear, Op, Rng, Tensor};
+use cnnpack::train::{self, BnMode, Masks, Sgd};
+use cnnpack::weights::{SparseWeights, Weights};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+fn data_dir() -> Option<PathBuf> {
+    let dir = std::env::var("CNNPACK_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data")));
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        println!("skipped: no data folder at {}", dir.display());
+        None
+    }
+}
+
+/// Random tensor with roughly `density` of its entries nonzero (at least one per
+/// tensor when density > 0 is tiny is not guaranteed: all-zero rows are a case too).
+fn sparse_tensor(rng: &mut Rng, shape: Vec<usize>, density: f32) -> Tensor {
+    let mut t = rng.normal_tensor(shape, 1.0);
+    for v in &mut t.data {
+        if rng.uniform() >= density {
+            *v = 0.0;
+        }
+    }
+    t
+}
+
+fn check(got: &Tensor, want: &Tensor, what: &str) {
+    assert_eq!(got.shape, want.shape, "{what}: shape");
+    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+    let diff = got.max_abs_diff(want);
+    assert!(
+        diff <= 1e-4 * scale,
+        "{what}: max diff {diff} > {}",
+        1e-4 * scale
+    );
+}
+
+#[test]
+fn csr_round_trip_is_exact() {
+    let mut rng = Rng::new(3);
+    // K = 70_001 > 65535 exercises the u32 index width.
+    for (case, shape) in [
+        vec![7, 3, 5, 5],
+        vec![1, 1, 1, 1],
+        vec![13, 97],
+        vec![3, 70_001],
+        vec![4, 0],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for density in [0.0, 0.01, 0.3, 1.0] {
+            let t = sparse_tensor(&mut rng, shape.clone(), density);
+            let s = SparseWeights::from_dense(shape.clone(), &t.data).expect("encode");
+            assert_eq!(s.dense_data(), t.data, "case {case} density {density}");
+            assert_eq!(s.nnz(), t.nonzeros());
+            let k: usize = shape[1..].iter().product();
+            let w = Weights::Sparse(s.clone());
+            assert_eq!(w.encoding(), "sparse");
+            assert_eq!(*w.to_dense(), t);
+            assert_eq!(w.nonzeros(), t.nonzeros());
+            let idx = if k > 65535 { 4 } else { 2 };
+            assert_eq!(w.bytes(), 4 * (shape[0] + 1) + (idx + 4) * s.nnz());
+            let kinds: Vec<&str> = w.parts().iter().map(|(n, _)| *n).collect();
+            assert_eq!(kinds, ["row_ptr", "cols", "values"]);
+            w.check().expect("valid");
+        }
+    }
+    // Through a .cnnpack file.
+    let mut b = GraphBuilder::new("x", &[2, 9, 9], 5);
+    let x = b.input();
+    let c = b.conv(&x, 4, 3, 1, 1, 1);
+    let f = b.flatten(&c);
+    let y = b.linear(&f, 6);
+    let g = b.finish(&[&y]).expect("graph");
+    let (sg, _) = sparsify_graph(&g, &SparsePolicy::All).expect("sparsify");
+    let path = std::env::temp_dir().join(format!("dns_roundtrip_{}.cnnpack", std::process::id()));
+    cnnpack::format::save(&sg, &path).expect("save");
+    let back = cnnpack::format::load(&path).expect("load");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(back, sg);
+}
+
+#[test]
+fn check_rejects_malformed_csr() {
+    let shape = vec![2, 4];
+    assert!(SparseWeights::new(shape.clone(), vec![0, 1, 2], vec![0, 3], vec![1.0, 2.0]).is_ok());
+    // Unsorted indices within a row.
+    assert!(SparseWeights::new(shape.clone(), vec![0, 2, 2], vec![3, 1], vec![1.0, 2.0]).is_err());
+    // Duplicate index.
+    assert!(SparseWeights::new(shape.clone(), vec![0, 2, 2], vec![1, 1], vec![1.0, 2.0]).is_err());
+    // Index out of range.
+    assert!(SparseWeights::new(shape.clone(), vec![0, 1, 2], vec![0, 4], vec![1.0, 2.0]).is_err());
+    // Decreasing row pointers.
+    assert!(SparseWeights::new(shape.clone(), vec![0, 2, 1], vec![0, 1], vec![1.0, 2.0]).is_err());
+    // row_ptr[rows] != nnz; wrong row_ptr length; cols/values mismatch.
+    assert!(SparseWeights::new(shape.clone(), vec![0, 1, 1], vec![0, 1], vec![1.0, 2.0]).is_err());
+    assert!(SparseWeights::new(shape.clone(), vec![0, 2], vec![0, 1], vec![1.0, 2.0]).is_err());
+    assert!(SparseWeights::new(shape, vec![0, 1, 2], vec![0], vec![1.0, 2.0]).is_err());
+}
+
+const DENSITIES: [f32; 6] = [0.01, 0.05, 0.1, 0.3, 0.5, 1.0];
+
+#[test]
+fn sparse_conv_matches_reference() {
+    let mut rng = Rng::new(11);
+    for case in 0..48 {
+        let density = DENSITIES[case % DENSITIES.len()];
+        let depthwise = case % 5 == 0;
+        let groups = if depthwise {
+            rng.range(2, 6)
+        } else {
+            [1, 2, 3][rng.range(0, 2)]
+        };
+        let cin_g = if depthwise { 1 } else { rng.range(1, 6) };
+        let cout = groups * if depthwise { 1 } else { rng.range(1, 9) };
+        let k = [1, 3, 5][rng.range(0, 2)];
+        let kw = if case % 4 == 1 { k.max(2) - 1 } else { k };
+        let stride = if case % 3 == 0 { 2 } else { 1 };
+        let dilation = if case % 7 == 3 { 2 } else { 1 };
+        let pads = [
+            rng.range(0, 2),
+            rng.range(0, 2),
+            rng.range(0, 2),
+            rng.range(0, 2),
+        ];
+        let h = rng.range(dilation * (k - 1) + 1, dilation * (k - 1) + 12);
+        let w = rng.range(dilation * (kw - 1) + 1, dilation * (kw - 1) + 14);
+        let n = [1, 5][case % 2];
+        let wt = sparse_tensor(&mut rng, vec![cout, cin_g, k, kw], density);
+        let dense = Conv2d {
+            kernel: [k, kw],
+            stride: [stride; 2],
+            pads,
+            dilation: [dilation; 2],
+            groups,
+            weight: Weights::Dense(wt.clone()),
+            bias: (case % 3 != 2).then(|| rng.normal_tensor(vec![cout], 1.0)),
+        };
+        let mut sparse = dense.clone();
+        sparse.weight =
+            Weights::Sparse(SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap());
+        let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
+        let want = reference::conv2d(&x, &dense);
+        let got = fast::sparse::sparse_conv(&x, &sparse);
+        check(
+            &got,
+            &want,
+            &format!("case {case}: density {density} n{n} g{groups} cout{cout} k{k}x{kw} s{stride} d{dilation} p{pads:?} {h}x{w}"),
+        );
+    }
+}
+
+#[test]
+fn sparse_linear_matches_reference() {
+    let mut rng = Rng::new(12);
+    for case in 0..24 {
+        let density = DENSITIES[case % DENSITIES.len()];
+        let (out, k) = (rng.range(1, 150), rng.range(1, 301) | 1);
+        let n = [1, 5, 2][case % 3];
+        let wt = sparse_tensor(&mut rng, vec![out, k], density);
+        let bias = (case % 4 != 0).then(|| rng.normal_tensor(vec![out], 1.0));
+        let dense = Linear {
+            weight: Weights::Dense(wt.clone()),
+            bias: bias.clone(),
+        };
+        let s = SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap();
+        let x = rng.normal_tensor(vec![n, k], 1.0);
+        let want = reference::linear(&x, &dense);
+        let got = fast::sparse::sparse_linear(&x, &s, bias.as_ref());
+        check(
+            &got,
+            &want,
+            &format!("case {case}: density {density} n{n} {k}->{out}"),
+        );
+    }
+}
+
+#[test]
+fn masks_obey_the_thresholds() {
+    let mut rng = Rng::new(21);
+    for c in [-1.0, 0.0, 1.0, 2.5] {
+        let w = rng.normal_tensor(vec![4000], 1.0).data;
+        let th = Thresholds::from_weights(&w, c);
+        let mean = w.iter().map(|v| v.abs() as f64).sum::<f64>() / w.len() as f64;
+        let std = (w
+            .iter()
+            .map(|v| (v.abs() as f64 - mean).powi(2))
+            .sum::<f64>()
+            / w.len() as f64)
+            .sqrt();
+        let t = (mean + c * std).max(0.0);
+        assert!((th.a as f64 - 0.9 * t).abs() < 1e-6 && (th.b as f64 - 1.1 * t).abs() < 1e-6);
+        let before: Vec<bool> = (0..w.len()).map(|_| rng.uniform() < 0.5).collect();
+        let mut mask = before.clone();
+        let (pruned, spliced) = surgery(&w, &mut mask, th);
+        let (mut p, mut s, mut in_band) = (0, 0, 0);
+        for i in 0..w.len() {
+            let a = w[i].abs();
+            if a < th.a {
+                assert!(!mask[i], "|w| {a} < a {} must be pruned", th.a);
+                p += before[i] as usize;
+            } else if a >= th.b {
+                assert!(mask[i], "|w| {a} >= b {} must be kept", th.b);
+                s += !before[i] as usize;
+            } else {
+                assert_eq!(mask[i], before[i], "|w| {a} in [a, b) must keep its mask");
+                in_band += 1;
+            }
+        }
+        assert_eq!((pruned, spliced), (p, s));
+        if c >= 0.0 {
+            assert!(
+                in_band > 0,
+                "c = {c}: the hysteresis band holds some entries"
+            );
+        }
+    }
+    assert_eq!(surgery_probability(0, 1e-4, 1.0), 1.0);
+    assert!((surgery_probability(10_000, 1e-4, 1.0) - 0.5).abs() < 1e-12);
+}
+
+/// A weight pruned at the start grows through the updates (which reach W, not W⊙T)
+/// past b and is spliced back in.
+#[test]
+fn a_pruned_connection_can_return() {
+    let mut b = GraphBuilder::new("x", &[2], 1);
+    let x = b.input();
+    let y = b.linear_named("fc", &x, 2);
+    let mut g = b.finish(&[&y]).expect("graph");
+    if let Op::Linear(l) = &mut g.nodes[0].op {
+        l.weight = Weights::Dense(Tensor {
+            shape: vec![2, 2],
+            data: vec![1.0, 0.01, 0.01, 1.0],
+        });
+    }
+    let opts = DnsOptions {
+        c: 0.0,
+        gamma: 0.0, // surgery at every iteration
+        ..DnsOptions::default()
+    };
+    let mut surgeon = Surgeon::new(&g, &opts).expect("surgeon");
+    let th = surgeon.thresholds["fc"];
+    let mut masks: Masks = surgeon.start(&g);
+    assert_eq!(
+        masks.forward["fc"],
+        vec![true, false, false, true],
+        "0.01 < a = {}",
+        th.a
+    );
+    // Input (0, 1) labelled class 0: dL/dW[0][1] = (p0 − 1)·1 < 0, so W[0][1] grows.
+    let xb = Tensor {
+        shape: vec![4, 2],
+        data: vec![0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0],
+    };
+    let labels = [0, 0, 0, 0];
+    let mut sgd = Sgd::new(0.0, 0.0);
+    let mut returned_at = None;
+    for iter in 0..200 {
+        let cache = train::forward(&g, &xb, BnMode::Train, &masks.forward).expect("forward");
+        let (_, dl) = train::softmax_cross_entropy(cache.logits(), &labels).expect("loss");
+        let (grads, _) = train::backward(&g, &cache, dl, false).expect("backward");
+        sgd.step(&mut g, &grads, &masks, 0.5).expect("step");
+        surgeon.step(&g, &mut masks, iter);
+        let w01 = g.nodes[0].op.weights().unwrap().to_dense().data[1];
+        if masks.forward["fc"][1] {
+            assert!(w01 >= th.b, "spliced only at |w| >= b: {w01} vs {}", th.b);
+            returned_at = Some(iter);
+            break;
+        }
+        assert!(w01 < th.b);
+    }
+    assert!(returned_at.is_some(), "the pruned weight never returned");
+}
+
+#[test]
+fn dns_prunes_a_small_net_end_to_end() {
+    use cnnpack::data::{Dataset, Preprocess};
+    use std::collections::BTreeMap;
+    let mut rng = Rng::new(5);
+    let (n, side) = (256, 8);
+    let mut pixels = Vec::with_capacity(n * side * side);
+    let mut labels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let class = rng.range(0, 1);
+        for r in 0..side {
+            for _ in 0..side {
+                let base = if r * 2 / side == class { 160 } else { 40 };
+                pixels.push((base + rng.range(0, 80)) as u8);
+            }
+        }
+        labels.push(class as u8);
+    }
+    let preprocess = Preprocess::from_metadata(
+        &BTreeMap::from([("preprocess.scale".to_string(), "0.00390625".to_string())]),
+        &[1, side, side],
+    )
+    .expect("preprocess");
+    let ds = Dataset::Idx {
+        pixels,
+        labels,
+        rows: side,
+        cols: side,
+        preprocess,
+        item_shape: vec![1, side, side],
+    };
+    let mut b = GraphBuilder::new("x", &[1, side, side], 3);
+    let x = b.input();
+    let c = b.conv(&x, 8, 3, 1, 1, 1);
+    let r = b.relu(&c);
+    let f = b.flatten(&r);
+    let y = b.linear(&f, 2);
+    let g = b.finish(&[&y]).expect("graph");
+    let topts = train::TrainOptions {
+        epochs: 3,
+        batch: 16,
+        ..Default::default()
+    };
+    let opts = DnsOptions {
+        c: 1.0,
+        iter_stop: 30,
+        policy: SparsePolicy::All,
+        ..DnsOptions::default()
+    };
+    let mut seen = 0;
+    let (out, report, stats) =
+        cnnpack::compress::dns::dns(&g, &ds, Some(&ds), &topts, &opts, |_| seen += 1).expect("dns");
+    assert_eq!(seen, 48);
+    assert!(stats.last().unwrap().test_acc.unwrap() > 0.9, "{stats:?}");
+    for r in &report {
+        assert!(r.sparse && r.density() < 0.5, "{r:?}");
+    }
+    // The sparse graph computes what the masked dense one does.
+    let xb = ds.batch(0, 5).unwrap().0;
+    let ys = fast::run_graph(&out, &xb).unwrap().remove(0);
+    let yr = reference::run_graph(&out, &xb).unwrap().remove(0);
+    check(&ys, &yr, "dns output");
+}
+
+#[test]
+fn released_sparse_lenet_loads_with_paper_densities() {
+    let Some(dir) = data_dir() else { return };
+    let path = dir.join("lenet/lenet5_sparse.onnx");
+    if !path.is_file() {
+        println!("skipped: {} missing", path.display());
+        return;
+    }
+    let g = cnnpack::format::load_model(&path).expect("load");
+    let (sg, report) = sparsify_graph(&g, &SparsePolicy::All).expect("sparsify");
+    let nnz: Vec<usize> = report.iter().map(|r| r.nonzeros).collect();
+    assert_eq!(nnz, [72, 770, 2920, 215]);
+    let mut rng = Rng::new(9);
+    let x = rng.normal_tensor(vec![3, 1, 28, 28], 1.0);
+    let want = reference::run_graph(&g, &x).unwrap().remove(0);
+    let got = fast::run_graph(&sg, &x).unwrap().remove(0);
+    check(&got, &want, "sparse lenet");
+}
+
+/// Where dense beats sparse on this CPU. Run with
+/// `cargo test --release --test dns sparse_dense_crossover -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn sparse_dense_crossover() {
+    use std::time::Instant;
+    let mut rng = Rng::new(1);
+    let best = |f: &mut dyn FnMut()| {
+        f();
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let x = rng.normal_tensor(vec![1, 9216], 1.0);
+    for d in [0.01f32, 0.05, 0.1, 0.2, 0.3, 0.5] {
+        let wt = sparse_tensor(&mut rng, vec![4096, 9216], d);
+        let s = SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap();
+        let dense = Linear {
+            weight: Weights::Dense(wt),
+            bias: None,
+        };
+        let td = best(&mut || drop(fast::linear(&x, &dense)));
+        let ts = best(&mut || drop(fast::sparse::sparse_linear(&x, &s, None)));
+        println!("fc 9216->4096 batch 1 density {d}: dense {td:.2} ms sparse {ts:.2} ms");
+    }
+    let x = rng.normal_tensor(vec![1, 64, 56, 56], 1.0);
+    for d in [0.01f32, 0.05, 0.1, 0.2, 0.3, 0.5] {
+        let wt = sparse_tensor(&mut rng, vec![64, 64, 3, 3], d);
+        let dense = Conv2d {
+            kernel: [3, 3],
+            stride: [1, 1],
+            pads: [1; 4],
+            dilation: [1, 1],
+            groups: 1,
+            weight: Weights::Dense(wt.clone()),
+            bias: None,
+        };
+        let mut sparse = dense.clone();
+        sparse.weight =
+            Weights::Sparse(SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap());
+        let td = best(&mut || drop(fast::conv2d(&x, &dense)));
+        let ts = best(&mut || drop(fast::sparse::sparse_conv(&x, &sparse)));
+        println!("conv 3x3 64->64 56x56 batch 1 density {d}: dense {td:.2} ms sparse {ts:.2} ms");
+    }
+    let _ = HashMap::<u8, u8>::new();
+}
+
+/// The WGSL sparse kernels against the reference on the dense reconstruction: graphs of
+/// one sparse conv (random geometry, groups incl. depthwise, stride 2, padding) followed
+/// by a sparse fc, at batch 1 and 5. Skipped without an adapter.
+#[test]
+fn gpu_sparse_kernels_match_reference() {
+    use cnnpack::backend::gpu::{GpuContext, GpuModel};
+    use std::sync::Arc;
+    let ctx = match GpuContext::new() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            println!("skipped: no GPU adapter ({e})");
+            return;
+        }
+    };
+    let mut rng = Rng::new(31);
+    for case in 0..6 {
+        let density = DENSITIES[case];
+        let depthwise = case == 2;
+        let groups = if depthwise { 6 } else { [1, 2, 3][case % 3] };
+        let cin = if depthwise {
+            6
+        } else {
+            groups * rng.range(1, 4)
+        };
+        let cout = if depthwise {
+            6
+        } else {
+            groups * rng.range(1, 5)
+        };
+        let k = [3, 5, 1][case % 3];
+        let stride = 1 + case % 2;
+        let pad = case % 3;
+        let side = rng.range(k + 2, k + 10) | 1;
+        let mut b = GraphBuilder::new("x", &[cin, side, side], case as u64);
+        let x = b.input();
+        let c = b.conv(&x, cout, k, stride, pad, groups);
+        let f = b.flatten(&c);
+        let y = b.linear(&f, 7);
+        let mut g = b.finish(&[&y]).expect("graph");
+        for node in &mut g.nodes {
+            let (w, bias) = match &mut node.op {
+                Op::Conv(c) => (&mut c.weight, &mut c.bias),
+                Op::Linear(l) => (&mut l.weight, &mut l.bias),
+                _ => continue,
+            };
+            let shape = w.shape().to_vec();
+            *w = Weights::Dense(sparse_tensor(&mut rng, shape, density));
+            if let Some(bb) = bias {
+                *bb = rng.normal_tensor(bb.shape.clone(), 1.0);
+            }
+        }
+        let (sg, _) = sparsify_graph(&g, &SparsePolicy::All).expect("sparsify");
+        for n in [1, 5] {
+            let xb = rng.normal_tensor(vec![n, cin, side, side], 1.0);
+            let want = reference::run_graph(&g, &xb).unwrap().remove(0);
+            let model = GpuModel::new(ctx.clone(), &sg, n).expect("gpu model");
+            let got = model.run(&xb).expect("gpu run").remove(0);
+            check(
+                &got,
+                &want,
+                &format!(
+                    "gpu case {case} density {density} batch {n} g{groups} k{k} s{stride} p{pad}"
+                ),
+            );
+        }
+    }
+}
