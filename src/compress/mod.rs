@@ -1,5 +1,6 @@
 //! Compression algorithms: pure functions from dense layers to packed encodings.
 
+pub mod inq;
 pub mod sketch;
 
 pub use sketch::{sketch_graph, sketch_tensor, LayerReport, SketchOptions};

@@ -7,8 +7,12 @@
 //! order and every packed encoding added later (sketch bit planes, pow2 codes, CSR
 //! columns) is laid out along it.
 
+mod pow2;
 mod sketch;
 
+pub use pow2::{
+    codes_per_word, decode_table, encode_power, magnitudes, pow2_f32, Pow2Weights, N1_MAX, N1_MIN,
+};
 pub use sketch::{words_for, SketchWeights};
 
 use crate::graph::Tensor;
@@ -64,6 +68,8 @@ pub enum Weights {
     Dense(Tensor),
     /// Network sketching: binary bases plus scales (see `sketch.rs` for the layout).
     Sketch(SketchWeights),
+    /// INQ powers of two: b-bit codes for `{0, ±2^n}` (see `pow2.rs` for the layout).
+    Pow2(Pow2Weights),
 }
 
 impl Weights {
@@ -72,6 +78,7 @@ impl Weights {
         match self {
             Weights::Dense(t) => &t.shape,
             Weights::Sketch(s) => s.shape(),
+            Weights::Pow2(p) => p.shape(),
         }
     }
 
@@ -93,6 +100,10 @@ impl Weights {
                 shape: s.shape().to_vec(),
                 data: s.dense_data(),
             }),
+            Weights::Pow2(p) => Cow::Owned(Tensor {
+                shape: p.shape().to_vec(),
+                data: p.dense_data(),
+            }),
         }
     }
 
@@ -101,6 +112,7 @@ impl Weights {
         match self {
             Weights::Dense(_) => "dense",
             Weights::Sketch(_) => "sketch",
+            Weights::Pow2(_) => "pow2",
         }
     }
 
@@ -109,6 +121,7 @@ impl Weights {
         match self {
             Weights::Dense(t) => t.bytes(),
             Weights::Sketch(s) => s.bytes(),
+            Weights::Pow2(p) => p.bytes(),
         }
     }
 
@@ -125,6 +138,7 @@ impl Weights {
                 ("bits", PartRef::U32(s.bits())),
                 ("scales", PartRef::F32(s.scales())),
             ],
+            Weights::Pow2(p) => vec![("codes", PartRef::U32(p.codes()))],
         }
     }
 
@@ -139,6 +153,7 @@ impl Weights {
                     ("scales", PartMut::F32(scales)),
                 ]
             }
+            Weights::Pow2(p) => vec![("codes", PartMut::U32(p.codes_mut()))],
         }
     }
 
@@ -159,6 +174,7 @@ impl Weights {
                 Ok(())
             }
             Weights::Sketch(s) => s.check(),
+            Weights::Pow2(p) => p.check(),
         }
     }
 
@@ -167,6 +183,7 @@ impl Weights {
         match self {
             Weights::Dense(t) => t.nonzeros(),
             Weights::Sketch(s) => s.dense_data().iter().filter(|v| **v != 0.0).count(),
+            Weights::Pow2(p) => p.dense_data().iter().filter(|v| **v != 0.0).count(),
         }
     }
 }
