@@ -95,7 +95,7 @@ pub struct LayerReport {
 
 /// Progress of `inq_graph` after each portion.
 #[derive(Clone, Debug)]
-pub struct StepReport {
+pub struct StepReport<'a> {
     /// Step index (0-based).
     pub step: usize,
     /// Accumulated portion quantized after this step.
@@ -106,6 +106,10 @@ pub struct StepReport {
     pub total: usize,
     /// Retraining epochs of this step (empty without data and after the last portion).
     pub epochs: Vec<EpochStats>,
+    /// The graph after this step's quantization and retraining (still dense weights).
+    pub graph: &'a Graph,
+    /// This step's gradient masks per quantized layer (`false` = quantized, frozen).
+    pub masks: &'a Masks,
 }
 
 /// Errors of INQ: compression-option errors and retraining errors.
@@ -373,13 +377,13 @@ pub fn inq_graph(
         }
         let mut epochs = Vec::new();
         let last = step + 1 == portions.len();
+        let mut masks = Masks::new();
+        for l in &layers {
+            masks
+                .grad
+                .insert(l.name.clone(), l.frozen.iter().map(|f| !f).collect());
+        }
         if let (Some((tr, te, sgd)), false) = (&train_data, last) {
-            let mut masks = Masks::new();
-            for l in &layers {
-                masks
-                    .grad
-                    .insert(l.name.clone(), l.frozen.iter().map(|f| !f).collect());
-            }
             epochs = train(&mut out, tr, *te, sgd, &mut masks, |_| {})?;
         }
         progress(&StepReport {
@@ -388,6 +392,8 @@ pub fn inq_graph(
             quantized,
             total,
             epochs,
+            graph: &out,
+            masks: &masks,
         });
     }
     let mut reports = Vec::new();
