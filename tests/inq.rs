@@ -238,6 +238,12 @@ fn one_step_quantization_gives_values_in_p() {
                 assert_eq!(w.encoding(), "pow2", "{}", n.name);
             }
         }
+        // .cnnpack round trip: header in the JSON, codes as a u32 part.
+        let path = std::env::temp_dir().join(format!("cnnpack-inq-{}-b{bits}.cnnpack", std::process::id()));
+        cnnpack::format::save(&q, &path).expect("save");
+        let back = cnnpack::format::load(&path).expect("load");
+        std::fs::remove_file(&path).ok();
+        assert_eq!(back, q, "b{bits}: file round trip");
         // The CPU fast executor runs the quantized graph like the reference does.
         let x = Rng::new(5).normal_tensor(vec![3, 1, 28, 28], 1.0);
         let want = reference::run_graph(&q, &x).expect("reference");
@@ -482,5 +488,139 @@ fn pow2_conv_matches_reference() {
         );
         let got = fast::run_node(&node(Op::Conv(conv)), &[&x]).expect("fast");
         check(&got, &want, &what);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// GPU pow2 kernels against the reference on the dense reconstruction. ldexp on a GPU may
+// flush subnormal products, and the GPU sums in its own order, so the tolerance is
+// 1e-5 · max |ref| plus 1e-6 absolute (products here are far above the subnormal range).
+// Without an adapter the tests print `skipped: no GPU adapter` and pass, unless
+// CNNPACK_REQUIRE_GPU=1.
+
+mod gpu {
+    use super::*;
+    use cnnpack::backend::gpu::{GpuContext, GpuModel, GpuOptions};
+    use cnnpack::graph::GraphBuilder;
+    use std::sync::{Arc, OnceLock};
+
+    fn gpu() -> Option<Arc<GpuContext>> {
+        static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
+        CTX.get_or_init(|| match GpuContext::new() {
+            Ok(c) => {
+                eprintln!("adapter: {}", c.adapter_name());
+                Some(Arc::new(c))
+            }
+            Err(e) => {
+                if std::env::var("CNNPACK_REQUIRE_GPU").as_deref() == Ok("1") {
+                    panic!("CNNPACK_REQUIRE_GPU=1 but no GPU adapter: {e}");
+                }
+                None
+            }
+        })
+        .clone()
+        .or_else(|| {
+            println!("skipped: no GPU adapter");
+            None
+        })
+    }
+
+    fn densified(graph: &Graph) -> Graph {
+        let mut g = graph.clone();
+        for node in &mut g.nodes {
+            let w = match &mut node.op {
+                Op::Conv(c) => &mut c.weight,
+                Op::Linear(l) => &mut l.weight,
+                _ => continue,
+            };
+            let dense = w.to_dense().into_owned();
+            *w = Weights::Dense(dense);
+        }
+        g
+    }
+
+    fn run_check(ctx: &Arc<GpuContext>, what: &str, graph: &Graph, batch: usize, opts: GpuOptions) {
+        let mut rng = Rng::new(batch as u64 * 13 + 1);
+        let mut shape = vec![batch];
+        shape.extend(&graph.input.item_shape);
+        let x = rng.normal_tensor(shape, 1.0);
+        let model = GpuModel::with_options(ctx.clone(), graph, batch, opts)
+            .unwrap_or_else(|e| panic!("{what}: building the GPU model failed: {e}"));
+        let got = model.run(&x).unwrap_or_else(|e| panic!("{what}: GPU run: {e}"));
+        let want = reference::run_graph(&densified(graph), &x).expect("reference");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.shape, w.shape, "{what}: shape");
+            let scale = w.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = g.max_abs_diff(w);
+            let tol = 1e-5 * scale + 1e-6;
+            assert!(diff <= tol, "{what} batch {batch}: max diff {diff} > {tol}");
+        }
+    }
+
+    #[test]
+    fn gpu_pow2_conv_matches_reference() {
+        let Some(ctx) = gpu() else { return };
+        let mut rng = Rng::new(99);
+        for case in 0..16 {
+            let bits = 2 + (case % 4) as u32;
+            let depthwise = case % 5 == 0;
+            let groups = if depthwise { rng.range(2, 6) } else { [1, 2, 3][rng.range(0, 2)] };
+            let cin_g = if depthwise { 1 } else { rng.range(1, 7) };
+            let cout = groups * if depthwise { 1 } else { rng.range(1, 9) };
+            let kk = [1, 3, 5][rng.range(0, 2)];
+            let stride = 1 + case % 2;
+            let pads = [rng.range(0, 2), rng.range(0, 2), rng.range(0, 2), rng.range(0, 2)];
+            let h = rng.range(kk, kk + 10);
+            let w = rng.range(kk, kk + 13);
+            let weights = random_pow2(&mut rng, vec![cout, cin_g, kk, kk], bits);
+            let op = Op::Conv(Conv2d {
+                kernel: [kk, kk],
+                stride: [stride; 2],
+                pads,
+                dilation: [1, 1],
+                groups,
+                weight: Weights::Pow2(weights),
+                bias: (case % 3 != 0).then(|| rng.normal_tensor(vec![cout], 1.0)),
+            });
+            let mut b = GraphBuilder::new("x", &[cin_g * groups, h, w], 1);
+            let mut y = b.push("conv", op, &["x"]);
+            if case % 4 == 1 {
+                y = b.relu(&y);
+            }
+            let g = b.finish(&[&y]).expect("graph");
+            let what = format!("conv case {case}: b{bits} g{groups} k{kk} s{stride} {h}x{w}");
+            for batch in [1, 5] {
+                run_check(&ctx, &what, &g, batch, GpuOptions::default());
+            }
+        }
+    }
+
+    #[test]
+    fn gpu_pow2_fc_matches_reference() {
+        let Some(ctx) = gpu() else { return };
+        let mut rng = Rng::new(98);
+        for case in 0..12 {
+            let bits = 2 + (case % 4) as u32;
+            let k = rng.range(1, 400);
+            let o = rng.range(1, 150);
+            let weights = random_pow2(&mut rng, vec![o, k], bits);
+            let op = Op::Linear(Linear {
+                weight: Weights::Pow2(weights),
+                bias: (case % 3 != 0).then(|| rng.normal_tensor(vec![o], 1.0)),
+            });
+            let mut b = GraphBuilder::new("x", &[k], 1);
+            let y = b.push("fc", op, &["x"]);
+            let g = b.finish(&[&y]).expect("graph");
+            let what = format!("fc case {case}: b{bits} k{k} o{o}");
+            for batch in [1, 5] {
+                run_check(&ctx, &what, &g, batch, GpuOptions::default());
+            }
+            // Row chunks: a binding cap of a few rows' codes.
+            let opts = GpuOptions {
+                max_binding_bytes: Some(256),
+                ..GpuOptions::default()
+            };
+            run_check(&ctx, &format!("{what} chunked"), &g, 2, opts);
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::context::{Bind, Dispatch, GpuContext};
 use super::conv::ConvKernel;
-use super::{conv, copy, eltwise, gemm, lrn, pool, sketch, softmax, GpuError};
+use super::{conv, copy, eltwise, gemm, lrn, pool, pow2, sketch, softmax, GpuError};
 use crate::graph::{Graph, Node, Op, Tensor};
 use crate::plan::{Plan, PlanOptions};
 use crate::weights::Weights;
@@ -491,10 +491,12 @@ fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
         // Sketched layers run on their packed bits (gpusketch branch).
         Op::Conv(c) => match &c.weight {
             Weights::Sketch(w) => sketch::encode_conv(io, c, w),
+            Weights::Pow2(w) => pow2::encode_conv(io, c, w),
             _ => conv::encode(io, c),
         },
         Op::Linear(l) => match &l.weight {
             Weights::Sketch(w) => sketch::encode_linear(io, l, w),
+            Weights::Pow2(w) => pow2::encode_linear(io, l, w),
             _ => gemm::encode(io, l),
         },
         Op::MaxPool(p) => pool::encode(io, p, pool::Mode::Max),
