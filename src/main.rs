@@ -919,7 +919,12 @@ fn compress_inq(
             .epochs
             .iter()
             .map(|e| match e.test_acc {
-                Some(a) => format!(" epoch {}: train loss {:.4}, test acc {:.2}%;", e.epoch + 1, e.train_loss, 100.0 * a),
+                Some(a) => format!(
+                    " epoch {}: train loss {:.4}, test acc {:.2}%;",
+                    e.epoch + 1,
+                    e.train_loss,
+                    100.0 * a
+                ),
                 None => format!(" epoch {}: train loss {:.4};", e.epoch + 1, e.train_loss),
             })
             .collect::<String>();
@@ -929,7 +934,11 @@ fn compress_inq(
             100.0 * s.portion,
             s.quantized,
             s.total,
-            if s.epochs.is_empty() { "" } else { "; retrained:" },
+            if s.epochs.is_empty() {
+                ""
+            } else {
+                "; retrained:"
+            },
             acc,
             t0.elapsed().as_secs_f64()
         );

@@ -96,10 +96,7 @@ fn pack_unpack_is_exact() {
         assert_eq!(ww.encoding(), "pow2");
         assert_eq!(ww.bytes(), rows * w.words_per_row() * 4);
         assert_eq!(ww.to_dense().data, dense);
-        assert_eq!(
-            ww.nonzeros(),
-            dense.iter().filter(|v| **v != 0.0).count()
-        );
+        assert_eq!(ww.nonzeros(), dense.iter().filter(|v| **v != 0.0).count());
     }
 }
 
@@ -121,7 +118,10 @@ fn check_refuses_invalid_codes_and_padding() {
     if let Weights::Pow2(p) = &mut bad {
         p.codes_mut()[0] = (p.codes_mut()[0] & !0xf) | 7; // e = 7 > 4 magnitudes
     }
-    assert!(bad.check().is_err(), "magnitude index past 2^(b-2) accepted");
+    assert!(
+        bad.check().is_err(),
+        "magnitude index past 2^(b-2) accepted"
+    );
     assert!(Pow2Weights::from_codes(vec![1, 3], 6, 0, &[0, 0, 0]).is_err());
     assert!(Pow2Weights::from_codes(vec![1, 3], 3, 0, &[0, 0]).is_err());
     // The header survives a serde round trip, the codes travel as a part.
@@ -239,7 +239,10 @@ fn one_step_quantization_gives_values_in_p() {
             }
         }
         // .cnnpack round trip: header in the JSON, codes as a u32 part.
-        let path = std::env::temp_dir().join(format!("cnnpack-inq-{}-b{bits}.cnnpack", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "cnnpack-inq-{}-b{bits}.cnnpack",
+            std::process::id()
+        ));
         cnnpack::format::save(&q, &path).expect("save");
         let back = cnnpack::format::load(&path).expect("load");
         std::fs::remove_file(&path).ok();
@@ -260,8 +263,10 @@ fn one_step_quantization_gives_values_in_p() {
     };
     let (q, reports) = inq_graph(&g, &opts, None, &mut |_| {}).expect("inq");
     assert_eq!(reports.len(), 3);
-    assert!(q.nodes.iter().any(|n| n.name == names[3]
-        && n.op.weights().map(|w| w.encoding()) == Some("dense")));
+    assert!(q
+        .nodes
+        .iter()
+        .any(|n| n.name == names[3] && n.op.weights().map(|w| w.encoding()) == Some("dense")));
     let bad = InqOptions {
         dense_layers: vec!["nope".into()],
         ..InqOptions::default()
@@ -294,7 +299,11 @@ fn write_idx(dir: &Path, n: usize, seed: u64) {
         // A class-dependent bright band so there is something to learn.
         for y in 0..28 {
             for x in 0..28 {
-                let v = if y / 3 == label { 200 } else { rng.range(0, 60) };
+                let v = if y / 3 == label {
+                    200
+                } else {
+                    rng.range(0, 60)
+                };
                 img.push((v + x % 2) as u8);
             }
         }
@@ -373,7 +382,7 @@ fn portions_are_exact_and_frozen_weights_never_change() {
                 for ((name, _), (_, before)) in now.iter().zip(&prev) {
                     let mask = &s.masks.grad[name];
                     let was = prev_masks.as_ref().map(|m| &m.grad[name]);
-                    let newly = |i: usize| !mask[i] && !was.is_some_and(|m| !m[i]);
+                    let newly = |i: usize| !mask[i] && was.is_none_or(|m| m[i]);
                     let min_new = (0..mask.len())
                         .filter(|&i| newly(i))
                         .map(|i| before.data[i].abs())
@@ -473,11 +482,7 @@ fn pow2_conv_matches_reference() {
             bias: (case % 3 != 0).then(|| rng.normal_tensor(vec![cout], 1.0)),
         };
         let dense = Conv2d {
-            weight: Weights::Dense(
-                weights
-                    .dense_data()
-                    .into_tensor(vec![cout, cin_g, kk, kk]),
-            ),
+            weight: Weights::Dense(weights.dense_data().into_tensor(vec![cout, cin_g, kk, kk])),
             ..conv.clone()
         };
         let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
@@ -546,7 +551,9 @@ mod gpu {
         let x = rng.normal_tensor(shape, 1.0);
         let model = GpuModel::with_options(ctx.clone(), graph, batch, opts)
             .unwrap_or_else(|e| panic!("{what}: building the GPU model failed: {e}"));
-        let got = model.run(&x).unwrap_or_else(|e| panic!("{what}: GPU run: {e}"));
+        let got = model
+            .run(&x)
+            .unwrap_or_else(|e| panic!("{what}: GPU run: {e}"));
         let want = reference::run_graph(&densified(graph), &x).expect("reference");
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.shape, w.shape, "{what}: shape");
@@ -564,12 +571,21 @@ mod gpu {
         for case in 0..16 {
             let bits = 2 + (case % 4) as u32;
             let depthwise = case % 5 == 0;
-            let groups = if depthwise { rng.range(2, 6) } else { [1, 2, 3][rng.range(0, 2)] };
+            let groups = if depthwise {
+                rng.range(2, 6)
+            } else {
+                [1, 2, 3][rng.range(0, 2)]
+            };
             let cin_g = if depthwise { 1 } else { rng.range(1, 7) };
             let cout = groups * if depthwise { 1 } else { rng.range(1, 9) };
             let kk = [1, 3, 5][rng.range(0, 2)];
             let stride = 1 + case % 2;
-            let pads = [rng.range(0, 2), rng.range(0, 2), rng.range(0, 2), rng.range(0, 2)];
+            let pads = [
+                rng.range(0, 2),
+                rng.range(0, 2),
+                rng.range(0, 2),
+                rng.range(0, 2),
+            ];
             let h = rng.range(kk, kk + 10);
             let w = rng.range(kk, kk + 13);
             let weights = random_pow2(&mut rng, vec![cout, cin_g, kk, kk], bits);

@@ -27,7 +27,13 @@ use std::sync::Arc;
 const SOURCE: &str = include_str!("../../../shaders/pow2.wgsl");
 
 /// Bindings of both kernels: input, codes, bias, output, params.
-const LAYOUT: [Slot; 5] = [Slot::Read, Slot::Read, Slot::Read, Slot::Write, Slot::Uniform];
+const LAYOUT: [Slot; 5] = [
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Write,
+    Slot::Uniform,
+];
 
 fn conv_kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("pow2", SOURCE, "pow2_conv", &LAYOUT)
@@ -96,9 +102,10 @@ pub(crate) fn encode_conv(
         )));
     }
     let rows_per = rows_per.min(max);
-    let bias = io
-        .ctx
-        .upload(&format!("{} bias", io.name), &bias_or_zeros(c.bias.as_ref(), cout));
+    let bias = io.ctx.upload(
+        &format!("{} bias", io.name),
+        &bias_or_zeros(c.bias.as_ref(), cout),
+    );
     let kernel = conv_kernel(io.ctx);
     let mut out = vec![];
     for r0 in (0..cout).step_by(rows_per) {
@@ -198,9 +205,7 @@ pub(crate) fn encode_linear(
             }
         }
         let codes = upload_u32(io.ctx, &format!("{label} codes"), &words);
-        let bias_buf = io
-            .ctx
-            .upload(&format!("{label} bias"), &bias[r0..r0 + n]);
+        let bias_buf = io.ctx.upload(&format!("{label} bias"), &bias[r0..r0 + n]);
         let params = [
             uw(n),
             uw(k),

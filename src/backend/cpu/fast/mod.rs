@@ -24,9 +24,7 @@ pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
             };
             Ok(sketch::sketch_linear(x, w, l.bias.as_ref()))
         }
-        (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Pow2(_)) => {
-            Ok(pow2::pow2_conv(x, c))
-        }
+        (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Pow2(_)) => Ok(pow2::pow2_conv(x, c)),
         (Op::Linear(l), Some(x)) if matches!(l.weight, Weights::Pow2(_)) => {
             let Weights::Pow2(w) = &l.weight else {
                 unreachable!("guarded by the match arm")

@@ -170,27 +170,24 @@ pub fn pow2_conv(x: &Tensor, conv: &Conv2d) -> Tensor {
             }
             let cols = &cols;
             let table = &table;
-            block
-                .par_chunks_mut(p)
-                .enumerate()
-                .for_each_init(
-                    || vec![0f32; k],
-                    |wrow, (oc, y)| {
-                        let c = g * cout_g + oc;
-                        decode_row(w, table, c, wrow);
-                        let b = conv.bias.as_ref().map_or(0.0, |b| b.data[c]);
-                        y.iter_mut().for_each(|v| *v = b);
-                        for (kk, &wk) in wrow.iter().enumerate() {
-                            if wk == 0.0 {
-                                continue;
-                            }
-                            let col = &cols[kk * p..(kk + 1) * p];
-                            for (v, &xv) in y.iter_mut().zip(col) {
-                                *v += wk * xv;
-                            }
+            block.par_chunks_mut(p).enumerate().for_each_init(
+                || vec![0f32; k],
+                |wrow, (oc, y)| {
+                    let c = g * cout_g + oc;
+                    decode_row(w, table, c, wrow);
+                    let b = conv.bias.as_ref().map_or(0.0, |b| b.data[c]);
+                    y.iter_mut().for_each(|v| *v = b);
+                    for (kk, &wk) in wrow.iter().enumerate() {
+                        if wk == 0.0 {
+                            continue;
                         }
-                    },
-                );
+                        let col = &cols[kk * p..(kk + 1) * p];
+                        for (v, &xv) in y.iter_mut().zip(col) {
+                            *v += wk * xv;
+                        }
+                    }
+                },
+            );
         });
     Tensor {
         shape: vec![n, cout, oh, ow],
