@@ -8,8 +8,8 @@
 
 use cnnpack::backend::cpu::{fast, reference};
 use cnnpack::compress::inq::{
-    choose_n1, encode_quantized, inq_graph, portion_count, quantize_value, InqOptions, Partition,
-    StepReport,
+    choose_n1, encode_quantized, inq_graph, layer_n1, portion_count, quantize_value, InqOptions,
+    Partition, StepReport,
 };
 use cnnpack::data::{Dataset, Preprocess};
 use cnnpack::graph::{Conv2d, Graph, Linear, Node, Op, Rng, Tensor};
@@ -179,6 +179,24 @@ fn quantizer_follows_eq4_and_clamps() {
         assert_eq!(encode_power(bits, n1, false, n1 + 1), None, "above n1");
         assert_eq!(encode_power(bits, n1, false, n2 - 1), None, "below n2");
     }
+    // Ternary: n1 minimises the squared error, never above the paper's n1.
+    let w = Rng::new(8).normal_tensor(vec![500], 0.1);
+    let s = w.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let sq = |n1: i32| -> f64 {
+        w.data
+            .iter()
+            .map(|&v| (v as f64 - quantize_value(v, 2, n1) as f64).powi(2))
+            .sum()
+    };
+    let n1 = layer_n1(&w.data, s, 2);
+    assert!(
+        n1 < choose_n1(s),
+        "gaussian weights: a smaller ternary magnitude fits better"
+    );
+    for n in n1 - 3..=choose_n1(s) {
+        assert!(sq(n1) <= sq(n), "n1 {n1} is not the best (n = {n})");
+    }
+    assert_eq!(layer_n1(&w.data, s, 3), choose_n1(s));
     // n1 = floor(log2(4s/3)): s = 1.5 -> 4s/3 = 2 -> n1 = 1; s just below -> 0.
     assert_eq!(choose_n1(1.5), 1);
     assert_eq!(choose_n1(1.4999), 0);
