@@ -12,14 +12,8 @@ fn data_dir() -> Option<PathBuf> {
 }
 
 fn cnnpack(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cnnpack"))
-        .args(args)
-        .output()
-        .expect("the cnnpack binary runs");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    );
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnpack")).args(args).output().expect("the cnnpack binary runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
     assert!(!stderr.contains("panicked"), "cnnpack panicked: {stderr}");
     (out.status.code(), stdout, stderr)
 }
@@ -43,10 +37,7 @@ fn inspect_json_has_the_documented_keys() {
     assert!(v["nonzero_parameters"].as_u64().unwrap() <= 431_080);
     let layers = v["layers"].as_array().unwrap();
     assert_eq!(layers[0]["name"], "conv1");
-    assert_eq!(
-        layers[0]["output_shape"],
-        serde_json::json!([1, 20, 24, 24])
-    );
+    assert_eq!(layers[0]["output_shape"], serde_json::json!([1, 20, 24, 24]));
 }
 
 #[test]
@@ -64,10 +55,7 @@ fn bad_model_files_are_errors_not_panics() {
     ] {
         let (code, _, err) = cnnpack(&["inspect", model]);
         assert_eq!(code, Some(1), "{model}: {err}");
-        assert!(
-            err.contains(needle) && err.starts_with("error:"),
-            "{model}: {err}"
-        );
+        assert!(err.contains(needle) && err.starts_with("error:"), "{model}: {err}");
     }
 }
 
@@ -79,19 +67,7 @@ fn eval_json_and_classify_on_real_data() {
     };
     let lenet = data.join("lenet/lenet5_original.onnx");
     let mnist = data.join("mnist");
-    let (code, out, err) = cnnpack(&[
-        "eval",
-        lenet.to_str().unwrap(),
-        "--data",
-        mnist.to_str().unwrap(),
-        "--limit",
-        "500",
-        "--batch",
-        "64",
-        "--json",
-        "--device",
-        "cpu",
-    ]);
+    let (code, out, err) = cnnpack(&["eval", lenet.to_str().unwrap(), "--data", mnist.to_str().unwrap(), "--limit", "500", "--batch", "64", "--json", "--device", "cpu"]);
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["count"], 500);
@@ -102,71 +78,26 @@ fn eval_json_and_classify_on_real_data() {
 
     let squeezenet = data.join("imagenet/squeezenet1.0/squeezenet1.0.onnx");
     let eagle = data.join("onnx-zoo/bald_eagle.jpeg");
-    let (code, out, err) = cnnpack(&[
-        "classify",
-        squeezenet.to_str().unwrap(),
-        eagle.to_str().unwrap(),
-        "--top",
-        "3",
-        "--device",
-        "cpu",
-    ]);
+    let (code, out, err) = cnnpack(&["classify", squeezenet.to_str().unwrap(), eagle.to_str().unwrap(), "--top", "3", "--device", "cpu"]);
     assert_eq!(code, Some(0), "{err}");
     // First class line: index 22, bald eagle (labels from the model's metadata).
     let first = out.lines().nth(1).unwrap();
-    assert!(
-        first.trim_start().starts_with("22 ") && first.contains("bald eagle"),
-        "{out}"
-    );
+    assert!(first.trim_start().starts_with("22 ") && first.contains("bald eagle"), "{out}");
 }
 
 #[test]
 fn compress_sketch_writes_a_smaller_model_that_runs() {
     let out = tmp("lenet5-sketch.cnnpack");
-    let (code, stdout, err) = cnnpack(&[
-        "compress",
-        "sketch",
-        "zoo:lenet5",
-        "-o",
-        out.to_str().unwrap(),
-        "--bases",
-        "2",
-        "--dense-layers",
-        "first",
-    ]);
+    let (code, stdout, err) = cnnpack(&["compress", "sketch", "zoo:lenet5", "-o", out.to_str().unwrap(), "--bases", "2", "--dense-layers", "first"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(
-        stdout.contains("conv2") && !stdout.lines().any(|l| l.starts_with("conv1 ")),
-        "{stdout}"
-    );
+    assert!(stdout.contains("conv2") && !stdout.lines().any(|l| l.starts_with("conv1 ")), "{stdout}");
     let (code, json, err) = cnnpack(&["inspect", out.to_str().unwrap(), "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert!(
-        v["weight_bytes"].as_u64().unwrap() < 431_080 * 4 / 10,
-        "{}",
-        v["weight_bytes"]
-    );
-    let encodings: Vec<&str> = v["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["encoding"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        encodings.iter().filter(|e| **e == "sketch").count(),
-        3,
-        "{encodings:?}"
-    );
-    let (code, _, err) = cnnpack(&[
-        "compress",
-        "sketch",
-        "zoo:lenet5",
-        "-o",
-        out.to_str().unwrap(),
-        "--dense-layers",
-        "nosuchlayer",
-    ]);
+    assert!(v["weight_bytes"].as_u64().unwrap() < 431_080 * 4 / 10, "{}", v["weight_bytes"]);
+    let encodings: Vec<&str> = v["layers"].as_array().unwrap().iter().map(|l| l["encoding"].as_str().unwrap()).collect();
+    assert_eq!(encodings.iter().filter(|e| **e == "sketch").count(), 3, "{encodings:?}");
+    let (code, _, err) = cnnpack(&["compress", "sketch", "zoo:lenet5", "-o", out.to_str().unwrap(), "--dense-layers", "nosuchlayer"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("nosuchlayer"), "{err}");
 }
