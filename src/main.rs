@@ -166,6 +166,45 @@ enum Compress {
         #[arg(long, value_delimiter = ',')]
         layer_bases: Vec<String>,
     },
+    /// Incremental network quantization (Zhou et al., ICLR 2017): weights become 0 or
+    /// ±2^n (b-bit codes), quantized in portions with retraining of the rest in between.
+    Inq {
+        /// Model: .onnx, .cnnpack or zoo:NAME.
+        model: String,
+        /// Output .cnnpack file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Bits per weight (2..=5; 2 is ternary {0, ±2^n1}).
+        #[arg(long, default_value_t = 5)]
+        bits: u32,
+        /// Accumulated portions of quantized weights, ending at 1.
+        #[arg(long, value_delimiter = ',', default_value = "0.5,0.75,0.875,1")]
+        portions: Vec<f64>,
+        /// Which weights are quantized first: magnitude (largest first) or random.
+        #[arg(long, default_value = "magnitude")]
+        partition: String,
+        /// Conv/fc layers to keep dense, comma-separated node names; `first` and `last`
+        /// name the first and last conv/fc layer.
+        #[arg(long, value_delimiter = ',')]
+        dense_layers: Vec<String>,
+        /// Dataset folder for retraining (its "train" split; the "test" split, when
+        /// present, is evaluated after each epoch). Without it: one-step quantization.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Retraining epochs after each portion but the last.
+        #[arg(long, default_value_t = 2)]
+        epochs_per_step: usize,
+        /// Base learning rate of each retraining (Caffe "inv" decay, momentum 0.9,
+        /// weight decay 5e-4).
+        #[arg(long, default_value_t = 0.001)]
+        lr: f32,
+        /// Retraining batch size.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Seed of the random partition and of the training shuffles.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Store the exact zeros already in the weights as CSR (no retraining), e.g. for the
     /// DNS paper's released sparse LeNet. Layers denser than the CPU kernels' crossover
     /// stay dense unless `--all` or `--max-density` says otherwise.
@@ -337,6 +376,28 @@ fn run(cli: Cli) -> Result<()> {
         }) => compress_sketch(&model, &output, bases, !direct, &dense_layers, &layer_bases),
         Command::Train(args) => train(&args, 10, 0.01),
         Command::Finetune(args) => train(&args, 1, 0.001),
+        Command::Compress(Compress::Inq {
+            model,
+            output,
+            bits,
+            portions,
+            partition,
+            dense_layers,
+            data,
+            epochs_per_step,
+            lr,
+            batch,
+            seed,
+        }) => compress_inq(
+            &model,
+            &output,
+            bits,
+            portions,
+            &partition,
+            &dense_layers,
+            data.as_deref(),
+            (epochs_per_step, lr, batch, seed),
+        ),
         Command::Compress(Compress::Sparse {
             model,
             output,
@@ -1073,4 +1134,153 @@ fn compress_dns(
     bar.finish_and_clear();
     eprintln!("DNS training took {:.1} s", t0.elapsed().as_secs_f64());
     compress_sparse(&out, &graph, output, &opts.policy)
+}
+
+/// `cnnpack compress inq`; `sgd` is (epochs per step, learning rate, batch, seed).
+#[allow(clippy::too_many_arguments)]
+fn compress_inq(
+    model: &str,
+    output: &Path,
+    bits: u32,
+    portions: Vec<f64>,
+    partition: &str,
+    dense: &[String],
+    data: Option<&Path>,
+    sgd: (usize, f32, usize, u64),
+) -> Result<()> {
+    use cnnpack::compress::inq::{inq_graph, InqOptions, Partition, StepReport};
+    let graph = cnnpack::graph::fold(load(model)?)?;
+    let layers: Vec<&str> = graph
+        .nodes
+        .iter()
+        .filter(|n| n.op.weights().is_some())
+        .map(|n| n.name.as_str())
+        .collect();
+    let pick = |end: Option<&&str>| {
+        end.map(|s| s.to_string())
+            .context("the model has no conv or fc layer")
+    };
+    let dense_layers = dense
+        .iter()
+        .map(|name| match name.as_str() {
+            "first" => pick(layers.first()),
+            "last" => pick(layers.last()),
+            _ => Ok(name.clone()),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let partition = match partition {
+        "magnitude" => Partition::Magnitude,
+        "random" => Partition::Random,
+        other => bail!("--partition must be magnitude or random, got '{other}'"),
+    };
+    let (epochs, lr, batch, seed) = sgd;
+    let opts = InqOptions {
+        bits,
+        portions,
+        partition,
+        seed,
+        dense_layers,
+    };
+    let t0 = Instant::now();
+    let sets = match data {
+        Some(dir) => {
+            let pre = Preprocess::from_metadata(&graph.metadata, &graph.input.item_shape)?;
+            let item = graph.input.item_shape.clone();
+            let train = Dataset::open_split(dir, "train", &pre, &item)
+                .with_context(|| format!("opening the train split of {}", dir.display()))?;
+            let test = Dataset::open_split(dir, "test", &pre, &item).ok();
+            Some((train, test))
+        }
+        None => None,
+    };
+    let train_opts = cnnpack::train::TrainOptions {
+        epochs,
+        batch,
+        lr,
+        seed,
+        ..Default::default()
+    };
+    let train_data = sets
+        .as_ref()
+        .map(|(tr, te)| (tr, te.as_ref(), train_opts.clone()));
+    match &sets {
+        Some((tr, te)) => println!(
+            "INQ, {bits} bits, portions {:?}, {:?} partition: retraining {epochs} epoch(s) per step on {} items{}",
+            opts.portions,
+            opts.partition,
+            tr.len(),
+            if te.is_some() { " (test split evaluated)" } else { "" }
+        ),
+        None => println!(
+            "INQ, {bits} bits: no --data, so one-step quantization of every weight WITHOUT retraining"
+        ),
+    }
+    let mut on_step = |s: &StepReport| {
+        let acc = s
+            .epochs
+            .iter()
+            .map(|e| match e.test_acc {
+                Some(a) => format!(
+                    " epoch {}: train loss {:.4}, test acc {:.2}%;",
+                    e.epoch + 1,
+                    e.train_loss,
+                    100.0 * a
+                ),
+                None => format!(" epoch {}: train loss {:.4};", e.epoch + 1, e.train_loss),
+            })
+            .collect::<String>();
+        println!(
+            "step {}: {:.1}% quantized ({} of {}){}{} [{:.0} s]",
+            s.step + 1,
+            100.0 * s.portion,
+            s.quantized,
+            s.total,
+            if s.epochs.is_empty() {
+                ""
+            } else {
+                "; retrained:"
+            },
+            acc,
+            t0.elapsed().as_secs_f64()
+        );
+    };
+    let (quantized, report) = inq_graph(&graph, &opts, train_data, &mut on_step)?;
+    println!(
+        "{:<28} {:<7} {:<20} {:>4} {:>5} {:>8} {:>9} {:>12} {:>12} {:>7}",
+        "layer", "op", "weight", "bits", "n1", "distinct", "rel.err", "bytes", "pow2", "ratio"
+    );
+    for r in &report {
+        println!(
+            "{:<28} {:<7} {:<20} {:>4} {:>5} {:>8} {:>9.4} {:>12} {:>12} {:>6.1}x",
+            truncate(&r.name, 28),
+            r.op,
+            format!("{:?}", r.shape),
+            r.bits,
+            r.n1,
+            r.distinct,
+            r.rel_error,
+            r.bytes_before,
+            r.bytes_after,
+            r.bytes_before as f64 / r.bytes_after.max(1) as f64
+        );
+    }
+    let before = layer_stats(&graph)?
+        .iter()
+        .map(|l| l.weight_bytes)
+        .sum::<usize>();
+    let after = layer_stats(&quantized)?
+        .iter()
+        .map(|l| l.weight_bytes)
+        .sum::<usize>();
+    println!(
+        "model: {before} -> {after} bytes of weights and constants ({:.1}x smaller); {} of {} conv/fc layers quantized; {:.1} s",
+        before as f64 / after.max(1) as f64,
+        report.len(),
+        layers.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    cnnpack::format::save(&quantized, output)
+        .with_context(|| format!("writing {}", output.display()))?;
+    println!("wrote {}", output.display());
+    Ok(())
 }

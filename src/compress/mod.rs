@@ -1,6 +1,7 @@
 //! Compression algorithms: pure functions from dense layers to packed encodings.
 
 pub mod dns;
+pub mod inq;
 pub mod sketch;
 
 pub use sketch::{sketch_graph, sketch_tensor, LayerReport, SketchOptions};

@@ -7,9 +7,13 @@
 //! order and every packed encoding added later (sketch bit planes, pow2 codes, CSR
 //! columns) is laid out along it.
 
+mod pow2;
 mod sketch;
 mod sparse;
 
+pub use pow2::{
+    codes_per_word, decode_table, encode_power, magnitudes, pow2_f32, Pow2Weights, N1_MAX, N1_MIN,
+};
 pub use sketch::{words_for, SketchWeights};
 pub use sparse::{Cols, SparseWeights, MAX_U16_K};
 
@@ -68,6 +72,8 @@ pub enum Weights {
     Sketch(SketchWeights),
     /// CSR over K per output channel (see `sparse.rs` for the layout).
     Sparse(SparseWeights),
+    /// INQ powers of two: b-bit codes for `{0, ±2^n}` (see `pow2.rs` for the layout).
+    Pow2(Pow2Weights),
 }
 
 impl Weights {
@@ -77,6 +83,7 @@ impl Weights {
             Weights::Dense(t) => &t.shape,
             Weights::Sketch(s) => s.shape(),
             Weights::Sparse(s) => s.shape(),
+            Weights::Pow2(p) => p.shape(),
         }
     }
 
@@ -102,6 +109,10 @@ impl Weights {
                 shape: s.shape().to_vec(),
                 data: s.dense_data(),
             }),
+            Weights::Pow2(p) => Cow::Owned(Tensor {
+                shape: p.shape().to_vec(),
+                data: p.dense_data(),
+            }),
         }
     }
 
@@ -111,6 +122,7 @@ impl Weights {
             Weights::Dense(_) => "dense",
             Weights::Sketch(_) => "sketch",
             Weights::Sparse(_) => "sparse",
+            Weights::Pow2(_) => "pow2",
         }
     }
 
@@ -120,6 +132,7 @@ impl Weights {
             Weights::Dense(t) => t.bytes(),
             Weights::Sketch(s) => s.bytes(),
             Weights::Sparse(s) => s.bytes(),
+            Weights::Pow2(p) => p.bytes(),
         }
     }
 
@@ -147,6 +160,7 @@ impl Weights {
                     ("values", PartRef::F32(s.values())),
                 ]
             }
+            Weights::Pow2(p) => vec![("codes", PartRef::U32(p.codes()))],
         }
     }
 
@@ -175,6 +189,7 @@ impl Weights {
                     ("values", PartMut::F32(values)),
                 ]
             }
+            Weights::Pow2(p) => vec![("codes", PartMut::U32(p.codes_mut()))],
         }
     }
 
@@ -196,6 +211,7 @@ impl Weights {
             }
             Weights::Sketch(s) => s.check(),
             Weights::Sparse(s) => s.check(),
+            Weights::Pow2(p) => p.check(),
         }
     }
 
@@ -205,6 +221,7 @@ impl Weights {
             Weights::Dense(t) => t.nonzeros(),
             Weights::Sketch(s) => s.dense_data().iter().filter(|v| **v != 0.0).count(),
             Weights::Sparse(s) => s.nonzeros(),
+            Weights::Pow2(p) => p.dense_data().iter().filter(|v| **v != 0.0).count(),
         }
     }
 }

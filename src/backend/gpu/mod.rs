@@ -14,6 +14,7 @@ mod gemm;
 mod lrn;
 mod model;
 mod pool;
+mod pow2;
 mod sketch;
 mod softmax;
 mod sparse;

@@ -3,7 +3,7 @@
 
 use super::context::{Bind, Dispatch, GpuContext};
 use super::conv::ConvKernel;
-use super::{conv, copy, eltwise, gemm, lrn, pool, sketch, softmax, sparse, GpuError};
+use super::{conv, copy, eltwise, gemm, lrn, pool, pow2, sketch, softmax, sparse, GpuError};
 use crate::graph::{Graph, Node, Op, Tensor};
 use crate::plan::{Plan, PlanOptions};
 use crate::weights::Weights;
@@ -492,11 +492,13 @@ fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
         Op::Conv(c) => match &c.weight {
             Weights::Sketch(w) => sketch::encode_conv(io, c, w),
             Weights::Sparse(w) => sparse::encode_conv(io, c, w),
+            Weights::Pow2(w) => pow2::encode_conv(io, c, w),
             _ => conv::encode(io, c),
         },
         Op::Linear(l) => match &l.weight {
             Weights::Sketch(w) => sketch::encode_linear(io, l, w),
             Weights::Sparse(w) => sparse::encode_linear(io, l, w),
+            Weights::Pow2(w) => pow2::encode_linear(io, l, w),
             _ => gemm::encode(io, l),
         },
         Op::MaxPool(p) => pool::encode(io, p, pool::Mode::Max),

@@ -4,6 +4,7 @@
 
 mod dense;
 mod pool;
+pub mod pow2;
 pub mod sketch;
 pub mod sparse;
 
@@ -44,6 +45,13 @@ pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
                 unreachable!("guarded by the match arm")
             };
             Ok(sparse::sparse_linear(x, w, l.bias.as_ref()))
+        }
+        (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Pow2(_)) => Ok(pow2::pow2_conv(x, c)),
+        (Op::Linear(l), Some(x)) if matches!(l.weight, Weights::Pow2(_)) => {
+            let Weights::Pow2(w) = &l.weight else {
+                unreachable!("guarded by the match arm")
+            };
+            Ok(pow2::pow2_linear(x, w, l.bias.as_ref()))
         }
         (Op::Conv(c), Some(x)) => Ok(conv2d(x, c)),
         (Op::Linear(l), Some(x)) => Ok(linear(x, l)),

@@ -1,0 +1,158 @@
+// Power-of-two (INQ) convolution and fully connected layers on packed b-bit codes.
+//
+// Code layout (src/weights/pow2.rs): a row of K codes is packed floor(32 / b) codes per
+// u32 word (`cpw`), code j of a word at bits b*j; code 0 is zero, otherwise bit b-1 is
+// the sign (set = negative) and the low b-1 bits hold e >= 1, the value being
+// +-2^(n1 + 1 - e). A product x * w is therefore ldexp(x, n1 + 1 - e) with the sign
+// flipped: no weight is ever expanded to f32, and the weight bytes read are b/32 of
+// the dense layer's (b = 2..5: 16, 10, 8, 6 codes per word).
+//
+// Kernel shapes (kept simple; see src/backend/gpu/pow2.rs for what was and was not
+// measured):
+// - pow2_conv: direct convolution, one invocation per output pixel (64 per workgroup,
+//   across batch, oh, ow), one output channel per workgroup row (wid.y). All lanes of a
+//   workgroup read the same code word (a workgroup-uniform address: one load and a
+//   broadcast on GPUs).
+// - pow2_fc: GEMV, one invocation per output row (lanes = rows), wid.y = batch item.
+//   Codes are stored transposed, [word][row], so the 64 lanes read 64 consecutive words;
+//   every lane reads the same input value at a time (uniform address).
+
+struct ConvParams {
+    batch: u32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    oh: u32,
+    ow: u32,
+    kh: u32,
+    kw: u32,
+    sh: u32,
+    sw: u32,
+    ph: u32,
+    pw: u32,
+    dh: u32,
+    dw: u32,
+    cin_g: u32,
+    cout_g: u32,
+    cout: u32,
+    relu: u32,
+    bits: u32,
+    cpw: u32,
+    wpr: u32,
+    // Largest exponent, as i32 bits.
+    n1: i32,
+    // First output channel of this dispatch.
+    row0: u32,
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<storage, read> cx: array<f32>;
+@group(0) @binding(1) var<storage, read> ccodes: array<u32>;
+@group(0) @binding(2) var<storage, read> cbias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> cy: array<f32>;
+@group(0) @binding(4) var<uniform> cp: ConvParams;
+
+// x * value(code) for a b-bit code: 0, or +-ldexp(x, n1 + 1 - e).
+fn times_code(x: f32, code: u32, bits: u32, n1: i32) -> f32 {
+    let sign = 1u << (bits - 1u);
+    let e = i32(code & (sign - 1u));
+    let v = ldexp(x, n1 + 1 - e);
+    let signed = select(v, -v, (code & sign) != 0u);
+    return select(0.0, signed, code != 0u);
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn pow2_conv(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let pix = wid.x * 64u + li;
+    let pixels = cp.batch * cp.oh * cp.ow;
+    let co = cp.row0 + wid.y;
+    if (pix >= pixels || co >= cp.cout) {
+        return;
+    }
+    let n = pix / (cp.oh * cp.ow);
+    let oy = (pix / cp.ow) % cp.oh;
+    let ox = pix % cp.ow;
+    let g = co / cp.cout_g;
+    let mask = (1u << cp.bits) - 1u;
+    let row = (co - cp.row0) * cp.wpr;
+    var acc = 0.0;
+    var k = 0u;
+    for (var ci = 0u; ci < cp.cin_g; ci++) {
+        let plane = (n * cp.cin + g * cp.cin_g + ci) * cp.h * cp.w;
+        for (var ky = 0u; ky < cp.kh; ky++) {
+            let iy = i32(oy * cp.sh + ky * cp.dh) - i32(cp.ph);
+            for (var kx = 0u; kx < cp.kw; kx++) {
+                let ix = i32(ox * cp.sw + kx * cp.dw) - i32(cp.pw);
+                let word = ccodes[row + k / cp.cpw];
+                let code = (word >> (cp.bits * (k % cp.cpw))) & mask;
+                let inside = iy >= 0 && iy < i32(cp.h) && ix >= 0 && ix < i32(cp.w);
+                if (inside && code != 0u) {
+                    acc += times_code(cx[plane + u32(iy) * cp.w + u32(ix)], code, cp.bits, cp.n1);
+                }
+                k++;
+            }
+        }
+    }
+    var v = acc + cbias[co];
+    if (cp.relu != 0u) {
+        v = max(v, 0.0);
+    }
+    cy[((n * cp.cout + co) * cp.oh + oy) * cp.ow + ox] = v;
+}
+
+struct FcParams {
+    rows: u32,
+    k_len: u32,
+    wpr: u32,
+    cpw: u32,
+    bits: u32,
+    n1: i32,
+    relu: u32,
+    // First output row of this dispatch and the layer's output width.
+    row0: u32,
+    out_total: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> fx: array<f32>;
+@group(0) @binding(1) var<storage, read> fcodes: array<u32>;
+@group(0) @binding(2) var<storage, read> fbias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> fy: array<f32>;
+@group(0) @binding(4) var<uniform> fp: FcParams;
+
+@compute @workgroup_size(64, 1, 1)
+fn pow2_fc(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let r = wid.x * 64u + li;
+    if (r >= fp.rows) {
+        return;
+    }
+    let n = wid.y;
+    let x0 = n * fp.k_len;
+    let mask = (1u << fp.bits) - 1u;
+    var acc = 0.0;
+    for (var t = 0u; t < fp.wpr; t++) {
+        var word = fcodes[t * fp.rows + r];
+        let k0 = t * fp.cpw;
+        let kn = min(fp.cpw, fp.k_len - k0);
+        for (var j = 0u; j < kn; j++) {
+            let code = word & mask;
+            if (code != 0u) {
+                acc += times_code(fx[x0 + k0 + j], code, fp.bits, fp.n1);
+            }
+            word = word >> fp.bits;
+        }
+    }
+    var v = acc + fbias[r];
+    if (fp.relu != 0u) {
+        v = max(v, 0.0);
+    }
+    fy[n * fp.out_total + fp.row0 + r] = v;
+}

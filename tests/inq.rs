@@ -1,0 +1,660 @@
+//! INQ: the pow2 encoding (pack/unpack, validation), the quantizer (values in P, clamp,
+//! distinct values), the partition (exact portion counts, frozen weights bitwise fixed
+//! during retraining), and the CPU pow2 kernels against the reference.
+//!
+//! Kernel tolerance: max |fast − ref| ≤ 1e-5 · max |ref|. Products by powers of two
+//! are exact, so the results differ from the reference (run on the exact dense
+//! reconstruction) only by f32 summation order.
+
+use cnnpack::backend::cpu::{fast, reference};
+use cnnpack::compress::inq::{
+    choose_n1, encode_quantized, inq_graph, layer_n1, portion_count, quantize_value, InqOptions,
+    Partition, StepReport,
+};
+use cnnpack::data::{Dataset, Preprocess};
+use cnnpack::graph::{Conv2d, Graph, Linear, Node, Op, Rng, Tensor};
+use cnnpack::train::TrainOptions;
+use cnnpack::weights::{decode_table, encode_power, pow2_f32, Pow2Weights, Weights};
+use std::path::Path;
+
+fn node(op: Op) -> Node {
+    Node {
+        name: "n".into(),
+        op,
+        inputs: vec!["x".into()],
+        output: "y".into(),
+    }
+}
+
+fn check(got: &Tensor, want: &Tensor, what: &str) {
+    assert_eq!(got.shape, want.shape, "{what}: shape");
+    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let tol = 1e-5 * scale;
+    let diff = got.max_abs_diff(want);
+    assert!(diff <= tol, "{what}: max diff {diff} > {tol}");
+}
+
+/// The value set P for `bits` and `n1`, as f32 bit patterns.
+fn value_set(bits: u32, n1: i32) -> Vec<u32> {
+    let n2 = n1 + 1 - (1 << (bits - 2));
+    let mut p = vec![0f32.to_bits()];
+    for n in n2..=n1 {
+        p.push(pow2_f32(n).to_bits());
+        p.push((-pow2_f32(n)).to_bits());
+    }
+    p
+}
+
+fn random_pow2(rng: &mut Rng, shape: Vec<usize>, bits: u32) -> Pow2Weights {
+    let t = rng.normal_tensor(shape, 0.3);
+    let s = t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    encode_quantized(&t, bits, choose_n1(s))
+}
+
+#[test]
+fn pack_unpack_is_exact() {
+    let mut rng = Rng::new(3);
+    for case in 0..40 {
+        let bits = 2 + (case % 4) as u32;
+        let n1 = rng.range(0, 20) as i32 - 10;
+        let rows = rng.range(1, 6);
+        let k = rng.range(1, 70);
+        let emax = 1u32 << (bits - 2);
+        let codes: Vec<u8> = (0..rows * k)
+            .map(|_| {
+                let e = rng.range(0, emax as usize) as u32;
+                if e == 0 {
+                    0
+                } else {
+                    (e | (rng.range(0, 1) as u32) << (bits - 1)) as u8
+                }
+            })
+            .collect();
+        let w = Pow2Weights::from_codes(vec![rows, k], bits, n1, &codes).expect("valid codes");
+        let table = decode_table(bits, n1);
+        let dense = w.dense_data();
+        for (i, &c) in codes.iter().enumerate() {
+            assert_eq!(w.code(i / k, i % k), c as u32, "case {case}: code {i}");
+            assert_eq!(
+                dense[i].to_bits(),
+                table[c as usize].to_bits(),
+                "case {case}: value {i}"
+            );
+        }
+        // Re-encoding the dense values gives back the same codes.
+        let again = encode_quantized(
+            &Tensor {
+                shape: vec![rows, k],
+                data: dense.clone(),
+            },
+            bits,
+            n1,
+        );
+        assert_eq!(again, w, "case {case}: re-encode");
+        assert_eq!(w.words_per_row(), k.div_ceil(32 / bits as usize));
+        let ww = Weights::Pow2(w.clone());
+        assert_eq!(ww.encoding(), "pow2");
+        assert_eq!(ww.bytes(), rows * w.words_per_row() * 4);
+        assert_eq!(ww.to_dense().data, dense);
+        assert_eq!(ww.nonzeros(), dense.iter().filter(|v| **v != 0.0).count());
+    }
+}
+
+#[test]
+fn check_refuses_invalid_codes_and_padding() {
+    // 4 bits, K = 3: one word per row, bits 12.. are padding.
+    let w = Pow2Weights::from_codes(vec![1, 3], 4, 0, &[1, 9, 0]).expect("valid");
+    let mut bad = Weights::Pow2(w.clone());
+    if let Weights::Pow2(p) = &mut bad {
+        p.codes_mut()[0] |= 1 << 20;
+    }
+    assert!(bad.check().is_err(), "set padding bit accepted");
+    let mut bad = Weights::Pow2(w.clone());
+    if let Weights::Pow2(p) = &mut bad {
+        p.codes_mut()[0] |= 8 << 8; // third code = 8: "negative zero"
+    }
+    assert!(bad.check().is_err(), "code with sign and e = 0 accepted");
+    let mut bad = Weights::Pow2(w);
+    if let Weights::Pow2(p) = &mut bad {
+        p.codes_mut()[0] = (p.codes_mut()[0] & !0xf) | 7; // e = 7 > 4 magnitudes
+    }
+    assert!(
+        bad.check().is_err(),
+        "magnitude index past 2^(b-2) accepted"
+    );
+    assert!(Pow2Weights::from_codes(vec![1, 3], 6, 0, &[0, 0, 0]).is_err());
+    assert!(Pow2Weights::from_codes(vec![1, 3], 3, 0, &[0, 0]).is_err());
+    // The header survives a serde round trip, the codes travel as a part.
+    let w = Pow2Weights::from_codes(vec![2, 3], 3, -4, &[1, 2, 5, 6, 0, 1]).expect("valid");
+    let json = serde_json::to_string(&Weights::Pow2(w.clone())).expect("serialise");
+    let mut back: Weights = serde_json::from_str(&json).expect("deserialise");
+    assert!(back.check().is_err(), "codes are not in the JSON");
+    if let Weights::Pow2(p) = &mut back {
+        *p.codes_mut() = w.codes().to_vec();
+    }
+    back.check().expect("codes restored");
+    assert_eq!(back, Weights::Pow2(w));
+}
+
+#[test]
+fn quantizer_follows_eq4_and_clamps() {
+    for bits in 2..=5u32 {
+        let n1 = 1; // P ∋ 2, 1, 0.5, 0.25 ... down to 2^n2
+        let n2 = n1 + 1 - (1 << (bits - 2));
+        let set = value_set(bits, n1);
+        let mut rng = Rng::new(bits as u64);
+        for _ in 0..2000 {
+            let w = rng.normal() * 2.0;
+            let q = quantize_value(w, bits, n1);
+            assert!(set.contains(&q.to_bits()), "b{bits}: {w} -> {q} not in P");
+            // Nearest in the eq. 4 sense: brute force over adjacent pairs.
+            let a = w.abs() as f64;
+            let want = if a < pow2_f32(n2) as f64 / 2.0 {
+                0.0
+            } else {
+                let mut v = pow2_f32(n1) as f64;
+                for n in n2..n1 {
+                    let beta = (2f64).powi(n);
+                    if a < 1.5 * beta {
+                        v = beta;
+                        break;
+                    }
+                }
+                v
+            };
+            assert_eq!(q.abs() as f64, want, "b{bits}: |{w}|");
+            if q != 0.0 {
+                assert_eq!(q.is_sign_negative(), w < 0.0, "sign of {w}");
+            }
+        }
+        // Above 3·2^n1/2 clamps to ±2^n1; exactly (α+β)/2 rounds up.
+        assert_eq!(quantize_value(100.0, bits, n1), 2.0);
+        assert_eq!(quantize_value(-3.5, bits, n1), -2.0);
+        if bits > 2 {
+            assert_eq!(quantize_value(1.5, bits, n1), 2.0);
+            assert_eq!(quantize_value(1.4999, bits, n1), 1.0);
+        }
+        assert_eq!(quantize_value(pow2_f32(n2) / 2.0, bits, n1), pow2_f32(n2));
+        assert_eq!(quantize_value(pow2_f32(n2) * 0.49, bits, n1), 0.0);
+        assert_eq!(encode_power(bits, n1, false, n1 + 1), None, "above n1");
+        assert_eq!(encode_power(bits, n1, false, n2 - 1), None, "below n2");
+    }
+    // Ternary: n1 minimises the squared error, never above the paper's n1.
+    let w = Rng::new(8).normal_tensor(vec![500], 0.1);
+    let s = w.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let sq = |n1: i32| -> f64 {
+        w.data
+            .iter()
+            .map(|&v| (v as f64 - quantize_value(v, 2, n1) as f64).powi(2))
+            .sum()
+    };
+    let n1 = layer_n1(&w.data, s, 2);
+    assert!(
+        n1 < choose_n1(s),
+        "gaussian weights: a smaller ternary magnitude fits better"
+    );
+    for n in n1 - 3..=choose_n1(s) {
+        assert!(sq(n1) <= sq(n), "n1 {n1} is not the best (n = {n})");
+    }
+    assert_eq!(layer_n1(&w.data, s, 3), choose_n1(s));
+    // n1 = floor(log2(4s/3)): s = 1.5 -> 4s/3 = 2 -> n1 = 1; s just below -> 0.
+    assert_eq!(choose_n1(1.5), 1);
+    assert_eq!(choose_n1(1.4999), 0);
+    assert_eq!(choose_n1(0.75), 0);
+    assert_eq!(choose_n1(0.1), -3);
+}
+
+fn lenet() -> Graph {
+    cnnpack::zoo::build("lenet5", 1).expect("zoo lenet5")
+}
+
+fn layer_weights(g: &Graph) -> Vec<(String, Tensor)> {
+    g.nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Conv(c) => Some((n.name.clone(), c.weight.to_dense().into_owned())),
+            Op::Linear(l) => Some((n.name.clone(), l.weight.to_dense().into_owned())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn one_step_quantization_gives_values_in_p() {
+    let g = lenet();
+    for bits in 2..=5u32 {
+        let opts = InqOptions {
+            bits,
+            ..InqOptions::default()
+        };
+        let mut steps = 0;
+        let (q, reports) = inq_graph(&g, &opts, None, &mut |_| steps += 1).expect("inq");
+        assert_eq!(steps, 1, "without data: one step");
+        assert_eq!(reports.len(), 4);
+        for ((name, w), r) in layer_weights(&q).iter().zip(&reports) {
+            assert_eq!(&r.name, name);
+            let set = value_set(bits, r.n1);
+            assert!(
+                w.data.iter().all(|v| set.contains(&v.to_bits())),
+                "b{bits} {name}: value outside P"
+            );
+            let mut distinct: Vec<u32> = w.data.iter().map(|v| v.to_bits()).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), r.distinct);
+            assert!(r.distinct <= (1 << (bits - 1)) + 1, "b{bits} {name}");
+            let k = w.data.len() / w.shape[0];
+            assert_eq!(
+                r.bytes_after,
+                w.shape[0] * k.div_ceil(32 / bits as usize) * 4,
+                "b{bits} {name}: bytes"
+            );
+            assert_eq!(r.bytes_before, w.data.len() * 4);
+        }
+        for n in &q.nodes {
+            if let Some(w) = n.op.weights() {
+                assert_eq!(w.encoding(), "pow2", "{}", n.name);
+            }
+        }
+        // .cnnpack round trip: header in the JSON, codes as a u32 part.
+        let path = std::env::temp_dir().join(format!(
+            "cnnpack-inq-{}-b{bits}.cnnpack",
+            std::process::id()
+        ));
+        cnnpack::format::save(&q, &path).expect("save");
+        let back = cnnpack::format::load(&path).expect("load");
+        std::fs::remove_file(&path).ok();
+        assert_eq!(back, q, "b{bits}: file round trip");
+        // The CPU fast executor runs the quantized graph like the reference does.
+        let x = Rng::new(5).normal_tensor(vec![3, 1, 28, 28], 1.0);
+        let want = reference::run_graph(&q, &x).expect("reference");
+        let got = fast::run_graph(&q, &x).expect("fast");
+        for (a, b) in got.iter().zip(&want) {
+            check(a, b, "lenet pow2 graph");
+        }
+    }
+    // Dense layers stay dense; unknown names and non-finite weights are refused.
+    let names: Vec<String> = layer_weights(&g).into_iter().map(|(n, _)| n).collect();
+    let opts = InqOptions {
+        dense_layers: vec![names[3].clone()],
+        ..InqOptions::default()
+    };
+    let (q, reports) = inq_graph(&g, &opts, None, &mut |_| {}).expect("inq");
+    assert_eq!(reports.len(), 3);
+    assert!(q
+        .nodes
+        .iter()
+        .any(|n| n.name == names[3] && n.op.weights().map(|w| w.encoding()) == Some("dense")));
+    let bad = InqOptions {
+        dense_layers: vec!["nope".into()],
+        ..InqOptions::default()
+    };
+    assert!(inq_graph(&g, &bad, None, &mut |_| {}).is_err());
+    let mut nan = g.clone();
+    for n in &mut nan.nodes {
+        if let Op::Linear(l) = &mut n.op {
+            if let Weights::Dense(t) = &mut l.weight {
+                t.data[3] = f32::NAN;
+            }
+        }
+    }
+    let err = inq_graph(&nan, &InqOptions::default(), None, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("non-finite"), "{err}");
+}
+
+/// Writes `n` random 28x28 images with labels as an uncompressed IDX "train" split.
+fn write_idx(dir: &Path, n: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut img = vec![0, 0, 8, 3];
+    for d in [n as u32, 28, 28] {
+        img.extend(d.to_be_bytes());
+    }
+    let mut lab = vec![0, 0, 8, 1];
+    lab.extend((n as u32).to_be_bytes());
+    for _ in 0..n {
+        let label = rng.range(0, 9);
+        lab.push(label as u8);
+        // A class-dependent bright band so there is something to learn.
+        for y in 0..28 {
+            for x in 0..28 {
+                let v = if y / 3 == label {
+                    200
+                } else {
+                    rng.range(0, 60)
+                };
+                img.push((v + x % 2) as u8);
+            }
+        }
+    }
+    std::fs::write(dir.join("train-images-idx3-ubyte"), img).expect("write images");
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), lab).expect("write labels");
+}
+
+#[test]
+fn portions_are_exact_and_frozen_weights_never_change() {
+    let dir = std::env::temp_dir().join(format!("cnnpack-inq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    write_idx(&dir, 96, 11);
+    let g = lenet();
+    let pre = Preprocess::from_metadata(&g.metadata, &g.input.item_shape).expect("preprocess");
+    let ds = Dataset::open_split(&dir, "train", &pre, &g.input.item_shape).expect("dataset");
+    for partition in [Partition::Magnitude, Partition::Random] {
+        let opts = InqOptions {
+            bits: 3,
+            portions: vec![0.3, 0.6, 0.9, 1.0],
+            partition,
+            ..InqOptions::default()
+        };
+        let sgd = TrainOptions {
+            epochs: 1,
+            batch: 32,
+            lr: 0.05,
+            ..TrainOptions::default()
+        };
+        let mut prev = layer_weights(&g);
+        let mut prev_masks: Option<cnnpack::train::Masks> = None;
+        let mut steps = 0;
+        let mut on_step = |s: &StepReport| {
+            steps += 1;
+            let now = layer_weights(s.graph);
+            let mut moved = 0usize;
+            for ((name, w), (_, before)) in now.iter().zip(&prev) {
+                let mask = &s.masks.grad[name];
+                let frozen = mask.iter().filter(|m| !**m).count();
+                assert_eq!(frozen, portion_count(s.portion, w.data.len()), "{name}");
+                let n1 = choose_n1(
+                    g.nodes
+                        .iter()
+                        .find(|n| &n.name == name)
+                        .and_then(|n| n.op.weights())
+                        .map(|w| w.to_dense().data.iter().fold(0f32, |m, v| m.max(v.abs())))
+                        .expect("layer"),
+                );
+                let was_frozen = prev_masks.as_ref().map(|m| &m.grad[name]);
+                for i in 0..w.data.len() {
+                    let old_frozen = was_frozen.is_some_and(|m| !m[i]);
+                    if old_frozen {
+                        assert!(!mask[i], "{name}[{i}] unfrozen");
+                        assert_eq!(
+                            w.data[i].to_bits(),
+                            before.data[i].to_bits(),
+                            "{name}[{i}] frozen weight changed during retraining"
+                        );
+                    } else if !mask[i] {
+                        assert_eq!(
+                            w.data[i].to_bits(),
+                            quantize_value(before.data[i], 3, n1).to_bits(),
+                            "{name}[{i}] newly quantized"
+                        );
+                    } else if w.data[i] != before.data[i] {
+                        moved += 1;
+                    }
+                }
+            }
+            if s.portion < 1.0 {
+                assert!(moved > 0, "retraining moved no free weight");
+            }
+            if partition == Partition::Magnitude {
+                // Every free weight is no larger than the smallest newly frozen one's
+                // pre-quantization value.
+                for ((name, _), (_, before)) in now.iter().zip(&prev) {
+                    let mask = &s.masks.grad[name];
+                    let was = prev_masks.as_ref().map(|m| &m.grad[name]);
+                    let newly = |i: usize| !mask[i] && was.is_none_or(|m| m[i]);
+                    let min_new = (0..mask.len())
+                        .filter(|&i| newly(i))
+                        .map(|i| before.data[i].abs())
+                        .fold(f32::INFINITY, f32::min);
+                    let max_free = (0..mask.len())
+                        .filter(|&i| mask[i])
+                        .map(|i| before.data[i].abs())
+                        .fold(0f32, f32::max);
+                    assert!(max_free <= min_new, "{name}: magnitude order");
+                }
+            }
+            prev = now;
+            prev_masks = Some(s.masks.clone());
+        };
+        let (q, _) =
+            inq_graph(&g, &opts, Some((&ds, None, sgd)), &mut on_step).expect("inq retrains");
+        assert_eq!(steps, 4);
+        // The encoded weights equal the last step's dense ones.
+        for ((name, w), (_, last)) in layer_weights(&q).iter().zip(&prev) {
+            assert_eq!(w.data, last.data, "{name}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn pow2_linear_matches_reference() {
+    let mut rng = Rng::new(17);
+    for case in 0..40 {
+        let bits = 2 + (case % 4) as u32;
+        let n = [1, 5][case % 2];
+        let k = rng.range(1, 300);
+        let o = rng.range(1, 40);
+        let w = random_pow2(&mut rng, vec![o, k], bits);
+        let bias = (case % 3 != 0).then(|| rng.normal_tensor(vec![o], 1.0));
+        let x = rng.normal_tensor(vec![n, k], 1.0);
+        let dense = Linear {
+            weight: Weights::Dense(w.dense_data().into_tensor(vec![o, k])),
+            bias: bias.clone(),
+        };
+        let want = reference::run_node(&node(Op::Linear(dense)), &[&x]).expect("reference");
+        let fc = Linear {
+            weight: Weights::Pow2(w.clone()),
+            bias: bias.clone(),
+        };
+        let got = fast::run_node(&node(Op::Linear(fc)), &[&x]).expect("fast");
+        check(&got, &want, &format!("case {case}: b{bits} n{n} k{k} o{o}"));
+        let direct = fast::pow2::pow2_linear(&x, &w, bias.as_ref());
+        check(&direct, &want, &format!("case {case} direct"));
+    }
+}
+
+trait IntoTensor {
+    fn into_tensor(self, shape: Vec<usize>) -> Tensor;
+}
+
+impl IntoTensor for Vec<f32> {
+    fn into_tensor(self, shape: Vec<usize>) -> Tensor {
+        Tensor { shape, data: self }
+    }
+}
+
+#[test]
+fn pow2_conv_matches_reference() {
+    let mut rng = Rng::new(42);
+    for case in 0..50 {
+        let bits = 2 + (case % 4) as u32;
+        let depthwise = case % 7 == 0;
+        let groups = if depthwise {
+            rng.range(2, 9)
+        } else {
+            [1, 1, 2, 3][rng.range(0, 3)]
+        };
+        let cin_g = if depthwise { 1 } else { rng.range(1, 9) };
+        let cout = groups * if depthwise { 1 } else { rng.range(1, 7) };
+        let kk = [1, 2, 3, 5][rng.range(0, 3)];
+        let stride = rng.range(1, 2);
+        let dilation = if case % 5 == 0 { 2 } else { 1 };
+        let pads = [
+            rng.range(0, 2),
+            rng.range(0, 2),
+            rng.range(0, 2),
+            rng.range(0, 2),
+        ];
+        let span = dilation * (kk - 1) + 1;
+        let h = rng.range(span, span + 12);
+        let w = rng.range(span, span + 17);
+        let n = [1, 5][case % 2];
+        let weights = random_pow2(&mut rng, vec![cout, cin_g, kk, kk], bits);
+        let conv = Conv2d {
+            kernel: [kk, kk],
+            stride: [stride; 2],
+            pads,
+            dilation: [dilation; 2],
+            groups,
+            weight: Weights::Pow2(weights.clone()),
+            bias: (case % 3 != 0).then(|| rng.normal_tensor(vec![cout], 1.0)),
+        };
+        let dense = Conv2d {
+            weight: Weights::Dense(weights.dense_data().into_tensor(vec![cout, cin_g, kk, kk])),
+            ..conv.clone()
+        };
+        let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
+        let want = reference::run_node(&node(Op::Conv(dense)), &[&x]).expect("reference");
+        let what = format!(
+            "case {case}: b{bits} n{n} cin{} cout{cout} g{groups} k{kk} s{stride} d{dilation} p{pads:?} {h}x{w}",
+            cin_g * groups
+        );
+        let got = fast::run_node(&node(Op::Conv(conv)), &[&x]).expect("fast");
+        check(&got, &want, &what);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// GPU pow2 kernels against the reference on the dense reconstruction. ldexp on a GPU may
+// flush subnormal products, and the GPU sums in its own order, so the tolerance is
+// 1e-5 · max |ref| plus 1e-6 absolute (products here are far above the subnormal range).
+// Without an adapter the tests print `skipped: no GPU adapter` and pass, unless
+// CNNPACK_REQUIRE_GPU=1.
+
+mod gpu {
+    use super::*;
+    use cnnpack::backend::gpu::{GpuContext, GpuModel, GpuOptions};
+    use cnnpack::graph::GraphBuilder;
+    use std::sync::{Arc, OnceLock};
+
+    fn gpu() -> Option<Arc<GpuContext>> {
+        static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
+        CTX.get_or_init(|| match GpuContext::new() {
+            Ok(c) => {
+                eprintln!("adapter: {}", c.adapter_name());
+                Some(Arc::new(c))
+            }
+            Err(e) => {
+                if std::env::var("CNNPACK_REQUIRE_GPU").as_deref() == Ok("1") {
+                    panic!("CNNPACK_REQUIRE_GPU=1 but no GPU adapter: {e}");
+                }
+                None
+            }
+        })
+        .clone()
+        .or_else(|| {
+            println!("skipped: no GPU adapter");
+            None
+        })
+    }
+
+    fn densified(graph: &Graph) -> Graph {
+        let mut g = graph.clone();
+        for node in &mut g.nodes {
+            let w = match &mut node.op {
+                Op::Conv(c) => &mut c.weight,
+                Op::Linear(l) => &mut l.weight,
+                _ => continue,
+            };
+            let dense = w.to_dense().into_owned();
+            *w = Weights::Dense(dense);
+        }
+        g
+    }
+
+    fn run_check(ctx: &Arc<GpuContext>, what: &str, graph: &Graph, batch: usize, opts: GpuOptions) {
+        let mut rng = Rng::new(batch as u64 * 13 + 1);
+        let mut shape = vec![batch];
+        shape.extend(&graph.input.item_shape);
+        let x = rng.normal_tensor(shape, 1.0);
+        let model = GpuModel::with_options(ctx.clone(), graph, batch, opts)
+            .unwrap_or_else(|e| panic!("{what}: building the GPU model failed: {e}"));
+        let got = model
+            .run(&x)
+            .unwrap_or_else(|e| panic!("{what}: GPU run: {e}"));
+        let want = reference::run_graph(&densified(graph), &x).expect("reference");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.shape, w.shape, "{what}: shape");
+            let scale = w.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = g.max_abs_diff(w);
+            let tol = 1e-5 * scale + 1e-6;
+            assert!(diff <= tol, "{what} batch {batch}: max diff {diff} > {tol}");
+        }
+    }
+
+    #[test]
+    fn gpu_pow2_conv_matches_reference() {
+        let Some(ctx) = gpu() else { return };
+        let mut rng = Rng::new(99);
+        for case in 0..16 {
+            let bits = 2 + (case % 4) as u32;
+            let depthwise = case % 5 == 0;
+            let groups = if depthwise {
+                rng.range(2, 6)
+            } else {
+                [1, 2, 3][rng.range(0, 2)]
+            };
+            let cin_g = if depthwise { 1 } else { rng.range(1, 7) };
+            let cout = groups * if depthwise { 1 } else { rng.range(1, 9) };
+            let kk = [1, 3, 5][rng.range(0, 2)];
+            let stride = 1 + case % 2;
+            let pads = [
+                rng.range(0, 2),
+                rng.range(0, 2),
+                rng.range(0, 2),
+                rng.range(0, 2),
+            ];
+            let h = rng.range(kk, kk + 10);
+            let w = rng.range(kk, kk + 13);
+            let weights = random_pow2(&mut rng, vec![cout, cin_g, kk, kk], bits);
+            let op = Op::Conv(Conv2d {
+                kernel: [kk, kk],
+                stride: [stride; 2],
+                pads,
+                dilation: [1, 1],
+                groups,
+                weight: Weights::Pow2(weights),
+                bias: (case % 3 != 0).then(|| rng.normal_tensor(vec![cout], 1.0)),
+            });
+            let mut b = GraphBuilder::new("x", &[cin_g * groups, h, w], 1);
+            let mut y = b.push("conv", op, &["x"]);
+            if case % 4 == 1 {
+                y = b.relu(&y);
+            }
+            let g = b.finish(&[&y]).expect("graph");
+            let what = format!("conv case {case}: b{bits} g{groups} k{kk} s{stride} {h}x{w}");
+            for batch in [1, 5] {
+                run_check(&ctx, &what, &g, batch, GpuOptions::default());
+            }
+        }
+    }
+
+    #[test]
+    fn gpu_pow2_fc_matches_reference() {
+        let Some(ctx) = gpu() else { return };
+        let mut rng = Rng::new(98);
+        for case in 0..12 {
+            let bits = 2 + (case % 4) as u32;
+            let k = rng.range(1, 400);
+            let o = rng.range(1, 150);
+            let weights = random_pow2(&mut rng, vec![o, k], bits);
+            let op = Op::Linear(Linear {
+                weight: Weights::Pow2(weights),
+                bias: (case % 3 != 0).then(|| rng.normal_tensor(vec![o], 1.0)),
+            });
+            let mut b = GraphBuilder::new("x", &[k], 1);
+            let y = b.push("fc", op, &["x"]);
+            let g = b.finish(&[&y]).expect("graph");
+            let what = format!("fc case {case}: b{bits} k{k} o{o}");
+            for batch in [1, 5] {
+                run_check(&ctx, &what, &g, batch, GpuOptions::default());
+            }
+            // Row chunks: a binding cap of a few rows' codes.
+            let opts = GpuOptions {
+                max_binding_bytes: Some(256),
+                ..GpuOptions::default()
+            };
+            run_check(&ctx, &format!("{what} chunked"), &g, 2, opts);
+        }
+    }
+}
