@@ -910,14 +910,8 @@ fn compress_sketch(
             r.bytes_before as f64 / r.bytes_after.max(1) as f64
         );
     }
-    let before = layer_stats(&graph)?
-        .iter()
-        .map(|l| l.weight_bytes)
-        .sum::<usize>();
-    let after = layer_stats(&sketched)?
-        .iter()
-        .map(|l| l.weight_bytes)
-        .sum::<usize>();
+    let before = weight_bytes(&graph)?;
+    let after = weight_bytes(&sketched)?;
     println!(
         "model: {before} -> {after} bytes of weights and constants ({:.1}x smaller); {} of {} conv/fc layers sketched",
         before as f64 / after.max(1) as f64, report.len(), layers.len()
@@ -1036,10 +1030,7 @@ fn compress_sparse(
         .iter()
         .map(|l| l.weight_bytes)
         .sum::<usize>();
-    let after = layer_stats(&sparse)?
-        .iter()
-        .map(|l| l.weight_bytes)
-        .sum::<usize>();
+    let after = weight_bytes(&sparse)?;
     println!(
         "weights: {nonzeros} of {params} nonzero ({:.2}%, {:.1}x fewer); model: {before} -> {after} bytes of weights and constants incl. indices ({:.1}x smaller)",
         100.0 * nonzeros as f64 / params.max(1) as f64,
@@ -1264,14 +1255,8 @@ fn compress_inq(
             r.bytes_before as f64 / r.bytes_after.max(1) as f64
         );
     }
-    let before = layer_stats(&graph)?
-        .iter()
-        .map(|l| l.weight_bytes)
-        .sum::<usize>();
-    let after = layer_stats(&quantized)?
-        .iter()
-        .map(|l| l.weight_bytes)
-        .sum::<usize>();
+    let before = weight_bytes(&graph)?;
+    let after = weight_bytes(&quantized)?;
     println!(
         "model: {before} -> {after} bytes of weights and constants ({:.1}x smaller); {} of {} conv/fc layers quantized; {:.1} s",
         before as f64 / after.max(1) as f64,
@@ -1283,4 +1268,9 @@ fn compress_inq(
         .with_context(|| format!("writing {}", output.display()))?;
     println!("wrote {}", output.display());
     Ok(())
+}
+
+/// Bytes of a graph's weights and constants as stored.
+fn weight_bytes(graph: &Graph) -> Result<usize> {
+    Ok(layer_stats(graph)?.iter().map(|l| l.weight_bytes).sum())
 }
