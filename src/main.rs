@@ -910,16 +910,12 @@ fn compress_sketch(
             r.bytes_before as f64 / r.bytes_after.max(1) as f64
         );
     }
-    let before = weight_bytes(&graph)?;
-    let after = weight_bytes(&sketched)?;
-    println!(
-        "model: {before} -> {after} bytes of weights and constants ({:.1}x smaller); {} of {} conv/fc layers sketched",
-        before as f64 / after.max(1) as f64, report.len(), layers.len()
+    let note = format!(
+        "{} of {} conv/fc layers sketched",
+        report.len(),
+        layers.len()
     );
-    cnnpack::format::save(&sketched, output)
-        .with_context(|| format!("writing {}", output.display()))?;
-    println!("wrote {}", output.display());
-    Ok(())
+    save_compressed(&graph, &sketched, output, &note)
 }
 
 fn train(args: &TrainArgs, default_epochs: usize, default_lr: f32) -> Result<()> {
@@ -1255,22 +1251,29 @@ fn compress_inq(
             r.bytes_before as f64 / r.bytes_after.max(1) as f64
         );
     }
-    let before = weight_bytes(&graph)?;
-    let after = weight_bytes(&quantized)?;
-    println!(
-        "model: {before} -> {after} bytes of weights and constants ({:.1}x smaller); {} of {} conv/fc layers quantized; {:.1} s",
-        before as f64 / after.max(1) as f64,
+    let note = format!(
+        "{} of {} conv/fc layers quantized; {:.1} s",
         report.len(),
         layers.len(),
         t0.elapsed().as_secs_f64()
     );
-    cnnpack::format::save(&quantized, output)
-        .with_context(|| format!("writing {}", output.display()))?;
-    println!("wrote {}", output.display());
-    Ok(())
+    save_compressed(&graph, &quantized, output, &note)
 }
 
 /// Bytes of a graph's weights and constants as stored.
 fn weight_bytes(graph: &Graph) -> Result<usize> {
     Ok(layer_stats(graph)?.iter().map(|l| l.weight_bytes).sum())
+}
+
+/// Prints the model's bytes before and after compression (plus `note`) and saves it.
+fn save_compressed(original: &Graph, compressed: &Graph, output: &Path, note: &str) -> Result<()> {
+    let (before, after) = (weight_bytes(original)?, weight_bytes(compressed)?);
+    println!(
+        "model: {before} -> {after} bytes of weights and constants ({:.1}x smaller); {note}",
+        before as f64 / after.max(1) as f64
+    );
+    cnnpack::format::save(compressed, output)
+        .with_context(|| format!("writing {}", output.display()))?;
+    println!("wrote {}", output.display());
+    Ok(())
 }

@@ -12,7 +12,7 @@ pub use dense::{conv2d, linear};
 pub use pool::{avg_pool, max_pool};
 
 use super::{reference, CpuError};
-use crate::graph::{Conv2d, Graph, Node, Op, Tensor};
+use crate::graph::{Conv2d, Graph, Linear, Node, Op, Tensor};
 use crate::weights::Weights;
 
 /// Runs one node with the fastest CPU kernel for its op and weight encoding.
@@ -25,34 +25,43 @@ pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
         // evaluated at ~1 image/s against ~4 for dense. Batch-1 fc is memory-bound and
         // keeps the additions-only kernel below.
         (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Sketch(_)) => {
+            // Only the weights change; the bits are not cloned on the way.
             let dense = Conv2d {
+                kernel: c.kernel,
+                stride: c.stride,
+                pads: c.pads,
+                dilation: c.dilation,
+                groups: c.groups,
                 weight: Weights::Dense(c.weight.to_dense().into_owned()),
-                ..c.clone()
+                bias: c.bias.clone(),
             };
             Ok(conv2d(x, &dense))
-        }
-        (Op::Linear(l), Some(x)) if matches!(l.weight, Weights::Sketch(_)) => {
-            let Weights::Sketch(w) = &l.weight else {
-                unreachable!("guarded by the match arm")
-            };
-            Ok(sketch::sketch_linear(x, w, l.bias.as_ref()))
         }
         (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Sparse(_)) => {
             Ok(sparse::sparse_conv(x, c))
         }
-        (Op::Linear(l), Some(x)) if matches!(l.weight, Weights::Sparse(_)) => {
-            let Weights::Sparse(w) = &l.weight else {
-                unreachable!("guarded by the match arm")
-            };
-            Ok(sparse::sparse_linear(x, w, l.bias.as_ref()))
-        }
         (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Pow2(_)) => Ok(pow2::pow2_conv(x, c)),
-        (Op::Linear(l), Some(x)) if matches!(l.weight, Weights::Pow2(_)) => {
-            let Weights::Pow2(w) = &l.weight else {
-                unreachable!("guarded by the match arm")
-            };
-            Ok(pow2::pow2_linear(x, w, l.bias.as_ref()))
-        }
+        (
+            Op::Linear(Linear {
+                weight: Weights::Sketch(w),
+                bias,
+            }),
+            Some(x),
+        ) => Ok(sketch::sketch_linear(x, w, bias.as_ref())),
+        (
+            Op::Linear(Linear {
+                weight: Weights::Sparse(w),
+                bias,
+            }),
+            Some(x),
+        ) => Ok(sparse::sparse_linear(x, w, bias.as_ref())),
+        (
+            Op::Linear(Linear {
+                weight: Weights::Pow2(w),
+                bias,
+            }),
+            Some(x),
+        ) => Ok(pow2::pow2_linear(x, w, bias.as_ref())),
         (Op::Conv(c), Some(x)) => Ok(conv2d(x, c)),
         (Op::Linear(l), Some(x)) => Ok(linear(x, l)),
         (Op::MaxPool(p), Some(x)) => Ok(max_pool(x, p)),
