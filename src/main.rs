@@ -261,11 +261,11 @@ struct TrainArgs {
     model: String,
     /// Folder with the training split (train-* or train10k-* IDX files, or images);
     /// its test split (t10k-* / labels.csv) is evaluated after each epoch when present.
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required_unless_present = "bench_iters")]
+    data: Option<PathBuf>,
     /// Output .cnnpack, rewritten atomically after every epoch (a checkpoint).
-    #[arg(short, long)]
-    output: PathBuf,
+    #[arg(short, long, required_unless_present = "bench_iters")]
+    output: Option<PathBuf>,
     /// Passes over the training set [train: 10, finetune: 1].
     #[arg(long)]
     epochs: Option<usize>,
@@ -287,9 +287,14 @@ struct TrainArgs {
     /// Shuffling seed (same seed, same device: same weights).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Where to train: only the CPU today (the GPU backward kernels are not built yet).
+    /// Where to train: cpu, or gpu (the WGSL training kernels; on lavapipe that is a
+    /// CPU timing). Same seed, same device: same weights.
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceKind,
+    /// Measure training throughput instead: N timed steps (after one warm-up step) on a
+    /// synthetic batch of --batch images; prints images/s, needs no --data, writes nothing.
+    #[arg(long)]
+    bench_iters: Option<usize>,
 }
 
 #[derive(Args)]
@@ -919,15 +924,42 @@ fn compress_sketch(
 }
 
 fn train(args: &TrainArgs, default_epochs: usize, default_lr: f32) -> Result<()> {
-    use cnnpack::train::{Masks, Schedule, TrainOptions};
-    if args.device != DeviceKind::Cpu {
-        bail!("training runs on the CPU only for now (the GPU backward kernels are not built yet): use --device cpu");
+    use cnnpack::train::{Masks, Schedule, TrainDevice, TrainOptions};
+    let device = match args.device {
+        DeviceKind::Cpu => TrainDevice::Cpu,
+        DeviceKind::Gpu => {
+            let ctx = cnnpack::backend::gpu::GpuContext::new()
+                .context("--device gpu: opening the GPU")?;
+            eprintln!("training on {}{}", ctx.adapter_name(), if ctx.is_software() { " (a CPU implementation: its timings are CPU timings)" } else { "" });
+            TrainDevice::Gpu(std::sync::Arc::new(ctx))
+        }
+        DeviceKind::Reference => bail!("--device reference cannot train: use cpu or gpu"),
+    };
+    if let Some(iters) = args.bench_iters {
+        let graph = load(&args.model)?;
+        let opts = TrainOptions {
+            lr: args.lr.unwrap_or(default_lr),
+            momentum: args.momentum,
+            weight_decay: args.weight_decay,
+            seed: args.seed,
+            device,
+            ..TrainOptions::default()
+        };
+        let t = cnnpack::train::throughput(&graph, &opts, args.batch, iters)?;
+        println!(
+            "train throughput {} {:?} batch {} input {:?}: {:.2} images/s ({} steps in {:.2} s)",
+            args.model, args.device, t.batch, graph.input.item_shape, t.images_per_second, t.iters, t.seconds
+        );
+        return Ok(());
     }
+    let (Some(data), Some(output)) = (args.data.as_ref(), args.output.as_ref()) else {
+        bail!("--data and --output are required to train");
+    };
     let mut graph = load(&args.model)?;
     let pre = Preprocess::from_metadata(&graph.metadata, &graph.input.item_shape)?;
-    let train_set = Dataset::open_split(&args.data, "train", &pre, &graph.input.item_shape)
-        .with_context(|| format!("opening the training split in {}", args.data.display()))?;
-    let test_set = Dataset::open(&args.data, &pre, &graph.input.item_shape).ok();
+    let train_set = Dataset::open_split(data, "train", &pre, &graph.input.item_shape)
+        .with_context(|| format!("opening the training split in {}", data.display()))?;
+    let test_set = Dataset::open(data, &pre, &graph.input.item_shape).ok();
     let epochs = args.epochs.unwrap_or(default_epochs);
     let iters_per_epoch = train_set.len().div_ceil(args.batch.max(1));
     let schedule = match args.schedule.as_str() {
@@ -950,6 +982,7 @@ fn train(args: &TrainArgs, default_epochs: usize, default_lr: f32) -> Result<()>
         schedule,
         seed: args.seed,
         log: true, // one line per epoch: losses, accuracies, seconds
+        device,
         ..TrainOptions::default()
     };
     println!(
@@ -977,8 +1010,8 @@ fn train(args: &TrainArgs, default_epochs: usize, default_lr: f32) -> Result<()>
             }
             // Checkpoint at the end of every epoch (atomic: a killed run keeps the last one).
             if info.iter_in_epoch + 1 == info.iters_per_epoch && saved.is_ok() {
-                saved = cnnpack::format::save(info.graph, &args.output)
-                    .with_context(|| format!("writing checkpoint {}", args.output.display()));
+                saved = cnnpack::format::save(info.graph, output)
+                    .with_context(|| format!("writing checkpoint {}", output.display()));
             }
         },
     )?;
@@ -986,7 +1019,7 @@ fn train(args: &TrainArgs, default_epochs: usize, default_lr: f32) -> Result<()>
     saved?;
     println!(
         "wrote {} ({:.1} s)",
-        args.output.display(),
+        output.display(),
         start.elapsed().as_secs_f64()
     );
     Ok(())

@@ -14,6 +14,7 @@
 pub mod backward;
 pub mod conv;
 pub mod forward;
+pub mod gpu;
 pub mod sgd;
 
 pub use backward::{backward, Grads, ParamGrad};
@@ -24,6 +25,7 @@ pub use forward::{
     forward, loss_target, softmax_cross_entropy, top1_hits, update_bn_running, BnMode, Cache,
     LossTarget,
 };
+pub use gpu::{throughput, Throughput, TrainDevice};
 pub use sgd::{check_trainable, Masks, Schedule, Sgd};
 
 use crate::backend::cpu::CpuError;
@@ -46,6 +48,9 @@ pub enum TrainError {
     /// Reading a batch failed.
     #[error(transparent)]
     Data(#[from] DataError),
+    /// The GPU trainer failed.
+    #[error(transparent)]
+    Gpu(#[from] crate::backend::gpu::GpuError),
     /// Writing a checkpoint failed.
     #[error(transparent)]
     Format(#[from] FormatError),
@@ -135,6 +140,8 @@ pub struct TrainOptions {
     pub bn_momentum: f32,
     /// Print one summary line per epoch to stderr.
     pub log: bool,
+    /// Where the steps run (CPU kernels or the GPU trainer, see `gpu`).
+    pub device: TrainDevice,
 }
 
 impl Default for TrainOptions {
@@ -153,6 +160,7 @@ impl Default for TrainOptions {
             bn_mode: BnMode::Train,
             bn_momentum: 0.1,
             log: false,
+            device: TrainDevice::Cpu,
         }
     }
 }
@@ -292,7 +300,7 @@ pub fn train(
         check_items(graph, t)?;
     }
     masks.check(graph)?;
-    let mut sgd = Sgd::new(opts.momentum, opts.weight_decay);
+    let mut stepper = gpu::Stepper::new(graph, opts, masks)?;
     let iters_per_epoch = train.len().div_ceil(opts.batch);
     let mut stats = Vec::with_capacity(opts.epochs);
     let mut iter = 0usize;
@@ -314,19 +322,10 @@ pub fn train(
             for (iter_in_epoch, b) in rx.iter().enumerate() {
                 let (x, labels) = b?;
                 let lr = opts.schedule.lr(opts.lr, iter);
-                let cache = forward(graph, &x, opts.bn_mode, &masks.forward)?;
-                let (loss, dlogits) = softmax_cross_entropy(cache.logits(), &labels)?;
-                if !loss.is_finite() {
-                    return Err(TrainError::Diverged { epoch, iter, loss });
-                }
-                hits += top1_hits(cache.logits(), &labels);
+                let (loss, batch_hits) = stepper.step(graph, &x, &labels, masks, lr, epoch, iter)?;
+                hits += batch_hits;
                 loss_sum += loss as f64 * labels.len() as f64;
                 seen += labels.len();
-                let (grads, _) = backward(graph, &cache, dlogits, false)?;
-                sgd.step(graph, &grads, masks, lr)?;
-                if opts.bn_mode == BnMode::Train {
-                    update_bn_running(graph, &cache, opts.bn_momentum);
-                }
                 on_iter(IterInfo {
                     epoch,
                     iter_in_epoch,
@@ -338,6 +337,7 @@ pub fn train(
                     masks: &mut *masks,
                 });
                 masks.check(graph)?;
+                stepper.masks_changed(masks)?;
                 iter += 1;
             }
             Ok(())

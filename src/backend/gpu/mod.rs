@@ -18,6 +18,7 @@ mod pow2;
 mod sketch;
 mod softmax;
 mod sparse;
+pub mod train;
 
 pub use context::GpuContext;
 pub use conv::ConvKernel;
