@@ -930,7 +930,15 @@ fn train(args: &TrainArgs, default_epochs: usize, default_lr: f32) -> Result<()>
         DeviceKind::Gpu => {
             let ctx = cnnpack::backend::gpu::GpuContext::new()
                 .context("--device gpu: opening the GPU")?;
-            eprintln!("training on {}{}", ctx.adapter_name(), if ctx.is_software() { " (a CPU implementation: its timings are CPU timings)" } else { "" });
+            eprintln!(
+                "training on {}{}",
+                ctx.adapter_name(),
+                if ctx.is_software() {
+                    " (a CPU implementation: its timings are CPU timings)"
+                } else {
+                    ""
+                }
+            );
             TrainDevice::Gpu(std::sync::Arc::new(ctx))
         }
         DeviceKind::Reference => bail!("--device reference cannot train: use cpu or gpu"),
@@ -948,7 +956,13 @@ fn train(args: &TrainArgs, default_epochs: usize, default_lr: f32) -> Result<()>
         let t = cnnpack::train::throughput(&graph, &opts, args.batch, iters)?;
         println!(
             "train throughput {} {:?} batch {} input {:?}: {:.2} images/s ({} steps in {:.2} s)",
-            args.model, args.device, t.batch, graph.input.item_shape, t.images_per_second, t.iters, t.seconds
+            args.model,
+            args.device,
+            t.batch,
+            graph.input.item_shape,
+            t.images_per_second,
+            t.iters,
+            t.seconds
         );
         return Ok(());
     }

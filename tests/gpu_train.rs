@@ -161,7 +161,13 @@ fn check_op(ctx: &Arc<GpuContext>, g: &Graph, x: &Tensor, mode: BnMode, seed: u6
     assert_eq!(ggrads.len(), grads.len(), "{what}: parameterised layers");
     for (name, cg) in &grads {
         let gg = &ggrads[name];
-        assert_close(&gg.weight, &cg.weight, 1e-4, 1e-7, &format!("{what}: {name}.weight"));
+        assert_close(
+            &gg.weight,
+            &cg.weight,
+            1e-4,
+            1e-7,
+            &format!("{what}: {name}.weight"),
+        );
         match (&gg.bias, &cg.bias) {
             (Some(a), Some(b)) => assert_close(a, b, 1e-4, 1e-7, &format!("{what}: {name}.bias")),
             (None, None) => {}
@@ -175,17 +181,49 @@ fn conv_backward_matches_cpu() {
     let Some(ctx) = gpu() else { return };
     let mut rng = Rng::new(1);
     // ([cin, cout, groups], kernel, stride, pads, dilation, bias, [batch, h, w])
-    type Case = ([usize; 3], [usize; 2], [usize; 2], [usize; 4], [usize; 2], bool, [usize; 3]);
+    type Case = (
+        [usize; 3],
+        [usize; 2],
+        [usize; 2],
+        [usize; 4],
+        [usize; 2],
+        bool,
+        [usize; 3],
+    );
     let cases: &[Case] = &[
         ([3, 4, 1], [3, 3], [1, 1], [0; 4], [1, 1], true, [1, 7, 6]),
         ([3, 5, 1], [3, 3], [2, 2], [1; 4], [1, 1], true, [2, 9, 8]),
-        ([4, 6, 2], [3, 2], [2, 1], [1, 0, 2, 1], [1, 1], false, [2, 7, 7]),
+        (
+            [4, 6, 2],
+            [3, 2],
+            [2, 1],
+            [1, 0, 2, 1],
+            [1, 1],
+            false,
+            [2, 7, 7],
+        ),
         ([4, 4, 4], [3, 3], [1, 1], [2; 4], [2, 2], true, [1, 6, 7]),
         ([2, 3, 1], [1, 1], [1, 1], [0; 4], [1, 1], true, [3, 5, 4]),
         ([6, 6, 3], [3, 3], [2, 2], [1; 4], [2, 1], true, [2, 9, 10]),
         // Enough output channels and pixels for several weight tiles and split-K chunks.
-        ([5, 40, 1], [5, 5], [1, 1], [2; 4], [1, 1], true, [3, 33, 35]),
-        ([34, 36, 2], [3, 3], [2, 2], [1; 4], [1, 1], false, [2, 13, 11]),
+        (
+            [5, 40, 1],
+            [5, 5],
+            [1, 1],
+            [2; 4],
+            [1, 1],
+            true,
+            [3, 33, 35],
+        ),
+        (
+            [34, 36, 2],
+            [3, 3],
+            [2, 2],
+            [1; 4],
+            [1, 1],
+            false,
+            [2, 13, 11],
+        ),
     ];
     for (ci, &(ch, k, s, p, d, bias, [n, h, w])) in cases.iter().enumerate() {
         let g = graph(
@@ -194,7 +232,14 @@ fn conv_backward_matches_cpu() {
             "conv",
         );
         let x = rng.normal_tensor(vec![n, ch[0], h, w], 1.0);
-        check_op(&ctx, &g, &x, BnMode::Frozen, 100 + ci as u64, &format!("conv case {ci}"));
+        check_op(
+            &ctx,
+            &g,
+            &x,
+            BnMode::Frozen,
+            100 + ci as u64,
+            &format!("conv case {ci}"),
+        );
     }
 }
 
@@ -202,7 +247,10 @@ fn conv_backward_matches_cpu() {
 fn linear_and_flatten_backward_match_cpu() {
     let Some(ctx) = gpu() else { return };
     let mut rng = Rng::new(2);
-    for (ci, &(n, c, h, out)) in [(1, 3, 5, 7), (4, 2, 3, 10), (33, 5, 7, 37)].iter().enumerate() {
+    for (ci, &(n, c, h, out)) in [(1, 3, 5, 7), (4, 2, 3, 10), (33, 5, 7, 37)]
+        .iter()
+        .enumerate()
+    {
         let g = graph(
             &[c, h, h],
             vec![
@@ -212,7 +260,14 @@ fn linear_and_flatten_backward_match_cpu() {
             "fc",
         );
         let x = rng.normal_tensor(vec![n, c, h, h], 1.0);
-        check_op(&ctx, &g, &x, BnMode::Frozen, 200 + ci as u64, &format!("fc case {ci}"));
+        check_op(
+            &ctx,
+            &g,
+            &x,
+            BnMode::Frozen,
+            200 + ci as u64,
+            &format!("fc case {ci}"),
+        );
     }
 }
 
@@ -223,14 +278,24 @@ fn activation_backward_matches_cpu() {
     let ops = [
         Op::Relu,
         Op::LeakyRelu { alpha: 0.1 },
-        Op::Clip { min: -0.5, max: 0.7 },
+        Op::Clip {
+            min: -0.5,
+            max: 0.7,
+        },
         Op::Sigmoid,
     ];
     for (ci, op) in ops.into_iter().enumerate() {
         let g = graph(&[3, 5, 7], vec![("act", op, vec!["x"])], "act");
         for n in [1, 3] {
             let x = rng.normal_tensor(vec![n, 3, 5, 7], 1.0);
-            check_op(&ctx, &g, &x, BnMode::Frozen, 300 + ci as u64, &format!("activation {ci} batch {n}"));
+            check_op(
+                &ctx,
+                &g,
+                &x,
+                BnMode::Frozen,
+                300 + ci as u64,
+                &format!("activation {ci} batch {n}"),
+            );
         }
     }
 }
@@ -260,11 +325,22 @@ fn pooling_backward_matches_cpu() {
             let g = graph(&[2, 9, 8], vec![("pool", op, vec!["x"])], "pool");
             for n in [1, 2] {
                 let x = rng.normal_tensor(vec![n, 2, 9, 8], 1.0);
-                check_op(&ctx, &g, &x, BnMode::Frozen, 400 + pi as u64, &format!("{kind} pool {pi} batch {n}"));
+                check_op(
+                    &ctx,
+                    &g,
+                    &x,
+                    BnMode::Frozen,
+                    400 + pi as u64,
+                    &format!("{kind} pool {pi} batch {n}"),
+                );
             }
         }
     }
-    let g = graph(&[5, 7, 3], vec![("gap", Op::GlobalAvgPool, vec!["x"])], "gap");
+    let g = graph(
+        &[5, 7, 3],
+        vec![("gap", Op::GlobalAvgPool, vec!["x"])],
+        "gap",
+    );
     let x = rng.normal_tensor(vec![3, 5, 7, 3], 1.0);
     check_op(&ctx, &g, &x, BnMode::Frozen, 410, "global average pool");
 }
@@ -282,7 +358,14 @@ fn lrn_backward_matches_cpu() {
         };
         let g = graph(&[7, 4, 3], vec![("lrn", op, vec!["x"])], "lrn");
         let x = rng.normal_tensor(vec![2, 7, 4, 3], 2.0);
-        check_op(&ctx, &g, &x, BnMode::Frozen, 500 + ci as u64, &format!("lrn size {size}"));
+        check_op(
+            &ctx,
+            &g,
+            &x,
+            BnMode::Frozen,
+            500 + ci as u64,
+            &format!("lrn size {size}"),
+        );
     }
 }
 
@@ -297,7 +380,14 @@ fn batch_norm_backward_matches_cpu_train_and_frozen() {
             let mut xs = vec![n];
             xs.extend(&shape);
             let x = rng.normal_tensor(xs, 1.0);
-            check_op(&ctx, &g, &x, mode, 600, &format!("batch norm {mode:?} {n}x{shape:?}"));
+            check_op(
+                &ctx,
+                &g,
+                &x,
+                mode,
+                600,
+                &format!("batch norm {mode:?} {n}x{shape:?}"),
+            );
         }
     }
 }
@@ -319,7 +409,14 @@ fn add_concat_backward_match_cpu() {
     );
     for n in [1, 2] {
         let x = rng.normal_tensor(vec![n, 3, 4, 5], 1.0);
-        check_op(&ctx, &g, &x, BnMode::Frozen, 700, &format!("add/concat batch {n}"));
+        check_op(
+            &ctx,
+            &g,
+            &x,
+            BnMode::Frozen,
+            700,
+            &format!("add/concat batch {n}"),
+        );
     }
 }
 
@@ -335,21 +432,45 @@ fn bn_res_net(seed: u64) -> Graph {
     graph(
         &[3, 11, 10],
         vec![
-            ("c1", conv_op(&mut rng, [3, 8, 1], [3, 3], [1, 1], [1; 4], [1, 1], false), vec!["x"]),
+            (
+                "c1",
+                conv_op(&mut rng, [3, 8, 1], [3, 3], [1, 1], [1; 4], [1, 1], false),
+                vec!["x"],
+            ),
             ("b1", bn_op(&mut rng, 8), vec!["c1"]),
             ("r1", Op::Relu, vec!["b1"]),
-            ("c2", conv_op(&mut rng, [8, 8, 1], [3, 3], [1, 1], [1; 4], [1, 1], false), vec!["r1"]),
+            (
+                "c2",
+                conv_op(&mut rng, [8, 8, 1], [3, 3], [1, 1], [1; 4], [1, 1], false),
+                vec!["r1"],
+            ),
             ("b2", bn_op(&mut rng, 8), vec!["c2"]),
             ("r2", Op::Relu, vec!["b2"]),
-            ("c3", conv_op(&mut rng, [8, 8, 2], [3, 3], [1, 1], [1; 4], [1, 1], false), vec!["r2"]),
+            (
+                "c3",
+                conv_op(&mut rng, [8, 8, 2], [3, 3], [1, 1], [1; 4], [1, 1], false),
+                vec!["r2"],
+            ),
             ("b3", bn_op(&mut rng, 8), vec!["c3"]),
             ("sum", Op::Add, vec!["b3", "r1"]),
             ("r3", Op::Relu, vec!["sum"]),
-            ("e1", conv_op(&mut rng, [8, 6, 1], [1, 1], [1, 1], [0; 4], [1, 1], true), vec!["r3"]),
-            ("e3", conv_op(&mut rng, [8, 6, 1], [3, 3], [1, 1], [1; 4], [1, 1], true), vec!["r3"]),
+            (
+                "e1",
+                conv_op(&mut rng, [8, 6, 1], [1, 1], [1, 1], [0; 4], [1, 1], true),
+                vec!["r3"],
+            ),
+            (
+                "e3",
+                conv_op(&mut rng, [8, 6, 1], [3, 3], [1, 1], [1; 4], [1, 1], true),
+                vec!["r3"],
+            ),
             ("cat", Op::Concat { axis: 1 }, vec!["e1", "e3"]),
             ("r4", Op::Relu, vec!["cat"]),
-            ("mp", Op::MaxPool(pool(3, 2, [1; 4], false, false)), vec!["r4"]),
+            (
+                "mp",
+                Op::MaxPool(pool(3, 2, [1; 4], false, false)),
+                vec!["r4"],
+            ),
             ("gap", Op::GlobalAvgPool, vec!["mp"]),
             ("flat", Op::Flatten { axis: 1 }, vec!["gap"]),
             ("fc", fc_op(&mut rng, 12, 5), vec!["flat"]),
@@ -381,7 +502,10 @@ fn params(g: &Graph) -> BTreeMap<String, Tensor> {
     for n in &g.nodes {
         match &n.op {
             Op::Conv(_) | Op::Linear(_) => {
-                out.insert(format!("{}.weight", n.name), n.op.weights().expect("weights").to_dense().into_owned());
+                out.insert(
+                    format!("{}.weight", n.name),
+                    n.op.weights().expect("weights").to_dense().into_owned(),
+                );
                 let b = match &n.op {
                     Op::Conv(c) => c.bias.clone(),
                     Op::Linear(l) => l.bias.clone(),
@@ -391,8 +515,19 @@ fn params(g: &Graph) -> BTreeMap<String, Tensor> {
                     out.insert(format!("{}.bias", n.name), b);
                 }
             }
-            Op::BatchNorm { scale, bias, mean, var, .. } => {
-                for (role, t) in [("scale", scale), ("bias", bias), ("mean", mean), ("var", var)] {
+            Op::BatchNorm {
+                scale,
+                bias,
+                mean,
+                var,
+                ..
+            } => {
+                for (role, t) in [
+                    ("scale", scale),
+                    ("bias", bias),
+                    ("mean", mean),
+                    ("var", var),
+                ] {
                     out.insert(format!("{}.{role}", n.name), t.clone());
                 }
             }
@@ -426,7 +561,9 @@ fn compare_steps(ctx: &Arc<GpuContext>, g0: &Graph, masks: &Masks, batch: usize,
     item.extend(&g0.input.item_shape);
     let classes = {
         let s = g0.infer_shapes(1).expect("shapes");
-        s[&train::loss_target(g0).expect("target").logits].iter().product::<usize>()
+        s[&train::loss_target(g0).expect("target").logits]
+            .iter()
+            .product::<usize>()
     };
     for step in 0..3 {
         // The last step runs a smaller batch (a new program on the GPU).
@@ -524,7 +661,11 @@ fn tiny_net(seed: u64) -> Graph {
     graph(
         &[1, 8, 8],
         vec![
-            ("conv", conv_op(&mut rng, [1, 4, 1], [3, 3], [2, 2], [1; 4], [1, 1], true), vec!["x"]),
+            (
+                "conv",
+                conv_op(&mut rng, [1, 4, 1], [3, 3], [2, 2], [1; 4], [1, 1], true),
+                vec!["x"],
+            ),
             ("bn", bn_op(&mut rng, 4), vec!["conv"]),
             ("relu", Op::Relu, vec!["bn"]),
             ("flat", Op::Flatten { axis: 1 }, vec!["relu"]),
@@ -564,10 +705,24 @@ fn gpu_training_loop_is_reproducible_and_learns() {
     let (a, sa) = run(1);
     let (b, sb) = run(1);
     let (c, _) = run(2);
-    assert_eq!(params(&a), params(&b), "same seed, same device: identical weights");
-    assert_eq!(sa, sb.iter().map(|s| cnnpack::train::EpochStats { train_seconds: sa[s.epoch].train_seconds, ..s.clone() }).collect::<Vec<_>>());
+    assert_eq!(
+        params(&a),
+        params(&b),
+        "same seed, same device: identical weights"
+    );
+    assert_eq!(
+        sa,
+        sb.iter()
+            .map(|s| cnnpack::train::EpochStats {
+                train_seconds: sa[s.epoch].train_seconds,
+                ..s.clone()
+            })
+            .collect::<Vec<_>>()
+    );
     assert_ne!(params(&a), params(&c), "another seed shuffles differently");
     let acc = sa.last().and_then(|s| s.test_acc).expect("test accuracy");
-    assert!(acc > 0.9, "GPU training learns the toy task: test accuracy {acc}");
+    assert!(
+        acc > 0.9,
+        "GPU training learns the toy task: test accuracy {acc}"
+    );
 }
-

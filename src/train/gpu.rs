@@ -34,7 +34,11 @@ pub(crate) enum Stepper {
 }
 
 impl Stepper {
-    pub(crate) fn new(graph: &Graph, opts: &TrainOptions, masks: &Masks) -> Result<Self, TrainError> {
+    pub(crate) fn new(
+        graph: &Graph,
+        opts: &TrainOptions,
+        masks: &Masks,
+    ) -> Result<Self, TrainError> {
         Ok(match &opts.device {
             TrainDevice::Cpu => Stepper::Cpu {
                 sgd: Sgd::new(opts.momentum, opts.weight_decay),

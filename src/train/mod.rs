@@ -322,7 +322,8 @@ pub fn train(
             for (iter_in_epoch, b) in rx.iter().enumerate() {
                 let (x, labels) = b?;
                 let lr = opts.schedule.lr(opts.lr, iter);
-                let (loss, batch_hits) = stepper.step(graph, &x, &labels, masks, lr, epoch, iter)?;
+                let (loss, batch_hits) =
+                    stepper.step(graph, &x, &labels, masks, lr, epoch, iter)?;
                 hits += batch_hits;
                 loss_sum += loss as f64 * labels.len() as f64;
                 seen += labels.len();

@@ -351,13 +351,7 @@ pub(crate) fn ops(
         Launch::Elements(n) => grid(ctx, label, n.div_ceil(256))?,
         Launch::Channels(c) => grid(ctx, label, c)?,
     };
-    Ok(ctx.dispatch(
-        &ops_kernel(ctx, entry),
-        label,
-        &binds,
-        &p.words(),
-        groups,
-    ))
+    Ok(ctx.dispatch(&ops_kernel(ctx, entry), label, &binds, &p.words(), groups))
 }
 
 /// One SGD update of a parameter tensor of `len` entries. `masks` = (gradient mask,
@@ -382,11 +376,7 @@ pub(crate) fn sgd(
         size: 16,
     };
     let (gm, fm, wf) = match masks {
-        Some((g, f, wf)) => (
-            Bind::f32s(g, len),
-            Bind::f32s(f, len),
-            Bind::f32s(wf, len),
-        ),
+        Some((g, f, wf)) => (Bind::f32s(g, len), Bind::f32s(f, len), Bind::f32s(wf, len)),
         None => (d(&dummies.read), d(&dummies.read), d(&dummies.write3)),
     };
     Ok(ctx.dispatch(
@@ -401,7 +391,12 @@ pub(crate) fn sgd(
             Bind::f32s(v, len),
             wf,
         ],
-        &[uw(len), masks.is_some() as u32, fw(momentum), fw(weight_decay)],
+        &[
+            uw(len),
+            masks.is_some() as u32,
+            fw(momentum),
+            fw(weight_decay),
+        ],
         grid(ctx, label, len.div_ceil(256))?,
     ))
 }

@@ -211,7 +211,10 @@ fn read_f32(ctx: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f
 }
 
 /// Copies `(buffer, len)` pieces into one staging buffer, submits and reads them back.
-fn read_many(ctx: &GpuContext, pieces: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>, GpuError> {
+fn read_many(
+    ctx: &GpuContext,
+    pieces: &[(&wgpu::Buffer, usize)],
+) -> Result<Vec<Vec<f32>>, GpuError> {
     let total: usize = pieces.iter().map(|p| p.1).sum();
     let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("train readback"),
@@ -292,7 +295,12 @@ impl GpuTrainer {
                 };
                 let len = wt.data.len();
                 let fm = mask_f32(masks.forward.get(name), len);
-                let wf: Vec<f32> = wt.data.iter().zip(&fm).map(|(v, m)| if *m != 0.0 { *v } else { 0.0 }).collect();
+                let wf: Vec<f32> = wt
+                    .data
+                    .iter()
+                    .zip(&fm)
+                    .map(|(v, m)| if *m != 0.0 { *v } else { 0.0 })
+                    .collect();
                 layers.insert(
                     i,
                     Layer::Dense {
@@ -357,7 +365,11 @@ impl GpuTrainer {
         scoped(&ctx, "masks", || {
             for (&i, layer) in &self.layers {
                 if let Layer::Dense {
-                    w, wf, gmask, fmask, ..
+                    w,
+                    wf,
+                    gmask,
+                    fmask,
+                    ..
                 } = layer
                 {
                     let name = &self.graph.nodes[i].name;
@@ -384,12 +396,18 @@ impl GpuTrainer {
     }
 
     /// Runs `dispatches` in one pass (after clearing `clear`) and waits for them.
-    fn submit(&self, dispatches: &[Dispatch], clear: Option<&[wgpu::Buffer]>) -> Result<(), GpuError> {
+    fn submit(
+        &self,
+        dispatches: &[Dispatch],
+        clear: Option<&[wgpu::Buffer]>,
+    ) -> Result<(), GpuError> {
         scoped(&self.ctx, "train run", || {
-            let mut enc = self
-                .ctx
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("train") });
+            let mut enc =
+                self.ctx
+                    .device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("train"),
+                    });
             for b in clear.unwrap_or(&[]) {
                 enc.clear_buffer(b, 0, None);
             }
@@ -411,7 +429,12 @@ impl GpuTrainer {
 
     /// One SGD step on a batch: forward, loss, backward, update (and the BatchNorm
     /// running statistics in train mode). Returns the loss and logits before the update.
-    pub fn step(&mut self, x: &Tensor, labels: &[usize], lr: f32) -> Result<StepOutput, TrainError> {
+    pub fn step(
+        &mut self,
+        x: &Tensor,
+        labels: &[usize],
+        lr: f32,
+    ) -> Result<StepOutput, TrainError> {
         self.run(x, labels, Some(lr))
     }
 
@@ -452,7 +475,12 @@ impl GpuTrainer {
             let node = &self.graph.nodes[i];
             let g = match (&self.layers[&i], &node.op) {
                 (Layer::Dense { bias, .. }, Op::Conv(_) | Op::Linear(_)) => {
-                    let shape = node.op.weights().expect("conv/fc has weights").shape().to_vec();
+                    let shape = node
+                        .op
+                        .weights()
+                        .expect("conv/fc has weights")
+                        .shape()
+                        .to_vec();
                     let w = data.next().expect("one piece per gradient");
                     ParamGrad {
                         weight: Tensor { shape, data: w },
@@ -486,7 +514,12 @@ impl GpuTrainer {
         Ok((out.loss, grads, dinput))
     }
 
-    fn run(&mut self, x: &Tensor, labels: &[usize], lr: Option<f32>) -> Result<StepOutput, TrainError> {
+    fn run(
+        &mut self,
+        x: &Tensor,
+        labels: &[usize],
+        lr: Option<f32>,
+    ) -> Result<StepOutput, TrainError> {
         let batch = x.shape.first().copied().unwrap_or(0);
         let mut want = vec![batch];
         want.extend(&self.graph.input.item_shape);
@@ -514,7 +547,11 @@ impl GpuTrainer {
             });
         }
         let q = self.ctx.queue();
-        q.write_buffer(&prog.acts[prog.input_slot], 0, bytemuck::cast_slice(&x.data));
+        q.write_buffer(
+            &prog.acts[prog.input_slot],
+            0,
+            bytemuck::cast_slice(&x.data),
+        );
         let lab: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
         q.write_buffer(&prog.labels, 0, bytemuck::cast_slice(&lab));
         if let Some(lr) = lr {
@@ -522,10 +559,12 @@ impl GpuTrainer {
         }
         let logits_len: usize = prog.logits_shape.iter().product();
         scoped(&self.ctx, "train step", || {
-            let mut enc = self
-                .ctx
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("train step") });
+            let mut enc =
+                self.ctx
+                    .device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("train step"),
+                    });
             for b in &prog.grads {
                 enc.clear_buffer(b, 0, None);
             }
@@ -635,7 +674,10 @@ impl GpuTrainer {
                 _ => {
                     return Err(TrainError::Option {
                         name: "graph",
-                        reason: format!("node '{}' changed kind since the trainer was made", node.name),
+                        reason: format!(
+                            "node '{}' changed kind since the trainer was made",
+                            node.name
+                        ),
                     })
                 }
             }
@@ -668,9 +710,12 @@ impl GpuTrainer {
             }
             match node.op {
                 Op::Flatten { .. } | Op::Identity => {
-                    let s = *slot_of
-                        .get(&node.inputs[0])
-                        .ok_or_else(|| gpu_err(node, format!("reads '{}' before it is made", node.inputs[0])))?;
+                    let s = *slot_of.get(&node.inputs[0]).ok_or_else(|| {
+                        gpu_err(
+                            node,
+                            format!("reads '{}' before it is made", node.inputs[0]),
+                        )
+                    })?;
                     slot_of.insert(node.output.clone(), s);
                 }
                 _ => {
@@ -771,7 +816,8 @@ impl GpuTrainer {
                 if !self.active.contains(&i) {
                     continue;
                 }
-                backward.extend(self.encode_backward(i, node, &shapes, batch, &act, &grad, &partial)?);
+                backward
+                    .extend(self.encode_backward(i, node, &shapes, batch, &act, &grad, &partial)?);
             }
             let mut update = vec![];
             let mut idx: Vec<usize> = self.layers.keys().copied().collect();
@@ -780,10 +826,20 @@ impl GpuTrainer {
             for i in idx {
                 let name = &graph.nodes[i].name;
                 let layer = &self.layers[&i];
-                if let Layer::Bn { running, stats, c, .. } = layer {
+                if let Layer::Bn {
+                    running, stats, c, ..
+                } = layer
+                {
                     if self.opts.bn_mode == BnMode::Train {
-                        let count = batch * shapes[&graph.nodes[i].inputs[0]][2..].iter().product::<usize>();
-                        let unbias = if count > 1 { count as f32 / (count - 1) as f32 } else { 1.0 };
+                        let count = batch
+                            * shapes[&graph.nodes[i].inputs[0]][2..]
+                                .iter()
+                                .product::<usize>();
+                        let unbias = if count > 1 {
+                            count as f32 / (count - 1) as f32
+                        } else {
+                            1.0
+                        };
                         update.push(kernels::ops(
                             ctx,
                             &self.dummies,
@@ -828,13 +884,33 @@ impl GpuTrainer {
                         )?);
                         if let Some(b) = bias {
                             update.push(kernels::sgd(
-                                ctx, &self.dummies, name, b.len, &b.grad, &self.hyper, &b.data, &b.vel, None, m, wd,
+                                ctx,
+                                &self.dummies,
+                                name,
+                                b.len,
+                                &b.grad,
+                                &self.hyper,
+                                &b.data,
+                                &b.vel,
+                                None,
+                                m,
+                                wd,
                             )?);
                         }
                     }
                     Layer::Bn { sb, .. } => {
                         update.push(kernels::sgd(
-                            ctx, &self.dummies, name, sb.len, &sb.grad, &self.hyper, &sb.data, &sb.vel, None, m, wd,
+                            ctx,
+                            &self.dummies,
+                            name,
+                            sb.len,
+                            &sb.grad,
+                            &self.hyper,
+                            &sb.data,
+                            &sb.vel,
+                            None,
+                            m,
+                            wd,
                         )?);
                     }
                 }
@@ -859,7 +935,12 @@ impl GpuTrainer {
     }
 
     /// The conv geometry of a conv/fc node at `batch` (fc as a 1x1 conv on 1x1 images).
-    fn conv_shape(&self, node: &Node, shapes: &crate::graph::Shapes, batch: usize) -> Option<ConvShape> {
+    fn conv_shape(
+        &self,
+        node: &Node,
+        shapes: &crate::graph::Shapes,
+        batch: usize,
+    ) -> Option<ConvShape> {
         let x = shapes.get(node.inputs.first()?)?;
         match &node.op {
             Op::Conv(c) => {
@@ -929,7 +1010,17 @@ impl GpuTrainer {
             conv_kernel: ConvKernel::Tiled,
         };
         match (&node.op, self.layers.get(&i)) {
-            (Op::Conv(_) | Op::Linear(_), Some(Layer::Dense { wf, bias, zero_bias, rows, w, .. })) => {
+            (
+                Op::Conv(_) | Op::Linear(_),
+                Some(Layer::Dense {
+                    wf,
+                    bias,
+                    zero_bias,
+                    rows,
+                    w,
+                    ..
+                }),
+            ) => {
                 let s = self.conv_shape(node, shapes, batch).expect("conv/fc shape");
                 let g = Geometry {
                     batch,
@@ -966,7 +1057,15 @@ impl GpuTrainer {
                     ],
                 )?])
             }
-            (Op::BatchNorm { epsilon, .. }, Some(Layer::Bn { sb, running, stats, c })) => {
+            (
+                Op::BatchNorm { epsilon, .. },
+                Some(Layer::Bn {
+                    sb,
+                    running,
+                    stats,
+                    c,
+                }),
+            ) => {
                 let x = shape(&node.inputs[0]);
                 let inner: usize = x[2..].iter().product();
                 let total = batch * c * inner;
@@ -980,7 +1079,17 @@ impl GpuTrainer {
                 };
                 let st = Bind::f32s(stats, 3 * c);
                 let stats_pass = if self.opts.bn_mode == BnMode::Train {
-                    kernels::ops(ctx, &self.dummies, &node.name, "bn_stats", &[&io.inputs[0].0], &st, None, &p, Launch::Channels(*c))?
+                    kernels::ops(
+                        ctx,
+                        &self.dummies,
+                        &node.name,
+                        "bn_stats",
+                        &[&io.inputs[0].0],
+                        &st,
+                        None,
+                        &p,
+                        Launch::Channels(*c),
+                    )?
                 } else {
                     kernels::ops(
                         ctx,
@@ -1187,7 +1296,17 @@ impl GpuTrainer {
                 };
                 let st = Bind::f32s(stats, 3 * c);
                 let gsb = Bind::f32s(&sb.grad, 2 * c);
-                out.push(kernels::ops(ctx, d, name, "bn_bwd_params", &[&x, &dy, &st], &gsb, None, &p, Launch::Channels(*c))?);
+                out.push(kernels::ops(
+                    ctx,
+                    d,
+                    name,
+                    "bn_bwd_params",
+                    &[&x, &dy, &st],
+                    &gsb,
+                    None,
+                    &p,
+                    Launch::Channels(*c),
+                )?);
                 if need_dx {
                     out.push(kernels::ops(
                         ctx,
@@ -1208,7 +1327,17 @@ impl GpuTrainer {
                 }
                 for v in &node.inputs[..2] {
                     if wants(v) {
-                        out.push(kernels::ops(ctx, d, name, "acc", &[&dy], &grad(v)?, None, &elems(x_len), Launch::Elements(x_len))?);
+                        out.push(kernels::ops(
+                            ctx,
+                            d,
+                            name,
+                            "acc",
+                            &[&dy],
+                            &grad(v)?,
+                            None,
+                            &elems(x_len),
+                            Launch::Elements(x_len),
+                        )?);
                     }
                 }
             }
@@ -1243,7 +1372,10 @@ impl GpuTrainer {
             }
             (
                 Op::Lrn {
-                    size, alpha, beta, bias,
+                    size,
+                    alpha,
+                    beta,
+                    bias,
                 },
                 _,
             ) => {
