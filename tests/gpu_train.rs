@@ -726,3 +726,63 @@ fn gpu_training_loop_is_reproducible_and_learns() {
         "GPU training learns the toy task: test accuracy {acc}"
     );
 }
+
+/// Training throughput (images/s) of LeNet-5 (MNIST shape) and ResNet-18, batch 32,
+/// GPU and CPU, for docs/benchmarks.md. Slow on lavapipe: run by hand with
+/// `cargo test --test gpu_train training_throughput -- --ignored --nocapture`.
+/// Env: CNNPACK_BENCH_RESNET_SIZE (default 224), CNNPACK_BENCH_ITERS (default 3),
+/// CNNPACK_BENCH_MODELS (default "lenet5,resnet18"), CNNPACK_BENCH_PROFILE=1 prints
+/// the per-layer GPU times of one step.
+#[test]
+#[ignore]
+fn training_throughput() {
+    let env = |k: &str| std::env::var(k).ok();
+    let size: usize = env("CNNPACK_BENCH_RESNET_SIZE")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(224);
+    let iters: usize = env("CNNPACK_BENCH_ITERS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let models = env("CNNPACK_BENCH_MODELS").unwrap_or("lenet5,resnet18".into());
+    let devices = env("CNNPACK_BENCH_DEVICES").unwrap_or("gpu,cpu".into());
+    for model in models.split(',') {
+        let mut g = cnnpack::zoo::build(model, 1).expect("zoo model");
+        if model.starts_with("resnet") {
+            g.input.item_shape = vec![3, size, size];
+        }
+        for dev in devices.split(',') {
+            let device = match dev {
+                "gpu" => match gpu() {
+                    Some(c) => TrainDevice::Gpu(c),
+                    None => continue,
+                },
+                _ => TrainDevice::Cpu,
+            };
+            if dev == "gpu" && env("CNNPACK_BENCH_PROFILE").is_some() {
+                let mut t = GpuTrainer::new(
+                    gpu().expect("gpu"),
+                    &g,
+                    GpuTrainOptions::default(),
+                    &Masks::new(),
+                )
+                .expect("trainer");
+                let mut shape = vec![32];
+                shape.extend(&g.input.item_shape);
+                let x = Rng::new(1).normal_tensor(shape, 1.0);
+                for (name, s) in t.profile(&x, &[0; 32]).expect("profile") {
+                    println!("  {name:<24} {:>9.1} ms", s * 1e3);
+                }
+            }
+            let opts = TrainOptions {
+                lr: 0.001,
+                device,
+                ..TrainOptions::default()
+            };
+            let t = train::throughput(&g, &opts, 32, iters).expect("throughput");
+            println!(
+                "{model} {:?} {dev}: {:.2} images/s ({} steps of 32 in {:.2} s)",
+                g.input.item_shape, t.images_per_second, t.iters, t.seconds
+            );
+        }
+    }
+}

@@ -111,6 +111,8 @@ struct Program {
     forward: Vec<Dispatch>,
     backward: Vec<Dispatch>,
     update: Vec<Dispatch>,
+    /// "node fwd" / "node bwd" for each forward and backward launch (profiling).
+    names: Vec<String>,
     acts: Vec<wgpu::Buffer>,
 }
 
@@ -602,6 +604,36 @@ impl GpuTrainer {
         })
     }
 
+    /// Wall time of each forward and backward launch for a batch like `x`, one
+    /// submission per launch (so slower than a step): `(\"node fwd|bwd\", seconds)` summed
+    /// per node and phase, in execution order. Parameters are left unchanged.
+    pub fn profile(
+        &mut self,
+        x: &Tensor,
+        labels: &[usize],
+    ) -> Result<Vec<(String, f64)>, TrainError> {
+        self.run(x, labels, None)?; // records the program, checks the inputs
+        let prog = &self.programs[&x.shape[0]];
+        let mut out: Vec<(String, f64)> = vec![];
+        for (d, name) in prog.forward.iter().chain(&prog.backward).zip(&prog.names) {
+            let t0 = std::time::Instant::now();
+            self.submit(std::slice::from_ref(d), None)?;
+            self.ctx
+                .device()
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| GpuError::Map {
+                    buffer: "profile",
+                    message: e.to_string(),
+                })?;
+            let dt = t0.elapsed().as_secs_f64();
+            match out.last_mut() {
+                Some((n, t)) if n == name => *t += dt,
+                _ => out.push((name.clone(), dt)),
+            }
+        }
+        Ok(out)
+    }
+
     /// Writes the device parameters (weights W, biases, BatchNorm scale/bias and running
     /// statistics) into `graph`, which must be the graph the trainer was made from.
     pub fn sync_graph(&self, graph: &mut Graph) -> Result<(), TrainError> {
@@ -786,6 +818,7 @@ impl GpuTrainer {
                 Ok(Bind::f32s(&grads[s], shape.iter().product()))
             };
             let mut forward = vec![];
+            let mut names = vec![];
             for (i, node) in graph.nodes.iter().enumerate() {
                 if Some(i) == self.target.skipped_softmax
                     || matches!(node.op, Op::Flatten { .. } | Op::Identity)
@@ -793,6 +826,7 @@ impl GpuTrainer {
                     continue;
                 }
                 forward.extend(self.encode_forward(i, node, &shapes, batch, &act)?);
+                names.resize(forward.len(), format!("{} fwd", node.name));
             }
             // Loss on the logits: dL/dlogits lands in the logits' gradient buffer.
             forward.push(kernels::ops(
@@ -811,6 +845,7 @@ impl GpuTrainer {
                 },
                 Launch::Channels(batch),
             )?);
+            names.push("loss".into());
             let mut backward = vec![];
             for (i, node) in graph.nodes.iter().enumerate().rev() {
                 if !self.active.contains(&i) {
@@ -818,6 +853,7 @@ impl GpuTrainer {
                 }
                 backward
                     .extend(self.encode_backward(i, node, &shapes, batch, &act, &grad, &partial)?);
+                names.resize(forward.len() + backward.len(), format!("{} bwd", node.name));
             }
             let mut update = vec![];
             let mut idx: Vec<usize> = self.layers.keys().copied().collect();
@@ -928,6 +964,7 @@ impl GpuTrainer {
                 forward,
                 backward,
                 update,
+                names,
                 acts,
             })
         })
