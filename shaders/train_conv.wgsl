@@ -5,9 +5,14 @@
 //   the reduction staged in workgroup memory, 2x2 outputs per invocation. The reduction
 //   is split into `splits` fixed chunks (workgroup z) written to separate partial rows,
 //   which reduce_splits then adds in chunk order: deterministic, no float atomics.
-// - conv_bwd_data: one invocation per input element gathers every (output pixel, output
-//   channel) that read it (no scatter, so no races), and adds to dx (which may already
-//   hold the gradient from another reader of the same value).
+// - conv_bwd_data_tiled: dX_g[ci, pixel] = sum_q W_g[ci, q] * dYcol[q, pixel] over
+//   q = (co, ky, kx), where dYcol holds the output gradient at the output pixel that read
+//   the input pixel through tap (ky, kx) (0 where none did): the same 32x32 tiling, one
+//   workgroup per (input-channel tile, pixel tile), no split. Each input element is
+//   written by exactly one invocation, which adds to dx (it may already hold the gradient
+//   from another reader of the same value).
+// - conv_bwd_data: the untiled gather (one invocation per input element), used when the
+//   pixel tiles exceed the grid limit.
 // - channel_sum: bias gradient, one workgroup per channel, fixed-order tree reduction.
 //
 // Bindings: 0 a (read: dY), 1 b (read: x for the weight gradient, the weights for the
@@ -131,6 +136,90 @@ fn conv_bwd_weight(
             let n = n0 + lid.x * 2u + j;
             if (m < p.cout_g && n < p.k_len) {
                 out[(wid.z * p.cout + g * p.cout_g + m) * p.k_len + n] = acc[i * 2u + j];
+            }
+        }
+    }
+}
+
+// W_g[ci, q] with q = (co, ky, kx) (bindings: b = weights).
+fn load_wt(g: u32, ci: u32, q: u32) -> f32 {
+    let khw = p.kh * p.kw;
+    if (ci >= p.cin_g || q >= p.cout_g * khw) {
+        return 0.0;
+    }
+    let co = q / khw;
+    return b[((g * p.cout_g + co) * p.cin_g + ci) * khw + q % khw];
+}
+
+// dY at the output pixel that read input pixel `pix` (= image * H*W + iy * W + ix)
+// through tap q = (co, ky, kx) of group g, 0 where no output pixel did.
+fn load_dycol(g: u32, q: u32, pix: u32) -> f32 {
+    let khw = p.kh * p.kw;
+    if (q >= p.cout_g * khw || pix >= p.batch * p.h * p.w) {
+        return 0.0;
+    }
+    let co = q / khw;
+    let t = q % khw;
+    let ky = t / p.kw;
+    let kx = t % p.kw;
+    let hw = p.h * p.w;
+    let n = pix / hw;
+    let iy = (pix % hw) / p.w;
+    let ix = pix % p.w;
+    let ty = i32(iy + p.ph) - i32(ky * p.dh);
+    let tx = i32(ix + p.pw) - i32(kx * p.dw);
+    if (ty < 0 || tx < 0 || u32(ty) % p.sh != 0u || u32(tx) % p.sw != 0u) {
+        return 0.0;
+    }
+    let oy = u32(ty) / p.sh;
+    let ox = u32(tx) / p.sw;
+    if (oy >= p.oh || ox >= p.ow) {
+        return 0.0;
+    }
+    return a[((n * p.cout + g * p.cout_g + co) * p.oh + oy) * p.ow + ox];
+}
+
+// Workgroup: x = tile of 32 input pixels (over the batch), y = group * m_tiles + tile of
+// 32 input channels.
+@compute @workgroup_size(16, 16, 1)
+fn conv_bwd_data_tiled(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let g = wid.y / p.m_tiles;
+    let m0 = (wid.y % p.m_tiles) * 32u;
+    let n0 = wid.x * 32u;
+    let q_len = p.cout_g * p.kh * p.kw;
+    let flat = lid.y * 16u + lid.x;
+    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    for (var q0 = 0u; q0 < q_len; q0 += 16u) {
+        for (var j = 0u; j < 2u; j++) {
+            let e = flat + 256u * j;
+            // tile_a: e = ci * 16 + qq; tile_b: e = qq * 32 + pixel.
+            tile_a[e] = load_wt(g, m0 + e / 16u, q0 + e % 16u);
+            tile_b[e] = load_dycol(g, q0 + e / 32u, n0 + e % 32u);
+        }
+        workgroupBarrier();
+        for (var rr = 0u; rr < 16u; rr++) {
+            let a0 = tile_a[(lid.y * 2u) * 16u + rr];
+            let a1 = tile_a[(lid.y * 2u + 1u) * 16u + rr];
+            let b0 = tile_b[rr * 32u + lid.x * 2u];
+            let b1 = tile_b[rr * 32u + lid.x * 2u + 1u];
+            acc[0] += a0 * b0;
+            acc[1] += a0 * b1;
+            acc[2] += a1 * b0;
+            acc[3] += a1 * b1;
+        }
+        workgroupBarrier();
+    }
+    let hw = p.h * p.w;
+    for (var i = 0u; i < 2u; i++) {
+        let ci = m0 + lid.y * 2u + i;
+        for (var j = 0u; j < 2u; j++) {
+            let pix = n0 + lid.x * 2u + j;
+            if (ci < p.cin_g && pix < p.batch * hw) {
+                let n = pix / hw;
+                out[(n * p.cin + g * p.cin_g + ci) * hw + pix % hw] += acc[i * 2u + j];
             }
         }
     }

@@ -231,7 +231,8 @@ pub(crate) fn conv_weight_grad(
     Ok(out)
 }
 
-/// dx += conv_transpose(dY, W) (gather per input element).
+/// dx += conv_transpose(dY, W): the tiled kernel, or the per-element gather when the
+/// pixel tiles exceed the grid limit.
 pub(crate) fn conv_data_grad(
     ctx: &GpuContext,
     label: &str,
@@ -241,6 +242,18 @@ pub(crate) fn conv_data_grad(
     dx: &Bind,
 ) -> Result<Dispatch, GpuError> {
     let total = s.batch * s.cin * s.h * s.w;
+    let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+    let m_tiles = s.cin_g().div_ceil(32);
+    let n_tiles = (s.batch * s.h * s.w).div_ceil(32);
+    if n_tiles <= max && m_tiles * s.groups <= max {
+        return Ok(ctx.dispatch(
+            &conv_kernel(ctx, "conv_bwd_data_tiled"),
+            label,
+            &[dy.clone(), w.clone(), dx.clone()],
+            &s.words(m_tiles, 1, 0, total),
+            [n_tiles as u32, (m_tiles * s.groups) as u32, 1],
+        ));
+    }
     Ok(ctx.dispatch(
         &conv_kernel(ctx, "conv_bwd_data"),
         label,
