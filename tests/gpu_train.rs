@@ -17,7 +17,7 @@
 //!
 //! Without a GPU adapter every test prints `skipped: ...` and returns.
 
-use cnnpack::backend::gpu::train::{GpuTrainOptions, GpuTrainer};
+use cnnpack::backend::gpu::train::{DataGradKernel, GpuTrainOptions, GpuTrainer};
 use cnnpack::backend::gpu::GpuContext;
 use cnnpack::data::{Dataset, Preprocess};
 use cnnpack::graph::{Conv2d, Graph, GraphInput, Linear, Node, Op, Pool2d, Rng, Tensor};
@@ -128,6 +128,18 @@ fn labels(rng: &mut Rng, n: usize, classes: usize) -> Vec<usize> {
 
 /// GPU gradients of `g` at `x` (random labels) against the CPU backward.
 fn check_op(ctx: &Arc<GpuContext>, g: &Graph, x: &Tensor, mode: BnMode, seed: u64, what: &str) {
+    check_op_with(ctx, g, x, mode, seed, what, DataGradKernel::Auto)
+}
+
+fn check_op_with(
+    ctx: &Arc<GpuContext>,
+    g: &Graph,
+    x: &Tensor,
+    mode: BnMode,
+    seed: u64,
+    what: &str,
+    data_grad: DataGradKernel,
+) {
     let mut rng = Rng::new(seed);
     let cache = train::forward(g, x, mode, &HashMap::new()).expect("CPU forward");
     let n = x.shape[0];
@@ -141,6 +153,7 @@ fn check_op(ctx: &Arc<GpuContext>, g: &Graph, x: &Tensor, mode: BnMode, seed: u6
         GpuTrainOptions {
             bn_mode: mode,
             input_grad: true,
+            data_grad,
             ..Default::default()
         },
         &Masks::new(),
@@ -553,6 +566,7 @@ fn compare_steps(ctx: &Arc<GpuContext>, g0: &Graph, masks: &Masks, batch: usize,
             bn_mode: BnMode::Train,
             bn_momentum,
             input_grad: false,
+            data_grad: DataGradKernel::Auto,
         },
         masks,
     )

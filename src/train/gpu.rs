@@ -54,6 +54,7 @@ impl Stepper {
                     bn_mode: opts.bn_mode,
                     bn_momentum: opts.bn_momentum,
                     input_grad: false,
+                    ..GpuTrainOptions::default()
                 },
                 masks,
             )?)),

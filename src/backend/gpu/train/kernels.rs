@@ -231,11 +231,12 @@ pub(crate) fn conv_weight_grad(
     Ok(out)
 }
 
-/// dx += conv_transpose(dY, W): the tiled kernel, or the per-element gather when the
-/// pixel tiles exceed the grid limit.
+/// dx += conv_transpose(dY, W): the tiled kernel when `tiled` (and the pixel tiles fit
+/// the grid), else the per-element gather.
 pub(crate) fn conv_data_grad(
     ctx: &GpuContext,
     label: &str,
+    tiled: bool,
     s: &ConvShape,
     dy: &Bind,
     w: &Bind,
@@ -245,7 +246,7 @@ pub(crate) fn conv_data_grad(
     let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
     let m_tiles = s.cin_g().div_ceil(32);
     let n_tiles = (s.batch * s.h * s.w).div_ceil(32);
-    if n_tiles <= max && m_tiles * s.groups <= max {
+    if tiled && n_tiles <= max && m_tiles * s.groups <= max {
         return Ok(ctx.dispatch(
             &conv_kernel(ctx, "conv_bwd_data_tiled"),
             label,
