@@ -131,6 +131,14 @@ impl GpuContext {
         let lost = Arc::new(Mutex::new(None));
         let lost_cb = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
+            // wgpu also calls this when the device is dropped or the callback replaced
+            // (it calls every callback exactly once); neither means the device failed.
+            if matches!(
+                reason,
+                wgpu::DeviceLostReason::Dropped | wgpu::DeviceLostReason::ReplacedCallback
+            ) {
+                return;
+            }
             if let Ok(mut l) = lost_cb.lock() {
                 *l = Some(format!("{reason:?}: {msg}"));
             }
@@ -193,11 +201,43 @@ impl GpuContext {
             .min(self.limits.max_buffer_size)
     }
 
+    /// Why the device was lost (driver reset, removal, `Device::destroy`), once it was;
+    /// `None` while it works. A lost device never comes back: every later call on this
+    /// context returns `GpuError::DeviceLost`; build a new context (or `Engine`).
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// True once the device is lost (see [`GpuContext::lost_reason`]).
+    pub fn is_lost(&self) -> bool {
+        self.lost_reason().is_some()
+    }
+
     pub(crate) fn check_lost(&self) -> Result<(), GpuError> {
-        match self.lost.lock().ok().and_then(|l| l.clone()) {
+        match self.lost_reason() {
             Some(msg) => Err(GpuError::DeviceLost(msg)),
             None => Ok(()),
         }
+    }
+
+    /// Creates a buffer of `size` bytes inside out-of-memory and validation error
+    /// scopes: a size over the adapter's limits, or memory the device does not have,
+    /// comes back as `GpuError::Validation` / `GpuError::OutOfMemory` naming `label`
+    /// (wgpu's message names the limit), and a lost device as `GpuError::DeviceLost`.
+    pub fn try_create_buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer, GpuError> {
+        super::model::scoped(self, label, || {
+            Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            }))
+        })
     }
 
     /// The pipeline for `entry` of `family`'s shader, compiled on first use.

@@ -128,9 +128,12 @@ pub(crate) fn scoped<T>(
         .device()
         .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let val = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    ctx.check_lost()?;
     let out = f();
     let val = pollster::block_on(val.pop());
     let oom = pollster::block_on(oom.pop());
+    // On a lost device every call fails validation; the loss is the error to report.
+    ctx.check_lost()?;
     if let Some(e) = oom {
         return Err(GpuError::OutOfMemory {
             layer: layer.into(),
@@ -179,13 +182,25 @@ impl GpuModel {
         let limit = ctx.max_binding_bytes();
         let max_binding = options.max_binding_bytes.map_or(limit, |m| m.min(limit));
         for (i, &len) in plan.slots.iter().enumerate() {
-            if (len * 4) as u64 > limit {
+            if (len as u64).saturating_mul(4) > limit {
+                // Name the largest layer whose output lives in this buffer.
+                let layer = plan
+                    .steps
+                    .iter()
+                    .filter(|s| plan.slot_of(&s.output) == Some(i))
+                    .max_by_key(|s| {
+                        plan.shape(&s.output)
+                            .map_or(0, |v| v.iter().product::<usize>())
+                    })
+                    .map_or_else(|| graph.input.name.clone(), |s| s.name.clone());
                 return Err(GpuError::Unsupported {
-                    node: format!("activation buffer {i}"),
+                    node: layer,
                     op: "buffer",
                     reason: format!(
-                        "{} bytes at batch {batch} exceed the adapter's {limit}-byte binding limit; use a smaller batch",
-                        len * 4
+                        "its output needs {} bytes at batch {batch}, over the adapter's \
+                         max_storage_buffer_binding_size/max_buffer_size of {limit} bytes; \
+                         use a smaller batch",
+                        len as u64 * 4
                     ),
                 });
             }
@@ -253,6 +268,17 @@ impl GpuModel {
                 staging_offset: staging_len,
             });
             staging_len += bytes;
+        }
+        if staging_len > ctx.limits().max_buffer_size {
+            return Err(GpuError::Unsupported {
+                node: "outputs".into(),
+                op: "buffer",
+                reason: format!(
+                    "{staging_len} bytes of outputs at batch {batch} exceed the adapter's \
+                     max_buffer_size of {} bytes; use a smaller batch",
+                    ctx.limits().max_buffer_size
+                ),
+            });
         }
         let run = scoped(&ctx, "readback buffers", || {
             let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
