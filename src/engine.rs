@@ -264,14 +264,17 @@ impl Engine {
     }
 }
 
+/// What a run returns.
+type RunResult = Result<Vec<Tensor>, EngineError>;
+
 /// Where a pending run's result lands, with the waker of the task awaiting it.
 #[derive(Default)]
 struct Slot {
-    state: Mutex<(Option<Result<Vec<Tensor>, EngineError>>, Option<Waker>)>,
+    state: Mutex<(Option<RunResult>, Option<Waker>)>,
 }
 
 impl Slot {
-    fn complete(&self, r: Result<Vec<Tensor>, EngineError>) {
+    fn complete(&self, r: RunResult) {
         let waker = {
             let mut s = self
                 .state
