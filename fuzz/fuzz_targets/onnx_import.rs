@@ -25,4 +25,3 @@ fn run_small(g: cnnpack::graph::Graph) {
         let _ = e.run(&cnnpack::graph::Tensor::full(shape, 0.5));
     }
 }
-
