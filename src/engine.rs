@@ -12,7 +12,10 @@ use crate::backend::cpu::{self, CpuError};
 use crate::backend::gpu::{GpuContext, GpuError, GpuModel};
 use crate::graph::{fold, Graph, GraphError, Tensor};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
 
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -44,12 +47,20 @@ enum Executor {
     Reference,
     /// GPU models are planned per batch size (eval's last batch is smaller).
     Gpu {
-        ctx: Arc<GpuContext>,
+        /// Replaced by `recover` after a device loss (when `owned`).
+        ctx: RwLock<Arc<GpuContext>>,
+        /// The engine opened the device itself (`Engine::new`), so it may open another.
+        owned: bool,
         models: Mutex<HashMap<usize, Arc<GpuModel>>>,
     },
 }
 
-/// A model ready to run on one device. Send + Sync: many threads may call `run`.
+/// A model ready to run on one device. Send + Sync: many threads may call `run` (and
+/// `run_async`) at once; results equal sequential runs.
+///
+/// Device loss: once the GPU device is lost, every call returns
+/// `EngineError::Gpu(GpuError::DeviceLost)`; [`Engine::recover`] opens a new device and
+/// re-uploads the model lazily (or drop the engine and build a new one).
 pub struct Engine {
     graph: Arc<Graph>,
     executor: Executor,
@@ -69,7 +80,8 @@ impl Engine {
             DeviceKind::Gpu => match GpuContext::new() {
                 Ok(ctx) => (
                     Executor::Gpu {
-                        ctx: Arc::new(ctx),
+                        ctx: RwLock::new(Arc::new(ctx)),
+                        owned: true,
                         models: Mutex::default(),
                     },
                     None,
@@ -96,7 +108,8 @@ impl Engine {
         Ok(Engine {
             graph,
             executor: Executor::Gpu {
-                ctx,
+                ctx: RwLock::new(ctx),
+                owned: false,
                 models: Mutex::default(),
             },
             fallback_note: None,
@@ -118,7 +131,9 @@ impl Engine {
         match &self.executor {
             Executor::Cpu => "cpu".into(),
             Executor::Reference => "cpu-reference".into(),
-            Executor::Gpu { ctx, .. } => ctx.adapter_name(),
+            Executor::Gpu { .. } => self
+                .gpu_context()
+                .map_or_else(|| "gpu".into(), |c| c.adapter_name()),
         }
     }
 
@@ -127,18 +142,66 @@ impl Engine {
         matches!(self.executor, Executor::Gpu { .. })
     }
 
+    /// The GPU context in use (`None` on the CPU).
+    pub fn gpu_context(&self) -> Option<Arc<GpuContext>> {
+        match &self.executor {
+            Executor::Gpu { ctx, .. } => Some(
+                ctx.read()
+                    .expect("the context lock is never held across a panic")
+                    .clone(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// After a device loss: opens a new device, drops the models planned on the lost
+    /// one (they are re-planned and re-uploaded on the next run) and returns `true`.
+    /// Returns `false` when there is nothing to recover (CPU, or the device works).
+    /// An engine built on an application's device (`with_gpu`) cannot open another:
+    /// that is a `DeviceLost` error, and the application builds a new engine.
+    pub fn recover(&self) -> Result<bool, EngineError> {
+        let Executor::Gpu { ctx, owned, models } = &self.executor else {
+            return Ok(false);
+        };
+        let mut ctx = ctx
+            .write()
+            .expect("the context lock is never held across a panic");
+        let Some(reason) = ctx.lost_reason() else {
+            return Ok(false);
+        };
+        if !owned {
+            return Err(GpuError::DeviceLost(format!(
+                "{reason}; the application's device cannot be reopened by cnnpack"
+            ))
+            .into());
+        }
+        let fresh = Arc::new(GpuContext::new()?);
+        *ctx = fresh;
+        models
+            .lock()
+            .expect("the model cache lock is never held across a panic")
+            .clear();
+        Ok(true)
+    }
+
     /// The GPU model for a batch size, planned and uploaded on first use.
     pub fn gpu_model(&self, batch: usize) -> Result<Option<Arc<GpuModel>>, EngineError> {
-        let Executor::Gpu { ctx, models } = &self.executor else {
+        let Executor::Gpu { models, .. } = &self.executor else {
             return Ok(None);
         };
+        let ctx = self.gpu_context().expect("executor is Gpu");
+        if let Some(reason) = ctx.lost_reason() {
+            return Err(GpuError::DeviceLost(reason).into());
+        }
         let mut models = models
             .lock()
             .expect("the model cache lock is never held across a panic");
         if let Some(m) = models.get(&batch) {
-            return Ok(Some(m.clone()));
+            if Arc::ptr_eq(m.context(), &ctx) {
+                return Ok(Some(m.clone()));
+            }
         }
-        let model = Arc::new(GpuModel::new(ctx.clone(), &self.graph, batch)?);
+        let model = Arc::new(GpuModel::new(ctx, &self.graph, batch)?);
         models.insert(batch, model.clone());
         Ok(Some(model))
     }
@@ -154,5 +217,132 @@ impl Engine {
                 Ok(model.run(input)?)
             }
         }
+    }
+
+    /// As [`Engine::run`], without blocking the calling thread on the device: the
+    /// work is submitted now and the returned future resolves when the outputs are
+    /// read back (on the GPU: when the readback buffer is mapped, driven by one poll
+    /// thread per device; on the CPU: computed on the rayon pool). The future is
+    /// `Send + 'static` and works with any executor (tokio, `futures`, `pollster`).
+    ///
+    /// The first request of a new batch size plans and uploads the model on the
+    /// calling thread.
+    pub fn run_async(&self, input: &Tensor) -> RunFuture {
+        let slot = Arc::new(Slot::default());
+        let sender = slot.clone();
+        let submitted = (|| -> Result<(), EngineError> {
+            let batch = cpu::check_input(&self.graph, input)?;
+            match &self.executor {
+                Executor::Cpu | Executor::Reference => {
+                    let reference = matches!(self.executor, Executor::Reference);
+                    let graph = self.graph.clone();
+                    let input = input.clone();
+                    let sender = sender.clone();
+                    rayon::spawn(move || {
+                        let r = if reference {
+                            cpu::reference::run_graph(&graph, &input)
+                        } else {
+                            cpu::fast::run_graph(&graph, &input)
+                        };
+                        sender.complete(r.map_err(EngineError::from));
+                    });
+                }
+                Executor::Gpu { .. } => {
+                    let model = self.gpu_model(batch)?.expect("executor is Gpu");
+                    let sender = sender.clone();
+                    model.run_with_callback(input, move |r| {
+                        sender.complete(r.map_err(EngineError::from))
+                    })?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = submitted {
+            sender.complete(Err(e));
+        }
+        RunFuture { slot }
+    }
+}
+
+/// What a run returns.
+type RunResult = Result<Vec<Tensor>, EngineError>;
+
+/// Where a pending run's result lands, with the waker of the task awaiting it.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<(Option<RunResult>, Option<Waker>)>,
+}
+
+impl Slot {
+    fn complete(&self, r: RunResult) {
+        let waker = {
+            let mut s = self
+                .state
+                .lock()
+                .expect("the result slot lock is never held across a panic");
+            s.0 = Some(r);
+            s.1.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The result of [`Engine::run_async`]: resolves to the graph outputs.
+pub struct RunFuture {
+    slot: Arc<Slot>,
+}
+
+impl std::fmt::Debug for RunFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for RunFuture {
+    type Output = Result<Vec<Tensor>, EngineError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = self
+            .slot
+            .state
+            .lock()
+            .expect("the result slot lock is never held across a panic");
+        match s.0.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                s.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_and_future_are_send_sync() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<Engine>();
+        send_sync::<RunFuture>();
+        send_sync::<GpuContext>();
+        send_sync::<GpuModel>();
+    }
+
+    #[test]
+    fn run_async_on_the_cpu_equals_run() {
+        let g = crate::zoo::build("lenet5", 3).expect("lenet5 builds");
+        let e = Engine::new(g, DeviceKind::Cpu).expect("cpu engine");
+        let x = Tensor::full(vec![2, 1, 28, 28], 0.25);
+        let want = e.run(&x).expect("runs");
+        let futs: Vec<RunFuture> = (0..8).map(|_| e.run_async(&x)).collect();
+        for f in futs {
+            assert_eq!(pollster::block_on(f).expect("async run"), want);
+        }
+        let bad = pollster::block_on(e.run_async(&Tensor::zeros(vec![1, 3])));
+        assert!(bad.is_err());
     }
 }

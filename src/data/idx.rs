@@ -10,6 +10,9 @@ use std::path::Path;
 /// Largest (decompressed) IDX file read (bytes).
 pub const MAX_IDX_BYTES: u64 = 1 << 31;
 
+/// Largest buffer reserved before the data is read (bytes).
+const RESERVE_BYTES: u64 = 64 << 20;
+
 /// Reads an unsigned-byte IDX file with `ndims` dimensions (gzip detected by its
 /// magic); returns the dims and the data. The dims are checked before the data is
 /// allocated: against the file length for raw files, against `MAX_IDX_BYTES` for
@@ -85,8 +88,10 @@ fn read_idx(path: &Path, ndims: u8) -> Result<(Vec<usize>, Vec<u8>), DataError> 
             file_len - header_len as u64
         )));
     }
-    // Read one byte more than expected to detect trailing data.
-    let mut data = Vec::with_capacity(expected as usize);
+    // Read one byte more than expected to detect trailing data. A gzip header's dims
+    // are only a claim until the data is decompressed: reserve at most 64 MiB up
+    // front and let the vector grow with what actually arrives.
+    let mut data = Vec::with_capacity(expected.min(RESERVE_BYTES) as usize);
     r.take(expected + 1)
         .read_to_end(&mut data)
         .map_err(|e| err(format!("reading the data: {e}")))?;

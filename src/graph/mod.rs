@@ -51,6 +51,26 @@ pub enum GraphError {
         /// What disagreed.
         reason: String,
     },
+    /// A weight or constant whose stored data disagrees with its shape or encoding.
+    #[error("node '{node}': {what} is malformed: {reason}")]
+    BadData {
+        /// The node at fault.
+        node: String,
+        /// Which weight or constant.
+        what: String,
+        /// What disagreed.
+        reason: String,
+    },
+    /// The graph input's shape is unusable (empty or with a zero dimension).
+    #[error("graph input '{name}': item shape {shape:?} {reason}")]
+    BadInput {
+        /// The input's name.
+        name: String,
+        /// Its item shape.
+        shape: Vec<usize>,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A constant holds NaN or infinity.
     #[error("node '{node}': {what} holds a non-finite value")]
     NonFinite {
@@ -163,13 +183,94 @@ impl Graph {
         Ok(())
     }
 
-    /// Full validation before any kernel runs: structure, shapes at batch 1,
-    /// and finite constants.
+    /// Full validation before any kernel runs: structure (unique producers, no
+    /// dangling inputs, no cycles, every output produced), a non-empty input shape
+    /// without zeros, weights and constants whose data matches their shape and
+    /// encoding and holds no NaN/Inf ([`Graph::check_values`]), and shapes at batch 1
+    /// (zero-sized results refused). Clones the graph only when its nodes are out of
+    /// topological order.
     pub fn validate(&self) -> Result<(), GraphError> {
-        let mut g = self.clone();
-        g.sort_and_validate()?;
+        if self.input.item_shape.is_empty() || self.input.item_shape.contains(&0) {
+            return Err(GraphError::BadInput {
+                name: self.input.name.clone(),
+                shape: self.input.item_shape.clone(),
+                reason: if self.input.item_shape.is_empty() {
+                    "is empty"
+                } else {
+                    "has a zero dimension"
+                },
+            });
+        }
+        let mut sorted = self.clone_if_unsorted();
+        let g = match &mut sorted {
+            Some(g) => {
+                g.sort_and_validate()?;
+                &*g
+            }
+            None => {
+                // Already ordered: the structural checks without the copy.
+                self.check_structure()?;
+                self
+            }
+        };
+        self.check_values()?;
+        g.infer_shapes(1)?;
+        Ok(())
+    }
+
+    /// `Some(clone)` when some node reads a value produced by a later node.
+    fn clone_if_unsorted(&self) -> Option<Graph> {
+        let position: HashMap<&str, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.output.as_str(), i))
+            .collect();
+        let unsorted = self.nodes.iter().enumerate().any(|(i, n)| {
+            n.inputs
+                .iter()
+                .any(|v| position.get(v.as_str()).is_some_and(|&p| p >= i))
+        });
+        unsorted.then(|| self.clone())
+    }
+
+    /// The structural checks of `sort_and_validate` for a graph already in order:
+    /// unique producers, every input produced earlier (so no cycles), outputs produced.
+    fn check_structure(&self) -> Result<(), GraphError> {
+        let mut produced: HashSet<&str> = HashSet::new();
+        produced.insert(&self.input.name);
+        for n in &self.nodes {
+            for v in &n.inputs {
+                if !produced.contains(v.as_str()) {
+                    return Err(GraphError::DanglingInput {
+                        node: n.name.clone(),
+                        value: v.clone(),
+                    });
+                }
+            }
+            if !produced.insert(&n.output) {
+                return Err(GraphError::DuplicateValue(n.output.clone()));
+            }
+        }
+        for o in &self.outputs {
+            if !produced.contains(o.as_str()) {
+                return Err(GraphError::MissingOutput(o.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every weight and constant: data length and encoding parts against the
+    /// shape (`Weights::check`), then no NaN or infinity. Names the node at fault.
+    pub fn check_values(&self) -> Result<(), GraphError> {
         for node in &self.nodes {
             if let Some(w) = node.op.weights() {
+                // The encoding first: expanding a malformed encoding could index out of range.
+                w.check().map_err(|e| GraphError::BadData {
+                    node: node.name.clone(),
+                    what: "weight".into(),
+                    reason: e.to_string(),
+                })?;
                 if !w.to_dense().data.iter().all(|v| v.is_finite()) {
                     return Err(GraphError::NonFinite {
                         node: node.name.clone(),
@@ -178,6 +279,14 @@ impl Graph {
                 }
             }
             for (role, t) in node.op.constants() {
+                let n = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+                if n != Some(t.data.len()) {
+                    return Err(GraphError::BadData {
+                        node: node.name.clone(),
+                        what: role.into(),
+                        reason: format!("{} values for shape {:?}", t.data.len(), t.shape),
+                    });
+                }
                 if !t.data.iter().all(|v| v.is_finite()) {
                     return Err(GraphError::NonFinite {
                         node: node.name.clone(),
@@ -186,7 +295,6 @@ impl Graph {
                 }
             }
         }
-        g.infer_shapes(1)?;
         Ok(())
     }
 

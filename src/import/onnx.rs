@@ -178,6 +178,8 @@ pub fn parse_onnx(bytes: &[u8]) -> Result<Graph, ImportError> {
         bounded_shapes(&mut graph, batch)?;
     }
     graph.infer_shapes(1)?;
+    // Weights and constants: lengths against shapes, and no NaN or infinity.
+    graph.check_values()?;
     Ok(graph)
 }
 

@@ -2,7 +2,7 @@
 
 use super::GpuError;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use wgpu::util::DeviceExt;
 
 /// What a binding of a kernel's bind group layout holds.
@@ -62,6 +62,47 @@ pub struct GpuContext {
     timestamps: bool,
     lost: Arc<Mutex<Option<String>>>,
     kernels: Mutex<HashMap<(&'static str, &'static str), Arc<Kernel>>>,
+    poller: Arc<Poller>,
+}
+
+/// Drives wgpu's map callbacks for asynchronous runs: one background thread per
+/// context polls the device while any async readback is in flight and sleeps
+/// otherwise, so no thread is blocked per request.
+#[derive(Default)]
+struct Poller {
+    state: Mutex<PollState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct PollState {
+    /// Async readbacks whose map callback has not run yet.
+    pending: usize,
+    /// The poll thread exists.
+    started: bool,
+    /// The context is gone: the thread exits.
+    stop: bool,
+}
+
+/// One in-flight async readback; dropping it (after its callback ran) lets the poll
+/// thread sleep again once none is left.
+pub(crate) struct PollTicket(Arc<Poller>);
+
+impl Drop for PollTicket {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.state.lock() {
+            s.pending = s.pending.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for GpuContext {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.poller.state.lock() {
+            s.stop = true;
+        }
+        self.poller.wake.notify_all();
+    }
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -148,6 +189,7 @@ impl GpuContext {
             queue,
             lost,
             kernels: Mutex::new(HashMap::new()),
+            poller: Arc::default(),
         }
     }
 
@@ -193,11 +235,70 @@ impl GpuContext {
             .min(self.limits.max_buffer_size)
     }
 
+    /// Why the device was lost (driver reset, removal, `Device::destroy`), once it was;
+    /// `None` while it works. A lost device never comes back: every later call on this
+    /// context returns `GpuError::DeviceLost`; build a new context (or `Engine`).
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// True once the device is lost (see [`GpuContext::lost_reason`]).
+    pub fn is_lost(&self) -> bool {
+        self.lost_reason().is_some()
+    }
+
     pub(crate) fn check_lost(&self) -> Result<(), GpuError> {
-        match self.lost.lock().ok().and_then(|l| l.clone()) {
+        match self.lost_reason() {
             Some(msg) => Err(GpuError::DeviceLost(msg)),
             None => Ok(()),
         }
+    }
+
+    /// Registers one async readback and makes sure the poll thread runs; the ticket
+    /// goes into the map callback and is dropped when it has run.
+    pub(crate) fn poll_ticket(&self) -> Result<PollTicket, GpuError> {
+        let mut s = self
+            .poller
+            .state
+            .lock()
+            .map_err(|_| GpuError::DeviceLost("the poll thread panicked".into()))?;
+        s.pending += 1;
+        if !s.started {
+            let device = self.device.clone();
+            let lost = self.lost.clone();
+            let poller = self.poller.clone();
+            std::thread::Builder::new()
+                .name("cnnpack-wgpu-poll".into())
+                .spawn(move || poll_loop(&device, &lost, &poller))
+                .map_err(|e| GpuError::Map {
+                    buffer: "async readback",
+                    message: format!("cannot start the poll thread: {e}"),
+                })?;
+            s.started = true;
+        }
+        drop(s);
+        self.poller.wake.notify_all();
+        Ok(PollTicket(self.poller.clone()))
+    }
+
+    /// Creates a buffer of `size` bytes inside out-of-memory and validation error
+    /// scopes: a size over the adapter's limits, or memory the device does not have,
+    /// comes back as `GpuError::Validation` / `GpuError::OutOfMemory` naming `label`
+    /// (wgpu's message names the limit), and a lost device as `GpuError::DeviceLost`.
+    pub fn try_create_buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer, GpuError> {
+        super::model::scoped(self, label, || {
+            Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            }))
+        })
     }
 
     /// The pipeline for `entry` of `family`'s shader, compiled on first use.
@@ -350,6 +451,32 @@ impl GpuContext {
             return Err(format!("{w} workgroups exceed the {max}x{max} grid"));
         }
         Ok([x as u32, y as u32, 1])
+    }
+}
+
+/// The poll thread: waits while nothing is in flight, polls the device (firing map
+/// callbacks) while something is, exits when the context is dropped.
+fn poll_loop(device: &wgpu::Device, lost: &Mutex<Option<String>>, poller: &Poller) {
+    loop {
+        {
+            let Ok(mut s) = poller.state.lock() else {
+                return;
+            };
+            while s.pending == 0 && !s.stop {
+                s = match poller.wake.wait(s) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            }
+            if s.stop {
+                return;
+            }
+        }
+        let failed = device.poll(wgpu::PollType::wait_indefinitely()).is_err();
+        // A lost device fails every poll (and its pending maps); don't spin on it.
+        if failed || lost.lock().map_or(true, |l| l.is_some()) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
 

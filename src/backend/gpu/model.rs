@@ -128,9 +128,12 @@ pub(crate) fn scoped<T>(
         .device()
         .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let val = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    ctx.check_lost()?;
     let out = f();
     let val = pollster::block_on(val.pop());
     let oom = pollster::block_on(oom.pop());
+    // On a lost device every call fails validation; the loss is the error to report.
+    ctx.check_lost()?;
     if let Some(e) = oom {
         return Err(GpuError::OutOfMemory {
             layer: layer.into(),
@@ -179,13 +182,25 @@ impl GpuModel {
         let limit = ctx.max_binding_bytes();
         let max_binding = options.max_binding_bytes.map_or(limit, |m| m.min(limit));
         for (i, &len) in plan.slots.iter().enumerate() {
-            if (len * 4) as u64 > limit {
+            if (len as u64).saturating_mul(4) > limit {
+                // Name the largest layer whose output lives in this buffer.
+                let layer = plan
+                    .steps
+                    .iter()
+                    .filter(|s| plan.slot_of(&s.output) == Some(i))
+                    .max_by_key(|s| {
+                        plan.shape(&s.output)
+                            .map_or(0, |v| v.iter().product::<usize>())
+                    })
+                    .map_or_else(|| graph.input.name.clone(), |s| s.name.clone());
                 return Err(GpuError::Unsupported {
-                    node: format!("activation buffer {i}"),
+                    node: layer,
                     op: "buffer",
                     reason: format!(
-                        "{} bytes at batch {batch} exceed the adapter's {limit}-byte binding limit; use a smaller batch",
-                        len * 4
+                        "its output needs {} bytes at batch {batch}, over the adapter's \
+                         max_storage_buffer_binding_size/max_buffer_size of {limit} bytes; \
+                         use a smaller batch",
+                        len as u64 * 4
                     ),
                 });
             }
@@ -253,6 +268,17 @@ impl GpuModel {
                 staging_offset: staging_len,
             });
             staging_len += bytes;
+        }
+        if staging_len > ctx.limits().max_buffer_size {
+            return Err(GpuError::Unsupported {
+                node: "outputs".into(),
+                op: "buffer",
+                reason: format!(
+                    "{staging_len} bytes of outputs at batch {batch} exceed the adapter's \
+                     max_buffer_size of {} bytes; use a smaller batch",
+                    ctx.limits().max_buffer_size
+                ),
+            });
         }
         let run = scoped(&ctx, "readback buffers", || {
             let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
@@ -436,6 +462,122 @@ impl GpuModel {
             None => None,
         };
         Ok((outputs, times))
+    }
+}
+
+impl GpuModel {
+    /// Submits one batch and returns without waiting for the GPU: `done` receives the
+    /// outputs (as [`GpuModel::run`] returns them) once the work has finished and its
+    /// readback is mapped. `done` runs on the context's poll thread: keep it short
+    /// (send the result somewhere). Each call has its own readback buffer; calls are
+    /// ordered by submission, and their results equal sequential runs.
+    ///
+    /// Errors found before submission (input shape, buffer creation, a lost device)
+    /// are returned here and `done` is not called.
+    pub fn run_with_callback(
+        &self,
+        input: &Tensor,
+        done: impl FnOnce(Result<Vec<Tensor>, GpuError>) + Send + 'static,
+    ) -> Result<(), GpuError> {
+        if input.shape != self.input_shape
+            || input.data.len() != input.shape.iter().product::<usize>()
+        {
+            return Err(GpuError::BadInput {
+                expected: self.input_shape.clone(),
+                found: input.shape.clone(),
+            });
+        }
+        let ctx = &self.ctx;
+        let layout: Vec<(Vec<usize>, u64)> = self
+            .outputs
+            .iter()
+            .map(|o| (o.shape.clone(), o.staging_offset))
+            .collect();
+        let bytes: u64 = self
+            .outputs
+            .iter()
+            .map(|o| (o.shape.iter().product::<usize>() * 4) as u64)
+            .sum();
+        let staging = ctx.try_create_buffer(
+            "async readback",
+            bytes.max(4),
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        {
+            // The activation buffers are shared: writing this input and submitting
+            // must not interleave with another run's (queue writes land before the
+            // next submit).
+            let _state = self
+                .run
+                .lock()
+                .map_err(|_| GpuError::DeviceLost("a previous run panicked mid-way".into()))?;
+            scoped(ctx, "run", || {
+                ctx.queue().write_buffer(
+                    &self.slots[self.input_slot],
+                    0,
+                    bytemuck::cast_slice(&input.data),
+                );
+                let mut enc =
+                    ctx.device()
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some("async run"),
+                        });
+                {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("model"),
+                        timestamp_writes: None,
+                    });
+                    for step in &self.steps {
+                        record(&mut pass, &step.dispatches);
+                    }
+                }
+                for o in &self.outputs {
+                    let n = (o.shape.iter().product::<usize>() * 4) as u64;
+                    enc.copy_buffer_to_buffer(
+                        &self.slots[o.slot],
+                        0,
+                        &staging,
+                        o.staging_offset,
+                        n,
+                    );
+                }
+                ctx.queue().submit([enc.finish()]);
+                Ok(())
+            })?;
+        }
+        let ticket = ctx.poll_ticket()?;
+        let buffer = staging.clone();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let map_err = |message: String| GpuError::Map {
+                buffer: "async readback",
+                message,
+            };
+            let out = r.map_err(|e| map_err(e.to_string())).and_then(|()| {
+                let view = buffer
+                    .get_mapped_range(..)
+                    .map_err(|e| map_err(e.to_string()))?;
+                let tensors = layout
+                    .iter()
+                    .map(|(shape, offset)| {
+                        let start = *offset as usize;
+                        let len: usize = shape.iter().product();
+                        Tensor {
+                            shape: shape.clone(),
+                            data: view[start..start + 4 * len]
+                                .chunks_exact(4)
+                                .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                                .collect(),
+                        }
+                    })
+                    .collect();
+                drop(view);
+                buffer.unmap();
+                Ok(tensors)
+            });
+            done(out);
+            drop(ticket);
+        });
+        Ok(())
     }
 }
 
