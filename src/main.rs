@@ -217,6 +217,10 @@ enum Compress {
         /// Epochs of bias-only retraining after the last portion (all weights frozen).
         #[arg(long, default_value_t = 0)]
         bias_epochs: usize,
+        /// Keep exact zeros at zero (e.g. a DNS model): they are frozen from the start and
+        /// the portions count the nonzeros; prints CSR + code bytes. Needs --data.
+        #[arg(long)]
+        keep_zeros: bool,
         /// Distil from the input model while retraining: T:ALPHA, e.g. 4:0.9 (loss
         /// (1-ALPHA)·CE + ALPHA·T²·KL to the original model's softened outputs).
         #[arg(long)]
@@ -444,6 +448,7 @@ fn run(cli: Cli) -> Result<()> {
             schedule,
             weight_decay,
             bias_epochs,
+            keep_zeros,
             distill,
         }) => compress_inq(
             &model,
@@ -456,6 +461,7 @@ fn run(cli: Cli) -> Result<()> {
             (epochs_per_step, lr, batch, seed),
             (augment.as_deref(), &schedule, weight_decay, bias_epochs),
             distill.as_deref(),
+            keep_zeros,
         ),
         Command::Compress(Compress::Sparse {
             model,
@@ -1254,7 +1260,10 @@ fn compress_dns(
         &out,
         output,
         (&train, test.as_ref()),
-        bits,
+        cnnpack::compress::inq::InqOptions {
+            bits,
+            ..Default::default()
+        },
         cnnpack::train::TrainOptions {
             epochs: inq_epochs,
             lr: inq_lr,
@@ -1264,6 +1273,20 @@ fn compress_dns(
     )
 }
 
+/// `graph` with every conv/fc weight stored dense (sparse layers expanded).
+fn densify(graph: &Graph) -> Graph {
+    let mut dense = graph.clone();
+    for node in &mut dense.nodes {
+        let w = match &mut node.op {
+            cnnpack::graph::Op::Conv(c) => &mut c.weight,
+            cnnpack::graph::Op::Linear(l) => &mut l.weight,
+            _ => continue,
+        };
+        *w = cnnpack::weights::Weights::Dense(w.to_dense().into_owned());
+    }
+    dense
+}
+
 /// INQ on the survivors of DNS (`pruned`, zeros kept at zero), saved to `output`; prints
 /// the bytes of CSR indices + b-bit codes against the dense f32 `original`.
 fn dns_then_inq(
@@ -1271,24 +1294,16 @@ fn dns_then_inq(
     pruned: &Graph,
     output: &Path,
     (train, test): (&Dataset, Option<&Dataset>),
-    bits: u32,
+    opts: cnnpack::compress::inq::InqOptions,
     sgd: cnnpack::train::TrainOptions,
 ) -> Result<()> {
     use cnnpack::compress::inq::{inq_graph, InqOptions};
-    use cnnpack::weights::{SparseWeights, Weights};
-    let mut dense = pruned.clone();
-    for node in &mut dense.nodes {
-        let w = match &mut node.op {
-            cnnpack::graph::Op::Conv(c) => &mut c.weight,
-            cnnpack::graph::Op::Linear(l) => &mut l.weight,
-            _ => continue,
-        };
-        *w = Weights::Dense(w.to_dense().into_owned());
-    }
+    use cnnpack::weights::SparseWeights;
+    let dense = densify(pruned);
+    let bits = opts.bits;
     let opts = InqOptions {
-        bits,
         keep_zeros: true,
-        ..InqOptions::default()
+        ..opts
     };
     let t0 = Instant::now();
     let (q, _) = inq_graph(&dense, &opts, Some((train, test, sgd)), &mut |s| {
@@ -1348,10 +1363,11 @@ fn compress_inq(
     sgd: (usize, f32, usize, u64),
     extra: (Option<&str>, &str, f32, usize),
     distill: Option<&str>,
+    keep_zeros: bool,
 ) -> Result<()> {
     let (augment, schedule, weight_decay, bias_epochs) = extra;
     use cnnpack::compress::inq::{inq_graph, InqOptions, Partition, StepReport};
-    let graph = cnnpack::graph::fold(load(model)?)?;
+    let graph = densify(&cnnpack::graph::fold(load(model)?)?);
     let layers: Vec<&str> = graph
         .nodes
         .iter()
@@ -1455,6 +1471,14 @@ fn compress_inq(
             t0.elapsed().as_secs_f64()
         );
     };
+    if keep_zeros {
+        let (tr, te, sgd) = train_data.context("--keep-zeros needs --data")?;
+        let opts = InqOptions {
+            keep_zeros: true,
+            ..opts
+        };
+        return dns_then_inq(&graph, &graph, output, (tr, te), opts, sgd);
+    }
     let (quantized, report) = inq_graph(&graph, &opts, train_data, &mut on_step)?;
     println!(
         "{:<28} {:<7} {:<20} {:>4} {:>5} {:>8} {:>9} {:>12} {:>12} {:>7}",
