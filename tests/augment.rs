@@ -1,4 +1,5 @@
-//! Data augmentation (`cnnpack::data::Augment`): shifts are exact translations with
+//! Data augmentation (`cnnpack::data::Augment`) and distillation (`train::Distill`),
+//! the two training options of the compression commands. Augmentation: shifts are exact translations with
 //! edge repetition, identity parameters change nothing, flips are involutions, the same
 //! seed gives the same items, specs parse or fail with a message, and training with
 //! augmentation is deterministic.
@@ -187,7 +188,7 @@ fn write_idx(dir: &std::path::Path, n: usize, seed: u64) {
 }
 
 #[test]
-fn augmented_training_is_deterministic_and_differs_from_plain() {
+fn augmented_and_distilled_training() {
     use cnnpack::graph::GraphBuilder;
     let dir = std::env::temp_dir().join(format!("cnnpack-augment-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -204,13 +205,14 @@ fn augmented_training_is_deterministic_and_differs_from_plain() {
         .insert("preprocess.scale".into(), "0.00390625".into());
     let pre = Preprocess::from_metadata(&g.metadata, &g.input.item_shape).expect("preprocess");
     let ds = Dataset::open_split(&dir, "train", &pre, &g.input.item_shape).expect("dataset");
-    let run = |augment: Option<Augment>| {
+    let run = |augment: Option<Augment>, distill: Option<train::Distill>| {
         let mut gg = g.clone();
         let opts = TrainOptions {
             epochs: 2,
             batch: 16,
             lr: 0.05,
             augment,
+            distill,
             ..TrainOptions::default()
         };
         train::train(&mut gg, &ds, None, &opts, &mut Masks::new(), |_| {}).expect("train");
@@ -228,8 +230,32 @@ fn augmented_training_is_deterministic_and_differs_from_plain() {
             .collect::<Vec<u32>>()
     };
     let shift = Some(Augment::Shift { max: 2 });
-    let a = run(shift.clone());
-    assert_eq!(a, run(shift), "same seed, same augmented result");
-    assert_ne!(a, run(None), "augmentation had no effect");
+    let a = run(shift.clone(), None);
+    assert_eq!(a, run(shift, None), "same seed, same augmented result");
+    let plain = run(None, None);
+    assert_ne!(a, plain, "augmentation had no effect");
+    // Distillation with alpha 0 is plain cross-entropy, bitwise; with alpha 1 from a
+    // teacher equal to the student, the first gradient is zero, and later ones differ.
+    let teacher = std::sync::Arc::new(g.clone());
+    let distill = |alpha: f32| train::Distill {
+        teacher: teacher.clone(),
+        temperature: 3.0,
+        alpha,
+    };
+    assert_eq!(run(None, Some(distill(0.0))), plain, "alpha 0 changed training");
+    let soft = run(None, Some(distill(0.5)));
+    assert_ne!(soft, plain, "alpha 0.5 had no effect");
+    let mut gg = g.clone();
+    let opts = TrainOptions {
+        epochs: 1,
+        batch: 64,
+        lr: 0.05,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        distill: Some(distill(1.0)),
+        ..TrainOptions::default()
+    };
+    train::train(&mut gg, &ds, None, &opts, &mut Masks::new(), |_| {}).expect("train");
+    assert_eq!(gg, g, "one full-batch step towards an identical teacher moved weights");
     std::fs::remove_dir_all(&dir).ok();
 }
