@@ -1030,8 +1030,12 @@ fn parse_distill(spec: Option<&str>, teacher: &Graph) -> Result<Option<cnnpack::
     let (t, a) = spec
         .split_once(':')
         .with_context(|| format!("--distill '{spec}': use T:ALPHA, e.g. 4:0.9"))?;
-    let temperature: f32 = t.parse().with_context(|| format!("--distill '{spec}': bad T"))?;
-    let alpha: f32 = a.parse().with_context(|| format!("--distill '{spec}': bad ALPHA"))?;
+    let temperature: f32 = t
+        .parse()
+        .with_context(|| format!("--distill '{spec}': bad T"))?;
+    let alpha: f32 = a
+        .parse()
+        .with_context(|| format!("--distill '{spec}': bad ALPHA"))?;
     if !(temperature > 0.0 && (0.0..=1.0).contains(&alpha)) {
         bail!("--distill '{spec}': need T > 0 and ALPHA in [0, 1]");
     }

@@ -92,7 +92,10 @@ fn identity_parameters_change_nothing_and_flip_is_an_involution() {
         for row in mirrored.chunks_mut(w) {
             row.reverse();
         }
-        let flipped = out.iter().zip(&mirrored).all(|(a, b)| (a - b).abs() <= 1e-5);
+        let flipped = out
+            .iter()
+            .zip(&mirrored)
+            .all(|(a, b)| (a - b).abs() <= 1e-5);
         assert!(same || flipped, "crop:1 is the identity or a mirror");
         flips += (flipped && !same) as usize;
     }
@@ -127,14 +130,20 @@ fn warps_stay_within_the_value_range_and_are_seeded() {
     ] {
         let mut a = src.clone();
         let mut b = src.clone();
-        aug.apply(&mut a, (c, h, w), &mut item_rng(1, 2, 3)).unwrap();
-        aug.apply(&mut b, (c, h, w), &mut item_rng(1, 2, 3)).unwrap();
+        aug.apply(&mut a, (c, h, w), &mut item_rng(1, 2, 3))
+            .unwrap();
+        aug.apply(&mut b, (c, h, w), &mut item_rng(1, 2, 3))
+            .unwrap();
         assert_eq!(a, b, "{aug:?}: same seed, same item");
         assert_ne!(a, src, "{aug:?} changed nothing");
         // Bilinear interpolation is a convex combination of source pixels.
-        assert!(a.iter().all(|v| *v >= lo - 1e-5 && *v <= hi + 1e-5), "{aug:?}");
+        assert!(
+            a.iter().all(|v| *v >= lo - 1e-5 && *v <= hi + 1e-5),
+            "{aug:?}"
+        );
         let mut d = src.clone();
-        aug.apply(&mut d, (c, h, w), &mut item_rng(1, 2, 4)).unwrap();
+        aug.apply(&mut d, (c, h, w), &mut item_rng(1, 2, 4))
+            .unwrap();
         assert_ne!(a, d, "{aug:?}: different items draw differently");
     }
     let err = Augment::Shift { max: 1 }
@@ -145,7 +154,10 @@ fn warps_stay_within_the_value_range_and_are_seeded() {
 
 #[test]
 fn specs_parse_and_bad_ones_say_why() {
-    assert_eq!("shift:2".parse::<Augment>().unwrap(), Augment::Shift { max: 2 });
+    assert_eq!(
+        "shift:2".parse::<Augment>().unwrap(),
+        Augment::Shift { max: 2 }
+    );
     assert_eq!(
         "affine:1.5:10:0.1".parse::<Augment>().unwrap(),
         Augment::Affine {
@@ -159,7 +171,16 @@ fn specs_parse_and_bad_ones_say_why() {
         Augment::ResizedCrop { min_area: 0.08 }
     );
     assert_eq!("flip".parse::<Augment>().unwrap(), Augment::Flip);
-    for bad in ["shift", "shift:1.5", "shift:-1", "affine:1:2", "crop:0", "crop:2", "blur:1", "shift:x"] {
+    for bad in [
+        "shift",
+        "shift:1.5",
+        "shift:-1",
+        "affine:1:2",
+        "crop:0",
+        "crop:2",
+        "blur:1",
+        "shift:x",
+    ] {
         let err = bad.parse::<Augment>().unwrap_err().to_string();
         assert!(err.contains(bad), "{bad}: {err}");
     }
@@ -179,7 +200,11 @@ fn write_idx(dir: &std::path::Path, n: usize, seed: u64) {
         lab.push(label as u8);
         for y in 0..12 {
             for _x in 0..12 {
-                img.push(if y / 6 == label { 200 } else { rng.range(0, 60) as u8 });
+                img.push(if y / 6 == label {
+                    200
+                } else {
+                    rng.range(0, 60) as u8
+                });
             }
         }
     }
@@ -225,7 +250,11 @@ fn augmented_and_distilled_training() {
                 Op::Linear(l) => Some((l.weight.to_dense().into_owned(), l.bias.clone())),
                 _ => None,
             })
-            .flat_map(|(w, b)| w.data.into_iter().chain(b.map(|b| b.data).unwrap_or_default()))
+            .flat_map(|(w, b)| {
+                w.data
+                    .into_iter()
+                    .chain(b.map(|b| b.data).unwrap_or_default())
+            })
             .map(f32::to_bits)
             .collect::<Vec<u32>>()
     };
@@ -242,7 +271,11 @@ fn augmented_and_distilled_training() {
         temperature: 3.0,
         alpha,
     };
-    assert_eq!(run(None, Some(distill(0.0))), plain, "alpha 0 changed training");
+    assert_eq!(
+        run(None, Some(distill(0.0))),
+        plain,
+        "alpha 0 changed training"
+    );
     let soft = run(None, Some(distill(0.5)));
     assert_ne!(soft, plain, "alpha 0.5 had no effect");
     let mut gg = g.clone();
@@ -256,6 +289,9 @@ fn augmented_and_distilled_training() {
         ..TrainOptions::default()
     };
     train::train(&mut gg, &ds, None, &opts, &mut Masks::new(), |_| {}).expect("train");
-    assert_eq!(gg, g, "one full-batch step towards an identical teacher moved weights");
+    assert_eq!(
+        gg, g,
+        "one full-batch step towards an identical teacher moved weights"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -702,11 +702,17 @@ fn bias_epochs_move_only_biases_after_the_last_portion() {
     let (plain, tuned) = (run(0), run(2));
     // The quantized weights are bitwise the same; the biases moved.
     for ((name, a), (_, b)) in layer_weights(&plain).iter().zip(&layer_weights(&tuned)) {
-        assert_eq!(a.data, b.data, "{name}: a frozen weight changed in bias-only epochs");
+        assert_eq!(
+            a.data, b.data,
+            "{name}: a frozen weight changed in bias-only epochs"
+        );
     }
     let (ba, bb) = (biases(&plain), biases(&tuned));
     assert_eq!(ba.len(), bb.len());
-    assert!(ba.iter().zip(&bb).any(|(x, y)| x != y), "biases did not move");
+    assert!(
+        ba.iter().zip(&bb).any(|(x, y)| x != y),
+        "biases did not move"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -756,7 +762,11 @@ fn keep_zeros_keeps_pruned_weights_at_zero() {
             let mask = &s.masks.grad[name];
             let z = zeros.iter().filter(|z| **z).count();
             let frozen = mask.iter().filter(|m| !**m).count();
-            assert_eq!(frozen, z + portion_count(s.portion, w.data.len() - z), "{name}");
+            assert_eq!(
+                frozen,
+                z + portion_count(s.portion, w.data.len() - z),
+                "{name}"
+            );
             for (i, &was_zero) in zeros.iter().enumerate() {
                 if was_zero {
                     assert!(!mask[i], "{name}[{i}]: a zero is trainable");
