@@ -1167,6 +1167,7 @@ fn compress_sparse(
 /// `compress dns`: DNS retraining on `data`'s train split, then `compress_sparse`.
 /// `run` is (iters, iter_stop, lr, batch, all_sparse); `extra` is (augment, schedule,
 /// weight decay, seed); `then_inq` is (bits, lr, epochs per portion).
+#[allow(clippy::too_many_arguments)]
 fn compress_dns(
     model: &str,
     output: &Path,
