@@ -299,6 +299,13 @@ enum Compress {
         /// INQ retraining epochs per portion after DNS.
         #[arg(long, default_value_t = 1)]
         inq_epochs_per_step: usize,
+        /// No surgery: the masks are the input model's nonzeros, frozen (fine-tunes an
+        /// already pruned model, e.g. a DNS output, without changing its sparsity).
+        #[arg(long)]
+        masks_from_zeros: bool,
+        /// Teacher for --distill (default: the input model).
+        #[arg(long)]
+        teacher: Option<String>,
         /// Distil from the input model while retraining: T:ALPHA, e.g. 4:0.9 (loss
         /// (1-ALPHA)·CE + ALPHA·T²·KL to the original model's softened outputs).
         #[arg(long)]
@@ -495,6 +502,8 @@ fn run(cli: Cli) -> Result<()> {
             then_inq,
             inq_lr,
             inq_epochs_per_step,
+            masks_from_zeros,
+            teacher,
             distill,
         }) => compress_dns(
             &model,
@@ -505,6 +514,7 @@ fn run(cli: Cli) -> Result<()> {
             (augment.as_deref(), &schedule, weight_decay, seed),
             then_inq.map(|b| (b, inq_lr, inq_epochs_per_step)),
             distill.as_deref(),
+            (masks_from_zeros, teacher.as_deref()),
         ),
         Command::Convert { model, output } => {
             let graph = load(&model)?;
@@ -1177,11 +1187,12 @@ fn compress_dns(
     extra: (Option<&str>, &str, f32, u64),
     then_inq: Option<(u32, f32, usize)>,
     distill: Option<&str>,
+    (masks_from_zeros, teacher): (bool, Option<&str>),
 ) -> Result<()> {
     let (iters, iter_stop, lr, batch, all_sparse) = run;
     let (augment, schedule, weight_decay, seed) = extra;
     use cnnpack::compress::dns::{dns, DnsOptions, SparsePolicy};
-    let graph = cnnpack::graph::fold(load(model)?)?;
+    let graph = densify(&cnnpack::graph::fold(load(model)?)?);
     let mut opts = DnsOptions {
         iter_stop: iter_stop.unwrap_or(iters * 3 / 4),
         seed: seed.wrapping_add(6), // seed 1 gives the surgery seed 7 used before
@@ -1225,7 +1236,10 @@ fn compress_dns(
         seed,
         schedule: parse_schedule(schedule, epochs * per_epoch)?,
         augment: parse_augment(augment)?,
-        distill: parse_distill(distill, &graph)?,
+        distill: match teacher {
+            Some(t) => parse_distill(distill, &densify(&cnnpack::graph::fold(load(t)?)?))?,
+            None => parse_distill(distill, &graph)?,
+        },
         ..Default::default()
     };
     eprintln!(
@@ -1235,6 +1249,23 @@ fn compress_dns(
     );
     let bar = progress(epochs * per_epoch, "dns");
     let t0 = Instant::now();
+    if masks_from_zeros {
+        let mut masks = cnnpack::train::Masks::new();
+        for node in &graph.nodes {
+            if let Some(w) = node.op.weights() {
+                let m = w.to_dense().data.iter().map(|v| *v != 0.0).collect();
+                masks.forward.insert(node.name.clone(), m);
+            }
+        }
+        let mut g = graph.clone();
+        cnnpack::train::train(&mut g, &train, test.as_ref(), &topts, &mut masks, |info| {
+            bar.set_position(info.iter as u64 + 1)
+        })?;
+        bar.finish_and_clear();
+        eprintln!("fine-tuning with fixed masks took {:.1} s", t0.elapsed().as_secs_f64());
+        masks.apply_forward(&mut g)?;
+        return compress_sparse(&g, &graph, output, &opts.policy);
+    }
     let (out, _, _) = dns(&graph, &train, test.as_ref(), &topts, &opts, |info| {
         bar.set_position(info.iter as u64 + 1);
         if info.iter % 20 == 0 {

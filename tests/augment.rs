@@ -147,7 +147,7 @@ fn warps_stay_within_the_value_range_and_are_seeded() {
         assert_ne!(a, d, "{aug:?}: different items draw differently");
     }
     let err = Augment::Shift { max: 1 }
-        .apply(&mut vec![0.0; 10], (1, 3, 3), &mut Rng::new(1))
+        .apply(&mut [0.0; 10], (1, 3, 3), &mut Rng::new(1))
         .unwrap_err();
     assert!(err.to_string().contains("10 values"), "{err}");
 }
