@@ -1262,7 +1262,10 @@ fn compress_dns(
             bar.set_position(info.iter as u64 + 1)
         })?;
         bar.finish_and_clear();
-        eprintln!("fine-tuning with fixed masks took {:.1} s", t0.elapsed().as_secs_f64());
+        eprintln!(
+            "fine-tuning with fixed masks took {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
         masks.apply_forward(&mut g)?;
         return compress_sparse(&g, &graph, output, &opts.policy);
     }
