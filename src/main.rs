@@ -204,6 +204,27 @@ enum Compress {
         /// Seed of the random partition and of the training shuffles.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Random augmentation of training items: shift:PX, affine:PX:DEG:SCALE,
+        /// crop:MIN_AREA (random resized crop + flip) or flip.
+        #[arg(long)]
+        augment: Option<String>,
+        /// Learning-rate schedule of each retraining: inv, cosine, fixed, step:GAMMA:ITERS.
+        #[arg(long, default_value = "inv")]
+        schedule: String,
+        /// L2 weight decay of the retraining.
+        #[arg(long, default_value_t = 5e-4)]
+        weight_decay: f32,
+        /// Epochs of bias-only retraining after the last portion (all weights frozen).
+        #[arg(long, default_value_t = 0)]
+        bias_epochs: usize,
+        /// Keep exact zeros at zero (e.g. a DNS model): they are frozen from the start and
+        /// the portions count the nonzeros; prints CSR + code bytes. Needs --data.
+        #[arg(long)]
+        keep_zeros: bool,
+        /// Distil from the input model while retraining: T:ALPHA, e.g. 4:0.9 (loss
+        /// (1-ALPHA)·CE + ALPHA·T²·KL to the original model's softened outputs).
+        #[arg(long)]
+        distill: Option<String>,
     },
     /// Store the exact zeros already in the weights as CSR (no retraining), e.g. for the
     /// DNS paper's released sparse LeNet. Layers denser than the CPU kernels' crossover
@@ -252,6 +273,43 @@ enum Compress {
         /// CPU kernels' crossover density).
         #[arg(long)]
         all_sparse: bool,
+        /// Random augmentation of training items: shift:PX, affine:PX:DEG:SCALE,
+        /// crop:MIN_AREA (random resized crop + flip) or flip.
+        #[arg(long)]
+        augment: Option<String>,
+        /// Learning-rate schedule: inv (Caffe, gamma 1e-4, power 0.75), cosine, fixed,
+        /// step:GAMMA:ITERS.
+        #[arg(long, default_value = "inv")]
+        schedule: String,
+        /// L2 weight decay.
+        #[arg(long, default_value_t = 5e-4)]
+        weight_decay: f32,
+        /// Seed of the shuffles, the augmentation and the surgery coin flips.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Then quantize the surviving weights with INQ at this many bits (zeros stay
+        /// zero; portions 0.5,0.75,0.875,1 of the nonzeros; same data, augmentation and
+        /// batch). OUTPUT gets the INQ model, OUTPUT with extension .dns.cnnpack the
+        /// sparse DNS one.
+        #[arg(long)]
+        then_inq: Option<u32>,
+        /// Learning rate of the INQ retraining after DNS (Caffe inv policy).
+        #[arg(long, default_value_t = 0.001)]
+        inq_lr: f32,
+        /// INQ retraining epochs per portion after DNS.
+        #[arg(long, default_value_t = 1)]
+        inq_epochs_per_step: usize,
+        /// No surgery: the masks are the input model's nonzeros, frozen (fine-tunes an
+        /// already pruned model, e.g. a DNS output, without changing its sparsity).
+        #[arg(long)]
+        masks_from_zeros: bool,
+        /// Teacher for --distill (default: the input model).
+        #[arg(long)]
+        teacher: Option<String>,
+        /// Distil from the input model while retraining: T:ALPHA, e.g. 4:0.9 (loss
+        /// (1-ALPHA)·CE + ALPHA·T²·KL to the original model's softened outputs).
+        #[arg(long)]
+        distill: Option<String>,
     },
 }
 
@@ -281,12 +339,17 @@ struct TrainArgs {
     /// L2 weight decay.
     #[arg(long, default_value_t = 5e-4)]
     weight_decay: f32,
-    /// Learning-rate schedule: inv (Caffe LeNet: gamma 1e-4, power 0.75), cosine (to 0 at the end), fixed.
+    /// Learning-rate schedule: inv (Caffe LeNet: gamma 1e-4, power 0.75), cosine (to 0 at
+    /// the end), fixed, step:GAMMA:ITERS.
     #[arg(long, default_value = "inv")]
     schedule: String,
     /// Shuffling seed (same seed, same device: same weights).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Random augmentation of training items: shift:PX, affine:PX:DEG:SCALE,
+    /// crop:MIN_AREA (random resized crop + flip) or flip.
+    #[arg(long)]
+    augment: Option<String>,
     /// Where to train: cpu, or gpu (the WGSL training kernels; on lavapipe that is a
     /// CPU timing). Same seed, same device: same weights.
     #[arg(long, value_enum, default_value = "cpu")]
@@ -393,6 +456,12 @@ fn run(cli: Cli) -> Result<()> {
             lr,
             batch,
             seed,
+            augment,
+            schedule,
+            weight_decay,
+            bias_epochs,
+            keep_zeros,
+            distill,
         }) => compress_inq(
             &model,
             &output,
@@ -402,6 +471,9 @@ fn run(cli: Cli) -> Result<()> {
             &dense_layers,
             data.as_deref(),
             (epochs_per_step, lr, batch, seed),
+            (augment.as_deref(), &schedule, weight_decay, bias_epochs),
+            distill.as_deref(),
+            keep_zeros,
         ),
         Command::Compress(Compress::Sparse {
             model,
@@ -428,8 +500,26 @@ fn run(cli: Cli) -> Result<()> {
             lr,
             batch,
             all_sparse,
+            augment,
+            schedule,
+            weight_decay,
+            seed,
+            then_inq,
+            inq_lr,
+            inq_epochs_per_step,
+            masks_from_zeros,
+            teacher,
+            distill,
         }) => compress_dns(
-            &model, &output, &data, &c, iters, iter_stop, lr, batch, all_sparse,
+            &model,
+            &output,
+            &data,
+            &c,
+            (iters, iter_stop, lr, batch, all_sparse),
+            (augment.as_deref(), &schedule, weight_decay, seed),
+            then_inq.map(|b| (b, inq_lr, inq_epochs_per_step)),
+            distill.as_deref(),
+            (masks_from_zeros, teacher.as_deref()),
         ),
         Command::Convert { model, output } => {
             let graph = load(&model)?;
@@ -923,8 +1013,62 @@ fn compress_sketch(
     save_compressed(&graph, &sketched, output, &note)
 }
 
+/// `--schedule`: inv (Caffe: gamma 1e-4, power 0.75), cosine over `total` iterations,
+/// fixed, or step:GAMMA:ITERS.
+fn parse_schedule(spec: &str, total: usize) -> Result<cnnpack::train::Schedule> {
+    use cnnpack::train::Schedule;
+    let parts: Vec<&str> = spec.split(':').collect();
+    Ok(match parts.as_slice() {
+        ["inv"] => Schedule::Inv {
+            gamma: 1e-4,
+            power: 0.75,
+        },
+        ["cosine"] => Schedule::Cosine {
+            total: total.max(1),
+        },
+        ["fixed"] => Schedule::Fixed,
+        ["step", g, n] => Schedule::Step {
+            gamma: g
+                .parse()
+                .with_context(|| format!("--schedule {spec}: bad GAMMA"))?,
+            step_size: n
+                .parse()
+                .with_context(|| format!("--schedule {spec}: bad ITERS"))?,
+        },
+        _ => bail!("unknown --schedule '{spec}': use inv, cosine, fixed or step:GAMMA:ITERS"),
+    })
+}
+
+/// `--distill T:ALPHA` with `teacher` (the uncompressed model) as the teacher.
+fn parse_distill(spec: Option<&str>, teacher: &Graph) -> Result<Option<cnnpack::train::Distill>> {
+    let Some(spec) = spec else { return Ok(None) };
+    let (t, a) = spec
+        .split_once(':')
+        .with_context(|| format!("--distill '{spec}': use T:ALPHA, e.g. 4:0.9"))?;
+    let temperature: f32 = t
+        .parse()
+        .with_context(|| format!("--distill '{spec}': bad T"))?;
+    let alpha: f32 = a
+        .parse()
+        .with_context(|| format!("--distill '{spec}': bad ALPHA"))?;
+    if !(temperature > 0.0 && (0.0..=1.0).contains(&alpha)) {
+        bail!("--distill '{spec}': need T > 0 and ALPHA in [0, 1]");
+    }
+    Ok(Some(cnnpack::train::Distill {
+        teacher: std::sync::Arc::new(teacher.clone()),
+        temperature,
+        alpha,
+    }))
+}
+
+/// `--augment SPEC` (see `cnnpack::data::Augment`).
+fn parse_augment(spec: Option<&str>) -> Result<Option<cnnpack::data::Augment>> {
+    spec.map(|s| s.parse().map_err(anyhow::Error::from))
+        .transpose()
+}
+
 fn train(args: &TrainArgs, default_epochs: usize, default_lr: f32) -> Result<()> {
-    use cnnpack::train::{Masks, Schedule, TrainDevice, TrainOptions};
+    use cnnpack::train::{Masks, TrainDevice, TrainOptions};
     let device = match args.device {
         DeviceKind::Cpu => TrainDevice::Cpu,
         DeviceKind::Gpu => {
@@ -976,17 +1120,7 @@ fn train(args: &TrainArgs, default_epochs: usize, default_lr: f32) -> Result<()>
     let test_set = Dataset::open(data, &pre, &graph.input.item_shape).ok();
     let epochs = args.epochs.unwrap_or(default_epochs);
     let iters_per_epoch = train_set.len().div_ceil(args.batch.max(1));
-    let schedule = match args.schedule.as_str() {
-        "inv" => Schedule::Inv {
-            gamma: 1e-4,
-            power: 0.75,
-        },
-        "cosine" => Schedule::Cosine {
-            total: epochs * iters_per_epoch,
-        },
-        "fixed" => Schedule::Fixed,
-        other => bail!("unknown --schedule '{other}': use inv, cosine or fixed"),
-    };
+    let schedule = parse_schedule(&args.schedule, epochs * iters_per_epoch)?;
     let opts = TrainOptions {
         epochs,
         batch: args.batch,
@@ -997,6 +1131,7 @@ fn train(args: &TrainArgs, default_epochs: usize, default_lr: f32) -> Result<()>
         seed: args.seed,
         log: true, // one line per epoch: losses, accuracies, seconds
         device,
+        augment: parse_augment(args.augment.as_deref())?,
         ..TrainOptions::default()
     };
     println!(
@@ -1087,22 +1222,28 @@ fn compress_sparse(
 }
 
 /// `compress dns`: DNS retraining on `data`'s train split, then `compress_sparse`.
+/// `run` is (iters, iter_stop, lr, batch, all_sparse); `extra` is (augment, schedule,
+/// weight decay, seed); `then_inq` is (bits, lr, epochs per portion).
 #[allow(clippy::too_many_arguments)]
 fn compress_dns(
     model: &str,
     output: &Path,
     data: &Path,
     c: &[String],
-    iters: usize,
-    iter_stop: Option<usize>,
-    lr: f32,
-    batch: usize,
-    all_sparse: bool,
+    run: (usize, Option<usize>, f32, usize, bool),
+    extra: (Option<&str>, &str, f32, u64),
+    then_inq: Option<(u32, f32, usize)>,
+    distill: Option<&str>,
+    (masks_from_zeros, teacher): (bool, Option<&str>),
 ) -> Result<()> {
+    let (iters, iter_stop, lr, batch, all_sparse) = run;
+    let (augment, schedule, weight_decay, seed) = extra;
     use cnnpack::compress::dns::{dns, DnsOptions, SparsePolicy};
-    let graph = cnnpack::graph::fold(load(model)?)?;
+    let graph = densify(&cnnpack::graph::fold(load(model)?)?);
     let mut opts = DnsOptions {
         iter_stop: iter_stop.unwrap_or(iters * 3 / 4),
+        seed: seed.wrapping_add(6), // seed 1 gives the surgery seed 7 used before
+
         policy: if all_sparse {
             SparsePolicy::All
         } else {
@@ -1138,6 +1279,14 @@ fn compress_dns(
         batch,
         lr,
         log: true,
+        weight_decay,
+        seed,
+        schedule: parse_schedule(schedule, epochs * per_epoch)?,
+        augment: parse_augment(augment)?,
+        distill: match teacher {
+            Some(t) => parse_distill(distill, &densify(&cnnpack::graph::fold(load(t)?)?))?,
+            None => parse_distill(distill, &graph)?,
+        },
         ..Default::default()
     };
     eprintln!(
@@ -1147,6 +1296,26 @@ fn compress_dns(
     );
     let bar = progress(epochs * per_epoch, "dns");
     let t0 = Instant::now();
+    if masks_from_zeros {
+        let mut masks = cnnpack::train::Masks::new();
+        for node in &graph.nodes {
+            if let Some(w) = node.op.weights() {
+                let m = w.to_dense().data.iter().map(|v| *v != 0.0).collect();
+                masks.forward.insert(node.name.clone(), m);
+            }
+        }
+        let mut g = graph.clone();
+        cnnpack::train::train(&mut g, &train, test.as_ref(), &topts, &mut masks, |info| {
+            bar.set_position(info.iter as u64 + 1)
+        })?;
+        bar.finish_and_clear();
+        eprintln!(
+            "fine-tuning with fixed masks took {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
+        masks.apply_forward(&mut g)?;
+        return compress_sparse(&g, &graph, output, &opts.policy);
+    }
     let (out, _, _) = dns(&graph, &train, test.as_ref(), &topts, &opts, |info| {
         bar.set_position(info.iter as u64 + 1);
         if info.iter % 20 == 0 {
@@ -1167,10 +1336,107 @@ fn compress_dns(
     })?;
     bar.finish_and_clear();
     eprintln!("DNS training took {:.1} s", t0.elapsed().as_secs_f64());
-    compress_sparse(&out, &graph, output, &opts.policy)
+    let Some((bits, inq_lr, inq_epochs)) = then_inq else {
+        return compress_sparse(&out, &graph, output, &opts.policy);
+    };
+    let dns_path = output.with_extension("dns.cnnpack");
+    compress_sparse(&out, &graph, &dns_path, &opts.policy)?;
+    dns_then_inq(
+        &graph,
+        &out,
+        output,
+        (&train, test.as_ref()),
+        cnnpack::compress::inq::InqOptions {
+            bits,
+            ..Default::default()
+        },
+        cnnpack::train::TrainOptions {
+            epochs: inq_epochs,
+            lr: inq_lr,
+            schedule: parse_schedule("inv", 1)?,
+            ..topts
+        },
+    )
 }
 
-/// `cnnpack compress inq`; `sgd` is (epochs per step, learning rate, batch, seed).
+/// `graph` with every conv/fc weight stored dense (sparse layers expanded).
+fn densify(graph: &Graph) -> Graph {
+    let mut dense = graph.clone();
+    for node in &mut dense.nodes {
+        let w = match &mut node.op {
+            cnnpack::graph::Op::Conv(c) => &mut c.weight,
+            cnnpack::graph::Op::Linear(l) => &mut l.weight,
+            _ => continue,
+        };
+        *w = cnnpack::weights::Weights::Dense(w.to_dense().into_owned());
+    }
+    dense
+}
+
+/// INQ on the survivors of DNS (`pruned`, zeros kept at zero), saved to `output`; prints
+/// the bytes of CSR indices + b-bit codes against the dense f32 `original`.
+fn dns_then_inq(
+    original: &Graph,
+    pruned: &Graph,
+    output: &Path,
+    (train, test): (&Dataset, Option<&Dataset>),
+    opts: cnnpack::compress::inq::InqOptions,
+    sgd: cnnpack::train::TrainOptions,
+) -> Result<()> {
+    use cnnpack::compress::inq::{inq_graph, InqOptions};
+    use cnnpack::weights::SparseWeights;
+    let dense = densify(pruned);
+    let bits = opts.bits;
+    let opts = InqOptions {
+        keep_zeros: true,
+        ..opts
+    };
+    let t0 = Instant::now();
+    let (q, _) = inq_graph(&dense, &opts, Some((train, test, sgd)), &mut |s| {
+        let acc = s.epochs.last().and_then(|e| e.test_acc);
+        println!(
+            "INQ step {}: {:.1}% of the nonzeros quantized{} [{:.0} s]",
+            s.step + 1,
+            100.0 * s.portion,
+            acc.map_or(String::new(), |a| format!(", test acc {:.2}%", 100.0 * a)),
+            t0.elapsed().as_secs_f64()
+        );
+    })?;
+    // Bytes as CSR (row pointers + u16/u32 indices, as `Weights::Sparse` stores them)
+    // with b-bit codes in place of the f32 values, floor(32/b) codes per u32 word, plus
+    // the f32 biases and one i8 n1 per layer.
+    let per_word = 32 / bits as usize;
+    let mut after = 0usize;
+    for node in &q.nodes {
+        let (w, bias) = match &node.op {
+            cnnpack::graph::Op::Conv(c) => (&c.weight, c.bias.as_ref()),
+            cnnpack::graph::Op::Linear(l) => (&l.weight, l.bias.as_ref()),
+            _ => continue,
+        };
+        let d = w.to_dense();
+        let sp = SparseWeights::from_dense(d.shape.clone(), &d.data)?;
+        let codes = sp.nnz().div_ceil(per_word) * 4;
+        after += sp.bytes() - 4 * sp.nnz() + codes + 1 + bias.map_or(0, |b| 4 * b.data.len());
+    }
+    let before = weight_bytes(original)?;
+    let nnz: usize = q
+        .nodes
+        .iter()
+        .filter_map(|n| n.op.weights())
+        .map(|w| w.to_dense().data.iter().filter(|v| **v != 0.0).count())
+        .sum();
+    println!(
+        "DNS + INQ {bits}-bit: {nnz} nonzero weights; CSR + {bits}-bit codes: {before} -> {after} bytes incl. indices and biases ({:.1}x smaller than dense f32); the file stores dense {bits}-bit codes ({} bytes)",
+        before as f64 / after.max(1) as f64,
+        weight_bytes(&q)?
+    );
+    cnnpack::format::save(&q, output).with_context(|| format!("writing {}", output.display()))?;
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+/// `cnnpack compress inq`; `sgd` is (epochs per step, learning rate, batch, seed), `extra`
+/// (augment, schedule, weight decay, bias-only epochs after the last portion).
 #[allow(clippy::too_many_arguments)]
 fn compress_inq(
     model: &str,
@@ -1181,9 +1447,13 @@ fn compress_inq(
     dense: &[String],
     data: Option<&Path>,
     sgd: (usize, f32, usize, u64),
+    extra: (Option<&str>, &str, f32, usize),
+    distill: Option<&str>,
+    keep_zeros: bool,
 ) -> Result<()> {
+    let (augment, schedule, weight_decay, bias_epochs) = extra;
     use cnnpack::compress::inq::{inq_graph, InqOptions, Partition, StepReport};
-    let graph = cnnpack::graph::fold(load(model)?)?;
+    let graph = densify(&cnnpack::graph::fold(load(model)?)?);
     let layers: Vec<&str> = graph
         .nodes
         .iter()
@@ -1214,6 +1484,8 @@ fn compress_inq(
         partition,
         seed,
         dense_layers,
+        bias_epochs,
+        keep_zeros: false,
     };
     let t0 = Instant::now();
     let sets = match data {
@@ -1227,11 +1499,18 @@ fn compress_inq(
         }
         None => None,
     };
+    let per_epoch = sets
+        .as_ref()
+        .map_or(1, |(tr, _)| tr.len().div_ceil(batch.max(1)));
     let train_opts = cnnpack::train::TrainOptions {
         epochs,
         batch,
         lr,
         seed,
+        weight_decay,
+        schedule: parse_schedule(schedule, epochs * per_epoch)?,
+        augment: parse_augment(augment)?,
+        distill: parse_distill(distill, &graph)?,
         ..Default::default()
     };
     let train_data = sets
@@ -1278,6 +1557,14 @@ fn compress_inq(
             t0.elapsed().as_secs_f64()
         );
     };
+    if keep_zeros {
+        let (tr, te, sgd) = train_data.context("--keep-zeros needs --data")?;
+        let opts = InqOptions {
+            keep_zeros: true,
+            ..opts
+        };
+        return dns_then_inq(&graph, &graph, output, (tr, te), opts, sgd);
+    }
     let (quantized, report) = inq_graph(&graph, &opts, train_data, &mut on_step)?;
     println!(
         "{:<28} {:<7} {:<20} {:>4} {:>5} {:>8} {:>9} {:>12} {:>12} {:>7}",

@@ -658,3 +658,130 @@ mod gpu {
         }
     }
 }
+
+#[test]
+fn bias_epochs_move_only_biases_after_the_last_portion() {
+    let dir = std::env::temp_dir().join(format!("cnnpack-inq-bias-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    write_idx(&dir, 64, 5);
+    let g = lenet();
+    let pre = Preprocess::from_metadata(&g.metadata, &g.input.item_shape).expect("preprocess");
+    let ds = Dataset::open_split(&dir, "train", &pre, &g.input.item_shape).expect("dataset");
+    let sgd = TrainOptions {
+        epochs: 1,
+        batch: 32,
+        lr: 0.05,
+        ..TrainOptions::default()
+    };
+    let biases = |g: &Graph| -> Vec<f32> {
+        g.nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Conv(c) => c.bias.clone(),
+                Op::Linear(l) => l.bias.clone(),
+                _ => None,
+            })
+            .flat_map(|b| b.data)
+            .collect()
+    };
+    let run = |bias_epochs: usize| {
+        let opts = InqOptions {
+            bits: 4,
+            portions: vec![0.5, 1.0],
+            bias_epochs,
+            ..InqOptions::default()
+        };
+        let mut last_epochs = usize::MAX;
+        let (q, _) = inq_graph(&g, &opts, Some((&ds, None, sgd.clone())), &mut |s| {
+            last_epochs = s.epochs.len();
+        })
+        .expect("inq");
+        assert_eq!(last_epochs, bias_epochs, "epochs reported by the last step");
+        q
+    };
+    let (plain, tuned) = (run(0), run(2));
+    // The quantized weights are bitwise the same; the biases moved.
+    for ((name, a), (_, b)) in layer_weights(&plain).iter().zip(&layer_weights(&tuned)) {
+        assert_eq!(
+            a.data, b.data,
+            "{name}: a frozen weight changed in bias-only epochs"
+        );
+    }
+    let (ba, bb) = (biases(&plain), biases(&tuned));
+    assert_eq!(ba.len(), bb.len());
+    assert!(
+        ba.iter().zip(&bb).any(|(x, y)| x != y),
+        "biases did not move"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn keep_zeros_keeps_pruned_weights_at_zero() {
+    let dir = std::env::temp_dir().join(format!("cnnpack-inq-zeros-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    write_idx(&dir, 64, 6);
+    // A pruned LeNet: about 80% of every layer set to exactly zero.
+    let mut g = lenet();
+    let mut rng = Rng::new(12);
+    for node in &mut g.nodes {
+        let w = match &mut node.op {
+            Op::Conv(c) => &mut c.weight,
+            Op::Linear(l) => &mut l.weight,
+            _ => continue,
+        };
+        let mut t = w.to_dense().into_owned();
+        for v in &mut t.data {
+            if rng.uniform() < 0.8 {
+                *v = 0.0;
+            }
+        }
+        *w = Weights::Dense(t);
+    }
+    let zeros_before: Vec<Vec<bool>> = layer_weights(&g)
+        .iter()
+        .map(|(_, w)| w.data.iter().map(|v| *v == 0.0).collect())
+        .collect();
+    let pre = Preprocess::from_metadata(&g.metadata, &g.input.item_shape).expect("preprocess");
+    let ds = Dataset::open_split(&dir, "train", &pre, &g.input.item_shape).expect("dataset");
+    let opts = InqOptions {
+        bits: 5,
+        portions: vec![0.5, 1.0],
+        keep_zeros: true,
+        ..InqOptions::default()
+    };
+    let sgd = TrainOptions {
+        epochs: 1,
+        batch: 32,
+        lr: 0.05,
+        ..TrainOptions::default()
+    };
+    let mut checked = 0;
+    let (q, _) = inq_graph(&g, &opts, Some((&ds, None, sgd)), &mut |s| {
+        for ((name, w), zeros) in layer_weights(s.graph).iter().zip(&zeros_before) {
+            let mask = &s.masks.grad[name];
+            let z = zeros.iter().filter(|z| **z).count();
+            let frozen = mask.iter().filter(|m| !**m).count();
+            assert_eq!(
+                frozen,
+                z + portion_count(s.portion, w.data.len() - z),
+                "{name}"
+            );
+            for (i, &was_zero) in zeros.iter().enumerate() {
+                if was_zero {
+                    assert!(!mask[i], "{name}[{i}]: a zero is trainable");
+                    assert_eq!(w.data[i], 0.0, "{name}[{i}]: a pruned weight came back");
+                }
+            }
+            checked += 1;
+        }
+    })
+    .expect("inq keeps zeros");
+    assert_eq!(checked, 8, "two steps of four layers");
+    for ((name, w), zeros) in layer_weights(&q).iter().zip(&zeros_before) {
+        let now: Vec<bool> = w.data.iter().map(|v| *v == 0.0).collect();
+        // Every pruned weight is still zero; a few small survivors may quantize to zero.
+        assert!(zeros.iter().zip(&now).all(|(z, n)| !z || *n), "{name}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -67,6 +67,14 @@ pub struct InqOptions {
     pub seed: u64,
     /// Conv/fc node names to leave dense.
     pub dense_layers: Vec<String>,
+    /// Epochs of retraining after the last portion, with every quantized weight frozen:
+    /// only the f32 parameters (biases, layers in `dense_layers`) move. 0 (default)
+    /// stops at the last portion as the paper's procedure does.
+    pub bias_epochs: usize,
+    /// Keep exact zeros at zero (DNS then INQ): weights that are 0 at the start are
+    /// frozen from the start, the portions count the nonzero weights only, and the
+    /// ternary n1 is fitted to the nonzeros.
+    pub keep_zeros: bool,
 }
 
 /// 5 bits, portions 0.5/0.75/0.875/1, magnitude partition, every layer quantized.
@@ -78,6 +86,8 @@ impl Default for InqOptions {
             partition: Partition::Magnitude,
             seed: 1,
             dense_layers: Vec::new(),
+            bias_epochs: 0,
+            keep_zeros: false,
         }
     }
 }
@@ -116,7 +126,8 @@ pub struct StepReport<'a> {
     pub quantized: usize,
     /// Weights over all quantized layers.
     pub total: usize,
-    /// Retraining epochs of this step (empty without data and after the last portion).
+    /// Retraining epochs of this step (empty without data; after the last portion, the
+    /// `bias_epochs` of bias-only retraining).
     pub epochs: Vec<EpochStats>,
     /// The graph after this step's quantization and retraining (still dense weights).
     pub graph: &'a Graph,
@@ -288,6 +299,8 @@ struct LayerState {
     original: Tensor,
     n1: i32,
     frozen: Vec<bool>,
+    /// Weights frozen at zero from the start (`keep_zeros`), else 0.
+    zeros: usize,
     order: Vec<usize>,
 }
 
@@ -388,12 +401,23 @@ pub fn inq_graph(
                 order.swap(i, rng.range(0, i));
             }
         }
+        let (frozen, n1) = if opts.keep_zeros {
+            let nonzero: Vec<f32> = w.data.iter().copied().filter(|v| *v != 0.0).collect();
+            (
+                w.data.iter().map(|v| *v == 0.0).collect::<Vec<bool>>(),
+                layer_n1(&nonzero, s, opts.bits),
+            )
+        } else {
+            (vec![false; n], layer_n1(&w.data, s, opts.bits))
+        };
+        let zeros = frozen.iter().filter(|f| **f).count();
         layers.push(LayerState {
             name: node.name.clone(),
             op,
             original: w.clone(),
-            n1: layer_n1(&w.data, s, opts.bits),
-            frozen: vec![false; n],
+            n1,
+            frozen,
+            zeros,
             order,
         });
     }
@@ -402,7 +426,7 @@ pub fn inq_graph(
         let mut quantized = 0;
         for l in &mut layers {
             let t = weight_mut(&mut out, &l.name);
-            let count = portion_count(p, t.data.len());
+            let count = l.zeros + portion_count(p, t.data.len() - l.zeros);
             let before = l.frozen.clone();
             select_next(&t.data, &mut l.frozen, count, opts.partition, &l.order);
             for (i, v) in t.data.iter_mut().enumerate() {
@@ -422,6 +446,15 @@ pub fn inq_graph(
         }
         if let (Some((tr, te, sgd)), false) = (&train_data, last) {
             epochs = train(&mut out, tr, *te, sgd, &mut masks, |_| {})?;
+        }
+        if let (Some((tr, te, sgd)), true, true) = (&train_data, last, opts.bias_epochs > 0) {
+            // Every quantized weight is frozen now (all gradient masks false): this
+            // retrains only the biases and the layers kept dense.
+            let sgd = TrainOptions {
+                epochs: opts.bias_epochs,
+                ..sgd.clone()
+            };
+            epochs = train(&mut out, tr, *te, &sgd, &mut masks, |_| {})?;
         }
         progress(&StepReport {
             step,

@@ -1,9 +1,11 @@
 //! Input data: image preprocessing, IDX (MNIST) files, and labelled datasets.
 
+pub mod augment;
 pub mod dataset;
 pub mod idx;
 pub mod preprocess;
 
+pub use augment::{Augment, AugmentError};
 pub use dataset::Dataset;
 pub use idx::{read_idx_images, read_idx_labels};
 pub use preprocess::{load_image, ColorOrder, Preprocess};

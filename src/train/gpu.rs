@@ -3,8 +3,8 @@
 //! measurement behind `cnnpack train --bench-iters`.
 
 use super::{
-    backward, forward, softmax_cross_entropy, top1_hits, update_bn_running, BnMode, Masks, Sgd,
-    TrainError, TrainOptions,
+    backward, distill_loss, forward, softmax_cross_entropy, top1_hits, update_bn_running, BnMode,
+    Distill, Masks, Sgd, TrainError, TrainOptions,
 };
 use crate::backend::gpu::train::{GpuTrainOptions, GpuTrainer};
 use crate::backend::gpu::GpuContext;
@@ -29,6 +29,7 @@ pub(crate) enum Stepper {
         sgd: Sgd,
         bn_mode: BnMode,
         bn_momentum: f32,
+        distill: Option<Distill>,
     },
     Gpu(Box<GpuTrainer>),
 }
@@ -44,7 +45,15 @@ impl Stepper {
                 sgd: Sgd::new(opts.momentum, opts.weight_decay),
                 bn_mode: opts.bn_mode,
                 bn_momentum: opts.bn_momentum,
+                distill: opts.distill.clone(),
             },
+            // The teacher's forward pass and the blended loss gradient exist on the CPU only.
+            TrainDevice::Gpu(_) if opts.distill.is_some() => {
+                return Err(TrainError::Option {
+                    name: "distill",
+                    reason: "distillation trains on the CPU only: use --device cpu".into(),
+                })
+            }
             TrainDevice::Gpu(ctx) => Stepper::Gpu(Box::new(GpuTrainer::new(
                 ctx.clone(),
                 graph,
@@ -80,9 +89,14 @@ impl Stepper {
                 sgd,
                 bn_mode,
                 bn_momentum,
+                distill,
             } => {
                 let cache = forward(graph, x, *bn_mode, &masks.forward)?;
                 let (loss, dlogits) = softmax_cross_entropy(cache.logits(), labels)?;
+                let (loss, dlogits) = match distill {
+                    Some(d) => distill_loss(d, x, cache.logits(), loss, dlogits)?,
+                    None => (loss, dlogits),
+                };
                 if !loss.is_finite() {
                     return Err(TrainError::Diverged { epoch, iter, loss });
                 }

@@ -142,6 +142,71 @@ pub struct TrainOptions {
     pub log: bool,
     /// Where the steps run (CPU kernels or the GPU trainer, see `gpu`).
     pub device: TrainDevice,
+    /// Random augmentation of every training item (`None`: items as preprocessed);
+    /// seeded from `seed`, the epoch and the item index. Evaluation never augments.
+    pub augment: Option<crate::data::Augment>,
+    /// Knowledge distillation from a fixed teacher (`None`: plain cross-entropy).
+    pub distill: Option<Distill>,
+}
+
+/// Knowledge distillation (Hinton, Vinyals, Dean 2015): the loss becomes
+/// `(1 − alpha)·CE(labels) + alpha·T²·KL(softmax(teacher/T) ‖ softmax(student/T))`,
+/// whose gradient on the student logits is `(1 − alpha)·(p − y) + alpha·T·(p_T − q_T)`
+/// (per item, averaged over the batch). Compression uses the uncompressed model as the
+/// teacher: it carries what it learnt from data the retraining set lacks.
+#[derive(Clone, Debug)]
+pub struct Distill {
+    /// The teacher, run in inference mode (BN running statistics, no masks).
+    pub teacher: std::sync::Arc<Graph>,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+    /// Weight of the distillation term in [0, 1].
+    pub alpha: f32,
+}
+
+/// Blends the cross-entropy `(ce, dce)` of `logits` with the distillation term of `d`
+/// on input `x` (see `Distill`).
+fn distill_loss(
+    d: &Distill,
+    x: &Tensor,
+    logits: &Tensor,
+    ce: f32,
+    mut dce: Tensor,
+) -> Result<(f32, Tensor), TrainError> {
+    let tc = forward(&d.teacher, x, BnMode::Frozen, &Default::default())?;
+    let tl = tc.logits();
+    if tl.data.len() != logits.data.len() || d.temperature <= 0.0 {
+        return Err(TrainError::Option {
+            name: "distill",
+            reason: format!(
+                "teacher logits {:?} vs student {:?}, temperature {}",
+                tl.shape, logits.shape, d.temperature
+            ),
+        });
+    }
+    let n = logits.shape.first().copied().unwrap_or(1).max(1);
+    let k = logits.data.len() / n;
+    let (t, a) = (d.temperature as f64, d.alpha as f64);
+    let soft = |row: &[f32]| -> Vec<f64> {
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let e: Vec<f64> = row.iter().map(|v| ((*v as f64 - m) / t).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.into_iter().map(|v| v / s).collect()
+    };
+    let mut kl = 0.0f64;
+    for b in 0..n {
+        let ps = soft(&logits.data[b * k..(b + 1) * k]);
+        let pt = soft(&tl.data[b * k..(b + 1) * k]);
+        for j in 0..k {
+            if pt[j] > 0.0 {
+                kl += pt[j] * (pt[j].ln() - ps[j].max(1e-300).ln());
+            }
+            let g = &mut dce.data[b * k + j];
+            *g = ((1.0 - a) * *g as f64 + a * t * (ps[j] - pt[j]) / n as f64) as f32;
+        }
+    }
+    let loss = (1.0 - a) * ce as f64 + a * t * t * kl / n as f64;
+    Ok((loss as f32, dce))
 }
 
 impl Default for TrainOptions {
@@ -161,6 +226,8 @@ impl Default for TrainOptions {
             bn_momentum: 0.1,
             log: false,
             device: TrainDevice::Cpu,
+            augment: None,
+            distill: None,
         }
     }
 }
@@ -214,12 +281,29 @@ fn shuffle(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-/// Gathers the items at `indices` into one batch tensor plus labels.
-fn gather(ds: &Dataset, indices: &[usize]) -> Result<(Tensor, Vec<usize>), DataError> {
+/// Gathers the items at `indices` into one batch tensor plus labels, augmenting each
+/// item when `augment` is `Some((transform, seed, epoch))`.
+fn gather(
+    ds: &Dataset,
+    indices: &[usize],
+    augment: Option<(&crate::data::Augment, u64, usize)>,
+) -> Result<(Tensor, Vec<usize>), TrainError> {
     use rayon::prelude::*;
     let items: Vec<(Tensor, Vec<usize>)> = indices
         .par_iter()
-        .map(|&i| ds.batch(i, 1))
+        .map(|&i| -> Result<_, TrainError> {
+            let (mut t, l) = ds.batch(i, 1)?;
+            if let Some((aug, seed, epoch)) = augment {
+                let (c, h, w) = crate::data::preprocess::image_dims(ds.item_shape())?;
+                let mut rng = crate::data::augment::item_rng(seed, epoch, i);
+                aug.apply(&mut t.data, (c, h as usize, w as usize), &mut rng)
+                    .map_err(|e| TrainError::Option {
+                        name: "augment",
+                        reason: e.to_string(),
+                    })?;
+            }
+            Ok((t, l))
+        })
         .collect::<Result<_, _>>()?;
     let mut shape = vec![indices.len()];
     shape.extend(ds.item_shape());
@@ -310,11 +394,12 @@ pub fn train(
         let (mut loss_sum, mut hits, mut seen) = (0.0f64, 0usize, 0usize);
         std::thread::scope(|s| -> Result<(), TrainError> {
             // Two batches in flight: one being trained, one being prepared.
-            let (tx, rx) = sync_channel::<Result<(Tensor, Vec<usize>), DataError>>(1);
+            let (tx, rx) = sync_channel::<Result<(Tensor, Vec<usize>), TrainError>>(1);
             let order = &order;
             s.spawn(move || {
                 for idx in order.chunks(opts.batch) {
-                    if tx.send(gather(train, idx)).is_err() {
+                    let aug = opts.augment.as_ref().map(|a| (a, opts.seed, epoch));
+                    if tx.send(gather(train, idx, aug)).is_err() {
                         break; // the trainer stopped early
                     }
                 }
