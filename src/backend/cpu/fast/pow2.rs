@@ -132,6 +132,8 @@ struct Decoder<'a> {
     table: &'a [f32],
     /// The CPU has AVX2 (8-lane decode and dot), detected once per layer call.
     avx2: bool,
+    /// The CPU has AVX2 and FMA, and the layer has 2 to 5 bits: `row_dot_perm`.
+    fma: bool,
 }
 
 impl<'a> Decoder<'a> {
@@ -148,6 +150,12 @@ impl<'a> Decoder<'a> {
             avx2: std::arch::is_x86_feature_detected!("avx2"),
             #[cfg(not(target_arch = "x86_64"))]
             avx2: false,
+            #[cfg(target_arch = "x86_64")]
+            fma: (2..=5).contains(&bits)
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"),
+            #[cfg(not(target_arch = "x86_64"))]
+            fma: false,
         }
     }
 
@@ -209,6 +217,18 @@ impl<'a> Decoder<'a> {
 
     /// `row · x` for one code row and `x` of K values, decoding block by block.
     fn row_dot(&self, row: &[u32], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.fma {
+            // SAFETY: AVX2 and FMA support were detected in `Decoder::new`.
+            return unsafe {
+                match self.bits {
+                    2 => row_dot_perm::<2>(row, x, self.table),
+                    3 => row_dot_perm::<3>(row, x, self.table),
+                    4 => row_dot_perm::<4>(row, x, self.table),
+                    _ => row_dot_perm::<5>(row, x, self.table),
+                }
+            };
+        }
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
             // SAFETY: AVX2 support was detected in `Decoder::new`.
@@ -408,4 +428,105 @@ fn decode_arith_avx2(words: &[u32], bits: u32, base: u32, out: &mut [f32]) -> us
         }
     }
     fit
+}
+
+/// Batch-1 row dot product straight from the codes (AVX2 + FMA): per code word, the
+/// codes go to 8 or 16 lanes by variable shifts and are decoded by an in-register
+/// table lookup (`vpermps` over the layer's `2^B`-entry table, blended on the code's
+/// upper bits for B = 4, 5), then multiplied into the input with FMA. Four accumulators
+/// hide the FMA latency. Words whose inputs run past K are done in scalar.
+/// `table` must have `2^B` entries (`decode_table`); `x` has K values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_dot_perm<const B: u32>(row: &[u32], x: &[f32], table: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let cpw = (32 / B) as usize;
+    let vecs = cpw.div_ceil(8);
+    let k = x.len();
+    let mut t = [0f32; 32];
+    t[..table.len().min(32)].copy_from_slice(&table[..table.len().min(32)]);
+    // SAFETY (all loads below): `t` has 32 elements; x loads are bounds-checked slices.
+    let tv = unsafe {
+        [
+            _mm256_loadu_ps(t.as_ptr()),
+            _mm256_loadu_ps(t.as_ptr().add(8)),
+            _mm256_loadu_ps(t.as_ptr().add(16)),
+            _mm256_loadu_ps(t.as_ptr().add(24)),
+        ]
+    };
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let sh = [
+        _mm256_mullo_epi32(lanes, _mm256_set1_epi32(B as i32)),
+        _mm256_mullo_epi32(
+            _mm256_add_epi32(lanes, _mm256_set1_epi32(8)),
+            _mm256_set1_epi32(B as i32),
+        ),
+    ];
+    // Lanes past the word's codes read the next word's inputs: masked to 0.
+    let keep = [
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(cpw as i32), lanes),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(cpw as i32 - 8), lanes),
+    ];
+    let lookup = |c: __m256i| -> __m256 {
+        match B {
+            2 => _mm256_permutevar8x32_ps(tv[0], _mm256_and_si256(c, _mm256_set1_epi32(3))),
+            3 => _mm256_permutevar8x32_ps(tv[0], c),
+            4 => _mm256_blendv_ps(
+                _mm256_permutevar8x32_ps(tv[0], c),
+                _mm256_permutevar8x32_ps(tv[1], c),
+                _mm256_castsi256_ps(_mm256_slli_epi32::<28>(c)),
+            ),
+            _ => {
+                let b3 = _mm256_castsi256_ps(_mm256_slli_epi32::<28>(c));
+                let lo = _mm256_blendv_ps(
+                    _mm256_permutevar8x32_ps(tv[0], c),
+                    _mm256_permutevar8x32_ps(tv[1], c),
+                    b3,
+                );
+                let hi = _mm256_blendv_ps(
+                    _mm256_permutevar8x32_ps(tv[2], c),
+                    _mm256_permutevar8x32_ps(tv[3], c),
+                    b3,
+                );
+                _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32::<27>(c)))
+            }
+        }
+    };
+    // Words whose 8·vecs input lanes stay inside x.
+    let full = if k >= 8 * vecs {
+        ((k - 8 * vecs) / cpw + 1).min(row.len())
+    } else {
+        0
+    };
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (i, &w) in row[..full].iter().enumerate() {
+        let wv = _mm256_set1_epi32(w as i32);
+        let xs = &x[i * cpw..i * cpw + 8 * vecs];
+        for v in 0..vecs {
+            let val = lookup(_mm256_srlv_epi32(wv, sh[v]));
+            // SAFETY: `xs` has 8·vecs elements.
+            let xv = unsafe { _mm256_loadu_ps(xs.as_ptr().add(8 * v)) };
+            let xv = if cpw % 8 == 0 {
+                xv
+            } else {
+                _mm256_and_ps(xv, _mm256_castsi256_ps(keep[v]))
+            };
+            acc[(i + v) % 4] = _mm256_fmadd_ps(val, xv, acc[(i + v) % 4]);
+        }
+    }
+    let sum = _mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    );
+    let mut lanes_out = [0f32; 8];
+    // SAFETY: `lanes_out` has 8 elements.
+    unsafe { _mm256_storeu_ps(lanes_out.as_mut_ptr(), sum) };
+    let mut s = lanes_out.iter().sum::<f32>();
+    let mask = (1u32 << B) - 1;
+    for (i, &w) in row.iter().enumerate().skip(full) {
+        for (j, xv) in x[(i * cpw).min(k)..((i + 1) * cpw).min(k)].iter().enumerate() {
+            s += xv * table[((w >> (B as usize * j)) & mask) as usize];
+        }
+    }
+    s
 }
