@@ -231,6 +231,8 @@ fn gather_dot<I: Copy + Into<u32>>(vals: &[f32], idx: &[I], x: &[f32]) -> f32 {
 
 /// Output positions per tile of the flat kernel (8 AVX registers of accumulators).
 const FLAT_TILE: usize = 64;
+/// Most output channels per task of the flat kernel (a divisor of Cout is used).
+const FLAT_CHANNELS: usize = 8;
 
 /// Stride-1 sparse conv on the zero-padded input viewed as one flat array per
 /// (image, group): with `Wp` the padded width, output `(oy, ox)` is flat position
@@ -289,25 +291,52 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     let values = w.values();
     let bias = conv.bias.as_ref().map(|b| b.data.as_slice());
     let avx2 = has_avx2_fma();
-    y.data.par_chunks_mut(oh * ow).enumerate().for_each_init(
-        || vec![0f32; tiles * FLAT_TILE],
-        |flat, (idx, out)| {
-            let (b, co) = (idx / cout, idx % cout);
-            let xp = &padded[b * groups + co / cout_g];
-            let range = w.row_range(co);
-            let (vals, offs) = (&values[range.clone()], &offs[range]);
-            for (t, acc) in flat.chunks_exact_mut(FLAT_TILE).enumerate() {
-                let acc: &mut [f32; FLAT_TILE] = acc.try_into().expect("chunks are FLAT_TILE long");
-                tile_axpy(acc, xp, t * FLAT_TILE, vals, offs, avx2);
-            }
-            let bv = bias.map_or(0.0, |bb| bb[co]);
-            for (oy, row) in out.chunks_exact_mut(ow).enumerate() {
-                for (o, v) in row.iter_mut().zip(&flat[oy * wp..oy * wp + ow]) {
-                    *o = v + bv;
+    let plane = oh * ow;
+    // Tasks of FLAT_CHANNELS output channels of one image (never across images, so
+    // every task's channels share one padded input); tiles outer, channels inner, so
+    // the input rows a tile reads (all input channels, kh rows) stay in cache for every
+    // channel of the block instead of each channel streaming the whole padded input.
+    let block = (1..=FLAT_CHANNELS.min(cout))
+        .rev()
+        .find(|b| cout % b == 0)
+        .unwrap_or(1);
+    y.data
+        .par_chunks_mut(plane * block)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let first = task * block;
+            let mut acc = [0f32; FLAT_TILE];
+            for t in 0..tiles {
+                let q0 = t * FLAT_TILE;
+                for (j, o) in out.chunks_exact_mut(plane).enumerate() {
+                    let idx = first + j;
+                    let (b, co) = (idx / cout, idx % cout);
+                    let xp = &padded[b * groups + co / cout_g];
+                    let range = w.row_range(co);
+                    tile_axpy(
+                        &mut acc,
+                        xp,
+                        q0,
+                        &values[range.clone()],
+                        &offs[range],
+                        avx2,
+                    );
+                    let bv = bias.map_or(0.0, |bb| bb[co]);
+                    // Flat positions q0.. back to (oy, ox), dropping ox >= OW.
+                    let (mut oy, mut ox) = (q0 / wp, q0 % wp);
+                    for &v in acc.iter().take(flat_out.saturating_sub(q0)) {
+                        if ox < ow {
+                            o[oy * ow + ox] = v + bv;
+                        }
+                        ox += 1;
+                        if ox == wp {
+                            ox = 0;
+                            oy += 1;
+                        }
+                    }
                 }
             }
-        },
-    );
+        });
     y
 }
 
