@@ -10,11 +10,17 @@
 //! an integer add on the exponent field of `x` would. Results differ from the dense
 //! reference only by summation order.
 //!
-//! - fc (`pow2_linear`): output rows in parallel tiles; each row is decoded once into a
-//!   K-long buffer and dotted with every input row (8 accumulators, vectorised).
+//! - fc (`pow2_linear`): output rows in parallel tiles. Batch 1 (`row_dot_perm`, AVX2 +
+//!   FMA): each code word is spread over 8 or 16 lanes by variable shifts, decoded by an
+//!   in-register lookup in the layer's table (`vpermps`), and multiplied into the input
+//!   with FMA, so only the codes are read from memory. Without AVX2 (or at batch > 1)
+//!   a row is decoded arithmetically (`Decoder`) and dotted with every input row.
 //! - conv (`pow2_conv`): per (image, group) an im2col matrix `[K][OH·OW]`; each output
 //!   channel's row is decoded and its nonzero weights are accumulated as
-//!   `y += w_k · col_k` (zero codes, common after INQ, are skipped).
+//!   `y += w_k · col_k` (zero codes, common after INQ, are skipped). The CPU executor
+//!   (`fast::run_node`) does not use it: it runs pow2 convs through sgemm on weights
+//!   decoded once per layer (`fast::decoded`), which was faster on every ResNet-18
+//!   shape measured (benches/kernels.rs, docs/benchmarks.md).
 //!
 //! Preconditions (shapes agreeing with the weights, `Weights::Pow2` in the conv) are the
 //! planner's invariants, checked by shape inference; a violation panics naming it.
@@ -506,7 +512,7 @@ fn row_dot_perm<const B: u32>(row: &[u32], x: &[f32], table: &[f32]) -> f32 {
             let val = lookup(_mm256_srlv_epi32(wv, sh[v]));
             // SAFETY: `xs` has 8·vecs elements.
             let xv = unsafe { _mm256_loadu_ps(xs.as_ptr().add(8 * v)) };
-            let xv = if cpw % 8 == 0 {
+            let xv = if cpw.is_multiple_of(8) {
                 xv
             } else {
                 _mm256_and_ps(xv, _mm256_castsi256_ps(keep[v]))
@@ -514,17 +520,17 @@ fn row_dot_perm<const B: u32>(row: &[u32], x: &[f32], table: &[f32]) -> f32 {
             acc[(i + v) % 4] = _mm256_fmadd_ps(val, xv, acc[(i + v) % 4]);
         }
     }
-    let sum = _mm256_add_ps(
-        _mm256_add_ps(acc[0], acc[1]),
-        _mm256_add_ps(acc[2], acc[3]),
-    );
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     let mut lanes_out = [0f32; 8];
     // SAFETY: `lanes_out` has 8 elements.
     unsafe { _mm256_storeu_ps(lanes_out.as_mut_ptr(), sum) };
     let mut s = lanes_out.iter().sum::<f32>();
     let mask = (1u32 << B) - 1;
     for (i, &w) in row.iter().enumerate().skip(full) {
-        for (j, xv) in x[(i * cpw).min(k)..((i + 1) * cpw).min(k)].iter().enumerate() {
+        for (j, xv) in x[(i * cpw).min(k)..((i + 1) * cpw).min(k)]
+            .iter()
+            .enumerate()
+        {
             s += xv * table[((w >> (B as usize * j)) & mask) as usize];
         }
     }

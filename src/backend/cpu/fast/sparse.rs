@@ -1,14 +1,18 @@
 //! Sparse (CSR) conv and fc on the CPU; the layout is in `weights/sparse.rs`.
 //!
-//! - Conv: direct, no im2col. Each task owns a block of output channels of one image;
-//!   for every stored weight `(k, v)` of a channel it decodes `(ci, ky, kx)` once and
-//!   adds `v · x[ci]` shifted by `(ky, kx)` to the output plane, row by row, over the
-//!   output columns whose input column lies inside the image (computed, not tested per
-//!   element). With stride 1 the inner loop is a contiguous axpy the compiler
-//!   vectorises. Work is `nnz · OH · OW` multiply-adds per image, so it beats the dense
+//! - Conv, stride 1 (`sparse_conv_flat`): direct, no im2col, on the zero-padded input
+//!   viewed as one flat array per (image, group), where every stored weight is one
+//!   contiguous axpy over a tile of 64 flat output positions held in registers (AVX2 +
+//!   FMA where available); tasks are blocks of up to 8 output channels, tiles outer, so
+//!   the input rows a tile reads stay in cache across the block's channels.
+//! - Conv, other strides (`sparse_conv_rows`): each task owns a block of output channels
+//!   of one image; for every stored weight `(k, v)` of a channel it decodes `(ci, ky, kx)`
+//!   once and adds `v · x[ci]` shifted by `(ky, kx)` to the output plane, row by row,
+//!   over the output columns whose input column lies inside the image.
+//!   Work is `nnz · OH · OW` multiply-adds per image either way, so they beat the dense
 //!   im2col + sgemm path only below a crossover density (see below).
 //! - Fc: SpMV at batch 1 (rows in parallel, one dot product of the stored entries with
-//!   the gathered inputs); SpMM for batch > 1 on the transposed input `[K][N]`, so
+//!   the gathered inputs, four accumulators, index width matched once per layer); SpMM for batch > 1 on the transposed input `[K][N]`, so
 //!   each stored weight updates N contiguous accumulators.
 //!
 //! Crossover (where dense becomes faster), measured by the `#[ignore]` test
@@ -313,14 +317,7 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
                     let (b, co) = (idx / cout, idx % cout);
                     let xp = &padded[b * groups + co / cout_g];
                     let range = w.row_range(co);
-                    tile_axpy(
-                        &mut acc,
-                        xp,
-                        q0,
-                        &values[range.clone()],
-                        &offs[range],
-                        avx2,
-                    );
+                    tile_axpy(&mut acc, xp, q0, &values[range.clone()], &offs[range], avx2);
                     let bv = bias.map_or(0.0, |bb| bb[co]);
                     // Flat positions q0.. back to (oy, ox), dropping ox >= OW.
                     let (mut oy, mut ox) = (q0 / wp, q0 % wp);
