@@ -47,7 +47,7 @@ const ROW_BLOCK: usize = 64;
 
 /// Density above which the dense conv kernel is faster than `sparse_conv`
 /// (3x3 conv 64->64 at 56x56, batch 1; measured, see module docs).
-pub const CONV_CROSSOVER: f64 = 0.5;
+pub const CONV_CROSSOVER: f64 = 0.4;
 /// Density above which the dense fc kernel is faster than `sparse_linear`
 /// (fc 9216->4096, batch 1; measured, see module docs).
 pub const FC_CROSSOVER: f64 = 0.5;
@@ -283,15 +283,20 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
             p
         })
         .collect();
-    // Flat offsets of every stored weight, in CSR order.
-    let cols = w.cols();
-    let offs: Vec<u32> = (0..cols.len())
-        .map(|i| {
-            let k = cols.get(i);
-            let (ci, ky, kx) = (k / (kh * kw), (k / kw) % kh, k % kw);
-            ((ci * hp + ky * dh) * wp + kx * dw) as u32
-        })
-        .collect();
+    // Flat offset of every K index (no division per stored weight: a layer can have
+    // millions), then of every stored weight, in CSR order.
+    let mut off_of_k = Vec::with_capacity(cin_g * kh * kw);
+    for ci in 0..cin_g {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                off_of_k.push(((ci * hp + ky * dh) * wp + kx * dw) as u32);
+            }
+        }
+    }
+    let offs: Vec<u32> = match w.cols() {
+        Cols::U16(c) => c.par_iter().map(|&k| off_of_k[k as usize]).collect(),
+        Cols::U32(c) => c.par_iter().map(|&k| off_of_k[k as usize]).collect(),
+    };
     let values = w.values();
     let bias = conv.bias.as_ref().map(|b| b.data.as_slice());
     let avx2 = has_avx2_fma();
