@@ -120,7 +120,10 @@ fn dispatch(
     ]
     .map(uw);
     let (k, grid) = if fc {
-        (fc_kernel(io.ctx), [cout.div_ceil(64).max(1) as u32, batch as u32, 1])
+        (
+            fc_kernel(io.ctx),
+            [cout.div_ceil(64).max(1) as u32, batch as u32, 1],
+        )
     } else {
         (kernel(io.ctx), [px_groups.max(1) as u32, cout as u32, 1])
     };

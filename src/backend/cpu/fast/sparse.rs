@@ -32,8 +32,14 @@
 //! crosses over just above 50% (sparse time grows linearly with density, dense stays
 //! ~25 ms); the batch-1 fc is a GEMV that sgemm runs far below bandwidth, so sparse
 //! wins even at 50%. Above 50% CSR also stops saving bytes (6 bytes per stored weight
-//! with u16 indices against 4 dense, i.e. smaller only below 67%), so both crossovers
-//! are set to 50%. `compress sparse` keeps a layer dense above its crossover unless
+//! with u16 indices against 4 dense, i.e. smaller only below 67%).
+//!
+//! Re-measured with the flat stride-1 kernel on all four ResNet-18 3x3 shapes, batch 1
+//! and 8 (benches/kernels.rs, table in docs/benchmarks.md, "Compressed kernels vs
+//! dense"): 1.3-3x faster than dense at 30% on every shape, 0.5-0.9x at 50% on most,
+//! so the conv crossover is 0.4 (`fast::run_node` runs the dense path on weights
+//! decoded once above it). The fc stays at 0.5: 3x at 50% at batch 1 (at batch 8 the
+//! SpMM already loses at 30%, 0.7x). `compress sparse` keeps a layer dense above its crossover unless
 //! told otherwise (`--all`, `--max-density`).
 
 use crate::graph::{Conv2d, Tensor};
@@ -46,7 +52,7 @@ const CHANNEL_BLOCK: usize = 4;
 const ROW_BLOCK: usize = 64;
 
 /// Density above which the dense conv kernel is faster than `sparse_conv`
-/// (3x3 conv 64->64 at 56x56, batch 1; measured, see module docs).
+/// (ResNet-18's 3x3 convs, batch 1 and 8; measured, see module docs).
 pub const CONV_CROSSOVER: f64 = 0.4;
 /// Density above which the dense fc kernel is faster than `sparse_linear`
 /// (fc 9216->4096, batch 1; measured, see module docs).
