@@ -6,9 +6,10 @@
 //! - Linear (`sparse_fc`): lanes = 64 output rows, each walking its own CSR row, one
 //!   workgroup row per batch item. (Linear used to run as a 1x1 conv over
 //!   `[batch, K, 1, 1]` with the batch on the lanes: at batch 1 one live lane in 64,
-//!   10.5 s for fc6 at 5% density on lavapipe against 2.5 s dense.) Column indices are widened to u32 on
-//! upload (WGSL has no u16 arrays), so GPU memory holds 4 + 4 bytes per stored weight
-//! plus the row pointers.
+//!   10.5 s for fc6 at 5% density on lavapipe against 2.5 s dense.)
+//!
+//! Column indices are widened to u32 on upload (WGSL has no u16 arrays), so GPU memory
+//! holds 4 + 4 bytes per stored weight plus the row pointers.
 //!
 //! Timings on lavapipe (a CPU) are in docs/benchmarks.md; no GPU was available.
 
