@@ -1,7 +1,6 @@
 // Sparse (CSR) convolution and fully connected layers (layout in src/weights/sparse.rs).
 //
-// sparse_conv: lanes = 64 consecutive output pixels p of the flattened [N, OH, OW]
-// (so a fc layer, run as a 1x1 conv over [N, K, 1, 1], puts the batch on the lanes);
+// sparse_conv: lanes = 64 consecutive output pixels p of the flattened [N, OH, OW];
 // workgroup (wid.x, wid.y) = (pixel block, output channel co). Every lane walks the
 // same CSR row co, so the row pointer, column and value loads are at workgroup-uniform
 // addresses (a broadcast on GPUs); the only per-lane load is the input value. The work
@@ -76,4 +75,28 @@ fn sparse_conv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     if (live) {
         y[(b * prm.cout + co) * plane + rem] = acc;
     }
+}
+
+// sparse_fc: y[b, r] = bias[r] + sum over row r's stored entries of vals[i] * x[b, cols[i]].
+// Lanes = 64 output rows (wid.x blocks), wid.y = batch item; x is [batch, K] with
+// K = prm.cin and the rows are prm.cout. Each lane walks its own CSR row, so the work
+// is nnz lane-iterations per batch item (the conv kernel's layout would leave 63 of 64
+// lanes idle at batch 1).
+@compute @workgroup_size(64)
+fn sparse_fc(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wid.x * 64u + lid;
+    if (r >= prm.cout) {
+        return;
+    }
+    let b = wid.y;
+    let base = b * prm.cin;
+    var acc = bias[r];
+    let end = row_ptr[r + 1u];
+    for (var i = row_ptr[r]; i < end; i = i + 1u) {
+        acc = acc + vals[i] * x[base + cols[i]];
+    }
+    if (prm.relu != 0u) {
+        acc = max(acc, 0.0);
+    }
+    y[b * prm.cout + r] = acc;
 }

@@ -487,3 +487,82 @@ fn gpu_sparse_kernels_match_reference() {
         }
     }
 }
+
+/// The stride-1 flat kernel, the row kernel and the dispatch (sparse below the
+/// crossover density, dense-decoded above it) all match the reference on random
+/// stride-1 shapes with odd sizes, padding, dilation, groups, batch 1 and 5 and
+/// densities from 1% to 100%.
+#[test]
+fn sparse_conv_paths_and_dispatch_match_reference() {
+    let mut rng = Rng::new(21);
+    let densities = [0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 1.0];
+    for case in 0..42 {
+        let density = densities[case % densities.len()];
+        let groups = [1, 1, 2, 3][rng.range(0, 3)];
+        let cin_g = rng.range(1, 7);
+        let cout = groups * rng.range(1, 7);
+        let (kh, kw) = ([1, 3, 5][rng.range(0, 2)], [1, 2, 3][rng.range(0, 2)]);
+        let dilation = if case % 5 == 2 { 2 } else { 1 };
+        let pads = [
+            rng.range(0, 2),
+            rng.range(0, 2),
+            rng.range(0, 2),
+            rng.range(0, 2),
+        ];
+        let h = rng.range(dilation * (kh - 1) + 1, dilation * (kh - 1) + 15);
+        let w = rng.range(dilation * (kw - 1) + 1, dilation * (kw - 1) + 71);
+        let n = [1, 5][case % 2];
+        let wt = sparse_tensor(&mut rng, vec![cout, cin_g, kh, kw], density);
+        let dense = Conv2d {
+            kernel: [kh, kw],
+            stride: [1, 1],
+            pads,
+            dilation: [dilation; 2],
+            groups,
+            weight: Weights::Dense(wt.clone()),
+            bias: (case % 3 != 2).then(|| rng.normal_tensor(vec![cout], 1.0)),
+        };
+        let s = SparseWeights::from_dense(wt.shape.clone(), &wt.data).expect("encodes");
+        let mut sparse = dense.clone();
+        sparse.weight = Weights::Sparse(s.clone());
+        let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
+        let want = reference::conv2d(&x, &dense);
+        let what = format!(
+            "case {case}: density {density} n{n} g{groups} cout{cout} k{kh}x{kw} d{dilation} p{pads:?} {h}x{w}"
+        );
+        check(&fast::sparse::sparse_conv(&x, &sparse), &want, &what);
+        check(
+            &fast::sparse::sparse_conv_rows(&x, &sparse, &s),
+            &want,
+            &format!("{what} rows"),
+        );
+        let node = cnnpack::graph::Node {
+            name: "c".into(),
+            op: Op::Conv(sparse),
+            inputs: vec!["x".into()],
+            output: "y".into(),
+        };
+        let got = fast::run_node(&node, &[&x]).expect("runs");
+        check(&got, &want, &format!("{what} dispatch"));
+    }
+}
+
+/// A 0-output-row / all-zero-row layer and a big K (u32 indices) through the SpMV.
+#[test]
+fn sparse_linear_wide_indices_and_empty_rows() {
+    let mut rng = Rng::new(22);
+    let k = 70_001;
+    for (n, density) in [(1, 0.001), (3, 0.002), (1, 0.0)] {
+        let wt = sparse_tensor(&mut rng, vec![9, k], density);
+        let s = SparseWeights::from_dense(wt.shape.clone(), &wt.data).expect("encodes");
+        assert!(s.wide());
+        let dense = Linear {
+            weight: Weights::Dense(wt.clone()),
+            bias: None,
+        };
+        let x = rng.normal_tensor(vec![n, k], 1.0);
+        let want = reference::linear(&x, &dense);
+        let got = fast::sparse::sparse_linear(&x, &s, None);
+        check(&got, &want, &format!("wide n{n} density {density}"));
+    }
+}

@@ -791,3 +791,79 @@ fn lenet5_sketch_sweep() {
         }
     }
 }
+
+/// The CPU fast path decodes a sketched or pow2 conv once per layer and reuses it
+/// (`fast::decoded`); results stay equal to the reference, a second identical layer
+/// at another address gets its own entry, and changed weights at the same address are
+/// never served from a stale entry.
+#[test]
+fn decoded_conv_cache_is_reused_and_never_stale() {
+    let mut rng = Rng::new(31);
+    let sk = random_sketch(&mut rng, vec![6, 5, 3, 3], 2, true);
+    let mut conv = Conv2d {
+        kernel: [3, 3],
+        stride: [2, 1],
+        pads: [1, 0, 1, 1],
+        dilation: [1, 1],
+        groups: 1,
+        weight: Weights::Sketch(sk),
+        bias: Some(rng.normal_tensor(vec![6], 1.0)),
+    };
+    let x = rng.normal_tensor(vec![2, 5, 9, 11], 1.0);
+    let run = |c: &Conv2d| {
+        let node = Node {
+            name: "c".into(),
+            op: Op::Conv(c.clone()),
+            inputs: vec!["x".into()],
+            output: "y".into(),
+        };
+        // The node owns a clone (another address): the cache validates by content.
+        cpu_fast::run_node(&node, &[&x]).expect("runs")
+    };
+    let want = reference_conv(&x, &conv);
+    assert_close(&run(&conv), &want, "first call");
+    assert_close(&run(&conv), &want, "second call");
+    let direct = cpu_fast::run_node(
+        &Node {
+            name: "c".into(),
+            op: Op::Conv(conv.clone()),
+            inputs: vec!["x".into()],
+            output: "y".into(),
+        },
+        &[&x],
+    )
+    .expect("runs");
+    assert_close(&direct, &want, "third call");
+    // Flip every bit in place (same address, same length): must not hit the old entry.
+    if let Weights::Sketch(s) = &mut conv.weight {
+        let (bits, _) = s.arrays_mut();
+        bits.iter_mut().for_each(|w| *w = !*w);
+        // Keep the padding bits clear as the encoding requires.
+        let k: usize = 5 * 9;
+        let wpr = k.div_ceil(32);
+        for row in bits.chunks_exact_mut(wpr) {
+            row[wpr - 1] &= (1u32 << (k % 32)) - 1;
+        }
+    }
+    let want2 = reference_conv(&x, &conv);
+    assert!(
+        want2.max_abs_diff(&want) > 1e-3,
+        "flipped bits change the output"
+    );
+    let node = Node {
+        name: "c".into(),
+        op: Op::Conv(conv.clone()),
+        inputs: vec!["x".into()],
+        output: "y".into(),
+    };
+    assert_close(
+        &cpu_fast::run_node(&node, &[&x]).expect("runs"),
+        &want2,
+        "after in-place change",
+    );
+    let (entries, bytes) = cpu_fast::decoded::stats();
+    assert!(
+        entries >= 1 && bytes >= 6 * 45 * 4,
+        "{entries} entries, {bytes} bytes"
+    );
+}

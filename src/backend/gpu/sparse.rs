@@ -1,15 +1,17 @@
 //! Sparse (CSR) Conv and Linear layers (shaders/sparse.wgsl) on the stored CSR arrays.
 //!
-//! One kernel, `sparse_conv`: lanes = 64 output pixels of one output channel, every
-//! lane walking that channel's CSR row (uniform-address loads), so the per-lane cost
-//! is one input load per stored weight. Linear runs as a 1x1 conv over
-//! `[batch, K, 1, 1]`, the batch on the lanes. Column indices are widened to u32 on
-//! upload (WGSL has no u16 arrays), so GPU memory holds 4 + 4 bytes per stored weight
-//! plus the row pointers.
+//! - Conv (`sparse_conv`): lanes = 64 output pixels of one output channel, every
+//!   lane walking that channel's CSR row (uniform-address loads), so the per-lane cost
+//!   is one input load per stored weight.
+//! - Linear (`sparse_fc`): lanes = 64 output rows, each walking its own CSR row, one
+//!   workgroup row per batch item. (Linear used to run as a 1x1 conv over
+//!   `[batch, K, 1, 1]` with the batch on the lanes: at batch 1 one live lane in 64,
+//!   10.5 s for fc6 at 5% density on lavapipe against 2.5 s dense.)
 //!
-//! Not tuned: on lavapipe (the only adapter here, a CPU) a batch-1 fc uses one live
-//! lane per workgroup; the CPU kernels (backend/cpu/fast/sparse.rs) are the fast path
-//! on this machine. No GPU was available to measure.
+//! Column indices are widened to u32 on upload (WGSL has no u16 arrays), so GPU memory
+//! holds 4 + 4 bytes per stored weight plus the row pointers.
+//!
+//! Timings on lavapipe (a CPU) are in docs/benchmarks.md; no GPU was available.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::model::StepIo;
@@ -36,6 +38,10 @@ fn kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("sparse", SOURCE, "sparse_conv", &LAYOUT)
 }
 
+fn fc_kernel(ctx: &GpuContext) -> Arc<Kernel> {
+    ctx.kernel("sparse", SOURCE, "sparse_fc", &LAYOUT)
+}
+
 /// A read-only storage buffer of u32 words (at least one word).
 fn upload_u32(ctx: &GpuContext, label: &str, data: &[u32]) -> wgpu::Buffer {
     let zero = [0u32];
@@ -56,6 +62,7 @@ fn dispatch(
     g: Geometry,
     w: &SparseWeights,
     bias: Option<&Tensor>,
+    fc: bool,
 ) -> Result<Vec<Dispatch>, GpuError> {
     let [batch, cin, h, wd, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups] = g;
     let cout = w.rows();
@@ -72,7 +79,12 @@ fn dispatch(
     let pixels = batch * oh * ow;
     let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
     let px_groups = pixels.div_ceil(64);
-    if px_groups > max || cout > max {
+    if fc && (cout.div_ceil(64) > max || batch > max) {
+        return Err(io.unsupported(format!(
+            "{cout} rows x batch {batch} exceed the {max} workgroups per dimension"
+        )));
+    }
+    if !fc && (px_groups > max || cout > max) {
         return Err(io.unsupported(format!(
             "{pixels} output pixels x {cout} channels exceed the {max} workgroups per dimension; use a smaller batch"
         )));
@@ -108,8 +120,16 @@ fn dispatch(
         pixels,
     ]
     .map(uw);
+    let (k, grid) = if fc {
+        (
+            fc_kernel(io.ctx),
+            [cout.div_ceil(64).max(1) as u32, batch as u32, 1],
+        )
+    } else {
+        (kernel(io.ctx), [px_groups.max(1) as u32, cout as u32, 1])
+    };
     Ok(vec![io.ctx.dispatch(
-        &kernel(io.ctx),
+        &k,
         label,
         &[
             io.inputs[0].0.clone(),
@@ -120,7 +140,7 @@ fn dispatch(
             io.output.0.clone(),
         ],
         &params,
-        [px_groups.max(1) as u32, cout as u32, 1],
+        grid,
     )])
 }
 
@@ -153,11 +173,12 @@ pub(crate) fn encode_conv(
         ],
         w,
         c.bias.as_ref(),
+        false,
     )
 }
 
-/// Records a sparse Linear (`l.weight` must be `Weights::Sparse(w)`): a 1x1 conv over
-/// `[batch, K, 1, 1]`.
+/// Records a sparse Linear (`l.weight` must be `Weights::Sparse(w)`) with `sparse_fc`:
+/// lanes = output rows, one workgroup row per batch item.
 pub(crate) fn encode_linear(
     io: &StepIo,
     l: &Linear,
@@ -169,5 +190,6 @@ pub(crate) fn encode_linear(
         [batch, w.row_len(), 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1],
         w,
         l.bias.as_ref(),
+        true,
     )
 }

@@ -2,6 +2,7 @@
 //! Ops without a fast kernel here run their reference kernel, which is already
 //! memory-bound-cheap for them (element-wise, layout).
 
+pub mod decoded;
 mod dense;
 mod pool;
 pub mod pow2;
@@ -12,35 +13,32 @@ pub use dense::{conv2d, linear};
 pub use pool::{avg_pool, max_pool};
 
 use super::{reference, CpuError};
-use crate::graph::{Conv2d, Graph, Linear, Node, Op, Tensor};
+use crate::graph::{Graph, Linear, Node, Op, Tensor};
 use crate::weights::Weights;
 
 /// Runs one node with the fastest CPU kernel for its op and weight encoding.
 pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
     match (&node.op, inputs.first()) {
-        // Sketched conv on the CPU: the bits are expanded to f32 (K x Cout x m adds, small
-        // next to the conv) and run through sgemm. Measured on this project's 2-core x86
-        // machine: the bit-masked kernel (`sketch::sketch_conv`) took 16.7 ms for a 3x3
-        // 64->64 conv at 28x28 with m = 3 against ~2 ms for sgemm, and sketched SqueezeNet
-        // evaluated at ~1 image/s against ~4 for dense. Batch-1 fc is memory-bound and
-        // keeps the additions-only kernel below.
-        (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Sketch(_)) => {
-            // Only the weights change; the bits are not cloned on the way.
-            let dense = Conv2d {
-                kernel: c.kernel,
-                stride: c.stride,
-                pads: c.pads,
-                dilation: c.dilation,
-                groups: c.groups,
-                weight: Weights::Dense(c.weight.to_dense().into_owned()),
-                bias: c.bias.clone(),
-            };
-            Ok(conv2d(x, &dense))
+        // Sketched and pow2 convs on the CPU run the dense im2col + sgemm path on weights
+        // decoded once per loaded layer (`decoded`): on this project's 2-core x86 machine
+        // sgemm beat every bit and code kernel measured for conv (the bit-masked
+        // `sketch::sketch_conv` took 16.7 ms for a 3x3 64->64 conv at 28x28 with m = 3
+        // against ~2 ms for sgemm; benches/kernels.rs and docs/benchmarks.md have the
+        // full tables), and decoding on every call made a sketched ResNet-18 3.7x slower
+        // than dense at batch 1. Batch-1 fc is memory-bound and keeps the compressed
+        // kernels below.
+        (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Sketch(_) | Weights::Pow2(_)) => {
+            Ok(conv2d(x, &decoded::dense_conv(c)))
         }
-        (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Sparse(_)) => {
-            Ok(sparse::sparse_conv(x, c))
-        }
-        (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Pow2(_)) => Ok(pow2::pow2_conv(x, c)),
+        // Sparse conv: the CSR kernel below the measured crossover density, the dense
+        // path (decoded once) above it.
+        (Op::Conv(c), Some(x)) => match &c.weight {
+            Weights::Sparse(w) if w.density() > sparse::CONV_CROSSOVER => {
+                Ok(conv2d(x, &decoded::dense_conv(c)))
+            }
+            Weights::Sparse(_) => Ok(sparse::sparse_conv(x, c)),
+            _ => Ok(conv2d(x, c)),
+        },
         (
             Op::Linear(Linear {
                 weight: Weights::Sketch(w),
@@ -62,7 +60,6 @@ pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
             }),
             Some(x),
         ) => Ok(pow2::pow2_linear(x, w, bias.as_ref())),
-        (Op::Conv(c), Some(x)) => Ok(conv2d(x, c)),
         (Op::Linear(l), Some(x)) => Ok(linear(x, l)),
         (Op::MaxPool(p), Some(x)) => Ok(max_pool(x, p)),
         (Op::AvgPool(p), Some(x)) => Ok(avg_pool(x, p)),

@@ -1,14 +1,18 @@
 //! Sparse (CSR) conv and fc on the CPU; the layout is in `weights/sparse.rs`.
 //!
-//! - Conv: direct, no im2col. Each task owns a block of output channels of one image;
-//!   for every stored weight `(k, v)` of a channel it decodes `(ci, ky, kx)` once and
-//!   adds `v · x[ci]` shifted by `(ky, kx)` to the output plane, row by row, over the
-//!   output columns whose input column lies inside the image (computed, not tested per
-//!   element). With stride 1 the inner loop is a contiguous axpy the compiler
-//!   vectorises. Work is `nnz · OH · OW` multiply-adds per image, so it beats the dense
+//! - Conv, stride 1 (`sparse_conv_flat`): direct, no im2col, on the zero-padded input
+//!   viewed as one flat array per (image, group), where every stored weight is one
+//!   contiguous axpy over a tile of 64 flat output positions held in registers (AVX2 +
+//!   FMA where available); tasks are blocks of up to 8 output channels, tiles outer, so
+//!   the input rows a tile reads stay in cache across the block's channels.
+//! - Conv, other strides (`sparse_conv_rows`): each task owns a block of output channels
+//!   of one image; for every stored weight `(k, v)` of a channel it decodes `(ci, ky, kx)`
+//!   once and adds `v · x[ci]` shifted by `(ky, kx)` to the output plane, row by row,
+//!   over the output columns whose input column lies inside the image.
+//!   Work is `nnz · OH · OW` multiply-adds per image either way, so they beat the dense
 //!   im2col + sgemm path only below a crossover density (see below).
 //! - Fc: SpMV at batch 1 (rows in parallel, one dot product of the stored entries with
-//!   the gathered inputs); SpMM for batch > 1 on the transposed input `[K][N]`, so
+//!   the gathered inputs, four accumulators, index width matched once per layer); SpMM for batch > 1 on the transposed input `[K][N]`, so
 //!   each stored weight updates N contiguous accumulators.
 //!
 //! Crossover (where dense becomes faster), measured by the `#[ignore]` test
@@ -28,12 +32,18 @@
 //! crosses over just above 50% (sparse time grows linearly with density, dense stays
 //! ~25 ms); the batch-1 fc is a GEMV that sgemm runs far below bandwidth, so sparse
 //! wins even at 50%. Above 50% CSR also stops saving bytes (6 bytes per stored weight
-//! with u16 indices against 4 dense, i.e. smaller only below 67%), so both crossovers
-//! are set to 50%. `compress sparse` keeps a layer dense above its crossover unless
+//! with u16 indices against 4 dense, i.e. smaller only below 67%).
+//!
+//! Re-measured with the flat stride-1 kernel on all four ResNet-18 3x3 shapes, batch 1
+//! and 8 (benches/kernels.rs, table in docs/benchmarks.md, "Compressed kernels vs
+//! dense"): 1.3-3x faster than dense at 30% on every shape, 0.5-0.9x at 50% on most,
+//! so the conv crossover is 0.4 (`fast::run_node` runs the dense path on weights
+//! decoded once above it). The fc stays at 0.5: 3x at 50% at batch 1 (at batch 8 the
+//! SpMM already loses at 30%, 0.7x). `compress sparse` keeps a layer dense above its crossover unless
 //! told otherwise (`--all`, `--max-density`).
 
 use crate::graph::{Conv2d, Tensor};
-use crate::weights::{SparseWeights, Weights};
+use crate::weights::{Cols, SparseWeights, Weights};
 use rayon::prelude::*;
 
 /// Output channels per conv task.
@@ -42,8 +52,8 @@ const CHANNEL_BLOCK: usize = 4;
 const ROW_BLOCK: usize = 64;
 
 /// Density above which the dense conv kernel is faster than `sparse_conv`
-/// (3x3 conv 64->64 at 56x56, batch 1; measured, see module docs).
-pub const CONV_CROSSOVER: f64 = 0.5;
+/// (ResNet-18's 3x3 convs, batch 1 and 8; measured, see module docs).
+pub const CONV_CROSSOVER: f64 = 0.4;
 /// Density above which the dense fc kernel is faster than `sparse_linear`
 /// (fc 9216->4096, batch 1; measured, see module docs).
 pub const FC_CROSSOVER: f64 = 0.5;
@@ -55,6 +65,15 @@ pub fn sparse_conv(x: &Tensor, conv: &Conv2d) -> Tensor {
     let Weights::Sparse(w) = &conv.weight else {
         return super::conv2d(x, conv);
     };
+    if conv.stride == [1, 1] {
+        return sparse_conv_flat(x, conv, w);
+    }
+    sparse_conv_rows(x, conv, w)
+}
+
+/// The row-by-row kernel of `sparse_conv` (any stride): per stored weight, an axpy of
+/// the shifted input rows into the output plane.
+pub fn sparse_conv_rows(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     let (n, cin, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let shape = w.shape();
     let (cout, cin_g, kh, kw) = (shape[0], shape[1], shape[2], shape[3]);
@@ -145,17 +164,19 @@ pub fn sparse_linear(x: &Tensor, w: &SparseWeights, bias: Option<&Tensor>) -> Te
     let values = w.values();
     let b = bias.map(|t| t.data.as_slice());
     if n == 1 {
-        // SpMV: gather x at the stored columns.
+        // SpMV: gather x at the stored columns (index width matched once per layer).
         y.data
             .par_chunks_mut(ROW_BLOCK)
             .enumerate()
             .for_each(|(t, out)| {
                 for (j, o) in out.iter_mut().enumerate() {
                     let r = t * ROW_BLOCK + j;
-                    let mut acc = 0f32;
-                    for i in w.row_range(r) {
-                        acc += values[i] * x.data[cols.get(i)];
-                    }
+                    let range = w.row_range(r);
+                    let vals = &values[range.clone()];
+                    let acc = match cols {
+                        Cols::U16(c) => gather_dot(vals, &c[range], &x.data),
+                        Cols::U32(c) => gather_dot(vals, &c[range], &x.data),
+                    };
                     *o = acc + b.map_or(0.0, |bb| bb[r]);
                 }
             });
@@ -197,4 +218,192 @@ pub fn sparse_linear(x: &Tensor, w: &SparseWeights, bias: Option<&Tensor>) -> Te
         }
     }
     y
+}
+
+/// `Σ_i vals[i] · x[idx[i]]` with four independent accumulators (the adds of one chain
+/// would wait on each other).
+#[inline]
+fn gather_dot<I: Copy + Into<u32>>(vals: &[f32], idx: &[I], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 4];
+    let (vc, vr) = vals.split_at(vals.len() / 4 * 4);
+    let (ic, ir) = idx.split_at(vc.len());
+    for (v, i) in vc.chunks_exact(4).zip(ic.chunks_exact(4)) {
+        for t in 0..4 {
+            acc[t] += v[t] * x[i[t].into() as usize];
+        }
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (v, i) in vr.iter().zip(ir) {
+        s += v * x[(*i).into() as usize];
+    }
+    s
+}
+
+/// Output positions per tile of the flat kernel (8 AVX registers of accumulators).
+const FLAT_TILE: usize = 64;
+/// Most output channels per task of the flat kernel (a divisor of Cout is used).
+const FLAT_CHANNELS: usize = 8;
+
+/// Stride-1 sparse conv on the zero-padded input viewed as one flat array per
+/// (image, group): with `Wp` the padded width, output `(oy, ox)` is flat position
+/// `q = oy·Wp + ox`, and the stored weight `(ci, ky, kx)` reads input `q + off` with
+/// `off = (ci·Hp + ky·dh)·Wp + kx·dw`. So every stored weight is one contiguous axpy
+/// over a tile of flat positions, accumulated in registers across all the channel's
+/// stored weights (one load and one multiply-add per weight and position, no stores
+/// until the tile is done). The `Wp − OW` positions per row past the output width are
+/// computed and dropped (2 of 58 at 56x56 with 3x3, 2 of 9 at 7x7).
+fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
+    let (n, cin, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let shape = w.shape();
+    let (cout, cin_g, kh, kw) = (shape[0], shape[1], shape[2], shape[3]);
+    let groups = conv.groups.max(1);
+    let [oh, ow] = conv
+        .output_hw(h, wd)
+        .expect("shape inference checked the window fits");
+    let cout_g = cout / groups;
+    let [dh, dw] = conv.dilation;
+    let [pt, pl, pb, pr] = conv.pads;
+    let (hp, wp) = (h + pt + pb, wd + pl + pr);
+    let flat_out = oh * wp;
+    let tiles = flat_out.div_ceil(FLAT_TILE);
+    // Room for the last tile's overrun past the last row plus the largest offset's
+    // column shift.
+    let plane_len = cin_g * hp * wp + tiles * FLAT_TILE - flat_out + (kw - 1) * dw + wp;
+    let mut y = Tensor::zeros(vec![n, cout, oh, ow]);
+    if n == 0 || cout == 0 || oh * ow == 0 {
+        return y;
+    }
+    // Padded inputs, one flat array per (image, group).
+    let padded: Vec<Vec<f32>> = (0..n * groups)
+        .into_par_iter()
+        .map(|ng| {
+            let (b, g) = (ng / groups, ng % groups);
+            let mut p = vec![0f32; plane_len];
+            for ci in 0..cin_g {
+                let src = &x.data[(b * cin + g * cin_g + ci) * h * wd..][..h * wd];
+                for (iy, row) in src.chunks_exact(wd.max(1)).enumerate() {
+                    let dst = (ci * hp + iy + pt) * wp + pl;
+                    p[dst..dst + wd].copy_from_slice(row);
+                }
+            }
+            p
+        })
+        .collect();
+    // Flat offset of every K index (no division per stored weight: a layer can have
+    // millions), then of every stored weight, in CSR order.
+    let mut off_of_k = Vec::with_capacity(cin_g * kh * kw);
+    for ci in 0..cin_g {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                off_of_k.push(((ci * hp + ky * dh) * wp + kx * dw) as u32);
+            }
+        }
+    }
+    let offs: Vec<u32> = match w.cols() {
+        Cols::U16(c) => c.par_iter().map(|&k| off_of_k[k as usize]).collect(),
+        Cols::U32(c) => c.par_iter().map(|&k| off_of_k[k as usize]).collect(),
+    };
+    let values = w.values();
+    let bias = conv.bias.as_ref().map(|b| b.data.as_slice());
+    let avx2 = has_avx2_fma();
+    let plane = oh * ow;
+    // Tasks of FLAT_CHANNELS output channels of one image (never across images, so
+    // every task's channels share one padded input); tiles outer, channels inner, so
+    // the input rows a tile reads (all input channels, kh rows) stay in cache for every
+    // channel of the block instead of each channel streaming the whole padded input.
+    let block = (1..=FLAT_CHANNELS.min(cout))
+        .rev()
+        .find(|b| cout % b == 0)
+        .unwrap_or(1);
+    y.data
+        .par_chunks_mut(plane * block)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let first = task * block;
+            let mut acc = [0f32; FLAT_TILE];
+            for t in 0..tiles {
+                let q0 = t * FLAT_TILE;
+                for (j, o) in out.chunks_exact_mut(plane).enumerate() {
+                    let idx = first + j;
+                    let (b, co) = (idx / cout, idx % cout);
+                    let xp = &padded[b * groups + co / cout_g];
+                    let range = w.row_range(co);
+                    tile_axpy(&mut acc, xp, q0, &values[range.clone()], &offs[range], avx2);
+                    let bv = bias.map_or(0.0, |bb| bb[co]);
+                    // Flat positions q0.. back to (oy, ox), dropping ox >= OW.
+                    let (mut oy, mut ox) = (q0 / wp, q0 % wp);
+                    for &v in acc.iter().take(flat_out.saturating_sub(q0)) {
+                        if ox < ow {
+                            o[oy * ow + ox] = v + bv;
+                        }
+                        ox += 1;
+                        if ox == wp {
+                            ox = 0;
+                            oy += 1;
+                        }
+                    }
+                }
+            }
+        });
+    y
+}
+
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `acc[t] = Σ_i vals[i] · xp[q0 + offs[i] + t]` for `t < FLAT_TILE`.
+#[inline]
+fn tile_axpy(
+    acc: &mut [f32; FLAT_TILE],
+    xp: &[f32],
+    q0: usize,
+    vals: &[f32],
+    offs: &[u32],
+    avx2: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: AVX2 and FMA support were detected by the caller; `tile_avx2` checks
+        // every slice bound like the portable loop.
+        return unsafe { tile_avx2(acc, xp, q0, vals, offs) };
+    }
+    let _ = avx2;
+    acc.fill(0.0);
+    for (&v, &off) in vals.iter().zip(offs) {
+        let src: &[f32; FLAT_TILE] = xp[q0 + off as usize..][..FLAT_TILE]
+            .try_into()
+            .expect("slice is FLAT_TILE long");
+        for (a, s) in acc.iter_mut().zip(src) {
+            *a += v * s;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn tile_avx2(acc: &mut [f32; FLAT_TILE], xp: &[f32], q0: usize, vals: &[f32], offs: &[u32]) {
+    use std::arch::x86_64::*;
+    let mut r = [_mm256_setzero_ps(); FLAT_TILE / 8];
+    for (&v, &off) in vals.iter().zip(offs) {
+        let src = &xp[q0 + off as usize..][..FLAT_TILE];
+        let vv = _mm256_set1_ps(v);
+        for (i, ri) in r.iter_mut().enumerate() {
+            // SAFETY: `src` has FLAT_TILE elements (bounds-checked slice above), so the
+            // 8 lanes at 8·i are in it; unaligned loads are allowed.
+            let xv = unsafe { _mm256_loadu_ps(src.as_ptr().add(8 * i)) };
+            *ri = _mm256_fmadd_ps(vv, xv, *ri);
+        }
+    }
+    for (i, ri) in r.iter().enumerate() {
+        // SAFETY: `acc` has FLAT_TILE elements.
+        unsafe { _mm256_storeu_ps(acc.as_mut_ptr().add(8 * i), *ri) };
+    }
 }
