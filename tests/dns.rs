@@ -475,7 +475,12 @@ fn gpu_sparse_kernels_match_reference() {
         for n in [1, 5] {
             let xb = rng.normal_tensor(vec![n, cin, side, side], 1.0);
             let want = reference::run_graph(&g, &xb).unwrap().remove(0);
-            let model = GpuModel::new(ctx.clone(), &sg, n).expect("gpu model");
+            // The CSR kernels themselves: `Auto` would decode convs on lavapipe.
+            let native = cnnpack::backend::gpu::GpuOptions {
+                compressed_conv: cnnpack::backend::gpu::CompressedConv::Native,
+                ..Default::default()
+            };
+            let model = GpuModel::with_options(ctx.clone(), &sg, n, native).expect("gpu model");
             let got = model.run(&xb).expect("gpu run").remove(0);
             check(
                 &got,

@@ -12,7 +12,7 @@
 //! CNNPACK_REQUIRE_GPU=1.
 
 use cnnpack::backend::cpu::{fast, reference};
-use cnnpack::backend::gpu::{GpuContext, GpuModel, GpuOptions};
+use cnnpack::backend::gpu::{CompressedConv, GpuContext, GpuModel, GpuOptions};
 use cnnpack::compress::sketch::{sketch_graph, SketchOptions};
 use cnnpack::graph::{Conv2d, Graph, GraphBuilder, Linear, Op, Rng, Tensor};
 use cnnpack::weights::{SketchWeights, Weights};
@@ -240,7 +240,10 @@ fn sketch_conv_matches_reference() {
                     &format!("conv case {i} m={m}"),
                     &g,
                     batch,
-                    GpuOptions::default(),
+                    GpuOptions {
+                        compressed_conv: CompressedConv::Native,
+                        ..GpuOptions::default()
+                    },
                 );
             }
         }
@@ -280,7 +283,10 @@ fn sketch_linear_matches_reference() {
                     &format!("linear {k}->{out} m={m}"),
                     &g,
                     batch,
-                    GpuOptions::default(),
+                    GpuOptions {
+                        compressed_conv: CompressedConv::Native,
+                        ..GpuOptions::default()
+                    },
                 );
             }
         }
@@ -301,7 +307,10 @@ fn sketch_many_bases() {
                 &format!("linear m={m}"),
                 &g,
                 batch,
-                GpuOptions::default(),
+                GpuOptions {
+                    compressed_conv: CompressedConv::Native,
+                    ..GpuOptions::default()
+                },
             );
         }
         let c = &conv_cases()[1];
@@ -311,7 +320,10 @@ fn sketch_many_bases() {
             &format!("conv case 1 m={m}"),
             &g,
             2,
-            GpuOptions::default(),
+            GpuOptions {
+                compressed_conv: CompressedConv::Native,
+                ..GpuOptions::default()
+            },
         );
     }
 }
@@ -323,7 +335,16 @@ fn sketch_linear_wide_input() {
     let mut rng = Rng::new(13);
     let g = linear_graph(16384 + 45, 9, 2, true, true, &mut rng);
     for batch in [1, 3] {
-        check(&ctx, "linear 16429->9", &g, batch, GpuOptions::default());
+        check(
+            &ctx,
+            "linear 16429->9",
+            &g,
+            batch,
+            GpuOptions {
+                compressed_conv: CompressedConv::Native,
+                ..GpuOptions::default()
+            },
+        );
     }
 }
 
@@ -335,7 +356,10 @@ fn sketch_split_bindings() {
     let mut rng = Rng::new(14);
     let options = GpuOptions {
         max_binding_bytes: Some(256),
-        ..GpuOptions::default()
+        ..GpuOptions {
+            compressed_conv: CompressedConv::Native,
+            ..GpuOptions::default()
+        }
     };
     let cases = conv_cases();
     for (i, c) in cases.iter().enumerate() {

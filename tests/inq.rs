@@ -523,7 +523,7 @@ fn pow2_conv_matches_reference() {
 
 mod gpu {
     use super::*;
-    use cnnpack::backend::gpu::{GpuContext, GpuModel, GpuOptions};
+    use cnnpack::backend::gpu::{CompressedConv, GpuContext, GpuModel, GpuOptions};
     use cnnpack::graph::GraphBuilder;
     use std::sync::{Arc, OnceLock};
 
@@ -624,7 +624,16 @@ mod gpu {
             let g = b.finish(&[&y]).expect("graph");
             let what = format!("conv case {case}: b{bits} g{groups} k{kk} s{stride} {h}x{w}");
             for batch in [1, 5] {
-                run_check(&ctx, &what, &g, batch, GpuOptions::default());
+                run_check(
+                    &ctx,
+                    &what,
+                    &g,
+                    batch,
+                    GpuOptions {
+                        compressed_conv: CompressedConv::Native,
+                        ..GpuOptions::default()
+                    },
+                );
             }
         }
     }
@@ -647,12 +656,24 @@ mod gpu {
             let g = b.finish(&[&y]).expect("graph");
             let what = format!("fc case {case}: b{bits} k{k} o{o}");
             for batch in [1, 5] {
-                run_check(&ctx, &what, &g, batch, GpuOptions::default());
+                run_check(
+                    &ctx,
+                    &what,
+                    &g,
+                    batch,
+                    GpuOptions {
+                        compressed_conv: CompressedConv::Native,
+                        ..GpuOptions::default()
+                    },
+                );
             }
             // Row chunks: a binding cap of a few rows' codes.
             let opts = GpuOptions {
                 max_binding_bytes: Some(256),
-                ..GpuOptions::default()
+                ..GpuOptions {
+                    compressed_conv: CompressedConv::Native,
+                    ..GpuOptions::default()
+                }
             };
             run_check(&ctx, &format!("{what} chunked"), &g, 2, opts);
         }

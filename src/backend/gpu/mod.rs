@@ -22,7 +22,7 @@ pub mod train;
 
 pub use context::GpuContext;
 pub use conv::ConvKernel;
-pub use model::{GpuModel, GpuOptions, StepTimes};
+pub use model::{CompressedConv, GpuModel, GpuOptions, StepTimes};
 
 use crate::graph::GraphError;
 

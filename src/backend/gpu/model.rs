@@ -22,6 +22,41 @@ pub struct GpuOptions {
     pub fuse_relu: bool,
     /// Dense conv kernel choice (tests force each one).
     pub conv_kernel: ConvKernel,
+    /// How convs with compressed weights run (tests force `Native`).
+    pub compressed_conv: CompressedConv,
+}
+
+/// How a conv layer with sketch, pow2 or sparse weights runs on the GPU.
+///
+/// A conv reuses every weight across all output pixels, so it is compute-bound and the
+/// compressed encoding saves file and upload bytes but not necessarily time. On lavapipe
+/// (docs/benchmarks.md, "Compressed kernels vs dense") the pow2 conv ran at 0.03-0.04x and
+/// the sparse conv at 0.12-0.14x (30% density) of the dense conv, and sketch convs with
+/// m = 4 at 0.6-0.8x; there the weights are decoded once at upload instead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CompressedConv {
+    /// On CPU adapters (lavapipe): decode pow2 and sparse convs, and sketch convs with
+    /// more than 2 bases, to dense f32 once at upload (the dense conv kernel runs them).
+    /// On GPUs: the compressed kernels (no real GPU has measured the crossover yet).
+    #[default]
+    Auto,
+    /// Always the compressed kernels (bit-plane sketch, pow2 decode, CSR sparse).
+    Native,
+    /// Always decode to dense f32 at upload.
+    Decoded,
+}
+
+impl CompressedConv {
+    /// Whether the conv with these weights runs on dense f32 decoded at upload.
+    fn decodes(self, weight: &Weights, software: bool) -> bool {
+        match (self, weight) {
+            (_, Weights::Dense(_)) => false,
+            (CompressedConv::Native, _) => false,
+            (CompressedConv::Decoded, _) => true,
+            (CompressedConv::Auto, Weights::Sketch(w)) => software && w.bases() > 2,
+            (CompressedConv::Auto, _) => software,
+        }
+    }
 }
 
 impl Default for GpuOptions {
@@ -30,6 +65,7 @@ impl Default for GpuOptions {
             max_binding_bytes: None,
             fuse_relu: true,
             conv_kernel: ConvKernel::Auto,
+            compressed_conv: CompressedConv::Auto,
         }
     }
 }
@@ -50,6 +86,8 @@ pub(crate) struct StepIo<'a> {
     pub(crate) max_binding: u64,
     /// Dense conv kernel choice.
     pub(crate) conv_kernel: ConvKernel,
+    /// Compressed conv choice.
+    pub(crate) compressed_conv: CompressedConv,
 }
 
 impl StepIo<'_> {
@@ -247,6 +285,7 @@ impl GpuModel {
                 output: value(&step.output)?,
                 max_binding,
                 conv_kernel: options.conv_kernel,
+                compressed_conv: options.compressed_conv,
             };
             let dispatches = scoped(&ctx, &step.name, || encode(&io))?;
             steps.push(StepKernels {
@@ -630,7 +669,10 @@ fn read_back(
 /// Records the launches of one step with the family's host code.
 fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
     match &io.node.op {
-        // Sketched layers run on their packed bits (gpusketch branch).
+        // `conv::encode` decodes compressed weights to dense f32 once, at upload.
+        Op::Conv(c) if io.compressed_conv.decodes(&c.weight, io.ctx.is_software()) => {
+            conv::encode(io, c)
+        }
         Op::Conv(c) => match &c.weight {
             Weights::Sketch(w) => sketch::encode_conv(io, c, w),
             Weights::Sparse(w) => sparse::encode_conv(io, c, w),

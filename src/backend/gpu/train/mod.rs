@@ -22,7 +22,7 @@ mod kernels;
 
 use super::context::{Bind, Dispatch, GpuContext};
 use super::conv::{dispatch_geometry, ConvKernel, Geometry};
-use super::model::{scoped, StepIo};
+use super::model::{scoped, CompressedConv, StepIo};
 use super::{copy, eltwise, lrn, pool, GpuError};
 use crate::graph::{Graph, Node, Op, Tensor};
 use crate::train::{loss_target, BnMode, Grads, LossTarget, Masks, ParamGrad, TrainError};
@@ -1064,6 +1064,7 @@ impl GpuTrainer {
             output: (act(&node.output)?, shape(&node.output)),
             max_binding: ctx.max_binding_bytes(),
             conv_kernel: ConvKernel::Tiled,
+            compressed_conv: CompressedConv::Native,
         };
         match (&node.op, self.layers.get(&i)) {
             (
