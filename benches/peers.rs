@@ -14,11 +14,14 @@
 //!   `target/peers`); `benches/peers.sh` points ONNX Runtime at the same files;
 //! - `CNNPACK_PEERS_MODELS` (default `squeezenet,resnet18,alexnet`),
 //!   `CNNPACK_PEERS_ENGINES` (default `tract,cnnpack-cpu,cnnpack-gpu`),
-//!   `CNNPACK_PEERS_BATCH` (default `1,8`), `CNNPACK_THREADS` (default: all cores),
+//!   `CNNPACK_PEERS_BATCH` (default `1,8`), `CNNPACK_PEERS_GPU_BATCH` (batch sizes of the
+//!   `cnnpack-gpu` rows, default `CNNPACK_PEERS_BATCH`: on lavapipe a ResNet-18 batch of 8
+//!   takes ~25 s, so a criterion row of 11 runs takes minutes),
+//!   `CNNPACK_THREADS` (default: all cores),
 //!   `CNNPACK_PEERS_SECONDS` (criterion measurement time per row, default 10; criterion
 //!   still takes at least 10 samples, so a row lasts at least 10 runs).
 //!
-//! Run: `cargo bench --bench peers` (or `benches/peers.sh`, which adds ONNX Runtime and
+//! Run: `cargo bench --bench peers --features peers` (or `benches/peers.sh`, which adds ONNX Runtime and
 //! prints the table).
 
 use cnnpack::engine::{DeviceKind, Engine};
@@ -99,6 +102,14 @@ fn peers(c: &mut Criterion) {
         .iter()
         .map(|b| b.parse().expect("CNNPACK_PEERS_BATCH holds batch sizes"))
         .collect();
+    let gpu_batches: Vec<usize> = std::env::var("CNNPACK_PEERS_GPU_BATCH")
+        .map(|s| {
+            s.split(',')
+                .filter(|b| !b.trim().is_empty())
+                .map(|b| b.trim().parse().expect("CNNPACK_PEERS_GPU_BATCH holds batch sizes"))
+                .collect()
+        })
+        .unwrap_or_else(|_| batches.clone());
     let seconds: u64 = std::env::var("CNNPACK_PEERS_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -131,7 +142,12 @@ fn peers(c: &mut Criterion) {
                 }
                 other => panic!("unknown engine '{other}' in CNNPACK_PEERS_ENGINES"),
             };
-            for &batch in &batches {
+            let engine_batches = if engine == "cnnpack-gpu" {
+                &gpu_batches
+            } else {
+                &batches
+            };
+            for &batch in engine_batches {
                 let mut shape = vec![batch];
                 shape.extend(&graph.input.item_shape);
                 let x = Rng::new(0).normal_tensor(shape.clone(), 1.0);

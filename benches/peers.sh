@@ -5,7 +5,7 @@
 # note when it is not installed), then tract, cnnpack CPU and cnnpack GPU
 # (benches/peers.rs, one criterion run). Usage: benches/peers.sh [OUT_DIR]
 # Env: CNNPACK_DATA, CNNPACK_THREADS (default: nproc), CNNPACK_PEERS_ENGINES,
-# CNNPACK_PEERS_BATCH, CNNPACK_PEERS_SECONDS (see benches/peers.rs).
+# CNNPACK_PEERS_BATCH, CNNPACK_PEERS_GPU_BATCH, CNNPACK_PEERS_SECONDS (see benches/peers.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench-out/peers}
@@ -22,7 +22,7 @@ squeeze="$D/imagenet/squeezenet1.0/squeezenet1.0.onnx"
 python3 benches/ort_bench.py --threads "$threads" --batch "$batch" --json "$out/ort.json" \
     squeezenet="$squeeze" resnet18="$out/resnet18.onnx" alexnet="$out/alexnet.onnx" | tee "$out/ort.txt"
 CNNPACK_DATA="$D" CNNPACK_PEERS_DIR="$out" CNNPACK_THREADS="$threads" CNNPACK_PEERS_BATCH="$batch" \
-    cargo bench --bench peers -- --noplot 2>&1 | tee "$out/peers.txt"
+    cargo bench --bench peers --features peers -- --noplot 2>&1 | tee "$out/peers.txt"
 uptime | tee -a "$out/load.txt"
 gpu=$(grep -m1 'cnnpack-gpu adapter:' "$out/peers.txt" | sed 's/.*adapter: //' || true)
 python3 benches/peers_table.py --criterion target/criterion --ort "$out/ort.json" \

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub struct LayerSpeedup {
     /// Step name in the compressed model (fused steps are `node+relu`).
     pub name: String,
-    /// Op kind.
+    /// Op kind as `layer_stats` names it (`Conv`, `Linear`, `MaxPool`, ...).
     pub op: String,
     /// Weight encoding in the baseline (usually `dense`).
     pub base_encoding: String,
@@ -95,8 +95,8 @@ pub fn compare(base: &ModelBench, model: &ModelBench) -> Comparison {
         base_weight_bytes: base.weight_bytes,
         weight_bytes: model.weight_bytes,
         bytes_ratio: model.weight_bytes as f64 / base.weight_bytes.max(1) as f64,
-        conv_speedup: op_speedup("conv"),
-        fc_speedup: op_speedup("linear"),
+        conv_speedup: op_speedup("Conv"),
+        fc_speedup: op_speedup("Linear"),
         layers,
     }
 }
@@ -142,16 +142,16 @@ mod tests {
         let base = bench(
             10.0,
             1000,
-            &[("c1+relu", "conv", 4.0), ("fc", "linear", 6.0)],
+            &[("c1+relu", "Conv", 4.0), ("fc", "Linear", 6.0)],
         );
         // The compressed model's conv is not fused: matched by its node name.
         let comp = bench(
             5.0,
             100,
             &[
-                ("c1", "conv", 2.0),
-                ("fc", "linear", 1.5),
-                ("x", "conv", 9.0),
+                ("c1", "Conv", 2.0),
+                ("fc", "Linear", 1.5),
+                ("x", "Conv", 9.0),
             ],
         );
         let c = compare(&base, &comp);

@@ -86,12 +86,12 @@ pub fn roofline_svg(
             roof.gflops, roof.gbps
         ))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
-    for (i, op) in ["conv", "linear", "other"].iter().enumerate() {
+    for (i, op) in ["Conv", "Linear", "other"].iter().enumerate() {
         let colour = PALETTE[i];
         let of_op: Vec<(f64, f64)> = pts
             .iter()
             .filter(|(l, _, _)| match *op {
-                "other" => l.op != "conv" && l.op != "linear",
+                "other" => l.op != "Conv" && l.op != "Linear",
                 op => l.op == op,
             })
             .map(|&(_, x, y)| (x, y))
@@ -260,9 +260,9 @@ mod tests {
             "test roofline",
             roof,
             &[
-                layer("c1", "conv", 1_000_000_000, 10_000_000, 40.0),
-                layer("fc", "linear", 10_000_000, 20_000_000, 5.0),
-                layer("pool", "maxpool", 1000, 4000, 0.0),
+                layer("c1", "Conv", 1_000_000_000, 10_000_000, 40.0),
+                layer("fc", "Linear", 10_000_000, 20_000_000, 5.0),
+                layer("pool", "MaxPool", 1000, 4000, 0.0),
             ],
         )
         .expect("roofline plot");
