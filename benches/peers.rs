@@ -106,7 +106,11 @@ fn peers(c: &mut Criterion) {
         .map(|s| {
             s.split(',')
                 .filter(|b| !b.trim().is_empty())
-                .map(|b| b.trim().parse().expect("CNNPACK_PEERS_GPU_BATCH holds batch sizes"))
+                .map(|b| {
+                    b.trim()
+                        .parse()
+                        .expect("CNNPACK_PEERS_GPU_BATCH holds batch sizes")
+                })
                 .collect()
         })
         .unwrap_or_else(|_| batches.clone());

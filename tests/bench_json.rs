@@ -237,6 +237,7 @@ fn bench_json_matches_the_documented_schema() {
     assert_eq!(r.comparisons.len(), 2);
     for c in &r.comparisons {
         assert_eq!(c.device, "cpu");
+        assert!(c.batch == 1 || c.batch == 3);
         assert_eq!(c.weight_bytes, c.base_weight_bytes);
         check_comparison(c, "dense", "dense");
     }
