@@ -110,6 +110,15 @@ enum Command {
         output: PathBuf,
     },
     /// Time a model (whole and per layer) and/or measure the device's peak rates.
+    ///
+    /// Examples:
+    ///   cnnpack bench --peak                                   peak FMA rate and bandwidth
+    ///   cnnpack bench zoo:resnet18 --peak --batch 1,8          per-layer times + roofline %
+    ///   cnnpack bench m2.cnnpack --baseline zoo:alexnet        compressed vs its dense origin
+    ///   cnnpack bench zoo:alexnet --sweep sketch --svg plots/  speed-up vs bases m, plotted
+    ///   cnnpack bench zoo:alexnet --json out.json              everything as JSON (schema:
+    ///                                                          docs/benchmarks.md)
+    #[command(verbatim_doc_comment)]
     Bench {
         /// Model: .onnx, .cnnpack or zoo:NAME (omit with --peak to measure peaks only).
         model: Option<String>,
@@ -131,9 +140,26 @@ enum Command {
         /// How many of the slowest layers to print per configuration (all with --json).
         #[arg(long, default_value_t = 12)]
         layers: usize,
-        /// Write everything as JSON to this file.
+        /// Also time this (dense) model on the same devices and batches, in the same run,
+        /// and print MODEL's whole-model and per-layer speed-up over it and the bytes ratio.
+        #[arg(long, value_name = "DENSE_MODEL")]
+        baseline: Option<String>,
+        /// Compress MODEL (dense) at several values of one parameter and time each against
+        /// it: sketch (bases m, default 1,2,3,4), inq (bits b, default 2,3,4,5; one step,
+        /// no retraining) or sparse (magnitude-pruned density, default 0.5,0.25,0.1,0.05).
+        #[arg(long, value_name = "KIND")]
+        sweep: Option<String>,
+        /// Values for --sweep, comma-separated.
+        #[arg(long, value_delimiter = ',', requires = "sweep")]
+        values: Vec<f64>,
+        /// Write everything as JSON to this file (schema: docs/benchmarks.md, "JSON schema").
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Write SVG plots into this folder (created if missing): a per-layer roofline chart
+        /// per model, device and batch (`roofline-MODEL-DEVICE-bN.svg`; implies --peak), and
+        /// with --sweep the speed-up chart `speedup-MODEL-KIND.svg`.
+        #[arg(long, value_name = "DIR")]
+        svg: Option<PathBuf>,
     },
     /// The main job on an embedded default, no arguments, no network.
     Demo,
@@ -544,17 +570,25 @@ fn run(cli: Cli) -> Result<()> {
             runs,
             budget,
             layers,
+            baseline,
+            sweep,
+            values,
             json,
-        } => bench(
-            model.as_deref(),
+            svg,
+        } => bench(BenchArgs {
+            model,
             peak,
-            &device,
-            &batch,
+            devices: device,
+            batches: batch,
             runs,
             budget,
-            layers,
-            json.as_deref(),
-        ),
+            top: layers,
+            baseline,
+            sweep,
+            values,
+            json,
+            svg,
+        }),
         Command::Demo => demo::run(),
     }
 }
@@ -801,24 +835,49 @@ fn run_npy(model: &str, input: &Path, output: &Path, device: DeviceKind) -> Resu
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn bench(
-    model: Option<&str>,
+/// Arguments of `cnnpack bench`.
+struct BenchArgs {
+    model: Option<String>,
     peak: bool,
-    devices: &[DeviceKind],
-    batches: &[usize],
+    devices: Vec<DeviceKind>,
+    batches: Vec<usize>,
     runs: usize,
     budget: f64,
     top: usize,
-    json: Option<&Path>,
-) -> Result<()> {
-    use cnnpack::bench::model::{bench_model, Roof};
-    if model.is_none() && !peak {
+    baseline: Option<String>,
+    sweep: Option<String>,
+    values: Vec<f64>,
+    json: Option<PathBuf>,
+    svg: Option<PathBuf>,
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    use cnnpack::bench::compare::compare;
+    use cnnpack::bench::model::{bench_model, ModelBench, Roof};
+    use cnnpack::bench::plot::{roofline_svg, slug, sweep_svg};
+    use cnnpack::bench::report::{BenchReport, Role, Run};
+    use cnnpack::bench::sweep::{self, SweepKind, SweepPoint};
+    if a.model.is_none() && !a.peak {
         bail!("give a MODEL to benchmark, or --peak to measure the device's peak rates");
     }
-    let mut report = serde_json::Map::new();
+    if a.model.is_none() && (a.baseline.is_some() || a.sweep.is_some()) {
+        bail!("--baseline and --sweep need a MODEL");
+    }
+    let sweep_kind: Option<SweepKind> = a.sweep.as_deref().map(str::parse).transpose()?;
+    if let Some(dir) = &a.svg {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut report = BenchReport::new();
+    if let Some(l) = report.load_average {
+        println!(
+            "load average {:.2} {:.2} {:.2}, {} cnnpack threads",
+            l[0], l[1], l[2], report.threads
+        );
+    }
+    // The roofline chart needs the roof: --svg measures the peaks too.
+    let peak = a.peak || a.svg.is_some();
     let mut roofs = std::collections::HashMap::new();
-    for &device in devices {
+    for &device in &a.devices {
         let gpu = device == DeviceKind::Gpu;
         if peak {
             let bar =
@@ -839,11 +898,12 @@ fn bench(
                     "peak {}: FMA {:.1} GFLOP/s, read {:.1} GB/s, copy {:.1} GB/s, xor+popcount {:.1} Gop/s{}",
                     p.adapter, p.fma_gflops, p.read_gbps, p.copy_gbps, p.popcount_gops, software_note(&p.adapter)
                 );
-                report.insert("gpu_peak".into(), serde_json::to_value(&p)?);
-                Roof {
+                let roof = Roof {
                     gflops: p.fma_gflops,
                     gbps: p.read_gbps,
-                }
+                };
+                report.gpu_peak = Some(p);
+                roof
             } else {
                 let p = cnnpack::bench::peak::cpu_peak();
                 bar.finish_and_clear();
@@ -851,77 +911,218 @@ fn bench(
                     "peak cpu ({} threads, {}): FMA {:.1} GFLOP/s, read {:.1} GB/s, copy {:.1} GB/s",
                     p.threads, p.kernel, p.fma_gflops, p.read_gbps, p.copy_gbps
                 );
-                report.insert("cpu_peak".into(), serde_json::to_value(&p)?);
-                Roof {
+                let roof = Roof {
                     gflops: p.fma_gflops,
                     gbps: p.read_gbps,
-                }
+                };
+                report.cpu_peak = Some(p);
+                roof
             };
             roofs.insert(gpu, roof);
         }
     }
-    let mut results = vec![];
-    if let Some(model) = model {
+    if let Some(model) = a.model.as_deref() {
         let graph = load(model)?;
-        for &device in devices {
+        let base_graph = a.baseline.as_deref().map(load).transpose()?;
+        // Sweep variants are compressed once, from the folded dense model.
+        let variants: Vec<(f64, Graph)> = match sweep_kind {
+            Some(kind) => {
+                let folded = cnnpack::graph::fold(graph.clone())?;
+                let values = if a.values.is_empty() {
+                    kind.default_values()
+                } else {
+                    a.values.clone()
+                };
+                values
+                    .into_iter()
+                    .map(|v| Ok((v, sweep::compress(&folded, kind, v)?)))
+                    .collect::<Result<_>>()?
+            }
+            None => Vec::new(),
+        };
+        for &device in &a.devices {
             let engine = Engine::new(graph.clone(), device)?;
             if let Some(note) = engine.fallback_note() {
                 eprintln!("note: skipping --device gpu: {note}");
                 continue;
             }
-            for &batch in batches {
-                let bar = ProgressBar::new_spinner().with_message(format!(
-                    "{model} on {} at batch {batch}",
-                    engine.device_name()
-                ));
-                bar.enable_steady_tick(std::time::Duration::from_millis(200));
-                let r = bench_model(
-                    &engine,
-                    batch,
-                    2,
-                    runs,
-                    budget,
-                    roofs.get(&engine.is_gpu()).copied(),
-                )?;
-                bar.finish_and_clear();
-                println!(
-                    "\n{model} on {}{} batch {batch}: p50 {:.2} ms, p90 {:.2} ms, {:.1} images/s ({} runs)",
-                    r.device, software_note(&r.device), r.latency.p50_ms, r.latency.p90_ms, r.images_per_s, r.latency.runs
+            let base_engine = base_graph
+                .clone()
+                .map(|g| Engine::new(g, device))
+                .transpose()?;
+            let variant_engines = variants
+                .iter()
+                .map(|(v, g)| Ok((*v, Engine::new(g.clone(), device)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let roof = roofs.get(&engine.is_gpu()).copied();
+            for &batch in &a.batches {
+                let timed = |engine: &Engine, name: &str| -> Result<ModelBench> {
+                    let bar = ProgressBar::new_spinner().with_message(format!(
+                        "{name} on {} at batch {batch}",
+                        engine.device_name()
+                    ));
+                    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                    let r = bench_model(engine, batch, 2, a.runs, a.budget, roof)?;
+                    bar.finish_and_clear();
+                    Ok(r)
+                };
+                let r = timed(&engine, model)?;
+                print_model_bench(model, &r, a.top);
+                if let (Some(dir), Some(roof)) = (&a.svg, roof) {
+                    let path = dir.join(format!(
+                        "roofline-{}-{}-b{batch}.svg",
+                        slug(model_stem(model)),
+                        slug(&cnnpack::bench::plot::short_device(&r.device))
+                    ));
+                    let title = format!(
+                        "{} on {}, batch {batch}: per-layer roofline",
+                        model_stem(model),
+                        r.device
+                    );
+                    roofline_svg(&path, &title, roof, &r.layers)?;
+                    println!("  wrote {}", path.display());
+                }
+                if let (Some(base_engine), Some(base_name)) = (&base_engine, &a.baseline) {
+                    let b = timed(base_engine, base_name)?;
+                    print_model_bench(base_name, &b, 0);
+                    let c = compare(&b, &r);
+                    print_comparison(model, base_name, &c);
+                    report.runs.push(Run {
+                        model: base_name.clone(),
+                        role: Role::Baseline,
+                        sweep_value: None,
+                        result: b,
+                    });
+                    report.comparisons.push(c);
+                }
+                for (value, variant) in &variant_engines {
+                    let kind = sweep_kind.expect("variants exist only with --sweep");
+                    let name = format!("{model}@{kind}={value}");
+                    let v = timed(variant, &name)?;
+                    let c = compare(&r, &v);
+                    println!(
+                        "  {kind} {value}: p50 {:.2} ms vs dense {:.2} ms: {:.2}x (conv {:.2}x, fc {:.2}x), bytes {:.1}% of dense",
+                        c.p50_ms, c.base_p50_ms, c.speedup, c.conv_speedup, c.fc_speedup, 100.0 * c.bytes_ratio
+                    );
+                    report.runs.push(Run {
+                        model: name,
+                        role: Role::Sweep,
+                        sweep_value: Some(*value),
+                        result: v,
+                    });
+                    report.sweep.push(SweepPoint {
+                        kind,
+                        value: *value,
+                        comparison: c,
+                    });
+                }
+                report.runs.push(Run {
+                    model: model.to_string(),
+                    role: Role::Model,
+                    sweep_value: None,
+                    result: r,
+                });
+            }
+        }
+        if let (Some(dir), Some(kind)) = (&a.svg, sweep_kind) {
+            if !report.sweep.is_empty() {
+                let path = dir.join(format!("speedup-{}-{kind}.svg", slug(model_stem(model))));
+                let title = format!(
+                    "{}: {kind} vs dense, speed-up against {}",
+                    model_stem(model),
+                    kind.parameter()
                 );
-                let mut slowest: Vec<_> = r.layers.iter().collect();
-                slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-                if !slowest.is_empty() {
-                    println!(
-                        "  {:<28} {:<12} {:<8} {:>9} {:>9} {:>8} {:>7} {:>8}",
-                        "layer", "op", "encoding", "ms", "GFLOP/s", "GB/s", "roof%", "bound"
-                    );
-                }
-                for l in slowest.iter().take(top) {
-                    println!(
-                        "  {:<28} {:<12} {:<8} {:>9.3} {:>9.2} {:>8.2} {:>7} {:>8}",
-                        truncate(&l.name, 28),
-                        l.op,
-                        l.encoding,
-                        l.ms,
-                        l.gflops,
-                        l.gbps,
-                        l.roof_fraction
-                            .map_or("-".into(), |f| format!("{:.1}", 100.0 * f)),
-                        l.bound.unwrap_or("-")
-                    );
-                }
-                results.push(serde_json::json!({ "model": model, "result": r }));
+                sweep_svg(&path, &title, kind, &report.sweep)?;
+                println!("wrote {}", path.display());
             }
         }
     }
-    if let Some(path) = json {
-        report.insert("runs".into(), serde_json::Value::Array(results));
-        let text = serde_json::to_string_pretty(&serde_json::Value::Object(report))?;
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&report)?;
         cnnpack::format::write_atomic(path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// `../x/resnet18-m2.cnnpack` -> `resnet18-m2`, `zoo:alexnet` -> `alexnet`.
+fn model_stem(model: &str) -> &str {
+    let name = model.strip_prefix("zoo:").unwrap_or(model);
+    let file = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    file.split('.')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(file)
+}
+
+/// Whole-model line and the `top` slowest layers.
+fn print_model_bench(model: &str, r: &cnnpack::bench::model::ModelBench, top: usize) {
+    println!(
+        "\n{model} on {}{} batch {}: p50 {:.2} ms, p90 {:.2} ms, {:.1} images/s ({} runs)",
+        r.device,
+        software_note(&r.device),
+        r.batch,
+        r.latency.p50_ms,
+        r.latency.p90_ms,
+        r.images_per_s,
+        r.latency.runs
+    );
+    let mut slowest: Vec<_> = r.layers.iter().collect();
+    slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    if top == 0 || slowest.is_empty() {
+        return;
+    }
+    println!(
+        "  {:<28} {:<12} {:<8} {:>9} {:>9} {:>8} {:>7} {:>8}",
+        "layer", "op", "encoding", "ms", "GFLOP/s", "GB/s", "roof%", "bound"
+    );
+    for l in slowest.iter().take(top) {
+        println!(
+            "  {:<28} {:<12} {:<8} {:>9.3} {:>9.2} {:>8.2} {:>7} {:>8}",
+            truncate(&l.name, 28),
+            l.op,
+            l.encoding,
+            l.ms,
+            l.gflops,
+            l.gbps,
+            l.roof_fraction
+                .map_or("-".into(), |f| format!("{:.1}", 100.0 * f)),
+            l.bound.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+/// MODEL against its baseline: whole model, bytes, then every matched layer.
+fn print_comparison(model: &str, base: &str, c: &cnnpack::bench::compare::Comparison) {
+    println!(
+        "\n{model} vs {base} on {} batch {}: p50 {:.2} ms vs {:.2} ms = {:.2}x; weight bytes {} vs {} = {:.2}% (conv {:.2}x, fc {:.2}x)",
+        c.device,
+        c.batch,
+        c.p50_ms,
+        c.base_p50_ms,
+        c.speedup,
+        c.weight_bytes,
+        c.base_weight_bytes,
+        100.0 * c.bytes_ratio,
+        c.conv_speedup,
+        c.fc_speedup
+    );
+    println!(
+        "  {:<28} {:<8} {:<16} {:>10} {:>10} {:>8}",
+        "layer", "op", "encoding", "base ms", "ms", "speedup"
+    );
+    for l in &c.layers {
+        println!(
+            "  {:<28} {:<8} {:<16} {:>10.3} {:>10.3} {:>7.2}x",
+            truncate(&l.name, 28),
+            l.op,
+            format!("{}->{}", l.base_encoding, l.encoding),
+            l.base_ms,
+            l.ms,
+            l.speedup
+        );
+    }
 }
 
 /// A reminder that a software adapter's times are CPU times.

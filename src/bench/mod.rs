@@ -1,14 +1,18 @@
 //! Timing and roofline helpers shared by `cnnpack bench` and the criterion benches.
 
+pub mod compare;
 pub mod gpu_peak;
 pub mod model;
 pub mod peak;
+pub mod plot;
+pub mod report;
+pub mod sweep;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 /// Summary of repeated timings, in milliseconds.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Timing {
     /// Median.
     pub p50_ms: f64,

@@ -4,11 +4,11 @@ use super::{time_runs, Timing};
 use crate::backend::cpu::fast;
 use crate::engine::{Engine, EngineError};
 use crate::graph::{layer_stats, Rng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// The roof a layer is measured against.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Roof {
     /// Peak f32 rate, GFLOP/s.
     pub gflops: f64,
@@ -17,7 +17,7 @@ pub struct Roof {
 }
 
 /// One layer's time and rates (batch-scaled).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerTiming {
     /// Node (or fused step) name.
     pub name: String,
@@ -38,16 +38,19 @@ pub struct LayerTiming {
     /// Fraction of the roof that bounds this layer (compute or memory), if a roof was given.
     pub roof_fraction: Option<f64>,
     /// `compute` or `memory`: which roof bounds the layer at its arithmetic intensity.
-    pub bound: Option<&'static str>,
+    pub bound: Option<String>,
 }
 
 /// A model on one device at one batch size.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModelBench {
     /// Device name.
     pub device: String,
     /// Batch size.
     pub batch: usize,
+    /// Bytes of all weights and constants as stored (compressed encodings at their
+    /// compressed size), from `layer_stats`.
+    pub weight_bytes: u64,
     /// Whole-model latency per batch (wall clock, including upload and readback).
     pub latency: Timing,
     /// Images per second at p50.
@@ -75,10 +78,9 @@ pub fn bench_model(
         Some(model) => model.run_profiled(&x)?.1.unwrap_or_default(),
         None => fast::run_graph_profiled(graph, &x)?.1,
     };
-    let stats: HashMap<String, _> = layer_stats(graph)?
-        .into_iter()
-        .map(|s| (s.name.clone(), s))
-        .collect();
+    let all_stats = layer_stats(graph)?;
+    let weight_bytes = all_stats.iter().map(|s| s.weight_bytes as u64).sum();
+    let stats: HashMap<String, _> = all_stats.into_iter().map(|s| (s.name.clone(), s)).collect();
     let layers = times
         .into_iter()
         .filter_map(|(name, ms)| {
@@ -93,9 +95,9 @@ pub fn bench_model(
             let (gflops, gbps) = (flops as f64 / secs / 1e9, bytes as f64 / secs / 1e9);
             let (roof_fraction, bound) = match roof {
                 Some(r) if flops as f64 / bytes as f64 >= r.gflops / r.gbps => {
-                    (Some(gflops / r.gflops), Some("compute"))
+                    (Some(gflops / r.gflops), Some("compute".to_string()))
                 }
-                Some(r) => (Some(gbps / r.gbps), Some("memory")),
+                Some(r) => (Some(gbps / r.gbps), Some("memory".to_string())),
                 None => (None, None),
             };
             Some(LayerTiming {
@@ -115,6 +117,7 @@ pub fn bench_model(
     Ok(ModelBench {
         device: engine.device_name(),
         batch,
+        weight_bytes,
         images_per_s: batch as f64 / (latency.p50_ms / 1e3),
         latency,
         layers,
