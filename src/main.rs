@@ -283,6 +283,12 @@ enum Compress {
         /// (a bare VALUE among them sets the default).
         #[arg(long, value_delimiter = ',', default_value = "1")]
         c: Vec<String>,
+        /// Instead of c, the fraction of weights the first surgery keeps, as LAYER=FRACTION
+        /// pairs (a bare FRACTION sets every layer not given a c): t is set so that
+        /// a = 0.9·t is that layer's k-th largest |w|. Useful when continuing surgery from
+        /// a sparse model, where mean|W| and std|W| count the zeros.
+        #[arg(long, value_delimiter = ',')]
+        density: Vec<String>,
         /// Training iterations (rounded up to whole epochs).
         #[arg(long, default_value_t = 6000)]
         iters: usize,
@@ -521,6 +527,7 @@ fn run(cli: Cli) -> Result<()> {
             output,
             data,
             c,
+            density,
             iters,
             iter_stop,
             lr,
@@ -540,7 +547,7 @@ fn run(cli: Cli) -> Result<()> {
             &model,
             &output,
             &data,
-            &c,
+            (&c, &density),
             (iters, iter_stop, lr, batch, all_sparse),
             (augment.as_deref(), &schedule, weight_decay, seed),
             then_inq.map(|b| (b, inq_lr, inq_epochs_per_step)),
@@ -1430,7 +1437,7 @@ fn compress_dns(
     model: &str,
     output: &Path,
     data: &Path,
-    c: &[String],
+    (c, density): (&[String], &[String]),
     run: (usize, Option<usize>, f32, usize, bool),
     extra: (Option<&str>, &str, f32, u64),
     then_inq: Option<(u32, f32, usize)>,
@@ -1465,6 +1472,42 @@ fn compress_dns(
                     .parse()
                     .with_context(|| format!("--c: '{item}' is neither LAYER=VALUE nor a number"))?
             }
+        }
+    }
+    let mut density_default = None;
+    for item in density {
+        let (name, v) = match item.split_once('=') {
+            Some((name, v)) => (Some(name), v),
+            None => (None, item.as_str()),
+        };
+        let v: f64 = v
+            .parse()
+            .with_context(|| format!("--density: '{v}' is not a number"))?;
+        match name {
+            Some(name) => {
+                opts.density_per_layer.insert(name.to_string(), v);
+            }
+            None => density_default = Some(v),
+        }
+    }
+    if let Some(d) = density_default {
+        for node in &graph.nodes {
+            if node.op.weights().is_some() && !opts.c_per_layer.contains_key(&node.name) {
+                opts.density_per_layer.entry(node.name.clone()).or_insert(d);
+            }
+        }
+    }
+    for node in &graph.nodes {
+        if let (Some(w), Some(&d)) = (node.op.weights(), opts.density_per_layer.get(&node.name)) {
+            let w = w.to_dense();
+            let th = cnnpack::compress::dns::Thresholds::for_density(&w.data, d);
+            eprintln!(
+                "{}: density {d} -> a = {:.6}, b = {:.6} (c = {:.3})",
+                node.name,
+                th.a,
+                th.b,
+                th.implied_c(&w.data)
+            );
         }
     }
     let pre = preprocess(&graph, &PreprocessArgs::default())?;

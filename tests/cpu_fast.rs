@@ -86,6 +86,52 @@ fn conv_with_many_columns_spans_blocks() {
     }
 }
 
+/// Shapes that make the dense conv split its GEMMs over output channels as well as
+/// column blocks (cout not a multiple of 8, groups, a 1x1 conv with 49 columns),
+/// asymmetric strides (the contiguous and the strided im2col paths in one conv), and a
+/// large input with many column blocks per image.
+#[test]
+fn conv_tiles_over_channels_and_columns() {
+    let mut rng = Rng::new(9);
+    #[allow(clippy::type_complexity)]
+    let cases: [(
+        usize,
+        usize,
+        usize,
+        usize,
+        [usize; 2],
+        [usize; 2],
+        usize,
+        usize,
+    ); 5] = [
+        // (n, cin, cout, groups, stride, hw, k, pad)
+        (1, 5, 70, 1, [1, 1], [9, 9], 3, 1),
+        (2, 6, 80, 2, [1, 2], [13, 11], 3, 1),
+        (3, 4, 41, 1, [2, 1], [10, 15], 5, 2),
+        (1, 96, 130, 1, [1, 1], [7, 7], 1, 0),
+        (3, 64, 4, 1, [1, 1], [112, 112], 3, 1),
+    ];
+    for (n, cin, cout, groups, stride, [h, w], k, pad) in cases {
+        let conv = Conv2d {
+            kernel: [k, k],
+            stride,
+            pads: [pad; 4],
+            dilation: [1, 1],
+            groups,
+            weight: Weights::Dense(rng.normal_tensor(vec![cout, cin / groups, k, k], 1.0)),
+            bias: Some(rng.normal_tensor(vec![cout], 1.0)),
+        };
+        let x = rng.normal_tensor(vec![n, cin, h, w], 1.0);
+        let want = reference::conv2d(&x, &conv);
+        check(
+            &fast::conv2d(&x, &conv),
+            &want,
+            cin / groups * k * k,
+            &format!("n{n} cin{cin} cout{cout} g{groups} s{stride:?} {h}x{w} k{k}"),
+        );
+    }
+}
+
 #[test]
 fn linear_matches_reference_on_random_shapes() {
     let mut rng = Rng::new(3);

@@ -233,6 +233,56 @@ fn masks_obey_the_thresholds() {
     assert!((surgery_probability(10_000, 1e-4, 1.0) - 0.5).abs() < 1e-12);
 }
 
+/// `--density`: the first surgery from all-ones masks keeps exactly the requested
+/// fraction (rounded up) when magnitudes are distinct, and the implied c gives back the
+/// same thresholds through `from_weights`.
+#[test]
+fn density_thresholds_keep_the_requested_fraction() {
+    let mut rng = Rng::new(5);
+    for (n, density) in [
+        (4000, 0.02),
+        (4000, 0.5),
+        (997, 0.013),
+        (10, 1.0),
+        (10, 0.01),
+    ] {
+        let w = rng.normal_tensor(vec![n], 0.1).data;
+        let th = Thresholds::for_density(&w, density);
+        let mut mask = vec![true; n];
+        surgery(&w, &mut mask, th);
+        let kept = mask.iter().filter(|m| **m).count();
+        let want = ((density * n as f64).ceil() as usize).clamp(1, n);
+        assert_eq!(kept, want, "n {n} density {density}");
+        let again = Thresholds::from_weights(&w, th.implied_c(&w));
+        assert!(
+            (again.a - th.a).abs() <= 1e-5 * th.a.abs().max(1e-3),
+            "implied c reproduces a: {} vs {}",
+            again.a,
+            th.a
+        );
+    }
+    let mut b = GraphBuilder::new("x", &[4], 1);
+    let x = b.input();
+    let y = b.linear_named("fc", &x, 3);
+    let graph = b.finish(&[&y]).expect("graph");
+    let mut opts = DnsOptions::default();
+    opts.density_per_layer.insert("fc".into(), 1.5);
+    assert!(
+        Surgeon::new(&graph, &opts).is_err(),
+        "density > 1 is refused"
+    );
+    opts.density_per_layer.insert("fc".into(), 0.5);
+    opts.c_per_layer.insert("fc".into(), 1.0);
+    assert!(
+        Surgeon::new(&graph, &opts).is_err(),
+        "c and density together are refused"
+    );
+    opts.c_per_layer.clear();
+    let s = Surgeon::new(&graph, &opts).unwrap();
+    let w = graph.nodes[0].op.weights().expect("fc weights").to_dense();
+    assert_eq!(s.thresholds["fc"], Thresholds::for_density(&w.data, 0.5));
+}
+
 /// A weight pruned at the start grows through the updates (which reach W, not W⊙T)
 /// past b and is spliced back in.
 #[test]

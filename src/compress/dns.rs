@@ -183,6 +183,12 @@ pub struct DnsOptions {
     pub c: f64,
     /// Per-layer c by node name.
     pub c_per_layer: HashMap<String, f64>,
+    /// Per-layer initial density by node name, an alternative to c: the layer's `t` is
+    /// set so that the first surgery keeps exactly this fraction of its weights (the
+    /// prune threshold `a = 0.9·t` falls on the k-th largest |w|). Handy for a surgery
+    /// run that starts from an already sparse model, where mean|W| and std|W| count the
+    /// zeros and c loses its usual meaning.
+    pub density_per_layer: HashMap<String, f64>,
     /// γ of the surgery probability `σ(iter) = (1 + γ·iter)^(−power)`.
     pub gamma: f64,
     /// power of the surgery probability.
@@ -201,6 +207,7 @@ impl Default for DnsOptions {
         DnsOptions {
             c: 1.0,
             c_per_layer: HashMap::new(),
+            density_per_layer: HashMap::new(),
             gamma: 1e-4,
             power: 1.0,
             iter_stop: usize::MAX,
@@ -234,6 +241,43 @@ impl Thresholds {
         Thresholds {
             a: (0.9 * t) as f32,
             b: (1.1 * t) as f32,
+        }
+    }
+
+    /// The thresholds whose first surgery keeps the `density` fraction of `w` (rounded
+    /// up to whole weights, at least one): `a` is the k-th largest |w|, `t = a / 0.9`.
+    /// Ties at the k-th magnitude all stay.
+    pub fn for_density(w: &[f32], density: f64) -> Thresholds {
+        let mut mags: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+        if mags.is_empty() {
+            return Thresholds { a: 0.0, b: 0.0 };
+        }
+        let k =
+            ((density.clamp(0.0, 1.0) * mags.len() as f64).ceil() as usize).clamp(1, mags.len());
+        let (_, kth, _) = mags.select_nth_unstable_by(k - 1, |x, y| y.total_cmp(x));
+        let a = *kth;
+        let t = a as f64 / 0.9;
+        Thresholds {
+            a,
+            b: (1.1 * t) as f32,
+        }
+    }
+
+    /// The c that `from_weights` would need to give these thresholds' `t` (for reports).
+    pub fn implied_c(&self, w: &[f32]) -> f64 {
+        let n = w.len().max(1) as f64;
+        let mean = w.iter().map(|v| v.abs() as f64).sum::<f64>() / n;
+        let std = (w
+            .iter()
+            .map(|v| (v.abs() as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        let t = self.a as f64 / 0.9;
+        if std > 0.0 {
+            (t - mean) / std
+        } else {
+            0.0
         }
     }
 }
@@ -275,7 +319,7 @@ pub struct Surgeon {
 impl Surgeon {
     /// Computes every conv/fc layer's thresholds from the current (initial) weights.
     pub fn new(graph: &Graph, opts: &DnsOptions) -> Result<Surgeon, DnsError> {
-        for name in opts.c_per_layer.keys() {
+        for name in opts.c_per_layer.keys().chain(opts.density_per_layer.keys()) {
             if !graph
                 .nodes
                 .iter()
@@ -283,6 +327,26 @@ impl Surgeon {
             {
                 return Err(DnsError::UnknownLayer(name.clone()));
             }
+        }
+        if let Some((name, d)) = opts
+            .density_per_layer
+            .iter()
+            .find(|(_, d)| !(**d > 0.0 && **d <= 1.0))
+        {
+            return Err(DnsError::Option {
+                name: "density",
+                reason: format!("{name}: must be in (0, 1], got {d}"),
+            });
+        }
+        if let Some(name) = opts
+            .density_per_layer
+            .keys()
+            .find(|n| opts.c_per_layer.contains_key(*n))
+        {
+            return Err(DnsError::Option {
+                name: "density",
+                reason: format!("{name} has both a c and a density; give one"),
+            });
         }
         if !(opts.gamma >= 0.0 && opts.power >= 0.0) {
             return Err(DnsError::Option {
@@ -302,8 +366,14 @@ impl Surgeon {
             if t.data.iter().any(|v| !v.is_finite()) {
                 return Err(DnsError::NonFinite(node.name.clone()));
             }
-            let c = opts.c_per_layer.get(&node.name).copied().unwrap_or(opts.c);
-            thresholds.insert(node.name.clone(), Thresholds::from_weights(&t.data, c));
+            let th = match opts.density_per_layer.get(&node.name) {
+                Some(&d) => Thresholds::for_density(&t.data, d),
+                None => {
+                    let c = opts.c_per_layer.get(&node.name).copied().unwrap_or(opts.c);
+                    Thresholds::from_weights(&t.data, c)
+                }
+            };
+            thresholds.insert(node.name.clone(), th);
         }
         Ok(Surgeon {
             thresholds,

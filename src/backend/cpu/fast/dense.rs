@@ -9,11 +9,17 @@
 use crate::graph::{Conv2d, Linear, Tensor};
 use rayon::prelude::*;
 
-/// Columns (output positions) per parallel task: large enough to amortise sgemm's
-/// packing of the weight panel, small enough to spread a batch-1 layer over cores.
+/// Output positions per column block: one block's im2col (K x 256) stays in L2 for the
+/// common K (576 floats = 590 KB), and sgemm packs it straight after it is written.
 const COLUMN_BLOCK: usize = 256;
+/// Parallel tasks aimed for per conv call, per thread: a few per thread so that
+/// uneven tasks still balance.
+const TASKS_PER_THREAD: usize = 3;
+/// Shortest row tile when a column block's GEMM is split over output channels.
+const MIN_TILE_ROWS: usize = 32;
 
-/// `c[m x n] = a[m x k] * b[k x n]` with explicit row/column strides (in elements).
+/// `c[m x n] = a[m x k] * b[k x n] + beta * c` with explicit row/column strides (in
+/// elements).
 #[allow(clippy::too_many_arguments)]
 fn sgemm(
     m: usize,
@@ -28,29 +34,72 @@ fn sgemm(
     c: &mut [f32],
     rsc: isize,
 ) {
-    // SAFETY: the callers size `a`, `b` and `c` for the given dimensions and strides
-    // (m*k, k*n and m*n elements with the strides below), which is all sgemm reads/writes.
+    debug_assert!(a.len() >= (m.max(1) - 1) * rsa as usize + (k.max(1) - 1) * csa as usize);
+    debug_assert!(b.len() >= (k.max(1) - 1) * rsb as usize + (n.max(1) - 1) * csb as usize);
+    debug_assert!(c.len() >= (m.max(1) - 1) * rsc as usize + n);
+    // SAFETY: the asserts above (the callers' contract) cover every element sgemm reads
+    // or writes with these dimensions and strides.
     unsafe {
-        matrixmultiply::sgemm(
+        sgemm_raw(
             m,
             k,
             n,
-            1.0,
             a.as_ptr(),
-            rsa,
-            csa,
+            [rsa, csa],
             b.as_ptr(),
-            rsb,
-            csb,
+            [rsb, csb],
             0.0,
             c.as_mut_ptr(),
             rsc,
-            1,
-        );
+        )
+    }
+}
+
+/// `matrixmultiply::sgemm` with `alpha = 1`, unit column stride for `c`.
+///
+/// # Safety
+/// Every element addressed by the dimensions and strides must be inside the
+/// allocations behind `a`, `b` and `c`, and no other thread may touch that part of `c`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_raw(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const f32,
+    [rsa, csa]: [isize; 2],
+    b: *const f32,
+    [rsb, csb]: [isize; 2],
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+) {
+    matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, 1);
+}
+
+/// The output pointer shared by the tile tasks of one conv call.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tiles of one call write pairwise disjoint regions of the output (distinct
+// images, output channels or columns), and the call waits for all of them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `offset` past the start. A method (rather than `.0`) so that closures
+    /// capture the whole `Send + Sync` wrapper, not the raw pointer field.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
     }
 }
 
 /// Dense convolution; same semantics as `reference::conv2d`.
+///
+/// One task per (image, group, block of `COLUMN_BLOCK` output positions): im2col of the
+/// block (skipped for 1x1 stride-1 unpadded convs, whose input already is the K x P
+/// matrix), then `W_g [cout_g x K] · cols [K x block]` written straight into the output
+/// (pre-filled with the bias, beta = 1). When there are fewer blocks than
+/// `TASKS_PER_THREAD` per thread (the 7x7 and 14x14 layers of a batch-1 ResNet), each
+/// block's GEMM is also split over output channels, so both cores stay busy.
 pub fn conv2d(x: &Tensor, conv: &Conv2d) -> Tensor {
     let w = conv.weight.to_dense();
     let (n, cin, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
@@ -61,65 +110,78 @@ pub fn conv2d(x: &Tensor, conv: &Conv2d) -> Tensor {
     let (groups, cout_g, k, p) = (conv.groups, cout / conv.groups, cin_g * kh * kw, oh * ow);
     let direct = kh == 1 && kw == 1 && conv.stride == [1, 1] && conv.pads == [0; 4];
     let mut y = Tensor::zeros(vec![n, cout, oh, ow]);
-    // One task per (image, group, column block); each writes a disjoint column block.
+    if p == 0 || cout == 0 {
+        return y;
+    }
+    let beta = match &conv.bias {
+        Some(bias) => {
+            y.data
+                .par_chunks_mut(p)
+                .enumerate()
+                .for_each(|(plane, dst)| dst.fill(bias.data[plane % cout]));
+            1.0
+        }
+        None => 0.0,
+    };
     let tasks: Vec<(usize, usize, usize)> = (0..n)
         .flat_map(|b| {
             (0..groups).flat_map(move |g| (0..p).step_by(COLUMN_BLOCK).map(move |c0| (b, g, c0)))
         })
         .collect();
-    let blocks: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(b, g, c0)| {
-            let cols = COLUMN_BLOCK.min(p - c0);
-            let image =
-                &x.data[(b * cin + g * cin_g) * h * wd..(b * cin + (g + 1) * cin_g) * h * wd];
-            let wg = &w.data[g * cout_g * k..(g + 1) * cout_g * k];
-            let mut out = vec![0.0; cout_g * cols];
-            if direct {
-                // b[k][col] = image[k * p + c0 + col]
-                sgemm(
-                    cout_g,
-                    k,
-                    cols,
-                    wg,
-                    k as isize,
-                    1,
-                    &image[c0..],
-                    p as isize,
-                    1,
-                    &mut out,
-                    cols as isize,
-                );
-            } else {
-                let col = im2col(image, conv, [h, wd], [kh, kw], ow, c0, cols, cin_g);
-                sgemm(
-                    cout_g,
-                    k,
-                    cols,
-                    wg,
-                    k as isize,
-                    1,
-                    &col,
-                    cols as isize,
-                    1,
-                    &mut out,
-                    cols as isize,
-                );
-            }
-            out
-        })
-        .collect();
-    for ((b, g, c0), out) in tasks.into_iter().zip(blocks) {
+    let want = TASKS_PER_THREAD * rayon::current_num_threads();
+    let row_split = want
+        .div_ceil(tasks.len())
+        .min(cout_g.div_ceil(MIN_TILE_ROWS))
+        .max(1);
+    let row_step = cout_g.div_ceil(row_split).next_multiple_of(8);
+    let out = OutPtr(y.data.as_mut_ptr());
+    let out_len = y.data.len();
+    tasks.par_iter().for_each(|&(b, g, c0)| {
         let cols = COLUMN_BLOCK.min(p - c0);
-        for r in 0..cout_g {
-            let co = g * cout_g + r;
-            let bias = conv.bias.as_ref().map_or(0.0, |t| t.data[co]);
-            let dst = &mut y.data[(b * cout + co) * p + c0..(b * cout + co) * p + c0 + cols];
-            for (d, s) in dst.iter_mut().zip(&out[r * cols..(r + 1) * cols]) {
-                *d = s + bias;
+        let image = &x.data[(b * cin + g * cin_g) * h * wd..(b * cin + (g + 1) * cin_g) * h * wd];
+        let col_buf;
+        // B = [K x cols] at row stride rsb.
+        let (b_mat, rsb) = if direct {
+            (&image[c0..], p)
+        } else {
+            col_buf = im2col(image, conv, [h, wd], [kh, kw], ow, c0, cols, cin_g);
+            (&col_buf[..], cols)
+        };
+        let gemm_rows = |m0: usize| {
+            let rows = row_step.min(cout_g - m0);
+            let a = &w.data[(g * cout_g + m0) * k..][..rows * k];
+            let c_off = (b * cout + g * cout_g + m0) * p + c0;
+            assert!(b_mat.len() >= (k - 1) * rsb + cols);
+            assert!(c_off + (rows - 1) * p + cols <= out_len);
+            // SAFETY: `a` holds rows·K weights; `b_mat` covers K rows of stride rsb and
+            // `cols` columns (asserted); the C region (rows x cols at stride P from c_off,
+            // inside `y`, asserted) belongs to this (image, channel range, column block)
+            // only, and `y` is not otherwise borrowed until every task has finished.
+            unsafe {
+                sgemm_raw(
+                    rows,
+                    k,
+                    cols,
+                    a.as_ptr(),
+                    [k as isize, 1],
+                    b_mat.as_ptr(),
+                    [rsb as isize, 1],
+                    beta,
+                    out.at(c_off),
+                    p as isize,
+                )
             }
+        };
+        if row_split == 1 {
+            gemm_rows(0);
+        } else {
+            (0..cout_g)
+                .step_by(row_step)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .for_each(gemm_rows);
         }
-    }
+    });
     y
 }
 
@@ -145,17 +207,30 @@ fn im2col(
                 // Walk the output positions row by row: one bounds check per output row
                 // and a contiguous (or strided) run per row, no division per element.
                 let (mut j, mut oy, mut ox0) = (0, c0 / ow, c0 % ow);
+                let x_off = (kx * conv.dilation[1]) as isize - conv.pads[1] as isize;
                 while j < cols {
                     let run = (ow - ox0).min(cols - j);
                     let iy = (oy * conv.stride[0] + ky * conv.dilation[0]) as isize
                         - conv.pads[0] as isize;
                     if iy >= 0 && iy < h as isize {
                         let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                        let x_off = (kx * conv.dilation[1]) as isize - conv.pads[1] as isize;
-                        for (i, dst) in row[j..j + run].iter_mut().enumerate() {
-                            let ix = ((ox0 + i) * conv.stride[1]) as isize + x_off;
-                            if ix >= 0 && ix < w as isize {
-                                *dst = src[ix as usize];
+                        let dst = &mut row[j..j + run];
+                        if conv.stride[1] == 1 {
+                            // Stride 1: the in-bounds part of the run is one slice copy.
+                            let lo = (-x_off - ox0 as isize).clamp(0, run as isize) as usize;
+                            let hi = (w as isize - x_off - ox0 as isize)
+                                .clamp(lo as isize, run as isize)
+                                as usize;
+                            if hi > lo {
+                                let s0 = (ox0 as isize + lo as isize + x_off) as usize;
+                                dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+                            }
+                        } else {
+                            for (i, d) in dst.iter_mut().enumerate() {
+                                let ix = ((ox0 + i) * conv.stride[1]) as isize + x_off;
+                                if ix >= 0 && ix < w as isize {
+                                    *d = src[ix as usize];
+                                }
                             }
                         }
                     }
