@@ -1627,8 +1627,8 @@ fn dns_then_inq(
     opts: cnnpack::compress::inq::InqOptions,
     sgd: cnnpack::train::TrainOptions,
 ) -> Result<()> {
+    use cnnpack::compress::dns::SparsePolicy;
     use cnnpack::compress::inq::{inq_graph, InqOptions};
-    use cnnpack::weights::SparseWeights;
     let dense = densify(pruned);
     let bits = opts.bits;
     let opts = InqOptions {
@@ -1646,37 +1646,10 @@ fn dns_then_inq(
             t0.elapsed().as_secs_f64()
         );
     })?;
-    // Bytes as CSR (row pointers + u16/u32 indices, as `Weights::Sparse` stores them)
-    // with b-bit codes in place of the f32 values, floor(32/b) codes per u32 word, plus
-    // the f32 biases and one i8 n1 per layer.
-    let per_word = 32 / bits as usize;
-    let mut after = 0usize;
-    for node in &q.nodes {
-        let (w, bias) = match &node.op {
-            cnnpack::graph::Op::Conv(c) => (&c.weight, c.bias.as_ref()),
-            cnnpack::graph::Op::Linear(l) => (&l.weight, l.bias.as_ref()),
-            _ => continue,
-        };
-        let d = w.to_dense();
-        let sp = SparseWeights::from_dense(d.shape.clone(), &d.data)?;
-        let codes = sp.nnz().div_ceil(per_word) * 4;
-        after += sp.bytes() - 4 * sp.nnz() + codes + 1 + bias.map_or(0, |b| 4 * b.data.len());
-    }
-    let before = weight_bytes(original)?;
-    let nnz: usize = q
-        .nodes
-        .iter()
-        .filter_map(|n| n.op.weights())
-        .map(|w| w.to_dense().data.iter().filter(|v| **v != 0.0).count())
-        .sum();
-    println!(
-        "DNS + INQ {bits}-bit: {nnz} nonzero weights; CSR + {bits}-bit codes: {before} -> {after} bytes incl. indices and biases ({:.1}x smaller than dense f32); the file stores dense {bits}-bit codes ({} bytes)",
-        before as f64 / after.max(1) as f64,
-        weight_bytes(&q)?
-    );
-    cnnpack::format::save(&q, output).with_context(|| format!("writing {}", output.display()))?;
-    println!("wrote {}", output.display());
-    Ok(())
+    // CSR with the surviving values as b-bit codes (`sparse+pow2`), every layer: the
+    // point of DNS then INQ is the byte count, and the kernels decode the codes at load.
+    println!("DNS + INQ {bits}-bit, stored as CSR + {bits}-bit value codes:");
+    compress_sparse(&q, original, output, &SparsePolicy::All)
 }
 
 /// `cnnpack compress inq`; `sgd` is (epochs per step, learning rate, batch, seed), `extra`

@@ -94,6 +94,109 @@ fn csr_round_trip_is_exact() {
     assert_eq!(back, sg);
 }
 
+/// DNS then INQ: CSR whose values are power-of-two codes. Every code (zero included,
+/// every sign and magnitude, b = 2..5, rows with 0 or many entries, code words split
+/// across rows) round-trips through `.cnnpack` exactly; bytes count the code words; a
+/// value outside the set, an invalid code or set unused bits are refused.
+#[test]
+fn sparse_pow2_values_round_trip() {
+    use cnnpack::weights::Pow2Weights;
+    let mut rng = Rng::new(31);
+    for bits in 2..=5u32 {
+        let (rows, k) = (7, 45);
+        let max_code = 1u32 << bits;
+        let codes: Vec<u8> = (0..rows * k)
+            .map(|i| {
+                if i / k == 3 || rng.uniform() < 0.6 {
+                    return 0; // row 3 empty, ~60% zeros elsewhere
+                }
+                loop {
+                    let c = rng.range(1, max_code as usize - 1) as u32;
+                    let e = c & ((1 << (bits - 1)) - 1);
+                    if e >= 1 && e <= 1 << (bits - 2) {
+                        return c as u8;
+                    }
+                }
+            })
+            .collect();
+        let p = Pow2Weights::from_codes(vec![rows, k], bits, -3, &codes).expect("codes");
+        let sp = SparseWeights::from_pow2(&p).expect("sparse pow2");
+        assert_eq!(
+            sp.dense_data(),
+            p.dense_data(),
+            "b{bits}: values decode exactly"
+        );
+        let vc = sp.value_codes().expect("value codes");
+        assert_eq!((vc.bits, vc.n1), (bits, -3));
+        let per_word = (32 / bits) as usize;
+        let w = Weights::Sparse(sp.clone());
+        assert_eq!(w.encoding(), "sparse+pow2");
+        assert_eq!(
+            w.bytes(),
+            4 * (rows + 1) + 2 * sp.nnz() + 4 * sp.nnz().div_ceil(per_word),
+            "b{bits}: bytes count code words, not f32 values"
+        );
+        let kinds: Vec<&str> = w.parts().iter().map(|(n, _)| *n).collect();
+        assert_eq!(kinds, ["row_ptr", "cols", "value_codes"]);
+        // Through a file, inside a graph, via sparsify_graph (pow2 layer -> sparse+pow2).
+        let mut b = GraphBuilder::new("x", &[k], 1);
+        let x = b.input();
+        let y = b.linear_named("fc", &x, rows);
+        let mut g = b.finish(&[&y]).expect("graph");
+        if let Op::Linear(l) = &mut g.nodes[0].op {
+            l.weight = Weights::Pow2(p.clone());
+        }
+        let (sg, report) = sparsify_graph(&g, &SparsePolicy::All).expect("sparsify");
+        assert!(report[0].sparse);
+        assert_eq!(
+            sg.nodes[0].op.weights().expect("w").encoding(),
+            "sparse+pow2"
+        );
+        let path =
+            std::env::temp_dir().join(format!("dns_pow2_{}_{bits}.cnnpack", std::process::id()));
+        cnnpack::format::save(&sg, &path).expect("save");
+        let back = cnnpack::format::load(&path).expect("load");
+        assert_eq!(back, sg, "b{bits}: file round trip");
+        let xin = rng.normal_tensor(vec![2, k], 1.0);
+        assert_eq!(
+            reference::run_node(&back.nodes[0], &[&xin]).expect("ref"),
+            reference::run_node(&g.nodes[0], &[&xin]).expect("ref"),
+            "b{bits}: same outputs as the pow2 layer"
+        );
+        // Corrupt the codes in the file's graph: an invalid code, then unused bits.
+        for corrupt in 0..2 {
+            let mut bad = sg.clone();
+            if let Op::Linear(l) = &mut bad.nodes[0].op {
+                if let Weights::Sparse(s) = &mut l.weight {
+                    let (.., codes) = s.arrays_mut();
+                    if corrupt == 0 {
+                        codes[0] = (codes[0] & !((1 << bits) - 1)) | (1 << (bits - 1));
+                    // -0
+                    } else {
+                        *codes.last_mut().expect("a word") |= 1 << 31;
+                    }
+                }
+            }
+            cnnpack::format::save(&bad, &path).expect("save");
+            let err = cnnpack::format::load(&path).expect_err("corrupt codes are refused");
+            assert!(err.to_string().contains("value_codes"), "b{bits}: {err}");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    // A value that is not in the code set.
+    let sp = SparseWeights::from_dense(vec![1, 3], &[0.5, 0.0, 0.3]).expect("csr");
+    assert!(
+        sp.clone().with_value_codes(3, -1).is_err(),
+        "0.3 is no power of two"
+    );
+    let sp = SparseWeights::from_dense(vec![1, 3], &[0.5, 0.0, -0.25]).expect("csr");
+    assert!(sp.clone().with_value_codes(3, -1).is_ok());
+    assert!(
+        sp.with_value_codes(2, -1).is_err(),
+        "ternary {{0, ±2^-1}} lacks 0.25"
+    );
+}
+
 #[test]
 fn check_rejects_malformed_csr() {
     let shape = vec![2, 4];

@@ -81,8 +81,10 @@ impl SparseReport {
 }
 
 /// Stores the exact zeros of every dense conv/fc weight as CSR (`Weights::Sparse`),
-/// choosing per layer by `policy`; layers already sparse are re-encoded, other encodings
-/// are rejected. No value changes: the result computes exactly what `graph` does.
+/// choosing per layer by `policy`; layers already sparse are re-encoded. Power-of-two
+/// layers (INQ, e.g. after DNS) become CSR whose values stay power-of-two codes, or stay
+/// pow2 where the policy keeps them dense; sketch layers are rejected. No value changes:
+/// the result computes exactly what `graph` does.
 pub fn sparsify_graph(
     graph: &Graph,
     policy: &SparsePolicy,
@@ -95,11 +97,20 @@ pub fn sparsify_graph(
             Op::Linear(l) => (&mut l.weight, "linear", FC_CROSSOVER),
             _ => continue,
         };
+        let codes = match &*weight {
+            Weights::Pow2(p) => Some((p.bits(), p.n1())),
+            Weights::Sparse(s) => s.value_codes().map(|c| (c.bits, c.n1)),
+            _ => None,
+        };
         let dense = match &*weight {
             Weights::Dense(t) => t.clone(),
             Weights::Sparse(s) => crate::graph::Tensor {
                 shape: s.shape().to_vec(),
                 data: s.dense_data(),
+            },
+            Weights::Pow2(p) => crate::graph::Tensor {
+                shape: p.shape().to_vec(),
+                data: p.dense_data(),
             },
             other => {
                 return Err(CompressError::NotDense {
@@ -111,13 +122,23 @@ pub fn sparsify_graph(
         if dense.data.iter().any(|v| !v.is_finite()) {
             return Err(CompressError::NonFinite(node.name.clone()));
         }
-        let sparse = SparseWeights::from_dense(dense.shape.clone(), &dense.data)
+        let mut sparse = SparseWeights::from_dense(dense.shape.clone(), &dense.data)
             .expect("from_dense gets data matching its shape");
+        if let Some((bits, n1)) = codes {
+            sparse = sparse
+                .with_value_codes(bits, n1)
+                .expect("values decoded from codes of this set encode back");
+        }
         let density = sparse.density();
         let keep_sparse = match policy {
             SparsePolicy::Crossover => density <= crossover,
             SparsePolicy::MaxDensity(d) => density <= *d,
             SparsePolicy::All => true,
+        };
+        let kept = match (&*weight, keep_sparse) {
+            (_, true) => Weights::Sparse(sparse.clone()),
+            (Weights::Pow2(p), false) => Weights::Pow2(p.clone()),
+            (_, false) => Weights::Dense(dense.clone()),
         };
         let report = SparseReport {
             name: node.name.clone(),
@@ -126,18 +147,10 @@ pub fn sparsify_graph(
             parameters: dense.data.len(),
             nonzeros: sparse.nnz(),
             bytes_before: dense.bytes(),
-            bytes_after: if keep_sparse {
-                sparse.bytes()
-            } else {
-                dense.bytes()
-            },
+            bytes_after: kept.bytes(),
             sparse: keep_sparse,
         };
-        *weight = if keep_sparse {
-            Weights::Sparse(sparse)
-        } else {
-            Weights::Dense(dense)
-        };
+        *weight = kept;
         reports.push(report);
     }
     Ok((out, reports))

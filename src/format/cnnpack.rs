@@ -530,7 +530,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Graph, FormatError> {
                     }
                 }
             }
-            w.check().map_err(|source| FormatError::Encoding {
+            w.finish_load().map_err(|source| FormatError::Encoding {
                 node: node_name.clone(),
                 source,
             })?;

@@ -15,7 +15,7 @@ pub use pow2::{
     codes_per_word, decode_table, encode_power, magnitudes, pow2_f32, Pow2Weights, N1_MAX, N1_MIN,
 };
 pub use sketch::{words_for, SketchWeights};
-pub use sparse::{Cols, SparseWeights, MAX_U16_K};
+pub use sparse::{Cols, SparseWeights, ValueCodes, MAX_U16_K};
 
 use crate::graph::Tensor;
 use serde::{Deserialize, Serialize};
@@ -121,6 +121,7 @@ impl Weights {
         match self {
             Weights::Dense(_) => "dense",
             Weights::Sketch(_) => "sketch",
+            Weights::Sparse(s) if s.value_codes().is_some() => "sparse+pow2",
             Weights::Sparse(_) => "sparse",
             Weights::Pow2(_) => "pow2",
         }
@@ -154,10 +155,14 @@ impl Weights {
                     crate::weights::Cols::U16(c) => PartRef::U16(c),
                     crate::weights::Cols::U32(c) => PartRef::U32(c),
                 };
+                let values = match s.value_codes() {
+                    Some(_) => ("value_codes", PartRef::U32(s.codes())),
+                    None => ("values", PartRef::F32(s.values())),
+                };
                 vec![
                     ("row_ptr", PartRef::U32(s.row_ptr())),
                     ("cols", cols),
-                    ("values", PartRef::F32(s.values())),
+                    values,
                 ]
             }
             Weights::Pow2(p) => vec![("codes", PartRef::U32(p.codes()))],
@@ -177,20 +182,31 @@ impl Weights {
             }
             Weights::Sparse(s) => {
                 let wide = s.wide();
-                let (row_ptr, cols16, cols32, values) = s.arrays_mut();
+                let coded = s.value_codes().is_some();
+                let (row_ptr, cols16, cols32, values, codes) = s.arrays_mut();
                 let cols = if wide {
                     PartMut::U32(cols32)
                 } else {
                     PartMut::U16(cols16)
                 };
-                vec![
-                    ("row_ptr", PartMut::U32(row_ptr)),
-                    ("cols", cols),
-                    ("values", PartMut::F32(values)),
-                ]
+                let values = if coded {
+                    ("value_codes", PartMut::U32(codes))
+                } else {
+                    ("values", PartMut::F32(values))
+                };
+                vec![("row_ptr", PartMut::U32(row_ptr)), ("cols", cols), values]
             }
             Weights::Pow2(p) => vec![("codes", PartMut::U32(p.codes_mut()))],
         }
+    }
+
+    /// After a loader filled `parts_mut`: derives what the file does not store (sparse
+    /// values from their power-of-two codes), then `check`s.
+    pub fn finish_load(&mut self) -> Result<(), EncodingError> {
+        if let Weights::Sparse(s) = self {
+            s.decode_value_codes()?;
+        }
+        self.check()
     }
 
     /// Verifies that every part has the size the shape and settings imply.

@@ -12,11 +12,32 @@
 //!   from the shape alone, so a file cannot choose it.
 //! - `values`: f32, `nnz` entries, the weights at those positions.
 //!
+//! - or, when the header has `value_codes: {bits, n1}` (DNS followed by INQ: every
+//!   value is 0 or `±2^n` with `n2 ≤ n ≤ n1`), `value_codes` instead of `values`: the
+//!   `nnz` values as `bits`-bit power-of-two codes (the code set and code layout of
+//!   `weights/pow2.rs`), packed `floor(32 / bits)` per u32 word in CSR order (codes do
+//!   not straddle words; rows do not start on a word), unused bits 0. The loader
+//!   decodes them into `values` (exact: powers of two are exact in f32), so the kernels
+//!   see f32 values either way; the codes are the file form.
+//!
 //! Stored entries are normally nonzero, but a zero value is legal (it costs bytes,
-//! not correctness). Bytes: `4·(rows + 1) + (2 or 4)·nnz + 4·nnz`.
+//! not correctness). Bytes: `4·(rows + 1) + (2 or 4)·nnz + 4·nnz`, or with value codes
+//! `4·(rows + 1) + (2 or 4)·nnz + 4·ceil(nnz / floor(32 / bits))`.
 
+use super::pow2::{
+    codes_per_word, decode_table, encode_power, magnitudes, Pow2Weights, N1_MAX, N1_MIN,
+};
 use super::EncodingError;
 use serde::{Deserialize, Serialize};
+
+/// The power-of-two code set of values stored as codes (`weights/pow2.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueCodes {
+    /// Bits per code, 2..=5.
+    pub bits: u32,
+    /// Largest exponent of the set.
+    pub n1: i32,
+}
 
 /// Largest K for which column indices are stored as u16.
 pub const MAX_U16_K: usize = u16::MAX as usize;
@@ -33,18 +54,24 @@ pub struct SparseWeights {
     /// with the other encodings.
     #[serde(skip)]
     cols: Box<ColStore>,
-    /// Stored values, `nnz`.
+    /// Stored values, `nnz` (decoded from the codes when `value_codes` is set).
     #[serde(skip)]
     values: Vec<f32>,
+    /// Set when the file stores the values as power-of-two codes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value_codes: Option<ValueCodes>,
 }
 
-/// Column index storage: exactly one of the two is used, by `SparseWeights::wide`.
+/// Column index storage (exactly one of the two widths is used, by
+/// `SparseWeights::wide`) and the packed value codes, if any.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct ColStore {
     /// Indices when K ≤ 65535 (else empty).
     u16: Vec<u16>,
     /// Indices when K > 65535 (else empty).
     u32: Vec<u32>,
+    /// Packed value codes when `value_codes` is set (else empty).
+    codes: Vec<u32>,
 }
 
 /// Column indices of one row, in whichever width the layer uses.
@@ -134,8 +161,10 @@ impl SparseWeights {
             cols: Box::new(ColStore {
                 u16: cols16,
                 u32: cols32,
+                codes: Vec::new(),
             }),
             values,
+            value_codes: None,
         };
         w.check()?;
         Ok(w)
@@ -218,12 +247,128 @@ impl SparseWeights {
         out
     }
 
-    /// Bytes: row pointers (4 each), column indices (2 or 4 each), values (4 each).
+    /// Bytes in the file: row pointers (4 each), column indices (2 or 4 each), values
+    /// (4 each, or the packed code words when the values are codes).
     pub fn bytes(&self) -> usize {
-        self.row_ptr.len() * 4
-            + self.cols.u16.len() * 2
-            + self.cols.u32.len() * 4
-            + self.values.len() * 4
+        let values = match self.value_codes {
+            Some(_) => self.cols.codes.len() * 4,
+            None => self.values.len() * 4,
+        };
+        self.row_ptr.len() * 4 + self.cols.u16.len() * 2 + self.cols.u32.len() * 4 + values
+    }
+
+    /// The code set when the values are stored as power-of-two codes.
+    pub fn value_codes(&self) -> Option<ValueCodes> {
+        self.value_codes
+    }
+
+    /// The packed value codes (empty unless `value_codes` is set).
+    pub fn codes(&self) -> &[u32] {
+        &self.cols.codes
+    }
+
+    /// The nonzero entries of dense power-of-two codes as CSR with the values kept as
+    /// codes of the same set (DNS followed by INQ: zeros are pruned connections).
+    pub fn from_pow2(w: &Pow2Weights) -> Result<SparseWeights, EncodingError> {
+        let sp = SparseWeights::from_dense(w.shape().to_vec(), &w.dense_data())?;
+        sp.with_value_codes(w.bits(), w.n1())
+    }
+
+    /// Stores the values as `bits`-bit codes of the set with largest exponent `n1`;
+    /// fails (part "values (not in the code set)") if a value is not 0 or `±2^n`,
+    /// `n2 ≤ n ≤ n1`, exactly.
+    pub fn with_value_codes(mut self, bits: u32, n1: i32) -> Result<SparseWeights, EncodingError> {
+        let err = |part, found, expected| EncodingError {
+            encoding: "sparse",
+            shape: self.shape.clone(),
+            part,
+            found,
+            expected,
+        };
+        if !(2..=5).contains(&bits) {
+            return Err(err("value_codes.bits", bits as usize, 5));
+        }
+        if !(N1_MIN..=N1_MAX).contains(&n1) {
+            return Err(err(
+                "value_codes.n1",
+                n1.unsigned_abs() as usize,
+                N1_MAX as usize,
+            ));
+        }
+        let table = decode_table(bits, n1);
+        let per_word = codes_per_word(bits);
+        let mut codes = vec![0u32; self.values.len().div_ceil(per_word)];
+        for (i, &v) in self.values.iter().enumerate() {
+            let code = if v == 0.0 {
+                Some(0)
+            } else {
+                let n = v.abs().log2().round() as i32;
+                encode_power(bits, n1, v < 0.0, n).filter(|&c| table[c as usize] == v)
+            };
+            let Some(code) = code else {
+                return Err(err("values (not in the code set)", i, self.values.len()));
+            };
+            codes[i / per_word] |= (code as u32) << (bits as usize * (i % per_word));
+        }
+        self.cols.codes = codes;
+        self.value_codes = Some(ValueCodes { bits, n1 });
+        Ok(self)
+    }
+
+    /// Loader step for files with value codes: checks the codes against `row_ptr`'s
+    /// nnz and the code set, then decodes them into `values`. No-op without codes.
+    pub fn decode_value_codes(&mut self) -> Result<(), EncodingError> {
+        let Some(ValueCodes { bits, n1 }) = self.value_codes else {
+            return Ok(());
+        };
+        let err = |part, found, expected| EncodingError {
+            encoding: "sparse",
+            shape: self.shape.clone(),
+            part,
+            found,
+            expected,
+        };
+        if !(2..=5).contains(&bits) {
+            return Err(err("value_codes.bits", bits as usize, 5));
+        }
+        if !(N1_MIN..=N1_MAX).contains(&n1) {
+            return Err(err(
+                "value_codes.n1",
+                n1.unsigned_abs() as usize,
+                N1_MAX as usize,
+            ));
+        }
+        let nnz = self.row_ptr.last().copied().unwrap_or(0) as usize;
+        let per_word = codes_per_word(bits);
+        if self.cols.codes.len() != nnz.div_ceil(per_word) {
+            return Err(err(
+                "value_codes",
+                self.cols.codes.len(),
+                nnz.div_ceil(per_word),
+            ));
+        }
+        let (table, mask, sign) = (
+            decode_table(bits, n1),
+            (1u32 << bits) - 1,
+            1u32 << (bits - 1),
+        );
+        let mut values = Vec::with_capacity(nnz);
+        for (w, &word) in self.cols.codes.iter().enumerate() {
+            let here = per_word.min(nnz - w * per_word);
+            if here < 32 / bits as usize && word >> (bits as usize * here) != 0 {
+                return Err(err("value_codes (unused bits set)", w, 0));
+            }
+            for j in 0..here {
+                let code = (word >> (bits as usize * j)) & mask;
+                let e = code & (sign - 1);
+                if (code != 0 && e == 0) || e > magnitudes(bits) {
+                    return Err(err("value_codes (invalid code)", code as usize, 0));
+                }
+                values.push(table[code as usize]);
+            }
+        }
+        self.values = values;
+        Ok(())
     }
 
     /// Nonzero stored values.
@@ -231,15 +376,25 @@ impl SparseWeights {
         self.values.iter().filter(|v| **v != 0.0).count()
     }
 
-    /// Mutable row pointers, column indices (u16 variant) , column indices (u32 variant)
-    /// and values, for the loader; call `check` afterwards.
+    /// Mutable row pointers, column indices (u16 variant) , column indices (u32 variant),
+    /// values and value codes, for the loader; call `decode_value_codes` and `check`
+    /// afterwards.
     #[allow(clippy::type_complexity)]
-    pub fn arrays_mut(&mut self) -> (&mut Vec<u32>, &mut Vec<u16>, &mut Vec<u32>, &mut Vec<f32>) {
+    pub fn arrays_mut(
+        &mut self,
+    ) -> (
+        &mut Vec<u32>,
+        &mut Vec<u16>,
+        &mut Vec<u32>,
+        &mut Vec<f32>,
+        &mut Vec<u32>,
+    ) {
         (
             &mut self.row_ptr,
             &mut self.cols.u16,
             &mut self.cols.u32,
             &mut self.values,
+            &mut self.cols.codes,
         )
     }
 

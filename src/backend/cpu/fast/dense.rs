@@ -247,16 +247,40 @@ fn im2col(
 /// Output rows per parallel task of the fc layer.
 const ROW_BLOCK: usize = 64;
 
+/// Largest batch that `linear` runs as a GEMV (each weight row streamed once from
+/// memory and dotted with every input row) rather than through sgemm, whose packing of
+/// the weight panel costs as much as the product when there are so few columns.
+const GEMV_MAX_BATCH: usize = 4;
+
 /// Dense fully connected layer; same semantics as `reference::linear`.
+///
+/// Batch 1..=4 with AVX2+FMA: a row-streaming GEMV (memory-bound: fc6 of AlexNet reads
+/// 151 MB of weights per call, so the rate is the memory bandwidth). Otherwise sgemm.
 pub fn linear(x: &Tensor, fc: &Linear) -> Tensor {
     let w = fc.weight.to_dense();
     let (n, k, out) = (x.shape[0], x.shape[1], w.shape[0]);
+    if n == 0 || out == 0 {
+        return Tensor::zeros(vec![n, out]);
+    }
+    let gemv = n <= GEMV_MAX_BATCH && k > 0 && gemv_supported();
     // y^T[out x n] = W[out x k] * x^T[k x n], split over blocks of output rows.
     let blocks: Vec<Vec<f32>> = (0..out)
         .step_by(ROW_BLOCK)
         .collect::<Vec<_>>()
         .par_iter()
         .map(|&r0| {
+            if gemv {
+                let rows = ROW_BLOCK.min(out - r0);
+                let mut yt = vec![0.0; rows * n];
+                for (r, dst) in yt.chunks_exact_mut(n).enumerate() {
+                    gemv_row(
+                        &w.data[(r0 + r) * k..(r0 + r + 1) * k],
+                        &x.data[..n * k],
+                        dst,
+                    );
+                }
+                return yt;
+            }
             let rows = ROW_BLOCK.min(out - r0);
             let mut yt = vec![0.0; rows * n];
             sgemm(
@@ -287,4 +311,73 @@ pub fn linear(x: &Tensor, fc: &Linear) -> Tensor {
         }
     }
     y
+}
+
+/// Whether this CPU runs `gemv_row` (x86-64 with AVX2 and FMA, detected once).
+fn gemv_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `dst[b] = w · xs[b·K .. (b+1)·K]` for `b < dst.len()` (1 to `GEMV_MAX_BATCH`).
+/// Callers check `gemv_supported()`.
+fn gemv_row(w: &[f32], xs: &[f32], dst: &mut [f32]) {
+    assert!(xs.len() == dst.len() * w.len() && (1..=GEMV_MAX_BATCH).contains(&dst.len()));
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(gemv_supported());
+        // SAFETY: AVX2 and FMA are present (asserted); the lengths are checked above.
+        unsafe {
+            match dst.len() {
+                1 => gemv_row_avx2::<1>(w, xs, dst),
+                2 => gemv_row_avx2::<2>(w, xs, dst),
+                3 => gemv_row_avx2::<3>(w, xs, dst),
+                _ => gemv_row_avx2::<4>(w, xs, dst),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("gemv_supported() is false off x86-64");
+}
+
+/// `gemv_row` for `N` input rows: 16 weights per step, loaded once and multiplied
+/// into two 8-lane accumulators per input row (2·N independent FMA chains), then a
+/// scalar tail.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn gemv_row_avx2<const N: usize>(w: &[f32], xs: &[f32], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k = w.len();
+    let main = k / 16 * 16;
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    let mut i = 0;
+    while i < main {
+        // SAFETY: i + 16 <= main <= k, and every input row has k elements.
+        unsafe {
+            let w0 = _mm256_loadu_ps(w.as_ptr().add(i));
+            let w1 = _mm256_loadu_ps(w.as_ptr().add(i + 8));
+            for (b, a) in acc.iter_mut().enumerate() {
+                let x = xs.as_ptr().add(b * k + i);
+                a[0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), a[0]);
+                a[1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.add(8)), a[1]);
+            }
+        }
+        i += 16;
+    }
+    for (b, a) in acc.iter().enumerate() {
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a[0], a[1])) };
+        let mut s = lanes.iter().sum::<f32>();
+        for j in main..k {
+            s += w[j] * xs[b * k + j];
+        }
+        dst[b] = s;
+    }
 }
