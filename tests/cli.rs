@@ -1,15 +1,10 @@
 //! The CLI's documented outputs: `inspect --json` and `eval --json` keys, `classify`,
 //! `compress sketch`, and clear errors (exit code 1, no panic) for bad model files.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::data_dir;
+use std::path::PathBuf;
 use std::process::Command;
-
-fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var("CNNPACK_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    dir.is_dir().then_some(dir)
-}
 
 fn cnnpack(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cnnpack"))

@@ -3,17 +3,12 @@
 //! Tolerance: |got - want| <= 1e-5 * max|want| + 1e-6 (goldens come from ONNX Runtime's
 //! f32 kernels; agreement to about 1e-5 relative is what its README promises).
 
+mod common;
 use cnnpack::format::npy::{read_npy, write_npy};
 use cnnpack::graph::Tensor;
-use std::path::{Path, PathBuf};
+use common::data_dir;
+use std::path::PathBuf;
 use std::process::Command;
-
-fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var("CNNPACK_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    dir.is_dir().then_some(dir)
-}
 
 fn cnnpack(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cnnpack"))

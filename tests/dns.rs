@@ -3,6 +3,7 @@
 //! Kernel tolerance: max |fast − ref| ≤ 1e-4 · max(max |ref|, 1e-3) (f32 sums in a
 //! different order than the f64 reference).
 
+mod common;
 use cnnpack::backend::cpu::{fast, reference};
 use cnnpack::compress::dns::{
     sparsify_graph, surgery, surgery_probability, DnsOptions, SparsePolicy, Surgeon, Thresholds,
@@ -10,20 +11,8 @@ use cnnpack::compress::dns::{
 use cnnpack::graph::{Conv2d, GraphBuilder, Linear, Op, Rng, Tensor};
 use cnnpack::train::{self, BnMode, Masks, Sgd};
 use cnnpack::weights::{SparseWeights, Weights};
+use common::data_dir;
 use std::collections::HashMap;
-use std::path::PathBuf;
-
-fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var("CNNPACK_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data")));
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!("skipped: no data folder at {}", dir.display());
-        None
-    }
-}
 
 /// Random tensor with roughly `density` of its entries nonzero (at least one per
 /// tensor when density > 0 is tiny is not guaranteed: all-zero rows are a case too).

@@ -12,62 +12,17 @@
 //! Without an adapter the tests print `skipped: no GPU adapter` and pass, unless
 //! CNNPACK_REQUIRE_GPU=1.
 
+mod common;
 use cnnpack::backend::cpu::reference;
 use cnnpack::backend::gpu::{ConvKernel, GpuContext, GpuError, GpuModel, GpuOptions};
 use cnnpack::graph::{BinaryKind, Conv2d, Graph, GraphBuilder, Linear, Op, Pool2d, Rng, Tensor};
 use cnnpack::weights::Weights;
-use std::sync::{Arc, OnceLock};
-
-/// One context for the whole binary (pipelines compile once per context).
-fn gpu() -> Option<Arc<GpuContext>> {
-    static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
-    CTX.get_or_init(|| match GpuContext::new() {
-        Ok(c) => {
-            eprintln!("adapter: {}", c.adapter_name());
-            Some(Arc::new(c))
-        }
-        Err(e) => {
-            if std::env::var("CNNPACK_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("CNNPACK_REQUIRE_GPU=1 but no GPU adapter: {e}");
-            }
-            None
-        }
-    })
-    .clone()
-    .or_else(|| {
-        println!("skipped: no GPU adapter");
-        None
-    })
-}
+use common::{assert_close, gpu};
+use std::sync::Arc;
 
 const CONV_TOL: (f32, f32) = (1e-4, 1e-5);
 const ELT_TOL: (f32, f32) = (1e-5, 1e-6);
 const TRANSCENDENTAL_TOL: (f32, f32) = (1e-4, 1e-6);
-
-fn assert_close(what: &str, gpu: &Tensor, reference: &Tensor, (rel, abs): (f32, f32)) {
-    assert_eq!(gpu.shape, reference.shape, "{what}: shape");
-    let max_ref = reference.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let (i, d) = gpu
-        .data
-        .iter()
-        .zip(&reference.data)
-        .map(|(a, b)| (a - b).abs())
-        .enumerate()
-        .fold((0, 0.0f32), |best, (i, d)| {
-            if d > best.1 || d.is_nan() {
-                (i, d)
-            } else {
-                best
-            }
-        });
-    let bound = rel * max_ref + abs;
-    assert!(
-        d <= bound,
-        "{what}: max |d| = {d:e} at {i} (gpu {}, ref {}) > {bound:e} (max|ref| {max_ref})",
-        gpu.data[i],
-        reference.data[i]
-    );
-}
 
 /// Runs `graph` at `batch` on the GPU and the reference and compares every output.
 fn check_with(

@@ -17,26 +17,16 @@
 //!
 //! Without a GPU adapter every test prints `skipped: ...` and returns.
 
+mod common;
 use cnnpack::backend::gpu::train::{DataGradKernel, GpuTrainOptions, GpuTrainer};
 use cnnpack::backend::gpu::GpuContext;
 use cnnpack::data::{Dataset, Preprocess};
 use cnnpack::graph::{Conv2d, Graph, GraphInput, Linear, Node, Op, Pool2d, Rng, Tensor};
 use cnnpack::train::{self, BnMode, Masks, Sgd, TrainDevice, TrainOptions};
 use cnnpack::weights::Weights;
+use common::gpu;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, OnceLock};
-
-/// One context for the whole test binary (opening lavapipe is slow).
-fn gpu() -> Option<Arc<GpuContext>> {
-    static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
-    let c = CTX
-        .get_or_init(|| GpuContext::new().ok().map(Arc::new))
-        .clone();
-    if c.is_none() {
-        println!("skipped: no GPU adapter");
-    }
-    c
-}
+use std::sync::Arc;
 
 /// A graph from (name, op, inputs) triples; each node's output is named after it.
 fn graph(item: &[usize], nodes: Vec<(&str, Op, Vec<&str>)>, output: &str) -> Graph {

@@ -3,6 +3,7 @@
 //! attribute form, malformed files (each must be an `Err`, never a panic), and
 //! export -> import round trips.
 
+mod common;
 use cnnpack::graph::{BinaryKind, Graph, GraphBuilder, GraphError, Op, Tensor};
 use cnnpack::import::proto::{
     attr_type, data_type, AttributeProto, Dimension, GraphProto, ModelProto, NodeProto,
@@ -10,22 +11,9 @@ use cnnpack::import::proto::{
     TypeProtoTensor, ValueInfoProto,
 };
 use cnnpack::import::{export_onnx, load_onnx, parse_onnx, ImportError};
+use common::data_dir;
 use prost::Message;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-/// The shared test-data folder, or `None` after printing why the test skips.
-fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var("CNNPACK_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data")));
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!("skipped: test data folder {} not found", dir.display());
-        None
-    }
-}
 
 /// Asserts two graphs are equal, naming the first node that differs.
 fn assert_same_graph(a: &Graph, b: &Graph, what: &str) {

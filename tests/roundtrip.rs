@@ -2,16 +2,10 @@
 //! and on the GPU: the format is lossless and nothing in the engine depends on where
 //! the weights came from.
 
+mod common;
 use cnnpack::engine::{DeviceKind, Engine};
 use cnnpack::graph::{Graph, Rng};
-use std::path::{Path, PathBuf};
-
-fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var("CNNPACK_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    dir.is_dir().then_some(dir)
-}
+use common::data_dir;
 
 fn assert_bit_identical(graph: Graph, name: &str) {
     let path = std::env::temp_dir().join(format!(

@@ -4,6 +4,7 @@
 //! Kernel tolerance: max |fast − reference| ≤ 1e-4 · max |reference| (+1e-6 absolute),
 //! f32 sums of at most a few hundred terms in a different order.
 
+mod common;
 use cnnpack::backend::cpu::fast::sketch::{
     sketch_conv, sketch_conv_assoc, sketch_conv_assoc_with, sketch_conv_lut, sketch_linear,
     sketch_linear_assoc, sketch_linear_assoc_with, sketch_linear_lut, AssocPlan,
@@ -14,6 +15,7 @@ use cnnpack::compress::{sketch_graph, sketch_tensor, CompressError, SketchOption
 use cnnpack::format::cnnpack as pack_format;
 use cnnpack::graph::{Conv2d, GraphBuilder, Linear, Node, Op, Rng, Tensor};
 use cnnpack::weights::{PartMut, SketchWeights, Weights};
+use common::data_dir;
 use std::collections::HashMap;
 
 /// The dense reference (`backend::cpu::reference`, f64 accumulation) on one layer:
@@ -700,14 +702,6 @@ fn masked_cycles() {
             std::hint::black_box(sketch_linear(&x2, &s2, None));
         }
     });
-}
-
-/// `CNNPACK_DATA` or `../shared/data` beside the crate; `None` (test skipped) if absent.
-fn data_dir() -> Option<std::path::PathBuf> {
-    let dir = std::env::var("CNNPACK_DATA")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data").into());
-    dir.is_dir().then_some(dir)
 }
 
 /// LeNet-5 and MNIST test images for the accuracy checks; `None` when absent.

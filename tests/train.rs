@@ -12,6 +12,7 @@
 //! are kept at least 0.05 > 2 eps away from their kinks and ties, so the finite
 //! difference never crosses one.
 
+mod common;
 use cnnpack::backend::cpu::reference;
 use cnnpack::data::{Dataset, Preprocess};
 use cnnpack::graph::{
@@ -19,22 +20,10 @@ use cnnpack::graph::{
 };
 use cnnpack::train::{self, BnMode, Masks, Schedule, Sgd, TrainOptions};
 use cnnpack::weights::Weights;
+use common::data_dir;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 const EPS: f32 = 1e-2;
-
-fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var("CNNPACK_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data")));
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!("skipped: test data folder {} is absent", dir.display());
-        None
-    }
-}
 
 /// A graph from (name, op, inputs) triples; each node's output is named after it.
 fn graph(item: &[usize], nodes: Vec<(&str, Op, Vec<&str>)>, output: &str) -> Graph {
