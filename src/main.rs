@@ -88,7 +88,7 @@ enum Command {
     /// Compress a model's conv and fc weights.
     #[command(subcommand)]
     Compress(Compress),
-    /// Train a model (e.g. zoo:lenet5, randomly initialised) on a data set; CPU for now.
+    /// Train a model (e.g. zoo:lenet5, randomly initialised) on a data set, on the CPU (default) or the GPU (`--device gpu`).
     Train(TrainArgs),
     /// Fine-tune a pre-trained model (as `train`, with fine-tuning defaults: lr 0.001, 1 epoch).
     Finetune(TrainArgs),
