@@ -13,9 +13,9 @@
 //   across batch, oh, ow), one output channel per workgroup row (wid.y). All lanes of a
 //   workgroup read the same code word (a workgroup-uniform address: one load and a
 //   broadcast on GPUs).
-// - pow2_fc: GEMV, one invocation per output row (lanes = rows), wid.y = batch item.
-//   Codes are stored transposed, [word][row], so the 64 lanes read 64 consecutive words;
-//   every lane reads the same input value at a time (uniform address).
+// - pow2_fc: GEMV, one invocation per output row (lanes = rows), wid.z = batch item
+//   within the window. Codes are stored transposed, [word][row], so the 64 lanes read 64
+//   consecutive words; the input comes from a uniform window (see the kernel).
 
 struct ConvParams {
     batch: u32,
@@ -105,7 +105,6 @@ fn pow2_conv(
 
 struct FcParams {
     rows: u32,
-    k_len: u32,
     wpr: u32,
     cpw: u32,
     bits: u32,
@@ -114,17 +113,30 @@ struct FcParams {
     // First output row of this dispatch and the layer's output width.
     row0: u32,
     out_total: u32,
+    // The window: code words w0 .. w0 + wn of every row, i.e. inputs w0*cpw ..
+    // (w0 + wn)*cpw, each batch item's slice `kpad` floats long, items n0 .. n0 + nz.
+    w0: u32,
+    wn: u32,
+    kpad: u32,
+    n0: u32,
+    // Add to the output (a window after the first); add the bias and apply ReLU (the
+    // last window).
+    accumulate: u32,
+    last: u32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> fx: array<f32>;
+@group(0) @binding(0) var<uniform> fx: array<vec4<f32>, 4096>;
 @group(0) @binding(1) var<storage, read> fcodes: array<u32>;
 @group(0) @binding(2) var<storage, read> fbias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> fy: array<f32>;
 @group(0) @binding(4) var<uniform> fp: FcParams;
 
+// GEMV over a window of the input held in a 64 KiB uniform buffer (filled by
+// `sketch_gather`, zero past K): every lane reads the same input value at a time, which
+// a uniform buffer serves as one load and a broadcast, also on llvmpipe (lavapipe),
+// where a storage load is a per-lane gather (the same trick as `sketch_fc`).
 @compute @workgroup_size(64, 1, 1)
 fn pow2_fc(
     @builtin(local_invocation_index) li: u32,
@@ -134,25 +146,30 @@ fn pow2_fc(
     if (r >= fp.rows) {
         return;
     }
-    let n = wid.y;
-    let x0 = n * fp.k_len;
+    let n = wid.z;
     let mask = (1u << fp.bits) - 1u;
     var acc = 0.0;
-    for (var t = 0u; t < fp.wpr; t++) {
-        var word = fcodes[t * fp.rows + r];
-        let k0 = t * fp.cpw;
-        let kn = min(fp.cpw, fp.k_len - k0);
-        for (var j = 0u; j < kn; j++) {
-            let code = word & mask;
-            if (code != 0u) {
-                acc += times_code(fx[x0 + k0 + j], code, fp.bits, fp.n1);
-            }
+    var xi = n * fp.kpad;
+    for (var t = 0u; t < fp.wn; t++) {
+        var word = fcodes[(fp.w0 + t) * fp.rows + r];
+        for (var j = 0u; j < fp.cpw; j++) {
+            let e = xi + j;
+            let xv = fx[e >> 2u][e & 3u];
+            acc += times_code(xv, word & mask, fp.bits, fp.n1);
             word = word >> fp.bits;
         }
+        xi += fp.cpw;
     }
-    var v = acc + fbias[r];
-    if (fp.relu != 0u) {
-        v = max(v, 0.0);
+    let o = (fp.n0 + n) * fp.out_total + fp.row0 + r;
+    var v = acc;
+    if (fp.accumulate != 0u) {
+        v += fy[o];
     }
-    fy[n * fp.out_total + fp.row0 + r] = v;
+    if (fp.last != 0u) {
+        v += fbias[r];
+        if (fp.relu != 0u) {
+            v = max(v, 0.0);
+        }
+    }
+    fy[o] = v;
 }

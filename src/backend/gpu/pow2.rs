@@ -9,13 +9,19 @@
 //! - Conv (`pow2_conv`): direct, lanes = 64 output pixels, workgroup row = one output
 //!   channel (dispatches of at most 65535 channels); the code word is read at a
 //!   workgroup-uniform address.
-//! - Linear (`pow2_fc`): GEMV, lanes = output rows, one workgroup row per batch item;
-//!   rows are split into chunks whose codes fit the storage binding limit.
+//! - Linear (`pow2_fc`): GEMV, lanes = output rows, `wid.z` = batch item; the input
+//!   comes from a 64 KiB uniform window filled by `sketch_gather` (whole code words of K
+//!   per window, several windows accumulate into the output), so all lanes read one
+//!   input value at a time from a uniform buffer; rows are split into chunks whose codes
+//!   fit the storage binding limit.
 //!
-//! Not measured: this machine has no GPU, and unlike `sketch.rs` these kernels were not
-//! tuned for lavapipe (inputs are read from storage, which lavapipe loads per lane; the
-//! uniform-window trick of `sketch_fc` would apply to `pow2_fc` unchanged). On a GPU
-//! the fc at batch 1 is bound by reading the codes, `b/32` of the dense GEMV's bytes.
+//! Measured on lavapipe only (no GPU here; CPU timings): AlexNet fc6 (9216 -> 4096) at
+//! batch 1, criterion, other jobs paused: dense GEMV 350 ms, pow2 b = 2/3/4/5
+//! 84/74/85/93 ms (4.1-4.7x; b = 5 3.75x), where the first version (inputs from storage,
+//! which llvmpipe loads per lane) ran at 1.8x of dense. The dense GEMV reads its input per
+//! lane too (coalesced on a GPU, a gather on llvmpipe), so part of the ratio is that
+//! difference. On a GPU the fc at batch 1 is bound by reading the codes, `b/32` of the
+//! dense GEMV's bytes.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::model::StepIo;
@@ -26,9 +32,18 @@ use std::sync::Arc;
 
 const SOURCE: &str = include_str!("../../../shaders/pow2.wgsl");
 
-/// Bindings of both kernels: input, codes, bias, output, params.
+/// Bindings of `pow2_conv`: input, codes, bias, output, params.
 const LAYOUT: [Slot; 5] = [
     Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Write,
+    Slot::Uniform,
+];
+
+/// Bindings of `pow2_fc`: input window (uniform), codes, bias, output, params.
+const LAYOUT_FC: [Slot; 5] = [
+    Slot::Uniform,
     Slot::Read,
     Slot::Read,
     Slot::Write,
@@ -40,7 +55,7 @@ fn conv_kernel(ctx: &GpuContext) -> Arc<Kernel> {
 }
 
 fn fc_kernel(ctx: &GpuContext) -> Arc<Kernel> {
-    ctx.kernel("pow2", SOURCE, "pow2_fc", &LAYOUT)
+    ctx.kernel("pow2", SOURCE, "pow2_fc", &LAYOUT_FC)
 }
 
 fn bias_or_zeros(bias: Option<&crate::graph::Tensor>, rows: usize) -> Vec<f32> {
@@ -193,42 +208,102 @@ pub(crate) fn encode_linear(
     }
     let bias = bias_or_zeros(l.bias.as_ref(), rows);
     let kernel = fc_kernel(io.ctx);
+    let cpw = w.codes_per_word();
+    let cap = super::sketch::word_cap(io)?;
+    // Input window: whole code words of K, at most `cap` floats per item.
+    let win_words = wpr.min(cap / cpw);
+    if win_words == 0 {
+        return Err(io.unsupported(format!(
+            "a {cap}-float binding cap cannot hold one {cpw}-code word of inputs"
+        )));
+    }
+    struct Chunk {
+        r0: usize,
+        rows: usize,
+        codes: wgpu::Buffer,
+        bias: wgpu::Buffer,
+    }
+    let chunks: Vec<Chunk> = (0..rows)
+        .step_by(rows_per)
+        .map(|r0| {
+            let n = rows_per.min(rows - r0);
+            let label = format!("{} rows {r0}..{}", io.name, r0 + n);
+            // [word][row of chunk]: lanes (rows) read consecutive words.
+            let mut words = vec![0u32; wpr * n];
+            for r in 0..n {
+                for (t, &cw) in w.code_row(r0 + r).iter().enumerate() {
+                    words[t * n + r] = cw;
+                }
+            }
+            Chunk {
+                r0,
+                rows: n,
+                codes: upload_u32(io.ctx, &format!("{label} codes"), &words),
+                bias: io.ctx.upload(&format!("{label} bias"), &bias[r0..r0 + n]),
+            }
+        })
+        .collect();
+    let ubo = super::sketch::UBO_WORDS;
     let mut out = vec![];
-    for r0 in (0..rows).step_by(rows_per) {
-        let n = rows_per.min(rows - r0);
-        let label = format!("{} rows {r0}..{}", io.name, r0 + n);
-        // [word][row of chunk]: lanes (rows) read consecutive words.
-        let mut words = vec![0u32; wpr * n];
-        for r in 0..n {
-            for (t, &cw) in w.code_row(r0 + r).iter().enumerate() {
-                words[t * n + r] = cw;
+    for w0 in (0..wpr).step_by(win_words) {
+        let wn = win_words.min(wpr - w0);
+        let k0 = w0 * cpw;
+        let kc = (wn * cpw).min(k - k0);
+        let kpad = wn * cpw;
+        // Batch items sharing one window (one launch per row chunk).
+        let items = (cap / kpad).clamp(1, batch);
+        for n0 in (0..batch).step_by(items) {
+            let nn = items.min(batch - n0);
+            let label = format!(
+                "{} inputs {k0}..{} items {n0}..{}",
+                io.name,
+                k0 + kc,
+                n0 + nn
+            );
+            let window = io.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("{label} window")),
+                size: (ubo * 4) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
+                mapped_at_creation: false,
+            });
+            out.push(io.ctx.dispatch(
+                &super::sketch::gather_kernel(io.ctx),
+                &label,
+                &[io.inputs[0].0.clone(), Bind::f32s(&window, ubo)],
+                &[k, k0, kc, kpad, n0, nn].map(uw),
+                [ubo.div_ceil(256) as u32, 1, 1],
+            ));
+            for ch in &chunks {
+                let params = [
+                    uw(ch.rows),
+                    uw(wpr),
+                    uw(cpw),
+                    w.bits(),
+                    w.n1() as u32,
+                    io.relu as u32,
+                    uw(ch.r0),
+                    uw(rows),
+                    uw(w0),
+                    uw(wn),
+                    uw(kpad),
+                    uw(n0),
+                    (w0 > 0) as u32,
+                    (w0 + wn == wpr) as u32,
+                ];
+                out.push(io.ctx.dispatch(
+                    &kernel,
+                    &format!("{label} rows {}..{}", ch.r0, ch.r0 + ch.rows),
+                    &[
+                        Bind::f32s(&window, ubo),
+                        Bind::f32s(&ch.codes, wpr * ch.rows),
+                        Bind::f32s(&ch.bias, ch.rows),
+                        io.output.0.clone(),
+                    ],
+                    &params,
+                    [ch.rows.div_ceil(64) as u32, 1, nn as u32],
+                ));
             }
         }
-        let codes = upload_u32(io.ctx, &format!("{label} codes"), &words);
-        let bias_buf = io.ctx.upload(&format!("{label} bias"), &bias[r0..r0 + n]);
-        let params = [
-            uw(n),
-            uw(k),
-            uw(wpr),
-            uw(w.codes_per_word()),
-            w.bits(),
-            w.n1() as u32,
-            io.relu as u32,
-            uw(r0),
-            uw(rows),
-        ];
-        out.push(io.ctx.dispatch(
-            &kernel,
-            &label,
-            &[
-                io.inputs[0].0.clone(),
-                Bind::f32s(&codes, wpr * n),
-                Bind::f32s(&bias_buf, n),
-                io.output.0.clone(),
-            ],
-            &params,
-            [n.div_ceil(64) as u32, batch as u32, 1],
-        ));
     }
     Ok(out)
 }

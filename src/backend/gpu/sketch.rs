@@ -44,7 +44,7 @@ use std::sync::Arc;
 const SOURCE: &str = include_str!("../../../shaders/sketch.wgsl");
 
 /// u32 words (or f32 values) in one 64 KiB uniform buffer, as the shader declares it.
-const UBO_WORDS: usize = 16384;
+pub(crate) const UBO_WORDS: usize = 16384;
 
 /// Linear layers below this batch use the GEMV kernel; from here on the conv kernel
 /// (lanes = batch items) fills its 64 lanes better.
@@ -81,7 +81,9 @@ fn fc_kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("sketch", SOURCE, "sketch_fc", &LAYOUT_FC)
 }
 
-fn gather_kernel(ctx: &GpuContext) -> Arc<Kernel> {
+/// `sketch_gather`: copies inputs `k0 .. k0 + kc` of items `n0 .. n0 + nn` into a
+/// uniform window (item stride `kpad`, zero-filled), for `sketch_fc` and `pow2_fc`.
+pub(crate) fn gather_kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("sketch", SOURCE, "sketch_gather", &LAYOUT_GATHER)
 }
 
@@ -107,7 +109,7 @@ fn bit(w: &SketchWeights, c: usize, j: usize, k: usize) -> u32 {
 
 /// Uniform-buffer words available to one dispatch: 64 KiB, or fewer when the caller
 /// caps bindings (tests force the chunked path that way).
-fn word_cap(io: &StepIo) -> Result<usize, GpuError> {
+pub(crate) fn word_cap(io: &StepIo) -> Result<usize, GpuError> {
     if (io.ctx.limits().max_uniform_buffer_binding_size as usize) < UBO_WORDS * 4 {
         return Err(io.unsupported(format!(
             "the adapter's uniform binding limit {} is below the {} bytes the sketch kernels need",
