@@ -6,6 +6,7 @@
 //! are exact, so the results differ from the reference (run on the exact dense
 //! reconstruction) only by f32 summation order.
 
+mod common;
 use cnnpack::backend::cpu::{fast, reference};
 use cnnpack::compress::inq::{
     choose_n1, encode_quantized, inq_graph, layer_n1, portion_count, quantize_value, InqOptions,
@@ -523,30 +524,10 @@ fn pow2_conv_matches_reference() {
 
 mod gpu {
     use super::*;
+    use crate::common::gpu;
     use cnnpack::backend::gpu::{CompressedConv, GpuContext, GpuModel, GpuOptions};
     use cnnpack::graph::GraphBuilder;
-    use std::sync::{Arc, OnceLock};
-
-    fn gpu() -> Option<Arc<GpuContext>> {
-        static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
-        CTX.get_or_init(|| match GpuContext::new() {
-            Ok(c) => {
-                eprintln!("adapter: {}", c.adapter_name());
-                Some(Arc::new(c))
-            }
-            Err(e) => {
-                if std::env::var("CNNPACK_REQUIRE_GPU").as_deref() == Ok("1") {
-                    panic!("CNNPACK_REQUIRE_GPU=1 but no GPU adapter: {e}");
-                }
-                None
-            }
-        })
-        .clone()
-        .or_else(|| {
-            println!("skipped: no GPU adapter");
-            None
-        })
-    }
+    use std::sync::Arc;
 
     fn densified(graph: &Graph) -> Graph {
         let mut g = graph.clone();

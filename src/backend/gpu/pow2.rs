@@ -210,9 +210,8 @@ pub(crate) fn encode_linear(
     let kernel = fc_kernel(io.ctx);
     let cpw = w.codes_per_word();
     let cap = super::sketch::word_cap(io)?;
-    // Input window: whole code words of K, at most `cap` floats per item.
-    let win_words = wpr.min(cap / cpw);
-    if win_words == 0 {
+    // Input windows: whole code words of K, at most `cap` floats per item.
+    if cap < cpw {
         return Err(io.unsupported(format!(
             "a {cap}-float binding cap cannot hold one {cpw}-code word of inputs"
         )));
@@ -245,64 +244,38 @@ pub(crate) fn encode_linear(
         .collect();
     let ubo = super::sketch::UBO_WORDS;
     let mut out = vec![];
-    for w0 in (0..wpr).step_by(win_words) {
-        let wn = win_words.min(wpr - w0);
-        let k0 = w0 * cpw;
-        let kc = (wn * cpw).min(k - k0);
-        let kpad = wn * cpw;
-        // Batch items sharing one window (one launch per row chunk).
-        let items = (cap / kpad).clamp(1, batch);
-        for n0 in (0..batch).step_by(items) {
-            let nn = items.min(batch - n0);
-            let label = format!(
-                "{} inputs {k0}..{} items {n0}..{}",
-                io.name,
-                k0 + kc,
-                n0 + nn
-            );
-            let window = io.ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some(&format!("{label} window")),
-                size: (ubo * 4) as u64,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
-                mapped_at_creation: false,
-            });
+    for win in super::sketch::input_windows(io, [k, batch], [wpr, cpw], cap) {
+        let label = win.label.clone();
+        out.push(win.gather);
+        for ch in &chunks {
+            let params = [
+                uw(ch.rows),
+                uw(wpr),
+                uw(cpw),
+                w.bits(),
+                w.n1() as u32,
+                io.relu as u32,
+                uw(ch.r0),
+                uw(rows),
+                uw(win.w0),
+                uw(win.wn),
+                uw(win.kpad),
+                uw(win.n0),
+                (win.w0 > 0) as u32,
+                (win.w0 + win.wn == wpr) as u32,
+            ];
             out.push(io.ctx.dispatch(
-                &super::sketch::gather_kernel(io.ctx),
-                &label,
-                &[io.inputs[0].0.clone(), Bind::f32s(&window, ubo)],
-                &[k, k0, kc, kpad, n0, nn].map(uw),
-                [ubo.div_ceil(256) as u32, 1, 1],
+                &kernel,
+                &format!("{label} rows {}..{}", ch.r0, ch.r0 + ch.rows),
+                &[
+                    Bind::f32s(&win.buffer, ubo),
+                    Bind::f32s(&ch.codes, wpr * ch.rows),
+                    Bind::f32s(&ch.bias, ch.rows),
+                    io.output.0.clone(),
+                ],
+                &params,
+                [ch.rows.div_ceil(64) as u32, 1, win.nn as u32],
             ));
-            for ch in &chunks {
-                let params = [
-                    uw(ch.rows),
-                    uw(wpr),
-                    uw(cpw),
-                    w.bits(),
-                    w.n1() as u32,
-                    io.relu as u32,
-                    uw(ch.r0),
-                    uw(rows),
-                    uw(w0),
-                    uw(wn),
-                    uw(kpad),
-                    uw(n0),
-                    (w0 > 0) as u32,
-                    (w0 + wn == wpr) as u32,
-                ];
-                out.push(io.ctx.dispatch(
-                    &kernel,
-                    &format!("{label} rows {}..{}", ch.r0, ch.r0 + ch.rows),
-                    &[
-                        Bind::f32s(&window, ubo),
-                        Bind::f32s(&ch.codes, wpr * ch.rows),
-                        Bind::f32s(&ch.bias, ch.rows),
-                        io.output.0.clone(),
-                    ],
-                    &params,
-                    [ch.rows.div_ceil(64) as u32, 1, nn as u32],
-                ));
-            }
         }
     }
     Ok(out)

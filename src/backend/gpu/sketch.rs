@@ -83,7 +83,7 @@ fn fc_kernel(ctx: &GpuContext) -> Arc<Kernel> {
 
 /// `sketch_gather`: copies inputs `k0 .. k0 + kc` of items `n0 .. n0 + nn` into a
 /// uniform window (item stride `kpad`, zero-filled), for `sketch_fc` and `pow2_fc`.
-pub(crate) fn gather_kernel(ctx: &GpuContext) -> Arc<Kernel> {
+fn gather_kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("sketch", SOURCE, "sketch_gather", &LAYOUT_GATHER)
 }
 
@@ -397,12 +397,74 @@ pub(crate) fn encode_linear(
         return Err(io.unsupported(format!("{rows_per} rows exceed {max} workgroups of 64")));
     }
     let mut out = vec![];
-    for w0 in (0..wpr).step_by(win_words) {
-        let wn = win_words.min(wpr - w0);
-        let k0 = w0 * 32;
-        let kc = (wn * 32).min(k - k0);
-        let kpad = wn * 32;
-        // Batch items sharing one window (and one launch per row chunk).
+    for win in input_windows(io, [k, batch], [wpr, 32], cap) {
+        let label = win.label.clone();
+        out.push(win.gather);
+        for ch in &chunks {
+            let params = [
+                ch.rows,
+                m,
+                wpr,
+                win.w0,
+                win.wn,
+                win.kpad,
+                rows,
+                ch.r0,
+                win.n0,
+                (win.w0 > 0) as usize,
+                (win.w0 + win.wn == wpr) as usize,
+                io.relu as usize,
+            ]
+            .map(uw);
+            out.push(io.ctx.dispatch(
+                &fc_kernel(io.ctx),
+                &format!("{label} rows {}..{}", ch.r0, ch.r0 + ch.rows),
+                &[
+                    Bind::f32s(&win.buffer, UBO_WORDS),
+                    Bind::f32s(&ch.bits, m * wpr * ch.rows),
+                    Bind::f32s(&ch.scales, ch.rows * m),
+                    Bind::f32s(&ch.bias, ch.rows),
+                    io.output.0.clone(),
+                ],
+                &params,
+                [ch.rows.div_ceil(64) as u32, 1, win.nn as u32],
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// One uniform window of a Linear layer's input: words `w0 .. w0 + wn` of K (inputs
+/// `w0·per_word ..`, zero past K) of batch items `n0 .. n0 + nn`, each item `kpad`
+/// floats apart, in `buffer`; `gather` fills it and is recorded before the kernels that
+/// read it (`sketch_fc`, `pow2_fc`).
+pub(crate) struct InputWindow {
+    pub(crate) w0: usize,
+    pub(crate) wn: usize,
+    pub(crate) kpad: usize,
+    pub(crate) n0: usize,
+    pub(crate) nn: usize,
+    pub(crate) label: String,
+    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) gather: Dispatch,
+}
+
+/// Splits an input of `[batch, k]` into uniform windows of at most `cap` floats: whole
+/// words of `per_word` inputs along K (`words` per row), then as many batch items as fit.
+/// The caller checked that one word fits (`cap >= per_word`).
+pub(crate) fn input_windows(
+    io: &StepIo,
+    [k, batch]: [usize; 2],
+    [words, per_word]: [usize; 2],
+    cap: usize,
+) -> Vec<InputWindow> {
+    let win_words = words.min(cap / per_word).max(1);
+    let mut out = vec![];
+    for w0 in (0..words).step_by(win_words) {
+        let wn = win_words.min(words - w0);
+        let k0 = w0 * per_word;
+        let kc = (wn * per_word).min(k - k0);
+        let kpad = wn * per_word;
         let items = (cap / kpad).clamp(1, batch);
         for n0 in (0..batch).step_by(items) {
             let nn = items.min(batch - n0);
@@ -412,52 +474,32 @@ pub(crate) fn encode_linear(
                 k0 + kc,
                 n0 + nn
             );
-            let window = io.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            let buffer = io.ctx.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("{label} window")),
                 size: (UBO_WORDS * 4) as u64,
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
                 mapped_at_creation: false,
             });
-            out.push(io.ctx.dispatch(
+            let gather = io.ctx.dispatch(
                 &gather_kernel(io.ctx),
                 &label,
-                &[io.inputs[0].0.clone(), Bind::f32s(&window, UBO_WORDS)],
+                &[io.inputs[0].0.clone(), Bind::f32s(&buffer, UBO_WORDS)],
                 &[k, k0, kc, kpad, n0, nn].map(uw),
                 [UBO_WORDS.div_ceil(256) as u32, 1, 1],
-            ));
-            for ch in &chunks {
-                let params = [
-                    ch.rows,
-                    m,
-                    wpr,
-                    w0,
-                    wn,
-                    kpad,
-                    rows,
-                    ch.r0,
-                    n0,
-                    (w0 > 0) as usize,
-                    (w0 + wn == wpr) as usize,
-                    io.relu as usize,
-                ]
-                .map(uw);
-                out.push(io.ctx.dispatch(
-                    &fc_kernel(io.ctx),
-                    &format!("{label} rows {}..{}", ch.r0, ch.r0 + ch.rows),
-                    &[
-                        Bind::f32s(&window, UBO_WORDS),
-                        Bind::f32s(&ch.bits, m * wpr * ch.rows),
-                        Bind::f32s(&ch.scales, ch.rows * m),
-                        Bind::f32s(&ch.bias, ch.rows),
-                        io.output.0.clone(),
-                    ],
-                    &params,
-                    [ch.rows.div_ceil(64) as u32, 1, nn as u32],
-                ));
-            }
+            );
+            out.push(InputWindow {
+                w0,
+                wn,
+                kpad,
+                n0,
+                nn,
+                label,
+                buffer,
+                gather,
+            });
         }
     }
-    Ok(out)
+    out
 }
 
 /// Storage/uniform buffers of u32 words (the context's `upload` takes f32).
