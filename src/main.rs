@@ -422,6 +422,8 @@ struct PreprocessArgs {
 }
 
 fn main() -> ExitCode {
+    // Reuse freed activation buffers across runs (see the function's docs).
+    cnnpack::backend::cpu::keep_freed_memory();
     let cli = Cli::parse();
     // Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid" to stderr when probing
     // window-system support on a headless machine; cnnpack draws nothing, so give them

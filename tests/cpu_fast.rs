@@ -193,3 +193,48 @@ fn pooling_matches_reference_on_random_shapes() {
         );
     }
 }
+
+/// The fast executor applies element-wise and layout ops to the buffer of an input that
+/// dies at the node. It must give exactly the reference's values, and must not touch a
+/// value that a later node (or the graph's outputs) still reads: here the input feeds a
+/// ReLU and, later, an Add; a ReLU output is both added and returned; an Add reads the
+/// same value twice.
+#[test]
+fn in_place_ops_match_the_reference_and_spare_live_values() {
+    use cnnpack::graph::GraphBuilder;
+    let mut b = GraphBuilder::new("x", &[3, 5, 7], 1);
+    let x = b.input();
+    let r = b.relu(&x); // x is read again below: not in place
+    let a = b.add(&r, &x); // r dies here: in place
+    let twice = b.add(&a, &a); // the same value twice: not in place
+    let r2 = b.relu(&twice); // in place
+    let kept = b.relu(&r2); // r2 dies here, but `kept` is an output
+    let s = b.add(&kept, &a); // kept is an output: not in place
+    let f = b.flatten(&s); // in place (shape only)
+    let y = b.push(
+        "clip",
+        Op::Clip {
+            min: -0.5,
+            max: 1.5,
+        },
+        &[&f],
+    );
+    let g = b.finish(&[&y, &kept]).expect("graph");
+    let mut rng = Rng::new(3);
+    for n in [1, 4] {
+        let input = rng.normal_tensor(vec![n, 3, 5, 7], 1.0);
+        let fast_out = fast::run_graph(&g, &input).expect("fast");
+        let ref_out = reference::run_graph(&g, &input).expect("reference");
+        assert_eq!(fast_out, ref_out, "batch {n}");
+        let (profiled, times) = fast::run_graph_profiled(&g, &input).expect("profiled");
+        assert_eq!(profiled, ref_out, "batch {n}, profiled");
+        assert_eq!(times.len(), g.nodes.len(), "every node timed once");
+    }
+}
+
+/// The allocator setting the CLI applies at start is accepted by glibc.
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory_applies_on_glibc() {
+    assert!(cnnpack::backend::cpu::keep_freed_memory());
+}

@@ -24,14 +24,30 @@ pub fn max_pool(x: &Tensor, p: &Pool2d) -> Tensor {
     let col_ranges: Vec<(usize, usize)> = (0..ow)
         .map(|ox| window(ox, p.stride[1], p.pads[1], p.kernel[1], w))
         .collect();
+    // Output columns lo..hi have their whole window inside the row.
+    let (kw, sw, pad) = (p.kernel[1], p.stride[1], p.pads[1]);
+    let lo = pad.div_ceil(sw).min(ow);
+    let hi = if w + pad >= kw {
+        ((w + pad - kw) / sw + 1).clamp(lo, ow)
+    } else {
+        lo
+    };
     y.data
         .par_chunks_mut(oh * ow)
         .zip(x.data.par_chunks(h * w))
         .for_each(|(dst, src)| {
             let mut rows_max = vec![f32::NEG_INFINITY; h * ow];
             for (src_row, out_row) in src.chunks_exact(w).zip(rows_max.chunks_exact_mut(ow)) {
-                for (o, &(a, b)) in out_row.iter_mut().zip(&col_ranges) {
-                    *o = src_row[a..b]
+                // Interior columns (window inside the row): one pass per tap, no
+                // per-output slicing; the clipped edge columns take the general path.
+                for kx in 0..kw {
+                    for ox in lo..hi {
+                        out_row[ox] = out_row[ox].max(src_row[ox * sw + kx - pad]);
+                    }
+                }
+                for ox in (0..lo).chain(hi..ow) {
+                    let (a, b) = col_ranges[ox];
+                    out_row[ox] = src_row[a..b]
                         .iter()
                         .copied()
                         .fold(f32::NEG_INFINITY, f32::max);
