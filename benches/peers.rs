@@ -92,6 +92,9 @@ fn peers(c: &mut Criterion) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // As the `cnnpack` binary does: keep freed activation buffers in the heap (this
+    // applies to tract's allocations too, so both engines get the same allocator).
+    cnnpack::backend::cpu::keep_freed_memory();
     // cnnpack's CPU path runs on rayon's global pool.
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
