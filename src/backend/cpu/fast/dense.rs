@@ -250,7 +250,7 @@ const ROW_BLOCK: usize = 64;
 /// Largest batch that `linear` runs as a GEMV (each weight row streamed once from
 /// memory and dotted with every input row) rather than through sgemm, whose packing of
 /// the weight panel costs as much as the product when there are so few columns.
-const GEMV_MAX_BATCH: usize = 4;
+pub(super) const GEMV_MAX_BATCH: usize = 4;
 
 /// Dense fully connected layer; same semantics as `reference::linear`.
 ///
@@ -314,7 +314,7 @@ pub fn linear(x: &Tensor, fc: &Linear) -> Tensor {
 }
 
 /// Whether this CPU runs `gemv_row` (x86-64 with AVX2 and FMA, detected once).
-fn gemv_supported() -> bool {
+pub(super) fn gemv_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -327,7 +327,7 @@ fn gemv_supported() -> bool {
 
 /// `dst[b] = w · xs[b·K .. (b+1)·K]` for `b < dst.len()` (1 to `GEMV_MAX_BATCH`).
 /// Callers check `gemv_supported()`.
-fn gemv_row(w: &[f32], xs: &[f32], dst: &mut [f32]) {
+pub(super) fn gemv_row(w: &[f32], xs: &[f32], dst: &mut [f32]) {
     assert!(xs.len() == dst.len() * w.len() && (1..=GEMV_MAX_BATCH).contains(&dst.len()));
     #[cfg(target_arch = "x86_64")]
     {

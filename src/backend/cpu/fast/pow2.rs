@@ -97,12 +97,24 @@ pub fn pow2_linear(x: &Tensor, w: &Pow2Weights, bias: Option<&Tensor>) -> Tensor
                 }
             } else {
                 let mut wrow = vec![0f32; k + 16];
+                let gemv = super::dense::gemv_supported();
+                let mut ys = vec![0f32; n];
                 for c in rows {
                     decoder.decode(w.code_row(c), &mut wrow);
                     let b = bias.map_or(0.0, |b| b.data[c]);
-                    for r in 0..n {
-                        tile.push(dot(&x.data[r * k..(r + 1) * k], &wrow[..k]) + b);
+                    if gemv {
+                        // The decoded row against up to 4 input rows per pass (AVX2 FMA).
+                        let step = super::dense::GEMV_MAX_BATCH;
+                        for (r0, dst) in (0..n).step_by(step).zip(ys.chunks_mut(step)) {
+                            let xs = &x.data[r0 * k..(r0 + dst.len()) * k];
+                            super::dense::gemv_row(&wrow[..k], xs, dst);
+                        }
+                    } else {
+                        for (r, y) in ys.iter_mut().enumerate() {
+                            *y = dot(&x.data[r * k..(r + 1) * k], &wrow[..k]);
+                        }
                     }
+                    tile.extend(ys.iter().map(|y| y + b));
                 }
             }
             tile
