@@ -5,7 +5,8 @@
 # note when it is not installed), then tract, cnnpack CPU and cnnpack GPU
 # (benches/peers.rs, one criterion run). Usage: benches/peers.sh [OUT_DIR]
 # Env: CNNPACK_DATA, CNNPACK_THREADS (default: nproc), CNNPACK_PEERS_ENGINES,
-# CNNPACK_PEERS_BATCH, CNNPACK_PEERS_GPU_BATCH, CNNPACK_PEERS_SECONDS (see benches/peers.rs).
+# CNNPACK_PEERS_BATCH, CNNPACK_PEERS_GPU_BATCH, CNNPACK_PEERS_SECONDS (see benches/peers.rs),
+# CARGO_TARGET_DIR (e.g. a separate folder for the tract build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench-out/peers}
@@ -13,8 +14,9 @@ mkdir -p "$out"
 D=${CNNPACK_DATA:-../shared/data}
 threads=${CNNPACK_THREADS:-$(nproc)}
 batch=${CNNPACK_PEERS_BATCH:-1,8}
+T=${CARGO_TARGET_DIR:-target}
 cargo build --release --quiet
-R=./target/release/cnnpack
+R=$T/release/cnnpack
 $R export zoo:resnet18 -o "$out/resnet18.onnx"
 $R export zoo:alexnet -o "$out/alexnet.onnx"
 squeeze="$D/imagenet/squeezenet1.0/squeezenet1.0.onnx"
@@ -25,5 +27,5 @@ CNNPACK_DATA="$D" CNNPACK_PEERS_DIR="$out" CNNPACK_THREADS="$threads" CNNPACK_PE
     cargo bench --bench peers --features peers -- --noplot 2>&1 | tee "$out/peers.txt"
 uptime | tee -a "$out/load.txt"
 gpu=$(grep -m1 'cnnpack-gpu adapter:' "$out/peers.txt" | sed 's/.*adapter: //' || true)
-python3 benches/peers_table.py --criterion target/criterion --ort "$out/ort.json" \
+python3 benches/peers_table.py --criterion "$T/criterion" --ort "$out/ort.json" \
     --batch "$batch" --gpu-name "cnnpack GPU (${gpu:-none})" --json "$out/peers.json" | tee "$out/table.md"
