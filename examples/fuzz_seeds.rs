@@ -108,13 +108,21 @@ fn main() {
             &format!("{name}-inq.cnnpack"),
             &cnnpack::format::to_bytes(&q).expect("quantized models serialize"),
         );
-        let (sp, _) = dns::sparsify_graph(&q, &dns::SparsePolicy::All).unwrap_or_else(|_| {
-            dns::sparsify_graph(g, &dns::SparsePolicy::All).expect("dense models sparsify")
-        });
+        // CSR with f32 values (from the dense model) and with power-of-two value codes
+        // (from the quantized one: `sparse+pow2`).
+        let (sp, _) =
+            dns::sparsify_graph(g, &dns::SparsePolicy::All).expect("dense models sparsify");
         write(
             pack_dir,
             &format!("{name}-sparse.cnnpack"),
             &cnnpack::format::to_bytes(&sp).expect("sparse models serialize"),
+        );
+        let (spq, _) =
+            dns::sparsify_graph(&q, &dns::SparsePolicy::All).expect("pow2 models sparsify");
+        write(
+            pack_dir,
+            &format!("{name}-sparse-pow2.cnnpack"),
+            &cnnpack::format::to_bytes(&spq).expect("sparse+pow2 models serialize"),
         );
     }
 
