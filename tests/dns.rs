@@ -713,3 +713,38 @@ fn sparse_linear_wide_indices_and_empty_rows() {
         check(&got, &want, &format!("wide n{n} density {density}"));
     }
 }
+
+/// Which sparse convs the executor runs with the CSR kernel: stride 1 up to the
+/// crossover density; strided convs (whose row kernel measured slower than dense) and
+/// denser layers go through the dense path, with the same results.
+#[test]
+fn executor_routes_sparse_convs_by_stride_and_density() {
+    use cnnpack::backend::cpu::fast::sparse::{runs_sparse, CONV_CROSSOVER};
+    let mut rng = Rng::new(77);
+    for (stride, density) in [(1, 0.2), (1, 0.9), (2, 0.2), (4, 0.05)] {
+        let t = sparse_tensor(&mut rng, vec![6, 3, 3, 3], density);
+        let w = SparseWeights::from_dense(t.shape.clone(), &t.data).expect("csr");
+        let conv = Conv2d {
+            kernel: [3, 3],
+            stride: [stride, stride],
+            pads: [1; 4],
+            dilation: [1, 1],
+            groups: 1,
+            weight: Weights::Sparse(w.clone()),
+            bias: Some(rng.normal_tensor(vec![6], 1.0)),
+        };
+        let expect = stride == 1 && w.density() <= CONV_CROSSOVER;
+        assert_eq!(runs_sparse(&conv, &w), expect, "stride {stride} density {density}");
+        let x = rng.normal_tensor(vec![2, 3, 11, 9], 1.0);
+        let node = cnnpack::graph::Node {
+            name: "c".into(),
+            op: Op::Conv(conv.clone()),
+            inputs: vec!["x".into()],
+            output: "y".into(),
+        };
+        let got = fast::run_node(&node, &[&x]).expect("fast");
+        let want = reference::conv2d(&x, &conv);
+        let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+        assert!(got.max_abs_diff(&want) <= 1e-4 * scale, "stride {stride} density {density}");
+    }
+}

@@ -31,13 +31,11 @@ pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
         (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Sketch(_) | Weights::Pow2(_)) => {
             Ok(conv2d(x, &decoded::dense_conv(c)))
         }
-        // Sparse conv: the CSR kernel below the measured crossover density, the dense
-        // path (decoded once) above it.
+        // Sparse conv: the CSR kernel where it measured faster (stride 1, below the
+        // crossover density), else the dense path on weights decoded once.
         (Op::Conv(c), Some(x)) => match &c.weight {
-            Weights::Sparse(w) if w.density() > sparse::CONV_CROSSOVER => {
-                Ok(conv2d(x, &decoded::dense_conv(c)))
-            }
-            Weights::Sparse(_) => Ok(sparse::sparse_conv(x, c)),
+            Weights::Sparse(w) if sparse::runs_sparse(c, w) => Ok(sparse::sparse_conv(x, c)),
+            Weights::Sparse(_) => Ok(conv2d(x, &decoded::dense_conv(c))),
             _ => Ok(conv2d(x, c)),
         },
         (
