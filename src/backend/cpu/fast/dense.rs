@@ -1,4 +1,5 @@
-//! Dense conv and fc: im2col + `matrixmultiply::sgemm`, parallel with rayon.
+//! Dense conv and fc: im2col + `matrixmultiply::sgemm`, parallel with rayon; fc at
+//! batch 1-4 is a row-streaming AVX2 GEMV instead (see `linear`).
 //!
 //! Why im2col and not direct: sgemm's packed micro-kernels reach several times the
 //! FLOP rate of a direct loop nest on x86 (AVX2/FMA picked at run time), and the
@@ -18,8 +19,8 @@ const TASKS_PER_THREAD: usize = 3;
 /// Shortest row tile when a column block's GEMM is split over output channels.
 const MIN_TILE_ROWS: usize = 32;
 
-/// `c[m x n] = a[m x k] * b[k x n] + beta * c` with explicit row/column strides (in
-/// elements).
+/// `c[m x n] = a[m x k] * b[k x n]` (overwriting `c`) with explicit row/column strides
+/// (in elements).
 #[allow(clippy::too_many_arguments)]
 fn sgemm(
     m: usize,
