@@ -734,7 +734,11 @@ fn executor_routes_sparse_convs_by_stride_and_density() {
             bias: Some(rng.normal_tensor(vec![6], 1.0)),
         };
         let expect = stride == 1 && w.density() <= CONV_CROSSOVER;
-        assert_eq!(runs_sparse(&conv, &w), expect, "stride {stride} density {density}");
+        assert_eq!(
+            runs_sparse(&conv, &w),
+            expect,
+            "stride {stride} density {density}"
+        );
         let x = rng.normal_tensor(vec![2, 3, 11, 9], 1.0);
         let node = cnnpack::graph::Node {
             name: "c".into(),
@@ -745,6 +749,9 @@ fn executor_routes_sparse_convs_by_stride_and_density() {
         let got = fast::run_node(&node, &[&x]).expect("fast");
         let want = reference::conv2d(&x, &conv);
         let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-        assert!(got.max_abs_diff(&want) <= 1e-4 * scale, "stride {stride} density {density}");
+        assert!(
+            got.max_abs_diff(&want) <= 1e-4 * scale,
+            "stride {stride} density {density}"
+        );
     }
 }
