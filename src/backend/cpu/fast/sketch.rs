@@ -44,8 +44,129 @@ enum Method<'a> {
 }
 
 /// `y = x Wᵀ + b` for `x: [N, K]` and sketch weights `[O, K]`; returns `[N, O]`.
+///
+/// Batch 1: the masked additions-only kernel (memory traffic `m/32` of dense). Batch 2
+/// and more with AVX2+FMA: each weight row is decoded once into f32 (`Σ_j ±a_j`, a
+/// shift and a blend per 8 weights and base) and dotted with every input row by the
+/// dense GEMV, which beats `N` masked passes over the bits (fc6 at batch 8: see
+/// docs/benchmarks.md).
 pub fn sketch_linear(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Tensor {
+    if x.shape.len() == 2
+        && x.shape[0] >= 2
+        && x.shape[1] == w.row_len()
+        && decoded_rows_supported()
+    {
+        return linear_decoded_rows(x, w, bias);
+    }
     linear_with(x, w, bias, Method::Masked)
+}
+
+fn decoded_rows_supported() -> bool {
+    super::dense::gemv_supported() && cfg!(target_arch = "x86_64")
+}
+
+/// Output rows per task of `linear_decoded_rows`.
+const DECODED_ROW_BLOCK: usize = 32;
+
+/// `sketch_linear` for batches of 2 or more: decode a row, GEMV it against the batch.
+fn linear_decoded_rows(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Tensor {
+    let (n, k, o) = (x.shape[0], w.row_len(), w.rows());
+    let step = super::dense::GEMV_MAX_BATCH;
+    let blocks: Vec<Vec<f32>> = (0..o)
+        .step_by(DECODED_ROW_BLOCK)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|r0| {
+            let rows = DECODED_ROW_BLOCK.min(o - r0);
+            let mut row = vec![0f32; 32 * w.words_per_row()];
+            let mut out = vec![0f32; rows * n];
+            for (r, dst) in out.chunks_exact_mut(n).enumerate() {
+                decode_row(w, r0 + r, &mut row);
+                for (b0, d) in (0..n).step_by(step).zip(dst.chunks_mut(step)) {
+                    super::dense::gemv_row(&row[..k], &x.data[b0 * k..(b0 + d.len()) * k], d);
+                }
+            }
+            out
+        })
+        .collect();
+    let mut y = vec![0f32; n * o];
+    for (bi, out) in blocks.iter().enumerate() {
+        for (r, vals) in out.chunks_exact(n).enumerate() {
+            let c = bi * DECODED_ROW_BLOCK + r;
+            let b = bias.map_or(0.0, |b| b.data[c]);
+            for (item, v) in vals.iter().enumerate() {
+                y[item * o + c] = v + b;
+            }
+        }
+    }
+    Tensor {
+        shape: vec![n, o],
+        data: y,
+    }
+}
+
+/// Row `c` of the sketch as f32, `Σ_j a_j (2 B_j − 1)`, into `row` (32 per bit word;
+/// entries past K get the padding bits' values and are not read).
+fn decode_row(w: &SketchWeights, c: usize, row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: callers check `decoded_rows_supported()` (AVX2 present).
+        unsafe { decode_row_avx2(w, c, row) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let m = w.bases();
+        row.fill(0.0);
+        for j in 0..m {
+            let a = w.scales()[c * m + j];
+            for (chunk, &word) in row.chunks_exact_mut(32).zip(w.bit_row(c, j)) {
+                for (i, v) in chunk.iter_mut().enumerate() {
+                    *v += if word >> i & 1 == 1 { a } else { -a };
+                }
+            }
+        }
+    }
+}
+
+/// `decode_row` with AVX2: per 8 weights and base, one variable shift moves each lane's
+/// bit into its sign, one blend picks `+a` or `−a`, one add.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn decode_row_avx2(w: &SketchWeights, c: usize, row: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let m = w.bases();
+    let shifts: [__m256i; 4] = std::array::from_fn(|q| {
+        let b = 8 * q as i32;
+        _mm256_setr_epi32(
+            31 - b,
+            30 - b,
+            29 - b,
+            28 - b,
+            27 - b,
+            26 - b,
+            25 - b,
+            24 - b,
+        )
+    });
+    row.fill(0.0);
+    for j in 0..m {
+        let a = w.scales()[c * m + j];
+        let (pos, neg) = (_mm256_set1_ps(a), _mm256_set1_ps(-a));
+        for (chunk, &word) in row.chunks_exact_mut(32).zip(w.bit_row(c, j)) {
+            let wv = _mm256_set1_epi32(word as i32);
+            for (q, sh) in shifts.iter().enumerate() {
+                let mask = _mm256_castsi256_ps(_mm256_sllv_epi32(wv, *sh));
+                // SAFETY: `chunk` has 32 elements; 8q + 8 <= 32.
+                unsafe {
+                    let p = chunk.as_mut_ptr().add(8 * q);
+                    _mm256_storeu_ps(
+                        p,
+                        _mm256_add_ps(_mm256_loadu_ps(p), _mm256_blendv_ps(neg, pos, mask)),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// As `sketch_linear`, with P from per-input-row 8-input lookup tables.
