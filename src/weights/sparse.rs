@@ -274,6 +274,28 @@ impl SparseWeights {
         sp.with_value_codes(w.bits(), w.n1())
     }
 
+    /// Refuses a code set outside what the pow2 encoding allows (b = 2..=5, n1 in range).
+    fn check_code_set(&self, bits: u32, n1: i32) -> Result<(), EncodingError> {
+        let (part, found, expected) = if !(2..=5).contains(&bits) {
+            ("value_codes.bits", bits as usize, 5)
+        } else if !(N1_MIN..=N1_MAX).contains(&n1) {
+            (
+                "value_codes.n1",
+                n1.unsigned_abs() as usize,
+                N1_MAX as usize,
+            )
+        } else {
+            return Ok(());
+        };
+        Err(EncodingError {
+            encoding: "sparse",
+            shape: self.shape.clone(),
+            part,
+            found,
+            expected,
+        })
+    }
+
     /// Stores the values as `bits`-bit codes of the set with largest exponent `n1`;
     /// fails (part "values (not in the code set)") if a value is not 0 or `±2^n`,
     /// `n2 ≤ n ≤ n1`, exactly.
@@ -285,16 +307,7 @@ impl SparseWeights {
             found,
             expected,
         };
-        if !(2..=5).contains(&bits) {
-            return Err(err("value_codes.bits", bits as usize, 5));
-        }
-        if !(N1_MIN..=N1_MAX).contains(&n1) {
-            return Err(err(
-                "value_codes.n1",
-                n1.unsigned_abs() as usize,
-                N1_MAX as usize,
-            ));
-        }
+        self.check_code_set(bits, n1)?;
         let table = decode_table(bits, n1);
         let per_word = codes_per_word(bits);
         let mut codes = vec![0u32; self.values.len().div_ceil(per_word)];
@@ -328,16 +341,7 @@ impl SparseWeights {
             found,
             expected,
         };
-        if !(2..=5).contains(&bits) {
-            return Err(err("value_codes.bits", bits as usize, 5));
-        }
-        if !(N1_MIN..=N1_MAX).contains(&n1) {
-            return Err(err(
-                "value_codes.n1",
-                n1.unsigned_abs() as usize,
-                N1_MAX as usize,
-            ));
-        }
+        self.check_code_set(bits, n1)?;
         let nnz = self.row_ptr.last().copied().unwrap_or(0) as usize;
         let per_word = codes_per_word(bits);
         if self.cols.codes.len() != nnz.div_ceil(per_word) {

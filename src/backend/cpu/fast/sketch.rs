@@ -61,8 +61,9 @@ pub fn sketch_linear(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Te
     linear_with(x, w, bias, Method::Masked)
 }
 
+/// AVX2+FMA (the GEMV's requirement; the row decode needs AVX2 too).
 fn decoded_rows_supported() -> bool {
-    super::dense::gemv_supported() && cfg!(target_arch = "x86_64")
+    super::dense::gemv_supported()
 }
 
 /// Output rows per task of `linear_decoded_rows`.
@@ -115,27 +116,18 @@ fn decode_row(w: &SketchWeights, c: usize, row: &mut [f32]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let m = w.bases();
-        row.fill(0.0);
-        for j in 0..m {
-            let a = w.scales()[c * m + j];
-            for (chunk, &word) in row.chunks_exact_mut(32).zip(w.bit_row(c, j)) {
-                for (i, v) in chunk.iter_mut().enumerate() {
-                    *v += if word >> i & 1 == 1 { a } else { -a };
-                }
-            }
-        }
+        let _ = (w, c, row);
+        unreachable!("decoded_rows_supported() is false off x86-64");
     }
 }
 
-/// `decode_row` with AVX2: per 8 weights and base, one variable shift moves each lane's
-/// bit into its sign, one blend picks `+a` or `−a`, one add.
+/// Per quarter q of a 32-bit word, the left shifts that move bit 8q + t into the sign of
+/// lane t (31 − (8q + t)): `_mm256_sllv_epi32` then lets `blendv` select on the bit.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn decode_row_avx2(w: &SketchWeights, c: usize, row: &mut [f32]) {
+fn sign_shifts() -> [std::arch::x86_64::__m256i; 4] {
     use std::arch::x86_64::*;
-    let m = w.bases();
-    let shifts: [__m256i; 4] = std::array::from_fn(|q| {
+    std::array::from_fn(|q| {
         let b = 8 * q as i32;
         _mm256_setr_epi32(
             31 - b,
@@ -147,7 +139,17 @@ fn decode_row_avx2(w: &SketchWeights, c: usize, row: &mut [f32]) {
             25 - b,
             24 - b,
         )
-    });
+    })
+}
+
+/// `decode_row` with AVX2: per 8 weights and base, one variable shift moves each lane's
+/// bit into its sign, one blend picks `+a` or `−a`, one add.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn decode_row_avx2(w: &SketchWeights, c: usize, row: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let m = w.bases();
+    let shifts = sign_shifts();
     row.fill(0.0);
     for j in 0..m {
         let a = w.scales()[c * m + j];
@@ -471,19 +473,7 @@ fn masked_rows_avx2(x: &[f32], bits: &[u32], p: &mut [f32]) {
         p.iter_mut().for_each(|v| *v = 0.0);
         return;
     }
-    // Lane t of quarter q tests bit 8q + t: shift left by 31 - (8q + t).
-    let shifts: [__m256i; 4] = std::array::from_fn(|q| {
-        _mm256_setr_epi32(
-            31 - 8 * q as i32,
-            30 - 8 * q as i32,
-            29 - 8 * q as i32,
-            28 - 8 * q as i32,
-            27 - 8 * q as i32,
-            26 - 8 * q as i32,
-            25 - 8 * q as i32,
-            24 - 8 * q as i32,
-        )
-    });
+    let shifts = sign_shifts();
     let zero = _mm256_setzero_ps();
     for (row, pi) in bits.chunks_exact(wpr).zip(p.iter_mut()) {
         let mut acc = [_mm256_setzero_ps(); 4];
