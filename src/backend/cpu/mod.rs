@@ -34,7 +34,8 @@ pub enum CpuError {
 /// and frees it after its last reader; without this, each large buffer is mapped,
 /// page-faulted in and unmapped again on every run, which cost more than the op for
 /// copies (SqueezeNet at batch 8 on the 2-core dev machine: a 25 MB Concat 21 -> 3.4
-/// ms, a max pool 21.6 -> 12.9 ms, the model 307 -> 251 ms). The price is that the
+/// ms, a max pool 21.6 -> 12.9 ms, the model 307 -> 251 ms, measured with the same
+/// settings given through `GLIBC_TUNABLES`). The price is that the
 /// process keeps its peak heap. The `cnnpack` binary calls this at start; programs
 /// embedding the library may call it too. Returns whether it applied (glibc on Linux
 /// only; elsewhere it does nothing).
