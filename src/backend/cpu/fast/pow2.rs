@@ -10,11 +10,17 @@
 //! an integer add on the exponent field of `x` would. Results differ from the dense
 //! reference only by summation order.
 //!
-//! - fc (`pow2_linear`): output rows in parallel tiles. Batch 1 (`row_dot_perm`, AVX2 +
-//!   FMA): each code word is spread over 8 or 16 lanes by variable shifts, decoded by an
-//!   in-register lookup in the layer's table (`vpermps`), and multiplied into the input
-//!   with FMA, so only the codes are read from memory. Without AVX2 (or at batch > 1)
-//!   a row is decoded arithmetically (`Decoder`) and dotted with every input row.
+//! - fc (`pow2_linear`): output rows in parallel tiles. Batch 1, b = 2 and 4 (`ByteLut`,
+//!   AVX2 + FMA): 32 bytes of codes (64 or 128 weights) are split into code bytes by
+//!   shift and mask, each code byte is looked up in two 16-byte tables (`vpshufb`) that
+//!   hold the upper two bytes of its f32 value (a power of two has a zero low half),
+//!   the two bytes are interleaved into 16-bit words and each word becomes an f32 by a
+//!   shift or a mask; the input is permuted once per call into that lane order, so the
+//!   row needs no shuffles past the lookup. Batch 1, b = 3 and 5 (`row_dot_perm`): each
+//!   code word is spread over 8 or 16 lanes by variable shifts and decoded by `vpermps`
+//!   over the layer's table. Either way only the codes are read from memory. Without
+//!   AVX2 (or at batch > 1) a row is decoded arithmetically (`Decoder`) and dotted with
+//!   every input row.
 //! - conv (`pow2_conv`): per (image, group) an im2col matrix `[K][OH·OW]`; each output
 //!   channel's row is decoded and its nonzero weights are accumulated as
 //!   `y += w_k · col_k` (zero codes, common after INQ, are skipped). The CPU executor
@@ -84,13 +90,23 @@ pub fn pow2_linear(x: &Tensor, w: &Pow2Weights, bias: Option<&Tensor>) -> Tensor
     }
     let table = w.table();
     let decoder = Decoder::new(w, &table);
+    let bytes = if n == 1 {
+        ByteLut::new(w, &table, &x.data[..k])
+    } else {
+        None
+    };
     // Tiles of output rows, each `[tile][N]` (transposed into `[N][O]` afterwards).
     let tiles: Vec<Vec<f32>> = (0..o.div_ceil(O_TILE))
         .into_par_iter()
         .map(|t| {
             let rows = t * O_TILE..((t + 1) * O_TILE).min(o);
             let mut tile = Vec::with_capacity(rows.len() * n);
-            if n == 1 {
+            if let Some(lut) = &bytes {
+                let dots = lut.tile_dots(w, rows.clone(), &x.data[..k], &table);
+                for (c, dot) in rows.zip(dots) {
+                    tile.push(dot + bias.map_or(0.0, |b| b.data[c]));
+                }
+            } else if n == 1 {
                 for c in rows {
                     let b = bias.map_or(0.0, |b| b.data[c]);
                     tile.push(decoder.row_dot(w.code_row(c), &x.data[..k]) + b);
@@ -547,4 +563,178 @@ fn row_dot_perm<const B: u32>(row: &[u32], x: &[f32], table: &[f32]) -> f32 {
         }
     }
     s
+}
+
+/// Batch-1 row dot products for b = 2 and 4 by byte lookups (see the module docs).
+/// Holds the two byte tables and the input permuted into the kernel's lane order for
+/// every whole block of 32 code bytes; the rest of a row (K past the last whole block)
+/// is done in scalar from the layer's table.
+struct ByteLut {
+    bits: u32,
+    /// Byte 3 (sign and exponent's top 7 bits) of `table[code]`, for each code.
+    high: [u8; 16],
+    /// Byte 2 (exponent's low bit, mantissa's top 7 bits: 0 here) of `table[code]`.
+    low: [u8; 16],
+    /// `x` over whole blocks, in lane order (`block_order`).
+    x_lanes: Vec<f32>,
+}
+
+impl ByteLut {
+    /// `None` where the kernel does not apply: no AVX2/FMA, b = 3 or 5 (codes straddle
+    /// bytes), or a value with nonzero low 16 bits (a subnormal power of two).
+    fn new(w: &Pow2Weights, table: &[f32], x: &[f32]) -> Option<ByteLut> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let bits = w.bits();
+            if !(bits == 2 || bits == 4) || !super::dense::gemv_supported() {
+                return None;
+            }
+            if table.len() > 16 || table.iter().any(|v| v.to_bits() & 0xffff != 0) {
+                return None;
+            }
+            let (mut high, mut low) = ([0u8; 16], [0u8; 16]);
+            for (c, v) in table.iter().enumerate() {
+                high[c] = (v.to_bits() >> 24) as u8;
+                low[c] = (v.to_bits() >> 16) as u8;
+            }
+            let order = block_order(8 / bits as usize);
+            let x_lanes = x
+                .chunks_exact(order.len())
+                .flat_map(|block| order.iter().map(|&e| block[e]))
+                .collect();
+            Some(ByteLut {
+                bits,
+                high,
+                low,
+                x_lanes,
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (w, table, x);
+            None
+        }
+    }
+
+    /// `row · x` for the code rows `rows` of `w`; `table` is the layer's decode table.
+    /// The rows go through `x` together, `CHUNK_BLOCKS` blocks at a time, so each chunk
+    /// of the permuted input (8 or 16 KiB) is read from L1 by every row of the tile
+    /// instead of streaming the whole input (36 KiB for fc6, more than L1) per row.
+    fn tile_dots(
+        &self,
+        w: &Pow2Weights,
+        rows: std::ops::Range<usize>,
+        x: &[f32],
+        table: &[f32],
+    ) -> Vec<f32> {
+        const CHUNK_BLOCKS: usize = 32;
+        let per_block = 32 * (8 / self.bits as usize);
+        let blocks = self.x_lanes.len() / per_block;
+        let mut sums = vec![0f32; rows.len()];
+        for b0 in (0..blocks).step_by(CHUNK_BLOCKS) {
+            let b1 = (b0 + CHUNK_BLOCKS).min(blocks);
+            let xs = &self.x_lanes[b0 * per_block..b1 * per_block];
+            for (c, sum) in rows.clone().zip(sums.iter_mut()) {
+                let words = &w.code_row(c)[8 * b0..8 * b1];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `ByteLut::new` returned Some, so AVX2 and FMA are present.
+                unsafe {
+                    *sum += if self.bits == 4 {
+                        row_dot_bytes::<4>(words, xs, &self.high, &self.low)
+                    } else {
+                        row_dot_bytes::<2>(words, xs, &self.high, &self.low)
+                    };
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (words, xs, sum);
+            }
+        }
+        let (b, cpw) = (self.bits as usize, 32 / self.bits as usize);
+        let mask = (1u32 << b) - 1;
+        for (c, sum) in rows.zip(sums.iter_mut()) {
+            let row = w.code_row(c);
+            for (i, xv) in x.iter().enumerate().skip(blocks * per_block) {
+                *sum += xv * table[((row[i / cpw] >> (b * (i % cpw))) & mask) as usize];
+            }
+        }
+        sums
+    }
+}
+
+/// Lane order of `row_dot_bytes` for `codes_per_byte` codes per byte (2 for b = 4, 4
+/// for b = 2): entry `p` is the element (within the block of `32 · codes_per_byte`)
+/// whose product lands in position `p = 32g + 8q + i` (code group `g`, f32 vector
+/// `q`, lane `i`). Code group `g` of byte `j` is element `codes_per_byte · j + g`;
+/// the byte interleave takes bytes `16L + 8h + w` of 128-bit lane `L` to 16-bit word
+/// `w` (`h` = 0 for the low unpack, 1 for the high); dword `d` of lane `L` holds words
+/// `2d` (moved up by a shift, vector `q = 2h`) and `2d + 1` (masked, `q = 2h + 1`).
+fn block_order(codes_per_byte: usize) -> Vec<usize> {
+    let mut order = Vec::with_capacity(32 * codes_per_byte);
+    for g in 0..codes_per_byte {
+        for q in 0..4 {
+            let (h, odd) = (q / 2, q % 2);
+            for i in 0..8 {
+                let (lane, d) = (i / 4, i % 4);
+                let byte = 16 * lane + 8 * h + 2 * d + odd;
+                order.push(codes_per_byte * byte + g);
+            }
+        }
+    }
+    order
+}
+
+/// Sum over the whole blocks of one code row of `value(code) · x` (see `ByteLut`):
+/// per 32 code bytes, `8 / B` groups of 32 codes, each two `vpshufb`, two byte
+/// interleaves, two shifts or masks and four FMAs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_dot_bytes<const B: i32>(
+    row: &[u32],
+    x_lanes: &[f32],
+    high: &[u8; 16],
+    low: &[u8; 16],
+) -> f32 {
+    use std::arch::x86_64::*;
+    let groups = 8 / B as usize;
+    let per_block = 32 * groups;
+    // SAFETY: the tables are 16 bytes; broadcast to both 128-bit lanes for vpshufb.
+    let (hv, lv) = unsafe {
+        (
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(high.as_ptr().cast())),
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(low.as_ptr().cast())),
+        )
+    };
+    let code_mask = _mm256_set1_epi8(((1 << B) - 1) as i8);
+    let high_half = _mm256_set1_epi32(0xffff_0000u32 as i32);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (words, xs) in row.chunks_exact(8).zip(x_lanes.chunks_exact(per_block)) {
+        // SAFETY: `words` has 8 u32 (32 bytes), `xs` has `per_block` f32 and every x
+        // load below reads 8 of them at 32g + 8q ≤ per_block − 8.
+        unsafe {
+            let mut v = _mm256_loadu_si256(words.as_ptr().cast());
+            for g in 0..groups {
+                let codes = _mm256_and_si256(v, code_mask);
+                v = _mm256_srli_epi16::<B>(v);
+                let h = _mm256_shuffle_epi8(hv, codes);
+                let l = _mm256_shuffle_epi8(lv, codes);
+                let w0 = _mm256_unpacklo_epi8(l, h);
+                let w1 = _mm256_unpackhi_epi8(l, h);
+                let f = [
+                    _mm256_slli_epi32::<16>(w0),
+                    _mm256_and_si256(w0, high_half),
+                    _mm256_slli_epi32::<16>(w1),
+                    _mm256_and_si256(w1, high_half),
+                ];
+                for (q, fq) in f.into_iter().enumerate() {
+                    let xv = _mm256_loadu_ps(xs.as_ptr().add(32 * g + 8 * q));
+                    acc[q] = _mm256_fmadd_ps(_mm256_castsi256_ps(fq), xv, acc[q]);
+                }
+            }
+        }
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` has 8 elements.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+    lanes.iter().sum()
 }
