@@ -637,7 +637,7 @@ fn gpu_sparse_kernels_match_reference() {
 
 /// The stride-1 flat kernel, the row kernel and the dispatch (sparse below the
 /// crossover density, dense-decoded above it) all match the reference on random
-/// stride-1 shapes with odd sizes, padding, dilation, groups, batch 1 and 5 and
+/// stride-1 shapes with odd sizes, padding, dilation, groups, batch 1, 5 and 9 and
 /// densities from 1% to 100%.
 #[test]
 fn sparse_conv_paths_and_dispatch_match_reference() {
@@ -658,7 +658,7 @@ fn sparse_conv_paths_and_dispatch_match_reference() {
         ];
         let h = rng.range(dilation * (kh - 1) + 1, dilation * (kh - 1) + 15);
         let w = rng.range(dilation * (kw - 1) + 1, dilation * (kw - 1) + 71);
-        let n = [1, 5][case % 2];
+        let n = [1, 5, 9][case % 3];
         let wt = sparse_tensor(&mut rng, vec![cout, cin_g, kh, kw], density);
         let dense = Conv2d {
             kernel: [kh, kw],
@@ -691,6 +691,43 @@ fn sparse_conv_paths_and_dispatch_match_reference() {
         };
         let got = fast::run_node(&node, &[&x]).expect("runs");
         check(&got, &want, &format!("{what} dispatch"));
+    }
+}
+
+/// Many input channels, so the flat kernel splits them into several L1-sized chunks
+/// (a 3x3 tile over a 30-wide input reads ~130 floats per channel: ~31 channels per
+/// 16 KiB chunk), with rows whose stored weights miss whole chunks at 2% density.
+#[test]
+fn sparse_conv_with_many_input_channels_matches_reference() {
+    let mut rng = Rng::new(23);
+    for case in 0..8 {
+        let density = [0.02, 0.3, 0.1, 0.5][case % 4];
+        let groups = if case == 5 { 2 } else { 1 };
+        let cin_g = rng.range(40, 130);
+        let cout = groups * rng.range(1, 12);
+        let (kh, kw) = ([3, 1, 5][case % 3], [3, 3, 1][case % 3]);
+        let pads = [kh / 2, kw / 2, kh / 2, kw / 2];
+        let (h, w) = (rng.range(kh, 20), rng.range(kw + 8, 40));
+        let n = [1, 8, 11][case % 3];
+        let wt = sparse_tensor(&mut rng, vec![cout, cin_g, kh, kw], density);
+        let dense = Conv2d {
+            kernel: [kh, kw],
+            stride: [1, 1],
+            pads,
+            dilation: [1, 1],
+            groups,
+            weight: Weights::Dense(wt.clone()),
+            bias: (case % 3 != 2).then(|| rng.normal_tensor(vec![cout], 1.0)),
+        };
+        let mut sparse = dense.clone();
+        sparse.weight =
+            Weights::Sparse(SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap());
+        let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
+        let want = reference::conv2d(&x, &dense);
+        let what = format!(
+            "case {case}: density {density} n{n} g{groups} cin{cin_g} cout{cout} k{kh}x{kw} {h}x{w}"
+        );
+        check(&fast::sparse::sparse_conv(&x, &sparse), &want, &what);
     }
 }
 

@@ -253,6 +253,8 @@ fn gather_dot<I: Copy + Into<u32>>(vals: &[f32], idx: &[I], x: &[f32]) -> f32 {
 const FLAT_TILE: usize = 64;
 /// Most output channels per task of the flat kernel (a divisor of Cout is used).
 const FLAT_CHANNELS: usize = 8;
+/// Input bytes a tile reads per chunk of input channels (half of a 32 KiB L1).
+const CHUNK_BYTES: usize = 16 << 10;
 
 /// Stride-1 sparse conv on the zero-padded input viewed as one flat array per
 /// (image, group): with `Wp` the padded width, output `(oy, ox)` is flat position
@@ -274,11 +276,13 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     let [dh, dw] = conv.dilation;
     let [pt, pl, pb, pr] = conv.pads;
     let (hp, wp) = (h + pt + pb, wd + pl + pr);
+    let avx2 = has_avx2_fma();
     let flat_out = oh * wp;
     let tiles = flat_out.div_ceil(FLAT_TILE);
     // Room for the last tile's overrun past the last row plus the largest offset's
-    // column shift.
-    let plane_len = cin_g * hp * wp + tiles * FLAT_TILE - flat_out + (kw - 1) * dw + wp;
+    // column shift; a multiple of 8 so every shifted copy starts aligned.
+    let plane_len =
+        (cin_g * hp * wp + tiles * FLAT_TILE - flat_out + (kw - 1) * dw + wp).next_multiple_of(8);
     let mut y = Tensor::zeros(vec![n, cout, oh, ow]);
     if n == 0 || cout == 0 || oh * ow == 0 {
         return y;
@@ -315,47 +319,114 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     };
     let values = w.values();
     let bias = conv.bias.as_ref().map(|b| b.data.as_slice());
-    let avx2 = has_avx2_fma();
     let plane = oh * ow;
+    // Input channels per chunk: the input a tile reads for one chunk (its channels'
+    // `FLAT_TILE` positions plus the kernel's reach below and right of them) stays
+    // within `CHUNK_BYTES`, so it is read from L2 once and from L1 by every output
+    // channel of the block (without chunks a tile of a 256-channel layer reads ~100
+    // KiB per output channel, all from L2: the kernel was L2-bandwidth-bound).
+    let reach = FLAT_TILE + (kh - 1) * dh * wp + (kw - 1) * dw;
+    let plan = ChunkPlan::new(w, CHUNK_BYTES / (4 * reach));
     // Tasks of FLAT_CHANNELS output channels of one image (never across images, so
-    // every task's channels share one padded input); tiles outer, channels inner, so
-    // the input rows a tile reads (all input channels, kh rows) stay in cache for every
-    // channel of the block instead of each channel streaming the whole padded input.
-    let block = (1..=FLAT_CHANNELS.min(cout))
-        .rev()
-        .find(|b| cout % b == 0)
-        .unwrap_or(1);
+    // every task's channels share one padded input); tiles outer, then chunks of input
+    // channels, then the block's channels, each accumulating its tile in registers
+    // from its stored weights of that chunk.
+    let block = channel_block(cout);
     y.data
         .par_chunks_mut(plane * block)
         .enumerate()
         .for_each(|(task, out)| {
             let first = task * block;
-            let mut acc = [0f32; FLAT_TILE];
+            let mut acc = vec![[0f32; FLAT_TILE]; block];
             for t in 0..tiles {
                 let q0 = t * FLAT_TILE;
-                for (j, o) in out.chunks_exact_mut(plane).enumerate() {
-                    let idx = first + j;
-                    let (b, co) = (idx / cout, idx % cout);
-                    let xp = &padded[b * groups + co / cout_g];
-                    let range = w.row_range(co);
-                    tile_axpy(&mut acc, xp, q0, &values[range.clone()], &offs[range], avx2);
+                // A last tile with at most half a tile of positions left is done at half
+                // width (e.g. 14x14 with padding 1: 224 flat positions, 3.5 tiles).
+                let half = flat_out - q0 <= FLAT_TILE / 2;
+                acc.iter_mut().for_each(|a| a.fill(0.0));
+                for c in 0..plan.chunks {
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let idx = first + j;
+                        let (b, co) = (idx / cout, idx % cout);
+                        let xp = &padded[b * groups + co / cout_g];
+                        let range = plan.range(co, c);
+                        let (vals, offs) = (&values[range.clone()], &offs[range]);
+                        tile_axpy(a, xp, q0, vals, offs, avx2, half);
+                    }
+                }
+                for ((j, o), a) in out.chunks_exact_mut(plane).enumerate().zip(&acc) {
+                    let co = (first + j) % cout;
                     let bv = bias.map_or(0.0, |bb| bb[co]);
-                    // Flat positions q0.. back to (oy, ox), dropping ox >= OW.
-                    let (mut oy, mut ox) = (q0 / wp, q0 % wp);
-                    for &v in acc.iter().take(flat_out.saturating_sub(q0)) {
+                    // Flat positions q0.. back to (oy, ox): row by row, dropping ox >= OW.
+                    let end = (q0 + FLAT_TILE).min(flat_out);
+                    let mut q = q0;
+                    while q < end {
+                        let (oy, ox) = (q / wp, q % wp);
+                        let row_end = ((oy + 1) * wp).min(end);
                         if ox < ow {
-                            o[oy * ow + ox] = v + bv;
+                            let valid = (oy * wp + ow).min(end) - q;
+                            let dst = &mut o[oy * ow + ox..][..valid];
+                            for (d, v) in dst.iter_mut().zip(&a[q - q0..]) {
+                                *d = v + bv;
+                            }
                         }
-                        ox += 1;
-                        if ox == wp {
-                            ox = 0;
-                            oy += 1;
-                        }
+                        q = row_end;
                     }
                 }
             }
         });
     y
+}
+
+/// Output channels per task of the flat kernels: the largest divisor of Cout up to
+/// `FLAT_CHANNELS`.
+fn channel_block(cout: usize) -> usize {
+    (1..=FLAT_CHANNELS.min(cout))
+        .rev()
+        .find(|b| cout % b == 0)
+        .unwrap_or(1)
+}
+
+/// A conv's stored weights split by chunks of input channels: a CSR row's columns
+/// increase in `k = (ci·kh + ky)·kw + kx`, so each chunk of input channels is a
+/// contiguous run of the row.
+struct ChunkPlan {
+    /// Number of chunks.
+    chunks: usize,
+    /// CSR position where each (output channel, chunk) starts, `[Cout][chunks + 1]`.
+    starts: Vec<usize>,
+}
+
+impl ChunkPlan {
+    /// Chunks of `chunk_ci` input channels (clamped to 1..=Cin/groups).
+    fn new(w: &SparseWeights, chunk_ci: usize) -> ChunkPlan {
+        let shape = w.shape();
+        let (cin_g, k_per_ci) = (shape[1], shape[2] * shape[3]);
+        let chunk_ci = chunk_ci.clamp(1, cin_g.max(1));
+        let chunks = cin_g.div_ceil(chunk_ci);
+        let cols = w.cols();
+        let starts = (0..w.rows())
+            .flat_map(|co| {
+                let range = w.row_range(co);
+                (0..=chunks).map(move |c| {
+                    let k_end = (c * chunk_ci).min(cin_g) * k_per_ci;
+                    let run = range.clone();
+                    let len = match cols {
+                        Cols::U16(v) => v[run].partition_point(|&k| (k as usize) < k_end),
+                        Cols::U32(v) => v[run].partition_point(|&k| (k as usize) < k_end),
+                    };
+                    range.start + len
+                })
+            })
+            .collect();
+        ChunkPlan { chunks, starts }
+    }
+
+    /// CSR positions of output channel `co`'s stored weights in chunk `c`.
+    fn range(&self, co: usize, c: usize) -> std::ops::Range<usize> {
+        let at = co * (self.chunks + 1) + c;
+        self.starts[at]..self.starts[at + 1]
+    }
 }
 
 fn has_avx2_fma() -> bool {
@@ -369,7 +440,8 @@ fn has_avx2_fma() -> bool {
     }
 }
 
-/// `acc[t] = Σ_i vals[i] · xp[q0 + offs[i] + t]` for `t < FLAT_TILE`.
+/// `acc[t] += Σ_i vals[i] · xp[q0 + offs[i] + t]` for `t < FLAT_TILE`, or for
+/// `t < FLAT_TILE / 2` when `half` (the rest of `acc` is left as it is).
 #[inline]
 fn tile_axpy(
     acc: &mut [f32; FLAT_TILE],
@@ -378,42 +450,61 @@ fn tile_axpy(
     vals: &[f32],
     offs: &[u32],
     avx2: bool,
+    half: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: AVX2 and FMA support were detected by the caller; `tile_avx2` checks
         // every slice bound like the portable loop.
-        return unsafe { tile_avx2(acc, xp, q0, vals, offs) };
+        return unsafe {
+            if half {
+                tile_avx2::<{ FLAT_TILE / 16 }>(acc, xp, q0, vals, offs)
+            } else {
+                tile_avx2::<{ FLAT_TILE / 8 }>(acc, xp, q0, vals, offs)
+            }
+        };
     }
     let _ = avx2;
-    acc.fill(0.0);
+    let width = if half { FLAT_TILE / 2 } else { FLAT_TILE };
     for (&v, &off) in vals.iter().zip(offs) {
-        let src: &[f32; FLAT_TILE] = xp[q0 + off as usize..][..FLAT_TILE]
-            .try_into()
-            .expect("slice is FLAT_TILE long");
+        let src = &xp[q0 + off as usize..][..width];
         for (a, s) in acc.iter_mut().zip(src) {
             *a += v * s;
         }
     }
 }
 
+/// `tile_axpy` over `V` vectors of 8 positions, accumulated in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn tile_avx2(acc: &mut [f32; FLAT_TILE], xp: &[f32], q0: usize, vals: &[f32], offs: &[u32]) {
+fn tile_avx2<const V: usize>(
+    acc: &mut [f32; FLAT_TILE],
+    xp: &[f32],
+    q0: usize,
+    vals: &[f32],
+    offs: &[u32],
+) {
     use std::arch::x86_64::*;
-    let mut r = [_mm256_setzero_ps(); FLAT_TILE / 8];
+    if vals.is_empty() {
+        return;
+    }
+    let mut r = [_mm256_setzero_ps(); V];
+    for (i, ri) in r.iter_mut().enumerate() {
+        // SAFETY: `acc` has FLAT_TILE ≥ 8·V elements.
+        *ri = unsafe { _mm256_loadu_ps(acc.as_ptr().add(8 * i)) };
+    }
     for (&v, &off) in vals.iter().zip(offs) {
-        let src = &xp[q0 + off as usize..][..FLAT_TILE];
+        let src = &xp[q0 + off as usize..][..8 * V];
         let vv = _mm256_set1_ps(v);
         for (i, ri) in r.iter_mut().enumerate() {
-            // SAFETY: `src` has FLAT_TILE elements (bounds-checked slice above), so the
-            // 8 lanes at 8·i are in it; unaligned loads are allowed.
+            // SAFETY: `src` has 8·V elements (bounds-checked slice above), so the 8
+            // lanes at 8·i are in it; unaligned loads are allowed.
             let xv = unsafe { _mm256_loadu_ps(src.as_ptr().add(8 * i)) };
             *ri = _mm256_fmadd_ps(vv, xv, *ri);
         }
     }
     for (i, ri) in r.iter().enumerate() {
-        // SAFETY: `acc` has FLAT_TILE elements.
+        // SAFETY: `acc` has FLAT_TILE ≥ 8·V elements.
         unsafe { _mm256_storeu_ps(acc.as_mut_ptr().add(8 * i), *ri) };
     }
 }
