@@ -383,7 +383,7 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
 fn channel_block(cout: usize) -> usize {
     (1..=FLAT_CHANNELS.min(cout))
         .rev()
-        .find(|b| cout % b == 0)
+        .find(|b| cout.is_multiple_of(*b))
         .unwrap_or(1)
 }
 
