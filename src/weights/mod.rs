@@ -7,9 +7,12 @@
 //! order and every packed encoding added later (sketch bit planes, pow2 codes, CSR
 //! columns) is laid out along it.
 
+mod derived;
 mod pow2;
 mod sketch;
 mod sparse;
+
+pub use derived::Derived;
 
 pub use pow2::{
     codes_per_word, decode_table, encode_power, magnitudes, pow2_f32, Pow2Weights, N1_MAX, N1_MIN,

@@ -27,7 +27,7 @@
 use super::pow2::{
     codes_per_word, decode_table, encode_power, magnitudes, Pow2Weights, N1_MAX, N1_MIN,
 };
-use super::EncodingError;
+use super::{Derived, EncodingError};
 use serde::{Deserialize, Serialize};
 
 /// The power-of-two code set of values stored as codes (`weights/pow2.rs`).
@@ -60,6 +60,9 @@ pub struct SparseWeights {
     /// Set when the file stores the values as power-of-two codes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     value_codes: Option<ValueCodes>,
+    /// Kernel data derived from these weights (see `Derived`).
+    #[serde(skip)]
+    derived: Derived,
 }
 
 /// Column index storage (exactly one of the two widths is used, by
@@ -165,6 +168,7 @@ impl SparseWeights {
             }),
             values,
             value_codes: None,
+            derived: Derived::default(),
         };
         w.check()?;
         Ok(w)
@@ -331,6 +335,7 @@ impl SparseWeights {
     /// Loader step for files with value codes: checks the codes against `row_ptr`'s
     /// nnz and the code set, then decodes them into `values`. No-op without codes.
     pub fn decode_value_codes(&mut self) -> Result<(), EncodingError> {
+        self.derived.clear();
         let Some(ValueCodes { bits, n1 }) = self.value_codes else {
             return Ok(());
         };
@@ -393,6 +398,7 @@ impl SparseWeights {
         &mut Vec<f32>,
         &mut Vec<u32>,
     ) {
+        self.derived.clear();
         (
             &mut self.row_ptr,
             &mut self.cols.u16,
@@ -400,6 +406,11 @@ impl SparseWeights {
             &mut self.values,
             &mut self.cols.codes,
         )
+    }
+
+    /// Kernel data derived from these weights, built on first use (see `Derived`).
+    pub fn derived(&self) -> &Derived {
+        &self.derived
     }
 
     /// Verifies sizes, monotone row pointers ending at nnz, and strictly increasing
