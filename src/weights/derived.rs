@@ -12,9 +12,10 @@ use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-/// One derived value (of any kernel-defined type), or none yet.
+/// One derived value (of any kernel-defined type), or none yet. Boxed so that the
+/// encodings (and so every `Op`) stay one pointer larger, not a mutex larger.
 #[derive(Default)]
-pub struct Derived(Mutex<Option<Arc<dyn Any + Send + Sync>>>);
+pub struct Derived(Box<Mutex<Option<Arc<dyn Any + Send + Sync>>>>);
 
 impl Derived {
     /// The stored value if it is a `T` and `fits` it, else `make()` (stored for the

@@ -60,9 +60,6 @@ pub struct SparseWeights {
     /// Set when the file stores the values as power-of-two codes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     value_codes: Option<ValueCodes>,
-    /// Kernel data derived from these weights (see `Derived`).
-    #[serde(skip)]
-    derived: Derived,
 }
 
 /// Column index storage (exactly one of the two widths is used, by
@@ -75,6 +72,9 @@ struct ColStore {
     u32: Vec<u32>,
     /// Packed value codes when `value_codes` is set (else empty).
     codes: Vec<u32>,
+    /// Kernel data derived from these weights (see `Derived`); here, behind the box,
+    /// so that `Weights` stays small.
+    derived: Derived,
 }
 
 /// Column indices of one row, in whichever width the layer uses.
@@ -165,10 +165,10 @@ impl SparseWeights {
                 u16: cols16,
                 u32: cols32,
                 codes: Vec::new(),
+                derived: Derived::default(),
             }),
             values,
             value_codes: None,
-            derived: Derived::default(),
         };
         w.check()?;
         Ok(w)
@@ -335,7 +335,7 @@ impl SparseWeights {
     /// Loader step for files with value codes: checks the codes against `row_ptr`'s
     /// nnz and the code set, then decodes them into `values`. No-op without codes.
     pub fn decode_value_codes(&mut self) -> Result<(), EncodingError> {
-        self.derived.clear();
+        self.cols.derived.clear();
         let Some(ValueCodes { bits, n1 }) = self.value_codes else {
             return Ok(());
         };
@@ -398,7 +398,7 @@ impl SparseWeights {
         &mut Vec<f32>,
         &mut Vec<u32>,
     ) {
-        self.derived.clear();
+        self.cols.derived.clear();
         (
             &mut self.row_ptr,
             &mut self.cols.u16,
@@ -410,7 +410,7 @@ impl SparseWeights {
 
     /// Kernel data derived from these weights, built on first use (see `Derived`).
     pub fn derived(&self) -> &Derived {
-        &self.derived
+        &self.cols.derived
     }
 
     /// Verifies sizes, monotone row pointers ending at nnz, and strictly increasing
