@@ -273,11 +273,11 @@ fn padding_bits_are_neutral() {
 #[test]
 fn linear_kernels_match_dense_reference() {
     let mut rng = Rng::new(6);
-    for case in 0..12 {
+    for case in 0..24 {
         let n = [1, 5][case % 2];
-        let k = rng.range(1, 200) | 1;
+        let k = rng.range(1, 400) | 1;
         let o = rng.range(1, 40);
-        let m = rng.range(1, 4);
+        let m = rng.range(1, 6);
         let s = random_sketch(&mut rng, vec![o, k], m, case % 3 == 0);
         let bias = rng.normal_tensor(vec![o], 1.0);
         let x = rng.normal_tensor(vec![n, k], 1.0);
@@ -299,6 +299,13 @@ fn linear_kernels_match_dense_reference() {
             &want,
             &format!("{what} lut"),
         );
+        if cpu_fast::sketch_triplets::supported() {
+            assert_close(
+                &cpu_fast::sketch_triplets::sketch_linear_triplets(&x, &s, Some(&bias)),
+                &want,
+                &format!("{what} triplets"),
+            );
+        }
         assert_close(
             &sketch_linear_assoc(&x, &s, Some(&bias)),
             &want,

@@ -692,6 +692,10 @@ impl Ctx<'_> {
     }
 }
 
+/// What one ONNX node imports to. Short-lived (returned by a conversion step and
+/// consumed at once), so the size gap between a node (an `Op`, ~260 bytes) and a
+/// constant costs nothing worth an allocation per node.
+#[allow(clippy::large_enum_variant)]
 enum Out {
     /// A node of the IR.
     Node(Op, Vec<String>),

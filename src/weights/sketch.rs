@@ -12,7 +12,7 @@
 //!   zero inputs, so they contribute nothing even if a file sets them.
 //! - `scales`: f32, `[Cout][m]`, `a_{c,j}`.
 
-use super::EncodingError;
+use super::{Derived, EncodingError};
 use serde::{Deserialize, Serialize};
 
 /// Binary bases plus per-(channel, base) scales; see the module docs for the layout.
@@ -30,6 +30,9 @@ pub struct SketchWeights {
     /// Scales `[Cout][m]`; stored beside the graph JSON.
     #[serde(skip)]
     scales: Vec<f32>,
+    /// Kernel data derived from these weights (see `Derived`).
+    #[serde(skip)]
+    derived: Derived,
 }
 
 /// Words needed for `k` bits.
@@ -54,6 +57,7 @@ impl SketchWeights {
             words_per_row,
             bits: Vec::new(),
             scales,
+            derived: Derived::default(),
         };
         if !k.is_multiple_of(32)
             && words_per_row > 0
@@ -179,7 +183,13 @@ impl SketchWeights {
 
     /// Mutable bit words and scales (for the loader; call `check` afterwards).
     pub fn arrays_mut(&mut self) -> (&mut Vec<u32>, &mut Vec<f32>) {
+        self.derived.clear();
         (&mut self.bits, &mut self.scales)
+    }
+
+    /// Kernel data derived from these weights, built on first use (see `Derived`).
+    pub fn derived(&self) -> &Derived {
+        &self.derived
     }
 
     /// Verifies `words_per_row`, `bits` and `scales` against shape and bases.

@@ -7,6 +7,7 @@ mod dense;
 mod pool;
 pub mod pow2;
 pub mod sketch;
+pub mod sketch_triplets;
 pub mod sparse;
 
 pub use dense::{conv2d, linear};

@@ -19,9 +19,12 @@
 //!   flips, so it only takes tree edges that beat the vectorised kernel.
 //!
 //! Default (`sketch_linear`, `sketch_conv`): the masked kernel, AVX2 build chosen at run
-//! time where the CPU has it. On the 2-core development machine it beat the LUT on
-//! most shapes (see the `timing` test in tests/sketch.rs); the associative scheme wins
-//! only when rows are within a few percent of each other in Hamming distance.
+//! time where the CPU has it. On the 2-core development machine it beat the 8-input
+//! LUT above on most shapes (see the `timing` test in tests/sketch.rs); the associative
+//! scheme wins only when rows are within a few percent of each other in Hamming
+//! distance. The batch-1 fc with AVX2 uses a different table kernel, with 3-input
+//! tables looked up 8 output rows at a time (`sketch_triplets`): 5.7x dense on fc6 at
+//! m = 2 where the masked kernel made 2.6x (docs/benchmarks.md).
 //!
 //! Input rows are copied into buffers padded with zeros to `32 · words_per_row`, so the
 //! padding bits of the last word meet zero inputs and contribute nothing to P, and the
@@ -31,6 +34,7 @@
 //! the planner's invariants, checked by shape inference before a kernel runs; a
 //! violation panics with a message naming it.
 
+use super::sketch_triplets as triplets;
 use crate::graph::{Conv2d, Tensor};
 use crate::weights::{SketchWeights, Weights};
 use rayon::prelude::*;
@@ -45,18 +49,20 @@ enum Method<'a> {
 
 /// `y = x Wᵀ + b` for `x: [N, K]` and sketch weights `[O, K]`; returns `[N, O]`.
 ///
-/// Batch 1: the masked additions-only kernel (memory traffic `m/32` of dense). Batch 2
-/// and more with AVX2+FMA: each weight row is decoded once into f32 (`Σ_j ±a_j`, a
+/// Batch 1: with AVX2, the 3-input table kernel (`triplets`), else the masked kernel
+/// (both additions only, memory traffic about `m/32` of dense). Batch 2 and more with
+/// AVX2+FMA: each weight row is decoded once into f32 (`Σ_j ±a_j`, a
 /// shift and a blend per 8 weights and base) and dotted with every input row by the
 /// dense GEMV, which beats `N` masked passes over the bits (fc6 at batch 8: see
 /// docs/benchmarks.md).
 pub fn sketch_linear(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Tensor {
-    if x.shape.len() == 2
-        && x.shape[0] >= 2
-        && x.shape[1] == w.row_len()
-        && decoded_rows_supported()
-    {
-        return linear_decoded_rows(x, w, bias);
+    if x.shape.len() == 2 && x.shape[1] == w.row_len() {
+        if x.shape[0] >= 2 && decoded_rows_supported() {
+            return linear_decoded_rows(x, w, bias);
+        }
+        if x.shape[0] == 1 && triplets::supported() {
+            return triplets::sketch_linear_triplets(x, w, bias);
+        }
     }
     linear_with(x, w, bias, Method::Masked)
 }
