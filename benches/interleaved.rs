@@ -1,0 +1,152 @@
+//! Compressed against dense on the CPU, timed in interleaved rounds: each round runs
+//! the dense layer once and then every compressed variant once, and the report gives
+//! each one's median over the rounds and its ratio to dense's median.
+//!
+//! Why beside `kernels.rs`: criterion times one variant after the other, so on a shared
+//! VM whose speed drifts over minutes a ratio can move by a third between two runs, and
+//! a variant that is timed alone keeps its weights in L3 across iterations (fc6's 19 MB
+//! of 4-bit codes do; in a model they would not). Interleaving puts every variant under
+//! the same drift and evicts each one's weights with the others' (dense fc6 streams 151
+//! MB per call).
+//!
+//! `cargo bench --bench interleaved` (both sets, about 3 minutes on 2 cores);
+//! `-- conv` or `-- fc` for one; `INTERLEAVED_ROUNDS` (default 15).
+
+use cnnpack::backend::cpu::fast;
+use cnnpack::graph::{Conv2d, Linear, Node, Op, Rng, Tensor};
+use cnnpack::weights::{Pow2Weights, SketchWeights, SparseWeights, Weights};
+use std::hint::black_box;
+use std::time::Instant;
+
+fn node(op: Op) -> Node {
+    Node {
+        name: "layer".into(),
+        op,
+        inputs: vec!["x".into()],
+        output: "y".into(),
+    }
+}
+
+fn conv3x3(weight: Weights, bias: Tensor) -> Node {
+    node(Op::Conv(Conv2d {
+        kernel: [3, 3],
+        stride: [1, 1],
+        pads: [1; 4],
+        dilation: [1, 1],
+        groups: 1,
+        weight,
+        bias: Some(bias),
+    }))
+}
+
+fn millis(n: &Node, x: &Tensor) -> f64 {
+    let t = Instant::now();
+    black_box(fast::run_node(n, &[x]).expect("kernel runs"));
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Times `variants[0]` (dense) and the rest in interleaved rounds; prints one line.
+fn compare(label: &str, variants: &[(&str, Node)], x: &Tensor, rounds: usize) {
+    for (_, n) in variants {
+        millis(n, x); // warm-up: fills per-layer derived data
+    }
+    let mut times = vec![Vec::with_capacity(rounds); variants.len()];
+    for _ in 0..rounds {
+        for ((_, n), t) in variants.iter().zip(&mut times) {
+            t.push(millis(n, x));
+        }
+    }
+    let medians: Vec<f64> = times.into_iter().map(median).collect();
+    let mut line = format!("{label}: {} {:.3} ms", variants[0].0, medians[0]);
+    for ((name, _), m) in variants.iter().zip(&medians).skip(1) {
+        line += &format!(" | {name} {m:.3} ms ({:.2}x)", medians[0] / m);
+    }
+    println!("{line}");
+}
+
+fn sparse(rng: &mut Rng, dense: &Tensor, density: f32) -> Weights {
+    let mut data = dense.data.clone();
+    for v in &mut data {
+        if rng.uniform() >= density {
+            *v = 0.0;
+        }
+    }
+    Weights::Sparse(SparseWeights::from_dense(dense.shape.clone(), &data).expect("shape agrees"))
+}
+
+fn conv_set(rng: &mut Rng, rounds: usize) {
+    for (c, hw) in [(64, 56), (128, 28), (256, 14), (512, 7)] {
+        let w = rng.normal_tensor(vec![c, c, 3, 3], 0.05);
+        let bias = rng.normal_tensor(vec![c], 0.1);
+        let variants = [
+            ("dense", conv3x3(Weights::Dense(w.clone()), bias.clone())),
+            ("sparse 30%", conv3x3(sparse(rng, &w, 0.3), bias.clone())),
+        ];
+        for n in [1, 8] {
+            let x = rng.normal_tensor(vec![n, c, hw, hw], 1.0);
+            compare(&format!("conv{c}_{hw} n{n}"), &variants, &x, rounds);
+        }
+    }
+}
+
+fn fc_set(rng: &mut Rng, rounds: usize) {
+    let (o, k) = (4096, 9216);
+    let w = rng.normal_tensor(vec![o, k], 0.01);
+    let bias = rng.normal_tensor(vec![o], 0.1);
+    let fc = |weight| {
+        node(Op::Linear(Linear {
+            weight,
+            bias: Some(bias.clone()),
+        }))
+    };
+    // pow2 b = 4: codes uniform over the 9 valid ones; sketch m = 2: uniform bits.
+    let codes: Vec<u8> = (0..o * k)
+        .map(|_| match rng.next_u64() % 9 {
+            0 => 0,
+            r => ((r - 1) % 4 + 1 | if r > 4 { 8 } else { 0 }) as u8,
+        })
+        .collect();
+    let pow2 = Pow2Weights::from_codes(vec![o, k], 4, -3, &codes).expect("valid codes");
+    let bits = (0..o * 2 * k.div_ceil(32))
+        .map(|_| rng.next_u64() as u32)
+        .collect();
+    let scales = (0..o * 2).map(|i| 0.01 / (1 + i % 2) as f32).collect();
+    let sketch = SketchWeights::new(vec![o, k], 2, bits, scales).expect("valid sketch");
+    let variants = [
+        ("dense", fc(Weights::Dense(w.clone()))),
+        ("pow2 b4", fc(Weights::Pow2(pow2))),
+        ("sketch m2", fc(Weights::Sketch(sketch))),
+        ("sparse 5%", fc(sparse(rng, &w, 0.05))),
+    ];
+    let x = rng.normal_tensor(vec![1, k], 1.0);
+    compare("fc6 n1", &variants, &x, rounds);
+}
+
+fn main() {
+    cnnpack::backend::cpu::keep_freed_memory();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |set: &str| filter.is_empty() || filter.iter().any(|f| f == set);
+    let rounds = std::env::var("INTERLEAVED_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let mut rng = Rng::new(11);
+    println!(
+        "CPU, {} rayon threads, {rounds} rounds",
+        rayon::current_num_threads()
+    );
+    if wants("fc") {
+        fc_set(&mut rng, rounds);
+    }
+    if wants("conv") {
+        conv_set(&mut rng, rounds);
+    }
+}
