@@ -108,7 +108,7 @@ fn fc_set(rng: &mut Rng, rounds: usize) {
     let codes: Vec<u8> = (0..o * k)
         .map(|_| match rng.next_u64() % 9 {
             0 => 0,
-            r => ((r - 1) % 4 + 1 | if r > 4 { 8 } else { 0 }) as u8,
+            r => (((r - 1) % 4 + 1) | if r > 4 { 8 } else { 0 }) as u8,
         })
         .collect();
     let pow2 = Pow2Weights::from_codes(vec![o, k], 4, -3, &codes).expect("valid codes");
