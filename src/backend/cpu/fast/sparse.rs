@@ -3,8 +3,11 @@
 //! - Conv, stride 1 (`sparse_conv_flat`): direct, no im2col, on the zero-padded input
 //!   viewed as one flat array per (image, group), where every stored weight is one
 //!   contiguous axpy over a tile of 64 flat output positions held in registers (AVX2 +
-//!   FMA where available); tasks are blocks of up to 8 output channels, tiles outer, so
-//!   the input rows a tile reads stay in cache across the block's channels.
+//!   FMA where available); tasks are blocks of up to 8 output channels, tiles outer, then
+//!   chunks of input channels small enough that a tile's input rows for one chunk stay
+//!   in L1 while every channel of the block consumes its stored weights of that chunk.
+//!   The flat offsets and the chunk plan are built once per layer and input geometry
+//!   and kept with the weights (`weights::Derived`).
 //! - Conv, other strides (`sparse_conv_rows`): each task owns a block of output channels
 //!   of one image; for every stored weight `(k, v)` of a channel it decodes `(ci, ky, kx)`
 //!   once and adds `v · x[ci]` shifted by `(ky, kx)` to the output plane, row by row,
