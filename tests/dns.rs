@@ -204,6 +204,17 @@ fn check_rejects_malformed_csr() {
     assert!(SparseWeights::new(shape, vec![0, 1, 2], vec![0], vec![1.0, 2.0]).is_err());
 }
 
+/// `dense` with its (dense) weight stored as CSR.
+fn sparse_twin(dense: &Conv2d) -> Conv2d {
+    let Weights::Dense(wt) = &dense.weight else {
+        panic!("sparse_twin takes a dense conv");
+    };
+    let mut sparse = dense.clone();
+    sparse.weight =
+        Weights::Sparse(SparseWeights::from_dense(wt.shape.clone(), &wt.data).expect("encodes"));
+    sparse
+}
+
 const DENSITIES: [f32; 6] = [0.01, 0.05, 0.1, 0.3, 0.5, 1.0];
 
 #[test]
@@ -242,9 +253,7 @@ fn sparse_conv_matches_reference() {
             weight: Weights::Dense(wt.clone()),
             bias: (case % 3 != 2).then(|| rng.normal_tensor(vec![cout], 1.0)),
         };
-        let mut sparse = dense.clone();
-        sparse.weight =
-            Weights::Sparse(SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap());
+        let sparse = sparse_twin(&dense);
         let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
         let want = reference::conv2d(&x, &dense);
         let got = fast::sparse::sparse_conv(&x, &sparse);
@@ -552,9 +561,7 @@ fn sparse_dense_crossover() {
             weight: Weights::Dense(wt.clone()),
             bias: None,
         };
-        let mut sparse = dense.clone();
-        sparse.weight =
-            Weights::Sparse(SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap());
+        let sparse = sparse_twin(&dense);
         let td = best(&mut || drop(fast::conv2d(&x, &dense)));
         let ts = best(&mut || drop(fast::sparse::sparse_conv(&x, &sparse)));
         println!("conv 3x3 64->64 56x56 batch 1 density {d}: dense {td:.2} ms sparse {ts:.2} ms");
@@ -719,9 +726,7 @@ fn sparse_conv_with_many_input_channels_matches_reference() {
             weight: Weights::Dense(wt.clone()),
             bias: (case % 3 != 2).then(|| rng.normal_tensor(vec![cout], 1.0)),
         };
-        let mut sparse = dense.clone();
-        sparse.weight =
-            Weights::Sparse(SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap());
+        let sparse = sparse_twin(&dense);
         let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
         let want = reference::conv2d(&x, &dense);
         let what = format!(
