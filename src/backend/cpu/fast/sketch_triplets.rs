@@ -9,7 +9,8 @@
 //! layer (`TripletRows`, kept with the weights through `Derived`): per block of 8 rows,
 //! base and 30 inputs, one u32 per row holding the 10 groups' 3-bit patterns, and a
 //! shift by 3 brings the next group's pattern down. Up to 4 (row block, base) streams
-//! share each table load.
+//! share each table load. Memory: the re-laid-out bits take 32/30 of the sketch's own
+//! bits (10 MB for fc6 at m = 2), kept as long as the weights.
 //!
 //! Why: the masked kernel spends a shift, a blend and an add per 8 weights and base
 //! (about one cycle); this one a shift, a lookup and an add per 24 (fc6, m = 2, 2 cores:

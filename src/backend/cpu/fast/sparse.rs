@@ -7,7 +7,7 @@
 //!   chunks of input channels small enough that a tile's input rows for one chunk stay
 //!   in L1 while every channel of the block consumes its stored weights of that chunk.
 //!   The flat offsets and the chunk plan are built once per layer and input geometry
-//!   and kept with the weights (`weights::Derived`).
+//!   and kept with the weights (`weights::Derived`; 4 bytes per stored weight).
 //! - Conv, other strides (`sparse_conv_rows`): each task owns a block of output channels
 //!   of one image; for every stored weight `(k, v)` of a channel it decodes `(ci, ky, kx)`
 //!   once and adds `v · x[ci]` shifted by `(ky, kx)` to the output plane, row by row,
