@@ -24,7 +24,7 @@
 //! below the f32 range decode as the f32 value of `2^n` (subnormal or 0), computed
 //! exactly in f64 and rounded once.
 
-use super::EncodingError;
+use super::{Derived, EncodingError};
 use serde::{Deserialize, Serialize};
 
 /// Smallest allowed `n1` (2^-160 rounds to 0 in f32: every nonzero code of such a
@@ -47,6 +47,9 @@ pub struct Pow2Weights {
     /// Packed codes `[Cout][words_per_row]`; stored beside the graph JSON.
     #[serde(skip)]
     codes: Vec<u32>,
+    /// Kernel data derived from these weights (see `Derived`).
+    #[serde(skip)]
+    derived: Derived,
 }
 
 /// Codes per u32 word for `b`-bit codes (`floor(32 / b)`).
@@ -106,6 +109,7 @@ impl Pow2Weights {
             n1,
             words_per_row: wpr,
             codes: words,
+            derived: Derived::default(),
         };
         w.check()?;
         Ok(w)
@@ -195,7 +199,13 @@ impl Pow2Weights {
 
     /// Mutable code words (for the loader; call `check` afterwards).
     pub fn codes_mut(&mut self) -> &mut Vec<u32> {
+        self.derived.clear();
         &mut self.codes
+    }
+
+    /// Kernel data derived from these weights, built on first use (see `Derived`).
+    pub fn derived(&self) -> &Derived {
+        &self.derived
     }
 
     /// Verifies the header (b in 2..=5, n1 in range, words_per_row), the size of

@@ -10,16 +10,17 @@
 //! an integer add on the exponent field of `x` would. Results differ from the dense
 //! reference only by summation order.
 //!
-//! - fc (`pow2_linear`): output rows in parallel tiles. Batch 1, b = 2 and 4 (`ByteLut`,
-//!   AVX2 + FMA): 32 bytes of codes (64 or 128 weights) are split into code bytes by
-//!   shift and mask, each code byte is looked up in two 16-byte tables (`vpshufb`) that
-//!   hold the upper two bytes of its f32 value (a power of two has a zero low half),
-//!   the two bytes are interleaved into 16-bit words and each word becomes an f32 by a
-//!   shift or a mask; the input is permuted once per call into that lane order, so the
-//!   row needs no shuffles past the lookup. Batch 1, b = 3 and 5 (`row_dot_perm`): each
-//!   code word is spread over 8 or 16 lanes by variable shifts and decoded by `vpermps`
-//!   over the layer's table. Either way only the codes are read from memory. Without
-//!   AVX2 (or at batch > 1) a row is decoded arithmetically (`Decoder`) and dotted with
+//! - fc (`pow2_linear`): output rows in parallel tiles. Batch 1 (`ByteLut`, AVX2 + FMA):
+//!   32 bytes of codes (32 to 128 weights) are split into code bytes by shift and mask,
+//!   each code byte is looked up in two 16-byte tables (`vpshufb`) that hold the upper
+//!   two bytes of its f32 value (a power of two has a zero low half), the two bytes are
+//!   interleaved into 16-bit words and each word becomes an f32 by a shift or a mask;
+//!   the input is permuted once per call into that lane order, so the row needs no
+//!   shuffles past the lookup. b = 2 and 4 read the layer's codes; 3- and 5-bit codes
+//!   straddle bytes and are re-laid out once per layer as nibbles or bytes (kept with
+//!   the weights: 4/3 and 8/5 of the codes' size). Only codes are read from memory.
+//!   Without AVX2, with subnormal values, or at batch > 1, a row is decoded
+//!   arithmetically (`Decoder`, or `row_dot_perm`'s `vpermps` lookup) and dotted with
 //!   every input row.
 //! - conv (`pow2_conv`): per (image, group) an im2col matrix `[K][OH·OW]`; each output
 //!   channel's row is decoded and its nonzero weights are accumulated as
@@ -34,6 +35,7 @@
 use crate::graph::{Conv2d, Tensor};
 use crate::weights::{Pow2Weights, Weights};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Output rows per fc task.
 const O_TILE: usize = 8;
@@ -565,48 +567,99 @@ fn row_dot_perm<const B: u32>(row: &[u32], x: &[f32], table: &[f32]) -> f32 {
     s
 }
 
-/// Batch-1 row dot products for b = 2 and 4 by byte lookups (see the module docs).
-/// Holds the two byte tables and the input permuted into the kernel's lane order for
-/// every whole block of 32 code bytes; the rest of a row (K past the last whole block)
-/// is done in scalar from the layer's table.
+/// Batch-1 row dot products by byte lookups (see the module docs). b = 2 and 4 read
+/// the layer's own codes; b = 3 and 5 codes straddle bytes, so they are re-laid out
+/// once per layer (`WideCodes`, kept with the weights): 3-bit codes as 4-bit nibbles
+/// (run as b = 4 with the 3-bit table), 5-bit codes one per byte. Holds the byte tables
+/// and the input permuted into the kernel's lane order for every whole block of 32
+/// code bytes; the rest of a row (K past the last whole block) is done in scalar from
+/// the layer's table.
 struct ByteLut {
-    bits: u32,
-    /// Byte 3 (sign and exponent's top 7 bits) of `table[code]`, for each code.
+    /// Bits per stored code in the rows the kernel reads: 2, 4 or 8.
+    stored: u32,
+    /// Byte 3 (sign and exponent's top 7 bits) of each code's value; for 8-bit stored
+    /// codes (b = 5), of the magnitude `e` only (the sign is or-ed in by the kernel).
     high: [u8; 16],
-    /// Byte 2 (exponent's low bit, mantissa's top 7 bits: 0 here) of `table[code]`.
+    /// Byte 2 (exponent's low bit, mantissa's top 7 bits: 0 here) of each value.
     low: [u8; 16],
     /// `x` over whole blocks, in lane order (`block_order`).
     x_lanes: Vec<f32>,
+    /// The re-laid-out rows for b = 3 and 5.
+    wide: Option<Arc<WideCodes>>,
+}
+
+/// Codes of a b = 3 or 5 layer, one per nibble (b = 3) or byte (b = 5), rows of
+/// `words_per_row` u32 in the layout of a 4- or 8-bit code row.
+struct WideCodes {
+    words_per_row: usize,
+    words: Vec<u32>,
+}
+
+impl WideCodes {
+    fn new(w: &Pow2Weights, stored: u32) -> WideCodes {
+        let (k, per_word) = (w.row_len(), 32 / stored as usize);
+        let words_per_row = k.div_ceil(per_word);
+        let mut words = vec![0u32; w.rows() * words_per_row];
+        words
+            .par_chunks_mut(words_per_row.max(1))
+            .enumerate()
+            .for_each(|(c, out)| {
+                for i in 0..k {
+                    out[i / per_word] |= w.code(c, i) << (stored as usize * (i % per_word));
+                }
+            });
+        WideCodes {
+            words_per_row,
+            words,
+        }
+    }
+
+    fn row(&self, c: usize) -> &[u32] {
+        &self.words[c * self.words_per_row..(c + 1) * self.words_per_row]
+    }
 }
 
 impl ByteLut {
-    /// `None` where the kernel does not apply: no AVX2/FMA, b = 3 or 5 (codes straddle
-    /// bytes), or a value with nonzero low 16 bits (a subnormal power of two).
+    /// `None` where the kernel does not apply: no AVX2/FMA, or a value with nonzero low
+    /// 16 bits (a subnormal power of two).
     fn new(w: &Pow2Weights, table: &[f32], x: &[f32]) -> Option<ByteLut> {
         #[cfg(target_arch = "x86_64")]
         {
             let bits = w.bits();
-            if !(bits == 2 || bits == 4) || !super::dense::gemv_supported() {
+            if !(2..=5).contains(&bits) || !super::dense::gemv_supported() {
                 return None;
             }
-            if table.len() > 16 || table.iter().any(|v| v.to_bits() & 0xffff != 0) {
+            if table.iter().any(|v| v.to_bits() & 0xffff != 0) {
                 return None;
             }
+            let stored = match bits {
+                2 => 2,
+                3 | 4 => 4,
+                _ => 8,
+            };
+            // b = 5: codes `s·16 | e`, tables over `e` (the positive half).
             let (mut high, mut low) = ([0u8; 16], [0u8; 16]);
-            for (c, v) in table.iter().enumerate() {
+            for (c, v) in table.iter().take(16).enumerate() {
                 high[c] = (v.to_bits() >> 24) as u8;
                 low[c] = (v.to_bits() >> 16) as u8;
             }
-            let order = block_order(8 / bits as usize);
+            let wide = (bits == 3 || bits == 5).then(|| {
+                w.derived().get_or_make(
+                    |d: &WideCodes| d.words.len() == w.rows() * d.words_per_row,
+                    || WideCodes::new(w, stored),
+                )
+            });
+            let order = block_order(8 / stored as usize);
             let x_lanes = x
                 .chunks_exact(order.len())
                 .flat_map(|block| order.iter().map(|&e| block[e]))
                 .collect();
             Some(ByteLut {
-                bits,
+                stored,
                 high,
                 low,
                 x_lanes,
+                wide,
             })
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -627,24 +680,29 @@ impl ByteLut {
         x: &[f32],
         table: &[f32],
     ) -> Vec<f32> {
-        let per_block = 32 * (8 / self.bits as usize);
+        let per_block = 32 * (8 / self.stored as usize);
         let blocks = self.x_lanes.len() / per_block;
         let mut sums = vec![0f32; rows.len()];
         for (c, sum) in rows.clone().zip(sums.iter_mut()) {
-            let words = &w.code_row(c)[..8 * blocks];
+            let row = match &self.wide {
+                Some(wide) => wide.row(c),
+                None => w.code_row(c),
+            };
+            let words = &row[..8 * blocks];
+            let (xs, high, low) = (&self.x_lanes, &self.high, &self.low);
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `ByteLut::new` returned Some, so AVX2 and FMA are present.
             unsafe {
-                *sum = if self.bits == 4 {
-                    row_dot_bytes::<4>(words, &self.x_lanes, &self.high, &self.low)
-                } else {
-                    row_dot_bytes::<2>(words, &self.x_lanes, &self.high, &self.low)
+                *sum = match self.stored {
+                    2 => row_dot_bytes::<2, false>(words, xs, high, low),
+                    4 => row_dot_bytes::<4, false>(words, xs, high, low),
+                    _ => row_dot_bytes::<8, true>(words, xs, high, low),
                 };
             }
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (words, sum);
+            let _ = (words, sum, xs, high, low);
         }
-        let (b, cpw) = (self.bits as usize, 32 / self.bits as usize);
+        let (b, cpw) = (w.bits() as usize, w.codes_per_word());
         let mask = (1u32 << b) - 1;
         for (c, sum) in rows.zip(sums.iter_mut()) {
             let row = w.code_row(c);
@@ -656,8 +714,8 @@ impl ByteLut {
     }
 }
 
-/// Lane order of `row_dot_bytes` for `codes_per_byte` codes per byte (2 for b = 4, 4
-/// for b = 2): entry `p` is the element (within the block of `32 · codes_per_byte`)
+/// Lane order of `row_dot_bytes` for `codes_per_byte` codes per byte (4 for b = 2, 2
+/// for 4-bit stored codes, 1 for 8-bit): entry `p` is the element (within the block of `32 · codes_per_byte`)
 /// whose product lands in position `p = 32g + 8q + i` (code group `g`, f32 vector
 /// `q`, lane `i`). Code group `g` of byte `j` is element `codes_per_byte · j + g`;
 /// the byte interleave takes bytes `16L + 8h + w` of 128-bit lane `L` to 16-bit word
@@ -679,11 +737,12 @@ fn block_order(codes_per_byte: usize) -> Vec<usize> {
 }
 
 /// Sum over the whole blocks of one code row of `value(code) · x` (see `ByteLut`):
-/// per 32 code bytes, `8 / B` groups of 32 codes, each two `vpshufb`, two byte
-/// interleaves, two shifts or masks and four FMAs.
+/// per 32 code bytes (`B`-bit stored codes), `8 / B` groups of 32 codes, each two
+/// `vpshufb`, two byte interleaves, two shifts or masks and four FMAs. `SIGN_BIT_4`:
+/// the codes are 5-bit, sign in bit 4, and the tables are indexed by the low 4 bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn row_dot_bytes<const B: i32>(
+fn row_dot_bytes<const B: i32, const SIGN_BIT_4: bool>(
     row: &[u32],
     x_lanes: &[f32],
     high: &[u8; 16],
@@ -700,6 +759,7 @@ fn row_dot_bytes<const B: i32>(
         )
     };
     let code_mask = _mm256_set1_epi8(((1 << B) - 1) as i8);
+    let (top_bit, low_nibble) = (_mm256_set1_epi8(i8::MIN), _mm256_set1_epi8(0x0f));
     let high_half = _mm256_set1_epi32(0xffff_0000u32 as i32);
     let mut acc = [_mm256_setzero_ps(); 4];
     for (words, xs) in row.chunks_exact(8).zip(x_lanes.chunks_exact(per_block)) {
@@ -708,9 +768,16 @@ fn row_dot_bytes<const B: i32>(
         unsafe {
             let mut v = _mm256_loadu_si256(words.as_ptr().cast());
             for g in 0..groups {
-                let codes = _mm256_and_si256(v, code_mask);
+                let mut codes = _mm256_and_si256(v, code_mask);
                 v = _mm256_srli_epi16::<B>(v);
-                let h = _mm256_shuffle_epi8(hv, codes);
+                let mut sign = _mm256_setzero_si256();
+                if SIGN_BIT_4 {
+                    // 5-bit codes `s·16 | e`: look up `e`, move `s` to the byte's top bit
+                    // (a 16-bit shift by 3 keeps every byte's bit 4 -> 7 in its byte).
+                    sign = _mm256_and_si256(_mm256_slli_epi16::<3>(codes), top_bit);
+                    codes = _mm256_and_si256(codes, low_nibble);
+                }
+                let h = _mm256_or_si256(_mm256_shuffle_epi8(hv, codes), sign);
                 let l = _mm256_shuffle_epi8(lv, codes);
                 let w0 = _mm256_unpacklo_epi8(l, h);
                 let w1 = _mm256_unpackhi_epi8(l, h);
