@@ -1,28 +1,15 @@
 //! Tests of the .cnnpack format, .npy I/O, data loading/preprocessing and the model zoo.
 
+mod common;
+
 use cnnpack::data::{read_idx_images, read_idx_labels, ColorOrder, Dataset, Preprocess};
 use cnnpack::format::cnnpack::{self as pack, FormatError, RawTensor};
 use cnnpack::format::{read_npy, write_npy, NpyError};
 use cnnpack::graph::{BinaryKind, Graph, GraphBuilder, Op, Rng, Tensor};
 use cnnpack::zoo;
+use common::data_dir;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// The shared test-data folder, or `None` (and a "skipped" line) when it is absent.
-fn data_dir(test: &str) -> Option<PathBuf> {
-    let dir = std::env::var("CNNPACK_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data")));
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!(
-            "skipped: {test}: test data folder {} not found",
-            dir.display()
-        );
-        None
-    }
-}
 
 /// A fresh empty temporary folder for one test.
 fn temp_dir(name: &str) -> PathBuf {
@@ -505,7 +492,7 @@ fn npy_malformed() {
 
 #[test]
 fn npy_golden_files_and_mnist() {
-    let Some(data) = data_dir("npy_golden_files_and_mnist") else {
+    let Some(data) = data_dir() else {
         return;
     };
     for (rel, shape) in [
@@ -703,7 +690,7 @@ fn squeezenet_meta() -> BTreeMap<String, String> {
 
 #[test]
 fn preprocess_real_images() {
-    let Some(data) = data_dir("preprocess_real_images") else {
+    let Some(data) = data_dir() else {
         return;
     };
     let p = Preprocess::from_metadata(&squeezenet_meta(), &[3, 227, 227]).expect("p");
@@ -786,7 +773,7 @@ fn datasets_from_folders() {
     let _ = std::fs::remove_dir_all(&empty);
 
     // labels.csv layout: the ImageNet samples.
-    let Some(data) = data_dir("datasets_from_folders") else {
+    let Some(data) = data_dir() else {
         return;
     };
     let p = Preprocess::from_metadata(&squeezenet_meta(), &[3, 227, 227]).expect("p");
