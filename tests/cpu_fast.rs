@@ -87,7 +87,7 @@ fn conv_with_many_columns_spans_blocks() {
 }
 
 /// Shapes that make the dense conv split its GEMMs over output channels as well as
-/// column blocks (cout not a multiple of 8, groups, a 1x1 conv with 49 columns),
+/// column blocks and depth (cout not a multiple of 8, groups, a 1x1 conv with 49 columns),
 /// asymmetric strides (the contiguous and the strided im2col paths in one conv), and a
 /// large input with many column blocks per image.
 #[test]
@@ -103,8 +103,15 @@ fn conv_tiles_over_channels_and_columns() {
         [usize; 2],
         usize,
         usize,
-    ); 5] = [
+    ); 9] = [
         // (n, cin, cout, groups, stride, hw, k, pad)
+        // K = 2700, 1200 and 300 (several K blocks of the GEMM), 100 output channels
+        // (more than one L2 row block), each B source: shifted padded input, im2col
+        // (stride 2), the input planes (1x1; the last block reads up to the end).
+        (1, 300, 100, 1, [1, 1], [5, 6], 3, 1),
+        (2, 80, 14, 2, [2, 2], [9, 9], 3, 1),
+        (2, 300, 20, 1, [1, 1], [6, 7], 1, 0),
+        (1, 64, 7, 1, [1, 1], [16, 16], 3, 0),
         (1, 5, 70, 1, [1, 1], [9, 9], 3, 1),
         (2, 6, 80, 2, [1, 2], [13, 11], 3, 1),
         (3, 4, 41, 1, [2, 1], [10, 15], 5, 2),
@@ -237,4 +244,44 @@ fn in_place_ops_match_the_reference_and_spare_live_values() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory_applies_on_glibc() {
     assert!(cnnpack::backend::cpu::keep_freed_memory());
+}
+
+/// The fast executor fuses a ReLU into the conv before it when the ReLU alone reads
+/// the conv's output. Fused, unfused (the conv output read twice, or a graph output)
+/// and the reference must agree, and the profile names the fused step `conv+relu`.
+#[test]
+fn relu_fused_into_conv_matches_the_reference() {
+    use cnnpack::graph::GraphBuilder;
+    let mut b = GraphBuilder::new("x", &[3, 9, 11], 5);
+    let x = b.input();
+    let c1 = b.conv(&x, 8, 3, 1, 1, 1); // read by the relu only: fused
+    let r1 = b.relu(&c1);
+    let c2 = b.conv(&r1, 8, 3, 2, 1, 1); // read by the relu and the add: not fused
+    let r2 = b.relu(&c2);
+    let s = b.add(&r2, &c2);
+    let c3 = b.conv(&s, 4, 1, 1, 0, 1); // a graph output itself: not fused
+    let r3 = b.relu(&c3);
+    let g = b.finish(&[&r3, &c3]).expect("graph");
+    let mut rng = Rng::new(4);
+    for n in [1, 3] {
+        let input = rng.normal_tensor(vec![n, 3, 9, 11], 1.0);
+        let want = reference::run_graph(&g, &input).expect("reference");
+        let got = fast::run_graph(&g, &input).expect("fast");
+        for (o, (a, w)) in got.iter().zip(&want).enumerate() {
+            check(a, w, 72, &format!("batch {n}, output {o}"));
+        }
+        assert!(want[0].data.contains(&0.0), "the relu clips something");
+        let (_, times) = fast::run_graph_profiled(&g, &input).expect("profiled");
+        let names: Vec<&str> = times.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names.iter().filter(|n| n.ends_with("+relu")).count(),
+            1,
+            "{names:?}"
+        );
+        assert_eq!(
+            times.len(),
+            g.nodes.len() - 1,
+            "one node fused away: {names:?}"
+        );
+    }
 }

@@ -90,18 +90,24 @@ pub(crate) fn run_with(
     input: &Tensor,
     kernel: impl Fn(&Node, &[&Tensor]) -> Result<Tensor, CpuError>,
 ) -> Result<Vec<Tensor>, CpuError> {
-    run_with_in_place(graph, input, kernel, |_, _, _| None)
+    run_with_in_place(graph, input, kernel, |_, _, _| None, |_, _| None)
 }
 
 /// `run_with`, offering each node whose first input dies at it to `in_place` first:
 /// `in_place(node, x, rest)` applies the node to that input's buffer `x` (the other
 /// inputs are `rest`) and returns `None` when it does not handle the node, which then
 /// goes to `kernel` as usual.
+///
+/// A node whose output is read only by the next node, a Relu, and is not a graph
+/// output is first offered to `with_relu(node, inputs)`, which returns the node's
+/// output with the ReLU applied (the Relu node is then skipped) or `None` when it does
+/// not fuse that node.
 pub(crate) fn run_with_in_place(
     graph: &Graph,
     input: &Tensor,
     kernel: impl Fn(&Node, &[&Tensor]) -> Result<Tensor, CpuError>,
     in_place: impl Fn(&Node, &mut Tensor, &[&Tensor]) -> Option<Result<(), CpuError>>,
+    with_relu: impl Fn(&Node, &[&Tensor]) -> Option<Result<Tensor, CpuError>>,
 ) -> Result<Vec<Tensor>, CpuError> {
     let batch = check_input(graph, input)?;
     graph.infer_shapes(batch)?;
@@ -116,7 +122,34 @@ pub(crate) fn run_with_in_place(
     }
     let mut values: HashMap<&str, Tensor> = HashMap::new();
     values.insert(&graph.input.name, input.clone());
+    let mut fused_away = None;
     for (i, node) in graph.nodes.iter().enumerate() {
+        if fused_away == Some(i) {
+            continue;
+        }
+        // A Relu that alone reads this node's output, right after it.
+        let relu_next = graph.nodes.get(i + 1).filter(|next| {
+            matches!(next.op, crate::graph::Op::Relu)
+                && next.inputs.len() == 1
+                && next.inputs[0] == node.output
+                && last_use.get(node.output.as_str()) == Some(&(i + 1))
+        });
+        if let Some(next) = relu_next {
+            let fused = {
+                let ins: Vec<&Tensor> = node.inputs.iter().map(|v| &values[v.as_str()]).collect();
+                with_relu(node, &ins)
+            };
+            if let Some(out) = fused {
+                values.insert(&next.output, out?);
+                for v in &node.inputs {
+                    if last_use.get(v.as_str()).is_some_and(|&u| u <= i + 1) {
+                        values.remove(v.as_str());
+                    }
+                }
+                fused_away = Some(i + 1);
+                continue;
+            }
+        }
         // The first input can be handed over when nothing reads it after this node and
         // this node reads it only once.
         let handed = node.inputs.first().filter(|v| {

@@ -4,13 +4,14 @@
 
 pub mod decoded;
 mod dense;
+mod gemm;
 mod pool;
 pub mod pow2;
 pub mod sketch;
 pub mod sketch_triplets;
 pub mod sparse;
 
-pub use dense::{conv2d, linear};
+pub use dense::{conv2d, conv2d_relu, linear};
 pub use pool::{avg_pool, max_pool};
 
 use super::{reference, CpuError};
@@ -21,9 +22,9 @@ use rayon::prelude::*;
 /// Runs one node with the fastest CPU kernel for its op and weight encoding.
 pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
     match (&node.op, inputs.first()) {
-        // Sketched and pow2 convs on the CPU run the dense im2col + sgemm path on weights
-        // decoded once per loaded layer (`decoded`): on this project's 2-core x86 machine
-        // sgemm beat every bit and code kernel measured for conv (the bit-masked
+        // Sketched and pow2 convs on the CPU run the dense GEMM conv on weights decoded
+        // once per loaded layer (`decoded`): on this project's 2-core x86 machine the
+        // dense GEMM beat every bit and code kernel measured for conv (the bit-masked
         // `sketch::sketch_conv` took 16.7 ms for a 3x3 64->64 conv at 28x28 with m = 3
         // against ~2 ms for sgemm; benches/kernels.rs and docs/benchmarks.md have the
         // full tables), and decoding on every call made a sketched ResNet-18 3.7x slower
@@ -105,9 +106,27 @@ pub fn run_in_place(node: &Node, x: &mut Tensor, rest: &[&Tensor]) -> Option<Res
     Some(Ok(()))
 }
 
+/// Runs `node` (a Conv on the dense path) with the ReLU that follows it fused into its
+/// output stores; `None` for other nodes, which then run unfused.
+pub fn run_node_relu(node: &Node, inputs: &[&Tensor]) -> Option<Result<Tensor, CpuError>> {
+    match (&node.op, inputs.first()) {
+        (Op::Conv(c), Some(x)) => match &c.weight {
+            Weights::Dense(_) => Some(Ok(conv2d_relu(x, c, true))),
+            Weights::Sketch(_) | Weights::Pow2(_) => {
+                Some(Ok(conv2d_relu(x, &decoded::dense_conv(c), true)))
+            }
+            Weights::Sparse(w) if !sparse::runs_sparse(c, w) => {
+                Some(Ok(conv2d_relu(x, &decoded::dense_conv(c), true)))
+            }
+            Weights::Sparse(_) => None,
+        },
+        _ => None,
+    }
+}
+
 /// Runs the whole graph with the fast kernels; returns the outputs in order.
 pub fn run_graph(graph: &Graph, input: &Tensor) -> Result<Vec<Tensor>, CpuError> {
-    super::run_with_in_place(graph, input, run_node, run_in_place)
+    super::run_with_in_place(graph, input, run_node, run_in_place, run_node_relu)
 }
 
 /// As `run_graph`, plus each node's wall time in milliseconds, in node order.
@@ -136,6 +155,20 @@ pub fn run_graph_profiled(
             let out = run_in_place(node, x, rest);
             if out.is_some() {
                 record(node, t);
+            }
+            out
+        },
+        |node, ins| {
+            let t = std::time::Instant::now();
+            let out = run_node_relu(node, ins);
+            if out.is_some() {
+                times
+                    .lock()
+                    .expect("the timing list lock is never poisoned")
+                    .push((
+                        format!("{}+relu", node.name),
+                        t.elapsed().as_secs_f64() * 1e3,
+                    ));
             }
             out
         },

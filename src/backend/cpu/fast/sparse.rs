@@ -13,7 +13,8 @@
 //!   once and adds `v · x[ci]` shifted by `(ky, kx)` to the output plane, row by row,
 //!   over the output columns whose input column lies inside the image.
 //!   Work is `nnz · OH · OW` multiply-adds per image either way, so they beat the dense
-//!   im2col + sgemm path only below a crossover density (see below).
+//!   conv only below a crossover density (see below; measured against the im2col +
+//!   sgemm conv that preceded the GEMM conv of `fast::gemm`).
 //! - Fc: SpMV at batch 1 (rows in parallel, one dot product of the stored entries with
 //!   the gathered inputs, four accumulators, index width matched once per layer); SpMM for batch > 1 on the transposed input `[K][N]`, so
 //!   each stored weight updates N contiguous accumulators.

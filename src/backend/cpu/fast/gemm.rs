@@ -1,0 +1,175 @@
+//! An AVX2/FMA register-blocked GEMM for the dense conv: `C += A · B` on strided
+//! operands, read where they lie (no packing of A or B).
+//!
+//! Why not `matrixmultiply::sgemm`: it packs both operands on every call. For a conv
+//! the weights A are the big operand at batch 1 (ResNet-18's 3x3 512->512 conv: 9.4 MB
+//! against 0.9 MB of im2col columns) and packing them cost as much as the product, so
+//! the deep layers ran at 15-26% of the FMA peak. Here A is read in place, six rows at
+//! a time (one broadcast per row and k), and B is the im2col block (or, for 1x1
+//! convs, the input itself), sixteen columns at a time.
+//!
+//! Micro-kernel: a 6 x 16 tile of C in 12 ymm accumulators; per k, two loads of B, six
+//! broadcasts of A and twelve FMAs (the two FMA pipes are the limit: 6 cycles per k).
+//! Blocking (callers block K; `block` blocks rows): a 16-column micro-panel of B
+//! (`kc x 16`, 16 KiB at `kc = 256`) stays in L1 while the six-row panels of A pass
+//! over it, and an `MC x kc` block of A (96 KiB) stays in L2 while the micro-panels of
+//! B pass under it.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Rows of C per micro-kernel call.
+pub const MR: usize = 6;
+/// Columns of C per micro-kernel call (two 8-lane vectors).
+pub const NR: usize = 16;
+/// Depth of one K block (chosen by the callers): 256 keeps a B micro-panel in L1.
+pub const KC: usize = 256;
+/// Rows of A per L2 block.
+const MC: usize = 96;
+
+/// Whether this CPU runs the kernels here (x86-64 with AVX2 and FMA, detected once).
+pub fn supported() -> bool {
+    super::dense::gemv_supported()
+}
+
+/// `C = A · B` (or `C += A · B` when `accumulate`) for a block of `rows` rows of A
+/// and `cols` (a multiple of 16) columns of B, over depth `kc`.
+///
+/// A is row-major with row stride `lda`. Row k of B is the `cols` floats from
+/// `b + b_rows[k]` (so B may be an im2col buffer, the input itself, or shifted views
+/// of a padded input). C has row stride `ldc` and `rows` rounded up to a multiple of 6
+/// rows: the micro-kernel always stores whole 6 x 16 tiles (the extra rows hold junk).
+///
+/// # Safety
+/// `supported()` must be true, `cols % 16 == 0` and `b_rows.len() >= kc`. Every element
+/// of A (`rows x kc` at `lda`), of B (`cols` from each `b + b_rows[k]`) and of C
+/// (`rows.next_multiple_of(6) x cols` at `ldc`) must be inside its allocation, and no
+/// other thread may touch that part of C during the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn block(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    b: *const f32,
+    b_rows: &[usize],
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's contract.
+    unsafe {
+        block_avx2(kc, a, lda, rows, b, b_rows, cols, c, ldc, accumulate)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("supported() is false off x86-64");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_avx2(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    b: *const f32,
+    b_rows: &[usize],
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    debug_assert!(cols.is_multiple_of(NR) && b_rows.len() >= kc);
+    for m0 in (0..rows).step_by(MC) {
+        let mc = MC.min(rows - m0);
+        for j0 in (0..cols).step_by(NR) {
+            for i0 in (m0..m0 + mc).step_by(MR) {
+                // SAFETY: rows i0..i0+mr of A, the 6 x 16 tile of C at (i0, j0) and
+                // columns j0..j0+16 of every B row are inside the blocks the caller
+                // vouched for.
+                unsafe {
+                    micro_6x16(
+                        kc,
+                        a.add(i0 * lda),
+                        lda,
+                        MR.min(m0 + mc - i0),
+                        b.add(j0),
+                        b_rows,
+                        c.add(i0 * ldc + j0),
+                        ldc,
+                        accumulate,
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// One 6 x 16 tile of `C (+)= A · B` over depth `kc`, from `mr <= 6` rows of A.
+///
+/// Rows past `mr` re-read row 0 of A (their sums land in C's padding rows), so the
+/// loop has no branches.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn micro_6x16(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    mr: usize,
+    b: *const f32,
+    b_rows: &[usize],
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let row = |r: usize| if r < mr { r * lda } else { 0 };
+    let (a0, a1, a2, a3, a4, a5) = (row(0), row(1), row(2), row(3), row(4), row(5));
+    let mut acc = [_mm256_setzero_ps(); 12];
+    // SAFETY (whole loop): k < kc <= b_rows.len(), so a + row(r) + k is inside row r of
+    // A, and b + b_rows[k] .. +16 inside row k of B (the caller's contract).
+    unsafe {
+        for k in 0..kc {
+            let bk = b.add(*b_rows.get_unchecked(k));
+            let b0 = _mm256_loadu_ps(bk);
+            let b1 = _mm256_loadu_ps(bk.add(8));
+            let ak = a.add(k);
+            let v = _mm256_broadcast_ss(&*ak.add(a0));
+            acc[0] = _mm256_fmadd_ps(v, b0, acc[0]);
+            acc[1] = _mm256_fmadd_ps(v, b1, acc[1]);
+            let v = _mm256_broadcast_ss(&*ak.add(a1));
+            acc[2] = _mm256_fmadd_ps(v, b0, acc[2]);
+            acc[3] = _mm256_fmadd_ps(v, b1, acc[3]);
+            let v = _mm256_broadcast_ss(&*ak.add(a2));
+            acc[4] = _mm256_fmadd_ps(v, b0, acc[4]);
+            acc[5] = _mm256_fmadd_ps(v, b1, acc[5]);
+            let v = _mm256_broadcast_ss(&*ak.add(a3));
+            acc[6] = _mm256_fmadd_ps(v, b0, acc[6]);
+            acc[7] = _mm256_fmadd_ps(v, b1, acc[7]);
+            let v = _mm256_broadcast_ss(&*ak.add(a4));
+            acc[8] = _mm256_fmadd_ps(v, b0, acc[8]);
+            acc[9] = _mm256_fmadd_ps(v, b1, acc[9]);
+            let v = _mm256_broadcast_ss(&*ak.add(a5));
+            acc[10] = _mm256_fmadd_ps(v, b0, acc[10]);
+            acc[11] = _mm256_fmadd_ps(v, b1, acc[11]);
+        }
+    }
+    for r in 0..MR {
+        // SAFETY: the whole 6 x 16 tile of C is inside C (the caller's contract).
+        unsafe {
+            let cr = c.add(r * ldc);
+            for h in 0..2 {
+                let v = if accumulate {
+                    _mm256_add_ps(_mm256_loadu_ps(cr.add(8 * h)), acc[2 * r + h])
+                } else {
+                    acc[2 * r + h]
+                };
+                _mm256_storeu_ps(cr.add(8 * h), v);
+            }
+        }
+    }
+}
