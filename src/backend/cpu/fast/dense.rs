@@ -246,7 +246,10 @@ fn conv2d_gemm(x: &Tensor, conv: &Conv2d, relu: bool) -> Tensor {
         let aligned = col_buf.as_ptr().align_offset(64).min(16);
         let mut b_rows = vec![0usize; KC.min(k)];
         let mut acc_cell = ACC.with(|cell| cell.take());
-        acc_cell.resize(acc_cell.len().max(rows.next_multiple_of(MR) * cols_pad), 0.0);
+        acc_cell.resize(
+            acc_cell.len().max(rows.next_multiple_of(MR) * cols_pad),
+            0.0,
+        );
         let acc = &mut acc_cell[..rows.next_multiple_of(MR) * cols_pad];
         if k == 0 {
             acc.fill(0.0);
