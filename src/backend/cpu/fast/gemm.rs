@@ -127,10 +127,9 @@ unsafe fn micro_6x16(
     ldc: usize,
     accumulate: bool,
 ) {
-    let row = |r: usize| if r < mr { r * lda } else { 0 };
-    let (a0, a1, a2, a3, a4, a5) = (row(0), row(1), row(2), row(3), row(4), row(5));
-    let mut acc = [_mm256_setzero_ps(); 12];
-    // SAFETY (whole loop): k < kc <= b_rows.len(), so a + row(r) + k is inside row r of
+    let rows: [usize; MR] = std::array::from_fn(|r| if r < mr { r * lda } else { 0 });
+    let mut acc = [_mm256_setzero_ps(); 2 * MR];
+    // SAFETY (whole loop): k < kc <= b_rows.len(), so a + rows[r] + k is inside row r of
     // A, and b + b_rows[k] .. +16 inside row k of B (the caller's contract).
     unsafe {
         for k in 0..kc {
@@ -138,24 +137,11 @@ unsafe fn micro_6x16(
             let b0 = _mm256_loadu_ps(bk);
             let b1 = _mm256_loadu_ps(bk.add(8));
             let ak = a.add(k);
-            let v = _mm256_broadcast_ss(&*ak.add(a0));
-            acc[0] = _mm256_fmadd_ps(v, b0, acc[0]);
-            acc[1] = _mm256_fmadd_ps(v, b1, acc[1]);
-            let v = _mm256_broadcast_ss(&*ak.add(a1));
-            acc[2] = _mm256_fmadd_ps(v, b0, acc[2]);
-            acc[3] = _mm256_fmadd_ps(v, b1, acc[3]);
-            let v = _mm256_broadcast_ss(&*ak.add(a2));
-            acc[4] = _mm256_fmadd_ps(v, b0, acc[4]);
-            acc[5] = _mm256_fmadd_ps(v, b1, acc[5]);
-            let v = _mm256_broadcast_ss(&*ak.add(a3));
-            acc[6] = _mm256_fmadd_ps(v, b0, acc[6]);
-            acc[7] = _mm256_fmadd_ps(v, b1, acc[7]);
-            let v = _mm256_broadcast_ss(&*ak.add(a4));
-            acc[8] = _mm256_fmadd_ps(v, b0, acc[8]);
-            acc[9] = _mm256_fmadd_ps(v, b1, acc[9]);
-            let v = _mm256_broadcast_ss(&*ak.add(a5));
-            acc[10] = _mm256_fmadd_ps(v, b0, acc[10]);
-            acc[11] = _mm256_fmadd_ps(v, b1, acc[11]);
+            for (r, &row) in rows.iter().enumerate() {
+                let v = _mm256_broadcast_ss(&*ak.add(row));
+                acc[2 * r] = _mm256_fmadd_ps(v, b0, acc[2 * r]);
+                acc[2 * r + 1] = _mm256_fmadd_ps(v, b1, acc[2 * r + 1]);
+            }
         }
     }
     for r in 0..MR {
