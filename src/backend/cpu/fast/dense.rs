@@ -200,7 +200,13 @@ fn conv2d_gemm(x: &Tensor, conv: &Conv2d, relu: bool) -> Tensor {
         Patches::Shifted => (oh - 1) * wq + ow,
         _ => p,
     };
-    let blocks = n * groups * ncols.div_ceil(COLUMN_BLOCK);
+    // Column blocks of equal width (a multiple of 16, at most COLUMN_BLOCK): with a short
+    // last block the tasks of a small layer split unevenly over the threads (traced on
+    // a 28x28x128 conv: 2.2 against 1.7 ms busy).
+    let col_step = ncols
+        .div_ceil(ncols.div_ceil(COLUMN_BLOCK))
+        .next_multiple_of(NR);
+    let blocks = n * groups * ncols.div_ceil(col_step);
     let want = TASKS_PER_THREAD * rayon::current_num_threads();
     let row_split = want
         .div_ceil(blocks)
@@ -211,7 +217,7 @@ fn conv2d_gemm(x: &Tensor, conv: &Conv2d, relu: bool) -> Tensor {
         .flat_map(|b| {
             (0..groups).flat_map(move |g| {
                 (0..ncols)
-                    .step_by(COLUMN_BLOCK)
+                    .step_by(col_step)
                     .flat_map(move |c0| (0..cout_g).step_by(row_step).map(move |m0| (b, g, c0, m0)))
             })
         })
@@ -219,7 +225,7 @@ fn conv2d_gemm(x: &Tensor, conv: &Conv2d, relu: bool) -> Tensor {
     let out = OutPtr(y.data.as_mut_ptr());
     let out_len = y.data.len();
     tasks.par_iter().for_each(|&(b, g, c0, m0)| {
-        let cols = COLUMN_BLOCK.min(ncols - c0);
+        let cols = col_step.min(ncols - c0);
         let cols_pad = cols.next_multiple_of(NR);
         let rows = row_step.min(cout_g - m0);
         let weights = &w.data[(g * cout_g + m0) * k..(g * cout_g + m0 + rows) * k];
