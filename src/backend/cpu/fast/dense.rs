@@ -144,7 +144,9 @@ fn output_with_bias(x: &Tensor, conv: &Conv2d) -> (Tensor, [usize; 2]) {
 thread_local! {
     /// A conv task's accumulator block, kept per thread from call to call: the first K
     /// block overwrites every tile of it (`accumulate = false`), so it needs neither a
-    /// fresh allocation nor zeroing per task (up to 96 KiB each, 6-13 tasks per layer).
+    /// fresh allocation nor zeroing per task. Each thread keeps the largest block it has
+    /// needed: a task's output channels (rounded up to 6) x at most 256 floats, e.g.
+    /// 64 KiB for 64 channels, 512 KiB for 512.
     static ACC: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
