@@ -285,3 +285,40 @@ fn relu_fused_into_conv_matches_the_reference() {
         );
     }
 }
+
+/// Graph runs from several threads at once: each run may start a helper worker that
+/// spins for its forks (`fast::on_pool`); with concurrent runs the helpers must step
+/// aside, not wait on each other. Every run must finish (bounded wait) and agree with a
+/// lone run. The interleaving in which two helpers would wait on each other is not
+/// forced here (a mutation that lets every run keep its helper still passed), so this
+/// checks results and progress under concurrency, not that guard itself.
+#[test]
+fn concurrent_runs_finish_and_agree() {
+    use cnnpack::graph::GraphBuilder;
+    use std::sync::{mpsc, Arc};
+    let mut b = GraphBuilder::new("x", &[3, 40, 40], 9);
+    let x = b.input();
+    let c1 = b.conv(&x, 16, 3, 1, 1, 1);
+    let r1 = b.relu(&c1);
+    let p = b.max_pool(&r1, 2, 2, 0);
+    let c2 = b.conv(&p, 8, 3, 2, 1, 1);
+    let g = Arc::new(b.finish(&[&c2]).expect("graph"));
+    let input = Arc::new(Rng::new(2).normal_tensor(vec![4, 3, 40, 40], 1.0));
+    let want = fast::run_graph(&g, &input).expect("fast");
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..4 {
+        let (g, input, tx) = (g.clone(), input.clone(), tx.clone());
+        std::thread::spawn(move || {
+            for _ in 0..25 {
+                tx.send(fast::run_graph(&g, &input).expect("fast"))
+                    .expect("send");
+            }
+        });
+    }
+    for i in 0..100 {
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("run {i} did not finish: {e}"));
+        assert_eq!(got, want, "run {i}");
+    }
+}
