@@ -5,8 +5,9 @@
 //! the weights A are the big operand at batch 1 (ResNet-18's 3x3 512->512 conv: 9.4 MB
 //! against 0.9 MB of im2col columns) and packing them cost as much as the product, so
 //! the deep layers ran at 15-26% of the FMA peak. Here A is read in place, six rows at
-//! a time (one broadcast per row and k), and B is the im2col block (or, for 1x1
-//! convs, the input itself), sixteen columns at a time.
+//! a time (one broadcast per row and k), and B is given row by row through a table of
+//! offsets (in the conv: shifted views of the padded, stride-phased input, or the input
+//! planes themselves for 1x1 convs; no im2col), sixteen columns at a time.
 //!
 //! Micro-kernel: a 6 x 16 tile of C in 12 ymm accumulators; per k, two loads of B, six
 //! broadcasts of A and twelve FMAs (the two FMA pipes are the limit: 6 cycles per k).
