@@ -15,7 +15,7 @@ pub use dense::{conv2d, conv2d_relu, linear};
 pub use pool::{avg_pool, max_pool};
 
 use super::{reference, CpuError};
-use crate::graph::{Graph, Linear, Node, Op, Tensor};
+use crate::graph::{Conv2d, Graph, Linear, Node, Op, Tensor};
 use crate::weights::Weights;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,24 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 /// Runs one node with the fastest CPU kernel for its op and weight encoding.
 pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
     match (&node.op, inputs.first()) {
-        // Sketched and pow2 convs on the CPU run the dense GEMM conv on weights decoded
-        // once per loaded layer (`decoded`): on this project's 2-core x86 machine the
-        // dense GEMM beat every bit and code kernel measured for conv (the bit-masked
-        // `sketch::sketch_conv` took 16.7 ms for a 3x3 64->64 conv at 28x28 with m = 3
-        // against ~2 ms for sgemm; benches/kernels.rs and docs/benchmarks.md have the
-        // full tables), and decoding on every call made a sketched ResNet-18 3.7x slower
-        // than dense at batch 1. Batch-1 fc is memory-bound and keeps the compressed
-        // kernels below.
-        (Op::Conv(c), Some(x)) if matches!(c.weight, Weights::Sketch(_) | Weights::Pow2(_)) => {
-            Ok(conv2d(x, &decoded::dense_conv(c)))
+        (Op::Conv(c), Some(x)) => {
+            Ok(conv_node(x, c, false).expect("every conv kernel runs without a fused ReLU"))
         }
-        // Sparse conv: the CSR kernel where it measured faster (stride 1, below the
-        // crossover density), else the dense path on weights decoded once.
-        (Op::Conv(c), Some(x)) => match &c.weight {
-            Weights::Sparse(w) if sparse::runs_sparse(c, w) => Ok(sparse::sparse_conv(x, c)),
-            Weights::Sparse(_) => Ok(conv2d(x, &decoded::dense_conv(c))),
-            _ => Ok(conv2d(x, c)),
-        },
         (
             Op::Linear(Linear {
                 weight: Weights::Sketch(w),
@@ -107,20 +92,34 @@ pub fn run_in_place(node: &Node, x: &mut Tensor, rest: &[&Tensor]) -> Option<Res
     Some(Ok(()))
 }
 
-/// Runs `node` (a Conv on the dense path) with the ReLU that follows it fused into its
-/// output stores; `None` for other nodes, which then run unfused.
+/// The conv `c` on `x` with the fastest CPU kernel for its encoding, the ReLU that
+/// follows it fused when `relu`; `None` when that kernel does not fuse one (the sparse
+/// CSR kernel).
+fn conv_node(x: &Tensor, c: &Conv2d, relu: bool) -> Option<Tensor> {
+    match &c.weight {
+        // Sparse conv: the CSR kernel where it measured faster (stride 1, below the
+        // crossover density).
+        Weights::Sparse(w) if sparse::runs_sparse(c, w) => {
+            (!relu).then(|| sparse::sparse_conv(x, c))
+        }
+        Weights::Dense(_) => Some(conv2d_relu(x, c, relu)),
+        // Sketched, pow2 and (above the crossover) sparse convs run the dense GEMM conv
+        // on weights decoded once per loaded layer (`decoded`): on this project's 2-core
+        // x86 machine the dense GEMM beat every bit and code kernel measured for conv (the
+        // bit-masked `sketch::sketch_conv` took 16.7 ms for a 3x3 64->64 conv at 28x28
+        // with m = 3 against ~2 ms for sgemm; benches/kernels.rs and docs/benchmarks.md
+        // have the full tables), and decoding on every call made a sketched ResNet-18
+        // 3.7x slower than dense at batch 1. Batch-1 fc is memory-bound and keeps the
+        // compressed kernels (`run_node`).
+        _ => Some(conv2d_relu(x, &decoded::dense_conv(c), relu)),
+    }
+}
+
+/// Runs `node` with the ReLU that follows it fused into its output stores (a Conv on
+/// a kernel that fuses it); `None` for other nodes, which then run unfused.
 pub fn run_node_relu(node: &Node, inputs: &[&Tensor]) -> Option<Result<Tensor, CpuError>> {
     match (&node.op, inputs.first()) {
-        (Op::Conv(c), Some(x)) => match &c.weight {
-            Weights::Dense(_) => Some(Ok(conv2d_relu(x, c, true))),
-            Weights::Sketch(_) | Weights::Pow2(_) => {
-                Some(Ok(conv2d_relu(x, &decoded::dense_conv(c), true)))
-            }
-            Weights::Sparse(w) if !sparse::runs_sparse(c, w) => {
-                Some(Ok(conv2d_relu(x, &decoded::dense_conv(c), true)))
-            }
-            Weights::Sparse(_) => None,
-        },
+        (Op::Conv(c), Some(x)) => conv_node(x, c, true).map(Ok),
         _ => None,
     }
 }
@@ -205,11 +204,11 @@ pub fn run_graph_profiled(
     input: &Tensor,
 ) -> Result<(Vec<Tensor>, crate::backend::StepTimes), CpuError> {
     let times = std::sync::Mutex::new(Vec::with_capacity(graph.nodes.len()));
-    let record = |node: &Node, t: std::time::Instant| {
+    let record = |name: String, t: std::time::Instant| {
         times
             .lock()
             .expect("the timing list lock is never poisoned")
-            .push((node.name.clone(), t.elapsed().as_secs_f64() * 1e3));
+            .push((name, t.elapsed().as_secs_f64() * 1e3));
     };
     let outputs = on_pool(|| {
         super::run_with_in_place(
@@ -218,14 +217,14 @@ pub fn run_graph_profiled(
             |node, ins| {
                 let t = std::time::Instant::now();
                 let out = run_node(node, ins);
-                record(node, t);
+                record(node.name.clone(), t);
                 out
             },
             |node, x, rest| {
                 let t = std::time::Instant::now();
                 let out = run_in_place(node, x, rest);
                 if out.is_some() {
-                    record(node, t);
+                    record(node.name.clone(), t);
                 }
                 out
             },
@@ -233,13 +232,7 @@ pub fn run_graph_profiled(
                 let t = std::time::Instant::now();
                 let out = run_node_relu(node, ins);
                 if out.is_some() {
-                    times
-                        .lock()
-                        .expect("the timing list lock is never poisoned")
-                        .push((
-                            format!("{}+relu", node.name),
-                            t.elapsed().as_secs_f64() * 1e3,
-                        ));
+                    record(format!("{}+relu", node.name), t);
                 }
                 out
             },

@@ -12,8 +12,9 @@ use rayon::prelude::*;
 /// max along the row. For stride > 1 the row buffer is first split into its `stride`
 /// phases (`phase[r][i] = row[i * stride + r]`), so every tap of the row max is a
 /// contiguous pass too. The strided per-tap loop this replaced ran at ~1 GB/s
-/// (SqueezeNet's three 3x3/2 pools took 3.5-6 ms of a 26 ms batch-1 run). With AVX2
-/// the plane loop is compiled for it (8 lanes and `vmaxps` instead of SSE2's 4 lanes).
+/// (SqueezeNet's three 3x3/2 pools took 3.3-5.9 ms together in profiled batch-1 runs
+/// of 26-33 ms). With AVX2 the plane loop is compiled for it (8 lanes and `vmaxps`
+/// instead of SSE2's 4 lanes).
 pub fn max_pool(x: &Tensor, p: &Pool2d) -> Tensor {
     let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let [oh, ow] = p
