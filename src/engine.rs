@@ -64,6 +64,9 @@ enum Executor {
 pub struct Engine {
     graph: Arc<Graph>,
     executor: Executor,
+    /// The graph with its conv weights packed for the CPU kernels, built on the first
+    /// CPU run (`cpu_prepared`).
+    prepared: std::sync::OnceLock<Arc<cpu::fast::Prepared>>,
     fallback_note: Option<String>,
 }
 
@@ -96,6 +99,7 @@ impl Engine {
         Ok(Engine {
             graph,
             executor,
+            prepared: std::sync::OnceLock::new(),
             fallback_note,
         })
     }
@@ -112,6 +116,7 @@ impl Engine {
                 owned: false,
                 models: Mutex::default(),
             },
+            prepared: std::sync::OnceLock::new(),
             fallback_note: None,
         })
     }
@@ -119,6 +124,16 @@ impl Engine {
     /// The folded graph this engine runs.
     pub fn graph(&self) -> &Graph {
         &self.graph
+    }
+
+    /// On the CPU executor: the graph with its conv weights packed for the fast
+    /// kernels (built on first use, as much memory as the dense conv weights); `None` on
+    /// the other executors.
+    pub fn cpu_prepared(&self) -> Option<&Arc<cpu::fast::Prepared>> {
+        matches!(self.executor, Executor::Cpu).then(|| {
+            self.prepared
+                .get_or_init(|| Arc::new(cpu::fast::Prepared::new(self.graph.clone())))
+        })
     }
 
     /// Why a GPU request ended up on the CPU, if it did.
@@ -210,7 +225,7 @@ impl Engine {
     pub fn run(&self, input: &Tensor) -> Result<Vec<Tensor>, EngineError> {
         let batch = cpu::check_input(&self.graph, input)?;
         match &self.executor {
-            Executor::Cpu => Ok(cpu::fast::run_graph(&self.graph, input)?),
+            Executor::Cpu => Ok(self.cpu_prepared().expect("executor is Cpu").run(input)?),
             Executor::Reference => Ok(cpu::reference::run_graph(&self.graph, input)?),
             Executor::Gpu { .. } => {
                 let model = self.gpu_model(batch)?.expect("executor is Gpu");
@@ -234,15 +249,16 @@ impl Engine {
             let batch = cpu::check_input(&self.graph, input)?;
             match &self.executor {
                 Executor::Cpu | Executor::Reference => {
-                    let reference = matches!(self.executor, Executor::Reference);
+                    // The CPU executor's packed graph, or the plain graph for the
+                    // reference kernels.
+                    let prepared = self.cpu_prepared().cloned();
                     let graph = self.graph.clone();
                     let input = input.clone();
                     let sender = sender.clone();
                     rayon::spawn(move || {
-                        let r = if reference {
-                            cpu::reference::run_graph(&graph, &input)
-                        } else {
-                            cpu::fast::run_graph(&graph, &input)
+                        let r = match prepared {
+                            Some(prepared) => prepared.run(&input),
+                            None => cpu::reference::run_graph(&graph, &input),
                         };
                         sender.complete(r.map_err(EngineError::from));
                     });

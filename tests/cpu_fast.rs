@@ -14,6 +14,36 @@ fn check(got: &Tensor, want: &Tensor, k: usize, what: &str) {
     assert!(diff <= tol, "{what}: max diff {diff} > {tol}");
 }
 
+/// The conv through each dense kernel, each checked against `want` (the reference):
+/// in place (`fast::conv2d`) and on packed weights (`fast::conv2d_packed`, where this
+/// CPU has AVX2+FMA), the latter also with its fused ReLU.
+fn check_dense_convs(x: &Tensor, conv: &Conv2d, want: &Tensor, k: usize, what: &str) {
+    check(
+        &fast::conv2d(x, conv),
+        want,
+        k,
+        &format!("{what} (in place)"),
+    );
+    let Some(packed) = fast::PackedConv::new(conv) else {
+        eprintln!("no AVX2+FMA: packed conv not checked");
+        return;
+    };
+    check(
+        &fast::conv2d_packed(x, conv, &packed, false),
+        want,
+        k,
+        &format!("{what} (packed)"),
+    );
+    let mut want_relu = want.clone();
+    want_relu.data.iter_mut().for_each(|v| *v = v.max(0.0));
+    check(
+        &fast::conv2d_packed(x, conv, &packed, true),
+        &want_relu,
+        k,
+        &format!("{what} (packed, relu)"),
+    );
+}
+
 fn node(op: Op) -> Node {
     Node {
         name: "n".into(),
@@ -57,7 +87,7 @@ fn conv_matches_reference_on_random_shapes() {
         let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
         let want = reference::run_node(&node(Op::Conv(conv.clone())), &[&x]).unwrap();
         let what = format!("case {case}: n{n} cin{} cout{cout} g{groups} k{k} s{stride} d{dilation} p{pads:?} {h}x{w}", cin_g * groups);
-        check(&fast::conv2d(&x, &conv), &want, cin_g * k * k, &what);
+        check_dense_convs(&x, &conv, &want, cin_g * k * k, &what);
     }
 }
 
@@ -77,8 +107,9 @@ fn conv_with_many_columns_spans_blocks() {
         };
         let x = rng.normal_tensor(vec![2, 5, 40, 40], 1.0);
         let want = reference::conv2d(&x, &conv);
-        check(
-            &fast::conv2d(&x, &conv),
+        check_dense_convs(
+            &x,
+            &conv,
             &want,
             5 * k * k,
             &format!("{k}x{k} conv over 40x40"),
@@ -130,8 +161,9 @@ fn conv_tiles_over_channels_and_columns() {
         };
         let x = rng.normal_tensor(vec![n, cin, h, w], 1.0);
         let want = reference::conv2d(&x, &conv);
-        check(
-            &fast::conv2d(&x, &conv),
+        check_dense_convs(
+            &x,
+            &conv,
             &want,
             cin / groups * k * k,
             &format!("n{n} cin{cin} cout{cout} g{groups} s{stride:?} {h}x{w} k{k}"),
@@ -262,6 +294,7 @@ fn relu_fused_into_conv_matches_the_reference() {
     let c3 = b.conv(&s, 4, 1, 1, 0, 1); // a graph output itself: not fused
     let r3 = b.relu(&c3);
     let g = b.finish(&[&r3, &c3]).expect("graph");
+    let prepared = fast::Prepared::new(std::sync::Arc::new(g.clone()));
     let mut rng = Rng::new(4);
     for n in [1, 3] {
         let input = rng.normal_tensor(vec![n, 3, 9, 11], 1.0);
@@ -270,19 +303,30 @@ fn relu_fused_into_conv_matches_the_reference() {
         for (o, (a, w)) in got.iter().zip(&want).enumerate() {
             check(a, w, 72, &format!("batch {n}, output {o}"));
         }
+        let got = prepared.run(&input).expect("packed");
+        for (o, (a, w)) in got.iter().zip(&want).enumerate() {
+            check(a, w, 72, &format!("batch {n}, output {o}, packed convs"));
+        }
         assert!(want[0].data.contains(&0.0), "the relu clips something");
-        let (_, times) = fast::run_graph_profiled(&g, &input).expect("profiled");
-        let names: Vec<&str> = times.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(
-            names.iter().filter(|n| n.ends_with("+relu")).count(),
-            1,
-            "{names:?}"
-        );
-        assert_eq!(
-            times.len(),
-            g.nodes.len() - 1,
-            "one node fused away: {names:?}"
-        );
+        for (what, (_, times)) in [
+            (
+                "in place",
+                fast::run_graph_profiled(&g, &input).expect("profiled"),
+            ),
+            ("packed", prepared.run_profiled(&input).expect("profiled")),
+        ] {
+            let names: Vec<&str> = times.iter().map(|(name, _)| name.as_str()).collect();
+            assert_eq!(
+                names.iter().filter(|n| n.ends_with("+relu")).count(),
+                1,
+                "{what}: {names:?}"
+            );
+            assert_eq!(
+                times.len(),
+                g.nodes.len() - 1,
+                "{what}: one node fused away: {names:?}"
+            );
+        }
     }
 }
 

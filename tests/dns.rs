@@ -499,6 +499,12 @@ fn dns_prunes_a_small_net_end_to_end() {
     let ys = fast::run_graph(&out, &xb).unwrap().remove(0);
     let yr = reference::run_graph(&out, &xb).unwrap().remove(0);
     check(&ys, &yr, "dns output");
+    let prepared = fast::Prepared::new(std::sync::Arc::new(out.clone()));
+    check(
+        &prepared.run(&xb).unwrap()[0],
+        &yr,
+        "dns output, packed convs",
+    );
 }
 
 #[test]
@@ -518,6 +524,12 @@ fn released_sparse_lenet_loads_with_paper_densities() {
     let want = reference::run_graph(&g, &x).unwrap().remove(0);
     let got = fast::run_graph(&sg, &x).unwrap().remove(0);
     check(&got, &want, "sparse lenet");
+    let prepared = fast::Prepared::new(std::sync::Arc::new(sg.clone()));
+    check(
+        &prepared.run(&x).unwrap()[0],
+        &want,
+        "sparse lenet, packed convs",
+    );
 }
 
 /// Where dense beats sparse on this CPU. Run with

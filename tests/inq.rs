@@ -273,6 +273,10 @@ fn one_step_quantization_gives_values_in_p() {
         for (a, b) in got.iter().zip(&want) {
             check(a, b, "lenet pow2 graph");
         }
+        let prepared = fast::Prepared::new(std::sync::Arc::new(q.clone()));
+        for (a, b) in prepared.run(&x).expect("packed").iter().zip(&want) {
+            check(a, b, "lenet pow2 graph, packed convs");
+        }
     }
     // Dense layers stay dense; unknown names and non-finite weights are refused.
     let names: Vec<String> = layer_weights(&g).into_iter().map(|(n, _)| n).collect();

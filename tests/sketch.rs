@@ -516,12 +516,19 @@ fn sketched_graph_runs_fast_path_like_reference_and_survives_cnnpack() {
         ..SketchOptions::default()
     };
     let (sk, _) = sketch_graph(&g, &opts).expect("sketches");
+    let prepared = cpu_fast::Prepared::new(std::sync::Arc::new(sk.clone()));
     let mut rng = Rng::new(12);
     for batch in [1, 5] {
         let input = rng.normal_tensor(vec![batch, 3, 15, 13], 1.0);
         let want = cpu_reference::run_graph(&sk, &input).expect("reference runs");
         let got = cpu_fast::run_graph(&sk, &input).expect("fast runs");
         assert_close(&got[0], &want[0], &format!("sketched graph, batch {batch}"));
+        let got = prepared.run(&input).expect("packed runs");
+        assert_close(
+            &got[0],
+            &want[0],
+            &format!("sketched graph, batch {batch}, packed"),
+        );
     }
     // .cnnpack round trip keeps the packed arrays bit for bit.
     let bytes = pack_format::to_bytes(&sk).expect("saves");

@@ -76,7 +76,10 @@ pub fn bench_model(
     let latency = time_runs(warmup, runs, budget_s, || engine.run(&x).map(|_| ()))?;
     let times: Vec<(String, f64)> = match engine.gpu_model(batch)? {
         Some(model) => model.run_profiled(&x)?.1.unwrap_or_default(),
-        None => fast::run_graph_profiled(graph, &x)?.1,
+        None => match engine.cpu_prepared() {
+            Some(prepared) => prepared.run_profiled(&x)?.1,
+            None => fast::run_graph_profiled(graph, &x)?.1,
+        },
     };
     let all_stats = layer_stats(graph)?;
     let weight_bytes = all_stats.iter().map(|s| s.weight_bytes as u64).sum();

@@ -82,7 +82,7 @@ unsafe fn sgemm_raw(
 
 /// The output pointer shared by the tile tasks of one conv call.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: the tiles of one call write pairwise disjoint regions of the output (distinct
 // images, output channels or columns), and the call waits for all of them.
 unsafe impl Send for OutPtr {}
@@ -91,7 +91,7 @@ unsafe impl Sync for OutPtr {}
 impl OutPtr {
     /// The element `offset` past the start. A method (rather than `.0`) so that closures
     /// capture the whole `Send + Sync` wrapper, not the raw pointer field.
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(super) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 }
@@ -363,7 +363,7 @@ fn conv2d_gemm(x: &Tensor, conv: &Conv2d, relu: bool) -> Tensor {
 /// Every input plane zero-padded by `pads` (top, left, bottom, right) and split into
 /// its `sy x sx` stride phases of `hq x wq` each (see `Patches::Shifted`), plus
 /// `gemm::NR` floats of zeros at the end.
-fn pad_and_phase(
+pub(super) fn pad_and_phase(
     x: &Tensor,
     pads: [usize; 4],
     [sy, sx]: [usize; 2],

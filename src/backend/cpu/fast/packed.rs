@@ -1,0 +1,354 @@
+//! Dense conv on weights packed once per layer (`PackedConv`), for graphs that are run
+//! many times (`Prepared`).
+//!
+//! The GEMM is the conv's `W[cout, K] · B[K, positions]`, computed transposed in
+//! registers: a 16-channel x 6-position tile of the output in 12 ymm accumulators,
+//! where per k two aligned loads bring 16 packed weights (one k of a 16-channel panel)
+//! and six broadcasts bring the six positions' inputs. Against `dense`'s in-place
+//! kernel (6 weight rows broadcast, 16 positions loaded):
+//! - the weights are one sequential stream (`[panel][k][16]`), not six rows K apart;
+//! - every output position is a column, with no junk: `dense` computes the whole
+//!   padded row width (`wq - ow` junk columns per row: 29% of a 7x7 layer's columns,
+//!   14% at 14x14) and 16 columns at a time, while here each of a tile's six positions
+//!   has its own input pointer, so a tile may cross rows and images;
+//! - batch > 1 shares tiles across images (a 7x7 layer at batch 8: 392 positions in
+//!   66 tiles, against 8 x 64 columns in `dense`).
+//!
+//! Position q's input for patch element k = (ci, ky, kx) is `src[pos[q] + off[k]]`,
+//! where `src` is the zero-padded input split into stride phases (as in `dense`'s
+//! `Patches::Shifted`) or, for 1x1 stride-1 unpadded convs, the input itself.
+//!
+//! The packed copy is built from the weights once and must not outlive a change to
+//! them: `Prepared` borrows nothing but is built from, and used with, an immutable
+//! graph (the `Engine` owns its graph behind an `Arc` and never mutates it).
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::dense::{pad_and_phase, OutPtr};
+use crate::graph::{Conv2d, Tensor};
+use rayon::prelude::*;
+
+/// Output channels per weight panel (two 8-lane vectors).
+const MR: usize = 16;
+/// Output positions per micro-kernel tile.
+const NR: usize = 6;
+/// Depth of one K block: a 16 x 256 weight panel block is 16 KiB (L1).
+const KC: usize = 256;
+/// Channels (a multiple of 16) per L2 block of weights: 96 x 256 floats = 96 KiB.
+const MC: usize = 96;
+/// Positions per task column block (a multiple of 6).
+const COLUMN_BLOCK: usize = 240;
+/// Parallel tasks aimed for per call, per thread.
+const TASKS_PER_THREAD: usize = 3;
+
+/// A dense conv's weights packed for `conv2d_packed`: per group, per panel of 16
+/// output channels, K rows of 16 weights (`[group][panel][k][16]`, channels past the
+/// group's last zero), 32-byte aligned.
+#[derive(Debug)]
+pub struct PackedConv {
+    data: AlignedF32,
+    groups: usize,
+    cout_g: usize,
+    k: usize,
+}
+
+/// A float buffer whose first element is 32-byte aligned (for aligned loads).
+#[derive(Debug)]
+struct AlignedF32 {
+    buf: Vec<f32>,
+    start: usize,
+}
+
+impl AlignedF32 {
+    fn zeros(len: usize) -> AlignedF32 {
+        let buf = vec![0f32; len + 8];
+        let start = buf.as_ptr().align_offset(32).min(8);
+        AlignedF32 { buf, start }
+    }
+    fn as_slice(&self) -> &[f32] {
+        &self.buf[self.start..]
+    }
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..]
+    }
+}
+
+impl PackedConv {
+    /// Packs `conv`'s weights (decoded to dense first when compressed). `None` when this
+    /// CPU lacks AVX2+FMA, where `conv2d_packed` cannot run.
+    pub fn new(conv: &Conv2d) -> Option<PackedConv> {
+        if !super::gemm::supported() {
+            return None;
+        }
+        let w = conv.weight.to_dense();
+        let (cout, k) = (w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]);
+        let groups = conv.groups;
+        let cout_g = cout / groups;
+        let panels = cout_g.div_ceil(MR);
+        let mut data = AlignedF32::zeros(groups * panels * k * MR);
+        data.as_mut_slice()
+            .par_chunks_mut(k * MR)
+            .enumerate()
+            .take(groups * panels)
+            .for_each(|(gp, dst)| {
+                let (g, p) = (gp / panels, gp % panels);
+                for c in 0..MR.min(cout_g - p * MR) {
+                    let row = &w.data[(g * cout_g + p * MR + c) * k..][..k];
+                    for (kk, &v) in row.iter().enumerate() {
+                        dst[kk * MR + c] = v;
+                    }
+                }
+            });
+        Some(PackedConv {
+            data,
+            groups,
+            cout_g,
+            k,
+        })
+    }
+
+    /// Bytes held by the packed copy.
+    pub fn bytes(&self) -> usize {
+        self.data.buf.len() * 4
+    }
+
+    /// Whether this packing fits `conv` (same grouping and weight shape).
+    fn fits(&self, conv: &Conv2d) -> bool {
+        let s = conv.weight.shape();
+        conv.groups == self.groups
+            && s[0] == self.groups * self.cout_g
+            && s[1] * s[2] * s[3] == self.k
+    }
+}
+
+thread_local! {
+    /// A task's accumulator block, kept per thread from call to call (as in `dense`).
+    static ACC: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// `conv` on `x` with its weights from `packed` (built from this conv), then
+/// `max(0, ·)` when `relu`. Same result as `dense::conv2d_relu` up to the order of the
+/// sums (K is summed in blocks of 256 in both).
+///
+/// # Panics
+/// When `packed` was not built from a conv of this shape.
+pub fn conv2d_packed(x: &Tensor, conv: &Conv2d, packed: &PackedConv, relu: bool) -> Tensor {
+    assert!(packed.fits(conv), "packed weights of another conv shape");
+    let (n, cin, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let [kh, kw] = conv.kernel;
+    let [oh, ow] = conv
+        .output_hw(h, wd)
+        .expect("shape inference checked the window fits");
+    let (groups, cout_g, k) = (packed.groups, packed.cout_g, packed.k);
+    let cout = groups * cout_g;
+    let cin_g = cin / groups;
+    let p = oh * ow;
+    let mut y = Tensor::zeros(vec![n, cout, oh, ow]);
+    if p == 0 || cout == 0 || n == 0 {
+        return y;
+    }
+    // Where each position's inputs start (`pos`) and where patch element k lies from
+    // there (`off`), per image and group offsets added below.
+    let direct = kh == 1 && kw == 1 && conv.stride == [1, 1] && conv.pads == [0; 4];
+    let [sy, sx] = conv.stride;
+    let hq = (h + conv.pads[0] + conv.pads[2]).div_ceil(sy);
+    let wq = (wd + conv.pads[1] + conv.pads[3]).div_ceil(sx);
+    let (src, plane, off): (std::borrow::Cow<[f32]>, usize, Vec<usize>) = if direct {
+        let off = (0..k).map(|kk| kk * h * wd).collect();
+        (std::borrow::Cow::Borrowed(&x.data[..]), h * wd, off)
+    } else {
+        let plane_q = sy * sx * hq * wq;
+        let off = (0..k)
+            .map(|kk| {
+                let (ci, ky, kx) = (kk / (kh * kw), kk / kw % kh, kk % kw);
+                let (dy, dx) = (ky * conv.dilation[0], kx * conv.dilation[1]);
+                let phase = (dy % sy) * sx + dx % sx;
+                ci * plane_q + (phase * hq + dy / sy) * wq + dx / sx
+            })
+            .collect();
+        let phased = pad_and_phase(x, conv.pads, conv.stride, [hq, wq]);
+        (std::borrow::Cow::Owned(phased), plane_q, off)
+    };
+    // Position q of a group (image q / p, output position q % p) starts at
+    // `(image * cin + g * cin_g) * plane + pos_in_plane(q % p)`.
+    let pos_in_plane = |pos: usize| {
+        if direct {
+            pos
+        } else {
+            pos / ow * wq + pos % ow
+        }
+    };
+    // The furthest any patch element lies from its position's start.
+    let off_max = off.iter().max().copied().unwrap_or(0);
+    let ncols = n * p;
+    let col_step = ncols
+        .div_ceil(ncols.div_ceil(COLUMN_BLOCK))
+        .next_multiple_of(NR);
+    let blocks = groups * ncols.div_ceil(col_step);
+    let want = TASKS_PER_THREAD * rayon::current_num_threads();
+    let panels = cout_g.div_ceil(MR);
+    let row_split = want.div_ceil(blocks).min(panels).max(1);
+    let panel_step = panels.div_ceil(row_split);
+    let tasks: Vec<(usize, usize, usize)> = (0..groups)
+        .flat_map(|g| {
+            (0..ncols)
+                .step_by(col_step)
+                .flat_map(move |c0| (0..panels).step_by(panel_step).map(move |p0| (g, c0, p0)))
+        })
+        .collect();
+    let out = OutPtr(y.data.as_mut_ptr());
+    let out_len = y.data.len();
+    let weights = packed.data.as_slice();
+    tasks.par_iter().for_each(|&(g, c0, p0)| {
+        let cols = col_step.min(ncols - c0);
+        let tiles = cols.div_ceil(NR);
+        let task_panels = panel_step.min(panels - p0);
+        // Each tile's six input pointers (as offsets into `src`); a last tile's
+        // missing positions repeat its first (their sums land in the block's padding).
+        let pos: Vec<usize> = (0..tiles * NR)
+            .map(|j| {
+                let q = c0 + if j < cols { j } else { j / NR * NR };
+                (q / p * cin + g * cin_g) * plane + pos_in_plane(q % p)
+            })
+            .collect();
+        let mut acc_cell = ACC.with(|cell| cell.take());
+        let acc_len = task_panels * tiles * NR * MR;
+        acc_cell.resize(acc_cell.len().max(acc_len), 0.0);
+        let acc = &mut acc_cell[..acc_len];
+        if k == 0 {
+            acc.fill(0.0);
+        }
+        // Every read is `src[pos[j] + off[kk]]`; each (position, element) pair is a real
+        // read of the padded input, so the largest of each makes one too.
+        assert!(pos.iter().max().copied().unwrap_or(0) + off_max < src.len());
+        let group_weights = &weights[(g * panels + p0) * k * MR..][..task_panels * k * MR];
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            for m0 in (0..task_panels).step_by(MC / MR) {
+                let mp = (MC / MR).min(task_panels - m0);
+                for t in 0..tiles {
+                    for pn in m0..m0 + mp {
+                        // SAFETY: AVX2+FMA are present (`PackedConv::new` checked); the
+                        // panel holds K x 16 weights, read from k0 for kc rows; every
+                        // input read is `src[pos[j] + off[kk]]` with both at most their
+                        // maxima (asserted below `src.len()`); the 6 x 16 tile is inside
+                        // this task's own accumulator block.
+                        unsafe {
+                            micro_16x6(
+                                kc,
+                                group_weights.as_ptr().add((pn * k + k0) * MR),
+                                src.as_ptr(),
+                                &pos[t * NR..][..NR],
+                                &off[k0..k0 + kc],
+                                acc.as_mut_ptr().add((pn * tiles + t) * NR * MR),
+                                k0 > 0,
+                            )
+                        }
+                    }
+                }
+            }
+        }
+        // Epilogue: bias, ReLU, and the block's [position][channel] tiles to NCHW.
+        for pn in 0..task_panels {
+            let tile_block = &acc[pn * tiles * NR * MR..][..tiles * NR * MR];
+            for c in 0..MR.min(cout_g - (p0 + pn) * MR) {
+                let co = g * cout_g + (p0 + pn) * MR + c;
+                let bias = conv.bias.as_ref().map_or(0.0, |t| t.data[co]);
+                let mut j = 0;
+                while j < cols {
+                    // A run of positions of one image.
+                    let q = c0 + j;
+                    let (image, first) = (q / p, q % p);
+                    let run = (p - first).min(cols - j);
+                    let at = (image * cout + co) * p + first;
+                    assert!(at + run <= out_len);
+                    // SAFETY: inside `y` (asserted); channel co at these positions
+                    // belongs to this task only, and `y` is not otherwise borrowed
+                    // until every task has finished.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at), run) };
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        let v = tile_block[(j + i) * MR + c] + bias;
+                        *d = if relu { v.max(0.0) } else { v };
+                    }
+                    j += run;
+                }
+            }
+        }
+        ACC.with(|cell| cell.replace(acc_cell));
+    });
+    y
+}
+
+/// One 16-channel x 6-position tile (`acc[j * 16 + c]`) `(+)= Σ_k w[k][c] · src[pos[j] +
+/// off[k]]` over `kc = off.len()` rows of a packed panel.
+///
+/// # Safety
+/// AVX2+FMA present; `w` holds `16 * kc` floats, 32-byte aligned; every
+/// `src[pos[j] + off[k]]` is in bounds; `acc` holds 96 floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_16x6(
+    kc: usize,
+    w: *const f32,
+    src: *const f32,
+    pos: &[usize],
+    off: &[usize],
+    acc: *mut f32,
+    accumulate: bool,
+) {
+    debug_assert!(pos.len() == NR && off.len() == kc);
+    let base: [*const f32; NR] = std::array::from_fn(|j| src.wrapping_add(pos[j]));
+    let mut sums = [_mm256_setzero_ps(); 2 * NR];
+    // SAFETY (whole loop): the caller's contract.
+    unsafe {
+        // Two k per iteration: the loop overhead and the offset loads' latency are
+        // shared (4-8% in isolation).
+        let pairs = off.chunks_exact(2);
+        let last = pairs.remainder();
+        let mut wk = w;
+        for pair in pairs {
+            for &o in pair {
+                let w0 = _mm256_load_ps(wk);
+                let w1 = _mm256_load_ps(wk.add(8));
+                for (j, b) in base.iter().enumerate() {
+                    let v = _mm256_broadcast_ss(&*b.add(o));
+                    sums[2 * j] = _mm256_fmadd_ps(v, w0, sums[2 * j]);
+                    sums[2 * j + 1] = _mm256_fmadd_ps(v, w1, sums[2 * j + 1]);
+                }
+                wk = wk.add(MR);
+            }
+        }
+        for &o in last {
+            let w0 = _mm256_load_ps(wk);
+            let w1 = _mm256_load_ps(wk.add(8));
+            for (j, b) in base.iter().enumerate() {
+                let v = _mm256_broadcast_ss(&*b.add(o));
+                sums[2 * j] = _mm256_fmadd_ps(v, w0, sums[2 * j]);
+                sums[2 * j + 1] = _mm256_fmadd_ps(v, w1, sums[2 * j + 1]);
+            }
+        }
+        for (i, s) in sums.iter().enumerate() {
+            let at = acc.add(8 * i);
+            let v = if accumulate {
+                _mm256_add_ps(_mm256_loadu_ps(at), *s)
+            } else {
+                *s
+            };
+            _mm256_storeu_ps(at, v);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn micro_16x6(
+    _kc: usize,
+    _w: *const f32,
+    _src: *const f32,
+    _pos: &[usize],
+    _off: &[usize],
+    _acc: *mut f32,
+    _accumulate: bool,
+) {
+    unreachable!("PackedConv::new returns None off x86-64");
+}
