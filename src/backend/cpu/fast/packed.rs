@@ -144,9 +144,8 @@ pub fn conv2d_packed(x: &Tensor, conv: &Conv2d, packed: &PackedConv, relu: bool)
     let cout = groups * cout_g;
     let cin_g = cin / groups;
     let p = oh * ow;
-    let mut y = Tensor::zeros(vec![n, cout, oh, ow]);
     if p == 0 || cout == 0 || n == 0 {
-        return y;
+        return Tensor::zeros(vec![n, cout, oh, ow]);
     }
     // Where each position's inputs start (`pos`) and where patch element k lies from
     // there (`off`), per image and group offsets added below.
@@ -182,28 +181,40 @@ pub fn conv2d_packed(x: &Tensor, conv: &Conv2d, packed: &PackedConv, relu: bool)
     // The furthest any patch element lies from its position's start.
     let off_max = off.iter().max().copied().unwrap_or(0);
     let ncols = n * p;
-    let col_step = ncols
-        .div_ceil(ncols.div_ceil(COLUMN_BLOCK))
-        .next_multiple_of(NR);
-    let blocks = groups * ncols.div_ceil(col_step);
-    let want = TASKS_PER_THREAD * rayon::current_num_threads();
+    let tiles_total = ncols.div_ceil(NR);
     let panels = cout_g.div_ceil(MR);
-    let row_split = want.div_ceil(blocks).min(panels).max(1);
-    let panel_step = panels.div_ceil(row_split);
+    let (col_parts, row_parts) = task_split(groups, ncols, panels);
     let tasks: Vec<(usize, usize, usize)> = (0..groups)
-        .flat_map(|g| {
-            (0..ncols)
-                .step_by(col_step)
-                .flat_map(move |c0| (0..panels).step_by(panel_step).map(move |p0| (g, c0, p0)))
-        })
+        .flat_map(|g| (0..col_parts).flat_map(move |ci| (0..row_parts).map(move |ri| (g, ci, ri))))
         .collect();
-    let out = OutPtr(y.data.as_mut_ptr());
-    let out_len = y.data.len();
+    // K in blocks of equal depth (at most KC): a short last block (K = 288 as 256 + 32)
+    // pays a whole pass of tile loads and stores for a few rows.
+    let k_step = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
+    let bias: Vec<f32> = match &conv.bias {
+        Some(b) => b.data.clone(),
+        None => vec![0.0; cout],
+    };
+    // Every output element is written exactly once by the tasks below (each task's
+    // channels x positions, the tasks a partition of both), so the output starts
+    // uninitialised rather than zero-filled (a pass over up to tens of MB).
+    let mut y_data: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(n * cout * p);
+    // SAFETY: MaybeUninit needs no initialisation; the capacity was just reserved.
+    unsafe { y_data.set_len(n * cout * p) };
+    let out = OutPtr(y_data.as_mut_ptr().cast::<f32>());
+    let out_len = y_data.len();
     let weights = packed.data.as_slice();
-    tasks.par_iter().for_each(|&(g, c0, p0)| {
-        let cols = col_step.min(ncols - c0);
-        let tiles = cols.div_ceil(NR);
-        let task_panels = panel_step.min(panels - p0);
+    tasks.par_iter().for_each(|&(g, ci, ri)| {
+        // Column part ci: tiles [ci * T / parts, (ci + 1) * T / parts), and likewise
+        // for the panels, so the parts differ by at most one tile or panel.
+        let (t0, t1) = (
+            ci * tiles_total / col_parts,
+            (ci + 1) * tiles_total / col_parts,
+        );
+        let c0 = t0 * NR;
+        let cols = (t1 * NR).min(ncols) - c0;
+        let tiles = t1 - t0;
+        let p0 = ri * panels / row_parts;
+        let task_panels = (ri + 1) * panels / row_parts - p0;
         // Each tile's six input pointers (as offsets into `src`); a last tile's
         // missing positions repeat its first (their sums land in the block's padding).
         let pos: Vec<usize> = (0..tiles * NR)
@@ -223,8 +234,8 @@ pub fn conv2d_packed(x: &Tensor, conv: &Conv2d, packed: &PackedConv, relu: bool)
         // read of the padded input, so the largest of each makes one too.
         assert!(pos.iter().max().copied().unwrap_or(0) + off_max < src.len());
         let group_weights = &weights[(g * panels + p0) * k * MR..][..task_panels * k * MR];
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
+        for k0 in (0..k).step_by(k_step) {
+            let kc = k_step.min(k - k0);
             for m0 in (0..task_panels).step_by(MC / MR) {
                 let mp = (MC / MR).min(task_panels - m0);
                 for t in 0..tiles {
@@ -249,35 +260,153 @@ pub fn conv2d_packed(x: &Tensor, conv: &Conv2d, packed: &PackedConv, relu: bool)
                 }
             }
         }
-        // Epilogue: bias, ReLU, and the block's [position][channel] tiles to NCHW.
+        // Epilogue: bias, ReLU, and the block's [position][channel] tiles to NCHW, one
+        // run of positions of one image at a time.
         for pn in 0..task_panels {
+            let co0 = g * cout_g + (p0 + pn) * MR;
+            let channels = MR.min(cout_g - (p0 + pn) * MR);
             let tile_block = &acc[pn * tiles * NR * MR..][..tiles * NR * MR];
-            for c in 0..MR.min(cout_g - (p0 + pn) * MR) {
-                let co = g * cout_g + (p0 + pn) * MR + c;
-                let bias = conv.bias.as_ref().map_or(0.0, |t| t.data[co]);
-                let mut j = 0;
-                while j < cols {
-                    // A run of positions of one image.
-                    let q = c0 + j;
-                    let (image, first) = (q / p, q % p);
-                    let run = (p - first).min(cols - j);
-                    let at = (image * cout + co) * p + first;
-                    assert!(at + run <= out_len);
-                    // SAFETY: inside `y` (asserted); channel co at these positions
-                    // belongs to this task only, and `y` is not otherwise borrowed
-                    // until every task has finished.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at), run) };
-                    for (i, d) in dst.iter_mut().enumerate() {
-                        let v = tile_block[(j + i) * MR + c] + bias;
-                        *d = if relu { v.max(0.0) } else { v };
-                    }
-                    j += run;
-                }
+            let mut j = 0;
+            while j < cols {
+                let q = c0 + j;
+                let (image, first) = (q / p, q % p);
+                let run = (p - first).min(cols - j);
+                let at = (image * cout + co0) * p + first;
+                assert!(at + (channels - 1) * p + run <= out_len);
+                // SAFETY: AVX2 is present (`PackedConv::new` checked); the block holds
+                // `run` positions from j, 16 floats each; channels co0.. at these
+                // positions lie inside `y` (asserted), belong to this task only, and
+                // `y` is not otherwise accessed until every task has finished.
+                unsafe {
+                    block_to_planes(
+                        &tile_block[j * MR..(j + run) * MR],
+                        &bias[co0..co0 + channels],
+                        out.at(at),
+                        p,
+                        relu,
+                    )
+                };
+                j += run;
             }
         }
         ACC.with(|cell| cell.replace(acc_cell));
     });
-    y
+    let mut y_data = std::mem::ManuallyDrop::new(y_data);
+    let (ptr, len, cap) = (y_data.as_mut_ptr(), y_data.len(), y_data.capacity());
+    // SAFETY: every element was written by the tasks (see above); MaybeUninit<f32> and
+    // f32 have the same layout, and the allocation is handed over whole.
+    let data = unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) };
+    Tensor {
+        shape: vec![n, cout, oh, ow],
+        data,
+    }
+}
+
+/// How a conv's GEMM is cut into parallel tasks: `(column parts, row parts)` per group.
+/// Columns in parts of about `COLUMN_BLOCK` positions; when that gives fewer than
+/// `TASKS_PER_THREAD` tasks per thread (small layers at batch 1), the 16-channel panels
+/// are split too. The task count is then rounded up to a multiple of the thread count
+/// with more column parts where there are tiles for them: parts of equal work finish
+/// together only if each thread gets as many (13 parts on 2 threads: one thread does 7).
+fn task_split(groups: usize, ncols: usize, panels: usize) -> (usize, usize) {
+    let threads = rayon::current_num_threads().max(1);
+    let want = TASKS_PER_THREAD * threads;
+    let tiles = ncols.div_ceil(NR);
+    let mut col_parts = ncols.div_ceil(COLUMN_BLOCK).clamp(1, tiles.max(1));
+    let row_parts = want.div_ceil(groups * col_parts).clamp(1, panels.max(1));
+    while !(groups * col_parts * row_parts).is_multiple_of(threads) && col_parts < tiles {
+        col_parts += 1;
+    }
+    (col_parts, row_parts)
+}
+
+/// Writes `block` (`[position][16 channels]`, `block.len() / 16` positions) to the
+/// first `bias.len()` channel planes at `dst` (channel c's positions from
+/// `dst + c * plane`), adding each channel's bias and, when `relu`, clamping at 0.
+/// Eight positions x eight channels at a time through a register transpose.
+///
+/// # Safety
+/// AVX2 present; `bias.len() <= 16`; for every channel c < `bias.len()`, the
+/// `block.len() / 16` floats from `dst + c * plane` are writable and not otherwise
+/// accessed during the call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_to_planes(block: &[f32], bias: &[f32], dst: *mut f32, plane: usize, relu: bool) {
+    let run = block.len() / MR;
+    let channels = bias.len();
+    let zero = _mm256_setzero_ps();
+    let finish = |v: f32, c: usize| {
+        let v = v + bias[c];
+        if relu {
+            v.max(0.0)
+        } else {
+            v
+        }
+    };
+    for c8 in (0..channels).step_by(8) {
+        let lanes = 8.min(channels - c8);
+        let mut i = 0;
+        while i + 8 <= run {
+            // SAFETY: positions i..i+8 of the block, channels c8..c8+8 (< 16), and the
+            // caller's contract for dst.
+            unsafe {
+                let r: [__m256; 8] =
+                    std::array::from_fn(|t| _mm256_loadu_ps(block.as_ptr().add((i + t) * MR + c8)));
+                let cols = transpose8(r);
+                for (u, col) in cols.iter().enumerate().take(lanes) {
+                    let mut v = _mm256_add_ps(*col, _mm256_set1_ps(bias[c8 + u]));
+                    if relu {
+                        v = _mm256_max_ps(v, zero);
+                    }
+                    _mm256_storeu_ps(dst.add((c8 + u) * plane + i), v);
+                }
+            }
+            i += 8;
+        }
+        for c in c8..c8 + lanes {
+            for ii in i..run {
+                // SAFETY: the caller's contract for dst.
+                unsafe { *dst.add(c * plane + ii) = finish(block[ii * MR + c], c) };
+            }
+        }
+    }
+}
+
+/// The 8 x 8 transpose of eight rows: `out[u]` lane t = `rows[t]` lane u.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn block_to_planes(_: &[f32], _: &[f32], _: *mut f32, _: usize, _: bool) {
+    unreachable!("PackedConv::new returns None off x86-64");
 }
 
 /// One 16-channel x 6-position tile (`acc[j * 16 + c]`) `(+)= Σ_k w[k][c] · src[pos[j] +
