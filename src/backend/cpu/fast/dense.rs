@@ -363,35 +363,53 @@ fn conv2d_gemm(x: &Tensor, conv: &Conv2d, relu: bool) -> Tensor {
 /// Every input plane zero-padded by `pads` (top, left, bottom, right) and split into
 /// its `sy x sx` stride phases of `hq x wq` each (see `Patches::Shifted`), plus
 /// `gemm::NR` floats of zeros at the end.
+///
+/// Each plane is zeroed and filled by one task while it is in cache (a zero-filled
+/// allocation, then the copy, made two passes over memory, one on a single thread:
+/// 2.7 ms of a 33 ms ResNet-18 run went here).
 pub(super) fn pad_and_phase(
     x: &Tensor,
     pads: [usize; 4],
     [sy, sx]: [usize; 2],
     [hq, wq]: [usize; 2],
 ) -> Vec<f32> {
+    use std::mem::MaybeUninit;
     let (h, w) = (x.shape[2], x.shape[3]);
     let planes = x.shape[0] * x.shape[1];
     let plane_q = sy * sx * hq * wq;
-    let mut phased = vec![0f32; planes * plane_q + super::gemm::NR];
-    phased[..planes * plane_q]
-        .par_chunks_mut(plane_q)
-        .zip(x.data.par_chunks(h * w))
-        .for_each(|(dst, src)| {
-            for (y, row) in src.chunks_exact(w).enumerate() {
-                let (py, i) = ((y + pads[0]) % sy, (y + pads[0]) / sy);
-                for px in 0..sx {
-                    // Input columns xc with (xc + left) % sx == px, from the first one.
-                    let first = (px + sx - pads[1] % sx) % sx;
-                    let j0 = (first + pads[1]) / sx;
-                    let at = ((py * sx + px) * hq + i) * wq + j0;
-                    let taken = row.iter().skip(first).step_by(sx);
-                    for (d, v) in dst[at..].iter_mut().zip(taken) {
-                        *d = *v;
+    let len = planes * plane_q + super::gemm::NR;
+    let mut phased = super::uninit_vec(len);
+    let (body, slack) = phased.split_at_mut(planes * plane_q);
+    slack.fill(MaybeUninit::new(0.0));
+    if plane_q > 0 {
+        body.par_chunks_mut(plane_q)
+            .zip(x.data.par_chunks(h * w))
+            .for_each(|(dst, src)| {
+                dst.fill(MaybeUninit::new(0.0));
+                for (y, row) in src.chunks_exact(w).enumerate() {
+                    let (py, i) = ((y + pads[0]) % sy, (y + pads[0]) / sy);
+                    for px in 0..sx {
+                        // Input columns xc with (xc + left) % sx == px, from the first.
+                        let first = (px + sx - pads[1] % sx) % sx;
+                        let j0 = (first + pads[1]) / sx;
+                        let at = ((py * sx + px) * hq + i) * wq + j0;
+                        if sx == 1 {
+                            for (d, v) in dst[at..at + w].iter_mut().zip(row) {
+                                d.write(*v);
+                            }
+                        } else {
+                            let taken = row.iter().skip(first).step_by(sx);
+                            for (d, v) in dst[at..].iter_mut().zip(taken) {
+                                d.write(*v);
+                            }
+                        }
                     }
                 }
-            }
-        });
-    phased
+            });
+    }
+    // SAFETY: every element was written (each plane filled with zeros first, the slack
+    // too).
+    unsafe { super::assume_init(phased) }
 }
 
 /// The conv through im2col + matrixmultiply's sgemm (CPUs without AVX2+FMA).

@@ -5,7 +5,7 @@
 pub mod decoded;
 mod dense;
 mod gemm;
-pub mod packed;
+mod packed;
 mod pool;
 pub mod pow2;
 pub mod sketch;
@@ -21,6 +21,28 @@ use crate::graph::{Conv2d, Graph, Linear, Node, Op, Tensor};
 use crate::weights::Weights;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// A vector of `len` floats to be written before it is read (`assume_init` hands it
+/// over): for outputs that the kernels overwrite whole, which a zero fill would pass
+/// over once more.
+fn uninit_vec(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit needs no initialisation; the capacity was just reserved.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// The floats of `v` (from `uninit_vec`), without a copy.
+///
+/// # Safety
+/// Every element of `v` has been written.
+unsafe fn assume_init(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+    // SAFETY: all elements initialised (the caller's contract); MaybeUninit<f32> and
+    // f32 have the same layout, and the allocation is handed over whole.
+    unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) }
+}
 
 /// Runs one node with the fastest CPU kernel for its op and weight encoding.
 pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {

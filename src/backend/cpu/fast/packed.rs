@@ -197,9 +197,7 @@ pub fn conv2d_packed(x: &Tensor, conv: &Conv2d, packed: &PackedConv, relu: bool)
     // Every output element is written exactly once by the tasks below (each task's
     // channels x positions, the tasks a partition of both), so the output starts
     // uninitialised rather than zero-filled (a pass over up to tens of MB).
-    let mut y_data: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(n * cout * p);
-    // SAFETY: MaybeUninit needs no initialisation; the capacity was just reserved.
-    unsafe { y_data.set_len(n * cout * p) };
+    let mut y_data = super::uninit_vec(n * cout * p);
     let out = OutPtr(y_data.as_mut_ptr().cast::<f32>());
     let out_len = y_data.len();
     let weights = packed.data.as_slice();
@@ -291,11 +289,8 @@ pub fn conv2d_packed(x: &Tensor, conv: &Conv2d, packed: &PackedConv, relu: bool)
         }
         ACC.with(|cell| cell.replace(acc_cell));
     });
-    let mut y_data = std::mem::ManuallyDrop::new(y_data);
-    let (ptr, len, cap) = (y_data.as_mut_ptr(), y_data.len(), y_data.capacity());
-    // SAFETY: every element was written by the tasks (see above); MaybeUninit<f32> and
-    // f32 have the same layout, and the allocation is handed over whole.
-    let data = unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) };
+    // SAFETY: every element was written by the tasks (see above).
+    let data = unsafe { super::assume_init(y_data) };
     Tensor {
         shape: vec![n, cout, oh, ow],
         data,
