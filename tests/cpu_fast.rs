@@ -172,6 +172,34 @@ fn conv_tiles_over_channels_and_columns() {
 }
 
 #[test]
+fn concat_matches_reference_on_random_shapes() {
+    let mut rng = Rng::new(21);
+    // The last case's inputs are larger than one parallel copy (65536 floats).
+    for (case, shape) in [[1, 3, 5, 7], [2, 4, 3, 3], [3, 2, 1, 9], [1, 70, 40, 40]]
+        .into_iter()
+        .enumerate()
+    {
+        for axis in 0..4 {
+            let parts: Vec<Tensor> = (0..1 + case % 3 + axis % 2)
+                .map(|i| {
+                    let mut s = shape.to_vec();
+                    s[axis] += i;
+                    rng.normal_tensor(s, 1.0)
+                })
+                .collect();
+            let refs: Vec<&Tensor> = parts.iter().collect();
+            let want = reference::run_node(&node(Op::Concat { axis }), &refs).unwrap();
+            let got = fast::concat(&refs, axis);
+            assert_eq!(got.shape, want.shape, "case {case} axis {axis}");
+            assert!(
+                got.data == want.data,
+                "case {case} axis {axis}: values differ"
+            );
+        }
+    }
+}
+
+#[test]
 fn linear_matches_reference_on_random_shapes() {
     let mut rng = Rng::new(3);
     // Batches 1-4 run the GEMV path (with AVX2+FMA), 5 and 8 sgemm; K below, at and

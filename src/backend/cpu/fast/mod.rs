@@ -5,6 +5,7 @@
 pub mod decoded;
 mod dense;
 mod gemm;
+mod layout;
 mod packed;
 mod pool;
 pub mod pow2;
@@ -13,6 +14,7 @@ pub mod sketch_triplets;
 pub mod sparse;
 
 pub use dense::{conv2d, conv2d_relu, linear};
+pub use layout::concat;
 pub use packed::{conv2d_packed, PackedConv};
 pub use pool::{avg_pool, max_pool};
 
@@ -86,6 +88,7 @@ fn run_node_in(
         ) => Ok(pow2::pow2_linear(x, w, bias.as_ref())),
         (Op::Linear(l), Some(x)) => Ok(linear(x, l)),
         (Op::MaxPool(p), Some(x)) => Ok(max_pool(x, p)),
+        (Op::Concat { axis }, Some(_)) => Ok(concat(inputs, *axis)),
         (Op::AvgPool(p), Some(x)) => Ok(avg_pool(x, p)),
         _ => reference::run_node(node, inputs),
     }

@@ -19,8 +19,8 @@
 //! `Patches::Shifted`) or, for 1x1 stride-1 unpadded convs, the input itself.
 //!
 //! The packed copy is built from the weights once and must not outlive a change to
-//! them: `Prepared` borrows nothing but is built from, and used with, an immutable
-//! graph (the `Engine` owns its graph behind an `Arc` and never mutates it).
+//! them: `Prepared` (in the executor) holds the graph it packed behind an `Arc`, so
+//! the graph cannot change while the packing exists.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -44,7 +44,7 @@ const TASKS_PER_THREAD: usize = 3;
 
 /// A dense conv's weights packed for `conv2d_packed`: per group, per panel of 16
 /// output channels, K rows of 16 weights (`[group][panel][k][16]`, channels past the
-/// group's last zero), 32-byte aligned.
+/// group's last zero), 64-byte aligned.
 #[derive(Debug)]
 pub struct PackedConv {
     data: AlignedF32,
@@ -53,7 +53,8 @@ pub struct PackedConv {
     k: usize,
 }
 
-/// A float buffer whose first element is 32-byte aligned (for aligned loads).
+/// A float buffer whose first element is 64-byte aligned: each k row of a panel (16
+/// floats) is then exactly one cache line, and its two vector loads are aligned.
 #[derive(Debug)]
 struct AlignedF32 {
     buf: Vec<f32>,
@@ -62,8 +63,8 @@ struct AlignedF32 {
 
 impl AlignedF32 {
     fn zeros(len: usize) -> AlignedF32 {
-        let buf = vec![0f32; len + 8];
-        let start = buf.as_ptr().align_offset(32).min(8);
+        let buf = vec![0f32; len + 16];
+        let start = buf.as_ptr().align_offset(64).min(16);
         AlignedF32 { buf, start }
     }
     fn as_slice(&self) -> &[f32] {
@@ -129,7 +130,7 @@ thread_local! {
 
 /// `conv` on `x` with its weights from `packed` (built from this conv), then
 /// `max(0, ·)` when `relu`. Same result as `dense::conv2d_relu` up to the order of the
-/// sums (K is summed in blocks of 256 in both).
+/// sums (K is summed in blocks of at most 256 in both).
 ///
 /// # Panics
 /// When `packed` was not built from a conv of this shape.
