@@ -39,9 +39,43 @@ fn conv3x3(weight: Weights, bias: Tensor) -> Node {
     }))
 }
 
-fn millis(n: &Node, x: &Tensor) -> f64 {
+/// One variant of a layer: its node, and for a dense conv optionally its packed weights
+/// (then it runs `conv2d_packed`, as an `Engine` on the CPU does).
+struct Variant {
+    name: &'static str,
+    node: Node,
+    packed: Option<fast::PackedConv>,
+}
+
+impl Variant {
+    fn new(name: &'static str, node: Node) -> Variant {
+        Variant {
+            name,
+            node,
+            packed: None,
+        }
+    }
+
+    /// The dense conv `node` on packed weights (on a CPU without AVX2+FMA: in place).
+    fn packed(name: &'static str, node: Node) -> Variant {
+        let packed = match &node.op {
+            Op::Conv(c) => fast::PackedConv::new(c),
+            _ => None,
+        };
+        Variant { name, node, packed }
+    }
+}
+
+fn millis(v: &Variant, x: &Tensor) -> f64 {
     let t = Instant::now();
-    black_box(fast::run_node(n, &[x]).expect("kernel runs"));
+    match (&v.packed, &v.node.op) {
+        (Some(p), Op::Conv(c)) => {
+            black_box(fast::conv2d_packed(x, c, p, false));
+        }
+        _ => {
+            black_box(fast::run_node(&v.node, &[x]).expect("kernel runs"));
+        }
+    }
     t.elapsed().as_secs_f64() * 1e3
 }
 
@@ -51,20 +85,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Times `variants[0]` (dense) and the rest in interleaved rounds; prints one line.
-fn compare(label: &str, variants: &[(&str, Node)], x: &Tensor, rounds: usize) {
-    for (_, n) in variants {
-        millis(n, x); // warm-up: fills per-layer derived data
+fn compare(label: &str, variants: &[Variant], x: &Tensor, rounds: usize) {
+    for v in variants {
+        millis(v, x); // warm-up: fills per-layer derived data
     }
     let mut times = vec![Vec::with_capacity(rounds); variants.len()];
     for _ in 0..rounds {
-        for ((_, n), t) in variants.iter().zip(&mut times) {
-            t.push(millis(n, x));
+        for (v, t) in variants.iter().zip(&mut times) {
+            t.push(millis(v, x));
         }
     }
     let medians: Vec<f64> = times.into_iter().map(median).collect();
-    let mut line = format!("{label}: {} {:.3} ms", variants[0].0, medians[0]);
-    for ((name, _), m) in variants.iter().zip(&medians).skip(1) {
-        line += &format!(" | {name} {m:.3} ms ({:.2}x)", medians[0] / m);
+    let mut line = format!("{label}: {} {:.3} ms", variants[0].name, medians[0]);
+    for (v, m) in variants.iter().zip(&medians).skip(1) {
+        line += &format!(" | {} {m:.3} ms ({:.2}x)", v.name, medians[0] / m);
     }
     println!("{line}");
 }
@@ -83,9 +117,15 @@ fn conv_set(rng: &mut Rng, rounds: usize) {
     for (c, hw) in [(64, 56), (128, 28), (256, 14), (512, 7)] {
         let w = rng.normal_tensor(vec![c, c, 3, 3], 0.05);
         let bias = rng.normal_tensor(vec![c], 0.1);
+        // The baseline is the dense conv as an Engine runs it (packed weights); the
+        // in-place dense kernel (`fast::run_graph`'s) is timed beside it.
         let variants = [
-            ("dense", conv3x3(Weights::Dense(w.clone()), bias.clone())),
-            ("sparse 30%", conv3x3(sparse(rng, &w, 0.3), bias.clone())),
+            Variant::packed("dense", conv3x3(Weights::Dense(w.clone()), bias.clone())),
+            Variant::new(
+                "dense in place",
+                conv3x3(Weights::Dense(w.clone()), bias.clone()),
+            ),
+            Variant::new("sparse 30%", conv3x3(sparse(rng, &w, 0.3), bias.clone())),
         ];
         for n in [1, 8] {
             let x = rng.normal_tensor(vec![n, c, hw, hw], 1.0);
@@ -118,10 +158,10 @@ fn fc_set(rng: &mut Rng, rounds: usize) {
     let scales = (0..o * 2).map(|i| 0.01 / (1 + i % 2) as f32).collect();
     let sketch = SketchWeights::new(vec![o, k], 2, bits, scales).expect("valid sketch");
     let variants = [
-        ("dense", fc(Weights::Dense(w.clone()))),
-        ("pow2 b4", fc(Weights::Pow2(pow2))),
-        ("sketch m2", fc(Weights::Sketch(sketch))),
-        ("sparse 5%", fc(sparse(rng, &w, 0.05))),
+        Variant::new("dense", fc(Weights::Dense(w.clone()))),
+        Variant::new("pow2 b4", fc(Weights::Pow2(pow2))),
+        Variant::new("sketch m2", fc(Weights::Sketch(sketch))),
+        Variant::new("sparse 5%", fc(sparse(rng, &w, 0.05))),
     ];
     let x = rng.normal_tensor(vec![1, k], 1.0);
     compare("fc6 n1", &variants, &x, rounds);
