@@ -290,20 +290,32 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     if n == 0 || cout == 0 || oh * ow == 0 {
         return y;
     }
-    // Padded inputs, one flat array per (image, group).
+    // Padded inputs, one flat array per (image, group), each channel plane zeroed and
+    // filled by its own task (per (image, group) alone, a batch-1 layer padded its whole
+    // input on one thread while the other waited).
     let padded: Vec<Vec<f32>> = (0..n * groups)
-        .into_par_iter()
         .map(|ng| {
             let (b, g) = (ng / groups, ng % groups);
-            let mut p = vec![0f32; plane_len];
-            for ci in 0..cin_g {
-                let src = &x.data[(b * cin + g * cin_g + ci) * h * wd..][..h * wd];
-                for (iy, row) in src.chunks_exact(wd.max(1)).enumerate() {
-                    let dst = (ci * hp + iy + pt) * wp + pl;
-                    p[dst..dst + wd].copy_from_slice(row);
-                }
+            let mut p = super::uninit_vec(plane_len);
+            let (planes, tail) = p.split_at_mut(cin_g * hp * wp);
+            tail.fill(std::mem::MaybeUninit::new(0.0));
+            if hp * wp > 0 {
+                planes
+                    .par_chunks_mut(hp * wp)
+                    .enumerate()
+                    .for_each(|(ci, dst)| {
+                        dst.fill(std::mem::MaybeUninit::new(0.0));
+                        let src = &x.data[(b * cin + g * cin_g + ci) * h * wd..][..h * wd];
+                        for (iy, row) in src.chunks_exact(wd.max(1)).enumerate() {
+                            let at = (iy + pt) * wp + pl;
+                            for (d, v) in dst[at..at + wd].iter_mut().zip(row) {
+                                d.write(*v);
+                            }
+                        }
+                    });
             }
-            p
+            // SAFETY: every element was written (each plane zeroed first, the tail too).
+            unsafe { super::assume_init(p) }
         })
         .collect();
     // Flat offset of every stored weight (CSR order) and the chunk plan (see
