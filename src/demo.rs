@@ -270,8 +270,11 @@ fn resnet18(gpu_for_name: &Engine) -> Result<()> {
     let x = Rng::new(1).normal_tensor(vec![1, 3, 224, 224], 1.0);
     let cpu = Engine::new(graph.clone(), DeviceKind::Cpu)?;
     let gpu = Engine::new(graph, DeviceKind::Gpu)?;
-    let t = Instant::now();
+    // Both timed on their second run: the first packs the CPU engine's conv weights and
+    // uploads the GPU model.
     let y_cpu = cpu.run(&x)?.swap_remove(0);
+    let t = Instant::now();
+    cpu.run(&x)?;
     let ms_cpu = t.elapsed().as_secs_f64() * 1e3;
     let y_gpu = gpu.run(&x)?.swap_remove(0);
     let t = Instant::now();
