@@ -425,6 +425,18 @@ unsafe fn micro_16x6(
     debug_assert!(pos.len() == NR && off.len() == kc);
     let base: [*const f32; NR] = std::array::from_fn(|j| src.wrapping_add(pos[j]));
     let mut sums = [_mm256_setzero_ps(); 2 * NR];
+    // One k: the 16 weights at `wk` times each position's input at offset `o`.
+    // SAFETY (callers below): `wk` is a k row of the panel and `o` an entry of `off`,
+    // so every read is inside the caller's contract.
+    let step = |wk: *const f32, o: usize, sums: &mut [__m256; 2 * NR]| unsafe {
+        let w0 = _mm256_load_ps(wk);
+        let w1 = _mm256_load_ps(wk.add(8));
+        for (j, b) in base.iter().enumerate() {
+            let v = _mm256_broadcast_ss(&*b.add(o));
+            sums[2 * j] = _mm256_fmadd_ps(v, w0, sums[2 * j]);
+            sums[2 * j + 1] = _mm256_fmadd_ps(v, w1, sums[2 * j + 1]);
+        }
+    };
     // SAFETY (whole loop): the caller's contract.
     unsafe {
         // Two k per iteration: the loop overhead and the offset loads' latency are
@@ -434,24 +446,12 @@ unsafe fn micro_16x6(
         let mut wk = w;
         for pair in pairs {
             for &o in pair {
-                let w0 = _mm256_load_ps(wk);
-                let w1 = _mm256_load_ps(wk.add(8));
-                for (j, b) in base.iter().enumerate() {
-                    let v = _mm256_broadcast_ss(&*b.add(o));
-                    sums[2 * j] = _mm256_fmadd_ps(v, w0, sums[2 * j]);
-                    sums[2 * j + 1] = _mm256_fmadd_ps(v, w1, sums[2 * j + 1]);
-                }
+                step(wk, o, &mut sums);
                 wk = wk.add(MR);
             }
         }
         for &o in last {
-            let w0 = _mm256_load_ps(wk);
-            let w1 = _mm256_load_ps(wk.add(8));
-            for (j, b) in base.iter().enumerate() {
-                let v = _mm256_broadcast_ss(&*b.add(o));
-                sums[2 * j] = _mm256_fmadd_ps(v, w0, sums[2 * j]);
-                sums[2 * j + 1] = _mm256_fmadd_ps(v, w1, sums[2 * j + 1]);
-            }
+            step(wk, o, &mut sums);
         }
         for (i, s) in sums.iter().enumerate() {
             let at = acc.add(8 * i);
