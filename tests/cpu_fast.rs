@@ -314,26 +314,35 @@ fn relu_fused_into_conv_matches_the_reference() {
     use cnnpack::graph::GraphBuilder;
     let mut b = GraphBuilder::new("x", &[3, 9, 11], 5);
     let x = b.input();
-    let c1 = b.conv(&x, 8, 3, 1, 1, 1); // read by the relu only: fused
+    // 16 and 32 channels: packed by `Prepared`; c3's 4 channels are not (see below).
+    let c1 = b.conv(&x, 16, 3, 1, 1, 1); // read by the relu only: fused
     let r1 = b.relu(&c1);
-    let c2 = b.conv(&r1, 8, 3, 2, 1, 1); // read by the relu and the add: not fused
+    let c2 = b.conv(&r1, 16, 3, 2, 1, 1); // read by the relu and the add: not fused
     let r2 = b.relu(&c2);
     let s = b.add(&r2, &c2);
     let c3 = b.conv(&s, 4, 1, 1, 0, 1); // a graph output itself: not fused
     let r3 = b.relu(&c3);
     let g = b.finish(&[&r3, &c3]).expect("graph");
     let prepared = fast::Prepared::new(std::sync::Arc::new(g.clone()));
+    // c1 and c2 packed (16 channels each, 3x3 over 3 and 16 inputs), c3 (4 channels:
+    // 12 of 16 panel rows would be zeros) left to the in-place kernel.
+    let packed_floats = 16 * 27 + 16 * 144;
+    assert!(
+        prepared.packed_bytes() >= 4 * packed_floats
+            && prepared.packed_bytes() < 4 * (packed_floats + 64),
+        "{prepared:?}"
+    );
     let mut rng = Rng::new(4);
     for n in [1, 3] {
         let input = rng.normal_tensor(vec![n, 3, 9, 11], 1.0);
         let want = reference::run_graph(&g, &input).expect("reference");
         let got = fast::run_graph(&g, &input).expect("fast");
         for (o, (a, w)) in got.iter().zip(&want).enumerate() {
-            check(a, w, 72, &format!("batch {n}, output {o}"));
+            check(a, w, 144, &format!("batch {n}, output {o}"));
         }
         let got = prepared.run(&input).expect("packed");
         for (o, (a, w)) in got.iter().zip(&want).enumerate() {
-            check(a, w, 72, &format!("batch {n}, output {o}, packed convs"));
+            check(a, w, 144, &format!("batch {n}, output {o}, packed convs"));
         }
         assert!(want[0].data.contains(&0.0), "the relu clips something");
         for (what, (_, times)) in [

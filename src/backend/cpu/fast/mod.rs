@@ -184,8 +184,9 @@ fn run_node_relu_in(
 
 /// A graph ready for repeated runs: the weights of every conv that runs a dense GEMM
 /// kernel (dense, and compressed ones above the sparse crossover or with sketch/pow2
-/// codes, decoded here once) packed for `conv2d_packed`, 9-20% faster than the in-place
-/// kernel of `run_graph` on ResNet-18's and SqueezeNet's convs (docs/benchmarks.md).
+/// codes, decoded here once) packed for `conv2d_packed`: ResNet-18 and SqueezeNet ran
+/// 20-29% faster at batch 1 than on `run_graph`'s in-place kernel (docs/benchmarks.md,
+/// session 6).
 ///
 /// The packed copies cost as much memory as the dense conv weights (plus rounding of
 /// each group's output channels to 16). They are built from, and used only with, the
@@ -211,7 +212,10 @@ impl Prepared {
                 continue;
             }
             if let Op::Conv(c) = &node.op {
-                if let Some(p) = PackedConv::new(c).filter(|_| !runs_csr(c)) {
+                if runs_csr(c) || !packing_pays(c) {
+                    continue;
+                }
+                if let Some(p) = PackedConv::new(c) {
                     packed.insert(node.output.clone(), p);
                 }
             }
@@ -246,6 +250,15 @@ impl Prepared {
     fn packed(&self, node: &Node) -> Option<&PackedConv> {
         self.packed.get(&node.output)
     }
+}
+
+/// Whether a conv's group of output channels fills the packed kernel's 16-channel panels
+/// to at least 80%: the panels past a group's last channel are computed as zeros, so a
+/// depthwise conv (1 channel per group) would do 16x its work there, where the in-place
+/// kernel's 6-row tiles waste at most 5 rows per group.
+fn packing_pays(c: &Conv2d) -> bool {
+    let cout_g = c.out_channels() / c.groups.max(1);
+    cout_g.next_multiple_of(16) * 4 <= cout_g * 5
 }
 
 impl std::fmt::Debug for Prepared {
