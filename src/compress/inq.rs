@@ -271,10 +271,20 @@ pub fn select_next(
     let need = count - already;
     match partition {
         Partition::Magnitude => {
-            let mut free: Vec<usize> = (0..values.len()).filter(|&i| !frozen[i]).collect();
-            // Largest |W| first, ties by index (stable sort).
-            free.sort_by(|&a, &b| values[b].abs().total_cmp(&values[a].abs()));
-            for &i in free.iter().take(need) {
+            if need >= frozen.len() - already {
+                // The last portion takes every weight left: no order to find.
+                frozen.iter_mut().for_each(|f| *f = true);
+                return;
+            }
+            // Largest |W| first, ties by index. Keys sorted in one contiguous array (not
+            // indices compared through `values`): the same order, far fewer cache misses
+            // on AlexNet's 37M-weight fc6.
+            let mut free: Vec<(std::cmp::Reverse<u32>, usize)> = (0..values.len())
+                .filter(|&i| !frozen[i])
+                .map(|i| (std::cmp::Reverse(values[i].abs().to_bits()), i))
+                .collect();
+            free.sort_unstable();
+            for &(_, i) in free.iter().take(need) {
                 frozen[i] = true;
             }
         }

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/benchmarks.md in one command, for a lent machine with a real
+# GPU (the `device` tool) that has no Rust toolchain: it runs binaries built beforehand.
+#
+# Prepare (on the build machine, from the repo root):
+#   benches/device_suite.sh --prepare      # builds, strips and copies into .dev/
+# Run (on the GPU machine, from the repo root; OUT defaults to ./device-out):
+#   benches/device_suite.sh [STAGES]       # default: all stages, comma-separated
+#
+# Stages: env (driver, Vulkan ICDs, adapter), peak, resnet18, squeezenet, alexnet (GPU
+# sweeps of sketch m, INQ b, sparse density at batch 1), peers (ONNX Runtime if installed,
+# tract, cnnpack CPU, cnnpack GPU in one criterion run, then the merged table).
+# Everything lands under $OUT/suite/ and is packed into $OUT/suite.tgz; the console gets
+# short summaries (the device tool returns only the tail of the output).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--prepare" ]]; then
+    set -e
+    T=${CARGO_TARGET_DIR:-target}
+    cargo build --release --quiet
+    cargo bench --bench peers --features peers --no-run 2>&1 | tail -1
+    peers=$(ls -t "$T"/release/deps/peers-* | grep -v '\.d$' | head -1)
+    mkdir -p .dev
+    cp "$T/release/cnnpack" .dev/cnnpack
+    cp "$peers" .dev/peers
+    strip .dev/cnnpack .dev/peers
+    D=${CNNPACK_DATA:-../shared/data}
+    mkdir -p .dev/data/imagenet/squeezenet1.0
+    cp "$D/imagenet/squeezenet1.0/squeezenet1.0.onnx" .dev/data/imagenet/squeezenet1.0/
+    du -sh .dev
+    exit 0
+fi
+
+stages=${1:-env,peak,resnet18,squeezenet,alexnet,peers}
+OUT=${OUT:-device-out}
+S="$OUT/suite"
+mkdir -p "$S"
+B=.dev/cnnpack
+export CNNPACK_REQUIRE_GPU=1
+threads=$(nproc)
+has() { [[ ",$stages," == *",$1,"* ]]; }
+stage() { echo "=== $1 ($(date -u +%T))"; }
+
+# Vulkan loader: the image has the NVIDIA driver but may lack libvulkan.so.1; the device
+# tool's README says to carry the Debian packages in .gl and unpack them first.
+if compgen -G ".gl/*.deb" >/dev/null; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+if ! $B bench --peak --device gpu --runs 3 --budget 1 >"$S/probe.txt" 2>&1; then
+    echo "no adapter with the default ICDs; retrying with the NVIDIA ICD file"
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+fi
+
+if has env; then
+    stage env
+    {
+        nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.draw --format=csv
+        ldconfig -p | grep -i vulkan
+        ls -l /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d 2>&1
+        nproc; uname -a
+    } >"$S/env.txt" 2>&1
+    head -3 "$S/env.txt"
+fi
+if has peak; then
+    stage peak
+    timeout 90 $B bench --peak --device gpu,cpu 2>&1 | tee "$S/peak.txt" | tail -12
+fi
+if has resnet18; then
+    stage resnet18
+    timeout 120 $B bench zoo:resnet18 --peak --device gpu --batch 1,8 --layers 40 --budget 3 \
+        --json "$S/resnet18.json" >"$S/resnet18.txt" 2>&1
+    grep -E "conv|p50|GFLOP|peak" "$S/resnet18.txt" | head -60
+fi
+if has squeezenet; then
+    stage squeezenet
+    timeout 60 $B bench .dev/data/imagenet/squeezenet1.0/squeezenet1.0.onnx --peak --device gpu \
+        --batch 1,8 --budget 2 --json "$S/squeezenet.json" >"$S/squeezenet.txt" 2>&1
+    grep -E "p50|images" "$S/squeezenet.txt" | head -8
+fi
+if has alexnet; then
+    for kind in sketch inq sparse; do
+        stage "alexnet $kind"
+        timeout 120 $B bench zoo:alexnet --sweep "$kind" --peak --device gpu --batch 1 --budget 2 \
+            --layers 12 --json "$S/alexnet-$kind.json" >"$S/alexnet-$kind.txt" 2>&1
+        grep -E "fc|speed|x " "$S/alexnet-$kind.txt" | head -30
+    done
+fi
+if has peers; then
+    stage peers
+    P="$S/peers"
+    mkdir -p "$P"
+    $B export zoo:resnet18 -o "$P/resnet18.onnx" && $B export zoo:alexnet -o "$P/alexnet.onnx"
+    squeeze=.dev/data/imagenet/squeezenet1.0/squeezenet1.0.onnx
+    { date -u; nproc; uptime; } >"$P/load.txt"
+    timeout 150 python3 benches/ort_bench.py --threads "$threads" --batch 1,8 --budget 5 \
+        --json "$P/ort.json" squeezenet="$squeeze" resnet18="$P/resnet18.onnx" \
+        alexnet="$P/alexnet.onnx" >"$P/ort.txt" 2>&1
+    tail -8 "$P/ort.txt"
+    CNNPACK_DATA=.dev/data CNNPACK_PEERS_DIR="$P" CNNPACK_THREADS="$threads" \
+        CNNPACK_PEERS_SECONDS=${CNNPACK_PEERS_SECONDS:-2} CRITERION_HOME="$P/criterion" \
+        timeout 300 .dev/peers --bench --noplot >"$P/peers.txt" 2>&1
+    grep -E "adapter|time:" "$P/peers.txt" | head -30
+    uptime >>"$P/load.txt"
+    gpu=$(grep -m1 'cnnpack-gpu adapter:' "$P/peers.txt" | sed 's/.*adapter: //' || true)
+    python3 benches/peers_table.py --criterion "$P/criterion" --ort "$P/ort.json" \
+        --batch 1,8 --gpu-name "cnnpack GPU (${gpu:-none})" --json "$P/peers.json" | tee "$P/table.md"
+fi
+tar czf "$OUT/suite.tgz" -C "$OUT" suite
+echo "=== done ($(date -u +%T))"
