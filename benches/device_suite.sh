@@ -7,9 +7,11 @@
 # Run (on the GPU machine, from the repo root; OUT defaults to ./device-out):
 #   benches/device_suite.sh [STAGES]       # default: all stages, comma-separated
 #
-# Stages: env (driver, Vulkan ICDs, adapter), peak, resnet18, squeezenet, alexnet (GPU
-# sweeps of sketch m, INQ b, sparse density at batch 1), peers (ONNX Runtime if installed,
-# tract, cnnpack CPU, cnnpack GPU in one criterion run, then the merged table).
+# Stages: env (driver, Vulkan ICDs, adapter), tests (the GPU test binaries), peak, resnet18, convkernels (ResNet-18 again
+# with the first tiled conv kernel and with unsplit K), squeezenet, alexnet (GPU sweeps of
+# sketch m, INQ b, sparse density at batch 1), fcsplit (sketch m = 2 and INQ b = 2 with
+# the compressed fc kernels' K unsplit), peers (ONNX Runtime if installed, tract, cnnpack
+# CPU, cnnpack GPU in one criterion run, then the merged table).
 # Everything lands under $OUT/suite/ and is packed into $OUT/suite.tgz; the console gets
 # short summaries (the device tool returns only the tail of the output).
 set -uo pipefail
@@ -21,10 +23,17 @@ if [[ "${1:-}" == "--prepare" ]]; then
     cargo build --release --quiet
     cargo bench --bench peers --features peers --no-run 2>&1 | tail -1
     peers=$(ls -t "$T"/release/deps/peers-* | grep -v '\.d$' | head -1)
-    mkdir -p .dev
-    cp "$T/release/cnnpack" .dev/cnnpack
-    cp "$peers" .dev/peers
-    strip .dev/cnnpack .dev/peers
+    rm -rf .dev/bin && mkdir -p .dev/bin
+    cp "$T/release/cnnpack" .dev/bin/cnnpack
+    cp "$peers" .dev/bin/peers
+    # GPU test binaries: the kernels checked against the CPU reference on the real GPU.
+    for t in gpu_ops gpu_sketch inq dns; do
+        exe=$(cargo test --no-run --test "$t" 2>&1 | sed -n 's/.*Executable.*(\(.*\))/\1/p' | tail -1)
+        cp "$exe" ".dev/bin/test-$t"
+    done
+    strip .dev/bin/*
+    # xz: the device tool carries at most 64 MiB.
+    tar cJf .dev/bin.tar.xz -C .dev bin && rm -rf .dev/bin
     D=${CNNPACK_DATA:-../shared/data}
     mkdir -p .dev/data/imagenet/squeezenet1.0
     cp "$D/imagenet/squeezenet1.0/squeezenet1.0.onnx" .dev/data/imagenet/squeezenet1.0/
@@ -32,11 +41,14 @@ if [[ "${1:-}" == "--prepare" ]]; then
     exit 0
 fi
 
-stages=${1:-env,peak,resnet18,squeezenet,alexnet,peers}
+if [[ -f .dev/bin.tar.xz ]]; then
+    tar xJf .dev/bin.tar.xz -C .dev
+fi
+stages=${1:-env,tests,peak,resnet18,convkernels,squeezenet,alexnet,fcsplit,peers}
 OUT=${OUT:-device-out}
 S="$OUT/suite"
 mkdir -p "$S"
-B=.dev/cnnpack
+B=.dev/bin/cnnpack
 export CNNPACK_REQUIRE_GPU=1
 threads=$(nproc)
 has() { [[ ",$stages," == *",$1,"* ]]; }
@@ -64,6 +76,14 @@ if has env; then
     } >"$S/env.txt" 2>&1
     head -3 "$S/env.txt"
 fi
+if has tests; then
+    # The GPU kernels against the CPU reference, on this GPU (CI runs them on lavapipe).
+    for t in gpu_ops:"" gpu_sketch:"" inq:gpu dns:gpu; do
+        stage "test ${t%%:*} ${t#*:}"
+        timeout 120 ".dev/bin/test-${t%%:*}" ${t#*:} --test-threads 8 >"$S/test-${t%%:*}.txt" 2>&1
+        echo "rc $?"; grep -E "^test result|panicked|FAILED" "$S/test-${t%%:*}.txt" | head -5
+    done
+fi
 if has peak; then
     stage peak
     timeout 90 $B bench --peak --device gpu,cpu 2>&1 | tee "$S/peak.txt" | tail -12
@@ -73,6 +93,15 @@ if has resnet18; then
     timeout 120 $B bench zoo:resnet18 --peak --device gpu --batch 1,8 --layers 40 --budget 3 \
         --json "$S/resnet18.json" >"$S/resnet18.txt" 2>&1
     grep -E "conv|p50|GFLOP|peak" "$S/resnet18.txt" | head -60
+fi
+if has convkernels; then
+    # The same ResNet-18 run with the first tiled kernel, and with K never split.
+    for v in CNNPACK_CONV_KERNEL=tiled CNNPACK_CONV_SPLITK=1; do
+        stage "resnet18 $v"
+        env "$v" timeout 60 $B bench zoo:resnet18 --peak --device gpu --batch 1,8 --layers 40 \
+            --budget 2 --json "$S/resnet18-${v#*=}.json" >"$S/resnet18-${v#*=}.txt" 2>&1
+        grep -E "p50" "$S/resnet18-${v#*=}.txt"
+    done
 fi
 if has squeezenet; then
     stage squeezenet
@@ -88,6 +117,16 @@ if has alexnet; then
         grep -E "fc|speed|x " "$S/alexnet-$kind.txt" | head -30
     done
 fi
+if has fcsplit; then
+    # The compressed fc kernels with K never split (the first kernels' shape), same run.
+    for kind in sketch inq; do
+        stage "alexnet $kind CNNPACK_FC_SPLITK=1"
+        CNNPACK_FC_SPLITK=1 timeout 90 $B bench zoo:alexnet --sweep "$kind" --values 2 --peak \
+            --device gpu --batch 1 --budget 2 --layers 12 --json "$S/alexnet-$kind-s1.json" \
+            >"$S/alexnet-$kind-s1.txt" 2>&1
+        grep -E "fc|speed|x " "$S/alexnet-$kind-s1.txt" | tail -4
+    done
+fi
 if has peers; then
     stage peers
     P="$S/peers"
@@ -101,12 +140,13 @@ if has peers; then
     tail -8 "$P/ort.txt"
     CNNPACK_DATA=.dev/data CNNPACK_PEERS_DIR="$P" CNNPACK_THREADS="$threads" \
         CNNPACK_PEERS_SECONDS=${CNNPACK_PEERS_SECONDS:-2} CRITERION_HOME="$P/criterion" \
-        timeout 300 .dev/peers --bench --noplot >"$P/peers.txt" 2>&1
+        timeout 300 .dev/bin/peers --bench --noplot >"$P/peers.txt" 2>&1
     grep -E "adapter|time:" "$P/peers.txt" | head -30
     uptime >>"$P/load.txt"
     gpu=$(grep -m1 'cnnpack-gpu adapter:' "$P/peers.txt" | sed 's/.*adapter: //' || true)
     python3 benches/peers_table.py --criterion "$P/criterion" --ort "$P/ort.json" \
         --batch 1,8 --gpu-name "cnnpack GPU (${gpu:-none})" --json "$P/peers.json" | tee "$P/table.md"
 fi
-tar czf "$OUT/suite.tgz" -C "$OUT" suite
+# The device tool returns at most 8 files: one archive, without the exported models.
+tar czf "$OUT/suite.tgz" --exclude='*.onnx' -C "$OUT" suite && rm -rf "$S"
 echo "=== done ($(date -u +%T))"

@@ -13,9 +13,11 @@
 //   across batch, oh, ow), one output channel per workgroup row (wid.y). All lanes of a
 //   workgroup read the same code word (a workgroup-uniform address: one load and a
 //   broadcast on GPUs).
-// - pow2_fc: GEMV, one invocation per output row (lanes = rows), wid.z = batch item
-//   within the window. Codes are stored transposed, [word][row], so the 64 lanes read 64
-//   consecutive words; the input comes from a uniform window (see the kernel).
+// - pow2_fc: GEMV, one invocation per output row (lanes = rows) and K slice (wid.y),
+//   wid.z = batch item within the window. Codes are stored transposed, [word][row], so
+//   the 64 lanes read 64 consecutive words; the input comes from a uniform window (see
+//   the kernel). Instead of ldexp it builds each code's f32 value from bits (one fma per
+//   code). Several slices write partial sums that pow2_fc_reduce adds up.
 
 struct ConvParams {
     batch: u32,
@@ -123,8 +125,11 @@ struct FcParams {
     // last window).
     accumulate: u32,
     last: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // Split K: slice wid.y covers window words wid.y * spw .. (clamped to wn).
+    spw: u32,
+    // 1: write the slice's partial sum to `fy` = scratch [item][slices][rows] (no
+    // epilogue; `pow2_fc_reduce` finishes); 0: one slice, the epilogue here.
+    split: u32,
 }
 
 @group(0) @binding(0) var<uniform> fx: array<vec4<f32>, 4096>;
@@ -133,10 +138,39 @@ struct FcParams {
 @group(0) @binding(3) var<storage, read_write> fy: array<f32>;
 @group(0) @binding(4) var<uniform> fp: FcParams;
 
+// The f32 value of a b-bit code, built from its bits: sign bit, biased exponent
+// ebase - e with ebase = 127 + n1 + 1 (<= 255, so ebase - e <= 254 for e >= 1), zero
+// mantissa; exactly decode_table's value for every normal magnitude. A magnitude below
+// 2^-126 (n1 + 1 - e < -126, i.e. n1 < -125 + e: no trained layer) gives 0 where the
+// table holds a subnormal: a flush-to-zero, as GPUs commonly do for denormals anyway.
+fn code_value(code: u32, bits: u32, ebase: i32) -> f32 {
+    let sign = code >> (bits - 1u);
+    let ex = ebase - i32(code & ((1u << (bits - 1u)) - 1u));
+    let v = bitcast<f32>((u32(max(ex, 0)) << 23u) | (sign << 31u));
+    return select(0.0, v, code != 0u && ex > 0);
+}
+
+// acc + the dot product of one code word with inputs xi .. xi + cpw of the window. The
+// products x * 2^n are exact, so fma(x, w, acc) rounds like acc + ldexp(x, n).
+fn word_dot(acc: f32, word: u32, xi: u32, ebase: i32) -> f32 {
+    let mask = (1u << fp.bits) - 1u;
+    var a = acc;
+    var w = word;
+    for (var j = 0u; j < fp.cpw; j++) {
+        let e = xi + j;
+        a = fma(fx[e >> 2u][e & 3u], code_value(w & mask, fp.bits, ebase), a);
+        w = w >> fp.bits;
+    }
+    return a;
+}
+
 // GEMV over a window of the input held in a 64 KiB uniform buffer (filled by
 // `sketch_gather`, zero past K): every lane reads the same input value at a time, which
 // a uniform buffer serves as one load and a broadcast, also on llvmpipe (lavapipe),
 // where a storage load is a per-lane gather (the same trick as `sketch_fc`).
+// Grid: (row blocks of 64, K slices, batch items of the window). Each invocation sums
+// its row over its slice's words, four words loaded before any is decoded (four
+// independent loads in flight), then a tail.
 @compute @workgroup_size(64, 1, 1)
 fn pow2_fc(
     @builtin(local_invocation_index) li: u32,
@@ -147,18 +181,37 @@ fn pow2_fc(
         return;
     }
     let n = wid.z;
-    let mask = (1u << fp.bits) - 1u;
-    var acc = 0.0;
-    var xi = n * fp.kpad;
-    for (var t = 0u; t < fp.wn; t++) {
-        var word = fcodes[(fp.w0 + t) * fp.rows + r];
-        for (var j = 0u; j < fp.cpw; j++) {
-            let e = xi + j;
-            let xv = fx[e >> 2u][e & 3u];
-            acc += times_code(xv, word & mask, fp.bits, fp.n1);
-            word = word >> fp.bits;
-        }
+    let ebase = 128 + fp.n1;
+    let t0 = min(wid.y * fp.spw, fp.wn);
+    let t1 = min(t0 + fp.spw, fp.wn);
+    var acc0 = 0.0;
+    var acc1 = 0.0;
+    var acc2 = 0.0;
+    var acc3 = 0.0;
+    var xi = n * fp.kpad + t0 * fp.cpw;
+    var wi = (fp.w0 + t0) * fp.rows + r;
+    var t = t0;
+    for (; t + 4u <= t1; t += 4u) {
+        let c0 = fcodes[wi];
+        let c1 = fcodes[wi + fp.rows];
+        let c2 = fcodes[wi + 2u * fp.rows];
+        let c3 = fcodes[wi + 3u * fp.rows];
+        acc0 = word_dot(acc0, c0, xi, ebase);
+        acc1 = word_dot(acc1, c1, xi + fp.cpw, ebase);
+        acc2 = word_dot(acc2, c2, xi + 2u * fp.cpw, ebase);
+        acc3 = word_dot(acc3, c3, xi + 3u * fp.cpw, ebase);
+        wi += 4u * fp.rows;
+        xi += 4u * fp.cpw;
+    }
+    for (; t < t1; t++) {
+        acc0 = word_dot(acc0, fcodes[wi], xi, ebase);
+        wi += fp.rows;
         xi += fp.cpw;
+    }
+    let acc = (acc0 + acc1) + (acc2 + acc3);
+    if (fp.split != 0u) {
+        fy[(n * num_slices(fp.wn, fp.spw) + wid.y) * fp.rows + r] = acc;
+        return;
     }
     let o = (fp.n0 + n) * fp.out_total + fp.row0 + r;
     var v = acc;
@@ -172,4 +225,58 @@ fn pow2_fc(
         }
     }
     fy[o] = v;
+}
+
+fn num_slices(wn: u32, spw: u32) -> u32 {
+    return (wn + spw - 1u) / spw;
+}
+
+// pow2_fc_reduce: sums the K slices' partial sums of one (item, row) and applies
+// pow2_fc's epilogue. Grid: (row blocks of 64, 1, batch items of the window).
+// Bindings: 0 partials [item][slices][rows] (read), 1 bias [rows] (read), 2 output
+// (read_write), 3 params.
+
+struct ReduceParams {
+    rows: u32,
+    slices: u32,
+    row0: u32,
+    out_total: u32,
+    n0: u32,
+    accumulate: u32,
+    last: u32,
+    relu: u32,
+}
+
+@group(0) @binding(0) var<storage, read> rpart: array<f32>;
+@group(0) @binding(1) var<storage, read> rbias: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ry: array<f32>;
+@group(0) @binding(3) var<uniform> rp: ReduceParams;
+
+@compute @workgroup_size(64, 1, 1)
+fn pow2_fc_reduce(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let r = wid.x * 64u + li;
+    if (r >= rp.rows) {
+        return;
+    }
+    let n = wid.z;
+    var v = 0.0;
+    var i = n * rp.slices * rp.rows + r;
+    for (var s = 0u; s < rp.slices; s++) {
+        v += rpart[i];
+        i += rp.rows;
+    }
+    let o = (rp.n0 + n) * rp.out_total + rp.row0 + r;
+    if (rp.accumulate != 0u) {
+        v += ry[o];
+    }
+    if (rp.last != 0u) {
+        v += rbias[r];
+        if (rp.relu != 0u) {
+            v = max(v, 0.0);
+        }
+    }
+    ry[o] = v;
 }

@@ -225,14 +225,19 @@ fn sketch_gather(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // ---------------------------------------------------------------------------------------
-// sketch_fc: GEMV for small batches. One invocation per output row (lanes = rows of the
-// chunk), wid.z = batch item within the window. For each base j the row's bit words
-// (storage, one per 32 inputs) select inputs from the uniform window; the window is
-// zero past K, so S = sum of the window's row.
+// sketch_fc: GEMV for small batches. One invocation per output row and K slice (lanes =
+// rows of the chunk, wid.y = slice, wid.z = batch item within the window). For each
+// base j the row's bit words (storage, one per 32 inputs) select inputs from the uniform
+// window; the window is zero past K, so S = sum of the window's row.
+// Split K: slice s covers words s * spw .. (s + 1) * spw of the window (clamped to wn)
+// for all m bases of its row, so one window load feeds every base. The slice's
+// y_s = sum_j a_j (2 P_{j,s} - S_s) uses the S_s of its own inputs; y = sum_s y_s
+// because both P and S are sums over the slices. With split = 1, y_s goes to `fy` =
+// scratch [item][slices][rows] and `sketch_fc_reduce` applies the epilogue.
 // Bits of the chunk: [m][words_per_row][rows of chunk] (row fastest: lanes read
 // consecutive words); the window covers words w0 .. w0 + wn of every row.
 // Bindings: 0 window (uniform, [item][kpad] f32), 1 bits (read), 2 scales [rows][m]
-// (read), 3 bias [rows] (read), 4 output (read_write), 5 params.
+// (read), 3 bias [rows] (read), 4 output or scratch (read_write), 5 params.
 
 struct FcParams {
     rows: u32,
@@ -247,6 +252,11 @@ struct FcParams {
     accumulate: u32,
     last: u32,
     relu: u32,
+    // Words per K slice; 1: write the slice's partial sum (see above).
+    spw: u32,
+    split: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> fx: array<vec4<f32>, 4096>;
@@ -256,6 +266,11 @@ struct FcParams {
 @group(0) @binding(4) var<storage, read_write> fy: array<f32>;
 @group(0) @binding(5) var<uniform> fp: FcParams;
 
+// Adds the window's vec4 xq to the lanes of p whose bits (4 of word w at shift sh) are set.
+fn sel4(p: vec4<f32>, w: u32, sh: u32, xq: vec4<f32>) -> vec4<f32> {
+    return p + select(Z4, xq, (vec4<u32>(w >> sh) & M0) != U0);
+}
+
 @compute @workgroup_size(64, 1, 1)
 fn sketch_fc(
     @builtin(local_invocation_index) li: u32,
@@ -264,13 +279,16 @@ fn sketch_fc(
     let r_live = wid.x * 64u + li;
     let r = min(r_live, fp.rows - 1u);
     let n = wid.z;
-    let x_base = n * (fp.kpad / 4u);
+    let t0 = min(wid.y * fp.spw, fp.wn);
+    let nw = min(t0 + fp.spw, fp.wn) - t0;
+    let x_base = n * (fp.kpad / 4u) + t0 * 8u;
     // Bases go four at a time, so each window load (these dominate on lavapipe) feeds
     // four of them, and S comes out of the first pass:
     // y = sum_j 2 a_j P_j - S * sum_j a_j.
     var s = 0.0;
     var v = 0.0;
     var a_sum = 0.0;
+    let rows = fp.rows;
     for (var j0 = 0u; j0 < fp.m; j0 += 4u) {
         var s4 = vec4<f32>(0.0);
         var p0 = vec4<f32>(0.0);
@@ -278,39 +296,90 @@ fn sketch_fc(
         var p2 = vec4<f32>(0.0);
         var p3 = vec4<f32>(0.0);
         let nb = min(fp.m - j0, 4u);
-        let stride = fp.words_per_row * fp.rows;
-        var bi = (j0 * fp.words_per_row + fp.w0) * fp.rows + r;
+        let stride = fp.words_per_row * rows;
+        var bi = (j0 * fp.words_per_row + fp.w0 + t0) * rows + r;
         var xi = x_base;
+        var wl = 0u;
         // One loop per base count: masked-out bases would cost as much as real ones.
+        // Fewer bases: more words per iteration, so that each invocation has about four
+        // independent bit-word loads in flight before it uses them.
         if (nb == 1u) {
-            for (var wl = 0u; wl < fp.wn; wl++) {
+            for (; wl + 4u <= nw; wl += 4u) {
+                let w0 = fbits[bi];
+                let w1 = fbits[bi + rows];
+                let w2 = fbits[bi + 2u * rows];
+                let w3 = fbits[bi + 3u * rows];
+                for (var i = 0u; i < 8u; i++) {
+                    let sh = 4u * i;
+                    let x0 = fx[xi + i];
+                    let x1 = fx[xi + 8u + i];
+                    let x2 = fx[xi + 16u + i];
+                    let x3 = fx[xi + 24u + i];
+                    s4 += (x0 + x1) + (x2 + x3);
+                    p0 = sel4(p0, w0, sh, x0);
+                    p1 = sel4(p1, w1, sh, x1);
+                    p2 = sel4(p2, w2, sh, x2);
+                    p3 = sel4(p3, w3, sh, x3);
+                }
+                bi += 4u * rows;
+                xi += 32u;
+            }
+            for (; wl < nw; wl++) {
                 let w0 = fbits[bi];
                 for (var i = 0u; i < 8u; i++) {
                     let xq = fx[xi + i];
                     s4 += xq;
-                    p0 += select(Z4, xq, (vec4<u32>(w0 >> (4u * i)) & M0) != U0);
+                    p0 = sel4(p0, w0, 4u * i, xq);
                 }
-                bi += fp.rows;
+                bi += rows;
                 xi += 8u;
             }
+            // One base: the four words' sums are all P of base j0.
+            p0 = (p0 + p1) + (p2 + p3);
+            p1 = Z4;
+            p2 = Z4;
+            p3 = Z4;
         } else if (nb == 2u) {
-            for (var wl = 0u; wl < fp.wn; wl++) {
+            for (; wl + 2u <= nw; wl += 2u) {
+                let w0 = fbits[bi];
+                let w1 = fbits[bi + stride];
+                let u0 = fbits[bi + rows];
+                let u1 = fbits[bi + rows + stride];
+                for (var i = 0u; i < 8u; i++) {
+                    let sh = 4u * i;
+                    let x0 = fx[xi + i];
+                    let x1 = fx[xi + 8u + i];
+                    s4 += x0 + x1;
+                    p0 = sel4(p0, w0, sh, x0);
+                    p1 = sel4(p1, w1, sh, x0);
+                    p2 = sel4(p2, u0, sh, x1);
+                    p3 = sel4(p3, u1, sh, x1);
+                }
+                bi += 2u * rows;
+                xi += 16u;
+            }
+            for (; wl < nw; wl++) {
                 let w0 = fbits[bi];
                 let w1 = fbits[bi + stride];
                 for (var i = 0u; i < 8u; i++) {
                     let xq = fx[xi + i];
                     let sh = 4u * i;
                     s4 += xq;
-                    p0 += select(Z4, xq, (vec4<u32>(w0 >> sh) & M0) != U0);
-                    p1 += select(Z4, xq, (vec4<u32>(w1 >> sh) & M0) != U0);
+                    p0 = sel4(p0, w0, sh, xq);
+                    p1 = sel4(p1, w1, sh, xq);
                 }
-                bi += fp.rows;
+                bi += rows;
                 xi += 8u;
             }
+            // Two bases: p2, p3 hold the odd words' sums of bases j0, j0 + 1.
+            p0 += p2;
+            p1 += p3;
+            p2 = Z4;
+            p3 = Z4;
         } else {
             // Three bases: the fourth reads base j0 again and is masked to nothing.
             let s3 = select(0u, 3u * stride, nb > 3u);
-            for (var wl = 0u; wl < fp.wn; wl++) {
+            for (; wl < nw; wl++) {
                 let w0 = fbits[bi];
                 let w1 = fbits[bi + stride];
                 let w2 = fbits[bi + 2u * stride];
@@ -319,12 +388,12 @@ fn sketch_fc(
                     let xq = fx[xi + i];
                     let sh = 4u * i;
                     s4 += xq;
-                    p0 += select(Z4, xq, (vec4<u32>(w0 >> sh) & M0) != U0);
-                    p1 += select(Z4, xq, (vec4<u32>(w1 >> sh) & M0) != U0);
-                    p2 += select(Z4, xq, (vec4<u32>(w2 >> sh) & M0) != U0);
-                    p3 += select(Z4, xq, (vec4<u32>(w3 >> sh) & M0) != U0);
+                    p0 = sel4(p0, w0, sh, xq);
+                    p1 = sel4(p1, w1, sh, xq);
+                    p2 = sel4(p2, w2, sh, xq);
+                    p3 = sel4(p3, w3, sh, xq);
                 }
-                bi += fp.rows;
+                bi += rows;
                 xi += 8u;
             }
         }
@@ -343,6 +412,10 @@ fn sketch_fc(
     if (r_live >= fp.rows) {
         return;
     }
+    if (fp.split != 0u) {
+        fy[(n * ((fp.wn + fp.spw - 1u) / fp.spw) + wid.y) * fp.rows + r] = v;
+        return;
+    }
     let i = (fp.n0 + n) * fp.out_total + fp.row_off + r;
     if (fp.accumulate != 0u) {
         v += fy[i];
@@ -353,4 +426,53 @@ fn sketch_fc(
         v = max(v, 0.0);
     }
     fy[i] = v;
+}
+
+// sketch_fc_reduce: sums the K slices' partial sums of one (item, row) and applies
+// sketch_fc's epilogue. Grid: (row blocks of 64, 1, batch items of the window).
+// Bindings: 0 partials [item][slices][rows] (read), 1 bias [rows] (read), 2 output
+// (read_write), 3 params.
+
+struct ReduceParams {
+    rows: u32,
+    slices: u32,
+    row_off: u32,
+    out_total: u32,
+    n0: u32,
+    accumulate: u32,
+    last: u32,
+    relu: u32,
+}
+
+@group(0) @binding(0) var<storage, read> rpart: array<f32>;
+@group(0) @binding(1) var<storage, read> rbias: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ry: array<f32>;
+@group(0) @binding(3) var<uniform> rp: ReduceParams;
+
+@compute @workgroup_size(64, 1, 1)
+fn sketch_fc_reduce(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let r = wid.x * 64u + li;
+    if (r >= rp.rows) {
+        return;
+    }
+    let n = wid.z;
+    var v = 0.0;
+    var i = n * rp.slices * rp.rows + r;
+    for (var s = 0u; s < rp.slices; s++) {
+        v += rpart[i];
+        i += rp.rows;
+    }
+    let o = (rp.n0 + n) * rp.out_total + rp.row_off + r;
+    if (rp.accumulate != 0u) {
+        v += ry[o];
+    } else {
+        v += rbias[r];
+    }
+    if (rp.last != 0u && rp.relu != 0u) {
+        v = max(v, 0.0);
+    }
+    ry[o] = v;
 }

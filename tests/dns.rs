@@ -809,3 +809,176 @@ fn executor_routes_sparse_convs_by_stride_and_density() {
         );
     }
 }
+
+/// `sparse_fc` (vector CSR: several lanes per row, a reduction per row) against the
+/// reference on the dense reconstruction, with the lanes per row the host picks (1 on
+/// lavapipe) or, run by `gpu_sparse_fc_forced_lane_widths_match_reference`, the width
+/// in `CNNPACK_SPARSE_FC_LANES`. On a GPU the picked width is about half the mean
+/// entries per row for these small row counts, so the cases step the mean through
+/// every width from 1 to 256 lanes (~3, ~5, ~8, ~17, ~38, ~78, ~150, ~250, ~560, ~2000
+/// entries per row), plus 1% density with a long and a short K. Rows are not multiples
+/// of the rows per workgroup, K is odd, every fifth row is empty and row 1 is full
+/// (more entries than lanes x 4 unrolled loads), batch 1 and 3, with and without a
+/// fused ReLU. Skipped without an adapter.
+#[test]
+fn gpu_sparse_fc_lane_widths_match_reference() {
+    use cnnpack::backend::gpu::{GpuContext, GpuModel};
+    use std::sync::Arc;
+    let ctx = match GpuContext::new() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            println!("skipped: no GPU adapter ({e})");
+            return;
+        }
+    };
+    let mut rng = Rng::new(41);
+    let cases: [(usize, usize, f32); 12] = [
+        (37, 9, 0.3),
+        (53, 19, 0.3),
+        (70, 31, 0.3),
+        (100, 21, 1.0),
+        (65, 151, 0.3),
+        (33, 301, 0.3),
+        (300, 191, 1.0),
+        (45, 1001, 0.3),
+        (261, 701, 1.0),
+        (19, 2501, 1.0),
+        (129, 4999, 0.01),
+        (9, 30001, 0.01),
+    ];
+    for (case, &(rows, k, density)) in cases.iter().enumerate() {
+        let relu = case % 2 == 0;
+        let mut b = GraphBuilder::new("x", &[k], case as u64);
+        let x = b.input();
+        let mut y = b.linear(&x, rows);
+        if relu {
+            y = b.relu(&y);
+        }
+        let mut g = b.finish(&[&y]).expect("graph");
+        for node in &mut g.nodes {
+            if let Op::Linear(l) = &mut node.op {
+                let mut wt = sparse_tensor(&mut rng, vec![rows, k], density);
+                for r in (0..rows).step_by(5) {
+                    wt.data[r * k..(r + 1) * k].fill(0.0);
+                }
+                for v in &mut wt.data[k..2 * k] {
+                    *v = rng.normal() + 0.1;
+                }
+                l.weight = Weights::Dense(wt);
+                if let Some(bb) = &mut l.bias {
+                    *bb = rng.normal_tensor(bb.shape.clone(), 1.0);
+                }
+            }
+        }
+        let (sg, _) = sparsify_graph(&g, &SparsePolicy::All).expect("sparsify");
+        for n in [1, 3] {
+            let xb = rng.normal_tensor(vec![n, k], 1.0);
+            let want = reference::run_graph(&g, &xb).unwrap().remove(0);
+            let model = GpuModel::new(ctx.clone(), &sg, n).expect("gpu model");
+            let got = model.run(&xb).expect("gpu run").remove(0);
+            check(
+                &got,
+                &want,
+                &format!("fc case {case}: {rows}x{k} density {density} batch {n} relu {relu}"),
+            );
+        }
+    }
+}
+
+/// `gpu_sparse_fc_lane_widths_match_reference` again with each lane width from 1 to
+/// 256 forced through `CNNPACK_SPARSE_FC_LANES`, one child process per width (the
+/// variable is read when a model is built; setting it in this process would race the
+/// other tests). Skipped without an adapter.
+#[test]
+fn gpu_sparse_fc_forced_lane_widths_match_reference() {
+    if let Err(e) = cnnpack::backend::gpu::GpuContext::new() {
+        println!("skipped: no GPU adapter ({e})");
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    for lanes in [1, 2, 4, 8, 16, 32, 64, 128, 256] {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "gpu_sparse_fc_lane_widths_match_reference",
+                "--test-threads=1",
+            ])
+            .env("CNNPACK_SPARSE_FC_LANES", lanes.to_string())
+            .output()
+            .expect("runs the test binary");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{lanes} lanes per row:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// GPU time of `sparse_fc` on AlexNet's fc6/fc7/fc8 shapes at batch 1 (timestamp
+/// queries; CSR bytes = values + columns as f32/u32 + row pointers), and of the dense
+/// GEMV on the same shapes. Run on a GPU with
+/// `cargo test --release --test dns gpu_sparse_fc_timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn gpu_sparse_fc_timing() {
+    use cnnpack::backend::gpu::{GpuContext, GpuModel};
+    use std::sync::Arc;
+    let ctx = match GpuContext::new() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            println!("skipped: no GPU adapter ({e})");
+            return;
+        }
+    };
+    println!("adapter: {}", ctx.adapter_name());
+    let lanes: Vec<String> = std::env::var("SPARSE_FC_TIMING_LANES")
+        .map(|v| v.split(',').map(str::to_owned).collect())
+        .unwrap_or_else(|_| vec![String::new()]);
+    let mut rng = Rng::new(5);
+    for (name, k, rows) in [
+        ("fc6", 9216, 4096),
+        ("fc7", 4096, 4096),
+        ("fc8", 4096, 1000),
+    ] {
+        let mut b = GraphBuilder::new("x", &[k], 1);
+        let x = b.input();
+        let y = b.linear(&x, rows);
+        let g = b.finish(&[&y]).expect("graph");
+        let xb = rng.normal_tensor(vec![1, k], 1.0);
+        let best = |g: &cnnpack::graph::Graph| {
+            let model = GpuModel::new(ctx.clone(), g, 1).expect("gpu model");
+            let mut best = f64::INFINITY;
+            for _ in 0..8 {
+                let (_, t) = model.run_profiled(&xb).expect("run");
+                let Some(t) = t else { return f64::NAN };
+                best = best.min(t.iter().map(|s| s.1).sum::<f64>());
+            }
+            best
+        };
+        let td = best(&g);
+        println!("{name} dense gemv: {td:.4} ms");
+        for density in [0.5f32, 0.25, 0.1, 0.05] {
+            let mut sg = g.clone();
+            let mut nnz = 0;
+            for node in &mut sg.nodes {
+                if let Op::Linear(l) = &mut node.op {
+                    let wt = sparse_tensor(&mut rng, vec![rows, k], density);
+                    let s = SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap();
+                    nnz = s.nnz();
+                    l.weight = Weights::Sparse(s);
+                }
+            }
+            let bytes = (nnz * 8 + (rows + 1) * 4) as f64;
+            for l in &lanes {
+                std::env::set_var("CNNPACK_SPARSE_FC_LANES", l);
+                let ts = best(&sg);
+                println!(
+                    "{name} density {density} lanes {:>3}: sparse {ts:.4} ms ({:.1} GB/s), dense {td:.4} ms",
+                    if l.is_empty() { "auto" } else { l },
+                    bytes / ts * 1e-6
+                );
+            }
+        }
+    }
+}

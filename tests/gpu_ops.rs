@@ -57,8 +57,9 @@ fn check(ctx: &Arc<GpuContext>, what: &str, graph: &Graph, batches: &[usize], to
     }
 }
 
-/// As `check`, once with each dense conv kernel (the tiled GPU one and the uniform-buffer
-/// one), whatever the adapter would pick.
+/// As `check`, once with each dense conv kernel (the two tiled GPU ones, the second with
+/// its K split in 3 as well as as chosen, and the uniform-buffer one), whatever the
+/// adapter would pick.
 fn check_conv_kernels(
     ctx: &Arc<GpuContext>,
     what: &str,
@@ -66,7 +67,12 @@ fn check_conv_kernels(
     batches: &[usize],
     tol: (f32, f32),
 ) {
-    for conv_kernel in [ConvKernel::Tiled, ConvKernel::Uniform] {
+    for conv_kernel in [
+        ConvKernel::Tiled,
+        ConvKernel::Uniform,
+        ConvKernel::Gemm,
+        ConvKernel::GemmSplits(3),
+    ] {
         for &b in batches {
             let options = GpuOptions {
                 conv_kernel,
@@ -344,6 +350,14 @@ fn weights_over_the_binding_limit_are_split_by_rows() {
     for batch in [1, 3, 9] {
         check_with(&ctx, "split linear", &g, batch, CONV_TOL, small);
     }
+    // Batch >= 8 runs a GEMM: `conv_gemm` too (its transposed weights, K padded to 64,
+    // split into chunks of 4 rows: 1024 bytes each under a 2000-byte cap).
+    let gemm = GpuOptions {
+        conv_kernel: ConvKernel::GemmSplits(2),
+        max_binding_bytes: Some(2000),
+        ..small
+    };
+    check_with(&ctx, "split linear [GemmSplits(2)]", &g, 9, CONV_TOL, gemm);
     // Conv with 70 output channels of K = 5*3*3 = 45 (180 bytes): 13 chunks of 5 rows.
     let c = ConvCase {
         cin: 5,
@@ -360,7 +374,11 @@ fn weights_over_the_binding_limit_are_split_by_rows() {
     for batch in [1, 5] {
         // The tiled kernel binds weights as storage (split here); the uniform-buffer one
         // always slices them into 64 KiB uniform buffers.
-        for conv_kernel in [ConvKernel::Tiled, ConvKernel::Uniform] {
+        for conv_kernel in [
+            ConvKernel::Tiled,
+            ConvKernel::Uniform,
+            ConvKernel::GemmSplits(2),
+        ] {
             let options = GpuOptions {
                 conv_kernel,
                 ..small

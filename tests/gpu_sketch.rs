@@ -16,7 +16,7 @@ use cnnpack::backend::cpu::{fast, reference};
 use cnnpack::backend::gpu::{CompressedConv, GpuContext, GpuModel, GpuOptions};
 use cnnpack::compress::sketch::{sketch_graph, SketchOptions};
 use cnnpack::graph::{Conv2d, Graph, GraphBuilder, Linear, Op, Rng, Tensor};
-use cnnpack::weights::{SketchWeights, Weights};
+use cnnpack::weights::{Pow2Weights, SketchWeights, Weights};
 use common::{assert_close, gpu};
 use std::sync::Arc;
 
@@ -333,6 +333,58 @@ fn sketch_split_bindings() {
     }
 }
 
+/// The split-K fc (`sketch_fc` slices + `sketch_fc_reduce`), which lavapipe only runs
+/// when forced: K = 301 is 10 words per base (3 slices of 4, 4, 2 words: the unrolled
+/// loops and their tails; 4 of 3, 3, 3, 1; 64 asked, 10 given), m = 1..5 (every base
+/// loop, and 4 + 1), rows off multiples of 64, two input windows (K > 16384), batch 1
+/// and 3 (and 5), ReLU on and off, row chunks.
+#[test]
+fn sketch_linear_split_k() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(17);
+    let opts = |s: usize, cap: Option<u64>| GpuOptions {
+        compressed_conv: CompressedConv::Native,
+        fc_split_k: Some(s),
+        max_binding_bytes: cap,
+        ..GpuOptions::default()
+    };
+    for m in 1..=5 {
+        let relu = m % 2 == 1;
+        let g = linear_graph(301, 70, m, m != 3, relu, &mut rng);
+        for s in [3, 4, 64] {
+            for batch in [1, 3] {
+                check(
+                    &ctx,
+                    &format!("split-K linear 301->70 m={m} S={s}"),
+                    &g,
+                    batch,
+                    opts(s, None),
+                );
+            }
+        }
+        // Row chunks and windows of 2 words.
+        check(
+            &ctx,
+            &format!("split-K linear 301->70 m={m} chunked S=2"),
+            &g,
+            5,
+            opts(2, Some(256)),
+        );
+    }
+    for (m, relu) in [(1, true), (2, false)] {
+        let g = linear_graph(16384 + 45, 9, m, true, relu, &mut rng);
+        for batch in [1, 3] {
+            check(
+                &ctx,
+                &format!("split-K linear 16429->9 m={m} S=5"),
+                &g,
+                batch,
+                opts(5, None),
+            );
+        }
+    }
+}
+
 /// A small model sketched with `sketch_graph`: GPU vs the CPU fast backend (which runs
 /// the sketch kernels on the same packed bits).
 #[test]
@@ -466,6 +518,119 @@ fn timing() {
             flops,
             (64 * m * 18 * 4) as f64,
         );
+    }
+}
+
+/// Timing of the batch-1 compressed fc kernels per K-slice count (not a test of speed):
+/// `CNNPACK_FC_SWEEP=0,1,8,32 cargo test --release --test gpu_sketch fc_split_k_timing --
+/// --ignored --nocapture` (slice counts, 0 = automatic; default 0,1). AlexNet's fc6, fc7
+/// and fc8 shapes with sketch m = 1, 2, 4 and pow2 b = 2, 4, 5, next to the dense GEMV;
+/// best of 20 timestamp-query runs after 10 warm-up runs of the step (gather, kernel, reduce), and the largest
+/// difference of each output from the first slice count's, relative to its max |y|.
+#[test]
+#[ignore]
+fn fc_split_k_timing() {
+    let Some(ctx) = gpu() else { return };
+    let sweep: Vec<usize> = std::env::var("CNNPACK_FC_SWEEP")
+        .unwrap_or_else(|_| "0,1".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let mut rng = Rng::new(21);
+    let run = |g: &Graph, k: usize, s: Option<usize>| -> (f64, Tensor) {
+        let opts = GpuOptions {
+            compressed_conv: CompressedConv::Native,
+            fc_split_k: s,
+            ..GpuOptions::default()
+        };
+        let model = GpuModel::with_options(ctx.clone(), g, 1, opts).expect("model builds");
+        let input = rng_input(&[1, k]);
+        let y = model.run(&input).expect("warm-up run").remove(0);
+        for _ in 0..10 {
+            model.run(&input).expect("warm-up run");
+        }
+        let mut best = f64::INFINITY;
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            let (_, times) = model.run_profiled(&input).expect("run");
+            let wall = t.elapsed().as_secs_f64() * 1e3;
+            let ms = times.map_or(wall, |s| s.iter().map(|(_, ms)| ms).sum::<f64>());
+            best = best.min(ms);
+        }
+        (best, y)
+    };
+    let fc = |k: usize, out: usize, w: Weights, rng: &mut Rng| {
+        let op = Op::Linear(Linear {
+            weight: w,
+            bias: Some(rng.normal_tensor(vec![out], 1.0)),
+        });
+        let mut b = GraphBuilder::new("x", &[k], 1);
+        let y = b.push("fc", op, &["x"]);
+        b.finish(&[&y]).expect("valid")
+    };
+    for (name, k, out) in [
+        ("fc6", 9216, 4096),
+        ("fc7", 4096, 4096),
+        ("fc8", 4096, 1000),
+    ] {
+        let g = fc(
+            k,
+            out,
+            Weights::Dense(rng.normal_tensor(vec![out, k], 0.05)),
+            &mut rng,
+        );
+        let (ms, _) = run(&g, k, None);
+        let gbs = (k * out * 4) as f64 / ms * 1e-6;
+        println!("{name} {k}->{out} dense: {ms:.4} ms ({gbs:.0} GB/s)");
+        for (kind, p) in [
+            ("sketch m", 1u32),
+            ("sketch m", 2),
+            ("sketch m", 4),
+            ("pow2 b", 2),
+            ("pow2 b", 4),
+            ("pow2 b", 5),
+        ] {
+            let (w, bytes) = if kind == "sketch m" {
+                let m = p as usize;
+                let words = out * m * k.div_ceil(32);
+                let bits = (0..words).map(|_| rng.next_u64() as u32).collect();
+                let scales = (0..out * m).map(|i| 0.05 / (1 << (i % m)) as f32).collect();
+                let w = SketchWeights::new(vec![out, k], m, bits, scales).expect("valid sketch");
+                (Weights::Sketch(w), words * 4)
+            } else {
+                let mags = 1u64 << (p - 2);
+                let codes: Vec<u8> = (0..out * k)
+                    .map(|_| {
+                        let r = rng.next_u64() % (2 * mags + 1);
+                        let e = (r.max(1) - 1) % mags + 1;
+                        let sign = if r > mags { 1u64 << (p - 1) } else { 0 };
+                        if r == 0 {
+                            0
+                        } else {
+                            (sign | e) as u8
+                        }
+                    })
+                    .collect();
+                let w = Pow2Weights::from_codes(vec![out, k], p, -3, &codes).expect("valid codes");
+                let bytes = out * w.words_per_row() * 4;
+                (Weights::Pow2(w), bytes)
+            };
+            let g = fc(k, out, w, &mut rng);
+            let mut line = format!("{name} {kind}={p}:");
+            let mut first: Option<Tensor> = None;
+            for &s in &sweep {
+                let (ms, y) = run(&g, k, (s > 0).then_some(s));
+                let gbs = bytes as f64 / ms * 1e-6;
+                let rel = first.as_ref().map_or(0.0, |f| {
+                    let scale = f.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    y.max_abs_diff(f) / scale
+                });
+                first.get_or_insert(y);
+                let s = if s == 0 { "auto".into() } else { s.to_string() };
+                line += &format!(" S={s} {ms:.4} ms ({gbs:.0} GB/s, rel {rel:.1e});");
+            }
+            println!("{line}");
+        }
     }
 }
 

@@ -664,6 +664,55 @@ mod gpu {
             run_check(&ctx, &format!("{what} chunked"), &g, 2, opts);
         }
     }
+
+    /// The split-K fc (`pow2_fc` slices + `pow2_fc_reduce`), which lavapipe only runs
+    /// when forced: slice counts that do not divide the words (and past the word count),
+    /// rows off multiples of 64, K off multiples of the codes per word, two input windows
+    /// (K > 16384), batch 1 and 3, ReLU on and off, row chunks.
+    #[test]
+    fn gpu_pow2_fc_split_k_matches_reference() {
+        let Some(ctx) = gpu() else { return };
+        let mut rng = Rng::new(97);
+        let opts = |s: usize, cap: Option<u64>| GpuOptions {
+            compressed_conv: CompressedConv::Native,
+            fc_split_k: Some(s),
+            max_binding_bytes: cap,
+            ..GpuOptions::default()
+        };
+        // (K, rows, bits, bias, relu, slices): K = 301 at b = 3 is 31 words (4 slices of
+        // 8, 8, 8, 7 words: unrolled and tail; 7 of 5 words and a last of 1); K = 16429
+        // at b = 5 is 2739 words in windows of 2730 and 9.
+        for (k, o, bits, bias, relu, splits) in [
+            (37, 5, 2, true, true, &[2, 3, 9][..]),
+            (301, 130, 3, true, false, &[4, 7][..]),
+            (301, 65, 4, false, true, &[3, 64][..]),
+            (16384 + 45, 70, 5, true, true, &[5][..]),
+            (16384 + 45, 3, 2, false, false, &[2][..]),
+        ] {
+            let weights = random_pow2(&mut rng, vec![o, k], bits);
+            let op = Op::Linear(Linear {
+                weight: Weights::Pow2(weights),
+                bias: bias.then(|| rng.normal_tensor(vec![o], 1.0)),
+            });
+            let mut b = GraphBuilder::new("x", &[k], 1);
+            let mut y = b.push("fc", op, &["x"]);
+            if relu {
+                y = b.relu(&y);
+            }
+            let g = b.finish(&[&y]).expect("graph");
+            for &s in splits {
+                let what = format!("split-K fc b{bits} k{k} o{o} relu {relu} S={s}");
+                for batch in [1, 3] {
+                    run_check(&ctx, &what, &g, batch, opts(s, None));
+                }
+            }
+            if k < 1000 {
+                // Row chunks of a few rows, K in windows of 64 floats.
+                let what = format!("split-K fc b{bits} k{k} o{o} chunked S=3");
+                run_check(&ctx, &what, &g, 3, opts(3, Some(256)));
+            }
+        }
+    }
 }
 
 #[test]

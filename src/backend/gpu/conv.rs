@@ -1,7 +1,17 @@
-//! Dense convolution: three kernels, chosen per layer.
+//! Dense convolution: four kernels, chosen per layer.
 //!
-//! - `conv_fwd_tiled` (shaders/dense_conv.wgsl): 64x64 implicit-GEMM tiles in workgroup
-//!   memory, 4x4 register blocks; the GPU kernel.
+//! - `conv_gemm` (shaders/conv_gemm.wgsl): the GPU kernel. 64x64 implicit-GEMM tiles,
+//!   4x4 register blocks, weights transposed at upload (one vec4 load per invocation and
+//!   K tile), input taps from a per-layer offset table (no division in the loop), the
+//!   next K tile's loads issued before the current tile's multiply, and K split across
+//!   workgroups when a layer has too few output tiles to fill the GPU
+//!   (`conv_gemm_reduce` sums the slices).
+//! - `conv_fwd_tiled` (shaders/dense_conv.wgsl): the first tiled kernel (same tiles, each
+//!   load waited on before the next, weights as stored). Measured on an NVIDIA H200
+//!   (Vulkan): every ResNet-18 3x3 conv took ~4 us per 16-deep K step whatever the batch
+//!   (latency-bound: 1.2 ms for a 7x7x512 layer at batch 1 and at batch 8), 3.6-21% of
+//!   the measured FMA peak at batch 8. Kept for comparison, CPU adapters' Linear at
+//!   batch >= 8 and the retraining kernels.
 //! - `conv_fwd_ubo` (shaders/dense_conv_ubo.wgsl): weights through 64 KiB uniform buffers,
 //!   32 output channels per invocation; the CPU-adapter kernel.
 //! - `conv_fwd_direct`: one invocation per output, for < 16 output channels per group
@@ -22,6 +32,7 @@ use super::model::StepIo;
 use super::GpuError;
 use crate::graph::{Conv2d, Tensor};
 use std::sync::Arc;
+use wgpu::util::DeviceExt;
 
 const SOURCE: &str = include_str!("../../../shaders/dense_conv.wgsl");
 
@@ -248,15 +259,19 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
     let khw = c.kernel[0] * c.kernel[1];
     let ubo_fits = khw * 32 <= UBO_FLOATS
         && io.ctx.limits().max_uniform_buffer_binding_size as usize >= UBO_FLOATS * 4;
-    let variant = match io.conv_kernel {
+    let variant = match kernel_choice(io) {
         _ if cout_g < DIRECT_BELOW => Variant::Direct,
         ConvKernel::Tiled => Variant::Tiled,
         ConvKernel::Uniform if ubo_fits => Variant::Ubo,
+        ConvKernel::Uniform => Variant::Tiled,
         ConvKernel::Auto if ubo_fits && io.ctx.is_software() => Variant::Ubo,
-        _ => Variant::Tiled,
+        ConvKernel::Auto if io.ctx.is_software() => Variant::Tiled,
+        ConvKernel::Auto | ConvKernel::Gemm | ConvKernel::GemmSplits(_) => Variant::Gemm,
     };
-    if variant == Variant::Ubo {
-        return encode_ubo(io, c, &geom, &weight.data);
+    match variant {
+        Variant::Ubo => return encode_ubo(io, c, &geom, &weight.data),
+        Variant::Gemm => return encode_gemm(io, &geom, &weight.data, c.bias.as_ref()),
+        Variant::Direct | Variant::Tiled => {}
     }
     let chunks = upload_rows(io, &weight.data, cout, k_len, c.bias.as_ref())?;
     if chunks.len() > 1 && c.groups > 1 {
@@ -304,25 +319,62 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
         .collect()
 }
 
+/// The conv kernel asked for: `io.conv_kernel`, or for `Auto` the env override if set.
+fn kernel_choice(io: &StepIo) -> ConvKernel {
+    match io.conv_kernel {
+        ConvKernel::Auto => env_conv_kernel().unwrap_or(ConvKernel::Auto),
+        forced => forced,
+    }
+}
+
+/// Whether GEMMs of this step (Linear at batch >= 8) run `conv_gemm`: where convs with
+/// many channels would, i.e. not on CPU adapters unless forced.
+pub(crate) fn gemm_chosen(io: &StepIo) -> bool {
+    match kernel_choice(io) {
+        ConvKernel::Gemm | ConvKernel::GemmSplits(_) => true,
+        ConvKernel::Auto => !io.ctx.is_software(),
+        ConvKernel::Tiled | ConvKernel::Uniform => false,
+    }
+}
+
+/// `CNNPACK_CONV_KERNEL=tiled|gemm|uniform` overrides the `Auto` choice for every conv
+/// of every model in the process, for experiments (`cnnpack bench` has no flag for it).
+fn env_conv_kernel() -> Option<ConvKernel> {
+    match std::env::var("CNNPACK_CONV_KERNEL").ok()?.as_str() {
+        "tiled" => Some(ConvKernel::Tiled),
+        "gemm" => Some(ConvKernel::Gemm),
+        "uniform" => Some(ConvKernel::Uniform),
+        _ => None,
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
     /// One invocation per output (few channels per group, depthwise).
     Direct,
     /// Weights through uniform buffers, 32 channels per invocation: CPU adapters.
     Ubo,
-    /// 64x64 implicit GEMM tiles in workgroup memory: GPUs.
+    /// 64x64 implicit GEMM tiles in workgroup memory, loads waited on in turn.
     Tiled,
+    /// 64x64 implicit GEMM on transposed weights, loads overlapped, split-K: GPUs.
+    Gemm,
 }
 
 /// Which dense conv kernel to use for convs with 16 or more output channels per group
 /// (fewer always run the direct kernel).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvKernel {
-    /// `Uniform` on CPU adapters (lavapipe), `Tiled` on GPUs.
+    /// `Uniform` on CPU adapters (lavapipe), `Gemm` on GPUs.
     #[default]
     Auto,
-    /// The tiled implicit GEMM in workgroup memory (`conv_fwd_tiled`).
+    /// The first tiled implicit GEMM in workgroup memory (`conv_fwd_tiled`), kept for
+    /// comparison and retraining (Linear at batch >= 8 follows the conv choice).
     Tiled,
+    /// The implicit GEMM with overlapped loads and split-K (`conv_gemm`), K slices chosen
+    /// per layer (env `CNNPACK_CONV_SPLITK=N` overrides, for experiments).
+    Gemm,
+    /// `Gemm` with exactly this many K slices (at most one per 16-deep K tile; tests).
+    GemmSplits(usize),
     /// Weights in uniform buffers, 32 channels per invocation (`conv_fwd_ubo`); falls back
     /// to `Tiled` for kernels of more than 512 taps (kh * kw).
     Uniform,
@@ -416,6 +468,222 @@ fn encode_ubo(
                     [groups[0], rows.div_ceil(32) as u32, 1],
                 ));
             }
+        }
+    }
+    Ok(out)
+}
+
+const SOURCE_GEMM: &str = include_str!("../../../shaders/conv_gemm.wgsl");
+
+/// Bindings of `conv_gemm` and `conv_gemm_reduce`: input, transposed weights, bias,
+/// output, tap table, partial sums, params.
+const LAYOUT_GEMM: [Slot; 7] = [
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Write,
+    Slot::Read,
+    Slot::Write,
+    Slot::Uniform,
+];
+
+/// Depth of one K tile of `conv_gemm`.
+const GEMM_TK: usize = 16;
+
+/// Workgroups `conv_gemm` aims to launch per layer before it splits K: about two per
+/// multiprocessor of a large GPU (an H100/H200 has 132), so that layers with few output
+/// tiles (ResNet-18's 7x7 stage has 8 channel tiles at batch 1) still fill the chip.
+const GEMM_TARGET_WORKGROUPS: usize = 264;
+
+/// Fewest K tiles one slice gets (shorter slices spend more on partial sums than they save).
+const GEMM_MIN_TILES_PER_SLICE: usize = 8;
+
+/// K slices for a layer with `tiles` output tiles and `k_tiles` K tiles: enough to reach
+/// [`GEMM_TARGET_WORKGROUPS`], no slice shorter than [`GEMM_MIN_TILES_PER_SLICE`];
+/// `forced` (tests, env `CNNPACK_CONV_SPLITK`) overrides. Never more than `k_tiles`.
+fn gemm_splits(tiles: usize, k_tiles: usize, forced: Option<usize>) -> usize {
+    let want = match forced {
+        Some(n) => n,
+        None if tiles >= GEMM_TARGET_WORKGROUPS => 1,
+        None => GEMM_TARGET_WORKGROUPS
+            .div_ceil(tiles.max(1))
+            .min(k_tiles / GEMM_MIN_TILES_PER_SLICE),
+    };
+    let splits = want.clamp(1, k_tiles.max(1));
+    // No empty slices: every slice gets ceil(k_tiles / splits) tiles but the last.
+    k_tiles.div_ceil(k_tiles.div_ceil(splits))
+}
+
+/// The tap table of `conv_gemm`: per k (padded to whole K tiles), the input offset from
+/// the pixel's window origin and the (dy, dx) displacement packed as `dy << 16 | dx`;
+/// padding entries get a displacement no input has, so they read zero.
+fn gemm_taps(g: &Geometry, k_pad: usize) -> Result<Vec<u32>, String> {
+    let (dy_max, dx_max) = ((g.kh - 1) * g.dh, (g.kw - 1) * g.dw);
+    if dy_max >= 0xffff || dx_max >= 0xffff || g.h >= 0x7fff || g.w >= 0x7fff {
+        return Err(format!(
+            "kernel extent {dy_max}x{dx_max} or input {}x{} too large for the tap table",
+            g.h, g.w
+        ));
+    }
+    let mut taps = Vec::with_capacity(2 * k_pad);
+    for k in 0..k_pad {
+        if k < g.k_len {
+            let (ci, r) = (k / (g.kh * g.kw), k % (g.kh * g.kw));
+            let (dy, dx) = ((r / g.kw) * g.dh, (r % g.kw) * g.dw);
+            taps.push(uw(ci * g.h * g.w + dy * g.w + dx));
+            taps.push(uw(dy << 16 | dx));
+        } else {
+            taps.push(0);
+            taps.push(0xffff << 16);
+        }
+    }
+    Ok(taps)
+}
+
+/// Weight rows `r0..r0 + rows` of every group, transposed to `[group][k_pad][m_pad]`
+/// (m_pad = rows rounded up to 4), zero-filled.
+fn gemm_weights(weight: &[f32], g: &Geometry, r0: usize, rows: usize, k_pad: usize) -> Vec<f32> {
+    let m_pad = rows.next_multiple_of(4);
+    let mut t = vec![0.0f32; g.groups * k_pad * m_pad];
+    for grp in 0..g.groups {
+        for m in 0..rows {
+            let src = &weight[(grp * g.cout_g + r0 + m) * g.k_len..][..g.k_len];
+            for (k, &v) in src.iter().enumerate() {
+                t[(grp * k_pad + k) * m_pad + m] = v;
+            }
+        }
+    }
+    t
+}
+
+/// `conv_gemm`: transposed weights (split by output channels when they exceed the
+/// binding limit), one dispatch per chunk, plus `conv_gemm_reduce` when K is split.
+pub(crate) fn encode_gemm(
+    io: &StepIo,
+    geom: &Geometry,
+    weight: &[f32],
+    bias: Option<&Tensor>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let k_pad = geom.k_len.next_multiple_of(GEMM_TK);
+    let k_tiles = k_pad / GEMM_TK;
+    let row_bytes = (k_pad * 4 * geom.groups) as u64;
+    let per = ((io.max_binding / row_bytes.max(1)) as usize) / 4 * 4;
+    if per == 0 {
+        return Err(io.unsupported(format!(
+            "4 output channels of {k_pad} f32 weights exceed the {}-byte binding limit",
+            io.max_binding
+        )));
+    }
+    let per = per.min(geom.cout_g);
+    if per < geom.cout_g && geom.groups > 1 {
+        return Err(io.unsupported(format!(
+            "grouped conv weights of {} bytes exceed the {}-byte binding limit",
+            weight.len() * 4,
+            io.max_binding
+        )));
+    }
+    let taps = gemm_taps(geom, k_pad).map_err(|e| io.unsupported(e))?;
+    let tap_buf = io
+        .ctx
+        .device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(&format!("{} taps", io.name)),
+            contents: bytemuck::cast_slice(&taps),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+    let zeros;
+    let bias: &[f32] = match bias {
+        Some(b) => &b.data,
+        None => {
+            zeros = vec![0.0; geom.cout_g * geom.groups];
+            &zeros
+        }
+    };
+    let forced = match io.conv_kernel {
+        ConvKernel::GemmSplits(n) => Some(n),
+        _ => std::env::var("CNNPACK_CONV_SPLITK")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+    };
+    let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
+    let n_total = geom.batch * geom.oh * geom.ow;
+    let main = io
+        .ctx
+        .kernel("conv_gemm", SOURCE_GEMM, "conv_gemm", &LAYOUT_GEMM);
+    let reduce = io
+        .ctx
+        .kernel("conv_gemm", SOURCE_GEMM, "conv_gemm_reduce", &LAYOUT_GEMM);
+    let mut out = vec![];
+    for r0 in (0..geom.cout_g).step_by(per) {
+        let rows = per.min(geom.cout_g - r0);
+        let chunked = per < geom.cout_g;
+        let label = if chunked {
+            format!("{} rows {r0}..{}", io.name, r0 + rows)
+        } else {
+            io.name.to_string()
+        };
+        let nx = n_total.div_ceil(TILE_N);
+        let ny = rows.div_ceil(TILE_M);
+        let splits = gemm_splits(nx * ny * geom.groups, k_tiles, forced);
+        let kt_per = k_tiles.div_ceil(splits);
+        if nx > max || ny > max || geom.groups * splits > max {
+            return Err(io.unsupported(format!(
+                "{nx}x{ny}x{} workgroups exceed the per-dimension limit {max}; use a smaller batch",
+                geom.groups * splits
+            )));
+        }
+        let m_pad = rows.next_multiple_of(4);
+        let w_buf = io.ctx.upload(
+            &format!("{label} weight (transposed)"),
+            &gemm_weights(weight, geom, r0, rows, k_pad),
+        );
+        let b_buf = if chunked {
+            io.ctx
+                .upload(&format!("{label} bias"), &bias[r0..r0 + rows])
+        } else {
+            io.ctx.upload(&format!("{label} bias"), bias)
+        };
+        let part_len = if splits > 1 {
+            splits * rows * geom.groups * n_total
+        } else {
+            1
+        };
+        let part = io.ctx.try_create_buffer(
+            &format!("{label} partial sums"),
+            (part_len * 4) as u64,
+            wgpu::BufferUsages::STORAGE,
+        )?;
+        let g = Geometry {
+            cout_g: rows,
+            c_off: geom.c_off + r0,
+            ..*geom
+        };
+        let mut words = g.words();
+        words.extend([uw(k_pad), uw(m_pad / 4), uw(splits), uw(kt_per)]);
+        let binds = [
+            io.inputs[0].0.clone(),
+            Bind::f32s(&w_buf, geom.groups * k_pad * m_pad),
+            Bind::f32s(&b_buf, rows * geom.groups),
+            io.output.0.clone(),
+            Bind::f32s(&tap_buf, taps.len()),
+            Bind::f32s(&part, part_len),
+        ];
+        out.push(io.ctx.dispatch(
+            &main,
+            &label,
+            &binds,
+            &words,
+            [nx as u32, ny as u32, (geom.groups * splits) as u32],
+        ));
+        if splits > 1 {
+            let grid = io.grid256(rows * geom.groups * n_total)?;
+            out.push(io.ctx.dispatch(
+                &reduce,
+                &format!("{label} K-slice sum"),
+                &binds,
+                &words,
+                grid,
+            ));
         }
     }
     Ok(out)

@@ -1,6 +1,7 @@
-//! Linear layers (shaders/gemm.wgsl): GEMV for small batches, the tiled conv GEMM
-//! (1x1) for larger ones. Weights over the binding limit are split by rows, one
-//! dispatch per chunk.
+//! Linear layers (shaders/gemm.wgsl): GEMV for small batches, a conv GEMM (1x1) for
+//! larger ones: `conv_gemm` (split-K: AlexNet's fc6 at batch 8 has 64 output tiles) where
+//! the convs use it, else `conv_fwd_tiled`. Weights over the binding limit are split by
+//! rows, one dispatch per chunk.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel};
 use super::conv::{self, Geometry};
@@ -25,6 +26,10 @@ pub(crate) fn encode(io: &StepIo, l: &Linear) -> Result<Vec<Dispatch>, GpuError>
     let (batch, k) = (x[0], x[1]);
     let out = l.weight.rows();
     let weight = l.weight.to_dense();
+    if batch >= GEMV_BELOW && conv::gemm_chosen(io) {
+        let g = Geometry::linear(batch, k, out, out, 0, io.relu);
+        return conv::encode_gemm(io, &g, &weight.data, l.bias.as_ref());
+    }
     let chunks = conv::upload_rows(io, &weight.data, out, k, l.bias.as_ref())?;
     let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
     chunks

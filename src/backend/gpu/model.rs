@@ -24,6 +24,11 @@ pub struct GpuOptions {
     pub conv_kernel: ConvKernel,
     /// How convs with compressed weights run (tests force `Native`).
     pub compressed_conv: CompressedConv,
+    /// K slices of the batch-small compressed Linear kernels (`pow2_fc`, `sketch_fc`):
+    /// `None` chooses (1 on software adapters, about 16 code words per slice on GPUs;
+    /// the `CNNPACK_FC_SPLITK` env var overrides that), `Some(n)` forces `n` slices
+    /// (at most one per code word of an input window; tests force the split path).
+    pub fc_split_k: Option<usize>,
 }
 
 /// How a conv layer with sketch, pow2 or sparse weights runs on the GPU.
@@ -35,9 +40,13 @@ pub struct GpuOptions {
 /// m = 4 at 0.6-0.8x; there the weights are decoded once at upload instead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CompressedConv {
-    /// On CPU adapters (lavapipe): decode pow2 and sparse convs, and sketch convs with
-    /// more than 2 bases, to dense f32 once at upload (the dense conv kernel runs them).
-    /// On GPUs: the compressed kernels (no real GPU has measured the crossover yet).
+    /// Decode to dense f32 once at upload (the dense conv kernel runs them), except
+    /// sketch convs with at most 2 bases on CPU adapters (lavapipe), where the bit-plane
+    /// kernel is faster. Measured on an NVIDIA H200 (AlexNet, batch 1): against the first
+    /// tiled dense kernel the sketch convs ran at 0.15-0.51x (m = 4..1) and the pow2 convs
+    /// at 0.66-0.88x, the sparse convs at 1.4x (50% density) to 10x (5%); against
+    /// `conv_gemm`, the dense kernel that replaced it, the sparse convs ran at 0.49x (10%)
+    /// and 0.89x (5%).
     #[default]
     Auto,
     /// Always the compressed kernels (bit-plane sketch, pow2 decode, CSR sparse).
@@ -53,8 +62,8 @@ impl CompressedConv {
             (_, Weights::Dense(_)) => false,
             (CompressedConv::Native, _) => false,
             (CompressedConv::Decoded, _) => true,
-            (CompressedConv::Auto, Weights::Sketch(w)) => software && w.bases() > 2,
-            (CompressedConv::Auto, _) => software,
+            (CompressedConv::Auto, Weights::Sketch(w)) => !software || w.bases() > 2,
+            (CompressedConv::Auto, _) => true,
         }
     }
 }
@@ -66,6 +75,7 @@ impl Default for GpuOptions {
             fuse_relu: true,
             conv_kernel: ConvKernel::Auto,
             compressed_conv: CompressedConv::Auto,
+            fc_split_k: None,
         }
     }
 }
@@ -88,6 +98,8 @@ pub(crate) struct StepIo<'a> {
     pub(crate) conv_kernel: ConvKernel,
     /// Compressed conv choice.
     pub(crate) compressed_conv: CompressedConv,
+    /// Forced K slices of the compressed fc kernels (`GpuOptions::fc_split_k`).
+    pub(crate) fc_split_k: Option<usize>,
 }
 
 impl StepIo<'_> {
@@ -286,6 +298,7 @@ impl GpuModel {
                 max_binding,
                 conv_kernel: options.conv_kernel,
                 compressed_conv: options.compressed_conv,
+                fc_split_k: options.fc_split_k,
             };
             let dispatches = scoped(&ctx, &step.name, || encode(&io))?;
             steps.push(StepKernels {

@@ -2,26 +2,47 @@
 //!
 //! The codes are uploaded as they are stored (conv: `[Cout][words_per_row]`) or
 //! transposed word-wise (fc: `[word][row]`, so the lanes of a workgroup, one output row
-//! each, read consecutive words); nothing is expanded to f32 weights, and a product is
-//! `ldexp(x, n1 + 1 − e)` with the code's sign. The weight bytes are `b/32` of dense
-//! (3.2 and 5.33 bits per weight for b = 3 and 5: codes do not straddle words).
+//! each, read consecutive words); nothing is expanded to f32 weights. The conv forms a
+//! product as `ldexp(x, n1 + 1 − e)` with the code's sign; the fc builds the code's f32
+//! value from its bits (sign, exponent `127 + n1 + 1 − e`) and does one fma per code,
+//! exact like the ldexp (magnitudes below 2^-126, which no trained layer has, flush to
+//! 0). The weight bytes are `b/32` of dense (3.2 and 5.33 bits per weight for b = 3 and
+//! 5: codes do not straddle words).
 //!
 //! - Conv (`pow2_conv`): direct, lanes = 64 output pixels, workgroup row = one output
 //!   channel (dispatches of at most 65535 channels); the code word is read at a
 //!   workgroup-uniform address.
-//! - Linear (`pow2_fc`): GEMV, lanes = output rows, `wid.z` = batch item; the input
-//!   comes from a 64 KiB uniform window filled by `sketch_gather` (whole code words of K
-//!   per window, several windows accumulate into the output), so all lanes read one
-//!   input value at a time from a uniform buffer; rows are split into chunks whose codes
-//!   fit the storage binding limit.
+//! - Linear (`pow2_fc`, split K): lanes = output rows, grid `(row blocks of 64, K
+//!   slices, batch items)`; the input comes from a 64 KiB uniform window filled by
+//!   `sketch_gather` (whole code words of K per window, several windows accumulate into
+//!   the output), so all lanes read one input value at a time from a uniform buffer;
+//!   rows are split into chunks whose codes fit the storage binding limit. Each
+//!   invocation sums its row over one slice of the window's words, four words loaded
+//!   before any is decoded. With more than one slice the partial sums go to a scratch
+//!   buffer `[item][slice][row]` and `pow2_fc_reduce` (one invocation per item and row)
+//!   adds them and applies the epilogue (accumulate across windows, bias, ReLU).
+//!   Slices (`sketch::fc_slices`): 1 on software adapters (lavapipe: the same one
+//!   invocation per row as before), about 16 words per slice (at most 64 slices) on
+//!   GPUs; `GpuOptions::fc_split_k` or the env var `CNNPACK_FC_SPLITK=N` forces N.
 //!
-//! Measured on lavapipe only (no GPU here; CPU timings): AlexNet fc6 (9216 -> 4096) at
-//! batch 1, criterion, other jobs paused: dense GEMV 350 ms, pow2 b = 2/3/4/5
-//! 84/74/85/93 ms (4.1-4.7x; b = 5 3.75x), where the first version (inputs from storage,
-//! which llvmpipe loads per lane) ran at 1.8x of dense. The dense GEMV reads its input per
-//! lane too (coalesced on a GPU, a gather on llvmpipe), so part of the ratio is that
-//! difference. On a GPU the fc at batch 1 is bound by reading the codes, `b/32` of the
-//! dense GEMV's bytes.
+//! Measured on lavapipe only before split K (no GPU here; CPU timings): AlexNet fc6
+//! (9216 -> 4096) at batch 1, criterion, other jobs paused: dense GEMV 350 ms, pow2 b =
+//! 2/3/4/5 84/74/85/93 ms (4.1-4.7x; b = 5 3.75x), where the first version (inputs from
+//! storage, which llvmpipe loads per lane) ran at 1.8x of dense. The dense GEMV reads its
+//! input per lane too (coalesced on a GPU, a gather on llvmpipe), so part of the ratio is
+//! that difference.
+//!
+//! Measured on an NVIDIA H200 (Vulkan, timestamp queries, AlexNet batch 1) with the
+//! one-invocation-per-row kernel (4096 invocations for fc6, each over all of K):
+//! fc6 b = 2/4/5 0.97/1.07/1.28 ms, i.e. ~10 GB/s of codes against the dense GEMV's
+//! 2158 GB/s (0.070 ms); fc7 0.42-0.56 ms and fc8 0.42-0.55 ms (latency-bound: too few
+//! invocations, each with one load in flight). In the ignored `fc_split_k_timing` test
+//! of tests/gpu_sketch.rs (one Linear layer, n1 = -3, best of 20 after 10 warm-ups; the
+//! old kernel ran 2.5-3.4 ms there for every shape, so that harness is slower than the
+//! AlexNet bench above for it), one H200 run: split K (auto slices) fc6 b = 2/4/5
+//! 0.31/0.33/0.34 ms (30/58/73 GB/s of codes), fc7 0.16-0.18 ms, fc8 0.09-0.11 ms, the
+//! same kernel with 1 slice 2.65-2.9 ms (fc6). Still far from bandwidth (the decode and
+//! the per-code uniform load bound it); the AlexNet bench has not been rerun.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::model::StepIo;
@@ -50,12 +71,19 @@ const LAYOUT_FC: [Slot; 5] = [
     Slot::Uniform,
 ];
 
+/// Bindings of `pow2_fc_reduce`: partial sums, bias, output, params.
+const LAYOUT_REDUCE: [Slot; 4] = [Slot::Read, Slot::Read, Slot::Write, Slot::Uniform];
+
 fn conv_kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("pow2", SOURCE, "pow2_conv", &LAYOUT)
 }
 
 fn fc_kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("pow2", SOURCE, "pow2_fc", &LAYOUT_FC)
+}
+
+fn reduce_kernel(ctx: &GpuContext) -> Arc<Kernel> {
+    ctx.kernel("pow2", SOURCE, "pow2_fc_reduce", &LAYOUT_REDUCE)
 }
 
 fn bias_or_zeros(bias: Option<&crate::graph::Tensor>, rows: usize) -> Vec<f32> {
@@ -243,11 +271,42 @@ pub(crate) fn encode_linear(
         })
         .collect();
     let ubo = super::sketch::UBO_WORDS;
+    let windows = super::sketch::input_windows(io, [k, batch], [wpr, cpw], cap);
+    // K slices of every (window, chunk) dispatch, and the scratch they share.
+    let plans: Vec<Vec<(usize, usize)>> = windows
+        .iter()
+        .map(|win| {
+            chunks
+                .iter()
+                .map(|ch| super::sketch::fc_slices(io, win.wn, ch.rows, win.nn))
+                .collect()
+        })
+        .collect();
+    let scratch_len = windows
+        .iter()
+        .zip(&plans)
+        .flat_map(|(win, p)| {
+            chunks
+                .iter()
+                .zip(p)
+                .filter(|(_, &(s, _))| s > 1)
+                .map(move |(ch, &(s, _))| win.nn * s * ch.rows)
+        })
+        .max()
+        .unwrap_or(0);
+    let scratch = super::sketch::fc_scratch(io, scratch_len)?;
+    let reduce = reduce_kernel(io.ctx);
     let mut out = vec![];
-    for win in super::sketch::input_windows(io, [k, batch], [wpr, cpw], cap) {
+    for (win, plan) in windows.into_iter().zip(plans) {
         let label = win.label.clone();
         out.push(win.gather);
-        for ch in &chunks {
+        let accumulate = (win.w0 > 0) as u32;
+        let last = (win.w0 + win.wn == wpr) as u32;
+        for (ch, (slices, spw)) in chunks.iter().zip(plan) {
+            let split = match (&scratch, slices > 1) {
+                (Some(buf), true) => Some(buf),
+                _ => None,
+            };
             let params = [
                 uw(ch.rows),
                 uw(wpr),
@@ -261,21 +320,47 @@ pub(crate) fn encode_linear(
                 uw(win.wn),
                 uw(win.kpad),
                 uw(win.n0),
-                (win.w0 > 0) as u32,
-                (win.w0 + win.wn == wpr) as u32,
+                accumulate,
+                last,
+                uw(spw),
+                split.is_some() as u32,
             ];
+            let chunk_label = format!("{label} rows {}..{}", ch.r0, ch.r0 + ch.rows);
+            let target = match split {
+                Some(buf) => Bind::f32s(buf, win.nn * slices * ch.rows),
+                None => io.output.0.clone(),
+            };
             out.push(io.ctx.dispatch(
                 &kernel,
-                &format!("{label} rows {}..{}", ch.r0, ch.r0 + ch.rows),
+                &chunk_label,
                 &[
                     Bind::f32s(&win.buffer, ubo),
                     Bind::f32s(&ch.codes, wpr * ch.rows),
                     Bind::f32s(&ch.bias, ch.rows),
-                    io.output.0.clone(),
+                    target.clone(),
                 ],
                 &params,
-                [ch.rows.div_ceil(64) as u32, 1, win.nn as u32],
+                [ch.rows.div_ceil(64) as u32, slices as u32, win.nn as u32],
             ));
+            if split.is_some() {
+                let params = [
+                    uw(ch.rows),
+                    uw(slices),
+                    uw(ch.r0),
+                    uw(rows),
+                    uw(win.n0),
+                    accumulate,
+                    last,
+                    io.relu as u32,
+                ];
+                out.push(io.ctx.dispatch(
+                    &reduce,
+                    &format!("{chunk_label} reduce {slices} slices"),
+                    &[target, Bind::f32s(&ch.bias, ch.rows), io.output.0.clone()],
+                    &params,
+                    [ch.rows.div_ceil(64) as u32, 1, win.nn as u32],
+                ));
+            }
         }
     }
     Ok(out)

@@ -9,9 +9,19 @@
 //!   channels whose `(channel, base)` pairs fit 64 bits; the bit words, two u32 per
 //!   `k` and block (bit q % 32 of word q / 32 = pair q), come from a 64 KiB uniform
 //!   buffer. Also Linear at batch >= 8 (a 1x1 conv over `[batch, K, 1, 1]`).
-//! - Linear at batch < 8 (`sketch_fc`): lanes = output rows reading their own bit words
-//!   (storage, `[m][word][row]` so lanes read consecutive words), the input row from a
-//!   uniform window filled by `sketch_gather` one dispatch earlier.
+//! - Linear at batch < 8 (`sketch_fc`, split K): lanes = output rows reading their own
+//!   bit words (storage, `[m][word][row]` so lanes read consecutive words), the input row
+//!   from a uniform window filled by `sketch_gather` one dispatch earlier; grid `(row
+//!   blocks of 64, K slices, batch items)`. Each invocation covers one slice of the
+//!   window's words for all m bases of its row (one window load feeds every base; with
+//!   one or two bases, four or two words are loaded per iteration so that about four
+//!   loads are in flight), and forms `Σ_j a_j (2 P_j − S)` with the `P` and `S` of its
+//!   own slice: both are sums over the slices, so the slices' results add up to the
+//!   row's. With more than one slice they go to a scratch buffer `[item][slice][row]`
+//!   and `sketch_fc_reduce` adds them and applies the epilogue (bias, accumulate across
+//!   windows, ReLU). Slices (`fc_slices`): 1 on software adapters (lavapipe keeps one
+//!   invocation per row), about 16 words per base and slice (at most 64 slices) on GPUs;
+//!   `GpuOptions::fc_split_k` or the env var `CNNPACK_FC_SPLITK=N` forces N.
 //!
 //! Measured on lavapipe (llvmpipe, LLVM 15, 256-bit; 2 shared cores under load ~5-8, so
 //! CPU timings, not GPU speed, +-40% run to run; timestamp queries, best of 5; the
@@ -31,8 +41,17 @@
 //!   Pairs per block: 16 and 32 ran ~1.15 s at m=1 (the per-lane input load dominates,
 //!   not the selects), 64 ~0.5 s, 128 1.4 s (spills).
 //!
-//! Packed weights are 1/32 of dense per base, so on a real GPU the fc is bound by reading
-//! `m/32` of the dense bytes; not measured (no GPU here).
+//! Packed weights are 1/32 of dense per base, so on a real GPU the fc should be bound by
+//! reading `m/32` of the dense bytes. Measured on an NVIDIA H200 (Vulkan, timestamp
+//! queries, AlexNet fc6 at batch 1) with the one-invocation-per-row kernel, before split
+//! K: m = 1/2/4 0.19/0.21/0.27 ms (25/44/70 GB/s of bits, against the dense GEMV's
+//! 2158 GB/s), fc8 ~0.09-0.13 ms: 4096 invocations each looping over all of K cannot
+//! cover DRAM latency. Split K, in the ignored `fc_split_k_timing` test of
+//! tests/gpu_sketch.rs on the same H200 (old kernel there: fc6 0.19/0.21/0.27 ms, fc8
+//! 0.43-0.61 ms): fc6 m = 1/2/4 0.032/0.13-0.14/0.21-0.23 ms (auto slices; 16 slices
+//! 0.031/0.13/0.215), fc7 0.065-0.13 ms, fc8 0.057-0.11 ms. The new kernel with one
+//! slice is slower than the old one at m >= 2 on that GPU (fc6 m = 4: 1.37 ms; cause not
+//! found), which only software adapters run. The AlexNet bench has not been rerun.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::model::StepIo;
@@ -70,11 +89,18 @@ const LAYOUT_FC: [Slot; 6] = [
     Slot::Uniform,
 ];
 
+/// Bindings of `sketch_fc_reduce`: partial sums, bias, output, params.
+const LAYOUT_REDUCE: [Slot; 4] = [Slot::Read, Slot::Read, Slot::Write, Slot::Uniform];
+
 /// Bindings of `sketch_gather`: input, window, params.
 const LAYOUT_GATHER: [Slot; 3] = [Slot::Read, Slot::Write, Slot::Uniform];
 
 fn conv_kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("sketch", SOURCE, "sketch_conv", &LAYOUT_CONV)
+}
+
+fn reduce_kernel(ctx: &GpuContext) -> Arc<Kernel> {
+    ctx.kernel("sketch", SOURCE, "sketch_fc_reduce", &LAYOUT_REDUCE)
 }
 
 fn fc_kernel(ctx: &GpuContext) -> Arc<Kernel> {
@@ -105,6 +131,63 @@ struct ConvShape {
 /// Bit `k` of row `(c, j)`.
 fn bit(w: &SketchWeights, c: usize, j: usize, k: usize) -> u32 {
     w.bit_row(c, j)[k / 32] >> (k % 32) & 1
+}
+
+/// Code words (per base for sketch) per K slice that the split-K fc kernels aim at on
+/// hardware adapters.
+const SLICE_WORDS: usize = 16;
+/// Most K slices of one window chosen automatically.
+const MAX_SLICES: usize = 64;
+/// Invocations (rows x items x slices) past which splitting K further only adds partial
+/// sums: a few times what a large GPU keeps resident.
+const TARGET_INVOCATIONS: usize = 1 << 19;
+
+/// `CNNPACK_FC_SPLITK=N` (N >= 1): forces N K slices in every compressed fc dispatch
+/// unless `GpuOptions::fc_split_k` says otherwise (for experiments on a GPU).
+fn env_split_k() -> Option<usize> {
+    std::env::var("CNNPACK_FC_SPLITK")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+}
+
+/// K slices of one split-K fc dispatch (`pow2_fc`, `sketch_fc`) over a window of `words`
+/// code words per row (per base), `rows` rows and `items` batch items: `(slices, words
+/// per slice)`, every slice non-empty. Forced by `GpuOptions::fc_split_k`, else
+/// `CNNPACK_FC_SPLITK`, else 1 on software adapters (lavapipe: one invocation per row
+/// already keeps its few cores busy) and `words / SLICE_WORDS` (1..=64) on GPUs, fewer
+/// when rows x items alone give `TARGET_INVOCATIONS`. The partial sums
+/// (`items * slices * rows` f32) must fit one storage binding, which caps the slices too.
+pub(crate) fn fc_slices(io: &StepIo, words: usize, rows: usize, items: usize) -> (usize, usize) {
+    let words = words.max(1);
+    let want = match io.fc_split_k.or_else(env_split_k) {
+        Some(n) => n,
+        None if io.ctx.is_software() => 1,
+        None => (words / SLICE_WORDS)
+            .clamp(1, MAX_SLICES)
+            .min(TARGET_INVOCATIONS.div_ceil(rows * items).max(1)),
+    };
+    let max_dim = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
+    let fit = (io.ctx.max_binding_bytes() / (4 * rows * items).max(1) as u64) as usize;
+    let s = want.min(words).min(max_dim).min(fit).max(1);
+    let per = words.div_ceil(s);
+    (words.div_ceil(per), per)
+}
+
+/// The scratch buffer of a split-K fc layer: `floats` f32 of partial sums, shared by its
+/// dispatches (each reduce reads them before the next kernel writes them); `None` when no
+/// dispatch splits.
+pub(crate) fn fc_scratch(io: &StepIo, floats: usize) -> Result<Option<wgpu::Buffer>, GpuError> {
+    if floats == 0 {
+        return Ok(None);
+    }
+    io.ctx
+        .try_create_buffer(
+            &format!("{} split-K partial sums", io.name),
+            (floats * 4) as u64,
+            wgpu::BufferUsages::STORAGE,
+        )
+        .map(Some)
 }
 
 /// Uniform-buffer words available to one dispatch: 64 KiB, or fewer when the caller
@@ -396,11 +479,43 @@ pub(crate) fn encode_linear(
     if rows_per.div_ceil(64) > max {
         return Err(io.unsupported(format!("{rows_per} rows exceed {max} workgroups of 64")));
     }
+    let windows = input_windows(io, [k, batch], [wpr, 32], cap);
+    // K slices of every (window, chunk) dispatch, and the scratch they share.
+    let plans: Vec<Vec<(usize, usize)>> = windows
+        .iter()
+        .map(|win| {
+            chunks
+                .iter()
+                .map(|ch| fc_slices(io, win.wn, ch.rows, win.nn))
+                .collect()
+        })
+        .collect();
+    let scratch_len = windows
+        .iter()
+        .zip(&plans)
+        .flat_map(|(win, p)| {
+            chunks
+                .iter()
+                .zip(p)
+                .filter(|(_, &(s, _))| s > 1)
+                .map(move |(ch, &(s, _))| win.nn * s * ch.rows)
+        })
+        .max()
+        .unwrap_or(0);
+    let scratch = fc_scratch(io, scratch_len)?;
+    let kernel = fc_kernel(io.ctx);
+    let reduce = reduce_kernel(io.ctx);
     let mut out = vec![];
-    for win in input_windows(io, [k, batch], [wpr, 32], cap) {
+    for (win, plan) in windows.into_iter().zip(plans) {
         let label = win.label.clone();
         out.push(win.gather);
-        for ch in &chunks {
+        let accumulate = (win.w0 > 0) as usize;
+        let last = (win.w0 + win.wn == wpr) as usize;
+        for (ch, (slices, spw)) in chunks.iter().zip(plan) {
+            let split = match (&scratch, slices > 1) {
+                (Some(buf), true) => Some(buf),
+                _ => None,
+            };
             let params = [
                 ch.rows,
                 m,
@@ -411,24 +526,51 @@ pub(crate) fn encode_linear(
                 rows,
                 ch.r0,
                 win.n0,
-                (win.w0 > 0) as usize,
-                (win.w0 + win.wn == wpr) as usize,
+                accumulate,
+                last,
                 io.relu as usize,
+                spw,
+                split.is_some() as usize,
             ]
             .map(uw);
+            let chunk_label = format!("{label} rows {}..{}", ch.r0, ch.r0 + ch.rows);
+            let target = match split {
+                Some(buf) => Bind::f32s(buf, win.nn * slices * ch.rows),
+                None => io.output.0.clone(),
+            };
             out.push(io.ctx.dispatch(
-                &fc_kernel(io.ctx),
-                &format!("{label} rows {}..{}", ch.r0, ch.r0 + ch.rows),
+                &kernel,
+                &chunk_label,
                 &[
                     Bind::f32s(&win.buffer, UBO_WORDS),
                     Bind::f32s(&ch.bits, m * wpr * ch.rows),
                     Bind::f32s(&ch.scales, ch.rows * m),
                     Bind::f32s(&ch.bias, ch.rows),
-                    io.output.0.clone(),
+                    target.clone(),
                 ],
                 &params,
-                [ch.rows.div_ceil(64) as u32, 1, win.nn as u32],
+                [ch.rows.div_ceil(64) as u32, slices as u32, win.nn as u32],
             ));
+            if split.is_some() {
+                let params = [
+                    ch.rows,
+                    slices,
+                    ch.r0,
+                    rows,
+                    win.n0,
+                    accumulate,
+                    last,
+                    io.relu as usize,
+                ]
+                .map(uw);
+                out.push(io.ctx.dispatch(
+                    &reduce,
+                    &format!("{chunk_label} reduce {slices} slices"),
+                    &[target, Bind::f32s(&ch.bias, ch.rows), io.output.0.clone()],
+                    &params,
+                    [ch.rows.div_ceil(64) as u32, 1, win.nn as u32],
+                ));
+            }
         }
     }
     Ok(out)

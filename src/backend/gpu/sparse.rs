@@ -3,15 +3,31 @@
 //! - Conv (`sparse_conv`): lanes = 64 output pixels of one output channel, every
 //!   lane walking that channel's CSR row (uniform-address loads), so the per-lane cost
 //!   is one input load per stored weight.
-//! - Linear (`sparse_fc`): lanes = 64 output rows, each walking its own CSR row, one
-//!   workgroup row per batch item. (Linear used to run as a 1x1 conv over
-//!   `[batch, K, 1, 1]` with the batch on the lanes: at batch 1 one live lane in 64,
-//!   10.5 s for fc6 at 5% density on lavapipe against 2.5 s dense.)
+//! - Linear (`sparse_fc`, "vector CSR"): workgroups of 256 invocations, L lanes per
+//!   output row (L a power of two, 1 to 256, so 256 / L rows per workgroup). The lanes
+//!   of a row read its consecutive stored entries (values and columns coalesce), four
+//!   independent entries per lane per loop trip, gather the input from a storage buffer
+//!   (small: it stays in cache), and a tree in workgroup memory adds the L partials.
+//!   Row blocks fill a 2-D grid (x, y) past the per-dimension limit; z = batch item.
+//!   L comes from the row count and the mean entries per row ([`fc_lanes_log2`]); on
+//!   software adapters L = 1 (each invocation walks its own row, no reduction or
+//!   barrier, as the earlier 64-rows-per-workgroup kernel did): on lavapipe that ran
+//!   1.1-3.8x faster than wider rows on 11 of AlexNet's 12 fc shape/density pairs.
+//!   (Before that, Linear ran as a 1x1 conv over `[batch, K, 1, 1]` with the batch on
+//!   the lanes: at batch 1 one live lane in 64, 10.5 s for fc6 at 5% density on
+//!   lavapipe against 2.5 s dense.)
 //!
 //! Column indices are widened to u32 on upload (WGSL has no u16 arrays), so GPU memory
 //! holds 4 + 4 bytes per stored weight plus the row pointers.
 //!
-//! Timings on lavapipe (a CPU) are in docs/benchmarks.md; no GPU was available.
+//! `sparse_fc` on an NVIDIA H200 (Vulkan, timestamp queries, batch 1, random CSR at
+//! 50/25/10/5% density; `gpu_sparse_fc_timing` in tests/dns.rs): fc6 (9216 -> 4096)
+//! 0.045-0.113 (unstable between identical runs) / 0.071 / 0.041 / 0.033 ms, fc7
+//! (4096 -> 4096) 0.065 / 0.039 / 0.029 / 0.026 ms, fc8 (4096 -> 1000) 0.030 / 0.027 /
+//! 0.024 / 0.023 ms, against the dense GEMV's 0.069 / 0.117 / 0.067 ms on the same
+//! shapes. The earlier one-lane-per-row kernel took 3.77 / 1.89 / 0.74 / 0.18 ms on
+//! fc6. About 0.023 ms is a floor for one launch there. Conv timings on lavapipe (a
+//! CPU) are in docs/benchmarks.md.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::model::StepIo;
@@ -40,6 +56,48 @@ fn kernel(ctx: &GpuContext) -> Arc<Kernel> {
 
 fn fc_kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("sparse", SOURCE, "sparse_fc", &LAYOUT)
+}
+
+/// Invocations per `sparse_fc` workgroup (the shader's `@workgroup_size`).
+const FC_WORKGROUP: usize = 256;
+
+/// Invocations a launch should have in flight: rows with fewer get more lanes each
+/// (on an H200, fc8's 1000 rows ran best with 64-128 lanes, fc6's 4096 with 32-64).
+const FC_TARGET_THREADS: usize = 96 * 1024;
+
+/// log2 of the lanes per CSR row for `sparse_fc`, 0..=8 (1 to 256 lanes). With `mean`
+/// the mean stored entries per row: the larger of the power of two that gives
+/// `rows * lanes >= FC_TARGET_THREADS` and the one that gives each lane at most ~32
+/// entries of a mean row (this one capped at 64), then cut to at most `mean / 2`
+/// (every lane gets two entries or more). Software adapters get 1 lane per row (each
+/// invocation walks its own row, no reduction): on lavapipe that ran 1.1-3.8x faster
+/// than wider rows on 11 of 12 fc6/fc7/fc8 shape/density pairs.
+/// `CNNPACK_SPARSE_FC_LANES=n` (rounded up to a power of two, 1 to 256) overrides the
+/// choice on every adapter (tests and tuning runs).
+fn fc_lanes_log2(rows: usize, nnz: usize, software: bool) -> u32 {
+    if let Some(l) = std::env::var("CNNPACK_SPARSE_FC_LANES")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return l
+            .clamp(1, FC_WORKGROUP)
+            .next_power_of_two()
+            .trailing_zeros();
+    }
+    if software {
+        return 0;
+    }
+    let rows = rows.max(1);
+    let mean = nnz.div_ceil(rows);
+    let by_threads = FC_TARGET_THREADS.div_ceil(rows).next_power_of_two();
+    let by_length = mean.div_ceil(32).next_power_of_two().min(64);
+    // The largest power of two <= max(mean / 2, 1).
+    let cap = 1usize << (mean / 2).max(1).ilog2();
+    by_threads
+        .max(by_length)
+        .min(cap)
+        .min(FC_WORKGROUP)
+        .trailing_zeros()
 }
 
 /// A read-only storage buffer of u32 words (at least one word).
@@ -79,11 +137,24 @@ fn dispatch(
     let pixels = batch * oh * ow;
     let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
     let px_groups = pixels.div_ceil(64);
-    if fc && (cout.div_ceil(64) > max || batch > max) {
-        return Err(io.unsupported(format!(
-            "{cout} rows x batch {batch} exceed the {max} workgroups per dimension"
-        )));
-    }
+    let lanes_log2 = if fc {
+        fc_lanes_log2(cout, w.nnz(), io.ctx.is_software())
+    } else {
+        0
+    };
+    let fc_grid = if fc {
+        let blocks = cout.div_ceil(FC_WORKGROUP >> lanes_log2);
+        let mut grid = io.ctx.grid(blocks).map_err(|e| io.unsupported(e))?;
+        if batch > max {
+            return Err(io.unsupported(format!(
+                "batch {batch} exceeds the {max} workgroups per dimension"
+            )));
+        }
+        grid[2] = batch.max(1) as u32;
+        grid
+    } else {
+        [1, 1, 1]
+    };
     if !fc && (px_groups > max || cout > max) {
         return Err(io.unsupported(format!(
             "{pixels} output pixels x {cout} channels exceed the {max} workgroups per dimension; use a smaller batch"
@@ -118,13 +189,11 @@ fn dispatch(
         cout,
         io.relu as usize,
         pixels,
+        lanes_log2 as usize,
     ]
     .map(uw);
     let (k, grid) = if fc {
-        (
-            fc_kernel(io.ctx),
-            [cout.div_ceil(64).max(1) as u32, batch as u32, 1],
-        )
+        (fc_kernel(io.ctx), fc_grid)
     } else {
         (kernel(io.ctx), [px_groups.max(1) as u32, cout as u32, 1])
     };
@@ -178,7 +247,7 @@ pub(crate) fn encode_conv(
 }
 
 /// Records a sparse Linear (`l.weight` must be `Weights::Sparse(w)`) with `sparse_fc`:
-/// lanes = output rows, one workgroup row per batch item.
+/// [`fc_lanes_log2`] lanes per output row, grid z = batch item.
 pub(crate) fn encode_linear(
     io: &StepIo,
     l: &Linear,

@@ -1065,6 +1065,7 @@ impl GpuTrainer {
             max_binding: ctx.max_binding_bytes(),
             conv_kernel: ConvKernel::Tiled,
             compressed_conv: CompressedConv::Native,
+            fc_split_k: None,
         };
         match (&node.op, self.layers.get(&i)) {
             (
