@@ -7,11 +7,15 @@
 # Run (on the GPU machine, from the repo root; OUT defaults to ./device-out):
 #   benches/device_suite.sh [STAGES]       # default: all stages, comma-separated
 #
-# Stages: env (driver, Vulkan ICDs, adapter), tests (the GPU test binaries), peak, resnet18, convkernels (ResNet-18 again
-# with the first tiled conv kernel and with unsplit K), squeezenet, alexnet (GPU sweeps of
+# Stages: env (driver, Vulkan ICDs, adapter), tests (the GPU test binaries), peak, resnet18,
+# convkernels (ResNet-18 again with the first tiled conv kernel, with conv_gemm_wide, and
+# with unsplit K), squeezenet, alexnet (GPU sweeps of
 # sketch m, INQ b, sparse density at batch 1), fcsplit (sketch m = 2 and INQ b = 2 with
 # the compressed fc kernels' K unsplit), peers (ONNX Runtime if installed, tract, cnnpack
 # CPU, cnnpack GPU in one criterion run, then the merged table).
+# The GPU machine's image has NVIDIA's Vulkan ICD but no loader: carry .gl/ holding
+# Debian's libvulkan1 and glvnd .debs (the device tool's README says how to download them);
+# they are unpacked first.
 # Everything lands under $OUT/suite/ and is packed into $OUT/suite.tgz; the console gets
 # short summaries (the device tool returns only the tail of the output).
 set -uo pipefail
@@ -95,8 +99,8 @@ if has resnet18; then
     grep -E "conv|p50|GFLOP|peak" "$S/resnet18.txt" | head -60
 fi
 if has convkernels; then
-    # The same ResNet-18 run with the first tiled kernel, and with K never split.
-    for v in CNNPACK_CONV_KERNEL=tiled CNNPACK_CONV_SPLITK=1; do
+    # ResNet-18 again with the first tiled kernel, with 64x128 tiles, with K never split.
+    for v in CNNPACK_CONV_KERNEL=tiled CNNPACK_CONV_KERNEL=gemm-wide CNNPACK_CONV_SPLITK=1; do
         stage "resnet18 $v"
         env "$v" timeout 60 $B bench zoo:resnet18 --peak --device gpu --batch 1,8 --layers 40 \
             --budget 2 --json "$S/resnet18-${v#*=}.json" >"$S/resnet18-${v#*=}.txt" 2>&1

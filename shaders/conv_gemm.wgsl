@@ -161,29 +161,115 @@ fn conv_gemm(
         workgroupBarrier();
     }
 
-    let ohw = p.oh * p.ow;
-    let n_total = p.batch * ohw;
     let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
-        let co = m0 + lid.y * 4u + i;
-        if (co >= p.cout_g) {
-            continue;
-        }
-        let row = g * p.cout_g + co;
         for (var j = 0u; j < 4u; j++) {
-            let n = n0 + lid.x * 4u + j;
-            if (n >= n_total) {
-                continue;
-            }
-            if (p.splits > 1u) {
-                part[(slice * p.cout_g * p.groups + row) * n_total + n] = accs[i][j];
-            } else {
-                var v = accs[i][j] + bias[row];
-                if (p.relu != 0u) {
-                    v = max(v, 0.0);
-                }
-                y[((n / ohw) * p.c_total + p.c_off + row) * ohw + n % ohw] = v;
-            }
+            store(g, slice, m0 + lid.y * 4u + i, n0 + lid.x * 4u + j, accs[i][j]);
+        }
+    }
+}
+
+// Writes one output (or partial sum) of the 64 x TN tile: shared by both tile widths.
+fn store(g: u32, slice: u32, co: u32, n: u32, v: f32) {
+    let ohw = p.oh * p.ow;
+    let n_total = p.batch * ohw;
+    if (co >= p.cout_g || n >= n_total) {
+        return;
+    }
+    let row = g * p.cout_g + co;
+    if (p.splits > 1u) {
+        part[(slice * p.cout_g * p.groups + row) * n_total + n] = v;
+    } else {
+        var o = v + bias[row];
+        if (p.relu != 0u) {
+            o = max(o, 0.0);
+        }
+        y[((n / ohw) * p.c_total + p.c_off + row) * ohw + n % ohw] = o;
+    }
+}
+
+// bw_tile[k * 32 + j]: pixels 4j..4j+3 at depth k of a 128-pixel tile.
+var<workgroup> bw_tile: array<vec4<f32>, 512>;
+
+// As `conv_gemm` with 64 x 128 tiles and 4x8 register blocks (columns 4*tx.. and
+// 64 + 4*tx..): 32 FMAs per three workgroup vec4 loads instead of 16 per two. An
+// alternative for large GPUs, chosen with `ConvKernel::GemmWide` (not measured on one yet).
+@compute @workgroup_size(16, 16, 1)
+fn conv_gemm_wide(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let g = wid.z / p.splits;
+    let slice = wid.z % p.splits;
+    let m0 = wid.y * TM;
+    let n0 = wid.x * 2u * TN;
+
+    let lk = li / 16u;
+    let lm = li % 16u;
+    let a_col = m0 / 4u + lm;
+    let a_ok = a_col < p.m4;
+    let a_base = (g * p.k_pad + lk) * p.m4 + min(a_col, p.m4 - 1u);
+    // Pixel quads lm (pixels 4*lm..) and lm + 16 (pixels 64 + 4*lm..) of the tile.
+    let q0 = n0 + 4u * lm;
+    let q1 = q0 + TN;
+    let o0 = pixel_origin(g, q0);
+    let o1 = pixel_origin(g, q0 + 1u);
+    let o2 = pixel_origin(g, q0 + 2u);
+    let o3 = pixel_origin(g, q0 + 3u);
+    let o4 = pixel_origin(g, q1);
+    let o5 = pixel_origin(g, q1 + 1u);
+    let o6 = pixel_origin(g, q1 + 2u);
+    let o7 = pixel_origin(g, q1 + 3u);
+
+    let kt0 = slice * p.kt_per;
+    let kt1 = min(kt0 + p.kt_per, p.k_pad / TK);
+
+    var acc: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    var ra = vec4<f32>(0.0);
+    var rb0 = vec4<f32>(0.0);
+    var rb1 = vec4<f32>(0.0);
+    if (kt0 < kt1) {
+        ra = select(vec4<f32>(0.0), wt[a_base + kt0 * TK * p.m4], a_ok);
+        let t = ktab[kt0 * TK + lk];
+        rb0 = vec4<f32>(tap(o0, t), tap(o1, t), tap(o2, t), tap(o3, t));
+        rb1 = vec4<f32>(tap(o4, t), tap(o5, t), tap(o6, t), tap(o7, t));
+    }
+    for (var kt = kt0; kt < kt1; kt++) {
+        a_tile[lk * 16u + lm] = ra;
+        bw_tile[lk * 32u + lm] = rb0;
+        bw_tile[lk * 32u + 16u + lm] = rb1;
+        workgroupBarrier();
+        if (kt + 1u < kt1) {
+            ra = select(vec4<f32>(0.0), wt[a_base + (kt + 1u) * TK * p.m4], a_ok);
+            let t = ktab[(kt + 1u) * TK + lk];
+            rb0 = vec4<f32>(tap(o0, t), tap(o1, t), tap(o2, t), tap(o3, t));
+            rb1 = vec4<f32>(tap(o4, t), tap(o5, t), tap(o6, t), tap(o7, t));
+        }
+        for (var kk = 0u; kk < TK; kk++) {
+            let a = a_tile[kk * 16u + lid.y];
+            let b0 = bw_tile[kk * 32u + lid.x];
+            let b1 = bw_tile[kk * 32u + 16u + lid.x];
+            acc[0] = fma(vec4<f32>(a.x), b0, acc[0]);
+            acc[1] = fma(vec4<f32>(a.y), b0, acc[1]);
+            acc[2] = fma(vec4<f32>(a.z), b0, acc[2]);
+            acc[3] = fma(vec4<f32>(a.w), b0, acc[3]);
+            acc[4] = fma(vec4<f32>(a.x), b1, acc[4]);
+            acc[5] = fma(vec4<f32>(a.y), b1, acc[5]);
+            acc[6] = fma(vec4<f32>(a.z), b1, acc[6]);
+            acc[7] = fma(vec4<f32>(a.w), b1, acc[7]);
+        }
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < 4u; i++) {
+        let co = m0 + lid.y * 4u + i;
+        for (var j = 0u; j < 4u; j++) {
+            store(g, slice, co, n0 + lid.x * 4u + j, acc[i][j]);
+            store(g, slice, co, n0 + TN + lid.x * 4u + j, acc[4u + i][j]);
         }
     }
 }

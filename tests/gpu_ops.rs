@@ -57,9 +57,9 @@ fn check(ctx: &Arc<GpuContext>, what: &str, graph: &Graph, batches: &[usize], to
     }
 }
 
-/// As `check`, once with each dense conv kernel (the two tiled GPU ones, the second with
-/// its K split in 3 as well as as chosen, and the uniform-buffer one), whatever the
-/// adapter would pick.
+/// As `check`, once with each dense conv kernel (the tiled GPU ones: `conv_gemm` with its
+/// K split in 3 as well as as chosen, and with 128-pixel tiles; the uniform-buffer one),
+/// whatever the adapter would pick.
 fn check_conv_kernels(
     ctx: &Arc<GpuContext>,
     what: &str,
@@ -72,6 +72,7 @@ fn check_conv_kernels(
         ConvKernel::Uniform,
         ConvKernel::Gemm,
         ConvKernel::GemmSplits(3),
+        ConvKernel::GemmWide,
     ] {
         for &b in batches {
             let options = GpuOptions {

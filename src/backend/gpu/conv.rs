@@ -266,7 +266,9 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
         ConvKernel::Uniform => Variant::Tiled,
         ConvKernel::Auto if ubo_fits && io.ctx.is_software() => Variant::Ubo,
         ConvKernel::Auto if io.ctx.is_software() => Variant::Tiled,
-        ConvKernel::Auto | ConvKernel::Gemm | ConvKernel::GemmSplits(_) => Variant::Gemm,
+        ConvKernel::Auto | ConvKernel::Gemm | ConvKernel::GemmSplits(_) | ConvKernel::GemmWide => {
+            Variant::Gemm
+        }
     };
     match variant {
         Variant::Ubo => return encode_ubo(io, c, &geom, &weight.data),
@@ -331,18 +333,19 @@ fn kernel_choice(io: &StepIo) -> ConvKernel {
 /// many channels would, i.e. not on CPU adapters unless forced.
 pub(crate) fn gemm_chosen(io: &StepIo) -> bool {
     match kernel_choice(io) {
-        ConvKernel::Gemm | ConvKernel::GemmSplits(_) => true,
+        ConvKernel::Gemm | ConvKernel::GemmSplits(_) | ConvKernel::GemmWide => true,
         ConvKernel::Auto => !io.ctx.is_software(),
         ConvKernel::Tiled | ConvKernel::Uniform => false,
     }
 }
 
-/// `CNNPACK_CONV_KERNEL=tiled|gemm|uniform` overrides the `Auto` choice for every conv
+/// `CNNPACK_CONV_KERNEL=tiled|gemm|gemm-wide|uniform` overrides the `Auto` choice for every conv
 /// of every model in the process, for experiments (`cnnpack bench` has no flag for it).
 fn env_conv_kernel() -> Option<ConvKernel> {
     match std::env::var("CNNPACK_CONV_KERNEL").ok()?.as_str() {
         "tiled" => Some(ConvKernel::Tiled),
         "gemm" => Some(ConvKernel::Gemm),
+        "gemm-wide" => Some(ConvKernel::GemmWide),
         "uniform" => Some(ConvKernel::Uniform),
         _ => None,
     }
@@ -375,6 +378,10 @@ pub enum ConvKernel {
     Gemm,
     /// `Gemm` with exactly this many K slices (at most one per 16-deep K tile; tests).
     GemmSplits(usize),
+    /// `Gemm` with 64 x 128 tiles and 4x8 register blocks (`conv_gemm_wide`): fewer
+    /// workgroup loads per FMA, half the tiles. Not measured on a GPU yet, so not chosen
+    /// by `Auto`.
+    GemmWide,
     /// Weights in uniform buffers, 32 channels per invocation (`conv_fwd_ubo`); falls back
     /// to `Tiled` for kernels of more than 512 taps (kh * kw).
     Uniform,
@@ -607,9 +614,11 @@ pub(crate) fn encode_gemm(
     };
     let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
     let n_total = geom.batch * geom.oh * geom.ow;
-    let main = io
-        .ctx
-        .kernel("conv_gemm", SOURCE_GEMM, "conv_gemm", &LAYOUT_GEMM);
+    let (entry, tile_n) = match kernel_choice(io) {
+        ConvKernel::GemmWide => ("conv_gemm_wide", 2 * TILE_N),
+        _ => ("conv_gemm", TILE_N),
+    };
+    let main = io.ctx.kernel("conv_gemm", SOURCE_GEMM, entry, &LAYOUT_GEMM);
     let reduce = io
         .ctx
         .kernel("conv_gemm", SOURCE_GEMM, "conv_gemm_reduce", &LAYOUT_GEMM);
@@ -622,7 +631,7 @@ pub(crate) fn encode_gemm(
         } else {
             io.name.to_string()
         };
-        let nx = n_total.div_ceil(TILE_N);
+        let nx = n_total.div_ceil(tile_n);
         let ny = rows.div_ceil(TILE_M);
         let splits = gemm_splits(nx * ny * geom.groups, k_tiles, forced);
         let kt_per = k_tiles.div_ceil(splits);
