@@ -17,7 +17,7 @@
 //   wid.z = batch item within the window. Codes are stored transposed, [word][row], so
 //   the 64 lanes read 64 consecutive words; the input comes from a uniform window (see
 //   the kernel). Instead of ldexp it builds each code's f32 value from bits (one fma per
-//   code). Several slices write partial sums that pow2_fc_reduce adds up.
+//   code). Several slices write partial sums that fc_reduce (fc_reduce.wgsl) adds up.
 
 struct ConvParams {
     batch: u32,
@@ -128,7 +128,7 @@ struct FcParams {
     // Split K: slice wid.y covers window words wid.y * spw .. (clamped to wn).
     spw: u32,
     // 1: write the slice's partial sum to `fy` = scratch [item][slices][rows] (no
-    // epilogue; `pow2_fc_reduce` finishes); 0: one slice, the epilogue here.
+    // epilogue; `fc_reduce` finishes); 0: one slice, the epilogue here.
     split: u32,
 }
 
@@ -229,54 +229,4 @@ fn pow2_fc(
 
 fn num_slices(wn: u32, spw: u32) -> u32 {
     return (wn + spw - 1u) / spw;
-}
-
-// pow2_fc_reduce: sums the K slices' partial sums of one (item, row) and applies
-// pow2_fc's epilogue. Grid: (row blocks of 64, 1, batch items of the window).
-// Bindings: 0 partials [item][slices][rows] (read), 1 bias [rows] (read), 2 output
-// (read_write), 3 params.
-
-struct ReduceParams {
-    rows: u32,
-    slices: u32,
-    row0: u32,
-    out_total: u32,
-    n0: u32,
-    accumulate: u32,
-    last: u32,
-    relu: u32,
-}
-
-@group(0) @binding(0) var<storage, read> rpart: array<f32>;
-@group(0) @binding(1) var<storage, read> rbias: array<f32>;
-@group(0) @binding(2) var<storage, read_write> ry: array<f32>;
-@group(0) @binding(3) var<uniform> rp: ReduceParams;
-
-@compute @workgroup_size(64, 1, 1)
-fn pow2_fc_reduce(
-    @builtin(local_invocation_index) li: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
-    let r = wid.x * 64u + li;
-    if (r >= rp.rows) {
-        return;
-    }
-    let n = wid.z;
-    var v = 0.0;
-    var i = n * rp.slices * rp.rows + r;
-    for (var s = 0u; s < rp.slices; s++) {
-        v += rpart[i];
-        i += rp.rows;
-    }
-    let o = (rp.n0 + n) * rp.out_total + rp.row0 + r;
-    if (rp.accumulate != 0u) {
-        v += ry[o];
-    }
-    if (rp.last != 0u) {
-        v += rbias[r];
-        if (rp.relu != 0u) {
-            v = max(v, 0.0);
-        }
-    }
-    ry[o] = v;
 }

@@ -233,7 +233,7 @@ fn sketch_gather(@builtin(global_invocation_id) gid: vec3<u32>) {
 // for all m bases of its row, so one window load feeds every base. The slice's
 // y_s = sum_j a_j (2 P_{j,s} - S_s) uses the S_s of its own inputs; y = sum_s y_s
 // because both P and S are sums over the slices. With split = 1, y_s goes to `fy` =
-// scratch [item][slices][rows] and `sketch_fc_reduce` applies the epilogue.
+// scratch [item][slices][rows] and `fc_reduce` (shaders/fc_reduce.wgsl) applies the epilogue.
 // Bits of the chunk: [m][words_per_row][rows of chunk] (row fastest: lanes read
 // consecutive words); the window covers words w0 .. w0 + wn of every row.
 // Bindings: 0 window (uniform, [item][kpad] f32), 1 bits (read), 2 scales [rows][m]
@@ -426,53 +426,4 @@ fn sketch_fc(
         v = max(v, 0.0);
     }
     fy[i] = v;
-}
-
-// sketch_fc_reduce: sums the K slices' partial sums of one (item, row) and applies
-// sketch_fc's epilogue. Grid: (row blocks of 64, 1, batch items of the window).
-// Bindings: 0 partials [item][slices][rows] (read), 1 bias [rows] (read), 2 output
-// (read_write), 3 params.
-
-struct ReduceParams {
-    rows: u32,
-    slices: u32,
-    row_off: u32,
-    out_total: u32,
-    n0: u32,
-    accumulate: u32,
-    last: u32,
-    relu: u32,
-}
-
-@group(0) @binding(0) var<storage, read> rpart: array<f32>;
-@group(0) @binding(1) var<storage, read> rbias: array<f32>;
-@group(0) @binding(2) var<storage, read_write> ry: array<f32>;
-@group(0) @binding(3) var<uniform> rp: ReduceParams;
-
-@compute @workgroup_size(64, 1, 1)
-fn sketch_fc_reduce(
-    @builtin(local_invocation_index) li: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
-    let r = wid.x * 64u + li;
-    if (r >= rp.rows) {
-        return;
-    }
-    let n = wid.z;
-    var v = 0.0;
-    var i = n * rp.slices * rp.rows + r;
-    for (var s = 0u; s < rp.slices; s++) {
-        v += rpart[i];
-        i += rp.rows;
-    }
-    let o = (rp.n0 + n) * rp.out_total + rp.row_off + r;
-    if (rp.accumulate != 0u) {
-        v += ry[o];
-    } else {
-        v += rbias[r];
-    }
-    if (rp.last != 0u && rp.relu != 0u) {
-        v = max(v, 0.0);
-    }
-    ry[o] = v;
 }

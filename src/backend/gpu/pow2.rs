@@ -19,7 +19,7 @@
 //!   rows are split into chunks whose codes fit the storage binding limit. Each
 //!   invocation sums its row over one slice of the window's words, four words loaded
 //!   before any is decoded. With more than one slice the partial sums go to a scratch
-//!   buffer `[item][slice][row]` and `pow2_fc_reduce` (one invocation per item and row)
+//!   buffer `[item][slice][row]` and `fc_reduce` (one invocation per item and row)
 //!   adds them and applies the epilogue (accumulate across windows, bias, ReLU).
 //!   Slices (`sketch::fc_slices`): 1 on software adapters (lavapipe: the same one
 //!   invocation per row as before), about 16 words per slice (at most 64 slices) on
@@ -71,19 +71,12 @@ const LAYOUT_FC: [Slot; 5] = [
     Slot::Uniform,
 ];
 
-/// Bindings of `pow2_fc_reduce`: partial sums, bias, output, params.
-const LAYOUT_REDUCE: [Slot; 4] = [Slot::Read, Slot::Read, Slot::Write, Slot::Uniform];
-
 fn conv_kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("pow2", SOURCE, "pow2_conv", &LAYOUT)
 }
 
 fn fc_kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("pow2", SOURCE, "pow2_fc", &LAYOUT_FC)
-}
-
-fn reduce_kernel(ctx: &GpuContext) -> Arc<Kernel> {
-    ctx.kernel("pow2", SOURCE, "pow2_fc_reduce", &LAYOUT_REDUCE)
 }
 
 fn bias_or_zeros(bias: Option<&crate::graph::Tensor>, rows: usize) -> Vec<f32> {
@@ -295,7 +288,6 @@ pub(crate) fn encode_linear(
         .max()
         .unwrap_or(0);
     let scratch = super::sketch::fc_scratch(io, scratch_len)?;
-    let reduce = reduce_kernel(io.ctx);
     let mut out = vec![];
     for (win, plan) in windows.into_iter().zip(plans) {
         let label = win.label.clone();
@@ -343,23 +335,22 @@ pub(crate) fn encode_linear(
                 [ch.rows.div_ceil(64) as u32, slices as u32, win.nn as u32],
             ));
             if split.is_some() {
-                let params = [
-                    uw(ch.rows),
-                    uw(slices),
-                    uw(ch.r0),
-                    uw(rows),
-                    uw(win.n0),
-                    accumulate,
-                    last,
-                    io.relu as u32,
-                ];
-                out.push(io.ctx.dispatch(
-                    &reduce,
-                    &format!("{chunk_label} reduce {slices} slices"),
-                    &[target, Bind::f32s(&ch.bias, ch.rows), io.output.0.clone()],
-                    &params,
-                    [ch.rows.div_ceil(64) as u32, 1, win.nn as u32],
-                ));
+                // pow2_fc's epilogue: bias and ReLU on the last window.
+                let finish = super::sketch::FcReduce {
+                    partials: target,
+                    bias: &ch.bias,
+                    rows: ch.rows,
+                    row0: ch.r0,
+                    out_total: rows,
+                    slices,
+                    n0: win.n0,
+                    nn: win.nn,
+                    accumulate: accumulate != 0,
+                    add_bias: last != 0,
+                    relu: last != 0 && io.relu,
+                };
+                let label = format!("{chunk_label} reduce {slices} slices");
+                out.push(super::sketch::fc_reduce(io, &label, finish));
             }
         }
     }

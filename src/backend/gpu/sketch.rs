@@ -18,7 +18,7 @@
 //!   loads are in flight), and forms `Σ_j a_j (2 P_j − S)` with the `P` and `S` of its
 //!   own slice: both are sums over the slices, so the slices' results add up to the
 //!   row's. With more than one slice they go to a scratch buffer `[item][slice][row]`
-//!   and `sketch_fc_reduce` adds them and applies the epilogue (bias, accumulate across
+//!   and `fc_reduce` (shaders/fc_reduce.wgsl) adds them and applies the epilogue (bias, accumulate across
 //!   windows, ReLU). Slices (`fc_slices`): 1 on software adapters (lavapipe keeps one
 //!   invocation per row), about 16 words per base and slice (at most 64 slices) on GPUs;
 //!   `GpuOptions::fc_split_k` or the env var `CNNPACK_FC_SPLITK=N` forces N.
@@ -89,7 +89,9 @@ const LAYOUT_FC: [Slot; 6] = [
     Slot::Uniform,
 ];
 
-/// Bindings of `sketch_fc_reduce`: partial sums, bias, output, params.
+const SOURCE_REDUCE: &str = include_str!("../../../shaders/fc_reduce.wgsl");
+
+/// Bindings of `fc_reduce`: partial sums, bias, output, params.
 const LAYOUT_REDUCE: [Slot; 4] = [Slot::Read, Slot::Read, Slot::Write, Slot::Uniform];
 
 /// Bindings of `sketch_gather`: input, window, params.
@@ -99,8 +101,49 @@ fn conv_kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("sketch", SOURCE, "sketch_conv", &LAYOUT_CONV)
 }
 
-fn reduce_kernel(ctx: &GpuContext) -> Arc<Kernel> {
-    ctx.kernel("sketch", SOURCE, "sketch_fc_reduce", &LAYOUT_REDUCE)
+/// Where a split-K fc dispatch's partial sums go and how `fc_reduce` finishes them.
+pub(crate) struct FcReduce<'a> {
+    /// The partial sums, `[item][slice][row]`.
+    pub(crate) partials: Bind,
+    /// The chunk's bias.
+    pub(crate) bias: &'a wgpu::Buffer,
+    /// Rows of the chunk, the first one's index in the output row, the output row length.
+    pub(crate) rows: usize,
+    pub(crate) row0: usize,
+    pub(crate) out_total: usize,
+    /// K slices.
+    pub(crate) slices: usize,
+    /// First batch item of the input window and how many it holds.
+    pub(crate) n0: usize,
+    pub(crate) nn: usize,
+    /// Add to what an earlier window wrote; add the bias now; apply ReLU now.
+    pub(crate) accumulate: bool,
+    pub(crate) add_bias: bool,
+    pub(crate) relu: bool,
+}
+
+/// Records `fc_reduce` (shaders/fc_reduce.wgsl), shared by `sketch_fc` and `pow2_fc`.
+pub(crate) fn fc_reduce(io: &StepIo, label: &str, r: FcReduce) -> Dispatch {
+    let kernel = io
+        .ctx
+        .kernel("fc_reduce", SOURCE_REDUCE, "fc_reduce", &LAYOUT_REDUCE);
+    let params = [
+        uw(r.rows),
+        uw(r.slices),
+        uw(r.row0),
+        uw(r.out_total),
+        uw(r.n0),
+        r.accumulate as u32,
+        r.add_bias as u32,
+        r.relu as u32,
+    ];
+    io.ctx.dispatch(
+        &kernel,
+        label,
+        &[r.partials, Bind::f32s(r.bias, r.rows), io.output.0.clone()],
+        &params,
+        [r.rows.div_ceil(64) as u32, 1, r.nn as u32],
+    )
 }
 
 fn fc_kernel(ctx: &GpuContext) -> Arc<Kernel> {
@@ -504,7 +547,6 @@ pub(crate) fn encode_linear(
         .unwrap_or(0);
     let scratch = fc_scratch(io, scratch_len)?;
     let kernel = fc_kernel(io.ctx);
-    let reduce = reduce_kernel(io.ctx);
     let mut out = vec![];
     for (win, plan) in windows.into_iter().zip(plans) {
         let label = win.label.clone();
@@ -552,24 +594,22 @@ pub(crate) fn encode_linear(
                 [ch.rows.div_ceil(64) as u32, slices as u32, win.nn as u32],
             ));
             if split.is_some() {
-                let params = [
-                    ch.rows,
+                // sketch_fc's epilogue: the bias with the first window, ReLU on the last.
+                let finish = FcReduce {
+                    partials: target,
+                    bias: &ch.bias,
+                    rows: ch.rows,
+                    row0: ch.r0,
+                    out_total: rows,
                     slices,
-                    ch.r0,
-                    rows,
-                    win.n0,
-                    accumulate,
-                    last,
-                    io.relu as usize,
-                ]
-                .map(uw);
-                out.push(io.ctx.dispatch(
-                    &reduce,
-                    &format!("{chunk_label} reduce {slices} slices"),
-                    &[target, Bind::f32s(&ch.bias, ch.rows), io.output.0.clone()],
-                    &params,
-                    [ch.rows.div_ceil(64) as u32, 1, win.nn as u32],
-                ));
+                    n0: win.n0,
+                    nn: win.nn,
+                    accumulate: accumulate != 0,
+                    add_bias: accumulate == 0,
+                    relu: last != 0 && io.relu,
+                };
+                let label = format!("{chunk_label} reduce {slices} slices");
+                out.push(fc_reduce(io, &label, finish));
             }
         }
     }
