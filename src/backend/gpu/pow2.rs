@@ -265,29 +265,8 @@ pub(crate) fn encode_linear(
         .collect();
     let ubo = super::sketch::UBO_WORDS;
     let windows = super::sketch::input_windows(io, [k, batch], [wpr, cpw], cap);
-    // K slices of every (window, chunk) dispatch, and the scratch they share.
-    let plans: Vec<Vec<(usize, usize)>> = windows
-        .iter()
-        .map(|win| {
-            chunks
-                .iter()
-                .map(|ch| super::sketch::fc_slices(io, win.wn, ch.rows, win.nn))
-                .collect()
-        })
-        .collect();
-    let scratch_len = windows
-        .iter()
-        .zip(&plans)
-        .flat_map(|(win, p)| {
-            chunks
-                .iter()
-                .zip(p)
-                .filter(|(_, &(s, _))| s > 1)
-                .map(move |(ch, &(s, _))| win.nn * s * ch.rows)
-        })
-        .max()
-        .unwrap_or(0);
-    let scratch = super::sketch::fc_scratch(io, scratch_len)?;
+    let chunk_rows: Vec<usize> = chunks.iter().map(|ch| ch.rows).collect();
+    let (plans, scratch) = super::sketch::fc_plans(io, &windows, &chunk_rows)?;
     let mut out = vec![];
     for (win, plan) in windows.into_iter().zip(plans) {
         let label = win.label.clone();

@@ -217,6 +217,40 @@ pub(crate) fn fc_slices(io: &StepIo, words: usize, rows: usize, items: usize) ->
     (words.div_ceil(per), per)
 }
 
+/// `(slices, words per slice)` of every (input window, row chunk) dispatch of an fc layer.
+pub(crate) type FcPlans = Vec<Vec<(usize, usize)>>;
+
+/// K slices of every (input window, row chunk) dispatch of a split-K fc layer, and the
+/// scratch buffer they share (sized for the largest; `None` when nothing splits).
+pub(crate) fn fc_plans(
+    io: &StepIo,
+    windows: &[InputWindow],
+    chunk_rows: &[usize],
+) -> Result<(FcPlans, Option<wgpu::Buffer>), GpuError> {
+    let plans: FcPlans = windows
+        .iter()
+        .map(|win| {
+            chunk_rows
+                .iter()
+                .map(|&rows| fc_slices(io, win.wn, rows, win.nn))
+                .collect()
+        })
+        .collect();
+    let scratch_len = windows
+        .iter()
+        .zip(&plans)
+        .flat_map(|(win, plan)| {
+            chunk_rows
+                .iter()
+                .zip(plan)
+                .filter(|(_, &(s, _))| s > 1)
+                .map(move |(&rows, &(s, _))| win.nn * s * rows)
+        })
+        .max()
+        .unwrap_or(0);
+    Ok((plans, fc_scratch(io, scratch_len)?))
+}
+
 /// The scratch buffer of a split-K fc layer: `floats` f32 of partial sums, shared by its
 /// dispatches (each reduce reads them before the next kernel writes them); `None` when no
 /// dispatch splits.
@@ -523,29 +557,8 @@ pub(crate) fn encode_linear(
         return Err(io.unsupported(format!("{rows_per} rows exceed {max} workgroups of 64")));
     }
     let windows = input_windows(io, [k, batch], [wpr, 32], cap);
-    // K slices of every (window, chunk) dispatch, and the scratch they share.
-    let plans: Vec<Vec<(usize, usize)>> = windows
-        .iter()
-        .map(|win| {
-            chunks
-                .iter()
-                .map(|ch| fc_slices(io, win.wn, ch.rows, win.nn))
-                .collect()
-        })
-        .collect();
-    let scratch_len = windows
-        .iter()
-        .zip(&plans)
-        .flat_map(|(win, p)| {
-            chunks
-                .iter()
-                .zip(p)
-                .filter(|(_, &(s, _))| s > 1)
-                .map(move |(ch, &(s, _))| win.nn * s * ch.rows)
-        })
-        .max()
-        .unwrap_or(0);
-    let scratch = fc_scratch(io, scratch_len)?;
+    let chunk_rows: Vec<usize> = chunks.iter().map(|ch| ch.rows).collect();
+    let (plans, scratch) = fc_plans(io, &windows, &chunk_rows)?;
     let kernel = fc_kernel(io.ctx);
     let mut out = vec![];
     for (win, plan) in windows.into_iter().zip(plans) {
