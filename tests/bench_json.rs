@@ -77,6 +77,7 @@ struct Layer {
     name: String,
     op: String,
     encoding: String,
+    kernel: Option<String>,
     ms: f64,
     flops: u64,
     bytes: u64,
@@ -180,7 +181,7 @@ fn bench_json_matches_the_documented_schema() {
     let text = std::fs::read_to_string(&json).expect("bench --json wrote its file");
     let r: Report = serde_json::from_str(&text).expect("the JSON matches the documented schema");
 
-    assert_eq!(r.schema_version, 1);
+    assert_eq!(r.schema_version, 2);
     assert_eq!(r.cnnpack_version, env!("CARGO_PKG_VERSION"));
     assert!(r.threads >= 1);
     if let Some(l) = r.load_average {
@@ -226,6 +227,7 @@ fn bench_json_matches_the_documented_schema() {
         );
         for l in &b.layers {
             assert!(!l.name.is_empty() && !l.encoding.is_empty() && l.ms >= 0.0);
+            assert!(l.kernel.is_none(), "CPU layers name no GPU kernel: {l:?}");
             if l.op == "Conv" || l.op == "Linear" {
                 assert!(l.flops > 0 && l.bytes > 0 && l.gflops >= 0.0 && l.gbps >= 0.0);
                 assert!(l.roof_fraction.is_some_and(|f| f >= 0.0));

@@ -709,3 +709,39 @@ fn bad_input_and_profiling() {
         None => assert!(!ctx.has_timestamps()),
     }
 }
+
+/// `GpuModel::step_kernels` names what each step runs (what `cnnpack bench` reports).
+#[test]
+fn step_kernels_name_the_entry_points() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(31);
+    let c = ConvCase {
+        cin: 8,
+        cout: 24,
+        hw: [9, 9],
+        k: [3, 3],
+        stride: [1, 1],
+        pads: [1, 1, 1, 1],
+        dilation: [1, 1],
+        groups: 1,
+        bias: true,
+    };
+    let g = one(&[8, 9, 9], conv_op(&c, &mut rng));
+    for (conv_kernel, want) in [
+        (ConvKernel::Tiled, "conv_fwd_tiled"),
+        (ConvKernel::Gemm, "conv_gemm"),
+        (ConvKernel::GemmSplits(2), "conv_gemm+conv_gemm_reduce"),
+        (ConvKernel::GemmWide, "conv_gemm_wide"),
+        (ConvKernel::Uniform, "conv_fwd_ubo"),
+    ] {
+        let options = GpuOptions {
+            conv_kernel,
+            ..GpuOptions::default()
+        };
+        let model = GpuModel::with_options(ctx.clone(), &g, 1, options).expect("model builds");
+        let kernels = model.step_kernels();
+        assert_eq!(kernels.len(), 1, "{kernels:?}");
+        assert_eq!(kernels[0].0, "op");
+        assert_eq!(kernels[0].1, want, "{conv_kernel:?}");
+    }
+}

@@ -125,6 +125,7 @@ mod tests {
                     name: name.into(),
                     op: op.into(),
                     encoding: "dense".into(),
+                    kernel: None,
                     ms,
                     flops: 1,
                     bytes: 1,

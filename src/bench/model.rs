@@ -25,6 +25,9 @@ pub struct LayerTiming {
     pub op: String,
     /// Weight encoding.
     pub encoding: String,
+    /// The GPU shader entry points the layer ran (`conv_gemm+conv_gemm_reduce`); `None`
+    /// on the CPU.
+    pub kernel: Option<String>,
     /// Milliseconds (GPU timestamps or CPU wall time).
     pub ms: f64,
     /// Dense-equivalent FLOPs for the batch.
@@ -74,8 +77,12 @@ pub fn bench_model(
     shape.extend(&graph.input.item_shape);
     let x = Rng::new(0).normal_tensor(shape, 1.0);
     let latency = time_runs(warmup, runs, budget_s, || engine.run(&x).map(|_| ()))?;
+    let mut kernels = HashMap::new();
     let times: Vec<(String, f64)> = match engine.gpu_model(batch)? {
-        Some(model) => model.run_profiled(&x)?.1.unwrap_or_default(),
+        Some(model) => {
+            kernels.extend(model.step_kernels());
+            model.run_profiled(&x)?.1.unwrap_or_default()
+        }
         None => match engine.cpu_prepared() {
             Some(prepared) => prepared.run_profiled(&x)?.1,
             None => fast::run_graph_profiled(graph, &x)?.1,
@@ -104,6 +111,7 @@ pub fn bench_model(
                 None => (None, None),
             };
             Some(LayerTiming {
+                kernel: kernels.get(&name).cloned(),
                 name,
                 op: s.op.to_string(),
                 encoding: s.encoding.clone(),

@@ -242,6 +242,7 @@ mod tests {
             name: name.into(),
             op: op.into(),
             encoding: "dense".into(),
+            kernel: None,
             ms,
             flops,
             bytes,

@@ -11,7 +11,7 @@ use super::sweep::SweepPoint;
 use serde::Serialize;
 
 /// Version of the `bench --json` schema described in docs/benchmarks.md.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Why a model was timed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -246,12 +246,12 @@ pub(crate) fn print_model_bench(model: &str, r: &cnnpack::bench::model::ModelBen
         return;
     }
     println!(
-        "  {:<28} {:<12} {:<8} {:>9} {:>9} {:>8} {:>7} {:>8}",
+        "  {:<28} {:<12} {:<8} {:>9} {:>9} {:>8} {:>7} {:>8}  kernel",
         "layer", "op", "encoding", "ms", "GFLOP/s", "GB/s", "roof%", "bound"
     );
     for l in slowest.iter().take(top) {
         println!(
-            "  {:<28} {:<12} {:<8} {:>9.3} {:>9.2} {:>8.2} {:>7} {:>8}",
+            "  {:<28} {:<12} {:<8} {:>9.3} {:>9.2} {:>8.2} {:>7} {:>8}  {}",
             truncate(&l.name, 28),
             l.op,
             l.encoding,
@@ -260,7 +260,8 @@ pub(crate) fn print_model_bench(model: &str, r: &cnnpack::bench::model::ModelBen
             l.gbps,
             l.roof_fraction
                 .map_or("-".into(), |f| format!("{:.1}", 100.0 * f)),
-            l.bound.as_deref().unwrap_or("-")
+            l.bound.as_deref().unwrap_or("-"),
+            l.kernel.as_deref().unwrap_or("-")
         );
     }
 }

@@ -20,6 +20,8 @@ pub(crate) enum Slot {
 pub(crate) struct Kernel {
     pub(crate) layout: wgpu::BindGroupLayout,
     pub(crate) pipeline: wgpu::ComputePipeline,
+    /// The shader entry point (named in `cnnpack bench`'s per-layer report).
+    pub(crate) entry: &'static str,
 }
 
 /// A byte range of a buffer bound to one binding.
@@ -364,7 +366,11 @@ impl GpuContext {
                 compilation_options: Default::default(),
                 cache: None,
             });
-        let k = Arc::new(Kernel { layout, pipeline });
+        let k = Arc::new(Kernel {
+            layout,
+            pipeline,
+            entry,
+        });
         cache.insert((family, entry), k.clone());
         k
     }

@@ -402,6 +402,24 @@ impl GpuModel {
         self.execute(input, false).map(|(o, _)| o)
     }
 
+    /// Each step's name (as `run_profiled` times it) and the shader entry points its
+    /// dispatches run, in order, repeats dropped, joined by `+` (e.g.
+    /// `conv_gemm+conv_gemm_reduce`).
+    pub fn step_kernels(&self) -> Vec<(String, String)> {
+        self.steps
+            .iter()
+            .map(|s| {
+                let mut entries: Vec<&str> = vec![];
+                for d in &s.dispatches {
+                    if !entries.contains(&d.kernel.entry) {
+                        entries.push(d.kernel.entry);
+                    }
+                }
+                (s.name.clone(), entries.join("+"))
+            })
+            .collect()
+    }
+
     /// As [`GpuModel::run`], plus the GPU time of each step in milliseconds from
     /// timestamp queries (`None` when the adapter has none).
     pub fn run_profiled(
