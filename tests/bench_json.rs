@@ -227,7 +227,26 @@ fn bench_json_matches_the_documented_schema() {
         );
         for l in &b.layers {
             assert!(!l.name.is_empty() && !l.encoding.is_empty() && l.ms >= 0.0);
-            assert!(l.kernel.is_none(), "CPU layers name no GPU kernel: {l:?}");
+            // CPU kernels by function: the zoo LeNet-5's convs are packed (or, without
+            // AVX2+FMA, the in-place GEMM), its fc layers dense, sketched in the sweep.
+            if l.op == "Conv" {
+                assert!(
+                    matches!(
+                        l.kernel.as_deref(),
+                        Some("conv2d_packed" | "conv2d" | "decoded+conv2d")
+                    ),
+                    "{l:?}"
+                );
+            }
+            if l.op == "Linear" {
+                let want = match (l.encoding.as_str(), b.batch) {
+                    ("sketch", _) => &["sketch_linear"][..],
+                    ("dense", 1) => &["linear (gemv)", "linear (sgemm)"][..],
+                    ("dense", _) => &["linear (sgemm)", "linear (gemv)"][..],
+                    (other, _) => panic!("unexpected encoding {other}"),
+                };
+                assert!(want.contains(&l.kernel.as_deref().unwrap_or("-")), "{l:?}");
+            }
             if l.op == "Conv" || l.op == "Linear" {
                 assert!(l.flops > 0 && l.bytes > 0 && l.gflops >= 0.0 && l.gbps >= 0.0);
                 assert!(l.roof_fraction.is_some_and(|f| f >= 0.0));

@@ -25,8 +25,8 @@ pub struct LayerTiming {
     pub op: String,
     /// Weight encoding.
     pub encoding: String,
-    /// The GPU shader entry points the layer ran (`conv_gemm+conv_gemm_reduce`); `None`
-    /// on the CPU.
+    /// The kernels the layer ran: GPU shader entry points (`conv_gemm+conv_gemm_reduce`)
+    /// or the CPU kernel's function (`conv2d_packed`, `pow2_linear`, ...).
     pub kernel: Option<String>,
     /// Milliseconds (GPU timestamps or CPU wall time).
     pub ms: f64,
@@ -77,16 +77,25 @@ pub fn bench_model(
     shape.extend(&graph.input.item_shape);
     let x = Rng::new(0).normal_tensor(shape, 1.0);
     let latency = time_runs(warmup, runs, budget_s, || engine.run(&x).map(|_| ()))?;
-    let mut kernels = HashMap::new();
+    // Kernel names by step name (GPU) or node name (CPU; fused steps are `node+relu`).
+    let mut kernels: HashMap<String, String> = HashMap::new();
     let times: Vec<(String, f64)> = match engine.gpu_model(batch)? {
         Some(model) => {
             kernels.extend(model.step_kernels());
             model.run_profiled(&x)?.1.unwrap_or_default()
         }
-        None => match engine.cpu_prepared() {
-            Some(prepared) => prepared.run_profiled(&x)?.1,
-            None => fast::run_graph_profiled(graph, &x)?.1,
-        },
+        None => {
+            let prepared = engine.cpu_prepared();
+            for node in &graph.nodes {
+                if let Some(k) = fast::kernel_name(prepared.map(|p| p.as_ref()), node, batch) {
+                    kernels.insert(node.name.clone(), k.to_string());
+                }
+            }
+            match prepared {
+                Some(prepared) => prepared.run_profiled(&x)?.1,
+                None => fast::run_graph_profiled(graph, &x)?.1,
+            }
+        }
     };
     let all_stats = layer_stats(graph)?;
     let weight_bytes = all_stats.iter().map(|s| s.weight_bytes as u64).sum();
@@ -111,7 +120,10 @@ pub fn bench_model(
                 None => (None, None),
             };
             Some(LayerTiming {
-                kernel: kernels.get(&name).cloned(),
+                kernel: kernels
+                    .get(&name)
+                    .or_else(|| kernels.get(name.split('+').next().unwrap_or(&name)))
+                    .cloned(),
                 name,
                 op: s.op.to_string(),
                 encoding: s.encoding.clone(),

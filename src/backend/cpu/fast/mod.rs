@@ -132,6 +132,28 @@ pub fn run_in_place(node: &Node, x: &mut Tensor, rest: &[&Tensor]) -> Option<Res
     Some(Ok(()))
 }
 
+/// The kernel `run_node_in` runs for `node` at batch `batch`, by the name of its Rust
+/// function (what `cnnpack bench` reports per layer); `None` for ops without a weight
+/// kernel. Decided by the same tests as the dispatch (`runs_csr`, the packed weights).
+pub fn kernel_name(prepared: Option<&Prepared>, node: &Node, batch: usize) -> Option<&'static str> {
+    Some(match &node.op {
+        Op::Conv(c) if runs_csr(c) => "sparse_conv",
+        Op::Conv(_) if prepared.and_then(|p| p.packed(node)).is_some() => "conv2d_packed",
+        Op::Conv(c) if matches!(c.weight, Weights::Dense(_)) => "conv2d",
+        Op::Conv(_) => "decoded+conv2d",
+        Op::Linear(l) => match &l.weight {
+            Weights::Sketch(_) => "sketch_linear",
+            Weights::Sparse(_) => "sparse_linear",
+            Weights::Pow2(_) => "pow2_linear",
+            Weights::Dense(_) if batch <= dense::GEMV_MAX_BATCH && dense::gemv_supported() => {
+                "linear (gemv)"
+            }
+            Weights::Dense(_) => "linear (sgemm)",
+        },
+        _ => return None,
+    })
+}
+
 /// Whether the conv runs the sparse CSR kernel (stride 1, below the crossover
 /// density, where it measured faster); every other conv runs a dense GEMM kernel.
 fn runs_csr(c: &Conv2d) -> bool {
