@@ -9,10 +9,11 @@
 #
 # Stages: env (driver, Vulkan ICDs, adapter), tests (the GPU test binaries), peak, resnet18,
 # convkernels (ResNet-18 again with the first tiled conv kernel, with conv_gemm_wide, and
-# with unsplit K), squeezenet, alexnet (GPU sweeps of
-# sketch m, INQ b, sparse density at batch 1), fcsplit (sketch m = 2 and INQ b = 2 with
-# the compressed fc kernels' K unsplit), peers (ONNX Runtime if installed, tract, cnnpack
-# CPU, cnnpack GPU in one criterion run, then the merged table).
+# with unsplit K), squeezenet, alexnet (GPU sweeps of sketch m, INQ b, sparse density at
+# batch 1), fcsplit (sketch m = 2 and INQ b = 2 with the compressed fc kernels' K
+# unsplit), pow2fc (INQ fc kernels on AlexNet: pow2_fc_lut at b = 2..5, batch 1 and 8, the
+# uniform-window pow2_fc; dense fc at batch 16 and 32), peers (ONNX Runtime if installed,
+# tract, cnnpack CPU, cnnpack GPU in one criterion run, then the merged table).
 # The GPU machine's image has NVIDIA's Vulkan ICD but no loader: carry .gl/ holding
 # Debian's libvulkan1 and glvnd .debs (the device tool's README says how to download them);
 # they are unpacked first.
@@ -48,7 +49,7 @@ fi
 if [[ -f .dev/bin.tar.xz ]]; then
     tar xJf .dev/bin.tar.xz -C .dev
 fi
-stages=${1:-env,tests,peak,resnet18,convkernels,squeezenet,alexnet,fcsplit,peers}
+stages=${1:-env,tests,peak,resnet18,convkernels,squeezenet,alexnet,fcsplit,pow2fc,peers}
 OUT=${OUT:-device-out}
 S="$OUT/suite"
 mkdir -p "$S"
@@ -130,6 +131,34 @@ if has fcsplit; then
             >"$S/alexnet-$kind-s1.txt" 2>&1
         grep -E "fc|speed|x " "$S/alexnet-$kind-s1.txt" | tail -4
     done
+fi
+# fc layers of a bench JSON: encoding, kernel, ms per run (dense and sweep).
+fc_table() {
+    python3 - "$1" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for run in d["runs"]:
+    r = run["result"]
+    fcs = [l for l in r["layers"] if l["op"] == "Linear"]
+    cells = " ".join(f'{l["name"].split("+")[0]} {l["ms"]:.4f}' for l in fcs)
+    kernel = fcs[0]["kernel"] if fcs else "-"
+    print(f'{run["model"]:<22} b{r["batch"]} {kernel:<26} {cells}')
+PY
+}
+if has pow2fc; then
+    stage "alexnet inq pow2_fc_lut"
+    timeout 150 $B bench zoo:alexnet --sweep inq --peak --device gpu --batch 1,8 --budget 2 \
+        --layers 12 --json "$S/pow2fc-lut.json" >"$S/pow2fc-lut.txt" 2>&1
+    fc_table "$S/pow2fc-lut.json"
+    stage "alexnet inq 4 CNNPACK_POW2_FC=window"
+    CNNPACK_POW2_FC=window timeout 60 $B bench zoo:alexnet --sweep inq --values 4 --device gpu \
+        --batch 1 --budget 2 --layers 12 --json "$S/pow2fc-window.json" >"$S/pow2fc-window.txt" 2>&1
+    fc_table "$S/pow2fc-window.json"
+    # Dense Linear: the 8-item GEMV at batch 16, conv_gemm at 32.
+    stage "alexnet dense batch 16, 32"
+    timeout 60 $B bench zoo:alexnet --device gpu --batch 16,32 --budget 2 --layers 12 \
+        --json "$S/alexnet-b16-32.json" >"$S/alexnet-b16-32.txt" 2>&1
+    fc_table "$S/alexnet-b16-32.json"
 fi
 if has peers; then
     stage peers

@@ -333,8 +333,14 @@ fn linear_matches_reference() {
         (130, 600, true),
     ] {
         let g = one(&[k], linear_op(out, k, bias, &mut rng));
-        // 1 and 5: GEMV; 9: tiled GEMM.
-        check(&ctx, &format!("linear {out}x{k}"), &g, &[1, 5, 9], CONV_TOL);
+        // 1: GEMV; 5, 9, 17: 8-item GEMV (1, 2, 3 item groups); 33: a GEMM.
+        check(
+            &ctx,
+            &format!("linear {out}x{k}"),
+            &g,
+            &[1, 5, 9, 17, 33],
+            CONV_TOL,
+        );
     }
 }
 
@@ -351,14 +357,14 @@ fn weights_over_the_binding_limit_are_split_by_rows() {
     for batch in [1, 3, 9] {
         check_with(&ctx, "split linear", &g, batch, CONV_TOL, small);
     }
-    // Batch >= 8 runs a GEMM: `conv_gemm` too (its transposed weights, K padded to 64,
+    // Batch >= 32 runs a GEMM: `conv_gemm` too (its transposed weights, K padded to 64,
     // split into chunks of 4 rows: 1024 bytes each under a 2000-byte cap).
     let gemm = GpuOptions {
         conv_kernel: ConvKernel::GemmSplits(2),
         max_binding_bytes: Some(2000),
         ..small
     };
-    check_with(&ctx, "split linear [GemmSplits(2)]", &g, 9, CONV_TOL, gemm);
+    check_with(&ctx, "split linear [GemmSplits(2)]", &g, 33, CONV_TOL, gemm);
     // Conv with 70 output channels of K = 5*3*3 = 45 (180 bytes): 13 chunks of 5 rows.
     let c = ConvCase {
         cin: 5,

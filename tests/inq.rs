@@ -530,7 +530,7 @@ fn pow2_conv_matches_reference() {
 mod gpu {
     use super::*;
     use crate::common::gpu;
-    use cnnpack::backend::gpu::{CompressedConv, GpuContext, GpuModel, GpuOptions};
+    use cnnpack::backend::gpu::{CompressedConv, GpuContext, GpuModel, GpuOptions, Pow2Fc};
     use cnnpack::graph::GraphBuilder;
     use std::sync::Arc;
 
@@ -624,6 +624,18 @@ mod gpu {
         }
     }
 
+    /// Both pow2 Linear kernels: `pow2_fc` (uniform window) and `pow2_fc_lut`
+    /// (workgroup table; more batch sizes in `gpu_pow2_fc_lut_shapes`).
+    const FC_KERNELS: [Pow2Fc; 2] = [Pow2Fc::Window, Pow2Fc::Lut];
+
+    fn native(pow2_fc: Pow2Fc) -> GpuOptions {
+        GpuOptions {
+            compressed_conv: CompressedConv::Native,
+            pow2_fc,
+            ..GpuOptions::default()
+        }
+    }
+
     #[test]
     fn gpu_pow2_fc_matches_reference() {
         let Some(ctx) = gpu() else { return };
@@ -640,44 +652,40 @@ mod gpu {
             let mut b = GraphBuilder::new("x", &[k], 1);
             let y = b.push("fc", op, &["x"]);
             let g = b.finish(&[&y]).expect("graph");
-            let what = format!("fc case {case}: b{bits} k{k} o{o}");
-            for batch in [1, 5] {
-                run_check(
-                    &ctx,
-                    &what,
-                    &g,
-                    batch,
-                    GpuOptions {
-                        compressed_conv: CompressedConv::Native,
-                        ..GpuOptions::default()
-                    },
-                );
-            }
-            // Row chunks: a binding cap of a few rows' codes.
-            let opts = GpuOptions {
-                max_binding_bytes: Some(256),
-                ..GpuOptions {
-                    compressed_conv: CompressedConv::Native,
-                    ..GpuOptions::default()
+            for kernel in FC_KERNELS {
+                let what = format!("fc case {case}: b{bits} k{k} o{o} {kernel:?}");
+                let batches: &[usize] = match kernel {
+                    Pow2Fc::Lut => &[1, 3],
+                    _ => &[1, 5],
+                };
+                for &batch in batches {
+                    run_check(&ctx, &what, &g, batch, native(kernel));
                 }
-            };
-            run_check(&ctx, &format!("{what} chunked"), &g, 2, opts);
+                if kernel == Pow2Fc::Window {
+                    // Row chunks: a binding cap of a few rows' codes (the table kernel's
+                    // chunks: `gpu_pow2_fc_lut_shapes`).
+                    let opts = GpuOptions {
+                        max_binding_bytes: Some(256),
+                        ..native(kernel)
+                    };
+                    run_check(&ctx, &format!("{what} chunked"), &g, 2, opts);
+                }
+            }
         }
     }
 
-    /// The split-K fc (`pow2_fc` slices + `pow2_fc_reduce`), which lavapipe only runs
-    /// when forced: slice counts that do not divide the words (and past the word count),
-    /// rows off multiples of 64, K off multiples of the codes per word, two input windows
+    /// The split-K `pow2_fc` (K slices + `fc_reduce`), which lavapipe only runs when
+    /// forced: slice counts that do not divide the words (and past the word count), rows
+    /// off multiples of 64, K off multiples of the codes per word, two input windows
     /// (K > 16384), batch 1 and 3, ReLU on and off, row chunks.
     #[test]
     fn gpu_pow2_fc_split_k_matches_reference() {
         let Some(ctx) = gpu() else { return };
         let mut rng = Rng::new(97);
         let opts = |s: usize, cap: Option<u64>| GpuOptions {
-            compressed_conv: CompressedConv::Native,
             fc_split_k: Some(s),
             max_binding_bytes: cap,
-            ..GpuOptions::default()
+            ..native(Pow2Fc::Window)
         };
         // (K, rows, bits, bias, relu, slices): K = 301 at b = 3 is 31 words (4 slices of
         // 8, 8, 8, 7 words: unrolled and tail; 7 of 5 words and a last of 1); K = 16429
@@ -689,17 +697,7 @@ mod gpu {
             (16384 + 45, 70, 5, true, true, &[5][..]),
             (16384 + 45, 3, 2, false, false, &[2][..]),
         ] {
-            let weights = random_pow2(&mut rng, vec![o, k], bits);
-            let op = Op::Linear(Linear {
-                weight: Weights::Pow2(weights),
-                bias: bias.then(|| rng.normal_tensor(vec![o], 1.0)),
-            });
-            let mut b = GraphBuilder::new("x", &[k], 1);
-            let mut y = b.push("fc", op, &["x"]);
-            if relu {
-                y = b.relu(&y);
-            }
-            let g = b.finish(&[&y]).expect("graph");
+            let g = fc_graph(&mut rng, k, o, bits, bias, relu);
             for &s in splits {
                 let what = format!("split-K fc b{bits} k{k} o{o} relu {relu} S={s}");
                 for batch in [1, 3] {
@@ -712,6 +710,135 @@ mod gpu {
                 run_check(&ctx, &what, &g, 3, opts(3, Some(256)));
             }
         }
+    }
+
+    /// `pow2_fc_lut`'s shapes: 16 rows per workgroup (>= 4096 rows, batch > 1), 8
+    /// (>= 2048) and 4, K with and
+    /// without a last quad past it (b = 4: 32 inputs per quad), K a multiple of 4 at
+    /// batch > 1 (inputs as vec4s) and not (scalars), 1..8 items per workgroup and
+    /// several item groups (batch 9, 17), row chunks under a binding cap, K > 16384.
+    #[test]
+    fn gpu_pow2_fc_lut_shapes() {
+        let Some(ctx) = gpu() else { return };
+        let mut rng = Rng::new(96);
+        let lut = native(Pow2Fc::Lut);
+        // (K, rows, bits, bias, relu, batches)
+        for (k, o, bits, bias, relu, batches) in [
+            (64, 2049, 4, true, true, &[1, 3][..]),
+            (32, 4100, 2, false, true, &[2][..]),
+            (96, 7, 4, false, false, &[1, 2, 8, 9][..]),
+            (100, 33, 3, true, false, &[1, 4, 17][..]),
+            (37, 5, 2, true, true, &[1, 6][..]),
+            (203, 130, 5, false, true, &[1, 7][..]),
+            (16384 + 45, 9, 5, true, false, &[1, 3][..]),
+        ] {
+            let g = fc_graph(&mut rng, k, o, bits, bias, relu);
+            for &batch in batches {
+                let what = format!("lut fc b{bits} k{k} o{o} relu {relu}");
+                run_check(&ctx, &what, &g, batch, lut);
+            }
+            if k < 1000 {
+                // A binding of 1 KiB holds 64 quads: 1 to 5 row blocks per chunk.
+                let what = format!("lut fc b{bits} k{k} o{o} chunked");
+                let opts = GpuOptions {
+                    max_binding_bytes: Some(1024),
+                    ..lut
+                };
+                run_check(&ctx, &what, &g, 2, opts);
+            }
+        }
+    }
+
+    /// AlexNet fc6 (9216 -> 4096) dense and pow2 b = 2..5, as parallel branches of one
+    /// model, so every profiled run times all of them under the same GPU clocks (on an
+    /// H200 whole 20-run measurements came out 3-4x slower in every layer, now and
+    /// then). Prints per-step medians and the median of the per-run ratios dense / pow2.
+    /// Timing only, on a real GPU: `cargo test --release --test inq pow2_fc_timing --
+    /// --ignored --nocapture` (`CNNPACK_POW2_FC`, `CNNPACK_POW2_FC_ROWS` pick variants;
+    /// `CNNPACK_TIMING_RUNS`, default 30).
+    #[test]
+    #[ignore]
+    fn pow2_fc_timing() {
+        let Some(ctx) = gpu() else { return };
+        let runs: usize = std::env::var("CNNPACK_TIMING_RUNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30);
+        let (k, o) = (9216, 4096);
+        let mut rng = Rng::new(5);
+        let mut b = GraphBuilder::new("x", &[k], 1);
+        let mut outs = vec![];
+        let dense = Op::Linear(Linear {
+            weight: Weights::Dense(rng.normal_tensor(vec![o, k], 0.01)),
+            bias: Some(rng.normal_tensor(vec![o], 1.0)),
+        });
+        outs.push(b.push("dense", dense, &["x"]));
+        for bits in 2..=5 {
+            let op = Op::Linear(Linear {
+                weight: Weights::Pow2(random_pow2(&mut rng, vec![o, k], bits)),
+                bias: Some(rng.normal_tensor(vec![o], 1.0)),
+            });
+            outs.push(b.push(&format!("pow2_b{bits}"), op, &["x"]));
+        }
+        let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
+        let g = b.finish(&outs).expect("graph");
+        for batch in [1, 8] {
+            let model = GpuModel::new(ctx.clone(), &g, batch).expect("model");
+            let x = rng.normal_tensor(vec![batch, k], 1.0);
+            let kernels = model.step_kernels();
+            let mut per_step: Vec<Vec<f64>> = vec![];
+            let mut ratios: Vec<Vec<f64>> = vec![];
+            // Warm-up: an idle GPU runs at low clocks until its driver raises them (an
+            // H200 measured this test 3-4x slower after 5 warm-up runs).
+            let warm = std::time::Instant::now();
+            while warm.elapsed().as_secs_f64() < 2.0 {
+                model.run(&x).expect("run");
+            }
+            for _ in 0..runs {
+                let (_, times) = model.run_profiled(&x).expect("run");
+                let Some(times) = times else {
+                    println!("no timestamp queries on {}", ctx.adapter_name());
+                    return;
+                };
+                per_step.resize(times.len(), vec![]);
+                ratios.resize(times.len(), vec![]);
+                for (i, (_, ms)) in times.iter().enumerate() {
+                    per_step[i].push(*ms);
+                    ratios[i].push(times[0].1 / ms);
+                }
+            }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            println!("{} batch {batch}, {runs} runs:", ctx.adapter_name());
+            for (i, (name, kernel)) in kernels.iter().enumerate() {
+                let (ms, r) = (median(&mut per_step[i]), median(&mut ratios[i]));
+                let (lo, hi) = (ratios[i][0], ratios[i][ratios[i].len() - 1]);
+                // The fastest run of each step: the least disturbed by other work on the GPU.
+                let (best, best_dense) = (per_step[i][0], per_step[0][0]);
+                println!(
+                    "  {name:<8} {kernel:<30} median {:>7.1} us, dense/this {r:.2}x ({lo:.2}-{hi:.2}); fastest {:>7.1} us, {:.2}x",
+                    ms * 1e3,
+                    best * 1e3,
+                    best_dense / best
+                );
+            }
+        }
+    }
+
+    fn fc_graph(rng: &mut Rng, k: usize, o: usize, bits: u32, bias: bool, relu: bool) -> Graph {
+        let weights = random_pow2(rng, vec![o, k], bits);
+        let op = Op::Linear(Linear {
+            weight: Weights::Pow2(weights),
+            bias: bias.then(|| rng.normal_tensor(vec![o], 1.0)),
+        });
+        let mut b = GraphBuilder::new("x", &[k], 1);
+        let mut y = b.push("fc", op, &["x"]);
+        if relu {
+            y = b.relu(&y);
+        }
+        b.finish(&[&y]).expect("graph")
     }
 }
 

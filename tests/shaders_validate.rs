@@ -1,6 +1,7 @@
 //! Parses and validates every `shaders/*.wgsl` with naga, without a device, so a
 //! broken shader fails here with its file name and line numbers rather than at
-//! pipeline creation on some adapter.
+//! pipeline creation on some adapter. Templates (`shaders/*.wgsl.tmpl`, filled in by the
+//! host) are validated per generated variant by their host file's unit tests.
 
 use std::path::{Path, PathBuf};
 

@@ -41,16 +41,26 @@ impl Timing {
     }
 }
 
-/// Runs `f` `warmup` times untimed, then until `runs` samples or `budget_s` seconds
-/// (at least 3 samples) are collected; returns the summary.
+/// Seconds of untimed runs before timing starts, whatever `warmup` says: a GPU idle for
+/// a while (a sweep compressing the next model on the CPU) runs at low clocks (an H200
+/// idles at 345 MHz against 1980 MHz) until its driver raises them. On an H200 a 20-run
+/// AlexNet measurement after such a pause came out 3-4x slower in every layer than the
+/// same model measured warm, and 0.3 s of warm-up did not always prevent it.
+const MIN_WARMUP_S: f64 = 1.0;
+
+/// Runs `f` `warmup` times untimed (and for at least `MIN_WARMUP_S`), then until `runs`
+/// samples or `budget_s` seconds (at least 3 samples) are collected; returns the summary.
 pub fn time_runs<E>(
     warmup: usize,
     runs: usize,
     budget_s: f64,
     mut f: impl FnMut() -> Result<(), E>,
 ) -> Result<Timing, E> {
-    for _ in 0..warmup {
+    let warm = Instant::now();
+    let mut done = 0;
+    while done < warmup || warm.elapsed().as_secs_f64() < MIN_WARMUP_S {
         f()?;
+        done += 1;
     }
     let start = Instant::now();
     let mut samples = Vec::with_capacity(runs);

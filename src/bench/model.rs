@@ -62,8 +62,34 @@ pub struct ModelBench {
     pub layers: Vec<LayerTiming>,
 }
 
+/// Most profiled runs whose per-layer medians `bench_model` reports: one run's layer
+/// times on a GPU vary with its clocks (a single run was the report before).
+const PROFILED_RUNS: usize = 5;
+
+/// Per-step medians of several profiled runs (each the same steps in the same order;
+/// a step missing from a run is left out of its median).
+fn median_profile(profiles: Vec<Vec<(String, f64)>>) -> Vec<(String, f64)> {
+    let Some(first) = profiles.first() else {
+        return vec![];
+    };
+    first
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let mut ms: Vec<f64> = profiles
+                .iter()
+                .filter_map(|p| p.get(i).filter(|(n, _)| n == name).map(|&(_, t)| t))
+                .collect();
+            ms.sort_by(f64::total_cmp);
+            (name.clone(), ms[ms.len() / 2])
+        })
+        .collect()
+}
+
 /// Benchmarks `engine` at `batch` on a seeded random input: `warmup` untimed runs,
-/// then up to `runs` timed ones within about `budget_s` seconds, then one profiled run.
+/// then up to `runs` timed ones within about `budget_s` seconds, then up to
+/// `PROFILED_RUNS` profiled ones (within about half the budget), whose per-layer
+/// medians are the layer times.
 pub fn bench_model(
     engine: &Engine,
     batch: usize,
@@ -79,24 +105,30 @@ pub fn bench_model(
     let latency = time_runs(warmup, runs, budget_s, || engine.run(&x).map(|_| ()))?;
     // Kernel names by step name (GPU) or node name (CPU; fused steps are `node+relu`).
     let mut kernels: HashMap<String, String> = HashMap::new();
-    let times: Vec<(String, f64)> = match engine.gpu_model(batch)? {
-        Some(model) => {
-            kernels.extend(model.step_kernels());
-            model.run_profiled(&x)?.1.unwrap_or_default()
-        }
+    // One profiled run takes about a timed run's time.
+    let profiled_runs =
+        ((budget_s / 2.0 / (latency.p50_ms / 1e3).max(1e-6)) as usize).clamp(1, PROFILED_RUNS);
+    let gpu = engine.gpu_model(batch)?;
+    let prepared = engine.cpu_prepared();
+    match &gpu {
+        Some(model) => kernels.extend(model.step_kernels()),
         None => {
-            let prepared = engine.cpu_prepared();
             for node in &graph.nodes {
                 if let Some(k) = fast::kernel_name(prepared.map(|p| p.as_ref()), node, batch) {
                     kernels.insert(node.name.clone(), k.to_string());
                 }
             }
-            match prepared {
-                Some(prepared) => prepared.run_profiled(&x)?.1,
-                None => fast::run_graph_profiled(graph, &x)?.1,
-            }
         }
-    };
+    }
+    let mut profiles = Vec::with_capacity(profiled_runs);
+    for _ in 0..profiled_runs {
+        profiles.push(match (&gpu, prepared) {
+            (Some(model), _) => model.run_profiled(&x)?.1.unwrap_or_default(),
+            (None, Some(prepared)) => prepared.run_profiled(&x)?.1,
+            (None, None) => fast::run_graph_profiled(graph, &x)?.1,
+        });
+    }
+    let times = median_profile(profiles);
     let all_stats = layer_stats(graph)?;
     let weight_bytes = all_stats.iter().map(|s| s.weight_bytes as u64).sum();
     let stats: HashMap<String, _> = all_stats.into_iter().map(|s| (s.name.clone(), s)).collect();

@@ -63,7 +63,8 @@ pub struct GpuContext {
     limits: wgpu::Limits,
     timestamps: bool,
     lost: Arc<Mutex<Option<String>>>,
-    kernels: Mutex<HashMap<(&'static str, &'static str), Arc<Kernel>>>,
+    /// Compiled pipelines by (shader family, entry point).
+    kernels: Mutex<HashMap<(String, &'static str), Arc<Kernel>>>,
     poller: Arc<Poller>,
 }
 
@@ -312,11 +313,39 @@ impl GpuContext {
         entry: &'static str,
         slots: &[Slot],
     ) -> Arc<Kernel> {
+        self.kernel_from(family, || source.to_string(), entry, slots, true)
+    }
+
+    /// A kernel whose source is generated (specialised per layer shape): `family` names
+    /// the variant (it keys the cache, so `source` runs once per family). Without
+    /// `zero_workgroup_memory` wgpu skips zeroing the workgroup variables at launch; only
+    /// for shaders that write every workgroup value before reading it.
+    pub(crate) fn kernel_generated(
+        &self,
+        family: String,
+        source: impl FnOnce() -> String,
+        entry: &'static str,
+        slots: &[Slot],
+        zero_workgroup_memory: bool,
+    ) -> Arc<Kernel> {
+        self.kernel_from(family, source, entry, slots, zero_workgroup_memory)
+    }
+
+    fn kernel_from(
+        &self,
+        family: impl Into<String>,
+        source: impl FnOnce() -> String,
+        entry: &'static str,
+        slots: &[Slot],
+        zero_workgroup_memory: bool,
+    ) -> Arc<Kernel> {
+        let family = family.into();
         let mut cache = self
             .kernels
             .lock()
             .expect("kernel cache mutex is not poisoned");
-        if let Some(k) = cache.get(&(family, entry)) {
+        let key = (family, entry);
+        if let Some(k) = cache.get(&key) {
             return k.clone();
         }
         let entries: Vec<wgpu::BindGroupLayoutEntry> = slots
@@ -346,8 +375,8 @@ impl GpuContext {
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(family),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
+                label: Some(&key.0),
+                source: wgpu::ShaderSource::Wgsl(source().into()),
             });
         let pipeline_layout = self
             .device
@@ -363,7 +392,10 @@ impl GpuContext {
                 layout: Some(&pipeline_layout),
                 module: &module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    zero_initialize_workgroup_memory: zero_workgroup_memory,
+                    ..Default::default()
+                },
                 cache: None,
             });
         let k = Arc::new(Kernel {
@@ -371,7 +403,7 @@ impl GpuContext {
             pipeline,
             entry,
         });
-        cache.insert((family, entry), k.clone());
+        cache.insert(key, k.clone());
         k
     }
 

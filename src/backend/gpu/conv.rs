@@ -11,7 +11,7 @@
 //!   (Vulkan): every ResNet-18 3x3 conv took ~4 us per 16-deep K step whatever the batch
 //!   (latency-bound: 1.2 ms for a 7x7x512 layer at batch 1 and at batch 8), 3.6-21% of
 //!   the measured FMA peak at batch 8. Kept for comparison, CPU adapters' Linear at
-//!   batch >= 8 and the retraining kernels.
+//!   batch >= 32 and the retraining kernels.
 //! - `conv_fwd_ubo` (shaders/dense_conv_ubo.wgsl): weights through 64 KiB uniform buffers,
 //!   32 output channels per invocation; the CPU-adapter kernel.
 //! - `conv_fwd_direct`: one invocation per output, for < 16 output channels per group
@@ -329,7 +329,7 @@ fn kernel_choice(io: &StepIo) -> ConvKernel {
     }
 }
 
-/// Whether GEMMs of this step (Linear at batch >= 8) run `conv_gemm`: where convs with
+/// Whether GEMMs of this step (Linear at batch >= 32) run `conv_gemm`: where convs with
 /// many channels would, i.e. not on CPU adapters unless forced.
 pub(crate) fn gemm_chosen(io: &StepIo) -> bool {
     match kernel_choice(io) {
@@ -371,7 +371,7 @@ pub enum ConvKernel {
     #[default]
     Auto,
     /// The first tiled implicit GEMM in workgroup memory (`conv_fwd_tiled`), kept for
-    /// comparison and retraining (Linear at batch >= 8 follows the conv choice).
+    /// comparison and retraining (Linear at batch >= 32 follows the conv choice).
     Tiled,
     /// The implicit GEMM with overlapped loads and split-K (`conv_gemm`), K slices chosen
     /// per layer (env `CNNPACK_CONV_SPLITK=N` overrides, for experiments).

@@ -15,6 +15,7 @@ mod lrn;
 mod model;
 mod pool;
 mod pow2;
+mod pow2_fc;
 mod sketch;
 mod softmax;
 mod sparse;
@@ -22,7 +23,7 @@ pub mod train;
 
 pub use context::GpuContext;
 pub use conv::ConvKernel;
-pub use model::{CompressedConv, GpuModel, GpuOptions, StepTimes};
+pub use model::{CompressedConv, GpuModel, GpuOptions, Pow2Fc, StepTimes};
 
 use crate::graph::GraphError;
 

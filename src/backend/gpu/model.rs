@@ -3,7 +3,9 @@
 
 use super::context::{Bind, Dispatch, GpuContext};
 use super::conv::ConvKernel;
-use super::{conv, copy, eltwise, gemm, lrn, pool, pow2, sketch, softmax, sparse, GpuError};
+use super::{
+    conv, copy, eltwise, gemm, lrn, pool, pow2, pow2_fc, sketch, softmax, sparse, GpuError,
+};
 use crate::graph::{Graph, Node, Op, Tensor};
 use crate::plan::{Plan, PlanOptions};
 use crate::weights::Weights;
@@ -29,6 +31,37 @@ pub struct GpuOptions {
     /// the `CNNPACK_FC_SPLITK` env var overrides that), `Some(n)` forces `n` slices
     /// (at most one per code word of an input window; tests force the split path).
     pub fc_split_k: Option<usize>,
+    /// Which kernel runs pow2 (INQ) Linear layers (tests force each one).
+    pub pow2_fc: Pow2Fc,
+}
+
+/// The kernel of a pow2 (INQ) Linear layer on the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pow2Fc {
+    /// `pow2_fc_lut` on GPUs, `pow2_fc` on software adapters (lavapipe), where the
+    /// table lookup is a per-lane gather: 6x slower there (AlexNet fc6, batch 1, 312 ms
+    /// against 55 ms; the dense GEMV takes 350 ms). `CNNPACK_POW2_FC=lut|window` forces one.
+    #[default]
+    Auto,
+    /// `pow2_fc`: inputs in a uniform window, each code's value built from its bits.
+    Window,
+    /// `pow2_fc_lut`: inputs staged in workgroup memory, values from a workgroup table.
+    Lut,
+}
+
+impl Pow2Fc {
+    /// Whether the table kernel runs, on a software adapter or not.
+    fn lut(self, software: bool) -> bool {
+        match self {
+            Pow2Fc::Window => false,
+            Pow2Fc::Lut => true,
+            Pow2Fc::Auto => match std::env::var("CNNPACK_POW2_FC").as_deref() {
+                Ok("lut") => true,
+                Ok("window") => false,
+                _ => !software,
+            },
+        }
+    }
 }
 
 /// How a conv layer with sketch, pow2 or sparse weights runs on the GPU.
@@ -76,6 +109,7 @@ impl Default for GpuOptions {
             conv_kernel: ConvKernel::Auto,
             compressed_conv: CompressedConv::Auto,
             fc_split_k: None,
+            pow2_fc: Pow2Fc::Auto,
         }
     }
 }
@@ -100,6 +134,8 @@ pub(crate) struct StepIo<'a> {
     pub(crate) compressed_conv: CompressedConv,
     /// Forced K slices of the compressed fc kernels (`GpuOptions::fc_split_k`).
     pub(crate) fc_split_k: Option<usize>,
+    /// pow2 Linear kernel choice.
+    pub(crate) pow2_fc: Pow2Fc,
 }
 
 impl StepIo<'_> {
@@ -299,6 +335,7 @@ impl GpuModel {
                 conv_kernel: options.conv_kernel,
                 compressed_conv: options.compressed_conv,
                 fc_split_k: options.fc_split_k,
+                pow2_fc: options.pow2_fc,
             };
             let dispatches = scoped(&ctx, &step.name, || encode(&io))?;
             steps.push(StepKernels {
@@ -713,6 +750,9 @@ fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
         Op::Linear(l) => match &l.weight {
             Weights::Sketch(w) => sketch::encode_linear(io, l, w),
             Weights::Sparse(w) => sparse::encode_linear(io, l, w),
+            Weights::Pow2(w) if io.pow2_fc.lut(io.ctx.is_software()) => {
+                pow2_fc::encode_linear(io, l, w)
+            }
             Weights::Pow2(w) => pow2::encode_linear(io, l, w),
             _ => gemm::encode(io, l),
         },

@@ -1,4 +1,6 @@
 //! Power-of-two (INQ) Conv and Linear layers (shaders/pow2.wgsl) on the packed b-bit codes.
+//! On GPUs a pow2 Linear runs `pow2_fc_lut` instead (`pow2_fc.rs`: 3.6x faster than this
+//! file's `pow2_fc` on an H200); software adapters (lavapipe) keep `pow2_fc`.
 //!
 //! The codes are uploaded as they are stored (conv: `[Cout][words_per_row]`) or
 //! transposed word-wise (fc: `[word][row]`, so the lanes of a workgroup, one output row

@@ -22,7 +22,7 @@ mod kernels;
 
 use super::context::{Bind, Dispatch, GpuContext};
 use super::conv::{dispatch_geometry, ConvKernel, Geometry};
-use super::model::{scoped, CompressedConv, StepIo};
+use super::model::{scoped, CompressedConv, Pow2Fc, StepIo};
 use super::{copy, eltwise, lrn, pool, GpuError};
 use crate::graph::{Graph, Node, Op, Tensor};
 use crate::train::{loss_target, BnMode, Grads, LossTarget, Masks, ParamGrad, TrainError};
@@ -1066,6 +1066,7 @@ impl GpuTrainer {
             conv_kernel: ConvKernel::Tiled,
             compressed_conv: CompressedConv::Native,
             fc_split_k: None,
+            pow2_fc: Pow2Fc::Auto,
         };
         match (&node.op, self.layers.get(&i)) {
             (
