@@ -139,7 +139,33 @@ pub(crate) struct StepIo<'a> {
     pub(crate) pow2_fc: Pow2Fc,
 }
 
+/// A layer's bias, or zeros for `rows` outputs when it has none.
+pub(crate) fn bias_or_zeros(bias: Option<&crate::graph::Tensor>, rows: usize) -> Vec<f32> {
+    match bias {
+        Some(b) => b.data.clone(),
+        None => vec![0.0; rows],
+    }
+}
+
 impl StepIo<'_> {
+    /// `(batch, K)` of a Linear step whose `encoding` weights have rows of `row_len`
+    /// values and this `shape`; an error when K does not match.
+    pub(crate) fn linear_dims(
+        &self,
+        encoding: &str,
+        row_len: usize,
+        shape: &[usize],
+    ) -> Result<(usize, usize), GpuError> {
+        let x = self.inputs[0].1;
+        let (batch, k) = (x[0], x[1]);
+        if row_len != k {
+            return Err(self.unsupported(format!(
+                "{encoding} weights {shape:?} do not match input width {k}"
+            )));
+        }
+        Ok((batch, k))
+    }
+
     pub(crate) fn unsupported(&self, reason: impl Into<String>) -> GpuError {
         GpuError::Unsupported {
             node: self.node.name.clone(),

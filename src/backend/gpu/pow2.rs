@@ -47,7 +47,7 @@
 //! the per-code uniform load bound it); the AlexNet bench has not been rerun.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
-use super::model::StepIo;
+use super::model::{bias_or_zeros, StepIo};
 use super::GpuError;
 use crate::graph::{Conv2d, Linear};
 use crate::weights::Pow2Weights;
@@ -79,13 +79,6 @@ fn conv_kernel(ctx: &GpuContext) -> Arc<Kernel> {
 
 fn fc_kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("pow2", SOURCE, "pow2_fc", &LAYOUT_FC)
-}
-
-fn bias_or_zeros(bias: Option<&crate::graph::Tensor>, rows: usize) -> Vec<f32> {
-    match bias {
-        Some(b) => b.data.clone(),
-        None => vec![0.0; rows],
-    }
 }
 
 fn upload_u32(ctx: &GpuContext, label: &str, words: &[u32]) -> wgpu::Buffer {
@@ -205,15 +198,8 @@ pub(crate) fn encode_linear(
     l: &Linear,
     w: &Pow2Weights,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    let x = io.inputs[0].1;
-    let (batch, k) = (x[0], x[1]);
+    let (batch, k) = io.linear_dims("pow2", w.row_len(), w.shape())?;
     let rows = w.rows();
-    if w.row_len() != k {
-        return Err(io.unsupported(format!(
-            "pow2 weights {:?} do not match input width {k}",
-            w.shape()
-        )));
-    }
     let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
     if batch > max {
         return Err(io.unsupported(format!("batch {batch} exceeds {max} workgroups")));

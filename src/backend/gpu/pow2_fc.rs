@@ -17,7 +17,7 @@
 //! is a per-lane gather (`Pow2Fc::Auto`).
 
 use super::context::{uw, Bind, Dispatch, Kernel, Slot};
-use super::model::StepIo;
+use super::model::{bias_or_zeros, StepIo};
 use super::GpuError;
 use crate::graph::Linear;
 use crate::weights::Pow2Weights;
@@ -26,14 +26,8 @@ use std::sync::Arc;
 
 const TEMPLATE: &str = include_str!("../../../shaders/pow2_fc_lut.wgsl.tmpl");
 
-/// Bindings of `pow2_fc_lut`: input, codes, bias, output, params.
-const LAYOUT: [Slot; 5] = [
-    Slot::Read,
-    Slot::Read,
-    Slot::Read,
-    Slot::Write,
-    Slot::Uniform,
-];
+/// Bindings of `pow2_fc_lut`: input, codes, bias, output, params (as a dense conv's).
+const LAYOUT: [Slot; 5] = super::conv::LAYOUT;
 
 /// Invocations per workgroup: rows x K slices.
 const INVOCATIONS: usize = 256;
@@ -196,15 +190,8 @@ pub(crate) fn encode_linear(
     l: &Linear,
     w: &Pow2Weights,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    let x = io.inputs[0].1;
-    let (batch, k) = (x[0], x[1]);
+    let (batch, k) = io.linear_dims("pow2", w.row_len(), w.shape())?;
     let rows = w.rows();
-    if w.row_len() != k {
-        return Err(io.unsupported(format!(
-            "pow2 weights {:?} do not match input width {k}",
-            w.shape()
-        )));
-    }
     let items = batch.clamp(1, MAX_ITEMS);
     let item_groups = batch.div_ceil(items);
     let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
@@ -234,10 +221,7 @@ pub(crate) fn encode_linear(
         )));
     }
     let kernel = kernel(io, v);
-    let bias = match &l.bias {
-        Some(b) => b.data.clone(),
-        None => vec![0.0; rows],
-    };
+    let bias = bias_or_zeros(l.bias.as_ref(), rows);
     let rows_per = blocks_per * v.rows;
     let mut out = vec![];
     for r0 in (0..rows).step_by(rows_per) {

@@ -54,9 +54,9 @@
 //! found), which only software adapters run. The AlexNet bench has not been rerun.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
-use super::model::StepIo;
+use super::model::{bias_or_zeros, StepIo};
 use super::GpuError;
-use crate::graph::{Conv2d, Linear, Tensor};
+use crate::graph::{Conv2d, Linear};
 use crate::weights::SketchWeights;
 use std::sync::Arc;
 
@@ -280,13 +280,6 @@ pub(crate) fn word_cap(io: &StepIo) -> Result<usize, GpuError> {
     Ok(UBO_WORDS.min((io.max_binding / 4) as usize))
 }
 
-fn bias_or_zeros(bias: Option<&Tensor>, rows: usize) -> Vec<f32> {
-    match bias {
-        Some(b) => b.data.clone(),
-        None => vec![0.0; rows],
-    }
-}
-
 /// Records a sketched conv (`c.weight` must be `Weights::Sketch(w)`).
 pub(crate) fn encode_conv(
     io: &StepIo,
@@ -468,15 +461,8 @@ pub(crate) fn encode_linear(
     l: &Linear,
     w: &SketchWeights,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    let x = io.inputs[0].1;
-    let (batch, k) = (x[0], x[1]);
+    let (batch, k) = io.linear_dims("sketch", w.row_len(), w.shape())?;
     let rows = w.rows();
-    if w.row_len() != k {
-        return Err(io.unsupported(format!(
-            "sketch weights {:?} do not match input width {k}",
-            w.shape()
-        )));
-    }
     let bias = bias_or_zeros(l.bias.as_ref(), rows);
     if batch >= GEMV_BELOW {
         let shape = ConvShape {
