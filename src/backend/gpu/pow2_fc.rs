@@ -204,7 +204,9 @@ pub(crate) fn encode_linear(
         bits: w.bits(),
         items,
         rows: rows_per_workgroup(rows, items),
-        aligned: k % 4 == 0 || batch == 1,
+        // As vec4s only when the binding (batch * K floats) holds whole vec4s: a last
+        // partial vec4 would be out of bounds of an array<vec4<f32>>.
+        aligned: k % 4 == 0,
     };
     let cpw = w.codes_per_word();
     let quads = w.words_per_row().div_ceil(4);
