@@ -5,8 +5,9 @@
 //!
 //! Measured on an H200 (AlexNet, timestamp queries): fc6 (9216 -> 4096) at batch 8 took
 //! 1.13 ms on `conv_gemm` (64 output tiles of 64 rows x 64 items, 8 of them used, split K:
-//! a few workgroups per multiprocessor, latency-bound) against 0.074 ms for one item on
-//! the GEMV; hence the 8-item GEMV, which reads each weight once per 8 items.
+//! a few workgroups per multiprocessor) in a run at idle clocks where every layer was ~3x
+//! slow, so perhaps ~0.35 ms warm; the 8-item GEMV, which reads each weight once per 8
+//! items, takes 0.147 ms warm (0.075 ms for one item on `linear_fwd_gemv`).
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel};
 use super::conv::{self, Geometry};

@@ -81,7 +81,8 @@ fn fc_kernel(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("pow2", SOURCE, "pow2_fc", &LAYOUT_FC)
 }
 
-fn upload_u32(ctx: &GpuContext, label: &str, words: &[u32]) -> wgpu::Buffer {
+/// A storage buffer holding `words` (at least one word: wgpu cannot bind empty buffers).
+pub(crate) fn upload_u32(ctx: &GpuContext, label: &str, words: &[u32]) -> wgpu::Buffer {
     use wgpu::util::DeviceExt;
     let zero = [0u32];
     let words = if words.is_empty() { &zero[..] } else { words };

@@ -40,16 +40,17 @@ pub(crate) struct Variant {
     pub(crate) bits: u32,
     pub(crate) items: usize,
     pub(crate) rows: usize,
-    /// Inputs bound as vec4s (every quad's inputs 16-byte aligned).
+    /// Inputs bound as vec4s (K % 4 == 0: every quad's inputs 16-byte aligned).
     pub(crate) aligned: bool,
 }
 
 /// Rows per workgroup for a layer of `rows` outputs and `items` items per workgroup:
 /// 16 (16 K slices) with several items, 8 (32 slices) with one, while that still gives
 /// 256 workgroups, else fewer (4 rows, 64 slices: AlexNet's fc8, 1000 rows, gets 250
-/// workgroups), so a large GPU has a few workgroups per multiprocessor. On an H200 (fc6,
-/// in one run, `pow2_fc_timing`): batch 1 with 4 / 8 / 16 rows 112 / 94 / 104 us, batch
-/// 8 545 / 398 / 315 us. `CNNPACK_POW2_FC_ROWS=4|8|16|32|64` forces one (experiments).
+/// workgroups), so a large GPU has a few workgroups per multiprocessor. On an H200 (fc6
+/// 4-bit, `pow2_fc_timing`): batch 1 with 8 / 16 rows 20.1 / 25.0 us (warm); in an
+/// earlier run at idle clocks, batch 1 with 4 / 8 / 16 rows 112 / 94 / 104 us and batch 8
+/// 545 / 398 / 315 us. `CNNPACK_POW2_FC_ROWS=4|8|16|32|64` forces one (experiments).
 fn rows_per_workgroup(rows: usize, items: usize) -> usize {
     let forced = std::env::var("CNNPACK_POW2_FC_ROWS")
         .ok()
@@ -270,15 +271,8 @@ fn upload_blocks(
     rows_per_block: usize,
     quads: usize,
 ) -> wgpu::Buffer {
-    use wgpu::util::DeviceExt;
     let words = block_layout(n, rows_per_block, quads, |r| w.code_row(r0 + r));
-    io.ctx
-        .device()
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(&format!("{label} codes")),
-            contents: bytemuck::cast_slice(&words),
-            usage: wgpu::BufferUsages::STORAGE,
-        })
+    super::pow2::upload_u32(io.ctx, &format!("{label} codes"), &words)
 }
 
 /// The words of `n` rows (`row(r)`, at most `4 * quads` words each) laid out as
