@@ -130,7 +130,9 @@ enum Command {
         /// Batch sizes, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,8")]
         batch: Vec<usize>,
-        /// Timed runs per configuration (fewer if --budget runs out; at least 3).
+        /// Timed runs per configuration (fewer if --budget runs out; at least 3), after at
+        /// least 1 s of untimed runs (an idle GPU runs at low clocks at first). Layer times
+        /// are medians over up to 5 more, profiled runs.
         #[arg(long, default_value_t = 20)]
         runs: usize,
         /// Seconds of timed runs per configuration.
