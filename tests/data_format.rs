@@ -349,7 +349,7 @@ fn cnnpack_malformed_files_are_errors() {
     ));
     let (meta, tensors) = pack::disassemble(&bytes).expect("valid");
     let mut m: std::collections::HashMap<String, String> = meta.clone();
-    m.insert("version".into(), "2".into());
+    m.insert("version".into(), "3".into());
     let v2 =
         safetensors::serialize(tensors.iter().map(|t| (t.name.clone(), t)), Some(m)).expect("st");
     assert!(matches!(

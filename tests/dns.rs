@@ -8,7 +8,7 @@ use cnnpack::backend::cpu::{fast, reference};
 use cnnpack::compress::dns::{
     sparsify_graph, surgery, surgery_probability, DnsOptions, SparsePolicy, Surgeon, Thresholds,
 };
-use cnnpack::graph::{Conv2d, GraphBuilder, Linear, Op, Rng, Tensor};
+use cnnpack::graph::{Conv2d, Graph, GraphBuilder, Linear, Op, Rng, Tensor};
 use cnnpack::train::{self, BnMode, Masks, Sgd};
 use cnnpack::weights::{SparseWeights, Weights};
 use common::data_dir;
@@ -117,13 +117,12 @@ fn sparse_pow2_values_round_trip() {
         );
         let vc = sp.value_codes().expect("value codes");
         assert_eq!((vc.bits, vc.n1), (bits, -3));
-        let per_word = (32 / bits) as usize;
         let w = Weights::Sparse(sp.clone());
         assert_eq!(w.encoding(), "sparse+pow2");
         assert_eq!(
             w.bytes(),
-            4 * (rows + 1) + 2 * sp.nnz() + 4 * sp.nnz().div_ceil(per_word),
-            "b{bits}: bytes count code words, not f32 values"
+            4 * (rows + 1) + 2 * sp.nnz() + 4 * (sp.nnz() * bits as usize).div_ceil(32),
+            "b{bits}: bytes count the code stream, not f32 values"
         );
         let kinds: Vec<&str> = w.parts().iter().map(|(n, _)| *n).collect();
         assert_eq!(kinds, ["row_ptr", "cols", "value_codes"]);
@@ -146,6 +145,11 @@ fn sparse_pow2_values_round_trip() {
         cnnpack::format::save(&sg, &path).expect("save");
         let back = cnnpack::format::load(&path).expect("load");
         assert_eq!(back, sg, "b{bits}: file round trip");
+        assert_eq!(
+            legacy_value_codes(&sg, bits),
+            sg,
+            "b{bits}: file from before the code stream"
+        );
         let xin = rng.normal_tensor(vec![2, k], 1.0);
         assert_eq!(
             reference::run_node(&back.nodes[0], &[&xin]).expect("ref"),
@@ -161,8 +165,11 @@ fn sparse_pow2_values_round_trip() {
                     if corrupt == 0 {
                         codes[0] = (codes[0] & !((1 << bits) - 1)) | (1 << (bits - 1));
                     // -0
-                    } else {
+                    } else if !(sp.nnz() * bits as usize).is_multiple_of(32) {
+                        // Bit 31 of the last word is past the last code.
                         *codes.last_mut().expect("a word") |= 1 << 31;
+                    } else {
+                        codes.push(1); // a word past the stream
                     }
                 }
             }
@@ -184,6 +191,50 @@ fn sparse_pow2_values_round_trip() {
         sp.with_value_codes(2, -1).is_err(),
         "ternary {{0, ±2^-1}} lacks 0.25"
     );
+}
+
+/// `g` (one sparse+pow2 layer "fc" with `bits`-bit value codes) written as a build
+/// before the code stream wrote it (no `packing` in the header, `floor(32 / bits)` codes
+/// per word), then loaded by this build.
+fn legacy_value_codes(g: &Graph, bits: u32) -> Graph {
+    use cnnpack::format::cnnpack::{disassemble, RawTensor};
+    use cnnpack::weights::bitstream;
+    let Some(Weights::Sparse(sp)) = g.nodes[0].op.weights() else {
+        panic!("a sparse layer")
+    };
+    let bytes = cnnpack::format::to_bytes(g).expect("to_bytes");
+    let (meta, tensors) = disassemble(&bytes).expect("disassemble");
+    let json = meta["graph"].replace(",\"packing\":\"Stream\"", "");
+    assert_ne!(
+        &json, &meta["graph"],
+        "new files say how their codes are packed"
+    );
+    let per_word = (32 / bits) as usize;
+    let mut words = vec![0u32; sp.nnz().div_ceil(per_word)];
+    for i in 0..sp.nnz() {
+        words[i / per_word] |=
+            bitstream::get(sp.codes(), bits, i) << (bits as usize * (i % per_word));
+    }
+    let tensors: Vec<RawTensor<'_>> = tensors
+        .into_iter()
+        .map(|t| {
+            if t.name == "fc.value_codes" {
+                RawTensor {
+                    shape: vec![words.len()],
+                    data: words
+                        .iter()
+                        .flat_map(|w| w.to_le_bytes())
+                        .collect::<Vec<u8>>()
+                        .into(),
+                    ..t
+                }
+            } else {
+                t
+            }
+        })
+        .collect();
+    let old = common::version_1_file(&json, &tensors);
+    cnnpack::format::from_bytes(&old).expect("a version-1 file loads")
 }
 
 #[test]

@@ -95,7 +95,16 @@ fn pack_unpack_is_exact() {
         assert_eq!(w.words_per_row(), k.div_ceil(32 / bits as usize));
         let ww = Weights::Pow2(w.clone());
         assert_eq!(ww.encoding(), "pow2");
-        assert_eq!(ww.bytes(), rows * w.words_per_row() * 4);
+        // Files hold the dense stream: b bits per weight, rounded up to a word once.
+        assert_eq!(ww.bytes(), (rows * k * bits as usize).div_ceil(32) * 4);
+        let stream = w.code_stream();
+        assert_eq!(stream.len() * 4, ww.bytes());
+        let mut back = Weights::Pow2(w.clone());
+        if let Weights::Pow2(p) = &mut back {
+            *p.codes_mut() = stream;
+        }
+        back.finish_load().expect("stream re-packs");
+        assert_eq!(back, ww, "case {case}: stream round trip");
         assert_eq!(ww.to_dense().data, dense);
         assert_eq!(ww.nonzeros(), dense.iter().filter(|v| **v != 0.0).count());
     }
@@ -125,16 +134,41 @@ fn check_refuses_invalid_codes_and_padding() {
     );
     assert!(Pow2Weights::from_codes(vec![1, 3], 6, 0, &[0, 0, 0]).is_err());
     assert!(Pow2Weights::from_codes(vec![1, 3], 3, 0, &[0, 0]).is_err());
-    // The header survives a serde round trip, the codes travel as a part.
+    // The header survives a serde round trip, the codes travel as a part: the dense
+    // stream, re-packed into words by `finish_load`.
     let w = Pow2Weights::from_codes(vec![2, 3], 3, -4, &[1, 2, 5, 6, 0, 1]).expect("valid");
     let json = serde_json::to_string(&Weights::Pow2(w.clone())).expect("serialise");
+    assert!(json.contains("\"packing\":\"Stream\""), "{json}");
     let mut back: Weights = serde_json::from_str(&json).expect("deserialise");
     assert!(back.check().is_err(), "codes are not in the JSON");
-    if let Weights::Pow2(p) = &mut back {
-        *p.codes_mut() = w.codes().to_vec();
-    }
-    back.check().expect("codes restored");
-    assert_eq!(back, Weights::Pow2(w));
+    let filled = |back: &mut Weights, codes: Vec<u32>| {
+        let mut back = back.clone();
+        let roles: Vec<&str> = back.parts_mut().iter().map(|(r, _)| *r).collect();
+        if let Weights::Pow2(p) = &mut back {
+            *p.codes_mut() = codes;
+        }
+        (roles, back.finish_load().map(|_| back))
+    };
+    // 2 rows x 3 codes x 3 bits = 18 bits: one word.
+    let (roles, ok) = filled(&mut back, w.code_stream());
+    assert_eq!(roles, ["code_stream"]);
+    assert_eq!(ok.expect("stream accepted"), Weights::Pow2(w.clone()));
+    let (_, short) = filled(&mut back, vec![]);
+    assert!(short.is_err(), "empty stream accepted");
+    let (_, padded) = filled(&mut back, vec![w.code_stream()[0] | 1 << 18]);
+    assert!(padded.is_err(), "set bit past the last code accepted");
+    let (_, words) = filled(&mut back, w.codes().to_vec());
+    assert!(words.is_err(), "word layout accepted as a stream");
+    // A header from before the stream (no `packing`) reads the word layout as `codes`
+    // and is re-saved as a stream.
+    let legacy = json.replace(",\"packing\":\"Stream\"", "");
+    assert_ne!(legacy, json);
+    let mut old: Weights = serde_json::from_str(&legacy).expect("deserialise");
+    let (roles, ok) = filled(&mut old, w.codes().to_vec());
+    assert_eq!(roles, ["codes"]);
+    let ok = ok.expect("word layout accepted");
+    assert_eq!(ok, Weights::Pow2(w));
+    assert_eq!(ok.parts()[0].0, "code_stream");
 }
 
 #[test]
@@ -247,7 +281,7 @@ fn one_step_quantization_gives_values_in_p() {
             let k = w.data.len() / w.shape[0];
             assert_eq!(
                 r.bytes_after,
-                w.shape[0] * k.div_ceil(32 / bits as usize) * 4,
+                (w.shape[0] * k * bits as usize).div_ceil(32) * 4,
                 "b{bits} {name}: bytes"
             );
             assert_eq!(r.bytes_before, w.data.len() * 4);
@@ -266,6 +300,11 @@ fn one_step_quantization_gives_values_in_p() {
         let back = cnnpack::format::load(&path).expect("load");
         std::fs::remove_file(&path).ok();
         assert_eq!(back, q, "b{bits}: file round trip");
+        assert_eq!(
+            legacy_file(&q),
+            q,
+            "b{bits}: file from before the code stream"
+        );
         // The CPU fast executor runs the quantized graph like the reference does.
         let x = Rng::new(5).normal_tensor(vec![3, 1, 28, 28], 1.0);
         let want = reference::run_graph(&q, &x).expect("reference");
@@ -305,6 +344,41 @@ fn one_step_quantization_gives_values_in_p() {
     }
     let err = inq_graph(&nan, &InqOptions::default(), None, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("non-finite"), "{err}");
+}
+
+/// `q` written as a build before the pow2 code stream wrote it (no `packing` in the
+/// headers, the word layout as part `codes`), then loaded by this build.
+fn legacy_file(q: &Graph) -> Graph {
+    use cnnpack::format::cnnpack::{disassemble, RawTensor};
+    let bytes = cnnpack::format::to_bytes(q).expect("to_bytes");
+    let (meta, tensors) = disassemble(&bytes).expect("disassemble");
+    let json = meta["graph"].replace(",\"packing\":\"Stream\"", "");
+    assert_ne!(
+        &json, &meta["graph"],
+        "new files say how their codes are packed"
+    );
+    let tensors: Vec<RawTensor<'_>> = tensors
+        .into_iter()
+        .map(|t| match t.name.strip_suffix(".code_stream") {
+            Some(node) => {
+                let n = q.nodes.iter().find(|n| n.name == node).expect("node");
+                let Some(Weights::Pow2(p)) = n.op.weights() else {
+                    panic!("{node}: code stream on a non-pow2 layer")
+                };
+                assert_eq!(t.data.len(), Weights::Pow2(p.clone()).bytes(), "{node}");
+                let words: Vec<u8> = p.codes().iter().flat_map(|w| w.to_le_bytes()).collect();
+                RawTensor {
+                    name: format!("{node}.codes"),
+                    dtype: t.dtype,
+                    shape: vec![p.codes().len()],
+                    data: words.into(),
+                }
+            }
+            None => t,
+        })
+        .collect();
+    let old = common::version_1_file(&json, &tensors);
+    cnnpack::format::from_bytes(&old).expect("a version-1 file loads")
 }
 
 /// Writes `n` random 28x28 images with labels as an uncompressed IDX "train" split.

@@ -525,10 +525,10 @@ fn cnnpack_huge_sizes_wrong_types_cycles_dangling() {
     // The wrong version is refused by name.
     let v2 = {
         let (mut meta, t) = format::cnnpack::disassemble(&bytes).expect("own file");
-        meta.insert("version".into(), "2".into());
+        meta.insert("version".into(), "3".into());
         safetensors::serialize(t.iter().map(|t| (t.name.clone(), t)), Some(meta)).expect("ser")
     };
-    let msg = must_fail(".cnnpack version 2", || format::from_bytes(&v2));
+    let msg = must_fail(".cnnpack version 3", || format::from_bytes(&v2));
     assert!(msg.contains("version"), "{msg}");
     // And through the file loader: a missing file and a directory.
     let d = temp_dir("cnnpack-paths");

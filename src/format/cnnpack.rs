@@ -1,7 +1,7 @@
 //! The `.cnnpack` model file: a safetensors container.
 //!
 //! Layout:
-//! - `__metadata__` holds `format` = `"cnnpack"`, `version` = `"1"`, `graph` = the
+//! - `__metadata__` holds `format` = `"cnnpack"`, `version` = `"2"`, `graph` = the
 //!   [`Graph`] as JSON (tensors and weights serialize their shapes and settings only),
 //!   and `checksum` = FNV-1a-64 (16 lowercase hex digits) over the graph JSON and every
 //!   tensor (see [`checksum`]).
@@ -23,8 +23,13 @@ use std::path::Path;
 
 /// Value of the `format` metadata key.
 pub const FORMAT: &str = "cnnpack";
-/// Value of the `version` metadata key this code writes and reads.
-pub const VERSION: &str = "1";
+/// Value of the `version` metadata key this code writes. Version 2 stores pow2 codes
+/// (and sparse value codes) as dense bit streams (`weights/bitstream.rs`); version 1
+/// files, which store them word-aligned and say so by the headers' missing `packing`,
+/// are still read (`READS`).
+pub const VERSION: &str = "2";
+/// Versions this code reads.
+pub const READS: [&str; 2] = ["1", "2"];
 /// Largest `.cnnpack` file `load` reads (bytes).
 pub const MAX_FILE_BYTES: u64 = 8 << 30;
 /// Largest element count of any one tensor or shape in a loaded graph.
@@ -285,7 +290,10 @@ fn collect_tensors(graph: &Graph) -> Result<Vec<RawTensor<'_>>, FormatError> {
                 let name = format!("{}.{}", node.name, role);
                 let (dtype, len, data) = match part {
                     PartRef::F32(v) => (Dtype::F32, v.len(), f32_bytes(v)),
-                    PartRef::U32(v) => (Dtype::U32, v.len(), u32_bytes(v)),
+                    PartRef::U32(Cow::Borrowed(v)) => (Dtype::U32, v.len(), u32_bytes(v)),
+                    PartRef::U32(Cow::Owned(v)) => {
+                        (Dtype::U32, v.len(), Cow::Owned(u32_bytes(&v).into_owned()))
+                    }
                     PartRef::U16(v) => (Dtype::U16, v.len(), u16_bytes(v)),
                 };
                 if !seen.insert(name.clone()) {
@@ -409,10 +417,13 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Graph, FormatError> {
         });
     }
     let version = get("version")?;
-    if version != VERSION {
+    if !READS.contains(&version.as_str()) {
         return Err(FormatError::Metadata {
             key: "version",
-            reason: format!("'{version}', this build reads version '{VERSION}'"),
+            reason: format!(
+                "'{version}', this build reads versions {}",
+                READS.join(", ")
+            ),
         });
     }
     let json = get("graph")?;

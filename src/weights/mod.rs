@@ -7,6 +7,7 @@
 //! order and every packed encoding added later (sketch bit planes, pow2 codes, CSR
 //! columns) is laid out along it.
 
+pub mod bitstream;
 mod derived;
 mod pow2;
 mod sketch;
@@ -15,7 +16,8 @@ mod sparse;
 pub use derived::Derived;
 
 pub use pow2::{
-    codes_per_word, decode_table, encode_power, magnitudes, pow2_f32, Pow2Weights, N1_MAX, N1_MIN,
+    codes_per_word, decode_table, encode_power, magnitudes, pow2_f32, CodePacking, Pow2Weights,
+    N1_MAX, N1_MIN,
 };
 pub use sketch::{words_for, SketchWeights};
 pub use sparse::{Cols, SparseWeights, ValueCodes, MAX_U16_K};
@@ -29,8 +31,9 @@ use std::borrow::Cow;
 pub enum PartRef<'a> {
     /// f32 values.
     F32(&'a [f32]),
-    /// u32 words (bit planes, packed codes).
-    U32(&'a [u32]),
+    /// u32 words (bit planes, packed codes); owned where the stored form is built
+    /// from the in-memory one (pow2 code streams).
+    U32(Cow<'a, [u32]>),
     /// u16 values (sparse indices).
     U16(&'a [u16]),
 }
@@ -130,7 +133,8 @@ impl Weights {
         }
     }
 
-    /// Bytes the encoding occupies (on disk and in GPU memory).
+    /// Bytes the encoding occupies on disk (and in GPU memory, except pow2 codes, which
+    /// are stored as a dense stream and used word-aligned: see `Pow2Weights::bytes`).
     pub fn bytes(&self) -> usize {
         match self {
             Weights::Dense(t) => t.bytes(),
@@ -150,25 +154,25 @@ impl Weights {
         match self {
             Weights::Dense(t) => vec![("weight", PartRef::F32(&t.data))],
             Weights::Sketch(s) => vec![
-                ("bits", PartRef::U32(s.bits())),
+                ("bits", PartRef::U32(Cow::Borrowed(s.bits()))),
                 ("scales", PartRef::F32(s.scales())),
             ],
             Weights::Sparse(s) => {
                 let cols = match s.cols() {
                     crate::weights::Cols::U16(c) => PartRef::U16(c),
-                    crate::weights::Cols::U32(c) => PartRef::U32(c),
+                    crate::weights::Cols::U32(c) => PartRef::U32(Cow::Borrowed(c)),
                 };
                 let values = match s.value_codes() {
-                    Some(_) => ("value_codes", PartRef::U32(s.codes())),
+                    Some(_) => ("value_codes", PartRef::U32(Cow::Borrowed(s.codes()))),
                     None => ("values", PartRef::F32(s.values())),
                 };
                 vec![
-                    ("row_ptr", PartRef::U32(s.row_ptr())),
+                    ("row_ptr", PartRef::U32(Cow::Borrowed(s.row_ptr()))),
                     ("cols", cols),
                     values,
                 ]
             }
-            Weights::Pow2(p) => vec![("codes", PartRef::U32(p.codes()))],
+            Weights::Pow2(p) => vec![("code_stream", PartRef::U32(Cow::Owned(p.code_stream())))],
         }
     }
 
@@ -199,15 +203,24 @@ impl Weights {
                 };
                 vec![("row_ptr", PartMut::U32(row_ptr)), ("cols", cols), values]
             }
-            Weights::Pow2(p) => vec![("codes", PartMut::U32(p.codes_mut()))],
+            Weights::Pow2(p) => {
+                let role = match p.packing() {
+                    CodePacking::Stream => "code_stream",
+                    CodePacking::Words => "codes",
+                };
+                vec![(role, PartMut::U32(p.codes_mut()))]
+            }
         }
     }
 
     /// After a loader filled `parts_mut`: derives what the file does not store (sparse
-    /// values from their power-of-two codes), then `check`s.
+    /// values from their power-of-two codes, pow2 code words from the code stream),
+    /// then `check`s.
     pub fn finish_load(&mut self) -> Result<(), EncodingError> {
-        if let Weights::Sparse(s) = self {
-            s.decode_value_codes()?;
+        match self {
+            Weights::Sparse(s) => s.decode_value_codes()?,
+            Weights::Pow2(p) => return p.finish_load(),
+            _ => {}
         }
         self.check()
     }

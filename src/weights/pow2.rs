@@ -18,13 +18,20 @@
 //!   straddle words (b = 3 and 5 leave the top 2 bits of each word clear) and every row
 //!   starts on a word, `words_per_row = ceil(K / codes_per_word)`, so kernels decode
 //!   a row without carrying bits across words. Unused bits are 0 (`check` verifies).
-//! - Header (serde, with the graph JSON): `shape`, `bits` (b), `n1`, `words_per_row`.
+//! - Header (serde, with the graph JSON): `shape`, `bits` (b), `n1`, `words_per_row`,
+//!   `packing`.
+//! - In a `.cnnpack` file (`packing: Stream`) the codes are the part `code_stream`: all
+//!   `Cout·K` codes in row-major order as one dense bit stream (`weights/bitstream.rs`),
+//!   exactly `ceil(Cout·K·b / 32)` words, so the file holds b bits per weight (the
+//!   word layout above spends 3.2 and 5.33 bits at b = 3 and 5, plus row padding).
+//!   The loader re-packs the stream into the word layout. Files written before the
+//!   stream (no `packing` in the header: `Words`) store the word layout as `codes`.
 //!
 //! `n1` is limited to `N1_MIN..=N1_MAX` so that `2^n1` is a finite f32; magnitudes
 //! below the f32 range decode as the f32 value of `2^n` (subnormal or 0), computed
 //! exactly in f64 and rounded once.
 
-use super::{Derived, EncodingError};
+use super::{bitstream, Derived, EncodingError};
 use serde::{Deserialize, Serialize};
 
 /// Smallest allowed `n1` (2^-160 rounds to 0 in f32: every nonzero code of such a
@@ -44,12 +51,28 @@ pub struct Pow2Weights {
     n1: i32,
     /// u32 words per output row, `ceil(K / codes_per_word)`.
     words_per_row: usize,
-    /// Packed codes `[Cout][words_per_row]`; stored beside the graph JSON.
+    /// How a `.cnnpack` file stores the codes. Always `Stream` in memory; a header
+    /// without the key (files written before the stream) reads as `Words`, and
+    /// `finish_load` turns it into `Stream` so that a re-save writes the stream.
+    #[serde(default)]
+    packing: CodePacking,
+    /// Packed codes `[Cout][words_per_row]`; stored beside the graph JSON. Between
+    /// `codes_mut` for a `Stream` file and `finish_load`, the file's stream.
     #[serde(skip)]
     codes: Vec<u32>,
     /// Kernel data derived from these weights (see `Derived`).
     #[serde(skip)]
     derived: Derived,
+}
+
+/// How a `.cnnpack` file stores pow2 codes (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CodePacking {
+    /// The in-memory word layout, part `codes` (files written before `Stream`).
+    #[default]
+    Words,
+    /// One dense bit stream of b bits per weight, part `code_stream`.
+    Stream,
 }
 
 /// Codes per u32 word for `b`-bit codes (`floor(32 / b)`).
@@ -108,6 +131,7 @@ impl Pow2Weights {
             bits,
             n1,
             words_per_row: wpr,
+            packing: CodePacking::Stream,
             codes: words,
             derived: Derived::default(),
         };
@@ -192,15 +216,69 @@ impl Pow2Weights {
         out
     }
 
-    /// Bytes of the packed form: the code words (the header is a few bytes of JSON).
+    /// Bytes of the stored form, the code stream: `ceil(Cout·K·b / 32)` words (the
+    /// header is a few bytes of JSON). The word layout in memory and on GPUs is up to
+    /// 1/15 larger (b = 3 and 5) plus row padding.
     pub fn bytes(&self) -> usize {
-        self.codes.len() * 4
+        bitstream::words(self.rows() * self.row_len(), self.bits) * 4
     }
 
-    /// Mutable code words (for the loader; call `check` afterwards).
+    /// The codes as one dense bit stream, the form `.cnnpack` files store.
+    pub fn code_stream(&self) -> Vec<u32> {
+        let k = self.row_len();
+        let codes = (0..self.rows()).flat_map(|c| (0..k).map(move |i| self.code(c, i)));
+        bitstream::pack(codes, self.bits, self.rows() * k)
+    }
+
+    /// How the codes a loader is about to fill in are stored (see `CodePacking`).
+    pub fn packing(&self) -> CodePacking {
+        self.packing
+    }
+
+    /// Mutable code words (for the loader: it fills in the file's part, the word layout
+    /// or the stream as `packing` says; call `finish_load` afterwards).
     pub fn codes_mut(&mut self) -> &mut Vec<u32> {
         self.derived.clear();
         &mut self.codes
+    }
+
+    /// After a loader filled `codes_mut`: re-packs a `Stream` file's stream into the
+    /// word layout (refusing a stream of the wrong length or with set padding bits),
+    /// marks the weights `Stream` for the next save, then `check`s.
+    pub fn finish_load(&mut self) -> Result<(), EncodingError> {
+        if self.packing == CodePacking::Stream {
+            let (rows, k) = (self.rows(), self.row_len());
+            let expected = bitstream::words(rows * k, self.bits);
+            let err = |part, found| EncodingError {
+                encoding: "pow2",
+                shape: self.shape.clone(),
+                part,
+                found,
+                expected,
+            };
+            if self.codes.len() != expected {
+                return Err(err("code_stream", self.codes.len()));
+            }
+            if !bitstream::padding_clear(&self.codes, self.bits, rows * k) {
+                return Err(err("code_stream (set bits past the last code)", 1));
+            }
+            let (cpw, b) = (self.codes_per_word(), self.bits as usize);
+            let wpr = k.div_ceil(cpw);
+            let mut words = vec![0u32; rows * wpr];
+            for (c, out) in words.chunks_exact_mut(wpr.max(1)).enumerate().take(rows) {
+                for i in 0..k {
+                    let code = bitstream::get(&self.codes, self.bits, c * k + i);
+                    out[i / cpw] |= code << (b * (i % cpw));
+                }
+            }
+            // `check` compares words_per_row with the shape; a header that disagrees
+            // is refused there, not hidden by this re-pack.
+            if self.words_per_row == wpr {
+                self.codes = words;
+            }
+        }
+        self.packing = CodePacking::Stream;
+        self.check()
     }
 
     /// Kernel data derived from these weights, built on first use (see `Derived`).

@@ -14,20 +14,23 @@
 //!
 //! - or, when the header has `value_codes: {bits, n1}` (DNS followed by INQ: every
 //!   value is 0 or `±2^n` with `n2 ≤ n ≤ n1`), `value_codes` instead of `values`: the
-//!   `nnz` values as `bits`-bit power-of-two codes (the code set and code layout of
-//!   `weights/pow2.rs`), packed `floor(32 / bits)` per u32 word in CSR order (codes do
-//!   not straddle words; rows do not start on a word), unused bits 0. The loader
-//!   decodes them into `values` (exact: powers of two are exact in f32), so the kernels
-//!   see f32 values either way; the codes are the file form.
+//!   `nnz` values as `bits`-bit power-of-two codes (the code set of `weights/pow2.rs`)
+//!   in CSR order, as one dense bit stream (`weights/bitstream.rs`: `ceil(nnz·bits /
+//!   32)` words, unused bits 0) when `value_codes.packing` is `Stream`; files written
+//!   before the stream (no `packing`: `Words`) pack `floor(32 / bits)` codes per word
+//!   (codes do not straddle words). The loader decodes them into `values` (exact:
+//!   powers of two are exact in f32), so the kernels see f32 values either way; the
+//!   codes are the file form.
 //!
 //! Stored entries are normally nonzero, but a zero value is legal (it costs bytes,
 //! not correctness). Bytes: `4·(rows + 1) + (2 or 4)·nnz + 4·nnz`, or with value codes
-//! `4·(rows + 1) + (2 or 4)·nnz + 4·ceil(nnz / floor(32 / bits))`.
+//! `4·(rows + 1) + (2 or 4)·nnz + 4·ceil(nnz·bits / 32)`.
 
 use super::pow2::{
-    codes_per_word, decode_table, encode_power, magnitudes, Pow2Weights, N1_MAX, N1_MIN,
+    codes_per_word, decode_table, encode_power, magnitudes, CodePacking, Pow2Weights, N1_MAX,
+    N1_MIN,
 };
-use super::{Derived, EncodingError};
+use super::{bitstream, Derived, EncodingError};
 use serde::{Deserialize, Serialize};
 
 /// The power-of-two code set of values stored as codes (`weights/pow2.rs`).
@@ -37,6 +40,10 @@ pub struct ValueCodes {
     pub bits: u32,
     /// Largest exponent of the set.
     pub n1: i32,
+    /// How the file stores the codes: `Stream` for files written since the code stream
+    /// (and always in memory after loading), `Words` when the header has no `packing`.
+    #[serde(default)]
+    pub packing: CodePacking,
 }
 
 /// Largest K for which column indices are stored as u16.
@@ -313,8 +320,7 @@ impl SparseWeights {
         };
         self.check_code_set(bits, n1)?;
         let table = decode_table(bits, n1);
-        let per_word = codes_per_word(bits);
-        let mut codes = vec![0u32; self.values.len().div_ceil(per_word)];
+        let mut codes = Vec::with_capacity(self.values.len());
         for (i, &v) in self.values.iter().enumerate() {
             let code = if v == 0.0 {
                 Some(0)
@@ -325,10 +331,14 @@ impl SparseWeights {
             let Some(code) = code else {
                 return Err(err("values (not in the code set)", i, self.values.len()));
             };
-            codes[i / per_word] |= (code as u32) << (bits as usize * (i % per_word));
+            codes.push(code as u32);
         }
-        self.cols.codes = codes;
-        self.value_codes = Some(ValueCodes { bits, n1 });
+        self.cols.codes = bitstream::pack(codes, bits, self.values.len());
+        self.value_codes = Some(ValueCodes {
+            bits,
+            n1,
+            packing: CodePacking::Stream,
+        });
         Ok(self)
     }
 
@@ -336,7 +346,7 @@ impl SparseWeights {
     /// nnz and the code set, then decodes them into `values`. No-op without codes.
     pub fn decode_value_codes(&mut self) -> Result<(), EncodingError> {
         self.cols.derived.clear();
-        let Some(ValueCodes { bits, n1 }) = self.value_codes else {
+        let Some(ValueCodes { bits, n1, packing }) = self.value_codes else {
             return Ok(());
         };
         let err = |part, found, expected| EncodingError {
@@ -348,35 +358,52 @@ impl SparseWeights {
         };
         self.check_code_set(bits, n1)?;
         let nnz = self.row_ptr.last().copied().unwrap_or(0) as usize;
-        let per_word = codes_per_word(bits);
-        if self.cols.codes.len() != nnz.div_ceil(per_word) {
-            return Err(err(
-                "value_codes",
-                self.cols.codes.len(),
-                nnz.div_ceil(per_word),
-            ));
-        }
-        let (table, mask, sign) = (
-            decode_table(bits, n1),
-            (1u32 << bits) - 1,
-            1u32 << (bits - 1),
-        );
-        let mut values = Vec::with_capacity(nnz);
-        for (w, &word) in self.cols.codes.iter().enumerate() {
-            let here = per_word.min(nnz - w * per_word);
-            if here < 32 / bits as usize && word >> (bits as usize * here) != 0 {
-                return Err(err("value_codes (unused bits set)", w, 0));
-            }
-            for j in 0..here {
-                let code = (word >> (bits as usize * j)) & mask;
-                let e = code & (sign - 1);
-                if (code != 0 && e == 0) || e > magnitudes(bits) {
-                    return Err(err("value_codes (invalid code)", code as usize, 0));
+        let stored = &self.cols.codes;
+        let codes: Vec<u32> = match packing {
+            CodePacking::Stream => {
+                let want = bitstream::words(nnz, bits);
+                if stored.len() != want {
+                    return Err(err("value_codes", stored.len(), want));
                 }
-                values.push(table[code as usize]);
+                if !bitstream::padding_clear(stored, bits, nnz) {
+                    return Err(err("value_codes (unused bits set)", want - 1, 0));
+                }
+                (0..nnz).map(|i| bitstream::get(stored, bits, i)).collect()
             }
+            CodePacking::Words => {
+                let per_word = codes_per_word(bits);
+                if stored.len() != nnz.div_ceil(per_word) {
+                    return Err(err("value_codes", stored.len(), nnz.div_ceil(per_word)));
+                }
+                let mask = (1u32 << bits) - 1;
+                let mut codes = Vec::with_capacity(nnz);
+                for (w, &word) in stored.iter().enumerate() {
+                    let here = per_word.min(nnz - w * per_word);
+                    if here < 32 / bits as usize && word >> (bits as usize * here) != 0 {
+                        return Err(err("value_codes (unused bits set)", w, 0));
+                    }
+                    codes.extend((0..here).map(|j| (word >> (bits as usize * j)) & mask));
+                }
+                codes
+            }
+        };
+        let (table, sign) = (decode_table(bits, n1), 1u32 << (bits - 1));
+        let mut values = Vec::with_capacity(nnz);
+        for &code in &codes {
+            let e = code & (sign - 1);
+            if (code != 0 && e == 0) || e > magnitudes(bits) {
+                return Err(err("value_codes (invalid code)", code as usize, 0));
+            }
+            values.push(table[code as usize]);
         }
         self.values = values;
+        // Kept as a stream, the form the next save writes.
+        self.cols.codes = bitstream::pack(codes, bits, nnz);
+        self.value_codes = Some(ValueCodes {
+            bits,
+            n1,
+            packing: CodePacking::Stream,
+        });
         Ok(())
     }
 

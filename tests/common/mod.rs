@@ -70,3 +70,15 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, (rel, abs): (f32, f
         want.data[i]
     );
 }
+
+/// A `.cnnpack` file as a version-1 build wrote it: `json` (headers without `packing`)
+/// and `tensors` (pow2 codes word-aligned) in a container that says version 1.
+pub fn version_1_file(json: &str, tensors: &[cnnpack::format::cnnpack::RawTensor<'_>]) -> Vec<u8> {
+    use cnnpack::format::cnnpack::{assemble, disassemble};
+    let bytes = assemble(json, tensors).expect("assemble");
+    let (mut meta, tensors) = disassemble(&bytes).expect("disassemble");
+    // The checksum covers the graph and the tensors, not the version.
+    meta.insert("version".into(), "1".into());
+    safetensors::serialize(tensors.iter().map(|t| (t.name.clone(), t)), Some(meta))
+        .expect("serialize")
+}
