@@ -11,7 +11,8 @@
 # convkernels (ResNet-18 again with the first tiled conv kernel, with conv_gemm_wide, and
 # with unsplit K), squeezenet, alexnet (GPU sweeps of sketch m, INQ b, sparse density at
 # batch 1), fcsplit (sketch m = 2 and INQ b = 2 with the compressed fc kernels' K
-# unsplit), pow2fc (fc6 dense vs pow2 b = 2..5 in one model; INQ fc kernels on AlexNet:
+# unsplit), pow2fc (fc6 dense vs pow2 b = 2..5 in one model, pow2_fc_lut's prefetch depths
+# 1-3 side by side; INQ fc kernels on AlexNet:
 # pow2_fc_lut at b = 2..5, batch 1 and 8, the uniform-window pow2_fc; dense fc at batch 16
 # and 32), peers (ONNX Runtime if installed,
 # tract, cnnpack CPU, cnnpack GPU in one criterion run, then the merged table).
@@ -149,7 +150,9 @@ PY
 if has pow2fc; then
     # fc6 dense and pow2 b = 2..5 as branches of one model (same clocks in every run).
     stage "fc6 dense vs pow2, one model"
-    timeout 60 .dev/bin/test-inq pow2_fc_timing --ignored --nocapture >"$S/pow2fc-timing.txt" 2>&1
+    # Prefetch depths 1-3 of pow2_fc_lut side by side (one model per depth, same rounds).
+    CNNPACK_POW2_FC_PREFETCH_SWEEP=1,2,3 timeout 90 .dev/bin/test-inq pow2_fc_timing --ignored \
+        --nocapture >"$S/pow2fc-timing.txt" 2>&1
     grep -E "  (dense|pow2)|batch" "$S/pow2fc-timing.txt"
     stage "alexnet inq pow2_fc_lut"
     timeout 150 $B bench zoo:alexnet --sweep inq --peak --device gpu --batch 1,8 --budget 2 \

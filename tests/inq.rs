@@ -790,7 +790,8 @@ mod gpu {
     /// (>= 2048) and 4, K with and
     /// without a last quad past it (b = 4: 32 inputs per quad), K a multiple of 4 at
     /// batch > 1 (inputs as vec4s) and not (scalars), 1..8 items per workgroup and
-    /// several item groups (batch 9, 17), row chunks under a binding cap, K > 16384.
+    /// several item groups (batch 9, 17), row chunks under a binding cap, K > 16384,
+    /// prefetch depths 1 to 3.
     #[test]
     fn gpu_pow2_fc_lut_shapes() {
         let Some(ctx) = gpu() else { return };
@@ -811,6 +812,16 @@ mod gpu {
                 let what = format!("lut fc b{bits} k{k} o{o} relu {relu}");
                 run_check(&ctx, &what, &g, batch, lut);
             }
+            // Deeper prefetch: slices with 0 to 11 quads, so the loads past the last
+            // quad (clamped to it) and the register rotation are both exercised.
+            for prefetch in [2, 3] {
+                let what = format!("lut fc b{bits} k{k} o{o} prefetch {prefetch}");
+                let opts = GpuOptions {
+                    pow2_fc_prefetch: Some(prefetch),
+                    ..lut
+                };
+                run_check(&ctx, &what, &g, batches[batches.len() - 1], opts);
+            }
             if k < 1000 {
                 // A binding of 1 KiB holds 64 quads: 1 to 5 row blocks per chunk.
                 let what = format!("lut fc b{bits} k{k} o{o} chunked");
@@ -829,6 +840,7 @@ mod gpu {
     /// then). Prints per-step medians and the median of the per-run ratios dense / pow2.
     /// Timing only, on a real GPU: `cargo test --release --test inq pow2_fc_timing --
     /// --ignored --nocapture` (`CNNPACK_POW2_FC`, `CNNPACK_POW2_FC_ROWS` pick variants;
+    /// `CNNPACK_POW2_FC_PREFETCH_SWEEP=1,2,3` compares prefetch depths in one run;
     /// `CNNPACK_TIMING_RUNS`, default 30).
     #[test]
     #[ignore]
@@ -856,47 +868,77 @@ mod gpu {
         }
         let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
         let g = b.finish(&outs).expect("graph");
+        // Prefetch depths to compare (`CNNPACK_POW2_FC_PREFETCH_SWEEP=1,2,3`): one model
+        // each, run in turn within every round, so all of them see the same clocks.
+        let depths: Vec<Option<usize>> = match std::env::var("CNNPACK_POW2_FC_PREFETCH_SWEEP") {
+            Ok(list) => list
+                .split(',')
+                .map(|d| Some(d.trim().parse().expect("prefetch depths 1..=3")))
+                .collect(),
+            Err(_) => vec![None],
+        };
         for batch in [1, 8] {
-            let model = GpuModel::new(ctx.clone(), &g, batch).expect("model");
+            let models: Vec<GpuModel> = depths
+                .iter()
+                .map(|&d| {
+                    let opts = GpuOptions {
+                        pow2_fc_prefetch: d,
+                        ..GpuOptions::default()
+                    };
+                    GpuModel::with_options(ctx.clone(), &g, batch, opts).expect("model")
+                })
+                .collect();
             let x = rng.normal_tensor(vec![batch, k], 1.0);
-            let kernels = model.step_kernels();
-            let mut per_step: Vec<Vec<f64>> = vec![];
-            let mut ratios: Vec<Vec<f64>> = vec![];
+            let mut per_step = vec![vec![]; models.len()];
+            let mut ratios = vec![vec![]; models.len()];
             // Warm-up: an idle GPU runs at low clocks until its driver raises them (an
             // H200 measured this test 3-4x slower after 5 warm-up runs).
             let warm = std::time::Instant::now();
             while warm.elapsed().as_secs_f64() < 2.0 {
-                model.run(&x).expect("run");
+                for model in &models {
+                    model.run(&x).expect("run");
+                }
             }
             for _ in 0..runs {
-                let (_, times) = model.run_profiled(&x).expect("run");
-                let Some(times) = times else {
-                    println!("no timestamp queries on {}", ctx.adapter_name());
-                    return;
-                };
-                per_step.resize(times.len(), vec![]);
-                ratios.resize(times.len(), vec![]);
-                for (i, (_, ms)) in times.iter().enumerate() {
-                    per_step[i].push(*ms);
-                    ratios[i].push(times[0].1 / ms);
+                for (m, model) in models.iter().enumerate() {
+                    let (_, times) = model.run_profiled(&x).expect("run");
+                    let Some(times) = times else {
+                        println!("no timestamp queries on {}", ctx.adapter_name());
+                        return;
+                    };
+                    let (per_step, ratios): (&mut Vec<Vec<f64>>, &mut Vec<Vec<f64>>) =
+                        (&mut per_step[m], &mut ratios[m]);
+                    per_step.resize(times.len(), vec![]);
+                    ratios.resize(times.len(), vec![]);
+                    for (i, (_, ms)) in times.iter().enumerate() {
+                        per_step[i].push(*ms);
+                        ratios[i].push(times[0].1 / ms);
+                    }
                 }
             }
             let median = |v: &mut Vec<f64>| {
                 v.sort_by(f64::total_cmp);
                 v[v.len() / 2]
             };
-            println!("{} batch {batch}, {runs} runs:", ctx.adapter_name());
-            for (i, (name, kernel)) in kernels.iter().enumerate() {
-                let (ms, r) = (median(&mut per_step[i]), median(&mut ratios[i]));
-                let (lo, hi) = (ratios[i][0], ratios[i][ratios[i].len() - 1]);
-                // The fastest run of each step: the least disturbed by other work on the GPU.
-                let (best, best_dense) = (per_step[i][0], per_step[0][0]);
+            for (m, model) in models.iter().enumerate() {
+                let depth = depths[m].map_or("default".to_string(), |d| d.to_string());
                 println!(
-                    "  {name:<8} {kernel:<30} median {:>7.1} us, dense/this {r:.2}x ({lo:.2}-{hi:.2}); fastest {:>7.1} us, {:.2}x",
-                    ms * 1e3,
-                    best * 1e3,
-                    best_dense / best
+                    "{} batch {batch}, {runs} runs, prefetch {depth}:",
+                    ctx.adapter_name()
                 );
+                let (per_step, ratios) = (&mut per_step[m], &mut ratios[m]);
+                for (i, (name, kernel)) in model.step_kernels().iter().enumerate() {
+                    let (ms, r) = (median(&mut per_step[i]), median(&mut ratios[i]));
+                    let (lo, hi) = (ratios[i][0], ratios[i][ratios[i].len() - 1]);
+                    // The fastest run of each step: the least disturbed by other work.
+                    let (best, best_dense) = (per_step[i][0], per_step[0][0]);
+                    println!(
+                        "  {name:<8} {kernel:<30} median {:>7.1} us, dense/this {r:.2}x ({lo:.2}-{hi:.2}); fastest {:>7.1} us, {:.2}x",
+                        ms * 1e3,
+                        best * 1e3,
+                        best_dense / best
+                    );
+                }
             }
         }
     }

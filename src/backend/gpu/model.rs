@@ -33,6 +33,9 @@ pub struct GpuOptions {
     pub fc_split_k: Option<usize>,
     /// Which kernel runs pow2 (INQ) Linear layers (tests force each one).
     pub pow2_fc: Pow2Fc,
+    /// Code quads `pow2_fc_lut` loads ahead per invocation, 1..=3: `None` takes
+    /// `CNNPACK_POW2_FC_PREFETCH`, else 1 (tests force each depth).
+    pub pow2_fc_prefetch: Option<usize>,
 }
 
 /// The kernel of a pow2 (INQ) Linear layer on the GPU.
@@ -111,6 +114,7 @@ impl Default for GpuOptions {
             compressed_conv: CompressedConv::Auto,
             fc_split_k: None,
             pow2_fc: Pow2Fc::Auto,
+            pow2_fc_prefetch: None,
         }
     }
 }
@@ -137,6 +141,8 @@ pub(crate) struct StepIo<'a> {
     pub(crate) fc_split_k: Option<usize>,
     /// pow2 Linear kernel choice.
     pub(crate) pow2_fc: Pow2Fc,
+    /// Forced prefetch depth of `pow2_fc_lut` (`GpuOptions::pow2_fc_prefetch`).
+    pub(crate) pow2_fc_prefetch: Option<usize>,
 }
 
 /// A layer's bias, or zeros for `rows` outputs when it has none.
@@ -363,6 +369,7 @@ impl GpuModel {
                 compressed_conv: options.compressed_conv,
                 fc_split_k: options.fc_split_k,
                 pow2_fc: options.pow2_fc,
+                pow2_fc_prefetch: options.pow2_fc_prefetch,
             };
             let dispatches = scoped(&ctx, &step.name, || encode(&io))?;
             steps.push(StepKernels {

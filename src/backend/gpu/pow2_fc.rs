@@ -42,7 +42,27 @@ pub(crate) struct Variant {
     pub(crate) rows: usize,
     /// Inputs bound as vec4s (K % 4 == 0: every quad's inputs 16-byte aligned).
     pub(crate) aligned: bool,
+    /// Code quads each invocation loads ahead of the one it decodes (1..=3).
+    pub(crate) prefetch: usize,
 }
+
+/// Quads loaded ahead: 1 (the measured default; on an H200 fc6 4-bit at batch 1 ran
+/// 20.1 us with it), or `CNNPACK_POW2_FC_PREFETCH=2|3`. Why deeper may pay: at batch 1
+/// fc6 has 512 workgroups of 256 invocations, about half of an H200's resident
+/// threads, each with 9 quads of 16 bytes; with one quad in flight per invocation
+/// 2 MB are in flight, less than the ~3.5 MB that 3.5 TB/s times ~1 us of loaded
+/// latency needs, and one quad's decode (~128 instructions per warp) is shorter than a
+/// load. Not measured on a GPU yet (tested for correctness on every adapter).
+fn prefetch_depth() -> usize {
+    std::env::var("CNNPACK_POW2_FC_PREFETCH")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|d| (1..=MAX_PREFETCH).contains(d))
+        .unwrap_or(1)
+}
+
+/// Deepest prefetch the generator writes.
+const MAX_PREFETCH: usize = 3;
 
 /// Rows per workgroup for a layer of `rows` outputs and `items` items per workgroup:
 /// 16 (16 K slices) with several items, 8 (32 slices) with one, while that still gives
@@ -72,8 +92,8 @@ const PAIRED_ITEMS: usize = 4;
 fn kernel(io: &StepIo, v: Variant) -> Arc<Kernel> {
     io.ctx.kernel_generated(
         format!(
-            "pow2_fc_lut b{} items{} rows{} aligned{}",
-            v.bits, v.items, v.rows, v.aligned
+            "pow2_fc_lut b{} items{} rows{} aligned{} prefetch{}",
+            v.bits, v.items, v.rows, v.aligned, v.prefetch
         ),
         || lut_source(v),
         "pow2_fc_lut",
@@ -119,7 +139,30 @@ pub(crate) fn lut_source(v: Variant) -> String {
             sums.push(format!("acc{i}"));
         }
     }
+    // Quads q, q + SLICES, ... in registers n0, n1, ...: the loop takes n0 as `c`,
+    // shifts the rest down and loads quad q + PREFETCH * SLICES into the last.
+    let d = v.prefetch.clamp(1, MAX_PREFETCH);
+    let mut init = String::new();
+    for j in 0..d {
+        let at = match j {
+            0 => "q".to_string(),
+            _ => format!("min(q + {j}u * SLICES, last)"),
+        };
+        let _ = writeln!(init, "        var n{j} = codes[cbase + {at} * ROWS];");
+    }
+    let mut rotate = String::from("            let c = n0;\n");
+    for j in 1..d {
+        let _ = writeln!(rotate, "            n{} = n{j};", j - 1);
+    }
+    let _ = writeln!(
+        rotate,
+        "            n{} = codes[cbase + min(q + {d}u * SLICES, last) * ROWS];",
+        d - 1
+    );
     TEMPLATE
+        .replace("{{PREFETCH_INIT}}", &init)
+        .replace("{{PREFETCH_ROTATE}}", &rotate)
+        .replace("{{PREFETCH}}", &d.to_string())
         .replace("{{ACC_DECL}}", &decl)
         .replace("{{ACC_SUM}}", &sums.join(", "))
         .replace("{{BITS}}", &v.bits.to_string())
@@ -208,6 +251,7 @@ pub(crate) fn encode_linear(
         // As vec4s only when the binding (batch * K floats) holds whole vec4s: a last
         // partial vec4 would be out of bounds of an array<vec4<f32>>.
         aligned: k % 4 == 0,
+        prefetch: io.pow2_fc_prefetch.unwrap_or_else(prefetch_depth),
     };
     let cpw = w.codes_per_word();
     let quads = w.words_per_row().div_ceil(4);
@@ -303,13 +347,14 @@ mod tests {
     fn generated_sources_validate() {
         for bits in 2..=5 {
             for items in 1..=MAX_ITEMS {
-                for rows in [4, 8] {
+                for (rows, prefetch) in [(4, 1), (8, 1), (8, 2), (16, 3)] {
                     for aligned in [false, true] {
                         let v = Variant {
                             bits,
                             items,
                             rows,
                             aligned,
+                            prefetch,
                         };
                         let src = lut_source(v);
                         let module = naga::front::wgsl::parse_str(&src)

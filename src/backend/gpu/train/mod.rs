@@ -1067,6 +1067,7 @@ impl GpuTrainer {
             compressed_conv: CompressedConv::Native,
             fc_split_k: None,
             pow2_fc: Pow2Fc::Auto,
+            pow2_fc_prefetch: None,
         };
         match (&node.op, self.layers.get(&i)) {
             (
