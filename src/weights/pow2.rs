@@ -225,8 +225,15 @@ impl Pow2Weights {
 
     /// The codes as one dense bit stream, the form `.cnnpack` files store.
     pub fn code_stream(&self) -> Vec<u32> {
-        let k = self.row_len();
-        let codes = (0..self.rows()).flat_map(|c| (0..k).map(move |i| self.code(c, i)));
+        let (k, cpw, b) = (self.row_len(), self.codes_per_word(), self.bits as usize);
+        let mask = (1u32 << b) - 1;
+        // Row by row, word by word: the first K codes of each row's words.
+        let codes = (0..self.rows()).flat_map(|c| {
+            self.code_row(c)
+                .iter()
+                .flat_map(move |&word| (0..cpw).map(move |j| (word >> (b * j)) & mask))
+                .take(k)
+        });
         bitstream::pack(codes, self.bits, self.rows() * k)
     }
 
