@@ -163,8 +163,10 @@ fn fc_set(rng: &mut Rng, rounds: usize) {
         Variant::new("sketch m2", fc(Weights::Sketch(sketch))),
         Variant::new("sparse 5%", fc(sparse(rng, &w, 0.05))),
     ];
-    let x = rng.normal_tensor(vec![1, k], 1.0);
-    compare("fc6 n1", &variants, &x, rounds);
+    for n in [1, 8] {
+        let x = rng.normal_tensor(vec![n, k], 1.0);
+        compare(&format!("fc6 n{n}"), &variants, &x, rounds);
+    }
 }
 
 fn main() {

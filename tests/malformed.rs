@@ -388,6 +388,125 @@ fn repack(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
     format::cnnpack::assemble(&json.to_string(), &tensors).expect("assembles")
 }
 
+/// Edits the header of every pow2 weight in the graph JSON.
+fn edit_pow2(j: &mut serde_json::Value, edit: &dyn Fn(&mut serde_json::Value)) {
+    for node in j["nodes"].as_array_mut().expect("nodes") {
+        for op in ["Conv", "Linear"] {
+            let w = node["op"]
+                .get_mut(op)
+                .and_then(|o| o.get_mut("weight"))
+                .and_then(|w| w.get_mut("Pow2"));
+            if let Some(w) = w {
+                edit(w);
+            }
+        }
+    }
+}
+
+#[test]
+fn cnnpack_pow2_headers_and_streams_refused() {
+    let (_, q) = packed_models()
+        .into_iter()
+        .find(|(enc, _)| *enc == "pow2")
+        .expect("a pow2 model");
+    let bytes = format::to_bytes(&q).expect("serializes");
+    let headers: Vec<(&str, serde_json::Value)> = vec![
+        ("bits 0", serde_json::json!({"bits": 0})),
+        ("bits 1", serde_json::json!({"bits": 1})),
+        ("bits 6", serde_json::json!({"bits": 6})),
+        ("bits 40", serde_json::json!({"bits": 40})),
+        ("bits 2^40", serde_json::json!({"bits": 1u64 << 40})),
+        ("n1 2^31 - 1", serde_json::json!({"n1": i32::MAX})),
+        ("words_per_row 0", serde_json::json!({"words_per_row": 0})),
+        (
+            "words_per_row 2^60",
+            serde_json::json!({"words_per_row": 1u64 << 60}),
+        ),
+        (
+            "packing Words with a stream",
+            serde_json::json!({"packing": "Words"}),
+        ),
+        ("packing unknown", serde_json::json!({"packing": "Zip"})),
+    ];
+    for (name, patch) in &headers {
+        let b = repack(&bytes, |j| {
+            edit_pow2(j, &|w| {
+                for (key, v) in patch.as_object().expect("patch") {
+                    w[key] = v.clone();
+                }
+            })
+        });
+        must_fail(&format!(".cnnpack pow2 {name}"), || format::from_bytes(&b));
+    }
+    // Streams one word short, one word long, and with a set bit past the last code.
+    let (meta, tensors) = format::cnnpack::disassemble(&bytes).expect("own file");
+    let streams: Vec<usize> = (0..tensors.len())
+        .filter(|&i| tensors[i].name.ends_with(".code_stream"))
+        .collect();
+    assert!(!streams.is_empty(), "pow2 files hold code streams");
+    // Layers whose stream ends inside a word (the padding bit edit applies to them).
+    let padded: Vec<String> = q
+        .nodes
+        .iter()
+        .filter_map(|n| match n.op.weights() {
+            Some(cnnpack::weights::Weights::Pow2(w))
+                if (w.rows() * w.row_len() * w.bits() as usize) % 32 != 0 =>
+            {
+                Some(format!("{}.code_stream", n.name))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !padded.is_empty(),
+        "the tiny model has a stream with padding"
+    );
+    // 40-bit codes with a stream of the length they would take.
+    let mut t = tensors.clone();
+    let json = {
+        let mut j: serde_json::Value = serde_json::from_str(&meta["graph"]).expect("JSON");
+        edit_pow2(&mut j, &|w| w["bits"] = serde_json::json!(40));
+        j.to_string()
+    };
+    for &i in &streams {
+        let name = t[i].name.trim_end_matches(".code_stream").to_string();
+        let n = q.nodes.iter().find(|n| n.name == name).expect("node");
+        let count = n.op.weights().expect("weights").parameters();
+        let words = (count * 40).div_ceil(32);
+        t[i].shape = vec![words];
+        t[i].data = vec![0u8; 4 * words].into();
+    }
+    let b = format::cnnpack::assemble(&json, &t).expect("assembles");
+    must_fail(".cnnpack pow2 bits 40, stream to match", || {
+        format::from_bytes(&b)
+    });
+    for (name, edit) in [
+        ("stream one word short", 0),
+        ("stream one word long", 1),
+        ("stream with a padding bit set", 2),
+    ] {
+        let mut t = tensors.clone();
+        for &i in &streams {
+            if edit == 2 && !padded.contains(&t[i].name) {
+                continue;
+            }
+            let mut d = t[i].data.to_vec();
+            match edit {
+                0 => d.truncate(d.len() - 4),
+                1 => d.extend([0u8; 4]),
+                _ => {
+                    let last = d.len() - 1;
+                    d[last] |= 0x80;
+                }
+            }
+            t[i].shape = vec![d.len() / 4];
+            t[i].data = d.into();
+        }
+        let b = format::cnnpack::assemble(&meta["graph"], &t).expect("assembles");
+        must_fail(&format!(".cnnpack pow2 {name}"), || format::from_bytes(&b));
+    }
+}
+
 #[test]
 fn cnnpack_huge_sizes_wrong_types_cycles_dangling() {
     let g = tiny(5);

@@ -253,6 +253,10 @@ impl Pow2Weights {
     /// word layout (refusing a stream of the wrong length or with set padding bits),
     /// marks the weights `Stream` for the next save, then `check`s.
     pub fn finish_load(&mut self) -> Result<(), EncodingError> {
+        if !(2..=5).contains(&self.bits) {
+            // Refused by `check`, before a width the re-pack cannot handle is used.
+            return self.check();
+        }
         if self.packing == CodePacking::Stream {
             let (rows, k) = (self.rows(), self.row_len());
             let expected = bitstream::words(rows * k, self.bits);
