@@ -450,7 +450,7 @@ fn cnnpack_pow2_headers_and_streams_refused() {
         .iter()
         .filter_map(|n| match n.op.weights() {
             Some(cnnpack::weights::Weights::Pow2(w))
-                if (w.rows() * w.row_len() * w.bits() as usize) % 32 != 0 =>
+                if !(w.rows() * w.row_len() * w.bits() as usize).is_multiple_of(32) =>
             {
                 Some(format!("{}.code_stream", n.name))
             }
