@@ -154,6 +154,13 @@ if has pow2fc; then
     CNNPACK_POW2_FC_PREFETCH_SWEEP=1,2,3 timeout 90 .dev/bin/test-inq pow2_fc_timing --ignored \
         --nocapture >"$S/pow2fc-timing.txt" 2>&1
     grep -E "  (dense|pow2)|batch" "$S/pow2fc-timing.txt"
+    # The same AlexNet runs timed inside one pass: per-layer times without a pass's
+    # begin and end (sequential layers, so no overlap to misattribute).
+    stage "alexnet inq, layers timed in one pass"
+    CNNPACK_PROFILE=in-pass timeout 60 $B bench zoo:alexnet --sweep inq --values 4 \
+        --device gpu --batch 1,8 --budget 2 --layers 12 --json "$S/pow2fc-inpass.json" \
+        >"$S/pow2fc-inpass.txt" 2>&1
+    fc_table "$S/pow2fc-inpass.json"
     stage "alexnet inq pow2_fc_lut"
     timeout 150 $B bench zoo:alexnet --sweep inq --peak --device gpu --batch 1,8 --budget 2 \
         --layers 12 --json "$S/pow2fc-lut.json" >"$S/pow2fc-lut.txt" 2>&1

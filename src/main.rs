@@ -132,7 +132,9 @@ enum Command {
         batch: Vec<usize>,
         /// Timed runs per configuration (fewer if --budget runs out; at least 3), after at
         /// least 1 s of untimed runs (an idle GPU runs at low clocks at first). Layer times
-        /// are medians over up to 5 more, profiled runs.
+        /// are medians over up to 5 more, profiled runs; on a GPU each layer is its own
+        /// pass, or with env CNNPACK_PROFILE=in-pass (where the adapter can) timed
+        /// between the dispatches of one pass, as unprofiled runs execute them.
         #[arg(long, default_value_t = 20)]
         runs: usize,
         /// Seconds of timed runs per configuration.

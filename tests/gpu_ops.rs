@@ -705,15 +705,37 @@ fn bad_input_and_profiling() {
     let wrong = Tensor::zeros(vec![3, 3, 33, 29]);
     assert!(matches!(model.run(&wrong), Err(GpuError::BadInput { .. })));
     let x = Rng::new(3).normal_tensor(vec![2, 3, 33, 29], 1.0);
-    let (out, times) = model.run_profiled(&x).unwrap();
-    assert_eq!(out, model.run(&x).unwrap());
-    match times {
-        Some(t) => {
-            assert_eq!(t.len(), model.step_names().len());
-            assert!(t.iter().all(|(_, ms)| ms.is_finite() && *ms >= 0.0));
+    let want = model.run(&x).unwrap();
+    // Both ways of timing steps: one pass per step, and timestamps inside one pass.
+    for in_pass in [false, true] {
+        let opts = GpuOptions {
+            profile_in_pass: Some(in_pass),
+            ..GpuOptions::default()
+        };
+        let model = GpuModel::with_options(ctx.clone(), &g, 2, opts).unwrap();
+        assert_eq!(
+            model.profiles_in_pass(),
+            in_pass && ctx.has_timestamps_in_passes()
+        );
+        let (out, times) = model.run_profiled(&x).unwrap();
+        assert_eq!(out, want, "in pass: {in_pass}");
+        match times {
+            Some(t) => {
+                assert_eq!(t.len(), model.step_names().len());
+                assert!(t.iter().all(|(_, ms)| ms.is_finite() && *ms >= 0.0));
+                // The steps' times add up to less than a profiled run's wall time; a
+                // query index mix-up gives wrapped (huge) differences instead.
+                let sum: f64 = t.iter().map(|(_, ms)| ms).sum();
+                assert!(sum < 60_000.0, "in pass: {in_pass}: {sum} ms");
+            }
+            None => assert!(!ctx.has_timestamps()),
         }
-        None => assert!(!ctx.has_timestamps()),
     }
+    eprintln!(
+        "{}: timestamps inside passes: {}",
+        ctx.adapter_name(),
+        ctx.has_timestamps_in_passes()
+    );
 }
 
 /// `GpuModel::step_kernels` names what each step runs (what `cnnpack bench` reports).

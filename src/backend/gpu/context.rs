@@ -62,6 +62,7 @@ pub struct GpuContext {
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     timestamps: bool,
+    timestamps_in_passes: bool,
     lost: Arc<Mutex<Option<String>>>,
     /// Compiled pipelines by (shader family, entry point).
     kernels: Mutex<HashMap<(String, &'static str), Arc<Kernel>>>,
@@ -123,7 +124,7 @@ impl GpuContext {
     /// Honours env `WGPU_BACKEND` (comma list of vulkan, metal, dx12, gl) and
     /// `WGPU_ADAPTER_NAME` (case-insensitive substring of the adapter name). Requests the
     /// adapter's own limits (so large storage bindings are available) and
-    /// `TIMESTAMP_QUERY` when the adapter has it.
+    /// `TIMESTAMP_QUERY` (and `TIMESTAMP_QUERY_INSIDE_PASSES`) when the adapter has it.
     pub fn new() -> Result<GpuContext, GpuError> {
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
@@ -155,7 +156,10 @@ impl GpuContext {
                 ))
             })?,
         };
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Timestamps between dispatches of one pass too, where the adapter has them
+        // (`GpuModel::run_profiled` with `CNNPACK_PROFILE=in-pass`).
+        let features = adapter.features()
+            & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("cnnpack"),
             required_features: features,
@@ -188,6 +192,9 @@ impl GpuContext {
             info: device.adapter_info(),
             limits: device.limits(),
             timestamps: device.features().contains(wgpu::Features::TIMESTAMP_QUERY),
+            timestamps_in_passes: device.features().contains(
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+            ),
             device,
             queue,
             lost,
@@ -219,6 +226,11 @@ impl GpuContext {
     /// Whether per-pass timestamp queries are available.
     pub fn has_timestamps(&self) -> bool {
         self.timestamps
+    }
+
+    /// Whether timestamps can also be written between the dispatches of one pass.
+    pub fn has_timestamps_in_passes(&self) -> bool {
+        self.timestamps_in_passes
     }
 
     /// The wgpu device.

@@ -36,6 +36,11 @@ pub struct GpuOptions {
     /// Code quads `pow2_fc_lut` loads ahead per invocation, 1..=3: `None` takes
     /// `CNNPACK_POW2_FC_PREFETCH`, else 1 (tests force each depth).
     pub pow2_fc_prefetch: Option<usize>,
+    /// How `run_profiled` times steps: `Some(true)` between the dispatches of one pass
+    /// (where the adapter has `TIMESTAMP_QUERY_INSIDE_PASSES`), `Some(false)` one pass
+    /// per step; `None` takes `CNNPACK_PROFILE=in-pass|per-pass`, else per pass. See
+    /// `GpuModel::profiles_in_pass`.
+    pub profile_in_pass: Option<bool>,
 }
 
 /// The kernel of a pow2 (INQ) Linear layer on the GPU.
@@ -115,6 +120,7 @@ impl Default for GpuOptions {
             fc_split_k: None,
             pow2_fc: Pow2Fc::Auto,
             pow2_fc_prefetch: None,
+            profile_in_pass: None,
         }
     }
 }
@@ -225,6 +231,8 @@ pub struct GpuModel {
     steps: Vec<StepKernels>,
     outputs: Vec<Output>,
     run: Mutex<RunState>,
+    /// `run_profiled` writes its timestamps between the dispatches of one pass.
+    in_pass: bool,
 }
 
 impl std::fmt::Debug for GpuModel {
@@ -440,6 +448,10 @@ impl GpuModel {
         })?;
         let mut input_shape = vec![batch];
         input_shape.extend(&graph.input.item_shape);
+        let in_pass = ctx.has_timestamps_in_passes()
+            && options.profile_in_pass.unwrap_or_else(|| {
+                std::env::var("CNNPACK_PROFILE").is_ok_and(|v| v.trim() == "in-pass")
+            });
         Ok(GpuModel {
             ctx,
             batch,
@@ -449,7 +461,18 @@ impl GpuModel {
             steps,
             outputs,
             run: Mutex::new(run),
+            in_pass,
         })
+    }
+
+    /// Whether `run_profiled` times each step between the dispatches of one pass (as
+    /// an unprofiled run executes them), rather than as a pass of its own. One pass per
+    /// step is the default: it also attributes time to steps that do not depend on each
+    /// other (within one pass those may overlap), but every step then pays a pass's
+    /// begin and end (on an H200 no step measured under ~7 us that way, a tiny maxpool
+    /// included), which weighs on short kernels.
+    pub fn profiles_in_pass(&self) -> bool {
+        self.in_pass
     }
 
     /// The batch size the model was planned for.
@@ -529,6 +552,25 @@ impl GpuModel {
                 .device()
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
             match timing {
+                // One pass for all, timestamps between the steps' dispatches: what a
+                // step costs inside an unprofiled run, without per-pass overhead. Only
+                // meaningful for steps that depend on the one before (wgpu puts a
+                // barrier between them); independent steps may overlap.
+                Some(t) if self.in_pass => {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("model, timed"),
+                        timestamp_writes: None,
+                    });
+                    for (i, step) in self.steps.iter().enumerate() {
+                        pass.write_timestamp(&t.queries, 2 * i as u32);
+                        record(&mut pass, &step.dispatches);
+                        pass.write_timestamp(&t.queries, 2 * i as u32 + 1);
+                    }
+                    drop(pass);
+                    let n = 2 * self.steps.len() as u32;
+                    enc.resolve_query_set(&t.queries, 0..n, &t.resolve, 0);
+                    enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, t.resolve.size());
+                }
                 // One pass per step, so each step's time is bracketed by two timestamps.
                 Some(t) => {
                     for (i, step) in self.steps.iter().enumerate() {
