@@ -75,6 +75,20 @@ pub enum CodePacking {
     Stream,
 }
 
+/// The word layout (module docs) of `rows` rows of `k` codes, `code(i)` being code `i`
+/// in row-major order; `bits` in 2..=5.
+fn word_layout(rows: usize, k: usize, bits: u32, code: impl Fn(usize) -> u32) -> Vec<u32> {
+    let (cpw, b) = (codes_per_word(bits), bits as usize);
+    let wpr = k.div_ceil(cpw);
+    let mut words = vec![0u32; rows * wpr];
+    for (r, out) in words.chunks_exact_mut(wpr.max(1)).enumerate().take(rows) {
+        for i in 0..k {
+            out[i / cpw] |= code(r * k + i) << (b * (i % cpw));
+        }
+    }
+    words
+}
+
 /// Codes per u32 word for `b`-bit codes (`floor(32 / b)`).
 pub fn codes_per_word(bits: u32) -> usize {
     (32 / bits.max(1)) as usize
@@ -115,17 +129,8 @@ impl Pow2Weights {
         if codes.len() != rows * k {
             return Err(err("codes", codes.len(), rows * k));
         }
-        let cpw = codes_per_word(bits);
-        let wpr = k.div_ceil(cpw);
-        let mut words = vec![0u32; rows * wpr];
-        if k > 0 {
-            for (r, row) in codes.chunks_exact(k).enumerate() {
-                let out = &mut words[r * wpr..(r + 1) * wpr];
-                for (i, &c) in row.iter().enumerate() {
-                    out[i / cpw] |= (c as u32) << (bits as usize * (i % cpw));
-                }
-            }
-        }
+        let wpr = k.div_ceil(codes_per_word(bits));
+        let words = word_layout(rows, k, bits, |i| codes[i] as u32);
         let w = Pow2Weights {
             shape,
             bits,
@@ -273,20 +278,14 @@ impl Pow2Weights {
             if !bitstream::padding_clear(&self.codes, self.bits, rows * k) {
                 return Err(err("code_stream (set bits past the last code)", 1));
             }
-            let (cpw, b) = (self.codes_per_word(), self.bits as usize);
-            let wpr = k.div_ceil(cpw);
-            let mut words = vec![0u32; rows * wpr];
-            for (c, out) in words.chunks_exact_mut(wpr.max(1)).enumerate().take(rows) {
-                for i in 0..k {
-                    let code = bitstream::get(&self.codes, self.bits, c * k + i);
-                    out[i / cpw] |= code << (b * (i % cpw));
-                }
+            if self.words_per_row != k.div_ceil(self.codes_per_word()) {
+                // A header that disagrees with the shape: `check` refuses it.
+                return self.check();
             }
-            // `check` compares words_per_row with the shape; a header that disagrees
-            // is refused there, not hidden by this re-pack.
-            if self.words_per_row == wpr {
-                self.codes = words;
-            }
+            let stream = std::mem::take(&mut self.codes);
+            self.codes = word_layout(rows, k, self.bits, |i| {
+                bitstream::get(&stream, self.bits, i)
+            });
         }
         self.packing = CodePacking::Stream;
         self.check()
