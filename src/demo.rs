@@ -3,11 +3,14 @@
 //! The default is a LeNet-5 trained by `cnnpack train` on Fashion-MNIST (assets/README.md
 //! has the exact command) and 24 Fashion-MNIST test images written by
 //! `examples/write_demo_assets.rs`. The demo classifies them on the GPU and the CPU,
-//! sketches the model (network sketching, refined, m = 2) and compares accuracy, size and
-//! speed; where Debian's `dataset-fashion-mnist` is installed it also scores the full
-//! 10,000-image test set. It ends with a zoo ResNet-18 on the GPU vs the CPU.
+//! sketches the model (network sketching, refined, m = 2) and quantizes it to powers of
+//! two (INQ, 5 and 4 bits, one step without retraining: the demo has no training data),
+//! and compares accuracy, size and speed; where Debian's `dataset-fashion-mnist` is
+//! installed it also scores the full 10,000-image test set. It ends with a zoo ResNet-18
+//! on the GPU vs the CPU.
 
 use anyhow::{Context, Result};
+use cnnpack::compress::inq::{inq_graph, InqOptions};
 use cnnpack::compress::sketch::{sketch_graph, SketchOptions};
 use cnnpack::data::{Dataset, Preprocess};
 use cnnpack::engine::{DeviceKind, Engine};
@@ -181,8 +184,22 @@ pub fn run() -> Result<()> {
         refined: true,
         ..Default::default()
     };
-    let (sketched, _) = sketch_graph(&cnnpack::graph::fold(dense.clone())?, &opts)?;
-    let models = [("dense f32", dense), ("sketch m=2", sketched)];
+    let folded = cnnpack::graph::fold(dense.clone())?;
+    let (sketched, _) = sketch_graph(&folded, &opts)?;
+    // INQ in one step (every weight quantized at once, no retraining).
+    let inq = |bits| -> Result<Graph> {
+        let opts = InqOptions {
+            bits,
+            ..Default::default()
+        };
+        Ok(inq_graph(&folded, &opts, None, &mut |_| {})?.0)
+    };
+    let models = [
+        ("dense f32", dense),
+        ("sketch m=2", sketched),
+        ("inq 5-bit", inq(5)?),
+        ("inq 4-bit", inq(4)?),
+    ];
     let full = Path::new(FASHION_DIR).is_dir();
     println!(
         "{:<12} {:>12} {:>10} {:>12} {:>14} {:>14}",
@@ -222,6 +239,7 @@ pub fn run() -> Result<()> {
             time_ms(&gpu, &x)?
         );
     }
+    println!("(inq: one step without retraining; `cnnpack compress inq --data` retrains)");
     if !full {
         println!(
             "(install Debian's dataset-fashion-mnist to score the full 10,000-image test set)"
