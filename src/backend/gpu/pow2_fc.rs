@@ -140,7 +140,7 @@ pub(crate) fn lut_source(v: Variant) -> String {
         }
     }
     // Quads q, q + SLICES, ... in registers n0, n1, ...: the loop takes n0 as `c`,
-    // shifts the rest down and loads quad q + PREFETCH * SLICES into the last.
+    // shifts the rest down and loads quad q + d * SLICES into the last.
     let d = v.prefetch.clamp(1, MAX_PREFETCH);
     let mut init = String::new();
     for j in 0..d {
@@ -162,7 +162,6 @@ pub(crate) fn lut_source(v: Variant) -> String {
     TEMPLATE
         .replace("{{PREFETCH_INIT}}", &init)
         .replace("{{PREFETCH_ROTATE}}", &rotate)
-        .replace("{{PREFETCH}}", &d.to_string())
         .replace("{{ACC_DECL}}", &decl)
         .replace("{{ACC_SUM}}", &sums.join(", "))
         .replace("{{BITS}}", &v.bits.to_string())
