@@ -736,6 +736,13 @@ fn block_order(codes_per_byte: usize) -> Vec<usize> {
     order
 }
 
+/// How far ahead of its loads `row_dot_bytes` prefetches codes: 512 words (2 KiB, into
+/// the next row near a row's end). The rows of a tile are contiguous but the 8-row
+/// tiles are spread over the threads, and each thread's stream jumps at every tile; on
+/// the 2-core VM fc6 4-bit at batch 1 ran 8% faster on average with it (5 of 6
+/// interleaved runs, -5% to +15%; 1,024 words measured the same).
+const CODE_PREFETCH_WORDS: usize = 512;
+
 /// Sum over the whole blocks of one code row of `value(code) · x` (see `ByteLut`):
 /// per 32 code bytes (`B`-bit stored codes), `8 / B` groups of 32 codes, each two
 /// `vpshufb`, two byte interleaves, two shifts or masks and four FMAs. `SIGN_BIT_4`:
@@ -766,6 +773,8 @@ fn row_dot_bytes<const B: i32, const SIGN_BIT_4: bool>(
         // SAFETY: `words` has 8 u32 (32 bytes), `xs` has `per_block` f32 and every x
         // load below reads 8 of them at 32g + 8q ≤ per_block − 8.
         unsafe {
+            // A hint only: never faults, so running past the last row is harmless.
+            _mm_prefetch::<_MM_HINT_T0>(words.as_ptr().wrapping_add(CODE_PREFETCH_WORDS).cast());
             let mut v = _mm256_loadu_si256(words.as_ptr().cast());
             for g in 0..groups {
                 let mut codes = _mm256_and_si256(v, code_mask);
