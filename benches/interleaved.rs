@@ -1,6 +1,7 @@
 //! Compressed against dense on the CPU, timed in interleaved rounds: each round runs
-//! the dense layer once and then every compressed variant once, and the report gives
-//! each one's median over the rounds and its ratio to dense's median.
+//! the dense layer and every compressed variant once (in an order that rotates from
+//! round to round), and the report gives each one's median over the rounds and its
+//! ratio to dense's median.
 //!
 //! Why beside `kernels.rs`: criterion times one variant after the other, so on a shared
 //! VM whose speed drifts over minutes a ratio can move by a third between two runs, and
@@ -90,9 +91,12 @@ fn compare(label: &str, variants: &[Variant], x: &Tensor, rounds: usize) {
         millis(v, x); // warm-up: fills per-layer derived data
     }
     let mut times = vec![Vec::with_capacity(rounds); variants.len()];
-    for _ in 0..rounds {
-        for (v, t) in variants.iter().zip(&mut times) {
-            t.push(millis(v, x));
+    for round in 0..rounds {
+        // Each round starts one variant later, so every variant runs in every position
+        // (first, right after dense's 151 MB stream, ...) equally often.
+        for i in 0..variants.len() {
+            let v = (round + i) % variants.len();
+            times[v].push(millis(&variants[v], x));
         }
     }
     let medians: Vec<f64> = times.into_iter().map(median).collect();
