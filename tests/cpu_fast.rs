@@ -202,10 +202,11 @@ fn concat_matches_reference_on_random_shapes() {
 #[test]
 fn linear_matches_reference_on_random_shapes() {
     let mut rng = Rng::new(3);
-    // Batches 1-4 run the GEMV path (with AVX2+FMA), 5 and 8 sgemm; K below, at and
-    // above the GEMV's 16-wide step with odd tails.
-    for case in 0..40 {
-        let n = [1, 2, 3, 4, 5, 8][case % 6];
+    // Batch 1 runs the one-row GEMV, 2-8 the 3-row blocks in passes of 4 inputs (with
+    // AVX2+FMA), 9 and 17 sgemm; K below, at and above the 8- and 16-wide steps with odd
+    // tails; output counts that leave 1 or 2 rows for the last block.
+    for case in 0..60 {
+        let n = [1, 2, 3, 4, 5, 7, 8, 9, 17][case % 9];
         let k = rng.range(1, 300);
         let out = rng.range(1, 200);
         let fc = Linear {

@@ -510,8 +510,10 @@ fn pow2_linear_matches_reference() {
     let mut rng = Rng::new(17);
     for case in 0..40 {
         let bits = 2 + (case % 4) as u32;
-        // Every bit width at batch 1 and 5 (`case % 2` would tie b = 3, 5 to batch 5).
-        let n = [1, 5][case / 4 % 2];
+        // Every bit width at batches 1, 5, 2 and 8 (`case % 2` would tie b = 3, 5 to
+        // one batch): the batch-1 code kernel, and decoded rows in blocks of 3 against
+        // passes of up to 4 inputs.
+        let n = [1, 5, 2, 8][case / 4 % 4];
         let k = rng.range(1, 700);
         let o = rng.range(1, 40);
         let w = random_pow2(&mut rng, vec![o, k], bits);

@@ -114,25 +114,32 @@ pub fn pow2_linear(x: &Tensor, w: &Pow2Weights, bias: Option<&Tensor>) -> Tensor
                     tile.push(decoder.row_dot(w.code_row(c), &x.data[..k]) + b);
                 }
             } else {
-                let mut wrow = vec![0f32; k + 16];
+                // Decoded rows (`GEMV_ROWS` at a time, `stride` apart) against the batch.
+                let stride = k + 16;
+                let group = super::dense::GEMV_ROWS;
+                let mut wrows = vec![0f32; group * stride];
                 let gemv = super::dense::gemv_supported();
-                let mut ys = vec![0f32; n];
-                for c in rows {
-                    decoder.decode(w.code_row(c), &mut wrow);
-                    let b = bias.map_or(0.0, |b| b.data[c]);
+                let mut ys = vec![0f32; group * n];
+                for c0 in rows.clone().step_by(group) {
+                    let count = group.min(rows.end - c0);
+                    for (j, wrow) in wrows.chunks_exact_mut(stride).take(count).enumerate() {
+                        decoder.decode(w.code_row(c0 + j), wrow);
+                    }
+                    let ys = &mut ys[..count * n];
                     if gemv {
-                        // The decoded row against up to 4 input rows per pass (AVX2 FMA).
-                        let step = super::dense::GEMV_MAX_BATCH;
-                        for (r0, dst) in (0..n).step_by(step).zip(ys.chunks_mut(step)) {
-                            let xs = &x.data[r0 * k..(r0 + dst.len()) * k];
-                            super::dense::gemv_row(&wrow[..k], xs, dst);
-                        }
+                        super::dense::gemv_rows(&wrows, stride, count, k, &x.data, n, ys);
                     } else {
-                        for (r, y) in ys.iter_mut().enumerate() {
-                            *y = dot(&x.data[r * k..(r + 1) * k], &wrow[..k]);
+                        for (j, yr) in ys.chunks_exact_mut(n).enumerate() {
+                            let wrow = &wrows[j * stride..j * stride + k];
+                            for (r, y) in yr.iter_mut().enumerate() {
+                                *y = dot(&x.data[r * k..(r + 1) * k], wrow);
+                            }
                         }
                     }
-                    tile.extend(ys.iter().map(|y| y + b));
+                    for (j, yr) in ys.chunks_exact(n).enumerate() {
+                        let b = bias.map_or(0.0, |b| b.data[c0 + j]);
+                        tile.extend(yr.iter().map(|y| y + b));
+                    }
                 }
             }
             tile

@@ -78,20 +78,22 @@ const DECODED_ROW_BLOCK: usize = 32;
 /// `sketch_linear` for batches of 2 or more: decode a row, GEMV it against the batch.
 fn linear_decoded_rows(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Tensor {
     let (n, k, o) = (x.shape[0], w.row_len(), w.rows());
-    let step = super::dense::GEMV_MAX_BATCH;
+    // Rows decoded `GEMV_ROWS` at a time, `stride` apart, then dotted with the batch.
+    let (group, stride) = (super::dense::GEMV_ROWS, 32 * w.words_per_row());
     let blocks: Vec<Vec<f32>> = (0..o)
         .step_by(DECODED_ROW_BLOCK)
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|r0| {
             let rows = DECODED_ROW_BLOCK.min(o - r0);
-            let mut row = vec![0f32; 32 * w.words_per_row()];
+            let mut wrows = vec![0f32; group * stride];
             let mut out = vec![0f32; rows * n];
-            for (r, dst) in out.chunks_exact_mut(n).enumerate() {
-                decode_row(w, r0 + r, &mut row);
-                for (b0, d) in (0..n).step_by(step).zip(dst.chunks_mut(step)) {
-                    super::dense::gemv_row(&row[..k], &x.data[b0 * k..(b0 + d.len()) * k], d);
+            for (r, dst) in (0..rows).step_by(group).zip(out.chunks_mut(group * n)) {
+                let count = dst.len() / n;
+                for (j, row) in wrows.chunks_exact_mut(stride).take(count).enumerate() {
+                    decode_row(w, r0 + r + j, row);
                 }
+                super::dense::gemv_rows(&wrows, stride, count, k, &x.data, n, dst);
             }
             out
         })
