@@ -656,7 +656,7 @@ const GEMV_PASS_INPUTS: usize = 4;
 /// Why blocks of 3 rows x 4 inputs: with one row at a time (`gemv_row`) every input row
 /// streams from L2 once per weight row, 8 x 36 KiB per row of fc6 at batch 8, which
 /// bounds the layer well above its weight stream (fc6 batch 8: sgemm took 14-16 ms,
-/// against 6 ms to read the weights). Three rows share each input load (12 accumulators,
+/// against 6-8 ms to read the weights). Three rows share each input load (12 accumulators,
 /// 3 weight registers and an input: the 16 AVX registers), and the 4-input passes re-read
 /// the 3 rows from L1/L2, not memory. Callers check `gemv_supported()`.
 pub(super) fn gemv_rows(

@@ -734,13 +734,11 @@ impl ByteLut {
         }
         sums
     }
-}
 
-impl ByteLut {
     /// Row `c` of `w` as f32 into `out[..K]`, in the lane order of `x_lanes` (whole
     /// blocks permuted, the rest in order), so that `out · x_lanes[row]` is the row's
-    /// dot product with that input row: the batch GEMV runs on rows decoded this way,
-    /// about four times faster than the arithmetic decode.
+    /// dot product with that input row: the batch GEMV runs on rows decoded this way
+    /// (fc6 at batch 8: 2.7 ms of decoding, 6.1 ms of GEMV).
     fn decode_row(&self, w: &Pow2Weights, c: usize, table: &[f32], out: &mut [f32]) {
         let k = w.row_len();
         let per_block = 32 * (8 / self.stored as usize);
