@@ -582,7 +582,18 @@ pub fn linear(x: &Tensor, fc: &Linear) -> Tensor {
                         .zip(yt.chunks_mut(GEMV_ROWS * n))
                     {
                         let ws = &w.data[(r0 + r) * k..];
-                        gemv_rows(ws, k, dst.len() / n, k, &x.data[..n * k], n, dst);
+                        let rows = dst.len() / n;
+                        let ws = Rows {
+                            data: ws,
+                            stride: k,
+                            count: rows,
+                        };
+                        let xs = Rows {
+                            data: &x.data[..n * k],
+                            stride: k,
+                            count: n,
+                        };
+                        gemv_rows(ws, xs, k, dst);
                     }
                 }
                 return yt;
@@ -650,8 +661,24 @@ pub(super) const GEMV_ROWS: usize = 3;
 /// Input rows per pass of `gemv_rows`' kernel.
 const GEMV_PASS_INPUTS: usize = 4;
 
-/// `dst[r·n + b] = w[r·stride ..][..k] · xs[b·k ..][..k]` for `rows` (1 to `GEMV_ROWS`)
-/// weight rows and `n` input rows: the small-batch GEMV.
+/// `count` rows of a matrix, `stride` floats apart, from the start of `data`.
+#[derive(Clone, Copy)]
+pub(super) struct Rows<'a> {
+    pub(super) data: &'a [f32],
+    pub(super) stride: usize,
+    pub(super) count: usize,
+}
+
+impl Rows<'_> {
+    /// Whether every row has `k` floats in `data` (and `k` fits the stride).
+    fn holds(&self, k: usize) -> bool {
+        k <= self.stride
+            && (self.count == 0 || self.data.len() >= (self.count - 1) * self.stride + k)
+    }
+}
+
+/// `dst[r·n + b] = w_r[..k] · x_b[..k]` for `w.count` (1 to `GEMV_ROWS`) weight rows and
+/// `n = x.count` input rows: the small-batch GEMV.
 ///
 /// Why blocks of 3 rows x 4 inputs: with one row at a time (`gemv_row`) every input row
 /// streams from L2 once per weight row, 8 x 36 KiB per row of fc6 at batch 8, which
@@ -659,41 +686,37 @@ const GEMV_PASS_INPUTS: usize = 4;
 /// against 6-8 ms to read the weights). Three rows share each input load (12 accumulators,
 /// 3 weight registers and an input: the 16 AVX registers), and the 4-input passes re-read
 /// the 3 rows from L1/L2, not memory. Callers check `gemv_supported()`.
-pub(super) fn gemv_rows(
-    w: &[f32],
-    stride: usize,
-    rows: usize,
-    k: usize,
-    xs: &[f32],
-    n: usize,
-    dst: &mut [f32],
-) {
-    assert!((1..=GEMV_ROWS).contains(&rows) && stride >= k && w.len() >= (rows - 1) * stride + k);
-    assert!(xs.len() >= n * k && dst.len() == rows * n);
+pub(super) fn gemv_rows(w: Rows, x: Rows, k: usize, dst: &mut [f32]) {
+    let (rows, stride, n, x_stride) = (w.count, w.stride, x.count, x.stride);
+    assert!((1..=GEMV_ROWS).contains(&rows) && w.holds(k) && x.holds(k));
+    assert!(dst.len() == rows * n);
+    let (w, xs) = (w.data, x.data);
     #[cfg(target_arch = "x86_64")]
     {
         assert!(gemv_supported());
         let mut part = [0f32; GEMV_ROWS * GEMV_PASS_INPUTS];
         for b0 in (0..n).step_by(GEMV_PASS_INPUTS) {
             let m = GEMV_PASS_INPUTS.min(n - b0);
-            let x = &xs[b0 * k..(b0 + m) * k];
+            let x = &xs[b0 * x_stride..];
             let part = &mut part[..rows * m];
             // SAFETY: AVX2 and FMA are present (asserted); `w` holds `rows` rows of `k`
-            // at `stride`, `x` holds `m` rows of `k`, `part` holds `rows · m` (checked).
+            // at `stride`, `x` holds `m` rows of `k` at `x_stride` (b0 + m ≤ n), `part`
+            // holds `rows · m` (checked).
             unsafe {
+                let (st, xst) = (stride, x_stride);
                 match (rows, m) {
-                    (1, 1) => gemv_block::<1, 1>(w, stride, k, x, part),
-                    (1, 2) => gemv_block::<1, 2>(w, stride, k, x, part),
-                    (1, 3) => gemv_block::<1, 3>(w, stride, k, x, part),
-                    (1, _) => gemv_block::<1, 4>(w, stride, k, x, part),
-                    (2, 1) => gemv_block::<2, 1>(w, stride, k, x, part),
-                    (2, 2) => gemv_block::<2, 2>(w, stride, k, x, part),
-                    (2, 3) => gemv_block::<2, 3>(w, stride, k, x, part),
-                    (2, _) => gemv_block::<2, 4>(w, stride, k, x, part),
-                    (_, 1) => gemv_block::<3, 1>(w, stride, k, x, part),
-                    (_, 2) => gemv_block::<3, 2>(w, stride, k, x, part),
-                    (_, 3) => gemv_block::<3, 3>(w, stride, k, x, part),
-                    (_, _) => gemv_block::<3, 4>(w, stride, k, x, part),
+                    (1, 1) => gemv_block::<1, 1>(w, st, k, x, xst, part),
+                    (1, 2) => gemv_block::<1, 2>(w, st, k, x, xst, part),
+                    (1, 3) => gemv_block::<1, 3>(w, st, k, x, xst, part),
+                    (1, _) => gemv_block::<1, 4>(w, st, k, x, xst, part),
+                    (2, 1) => gemv_block::<2, 1>(w, st, k, x, xst, part),
+                    (2, 2) => gemv_block::<2, 2>(w, st, k, x, xst, part),
+                    (2, 3) => gemv_block::<2, 3>(w, st, k, x, xst, part),
+                    (2, _) => gemv_block::<2, 4>(w, st, k, x, xst, part),
+                    (_, 1) => gemv_block::<3, 1>(w, st, k, x, xst, part),
+                    (_, 2) => gemv_block::<3, 2>(w, st, k, x, xst, part),
+                    (_, 3) => gemv_block::<3, 3>(w, st, k, x, xst, part),
+                    (_, _) => gemv_block::<3, 4>(w, st, k, x, xst, part),
                 }
             }
             for r in 0..rows {
@@ -705,12 +728,13 @@ pub(super) fn gemv_rows(
     unreachable!("gemv_supported() is false off x86-64");
 }
 
-/// `out[r·N + b]` = row `r` of `w` (at `stride`) · input row `b` of `xs`, for `R` rows
-/// and `N` inputs: 8 weights per step, each input load shared by the `R` rows.
+/// `out[r·N + b]` = row `r` of `w` (at `stride`) · input row `b` of `xs` (at
+/// `x_stride`), for `R` rows and `N` inputs: 8 weights per step, each input load shared
+/// by the `R` rows.
 ///
 /// # Safety
-/// AVX2 and FMA must be present; `w` must hold `(R − 1)·stride + k` floats, `xs` `N·k`
-/// and `out` `R·N`.
+/// AVX2 and FMA must be present; `w` must hold `(R − 1)·stride + k` floats, `xs`
+/// `(N − 1)·x_stride + k` and `out` `R·N`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gemv_block<const R: usize, const N: usize>(
@@ -718,6 +742,7 @@ unsafe fn gemv_block<const R: usize, const N: usize>(
     stride: usize,
     k: usize,
     xs: &[f32],
+    x_stride: usize,
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
@@ -727,14 +752,15 @@ unsafe fn gemv_block<const R: usize, const N: usize>(
     let (wp, xp) = (w.as_ptr(), xs.as_ptr());
     let mut i = 0;
     while i < main {
-        // SAFETY (caller): i + 8 <= k, rows at r·stride hold k floats, inputs at b·k too.
+        // SAFETY (caller): i + 8 <= k, rows at r·stride hold k floats, inputs at
+        // b·x_stride too.
         unsafe {
             let mut wv = [_mm256_setzero_ps(); R];
             for (r, v) in wv.iter_mut().enumerate() {
                 *v = _mm256_loadu_ps(wp.add(r * stride + i));
             }
             for (b, accb) in acc.iter_mut().enumerate() {
-                let xv = _mm256_loadu_ps(xp.add(b * k + i));
+                let xv = _mm256_loadu_ps(xp.add(b * x_stride + i));
                 for (a, wr) in accb.iter_mut().zip(&wv) {
                     *a = _mm256_fmadd_ps(*wr, xv, *a);
                 }
@@ -749,7 +775,7 @@ unsafe fn gemv_block<const R: usize, const N: usize>(
             unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
             let mut s = lanes.iter().sum::<f32>();
             for j in main..k {
-                s += w[r * stride + j] * xs[b * k + j];
+                s += w[r * stride + j] * xs[b * x_stride + j];
             }
             out[r * N + b] = s;
         }

@@ -34,6 +34,7 @@
 //! the planner's invariants, checked by shape inference before a kernel runs; a
 //! violation panics with a message naming it.
 
+use super::dense::Rows;
 use super::sketch_triplets as triplets;
 use crate::graph::{Conv2d, Tensor};
 use crate::weights::{SketchWeights, Weights};
@@ -93,7 +94,17 @@ fn linear_decoded_rows(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> 
                 for (j, row) in wrows.chunks_exact_mut(stride).take(count).enumerate() {
                     decode_row(w, r0 + r + j, row);
                 }
-                super::dense::gemv_rows(&wrows, stride, count, k, &x.data, n, dst);
+                let ws = Rows {
+                    data: &wrows,
+                    stride,
+                    count,
+                };
+                let xs = Rows {
+                    data: &x.data,
+                    stride: k,
+                    count: n,
+                };
+                super::dense::gemv_rows(ws, xs, k, dst);
             }
             out
         })
