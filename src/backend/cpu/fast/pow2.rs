@@ -95,11 +95,7 @@ pub fn pow2_linear(x: &Tensor, w: &Pow2Weights, bias: Option<&Tensor>) -> Tensor
     let decoder = Decoder::new(w, &table);
     // Byte tables: batch 1 runs on the codes (`tile_dots`); larger batches decode rows
     // through the same tables and run the GEMV on the permuted rows.
-    let bytes = if n == 1 || super::dense::gemv_supported() {
-        ByteLut::new(w, &table, &x.data)
-    } else {
-        None
-    };
+    let bytes = ByteLut::new(w, &table, &x.data);
     // Tiles of output rows, each `[tile][N]` (transposed into `[N][O]` afterwards).
     let tiles: Vec<Vec<f32>> = (0..o.div_ceil(O_TILE))
         .into_par_iter()
@@ -748,12 +744,9 @@ impl ByteLut {
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (words, sum, xs, high, low);
         }
-        let (b, cpw) = (w.bits() as usize, w.codes_per_word());
-        let mask = (1u32 << b) - 1;
         for (c, sum) in rows.zip(sums.iter_mut()) {
-            let row = w.code_row(c);
             for (i, xv) in x.iter().enumerate().skip(blocks * per_block) {
-                *sum += xv * table[((row[i / cpw] >> (b * (i % cpw))) & mask) as usize];
+                *sum += xv * table[w.code(c, i) as usize];
             }
         }
         sums
@@ -784,11 +777,8 @@ impl ByteLut {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (words, high, low, dst);
-        let (b, cpw) = (w.bits() as usize, w.codes_per_word());
-        let mask = (1u32 << b) - 1;
-        let row = w.code_row(c);
         for (i, v) in out.iter_mut().enumerate().take(k).skip(blocks * per_block) {
-            *v = table[((row[i / cpw] >> (b * (i % cpw))) & mask) as usize];
+            *v = table[w.code(c, i) as usize];
         }
     }
 }
