@@ -7,6 +7,7 @@
 //! reconstruction) only by f32 summation order.
 
 mod common;
+use cnnpack::backend::cpu::fast::pow2::Pow2FcKernel;
 use cnnpack::backend::cpu::{fast, reference};
 use cnnpack::compress::inq::{
     choose_n1, encode_quantized, inq_graph, layer_n1, portion_count, quantize_value, InqOptions,
@@ -532,6 +533,56 @@ fn pow2_linear_matches_reference() {
         check(&got, &want, &format!("case {case}: b{bits} n{n} k{k} o{o}"));
         let direct = fast::pow2::pow2_linear(&x, &w, bias.as_ref());
         check(&direct, &want, &format!("case {case} direct"));
+        // Each batch-1 kernel by name (the AVX2 byte tables and the AVX-512 permutes
+        // lay the input out differently), where this CPU has it.
+        for kernel in [Pow2FcKernel::Avx2, Pow2FcKernel::Avx512] {
+            if kernel.supported() {
+                let got = fast::pow2::pow2_linear_with(&x, &w, bias.as_ref(), kernel);
+                check(&got, &want, &format!("case {case} {kernel:?}"));
+            }
+        }
+    }
+    for kernel in [Pow2FcKernel::Avx2, Pow2FcKernel::Avx512] {
+        if !kernel.supported() {
+            println!("pow2 fc kernel {kernel:?}: skipped: this CPU lacks its instructions");
+        }
+    }
+}
+
+/// The batch-1 fc kernels on K around and past their blocks (AVX2: 32 code bytes,
+/// AVX-512: 64), every code value in use, against the reference.
+#[test]
+fn pow2_fc_batch1_kernels_on_block_edges() {
+    let mut rng = Rng::new(23);
+    for bits in 2..=5u32 {
+        let emax = 1usize << (bits - 2);
+        for k in [1, 63, 64, 65, 127, 128, 129, 255, 256, 257, 512, 767, 1031] {
+            let o = rng.range(1, 19);
+            let n1 = rng.range(0, 20) as i32 - 10;
+            let codes: Vec<u8> = (0..o * k)
+                .map(|_| match rng.range(0, emax) {
+                    0 => 0,
+                    e => (e as u32 | (rng.range(0, 1) as u32) << (bits - 1)) as u8,
+                })
+                .collect();
+            let w = Pow2Weights::from_codes(vec![o, k], bits, n1, &codes).expect("valid codes");
+            let x = rng.normal_tensor(vec![1, k], 1.0);
+            let dense = Linear {
+                weight: Weights::Dense(w.dense_data().into_tensor(vec![o, k])),
+                bias: None,
+            };
+            let want = reference::run_node(&node(Op::Linear(dense)), &[&x]).expect("reference");
+            for kernel in [Pow2FcKernel::Auto, Pow2FcKernel::Avx2, Pow2FcKernel::Avx512] {
+                if kernel.supported() {
+                    let got = fast::pow2::pow2_linear_with(&x, &w, None, kernel);
+                    check(
+                        &got,
+                        &want,
+                        &format!("b{bits} k{k} o{o} n1 {n1} {kernel:?}"),
+                    );
+                }
+            }
+        }
     }
 }
 
