@@ -14,6 +14,7 @@
 //! `-- conv` or `-- fc` for one; `INTERLEAVED_ROUNDS` (default 15).
 
 use cnnpack::backend::cpu::fast;
+use cnnpack::backend::cpu::fast::pow2::Pow2FcKernel;
 use cnnpack::graph::{Conv2d, Linear, Node, Op, Rng, Tensor};
 use cnnpack::weights::{Pow2Weights, SketchWeights, SparseWeights, Weights};
 use std::hint::black_box;
@@ -41,11 +42,13 @@ fn conv3x3(weight: Weights, bias: Tensor) -> Node {
 }
 
 /// One variant of a layer: its node, and for a dense conv optionally its packed weights
-/// (then it runs `conv2d_packed`, as an `Engine` on the CPU does).
+/// (then it runs `conv2d_packed`, as an `Engine` on the CPU does), or for a pow2 fc a
+/// named batch-1 kernel (then it runs `pow2_linear_with`).
 struct Variant {
     name: &'static str,
     node: Node,
     packed: Option<fast::PackedConv>,
+    pow2_kernel: Option<Pow2FcKernel>,
 }
 
 impl Variant {
@@ -54,6 +57,15 @@ impl Variant {
             name,
             node,
             packed: None,
+            pow2_kernel: None,
+        }
+    }
+
+    /// The pow2 fc `node` on the batch-1 kernel `kernel`.
+    fn pow2(name: &'static str, node: Node, kernel: Pow2FcKernel) -> Variant {
+        Variant {
+            pow2_kernel: Some(kernel),
+            ..Variant::new(name, node)
         }
     }
 
@@ -63,7 +75,10 @@ impl Variant {
             Op::Conv(c) => fast::PackedConv::new(c),
             _ => None,
         };
-        Variant { name, node, packed }
+        Variant {
+            packed,
+            ..Variant::new(name, node)
+        }
     }
 }
 
@@ -72,6 +87,12 @@ fn millis(v: &Variant, x: &Tensor) -> f64 {
     match (&v.packed, &v.node.op) {
         (Some(p), Op::Conv(c)) => {
             black_box(fast::conv2d_packed(x, c, p, false));
+        }
+        (_, Op::Linear(l)) if v.pow2_kernel.is_some() => {
+            let (Weights::Pow2(w), Some(kernel)) = (&l.weight, v.pow2_kernel) else {
+                panic!("{}: a pow2 kernel for non-pow2 weights", v.name);
+            };
+            black_box(fast::pow2::pow2_linear_with(x, w, l.bias.as_ref(), kernel));
         }
         _ => {
             black_box(fast::run_node(&v.node, &[x]).expect("kernel runs"));
@@ -161,12 +182,19 @@ fn fc_set(rng: &mut Rng, rounds: usize) {
         .collect();
     let scales = (0..o * 2).map(|i| 0.01 / (1 + i % 2) as f32).collect();
     let sketch = SketchWeights::new(vec![o, k], 2, bits, scales).expect("valid sketch");
-    let variants = [
+    let mut variants = vec![
         Variant::new("dense", fc(Weights::Dense(w.clone()))),
         Variant::new("pow2 b4", fc(Weights::Pow2(pow2))),
         Variant::new("sketch m2", fc(Weights::Sketch(sketch))),
         Variant::new("sparse 5%", fc(sparse(rng, &w, 0.05))),
     ];
+    // Where `pow2 b4` runs the AVX-512 kernel, the AVX2 one beside it, on its own copy
+    // of the codes (a shared copy would come from cache right after the other).
+    if Pow2FcKernel::Avx512.supported() {
+        let copy = Pow2Weights::from_codes(vec![o, k], 4, -3, &codes).expect("valid codes");
+        let node = fc(Weights::Pow2(copy));
+        variants.push(Variant::pow2("pow2 b4 avx2", node, Pow2FcKernel::Avx2));
+    }
     for n in [1, 8] {
         let x = rng.normal_tensor(vec![n, k], 1.0);
         compare(&format!("fc6 n{n}"), &variants, &x, rounds);
