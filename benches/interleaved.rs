@@ -1,7 +1,6 @@
 //! Compressed against dense on the CPU, timed in interleaved rounds: each round runs
-//! the dense layer and every compressed variant once (in an order that rotates from
-//! round to round), and the report gives each one's median over the rounds and its
-//! ratio to dense's median.
+//! the dense layer and every compressed variant once (in a random order), and the
+//! report gives each one's median over the rounds and its ratio to dense's median.
 //!
 //! Why beside `kernels.rs`: criterion times one variant after the other, so on a shared
 //! VM whose speed drifts over minutes a ratio can move by a third between two runs, and
@@ -112,11 +111,17 @@ fn compare(label: &str, variants: &[Variant], x: &Tensor, rounds: usize) {
         millis(v, x); // warm-up: fills per-layer derived data
     }
     let mut times = vec![Vec::with_capacity(rounds); variants.len()];
-    for round in 0..rounds {
-        // Each round starts one variant later, so every variant runs in every position
-        // (first, right after dense's 151 MB stream, ...) equally often.
-        for i in 0..variants.len() {
-            let v = (round + i) % variants.len();
+    // Each round runs the variants in a fresh random order (Fisher-Yates, fixed seed).
+    // A rotated order keeps every variant's neighbours: the one listed after dense then
+    // always ran right after dense's 151 MB stream, and pow2 fc6 measured 10-15% slower
+    // there than in a random order (docs/benchmarks.md, session 11).
+    let mut rng = Rng::new(5);
+    let mut order: Vec<usize> = (0..variants.len()).collect();
+    for _ in 0..rounds {
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.range(0, i));
+        }
+        for &v in &order {
             times[v].push(millis(&variants[v], x));
         }
     }
