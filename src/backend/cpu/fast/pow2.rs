@@ -10,18 +10,25 @@
 //! an integer add on the exponent field of `x` would. Results differ from the dense
 //! reference only by summation order.
 //!
-//! - fc (`pow2_linear`): output rows in parallel tiles. Batch 1 (`CodeLut`, AVX2 + FMA):
-//!   32 bytes of codes (32 to 128 weights) are split into code bytes by shift and mask,
-//!   each code byte is looked up in two 16-byte tables (`vpshufb`) that hold the upper
-//!   two bytes of its f32 value (a power of two has a zero low half), the two bytes are
-//!   interleaved into 16-bit words and each word becomes an f32 by a shift or a mask;
-//!   the input is permuted once per call into that lane order, so the row needs no
-//!   shuffles past the lookup. b = 2 and 4 read the layer's codes; 3- and 5-bit codes
-//!   straddle bytes and are re-laid out once per layer as nibbles or bytes (kept with
-//!   the weights: 4/3 and 8/5 of the codes' size). Only codes are read from memory.
-//!   Without AVX2, with subnormal values, or at batch > 1, a row is decoded
-//!   arithmetically (`Decoder`, or `row_dot_perm`'s `vpermps` lookup) and dotted with
-//!   every input row.
+//! - fc (`pow2_linear`): output rows in parallel tiles, looked up in registers
+//!   (`CodeLut`); only codes are read from memory. b = 2 and 4 read the layer's codes;
+//!   3- and 5-bit codes straddle bytes and are re-laid out once per layer as nibbles or
+//!   bytes (kept with the weights: 4/3 and 8/5 of the codes' size).
+//!   - Batch 1 on AVX-512F (`row_dot_perm32`): 64 bytes of codes per load; code `g` of
+//!     each of the 16 words is looked up in a 32-entry f32 table by `vpermt2ps` and
+//!     multiplied in by one FMA, the words shifted on by b bits.
+//!   - Batch 1 on AVX2 + FMA (`row_dot_bytes`): 32 bytes of codes (32 to 128 weights)
+//!     are split into code bytes by shift and mask, each code byte is looked up in two
+//!     16-byte tables (`vpshufb`) that hold the upper two bytes of its f32 value (a
+//!     power of two has a zero low half), the two bytes are interleaved into 16-bit
+//!     words and each word becomes an f32 by a shift or a mask.
+//!   - Either way the input is permuted once per call into the kernel's lane order, so
+//!     a row needs no shuffles past the lookup.
+//!   - Batch 2-64: rows are decoded 3 at a time through the AVX2 byte tables (in that
+//!     lane order, against inputs permuted the same way) and run through the blocked
+//!     GEMV (`dense::gemv_rows`).
+//!   - Without AVX2, or (AVX2 only) with subnormal values, rows go through `Decoder`
+//!     (arithmetic decode, or `row_dot_perm`'s `vpermps` lookup at batch 1).
 //! - conv (`pow2_conv`): per (image, group) an im2col matrix `[K][OH·OW]`; each output
 //!   channel's row is decoded and its nonzero weights are accumulated as
 //!   `y += w_k · col_k` (zero codes, common after INQ, are skipped). The CPU executor
@@ -906,7 +913,8 @@ fn block_order(codes_per_byte: usize) -> Vec<usize> {
     order
 }
 
-/// How far ahead of its loads `row_dot_bytes` prefetches codes: 512 words (2 KiB, into
+/// How far ahead of its loads `row_dot_bytes` and `row_dot_perm32` prefetch codes: 512
+/// words (2 KiB, into
 /// the next row near a row's end). The rows of a tile are contiguous but the 8-row
 /// tiles are spread over the threads, and each thread's stream jumps at every tile; on
 /// the 2-core VM fc6 4-bit at batch 1 ran 8% faster on average with it (5 of 6
