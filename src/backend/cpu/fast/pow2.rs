@@ -1042,8 +1042,9 @@ fn perm32_order(per_word: usize) -> Vec<usize> {
 /// 16 codes, code `g` of every word in vector `g`. `vpermt2ps` looks up 16 values at a
 /// time in the 32-entry `table` by the low 5 bits of each word, and the word is moved
 /// on by `S` bits: one permute, one shift and one FMA per 16 weights, where the AVX2
-/// kernel spends about three ALU operations per 8. fc6 4-bit at batch 1 ran 1.33-1.37x
-/// faster than `row_dot_bytes` (Xeon, Emerald Rapids, docs/benchmarks.md).
+/// kernel spends about three ALU operations per 8. fc6 4-bit at batch 1 ran 1.10-1.22x
+/// faster than `row_dot_bytes` (12 interleaved runs on a 2-core Xeon, Emerald Rapids;
+/// docs/benchmarks.md), near the code stream's memory bound.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn row_dot_perm32<const S: u32>(row: &[u32], x_lanes: &[f32], table: &[f32; 32]) -> f32 {
