@@ -144,7 +144,7 @@ pub fn kernel_name(prepared: Option<&Prepared>, node: &Node, batch: usize) -> Op
         Op::Linear(l) => match &l.weight {
             Weights::Sketch(_) => "sketch_linear",
             Weights::Sparse(_) => "sparse_linear",
-            Weights::Pow2(_) => "pow2_linear",
+            Weights::Pow2(w) => pow2::kernel_name(w, batch),
             Weights::Dense(_) if batch <= dense::GEMV_MAX_BATCH && dense::gemv_supported() => {
                 "linear (gemv)"
             }

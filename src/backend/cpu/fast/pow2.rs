@@ -145,17 +145,7 @@ pub fn pow2_linear_with(
     let decoder = Decoder::new(w, &table);
     // Byte tables: batch 1 runs on the codes (`tile_dots`); larger batches decode rows
     // through the same tables and run the GEMV on the permuted rows.
-    let perm32 = n == 1
-        && match kernel {
-            Pow2FcKernel::Auto => avx512_supported(),
-            Pow2FcKernel::Avx2 => false,
-            Pow2FcKernel::Avx512 => true,
-        };
-    let kind = if perm32 {
-        LutKind::Perm32
-    } else {
-        LutKind::Bytes
-    };
+    let kind = LutKind::for_batch(kernel, n);
     let bytes = CodeLut::new(w, &table, &x.data, kind);
     // Tiles of output rows, each `[tile][N]` (transposed into `[N][O]` afterwards).
     let tiles: Vec<Vec<f32>> = (0..o.div_ceil(O_TILE))
@@ -669,6 +659,49 @@ enum LutKind {
     Perm32,
 }
 
+impl LutKind {
+    /// The kind `pow2_linear_with` asks for at batch `n`.
+    fn for_batch(kernel: Pow2FcKernel, n: usize) -> LutKind {
+        let perm32 = n == 1
+            && match kernel {
+                Pow2FcKernel::Auto => avx512_supported(),
+                Pow2FcKernel::Avx2 => false,
+                Pow2FcKernel::Avx512 => true,
+            };
+        if perm32 {
+            LutKind::Perm32
+        } else {
+            LutKind::Bytes
+        }
+    }
+
+    /// Whether the kind runs `w` (decode table `table`) on this CPU: 2 to 5 bits, the
+    /// CPU features (AVX2 and FMA; AVX-512F), and for `Bytes` no value with nonzero low
+    /// 16 bits (a subnormal power of two).
+    fn applies(self, w: &Pow2Weights, table: &[f32]) -> bool {
+        if !cfg!(target_arch = "x86_64") || !(2..=5).contains(&w.bits()) {
+            return false;
+        }
+        match self {
+            LutKind::Bytes => {
+                super::dense::gemv_supported() && table.iter().all(|v| v.to_bits() & 0xffff == 0)
+            }
+            LutKind::Perm32 => avx512_supported(),
+        }
+    }
+}
+
+/// The kernel `pow2_linear` runs for `w` at batch `n`, as `cnnpack bench` names it.
+pub fn kernel_name(w: &Pow2Weights, n: usize) -> &'static str {
+    let kind = LutKind::for_batch(Pow2FcKernel::Auto, n);
+    match (kind.applies(w, &w.table()), kind, n) {
+        (true, LutKind::Perm32, _) => "pow2_linear (avx512)",
+        (true, LutKind::Bytes, 1) => "pow2_linear (avx2)",
+        (true, LutKind::Bytes, _) => "pow2_linear (decode+gemv)",
+        (false, _, _) => "pow2_linear (arithmetic decode)",
+    }
+}
+
 /// Row dot products (batch 1) and row decodes (larger batches) by table lookups in
 /// registers (see the module docs). b = 2 and 4 read
 /// the layer's own codes; b = 3 and 5 codes straddle bytes, so they are re-laid out
@@ -737,17 +770,10 @@ impl CodeLut {
     fn new(w: &Pow2Weights, table: &[f32], x: &[f32], kind: LutKind) -> Option<CodeLut> {
         #[cfg(target_arch = "x86_64")]
         {
+            if !kind.applies(w, table) {
+                return None;
+            }
             let bits = w.bits();
-            let supported = match kind {
-                LutKind::Bytes => super::dense::gemv_supported(),
-                LutKind::Perm32 => avx512_supported(),
-            };
-            if !(2..=5).contains(&bits) || !supported {
-                return None;
-            }
-            if kind == LutKind::Bytes && table.iter().any(|v| v.to_bits() & 0xffff != 0) {
-                return None;
-            }
             let stored = match bits {
                 2 => 2,
                 3 | 4 => 4,
