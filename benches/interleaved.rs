@@ -200,7 +200,7 @@ fn fc_set(rng: &mut Rng, rounds: usize) {
         let node = fc(Weights::Pow2(copy));
         variants.push(Variant::pow2("pow2 b4 avx2", node, Pow2FcKernel::Avx2));
     }
-    for n in [1, 8] {
+    for n in [2, 4, 8, 16, 32, 64] {
         let x = rng.normal_tensor(vec![n, k], 1.0);
         compare(&format!("fc6 n{n}"), &variants, &x, rounds);
     }

@@ -14,7 +14,7 @@
 //!   (`CodeLut`); only codes are read from memory. b = 2 and 4 read the layer's codes;
 //!   3- and 5-bit codes straddle bytes and are re-laid out once per layer as nibbles or
 //!   bytes (kept with the weights: 4/3 and 8/5 of the codes' size).
-//!   - Batch 1 on AVX-512F (`row_dot_perm32`): 64 bytes of codes per load; code `g` of
+//!   - Batch 1 on AVX-512F (`row_dots_perm32`): 64 bytes of codes per load; code `g` of
 //!     each of the 16 words is looked up in a 32-entry f32 table by `vpermt2ps` and
 //!     multiplied in by one FMA, the words shifted on by b bits.
 //!   - Batch 1 on AVX2 + FMA (`row_dot_bytes`): 32 bytes of codes (32 to 128 weights)
@@ -87,7 +87,7 @@ pub enum Pow2FcKernel {
     Auto,
     /// Two 16-byte tables looked up by `vpshufb` (AVX2 + FMA), see `CodeLut`.
     Avx2,
-    /// One 32-entry f32 table looked up by `vpermt2ps` (AVX-512F), see `row_dot_perm32`.
+    /// One 32-entry f32 table looked up by `vpermt2ps` (AVX-512F), see `row_dots_perm32`.
     Avx512,
 }
 
@@ -153,10 +153,14 @@ pub fn pow2_linear_with(
         .map(|t| {
             let rows = t * O_TILE..((t + 1) * O_TILE).min(o);
             let mut tile = Vec::with_capacity(rows.len() * n);
-            if let (Some(lut), 1) = (&bytes, n) {
-                let dots = lut.tile_dots(w, rows.clone(), &x.data[..k], &table);
-                for (c, dot) in rows.zip(dots) {
-                    tile.push(dot + bias.map_or(0.0, |b| b.data[c]));
+            if let Some(lut) = bytes
+                .as_ref()
+                .filter(|l| n == 1 || l.kind == LutKind::Perm32)
+            {
+                let dots = lut.tile_dots(w, rows.clone(), &x.data, &table);
+                for (c, dots) in rows.zip(dots.chunks_exact(n)) {
+                    let b = bias.map_or(0.0, |b| b.data[c]);
+                    tile.extend(dots.iter().map(|d| d + b));
                 }
             } else if n == 1 {
                 for c in rows {
@@ -655,14 +659,14 @@ enum LutKind {
     /// blocks of 32 code bytes.
     Bytes,
     /// One 32-entry f32 table, `vpermt2ps` (AVX-512F): row dots at batch 1 only
-    /// (`row_dot_perm32`); blocks of 64 code bytes.
+    /// (`row_dots_perm32`); blocks of 64 code bytes.
     Perm32,
 }
 
 impl LutKind {
     /// The kind `pow2_linear_with` asks for at batch `n`.
     fn for_batch(kernel: Pow2FcKernel, n: usize) -> LutKind {
-        let perm32 = n == 1
+        let perm32 = n >= 1
             && match kernel {
                 Pow2FcKernel::Auto => avx512_supported(),
                 Pow2FcKernel::Avx2 => false,
@@ -848,35 +852,80 @@ impl CodeLut {
         x: &[f32],
         table: &[f32],
     ) -> Vec<f32> {
+        let k = w.row_len();
+        let n = x.len() / k.max(1);
+        assert!(
+            n == 1 || self.kind == LutKind::Perm32,
+            "byte tables dot one input"
+        );
         let (block_words, per_block) = self.block();
-        let blocks = w.row_len() / per_block;
-        let mut sums = vec![0f32; rows.len()];
-        for (c, sum) in rows.clone().zip(sums.iter_mut()) {
+        let blocks = k / per_block;
+        let code_row = |c: usize| -> &[u32] {
             let row = match &self.wide {
                 Some(wide) => wide.row(c),
                 None => w.code_row(c),
             };
-            let words = &row[..block_words * blocks];
-            let (xs, high, low, t32) = (&self.x_lanes, &self.high, &self.low, &self.table32);
+            &row[..block_words * blocks]
+        };
+        let (xs, x_stride) = (&self.x_lanes[..], self.x_stride);
+        let (high, low, t32) = (&self.high, &self.low, &self.table32);
+        let mut sums = vec![0f32; rows.len() * n];
+        let group = match self.kind {
+            LutKind::Bytes => 1,
+            LutKind::Perm32 => PERM32_ROWS,
+        };
+        for (g, sums) in sums.chunks_mut(group * n).enumerate() {
+            let c = rows.start + g * group;
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `CodeLut::new` returned Some, so the CPU has the kind's features:
             // AVX2 and FMA for `Bytes`, AVX-512F for `Perm32`.
             unsafe {
-                *sum = match (self.kind, self.stored) {
-                    (LutKind::Bytes, 2) => row_dot_bytes::<2, false>(words, xs, high, low),
-                    (LutKind::Bytes, 4) => row_dot_bytes::<4, false>(words, xs, high, low),
-                    (LutKind::Bytes, _) => row_dot_bytes::<8, true>(words, xs, high, low),
-                    (LutKind::Perm32, 2) => row_dot_perm32::<2>(words, xs, t32),
-                    (LutKind::Perm32, 4) => row_dot_perm32::<4>(words, xs, t32),
-                    (LutKind::Perm32, _) => row_dot_perm32::<8>(words, xs, t32),
-                };
+                if self.kind == LutKind::Bytes {
+                    let words = code_row(c);
+                    sums[0] = match self.stored {
+                        2 => row_dot_bytes::<2, false>(words, xs, high, low),
+                        4 => row_dot_bytes::<4, false>(words, xs, high, low),
+                        _ => row_dot_bytes::<8, true>(words, xs, high, low),
+                    };
+                    continue;
+                }
+                let count = sums.len() / n;
+                for b0 in (0..n).step_by(PERM32_PASS_INPUTS) {
+                    let m = PERM32_PASS_INPUTS.min(n - b0);
+                    let xs = &xs[b0 * x_stride..];
+                    macro_rules! pass {
+                        ($r:literal, $m:literal) => {{
+                            let rs: [&[u32]; $r] = std::array::from_fn(|j| code_row(c + j));
+                            let d: [[f32; $m]; $r] = match self.stored {
+                                2 => rows_dots_perm32::<2, $r, $m>(rs, xs, x_stride, t32),
+                                4 => rows_dots_perm32::<4, $r, $m>(rs, xs, x_stride, t32),
+                                _ => rows_dots_perm32::<8, $r, $m>(rs, xs, x_stride, t32),
+                            };
+                            for (j, d) in d.iter().enumerate() {
+                                sums[j * n + b0..j * n + b0 + $m].copy_from_slice(d);
+                            }
+                        }};
+                    }
+                    match (count, m) {
+                        (1, 1) => pass!(1, 1),
+                        (1, 2) => pass!(1, 2),
+                        (1, 3) => pass!(1, 3),
+                        (1, _) => pass!(1, 4),
+                        (_, 1) => pass!(2, 1),
+                        (_, 2) => pass!(2, 2),
+                        (_, 3) => pass!(2, 3),
+                        (_, _) => pass!(2, 4),
+                    }
+                }
             }
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (words, sum, xs, high, low, t32);
+            let _ = (c, sums, &code_row, xs, x_stride, high, low, t32);
         }
-        for (c, sum) in rows.zip(sums.iter_mut()) {
-            for (i, xv) in x.iter().enumerate().skip(blocks * per_block) {
-                *sum += xv * table[w.code(c, i) as usize];
+        for (c, sums) in rows.zip(sums.chunks_exact_mut(n)) {
+            for (sum, x) in sums.iter_mut().zip(x.chunks_exact(k)) {
+                for (i, xv) in x.iter().enumerate().skip(blocks * per_block) {
+                    *sum += xv * table[w.code(c, i) as usize];
+                }
             }
         }
         sums
@@ -939,7 +988,7 @@ fn block_order(codes_per_byte: usize) -> Vec<usize> {
     order
 }
 
-/// How far ahead of its loads `row_dot_bytes` and `row_dot_perm32` prefetch codes: 512
+/// How far ahead of its loads `row_dot_bytes` and `row_dots_perm32` prefetch codes: 512
 /// words (2 KiB, into
 /// the next row near a row's end). The rows of a tile are contiguous but the 8-row
 /// tiles are spread over the threads, and each thread's stream jumps at every tile; on
@@ -1054,7 +1103,14 @@ fn row_dot_bytes<const B: i32, const SIGN_BIT_4: bool>(
     lanes.iter().sum()
 }
 
-/// Lane order of `row_dot_perm32` for `per_word` codes per u32 word: entry `p = 16g + d`
+/// Inputs per pass of `row_dots_perm32` at batch > 1 (the code row is re-read from L1
+/// for each pass).
+const PERM32_PASS_INPUTS: usize = 4;
+
+/// Code rows per pass of `rows_dots_perm32`: each input load feeds both.
+const PERM32_ROWS: usize = 2;
+
+/// Lane order of `row_dots_perm32` for `per_word` codes per u32 word: entry `p = 16g + d`
 /// is the element (within the block of `16 · per_word`) whose product lands in lane `d`
 /// of vector `g`, that is code `g` of word `d`.
 fn perm32_order(per_word: usize) -> Vec<usize> {
@@ -1063,20 +1119,36 @@ fn perm32_order(per_word: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Sum over the whole blocks of one code row of `value(code) · x` (see `CodeLut`), by
-/// AVX-512: per 64 code bytes (16 words of `S`-bit stored codes), `32 / S` vectors of
-/// 16 codes, code `g` of every word in vector `g`. `vpermt2ps` looks up 16 values at a
-/// time in the 32-entry `table` by the low 5 bits of each word, and the word is moved
-/// on by `S` bits: one permute, one shift and one FMA per 16 weights, where the AVX2
-/// kernel spends about three ALU operations per 8. fc6 4-bit at batch 1 ran 1.10-1.22x
-/// faster than `row_dot_bytes` (12 interleaved runs on a 2-core Xeon, Emerald Rapids;
+/// Sums over the whole blocks of one code row of `value(code) · x` for the `N` input
+/// rows of `x_lanes` (`x_stride` apart; see `CodeLut`), by AVX-512: per 64 code bytes
+/// (16 words of `S`-bit stored codes), `32 / S` vectors of 16 codes, code `g` of every
+/// word in vector `g`. `vpermt2ps` looks up 16 values at a time in the 32-entry `table`
+/// by the low 5 bits of each word, and the word is moved on by `S` bits: one permute and
+/// one shift per 16 weights, and one FMA per input, where the AVX2 kernel spends about
+/// three ALU operations per 8 weights. fc6 4-bit at batch 1 ran 1.10-1.22x faster than
+/// `row_dot_bytes` (12 interleaved runs on a 2-core Xeon, Emerald Rapids;
 /// docs/benchmarks.md), near the code stream's memory bound.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn row_dot_perm32<const S: u32>(row: &[u32], x_lanes: &[f32], table: &[f32; 32]) -> f32 {
+fn rows_dots_perm32<const S: u32, const R: usize, const N: usize>(
+    rows: [&[u32]; R],
+    x_lanes: &[f32],
+    x_stride: usize,
+    table: &[f32; 32],
+) -> [[f32; N]; R] {
     use std::arch::x86_64::*;
     let per_word = 32 / S as usize;
     let per_block = 16 * per_word;
+    let blocks = rows[0].len() / 16;
+    assert!(rows.iter().all(|r| r.len() == 16 * blocks));
+    assert!(N >= 1 && x_lanes.len() >= (N - 1) * x_stride + blocks * per_block);
+    // Independent FMA chains per (row, input): 4 for one pair, 2 for two, else 1 (the
+    // pairs' chains interleave).
+    let chains = match R * N {
+        1 => 4,
+        2 => 2,
+        _ => 1,
+    };
     // SAFETY: `table` has 32 floats, read as two vectors of 16.
     let (t0, t1) = unsafe {
         (
@@ -1084,24 +1156,44 @@ fn row_dot_perm32<const S: u32>(row: &[u32], x_lanes: &[f32], table: &[f32; 32])
             _mm512_loadu_ps(table.as_ptr().add(16)),
         )
     };
-    let mut acc = [_mm512_setzero_ps(); 4];
-    for (words, xs) in row.chunks_exact(16).zip(x_lanes.chunks_exact(per_block)) {
-        // SAFETY: `words` has 16 u32 (64 bytes), `xs` has `per_block` f32 and every x
-        // load below reads 16 of them at 16g ≤ per_block − 16.
+    let mut acc = [[[_mm512_setzero_ps(); 4]; N]; R];
+    for blk in 0..blocks {
+        // SAFETY: every row has 16 words at 16·blk (asserted); input `i` has `per_block`
+        // floats at i·x_stride + blk·per_block (asserted), and every x load below reads
+        // 16 of them at 16g ≤ per_block − 16.
         unsafe {
-            // A hint only: never faults, so running past the last row is harmless.
-            _mm_prefetch::<_MM_HINT_T0>(words.as_ptr().wrapping_add(CODE_PREFETCH_WORDS).cast());
-            let mut v = _mm512_loadu_si512(words.as_ptr().cast());
+            let xs = x_lanes.as_ptr().add(blk * per_block);
+            let mut v = [_mm512_setzero_si512(); R];
+            for (v, row) in v.iter_mut().zip(rows) {
+                let words = row.as_ptr().add(16 * blk);
+                // A hint only: never faults, so running past the last row is harmless.
+                _mm_prefetch::<_MM_HINT_T0>(words.wrapping_add(CODE_PREFETCH_WORDS).cast());
+                *v = _mm512_loadu_si512(words.cast());
+            }
             for g in 0..per_word {
-                let values = _mm512_permutex2var_ps(t0, v, t1);
-                let xv = _mm512_loadu_ps(xs.as_ptr().add(16 * g));
-                acc[g % 4] = _mm512_fmadd_ps(values, xv, acc[g % 4]);
-                v = _mm512_srli_epi32::<S>(v);
+                let values: [__m512; R] =
+                    std::array::from_fn(|r| _mm512_permutex2var_ps(t0, v[r], t1));
+                for i in 0..N {
+                    let xv = _mm512_loadu_ps(xs.add(i * x_stride + 16 * g));
+                    for r in 0..R {
+                        let a = &mut acc[r][i][g % chains];
+                        *a = _mm512_fmadd_ps(values[r], xv, *a);
+                    }
+                }
+                for v in &mut v {
+                    *v = _mm512_srli_epi32::<S>(*v);
+                }
             }
         }
     }
-    let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-    _mm512_reduce_add_ps(sum)
+    acc.map(|row| {
+        row.map(|a| {
+            _mm512_reduce_add_ps(_mm512_add_ps(
+                _mm512_add_ps(a[0], a[1]),
+                _mm512_add_ps(a[2], a[3]),
+            ))
+        })
+    })
 }
 
 /// The values of the whole blocks of one code row into `out` (`per_block` floats per 8
