@@ -549,10 +549,10 @@ fn pow2_linear_matches_reference() {
     }
 }
 
-/// The batch-1 fc kernels on K around and past their blocks (AVX2: 32 code bytes,
-/// AVX-512: 64), every code value in use, against the reference.
+/// The fc kernels on K around and past their blocks (AVX2: 32 code bytes, AVX-512: 64),
+/// every code value in use, at batch 1 and 6, against the reference.
 #[test]
-fn pow2_fc_batch1_kernels_on_block_edges() {
+fn pow2_fc_kernels_on_block_edges() {
     let mut rng = Rng::new(23);
     for bits in 2..=5u32 {
         let emax = 1usize << (bits - 2);
@@ -566,20 +566,19 @@ fn pow2_fc_batch1_kernels_on_block_edges() {
                 })
                 .collect();
             let w = Pow2Weights::from_codes(vec![o, k], bits, n1, &codes).expect("valid codes");
-            let x = rng.normal_tensor(vec![1, k], 1.0);
-            let dense = Linear {
-                weight: Weights::Dense(w.dense_data().into_tensor(vec![o, k])),
-                bias: None,
-            };
-            let want = reference::run_node(&node(Op::Linear(dense)), &[&x]).expect("reference");
-            for kernel in [Pow2FcKernel::Auto, Pow2FcKernel::Avx2, Pow2FcKernel::Avx512] {
-                if kernel.supported() {
-                    let got = fast::pow2::pow2_linear_with(&x, &w, None, kernel);
-                    check(
-                        &got,
-                        &want,
-                        &format!("b{bits} k{k} o{o} n1 {n1} {kernel:?}"),
-                    );
+            for n in [1, 6] {
+                let x = rng.normal_tensor(vec![n, k], 1.0);
+                let dense = Linear {
+                    weight: Weights::Dense(w.dense_data().into_tensor(vec![o, k])),
+                    bias: None,
+                };
+                let want = reference::run_node(&node(Op::Linear(dense)), &[&x]).expect("reference");
+                for kernel in [Pow2FcKernel::Auto, Pow2FcKernel::Avx2, Pow2FcKernel::Avx512] {
+                    if kernel.supported() {
+                        let got = fast::pow2::pow2_linear_with(&x, &w, None, kernel);
+                        let what = format!("b{bits} k{k} o{o} n{n} n1 {n1} {kernel:?}");
+                        check(&got, &want, &what);
+                    }
                 }
             }
         }

@@ -666,7 +666,7 @@ enum LutKind {
 impl LutKind {
     /// The kind `pow2_linear_with` asks for at batch `n`.
     fn for_batch(kernel: Pow2FcKernel, n: usize) -> LutKind {
-        let perm32 = n >= 1
+        let perm32 = n <= PERM32_MAX_BATCH
             && match kernel {
                 Pow2FcKernel::Auto => avx512_supported(),
                 Pow2FcKernel::Avx2 => false,
@@ -872,6 +872,9 @@ impl CodeLut {
         let mut sums = vec![0f32; rows.len() * n];
         let group = match self.kind {
             LutKind::Bytes => 1,
+            // One row at batch 1 measured faster than 2 or 4 (fc6: 1.05-1.31 ms against
+            // 1.37-1.46, four interleaved runs on the Xeon).
+            LutKind::Perm32 if n == 1 => 1,
             LutKind::Perm32 => PERM32_ROWS,
         };
         for (g, sums) in sums.chunks_mut(group * n).enumerate() {
@@ -911,10 +914,18 @@ impl CodeLut {
                         (1, 2) => pass!(1, 2),
                         (1, 3) => pass!(1, 3),
                         (1, _) => pass!(1, 4),
-                        (_, 1) => pass!(2, 1),
-                        (_, 2) => pass!(2, 2),
-                        (_, 3) => pass!(2, 3),
-                        (_, _) => pass!(2, 4),
+                        (2, 1) => pass!(2, 1),
+                        (2, 2) => pass!(2, 2),
+                        (2, 3) => pass!(2, 3),
+                        (2, _) => pass!(2, 4),
+                        (3, 1) => pass!(3, 1),
+                        (3, 2) => pass!(3, 2),
+                        (3, 3) => pass!(3, 3),
+                        (3, _) => pass!(3, 4),
+                        (_, 1) => pass!(4, 1),
+                        (_, 2) => pass!(4, 2),
+                        (_, 3) => pass!(4, 3),
+                        (_, _) => pass!(4, 4),
                     }
                 }
             }
@@ -1103,12 +1114,19 @@ fn row_dot_bytes<const B: i32, const SIGN_BIT_4: bool>(
     lanes.iter().sum()
 }
 
-/// Inputs per pass of `row_dots_perm32` at batch > 1 (the code row is re-read from L1
-/// for each pass).
+/// Inputs per pass of `rows_dots_perm32` at batch > 1 (the code rows are re-read from
+/// L1 for each pass).
 const PERM32_PASS_INPUTS: usize = 4;
 
-/// Code rows per pass of `rows_dots_perm32`: each input load feeds both.
-const PERM32_ROWS: usize = 2;
+/// Code rows per pass of `rows_dots_perm32` at batch > 1: each input load feeds all 4,
+/// so the inputs (36 KiB per fc6 row, in L2) are read once per 4 rows. fc6 at batch 8:
+/// 5.2 / 4.2 / 3.8 ms with 2 / 3 / 4 rows, at batch 64: 52 / 41 / 31 ms (one run).
+const PERM32_ROWS: usize = 4;
+
+/// The largest batch `Auto` runs on the codes with AVX-512; above it, rows are decoded
+/// into the blocked GEMV (measured: up to 64, where the AVX-512 kernel still ran fc6
+/// 1.76x faster than dense, the decode+GEMV path 1.05x).
+const PERM32_MAX_BATCH: usize = 64;
 
 /// Lane order of `row_dots_perm32` for `per_word` codes per u32 word: entry `p = 16g + d`
 /// is the element (within the block of `16 · per_word`) whose product lands in lane `d`
@@ -1156,7 +1174,8 @@ fn rows_dots_perm32<const S: u32, const R: usize, const N: usize>(
             _mm512_loadu_ps(table.as_ptr().add(16)),
         )
     };
-    let mut acc = [[[_mm512_setzero_ps(); 4]; N]; R];
+    // acc[i][r]: input i against row r.
+    let mut acc = [[[_mm512_setzero_ps(); 4]; R]; N];
     for blk in 0..blocks {
         // SAFETY: every row has 16 words at 16·blk (asserted); input `i` has `per_block`
         // floats at i·x_stride + blk·per_block (asserted), and every x load below reads
@@ -1173,11 +1192,10 @@ fn rows_dots_perm32<const S: u32, const R: usize, const N: usize>(
             for g in 0..per_word {
                 let values: [__m512; R] =
                     std::array::from_fn(|r| _mm512_permutex2var_ps(t0, v[r], t1));
-                for i in 0..N {
+                for (i, acc) in acc.iter_mut().enumerate() {
                     let xv = _mm512_loadu_ps(xs.add(i * x_stride + 16 * g));
-                    for r in 0..R {
-                        let a = &mut acc[r][i][g % chains];
-                        *a = _mm512_fmadd_ps(values[r], xv, *a);
+                    for (a, value) in acc.iter_mut().zip(&values) {
+                        a[g % chains] = _mm512_fmadd_ps(*value, xv, a[g % chains]);
                     }
                 }
                 for v in &mut v {
@@ -1186,8 +1204,9 @@ fn rows_dots_perm32<const S: u32, const R: usize, const N: usize>(
             }
         }
     }
-    acc.map(|row| {
-        row.map(|a| {
+    std::array::from_fn(|r| {
+        std::array::from_fn(|i| {
+            let a = &acc[i][r];
             _mm512_reduce_add_ps(_mm512_add_ps(
                 _mm512_add_ps(a[0], a[1]),
                 _mm512_add_ps(a[2], a[3]),
