@@ -14,9 +14,10 @@
 //!   (`CodeLut`); only codes are read from memory. b = 2 and 4 read the layer's codes;
 //!   3- and 5-bit codes straddle bytes and are re-laid out once per layer as nibbles or
 //!   bytes (kept with the weights: 4/3 and 8/5 of the codes' size).
-//!   - Batch 1 on AVX-512F (`row_dots_perm32`): 64 bytes of codes per load; code `g` of
-//!     each of the 16 words is looked up in a 32-entry f32 table by `vpermt2ps` and
-//!     multiplied in by one FMA, the words shifted on by b bits.
+//!   - Batch 1-64 on AVX-512F (`rows_dots_perm32`): 64 bytes of codes per load; code
+//!     `g` of each of the 16 words is looked up in a 32-entry f32 table by `vpermt2ps`
+//!     and multiplied in by one FMA per input, the words shifted on by b bits. At batch
+//!     > 1, 4 rows against passes of up to 4 inputs, so each input load feeds 4 rows.
 //!   - Batch 1 on AVX2 + FMA (`row_dot_bytes`): 32 bytes of codes (32 to 128 weights)
 //!     are split into code bytes by shift and mask, each code byte is looked up in two
 //!     16-byte tables (`vpshufb`) that hold the upper two bytes of its f32 value (a
@@ -24,9 +25,9 @@
 //!     words and each word becomes an f32 by a shift or a mask.
 //!   - Either way the input is permuted once per call into the kernel's lane order, so
 //!     a row needs no shuffles past the lookup.
-//!   - Batch 2-64: rows are decoded 3 at a time through the AVX2 byte tables (in that
-//!     lane order, against inputs permuted the same way) and run through the blocked
-//!     GEMV (`dense::gemv_rows`).
+//!   - Batch > 1 without AVX-512, or > 64: rows are decoded 3 at a time through the
+//!     AVX2 byte tables (in that lane order, against inputs permuted the same way) and
+//!     run through the blocked GEMV (`dense::gemv_rows`).
 //!   - Without AVX2, or (AVX2 only) with subnormal values, rows go through `Decoder`
 //!     (arithmetic decode, or `row_dot_perm`'s `vpermps` lookup at batch 1).
 //! - conv (`pow2_conv`): per (image, group) an im2col matrix `[K][OH·OW]`; each output
@@ -80,14 +81,16 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// The batch-1 kernel of `pow2_linear_with`. Each one reads only the codes.
+/// The code kernel of `pow2_linear_with`. Each one reads only the codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pow2FcKernel {
     /// The fastest one this CPU has: `Avx512`, else `Avx2`, else the arithmetic decoder.
     Auto,
-    /// Two 16-byte tables looked up by `vpshufb` (AVX2 + FMA), see `CodeLut`.
+    /// Two 16-byte tables looked up by `vpshufb` (AVX2 + FMA), see `CodeLut`: batch 1
+    /// on the codes, larger batches on rows decoded by them into the blocked GEMV.
     Avx2,
-    /// One 32-entry f32 table looked up by `vpermt2ps` (AVX-512F), see `row_dots_perm32`.
+    /// One 32-entry f32 table looked up by `vpermt2ps` (AVX-512F), see
+    /// `rows_dots_perm32`: batch 1-64 on the codes, larger batches as `Avx2`.
     Avx512,
 }
 
@@ -119,11 +122,10 @@ pub fn pow2_linear(x: &Tensor, w: &Pow2Weights, bias: Option<&Tensor>) -> Tensor
     pow2_linear_with(x, w, bias, Pow2FcKernel::Auto)
 }
 
-/// `pow2_linear` with the batch-1 kernel chosen (for tests and benches that compare
-/// them); a kernel this CPU lacks falls back to the arithmetic decoder. Batch 1 streams
-/// each code row once and looks its codes up in registers, so only the `b/32` code
-/// bytes come from memory. Larger batches decode rows through the AVX2 byte tables
-/// (whatever `kernel` says) and run the blocked GEMV on them.
+/// `pow2_linear` with the kernel chosen (for tests and benches that compare them); a
+/// kernel this CPU lacks falls back to the arithmetic decoder. The code kernels stream
+/// each code row once per pass and look its codes up in registers, so only the `b/32`
+/// code bytes come from memory.
 pub fn pow2_linear_with(
     x: &Tensor,
     w: &Pow2Weights,
@@ -658,8 +660,8 @@ enum LutKind {
     /// batch 1 (`row_dot_bytes`) and row decodes at larger batches (`decode_bytes`);
     /// blocks of 32 code bytes.
     Bytes,
-    /// One 32-entry f32 table, `vpermt2ps` (AVX-512F): row dots at batch 1 only
-    /// (`row_dots_perm32`); blocks of 64 code bytes.
+    /// One 32-entry f32 table, `vpermt2ps` (AVX-512F): row dots at batch 1 to 64
+    /// (`rows_dots_perm32`); blocks of 64 code bytes.
     Perm32,
 }
 
@@ -999,7 +1001,7 @@ fn block_order(codes_per_byte: usize) -> Vec<usize> {
     order
 }
 
-/// How far ahead of its loads `row_dot_bytes` and `row_dots_perm32` prefetch codes: 512
+/// How far ahead of its loads `row_dot_bytes` and `rows_dots_perm32` prefetch codes: 512
 /// words (2 KiB, into
 /// the next row near a row's end). The rows of a tile are contiguous but the 8-row
 /// tiles are spread over the threads, and each thread's stream jumps at every tile; on
@@ -1128,7 +1130,7 @@ const PERM32_ROWS: usize = 4;
 /// 1.76x faster than dense, the decode+GEMV path 1.05x).
 const PERM32_MAX_BATCH: usize = 64;
 
-/// Lane order of `row_dots_perm32` for `per_word` codes per u32 word: entry `p = 16g + d`
+/// Lane order of `rows_dots_perm32` for `per_word` codes per u32 word: entry `p = 16g + d`
 /// is the element (within the block of `16 · per_word`) whose product lands in lane `d`
 /// of vector `g`, that is code `g` of word `d`.
 fn perm32_order(per_word: usize) -> Vec<usize> {
@@ -1137,15 +1139,16 @@ fn perm32_order(per_word: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Sums over the whole blocks of one code row of `value(code) · x` for the `N` input
+/// Sums over the whole blocks of `R` code rows of `value(code) · x` for the `N` input
 /// rows of `x_lanes` (`x_stride` apart; see `CodeLut`), by AVX-512: per 64 code bytes
 /// (16 words of `S`-bit stored codes), `32 / S` vectors of 16 codes, code `g` of every
 /// word in vector `g`. `vpermt2ps` looks up 16 values at a time in the 32-entry `table`
 /// by the low 5 bits of each word, and the word is moved on by `S` bits: one permute and
-/// one shift per 16 weights, and one FMA per input, where the AVX2 kernel spends about
-/// three ALU operations per 8 weights. fc6 4-bit at batch 1 ran 1.10-1.22x faster than
-/// `row_dot_bytes` (12 interleaved runs on a 2-core Xeon, Emerald Rapids;
-/// docs/benchmarks.md), near the code stream's memory bound.
+/// one shift per 16 weights and row, and one FMA per input and row, where the AVX2 kernel
+/// spends about three ALU operations per 8 weights. Each input load feeds the `R` rows.
+/// fc6 4-bit at batch 1 ran 1.10-1.22x faster than `row_dot_bytes` (12 interleaved runs
+/// on a 2-core Xeon, Emerald Rapids; docs/benchmarks.md), near the code stream's memory
+/// bound.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn rows_dots_perm32<const S: u32, const R: usize, const N: usize>(
