@@ -10,7 +10,8 @@
 //! MB per call).
 //!
 //! `cargo bench --bench interleaved` (both sets, about 3 minutes on 2 cores);
-//! `-- conv` or `-- fc` for one; `INTERLEAVED_ROUNDS` (default 15).
+//! `-- conv` or `-- fc` for one; `INTERLEAVED_ROUNDS` (default 15);
+//! `INTERLEAVED_FC_BATCHES` (comma-separated, default `1,8`).
 
 use cnnpack::backend::cpu::fast;
 use cnnpack::backend::cpu::fast::pow2::Pow2FcKernel;
@@ -164,7 +165,7 @@ fn conv_set(rng: &mut Rng, rounds: usize) {
     }
 }
 
-fn fc_set(rng: &mut Rng, rounds: usize) {
+fn fc_set(rng: &mut Rng, rounds: usize, batches: &[usize]) {
     let (o, k) = (4096, 9216);
     let w = rng.normal_tensor(vec![o, k], 0.01);
     let bias = rng.normal_tensor(vec![o], 0.1);
@@ -200,7 +201,7 @@ fn fc_set(rng: &mut Rng, rounds: usize) {
         let node = fc(Weights::Pow2(copy));
         variants.push(Variant::pow2("pow2 b4 avx2", node, Pow2FcKernel::Avx2));
     }
-    for n in [2, 4, 8, 16, 32, 64] {
+    for &n in batches {
         let x = rng.normal_tensor(vec![n, k], 1.0);
         compare(&format!("fc6 n{n}"), &variants, &x, rounds);
     }
@@ -217,13 +218,23 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(15);
+    let fc_batches: Vec<usize> = match std::env::var("INTERLEAVED_FC_BATCHES") {
+        Ok(list) => list
+            .split(',')
+            .map(|b| match b.trim().parse() {
+                Ok(n) if n > 0 => n,
+                _ => panic!("INTERLEAVED_FC_BATCHES: {b:?} is not a batch size"),
+            })
+            .collect(),
+        Err(_) => vec![1, 8],
+    };
     let mut rng = Rng::new(11);
     println!(
         "CPU, {} rayon threads, {rounds} rounds",
         rayon::current_num_threads()
     );
     if wants("fc") {
-        fc_set(&mut rng, rounds);
+        fc_set(&mut rng, rounds, &fc_batches);
     }
     if wants("conv") {
         conv_set(&mut rng, rounds);
