@@ -511,10 +511,11 @@ fn pow2_linear_matches_reference() {
     let mut rng = Rng::new(17);
     for case in 0..40 {
         let bits = 2 + (case % 4) as u32;
-        // Every bit width at batches 1, 5, 2 and 8 (`case % 2` would tie b = 3, 5 to
-        // one batch): the batch-1 code kernel, and decoded rows in blocks of 3 against
-        // passes of up to 4 inputs.
-        let n = [1, 5, 2, 8][case / 4 % 4];
+        // Every bit width at batches 1, 5, 2, 8, 3, 7, 9 and 66 (`case % 2` would tie
+        // b = 3, 5 to one batch): the code kernels (AVX-512 up to 64: passes of 1 to 4
+        // inputs against 4 rows; AVX2 up to 8: 1 or 2 against 2), and decoded rows in
+        // blocks of 3 against passes of up to 4 inputs (AVX2 from 9, AVX-512 from 65).
+        let n = [1, 5, 2, 8, 3, 7, 9, 66][case / 4 % 8];
         let k = rng.range(1, 700);
         let o = rng.range(1, 40);
         let w = random_pow2(&mut rng, vec![o, k], bits);
