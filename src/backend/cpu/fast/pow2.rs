@@ -25,9 +25,11 @@
 //!     words and each word becomes an f32 by a shift or a mask.
 //!   - Either way the input is permuted once per call into the kernel's lane order, so
 //!     a row needs no shuffles past the lookup.
-//!   - Batch > 1 without AVX-512, or > 64: rows are decoded 3 at a time through the
-//!     AVX2 byte tables (in that lane order, against inputs permuted the same way) and
-//!     run through the blocked GEMV (`dense::gemv_rows`).
+//!   - Batch 2-8 on AVX2 without AVX-512 (`rows_dots_bytes`): the same lookups, 2 rows
+//!     against passes of up to 2 inputs.
+//!   - Larger batches (past 8 on AVX2, past 64 on AVX-512): rows are decoded 3 at a time
+//!     through the AVX2 byte tables (in that lane order, against inputs permuted the
+//!     same way) and run through the blocked GEMV (`dense::gemv_rows`).
 //!   - Without AVX2, or (AVX2 only) with subnormal values, rows go through `Decoder`
 //!     (arithmetic decode, or `row_dot_perm`'s `vpermps` lookup at batch 1).
 //! - conv (`pow2_conv`): per (image, group) an im2col matrix `[K][OH·OW]`; each output
@@ -86,7 +88,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub enum Pow2FcKernel {
     /// The fastest one this CPU has: `Avx512`, else `Avx2`, else the arithmetic decoder.
     Auto,
-    /// Two 16-byte tables looked up by `vpshufb` (AVX2 + FMA), see `CodeLut`: batch 1
+    /// Two 16-byte tables looked up by `vpshufb` (AVX2 + FMA), see `CodeLut`: batch 1-8
     /// on the codes, larger batches on rows decoded by them into the blocked GEMV.
     Avx2,
     /// One 32-entry f32 table looked up by `vpermt2ps` (AVX-512F), see
@@ -657,8 +659,8 @@ const X_PAD: usize = 16;
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum LutKind {
     /// Two 16-byte tables of the values' upper bytes, `vpshufb` (AVX2): row dots at
-    /// batch 1 (`row_dot_bytes`) and row decodes at larger batches (`decode_bytes`);
-    /// blocks of 32 code bytes.
+    /// batch 1-8 (`row_dot_bytes`, `rows_dots_bytes`) and row decodes at larger batches
+    /// (`decode_bytes`); blocks of 32 code bytes.
     Bytes,
     /// One 32-entry f32 table, `vpermt2ps` (AVX-512F): row dots at batch 1 to 64
     /// (`rows_dots_perm32`); blocks of 64 code bytes.
