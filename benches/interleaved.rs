@@ -14,7 +14,7 @@
 //! `INTERLEAVED_FC_BATCHES` (comma-separated, default `1,8`).
 
 use cnnpack::backend::cpu::fast;
-use cnnpack::backend::cpu::fast::pow2::Pow2FcKernel;
+use cnnpack::backend::cpu::fast::FcKernel;
 use cnnpack::graph::{Conv2d, Linear, Node, Op, Rng, Tensor};
 use cnnpack::weights::{Pow2Weights, SketchWeights, SparseWeights, Weights};
 use std::hint::black_box;
@@ -48,7 +48,7 @@ struct Variant {
     name: &'static str,
     node: Node,
     packed: Option<fast::PackedConv>,
-    pow2_kernel: Option<Pow2FcKernel>,
+    pow2_kernel: Option<FcKernel>,
 }
 
 impl Variant {
@@ -62,7 +62,7 @@ impl Variant {
     }
 
     /// The pow2 fc `node` on the batch-1 kernel `kernel`.
-    fn pow2(name: &'static str, node: Node, kernel: Pow2FcKernel) -> Variant {
+    fn pow2(name: &'static str, node: Node, kernel: FcKernel) -> Variant {
         Variant {
             pow2_kernel: Some(kernel),
             ..Variant::new(name, node)
@@ -196,10 +196,10 @@ fn fc_set(rng: &mut Rng, rounds: usize, batches: &[usize]) {
     ];
     // Where `pow2 b4` runs the AVX-512 kernel, the AVX2 one beside it, on its own copy
     // of the codes (a shared copy would come from cache right after the other).
-    if Pow2FcKernel::Avx512.supported() {
+    if FcKernel::Avx512.supported() {
         let copy = Pow2Weights::from_codes(vec![o, k], 4, -3, &codes).expect("valid codes");
         let node = fc(Weights::Pow2(copy));
-        variants.push(Variant::pow2("pow2 b4 avx2", node, Pow2FcKernel::Avx2));
+        variants.push(Variant::pow2("pow2 b4 avx2", node, FcKernel::Avx2));
     }
     for &n in batches {
         let x = rng.normal_tensor(vec![n, k], 1.0);

@@ -7,7 +7,7 @@
 //! reconstruction) only by f32 summation order.
 
 mod common;
-use cnnpack::backend::cpu::fast::pow2::Pow2FcKernel;
+use cnnpack::backend::cpu::fast::FcKernel;
 use cnnpack::backend::cpu::{fast, reference};
 use cnnpack::compress::inq::{
     choose_n1, encode_quantized, inq_graph, layer_n1, portion_count, quantize_value, InqOptions,
@@ -536,14 +536,14 @@ fn pow2_linear_matches_reference() {
         check(&direct, &want, &format!("case {case} direct"));
         // Each batch-1 kernel by name (the AVX2 byte tables and the AVX-512 permutes
         // lay the input out differently), where this CPU has it.
-        for kernel in [Pow2FcKernel::Avx2, Pow2FcKernel::Avx512] {
+        for kernel in [FcKernel::Avx2, FcKernel::Avx512] {
             if kernel.supported() {
                 let got = fast::pow2::pow2_linear_with(&x, &w, bias.as_ref(), kernel);
                 check(&got, &want, &format!("case {case} {kernel:?}"));
             }
         }
     }
-    for kernel in [Pow2FcKernel::Avx2, Pow2FcKernel::Avx512] {
+    for kernel in [FcKernel::Avx2, FcKernel::Avx512] {
         if !kernel.supported() {
             println!("pow2 fc kernel {kernel:?}: skipped: this CPU lacks its instructions");
         }
@@ -574,7 +574,7 @@ fn pow2_fc_kernels_on_block_edges() {
                     bias: None,
                 };
                 let want = reference::run_node(&node(Op::Linear(dense)), &[&x]).expect("reference");
-                for kernel in [Pow2FcKernel::Auto, Pow2FcKernel::Avx2, Pow2FcKernel::Avx512] {
+                for kernel in [FcKernel::Auto, FcKernel::Avx2, FcKernel::Avx512] {
                     if kernel.supported() {
                         let got = fast::pow2::pow2_linear_with(&x, &w, None, kernel);
                         let what = format!("b{bits} k{k} o{o} n{n} n1 {n1} {kernel:?}");

@@ -24,6 +24,45 @@ use crate::weights::Weights;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+/// Which fc kernel a compressed Linear runs (`pow2::pow2_linear_with`,
+/// `sketch::sketch_linear_with`): for tests and benches that compare them. Each reads
+/// only the compressed weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FcKernel {
+    /// The fastest one this CPU has: `Avx512`, else `Avx2`, else a portable kernel.
+    Auto,
+    /// The AVX2 + FMA kernels. pow2: `vpshufb` byte tables on the codes up to batch 8,
+    /// rows decoded by them into the blocked GEMV above. sketch: 3-input tables at batch
+    /// 1, decoded rows into the blocked GEMV above.
+    Avx2,
+    /// The AVX-512F kernels (pow2: a 32-entry f32 table looked up by `vpermt2ps`;
+    /// sketch: bits as lane masks), up to batch 64; larger batches as `Avx2`.
+    Avx512,
+}
+
+impl FcKernel {
+    /// Whether this CPU runs the kernel (`Auto` always runs).
+    pub fn supported(self) -> bool {
+        match self {
+            FcKernel::Auto => true,
+            FcKernel::Avx2 => dense::gemv_supported(),
+            FcKernel::Avx512 => avx512_supported(),
+        }
+    }
+}
+
+/// Whether this CPU has AVX-512F (detected once by std).
+fn avx512_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// A vector of `len` floats to be written before it is read (`assume_init` hands it
 /// over): for outputs that the kernels overwrite whole, which a zero fill would pass
 /// over once more.

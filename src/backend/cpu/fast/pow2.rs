@@ -43,6 +43,7 @@
 //! planner's invariants, checked by shape inference; a violation panics naming it.
 
 use super::dense::Rows;
+use super::FcKernel;
 use crate::graph::{Conv2d, Tensor};
 use crate::weights::{Pow2Weights, Weights};
 use rayon::prelude::*;
@@ -83,45 +84,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// The code kernel of `pow2_linear_with`. Each one reads only the codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pow2FcKernel {
-    /// The fastest one this CPU has: `Avx512`, else `Avx2`, else the arithmetic decoder.
-    Auto,
-    /// Two 16-byte tables looked up by `vpshufb` (AVX2 + FMA), see `CodeLut`: batch 1-8
-    /// on the codes, larger batches on rows decoded by them into the blocked GEMV.
-    Avx2,
-    /// One 32-entry f32 table looked up by `vpermt2ps` (AVX-512F), see
-    /// `rows_dots_perm32`: batch 1-64 on the codes, larger batches as `Avx2`.
-    Avx512,
-}
-
-impl Pow2FcKernel {
-    /// Whether this CPU runs the kernel (`Auto` always runs).
-    pub fn supported(self) -> bool {
-        match self {
-            Pow2FcKernel::Auto => true,
-            Pow2FcKernel::Avx2 => super::dense::gemv_supported(),
-            Pow2FcKernel::Avx512 => avx512_supported(),
-        }
-    }
-}
-
-fn avx512_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// `y = x Wᵀ + b` for `x: [N, K]` and pow2 weights `[O, K]`; returns `[N, O]`. Runs
 /// `pow2_linear_with` and the `Auto` kernel.
 pub fn pow2_linear(x: &Tensor, w: &Pow2Weights, bias: Option<&Tensor>) -> Tensor {
-    pow2_linear_with(x, w, bias, Pow2FcKernel::Auto)
+    pow2_linear_with(x, w, bias, FcKernel::Auto)
 }
 
 /// `pow2_linear` with the kernel chosen (for tests and benches that compare them); a
@@ -132,7 +98,7 @@ pub fn pow2_linear_with(
     x: &Tensor,
     w: &Pow2Weights,
     bias: Option<&Tensor>,
-    kernel: Pow2FcKernel,
+    kernel: FcKernel,
 ) -> Tensor {
     let k = w.row_len();
     assert!(
@@ -669,12 +635,12 @@ enum LutKind {
 
 impl LutKind {
     /// The kind `pow2_linear_with` asks for at batch `n`.
-    fn for_batch(kernel: Pow2FcKernel, n: usize) -> LutKind {
+    fn for_batch(kernel: FcKernel, n: usize) -> LutKind {
         let perm32 = n <= PERM32_MAX_BATCH
             && match kernel {
-                Pow2FcKernel::Auto => avx512_supported(),
-                Pow2FcKernel::Avx2 => false,
-                Pow2FcKernel::Avx512 => true,
+                FcKernel::Auto => super::avx512_supported(),
+                FcKernel::Avx2 => false,
+                FcKernel::Avx512 => true,
             };
         if perm32 {
             LutKind::Perm32
@@ -694,14 +660,14 @@ impl LutKind {
             LutKind::Bytes => {
                 super::dense::gemv_supported() && table.iter().all(|v| v.to_bits() & 0xffff == 0)
             }
-            LutKind::Perm32 => avx512_supported(),
+            LutKind::Perm32 => super::avx512_supported(),
         }
     }
 }
 
 /// The kernel `pow2_linear` runs for `w` at batch `n`, as `cnnpack bench` names it.
 pub fn kernel_name(w: &Pow2Weights, n: usize) -> &'static str {
-    let kind = LutKind::for_batch(Pow2FcKernel::Auto, n);
+    let kind = LutKind::for_batch(FcKernel::Auto, n);
     match (kind.applies(w, &w.table()), kind, n) {
         (true, LutKind::Perm32, _) => "pow2_linear (avx512)",
         (true, LutKind::Bytes, n) if n <= BYTES_MAX_BATCH => "pow2_linear (avx2)",
