@@ -7,8 +7,10 @@
 mod common;
 use cnnpack::backend::cpu::fast::sketch::{
     sketch_conv, sketch_conv_assoc, sketch_conv_assoc_with, sketch_conv_lut, sketch_linear,
-    sketch_linear_assoc, sketch_linear_assoc_with, sketch_linear_lut, AssocPlan,
+    sketch_linear_assoc, sketch_linear_assoc_with, sketch_linear_lut, sketch_linear_with,
+    AssocPlan,
 };
+use cnnpack::backend::cpu::fast::FcKernel;
 use cnnpack::backend::cpu::{fast as cpu_fast, reference as cpu_reference};
 use cnnpack::compress::sketch::{relative_error, sketch_row};
 use cnnpack::compress::{sketch_graph, sketch_tensor, CompressError, SketchOptions};
@@ -247,6 +249,10 @@ fn padding_bits_are_neutral() {
     ] {
         assert_eq!(f(&x, &clean, None).data, f(&x, &dirty, None).data, "{name}");
     }
+    for kernel in [FcKernel::Avx2, FcKernel::Avx512] {
+        let f = |s: &SketchWeights| sketch_linear_with(&x, s, None, kernel).data;
+        assert_eq!(f(&clean), f(&dirty), "{kernel:?}");
+    }
     // Conv: K = 4 * 3 * 3 = 36.
     let w = random_sketch(&mut rng, vec![5, 4, 3, 3], 2, false);
     let mut dw = w.clone();
@@ -273,8 +279,9 @@ fn padding_bits_are_neutral() {
 #[test]
 fn linear_kernels_match_dense_reference() {
     let mut rng = Rng::new(6);
-    for case in 0..24 {
-        let n = [1, 5, 1, 8][case % 4];
+    for case in 0..32 {
+        // AVX-512 (masks): passes of 1-4 inputs, up to 64; AVX2: decoded rows from 2.
+        let n = [1, 5, 1, 8, 2, 3, 4, 66][case % 8];
         let k = rng.range(1, 400) | 1;
         let o = rng.range(1, 40);
         let m = rng.range(1, 6);
@@ -294,6 +301,15 @@ fn linear_kernels_match_dense_reference() {
             &want,
             &format!("{what} masked"),
         );
+        for kernel in [FcKernel::Avx2, FcKernel::Avx512] {
+            if kernel.supported() {
+                assert_close(
+                    &sketch_linear_with(&x, &s, Some(&bias), kernel),
+                    &want,
+                    &format!("{what} {kernel:?}"),
+                );
+            }
+        }
         assert_close(
             &sketch_linear_lut(&x, &s, Some(&bias)),
             &want,

@@ -10,6 +10,7 @@ mod packed;
 mod pool;
 pub mod pow2;
 pub mod sketch;
+mod sketch_masks;
 pub mod sketch_triplets;
 pub mod sparse;
 

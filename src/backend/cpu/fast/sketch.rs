@@ -35,7 +35,9 @@
 //! violation panics with a message naming it.
 
 use super::dense::Rows;
+use super::sketch_masks as masks;
 use super::sketch_triplets as triplets;
+use super::FcKernel;
 use crate::graph::{Conv2d, Tensor};
 use crate::weights::{SketchWeights, Weights};
 use rayon::prelude::*;
@@ -48,20 +50,43 @@ enum Method<'a> {
     Assoc(&'a AssocPlan),
 }
 
-/// `y = x Wᵀ + b` for `x: [N, K]` and sketch weights `[O, K]`; returns `[N, O]`.
-///
-/// Batch 1: with AVX2, the 3-input table kernel (`triplets`), else the masked kernel
-/// (both additions only, memory traffic about `m/32` of dense). Batch 2 and more with
-/// AVX2+FMA: each weight row is decoded once into f32 (`Σ_j ±a_j`, a
-/// shift and a blend per 8 weights and base) and dotted with every input row by the
-/// dense GEMV, which beats `N` masked passes over the bits (fc6 at batch 8: see
-/// docs/benchmarks.md).
+/// `y = x Wᵀ + b` for `x: [N, K]` and sketch weights `[O, K]`; returns `[N, O]`. Runs
+/// `sketch_linear_with` and the `Auto` kernel.
 pub fn sketch_linear(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Tensor {
+    sketch_linear_with(x, w, bias, FcKernel::Auto)
+}
+
+/// `sketch_linear` with the kernel chosen (for tests and benches that compare them); a
+/// kernel this CPU lacks falls back to the portable masked kernel.
+///
+/// - AVX-512F, batch 1-64, m ≤ 4 (`sketch_masks`): each 16 bits of a binary row are a
+///   lane mask that builds 16 weights from the broadcast scales; 4 rows (2 for m > 2)
+///   against passes of up to 4 inputs.
+/// - AVX2, batch 1: the 3-input table kernel (`triplets`; additions only, memory
+///   traffic about `m/32` of dense).
+/// - AVX2+FMA, batch 2 and more (and AVX-512 past its limits): each weight row is
+///   decoded once into f32 (`Σ_j ±a_j`, a shift and a blend per 8 weights and base) and
+///   dotted with every input row by the blocked GEMV, which beats `N` masked passes
+///   over the bits (fc6 at batch 8: see docs/benchmarks.md).
+/// - Otherwise the masked kernel.
+pub fn sketch_linear_with(
+    x: &Tensor,
+    w: &SketchWeights,
+    bias: Option<&Tensor>,
+    kernel: FcKernel,
+) -> Tensor {
     if x.shape.len() == 2 && x.shape[1] == w.row_len() {
-        if x.shape[0] >= 2 && decoded_rows_supported() {
+        let n = x.shape[0];
+        let avx512 = kernel != FcKernel::Avx2 && masks::supported(w);
+        // An explicit `Avx512` on a CPU without it runs the portable kernel.
+        let avx2 = kernel != FcKernel::Avx512 || FcKernel::Avx512.supported();
+        if avx512 && n <= masks::MAX_BATCH {
+            return masks::sketch_linear_masks(x, w, bias);
+        }
+        if avx2 && n >= 2 && decoded_rows_supported() {
             return linear_decoded_rows(x, w, bias);
         }
-        if x.shape[0] == 1 && triplets::supported() {
+        if avx2 && n == 1 && triplets::supported() {
             return triplets::sketch_linear_triplets(x, w, bias);
         }
     }

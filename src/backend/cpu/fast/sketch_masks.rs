@@ -1,0 +1,204 @@
+//! Sketch (binary-weight) fc on AVX-512 at batch 1 to 64: every 16 bits of a binary
+//! row are a lane mask.
+//!
+//! Weight `k` of output row `c` is `Σ_j a_{c,j}·(±1)`, `+` where bit `k` of `B_{c,j}`
+//! is set. Per 16 weights and base, one masked subtract (`0 − a` in the lanes whose bit
+//! is clear, `a` in the others) builds the 16 values from the broadcast scale, and the
+//! bases are added in base order, as `decode_row` does; then one FMA per input. The
+//! bit rows are read once per pass, never decoded to memory. A pass takes `R` rows (4
+//! for m ≤ 2, 2 for m = 3, 4: the scales of every row live in registers) against up to
+//! 4 inputs, so each input load feeds `R` rows and each value vector 4 inputs.
+//!
+//! Inputs are copied into rows of `32 · words_per_row` floats with zeros past K, so the
+//! padding bits of the last word meet zeros, as in the masked kernel.
+
+use super::avx512_supported;
+use crate::graph::Tensor;
+use crate::weights::SketchWeights;
+use rayon::prelude::*;
+
+/// Most bases per row the kernel is built for (its scales are registers).
+const MAX_BASES: usize = 4;
+/// The largest batch `sketch_linear` runs here; larger ones decode rows into the GEMV.
+pub(super) const MAX_BATCH: usize = 64;
+/// Inputs per pass.
+const PASS_INPUTS: usize = 4;
+/// Output rows per parallel task (a multiple of every pass's row count).
+const ROW_TILE: usize = 16;
+/// Floats past each padded input row (rows 32·W floats apart, W a multiple of 128,
+/// would share L1 sets).
+const X_PAD: usize = 16;
+
+/// Whether this CPU (AVX-512F) and `w` (1 to 4 bases) run `sketch_linear_masks`.
+pub(super) fn supported(w: &SketchWeights) -> bool {
+    (1..=MAX_BASES).contains(&w.bases()) && avx512_supported()
+}
+
+/// `y = x Wᵀ + b` for `x: [N, K]`, sketch weights `[O, K]`; returns `[N, O]`. Callers
+/// check `supported(w)`.
+pub(super) fn sketch_linear_masks(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Tensor {
+    assert!(
+        supported(w),
+        "sketch_linear_masks: needs AVX-512F and 1-4 bases"
+    );
+    let (k, o, m) = (w.row_len(), w.rows(), w.bases());
+    assert!(
+        x.shape.len() == 2 && x.shape[1] == k,
+        "input does not match the weights"
+    );
+    let n = x.shape[0];
+    if n == 0 || o == 0 {
+        return Tensor::zeros(vec![n, o]);
+    }
+    let x_stride = 32 * w.words_per_row() + X_PAD;
+    let mut xs = vec![0f32; n * x_stride];
+    for (dst, src) in xs
+        .chunks_exact_mut(x_stride)
+        .zip(x.data.chunks_exact(k.max(1)))
+    {
+        dst[..k].copy_from_slice(src);
+    }
+    let group = if m <= 2 { 4 } else { 2 };
+    let tiles: Vec<Vec<f32>> = (0..o)
+        .step_by(ROW_TILE)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|r0| {
+            // [row][input] for the tile's rows.
+            let mut out = vec![0f32; ROW_TILE.min(o - r0) * n];
+            for (g, out) in out.chunks_mut(group * n).enumerate() {
+                let c0 = r0 + g * group;
+                for b0 in (0..n).step_by(PASS_INPUTS) {
+                    let inputs = PASS_INPUTS.min(n - b0);
+                    let xs = &xs[b0 * x_stride..];
+                    // SAFETY: `supported(w)` was asserted (AVX-512F present).
+                    let dots = unsafe { pass(w, c0, xs, x_stride, inputs) };
+                    for (j, row) in out.chunks_exact_mut(n).enumerate() {
+                        row[b0..b0 + inputs].copy_from_slice(&dots[j][..inputs]);
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    let mut y = vec![0f32; n * o];
+    for (t, out) in tiles.iter().enumerate() {
+        for (r, vals) in out.chunks_exact(n.max(1)).enumerate() {
+            let c = t * ROW_TILE + r;
+            let b = bias.map_or(0.0, |b| b.data[c]);
+            for (item, v) in vals.iter().enumerate() {
+                y[item * o + c] = v + b;
+            }
+        }
+    }
+    Tensor {
+        shape: vec![n, o],
+        data: y,
+    }
+}
+
+/// One pass: rows `c0 ..` (4 for m ≤ 2, else 2; rows past the layer repeat its last row
+/// and their sums are dropped by the caller) against `inputs` (1 to 4) input rows of
+/// `xs`; `[row][input]`.
+///
+/// # Safety
+/// AVX-512F must be present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pass(
+    w: &SketchWeights,
+    c0: usize,
+    xs: &[f32],
+    x_stride: usize,
+    inputs: usize,
+) -> [[f32; PASS_INPUTS]; 4] {
+    let last = w.rows() - 1;
+    let mut dots = [[0f32; PASS_INPUTS]; 4];
+    macro_rules! run {
+        ($m:literal, $r:literal, $n:literal) => {{
+            let rows: [usize; $r] = std::array::from_fn(|j| (c0 + j).min(last));
+            let d = rows_dots::<$m, $r, $n>(w, rows, xs, x_stride);
+            for (dst, src) in dots.iter_mut().zip(&d) {
+                dst[..$n].copy_from_slice(src);
+            }
+        }};
+    }
+    macro_rules! by_inputs {
+        ($m:literal, $r:literal) => {
+            match inputs {
+                1 => run!($m, $r, 1),
+                2 => run!($m, $r, 2),
+                3 => run!($m, $r, 3),
+                _ => run!($m, $r, 4),
+            }
+        };
+    }
+    match w.bases() {
+        1 => by_inputs!(1, 4),
+        2 => by_inputs!(2, 4),
+        3 => by_inputs!(3, 2),
+        _ => by_inputs!(4, 2),
+    }
+    dots
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pass(
+    _: &SketchWeights,
+    _: usize,
+    _: &[f32],
+    _: usize,
+    _: usize,
+) -> [[f32; PASS_INPUTS]; 4] {
+    unreachable!("avx512_supported() is false off x86-64")
+}
+
+/// `rows[r] · x_i` for `R` rows of `M` bases and the `N` input rows of `xs`
+/// (`x_stride` apart, each `32 · words_per_row` long): per 16 weights, `M` masked
+/// subtracts and `M − 1` adds per row, one FMA per row and input.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn rows_dots<const M: usize, const R: usize, const N: usize>(
+    w: &SketchWeights,
+    rows: [usize; R],
+    xs: &[f32],
+    x_stride: usize,
+) -> [[f32; N]; R] {
+    use std::arch::x86_64::*;
+    let words = w.words_per_row();
+    assert!(w.bases() == M && xs.len() >= (N - 1) * x_stride + 32 * words);
+    let bits: [[&[u32]; M]; R] =
+        std::array::from_fn(|r| std::array::from_fn(|j| w.bit_row(rows[r], j)));
+    let scale: [[__m512; M]; R] = std::array::from_fn(|r| {
+        std::array::from_fn(|j| _mm512_set1_ps(w.scales()[rows[r] * M + j]))
+    });
+    let zero = _mm512_setzero_ps();
+    // acc[i][r]: input i against row r.
+    let mut acc = [[zero; R]; N];
+    // `wi` indexes the R·M bit rows together.
+    #[allow(clippy::needless_range_loop)]
+    for wi in 0..words {
+        let word: [[u32; M]; R] = std::array::from_fn(|r| std::array::from_fn(|j| bits[r][j][wi]));
+        for h in 0..2 {
+            // Lanes whose bit is clear take −a: `0 − a` under the mask of clear bits.
+            let values: [__m512; R] = std::array::from_fn(|r| {
+                let base = |(a, bits): (&__m512, &u32)| {
+                    _mm512_mask_sub_ps(*a, !(bits >> (16 * h)) as u16, zero, *a)
+                };
+                let mut terms = scale[r].iter().zip(&word[r]).map(base);
+                let first = terms.next().expect("M >= 1");
+                terms.fold(first, |v, b| _mm512_add_ps(v, b))
+            });
+            for (i, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: input i has 32·words floats at i·x_stride (asserted); this
+                // reads 16 at 32·wi + 16·h ≤ 32·words − 16.
+                let xv =
+                    unsafe { _mm512_loadu_ps(xs.as_ptr().add(i * x_stride + 32 * wi + 16 * h)) };
+                for (a, v) in acc.iter_mut().zip(&values) {
+                    *a = _mm512_fmadd_ps(*v, xv, *a);
+                }
+            }
+        }
+    }
+    std::array::from_fn(|r| std::array::from_fn(|i| _mm512_reduce_add_ps(acc[i][r])))
+}
