@@ -42,13 +42,13 @@ fn conv3x3(weight: Weights, bias: Tensor) -> Node {
 }
 
 /// One variant of a layer: its node, and for a dense conv optionally its packed weights
-/// (then it runs `conv2d_packed`, as an `Engine` on the CPU does), or for a pow2 fc a
-/// named batch-1 kernel (then it runs `pow2_linear_with`).
+/// (then it runs `conv2d_packed`, as an `Engine` on the CPU does), or for a pow2 or
+/// sketch fc a named kernel (then it runs `pow2_linear_with` or `sketch_linear_with`).
 struct Variant {
     name: &'static str,
     node: Node,
     packed: Option<fast::PackedConv>,
-    pow2_kernel: Option<FcKernel>,
+    fc_kernel: Option<FcKernel>,
 }
 
 impl Variant {
@@ -57,14 +57,14 @@ impl Variant {
             name,
             node,
             packed: None,
-            pow2_kernel: None,
+            fc_kernel: None,
         }
     }
 
-    /// The pow2 fc `node` on the batch-1 kernel `kernel`.
-    fn pow2(name: &'static str, node: Node, kernel: FcKernel) -> Variant {
+    /// The pow2 or sketch fc `node` on the kernel `kernel`.
+    fn fc(name: &'static str, node: Node, kernel: FcKernel) -> Variant {
         Variant {
-            pow2_kernel: Some(kernel),
+            fc_kernel: Some(kernel),
             ..Variant::new(name, node)
         }
     }
@@ -88,11 +88,15 @@ fn millis(v: &Variant, x: &Tensor) -> f64 {
         (Some(p), Op::Conv(c)) => {
             black_box(fast::conv2d_packed(x, c, p, false));
         }
-        (_, Op::Linear(l)) if v.pow2_kernel.is_some() => {
-            let (Weights::Pow2(w), Some(kernel)) = (&l.weight, v.pow2_kernel) else {
-                panic!("{}: a pow2 kernel for non-pow2 weights", v.name);
+        (_, Op::Linear(l)) if v.fc_kernel.is_some() => {
+            let (bias, kernel) = (l.bias.as_ref(), v.fc_kernel.expect("checked"));
+            match &l.weight {
+                Weights::Pow2(w) => black_box(fast::pow2::pow2_linear_with(x, w, bias, kernel)),
+                Weights::Sketch(w) => {
+                    black_box(fast::sketch::sketch_linear_with(x, w, bias, kernel))
+                }
+                _ => panic!("{}: a named fc kernel for dense or sparse weights", v.name),
             };
-            black_box(fast::pow2::pow2_linear_with(x, w, l.bias.as_ref(), kernel));
         }
         _ => {
             black_box(fast::run_node(&v.node, &[x]).expect("kernel runs"));
@@ -191,15 +195,28 @@ fn fc_set(rng: &mut Rng, rounds: usize, batches: &[usize]) {
     let mut variants = vec![
         Variant::new("dense", fc(Weights::Dense(w.clone()))),
         Variant::new("pow2 b4", fc(Weights::Pow2(pow2))),
-        Variant::new("sketch m2", fc(Weights::Sketch(sketch))),
+        Variant::new("sketch m2", fc(Weights::Sketch(sketch.clone()))),
         Variant::new("sparse 5%", fc(sparse(rng, &w, 0.05))),
     ];
-    // Where `pow2 b4` runs the AVX-512 kernel, the AVX2 one beside it, on its own copy
-    // of the codes (a shared copy would come from cache right after the other).
+    // Where `pow2 b4` and `sketch m2` run the AVX-512 kernels, the AVX2 ones beside
+    // them, on their own copies of the weights (a shared copy would come from cache
+    // right after the other).
     if FcKernel::Avx512.supported() {
         let copy = Pow2Weights::from_codes(vec![o, k], 4, -3, &codes).expect("valid codes");
         let node = fc(Weights::Pow2(copy));
-        variants.push(Variant::pow2("pow2 b4 avx2", node, FcKernel::Avx2));
+        variants.push(Variant::fc("pow2 b4 avx2", node, FcKernel::Avx2));
+        let copy = SketchWeights::new(
+            vec![o, k],
+            2,
+            sketch.bits().to_vec(),
+            sketch.scales().to_vec(),
+        )
+        .expect("valid sketch");
+        variants.push(Variant::fc(
+            "sketch m2 avx2",
+            fc(Weights::Sketch(copy)),
+            FcKernel::Avx2,
+        ));
     }
     for &n in batches {
         let x = rng.normal_tensor(vec![n, k], 1.0);

@@ -36,8 +36,8 @@ pub enum FcKernel {
     /// rows decoded by them into the blocked GEMV above. sketch: 3-input tables at batch
     /// 1, decoded rows into the blocked GEMV above.
     Avx2,
-    /// The AVX-512F kernels (pow2: a 32-entry f32 table looked up by `vpermt2ps`;
-    /// sketch: bits as lane masks), up to batch 64; larger batches as `Avx2`.
+    /// The AVX-512F kernels (pow2: a 32-entry f32 table looked up by `vpermt2ps`, up to
+    /// batch 64; sketch: bits as lane masks, up to batch 16); larger batches as `Avx2`.
     Avx512,
 }
 
@@ -182,7 +182,7 @@ pub fn kernel_name(prepared: Option<&Prepared>, node: &Node, batch: usize) -> Op
         Op::Conv(c) if matches!(c.weight, Weights::Dense(_)) => "conv2d",
         Op::Conv(_) => "decoded+conv2d",
         Op::Linear(l) => match &l.weight {
-            Weights::Sketch(_) => "sketch_linear",
+            Weights::Sketch(w) => sketch::kernel_name(w, batch),
             Weights::Sparse(_) => "sparse_linear",
             Weights::Pow2(w) => pow2::kernel_name(w, batch),
             Weights::Dense(_) if batch <= dense::GEMV_MAX_BATCH && dense::gemv_supported() => {

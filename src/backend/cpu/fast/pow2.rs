@@ -1138,11 +1138,17 @@ fn rows_dots_bytes<const B: i32, const SIGN_BIT_4: bool, const R: usize, const N
                 *v = _mm256_loadu_si256(words.cast());
             }
             for g in 0..groups {
-                let w: [[__m256i; 2]; R] =
-                    std::array::from_fn(|r| lookup_words::<B, SIGN_BIT_4>(&mut v[r], &t));
+                // Plain loops, not `array::from_fn`: a closure does not inherit this
+                // function's target features, so its intrinsics would not inline.
+                let mut w = [[_mm256_setzero_si256(); 2]; R];
+                for (w, v) in w.iter_mut().zip(v.iter_mut()) {
+                    *w = lookup_words::<B, SIGN_BIT_4>(v, &t);
+                }
                 for q in 0..4 {
-                    let f: [__m256; R] =
-                        std::array::from_fn(|r| word_values(w[r][q / 2], q % 2 == 1, &t));
+                    let mut f = [_mm256_setzero_ps(); R];
+                    for (f, w) in f.iter_mut().zip(&w) {
+                        *f = word_values(w[q / 2], q % 2 == 1, &t);
+                    }
                     for (i, acc) in acc.iter_mut().enumerate() {
                         let xv = _mm256_loadu_ps(xs.add(i * x_stride + 32 * g + 8 * q));
                         for (a, f) in acc.iter_mut().zip(&f) {
@@ -1153,14 +1159,16 @@ fn rows_dots_bytes<const B: i32, const SIGN_BIT_4: bool, const R: usize, const N
             }
         }
     }
-    std::array::from_fn(|r| {
-        std::array::from_fn(|i| {
+    let mut dots = [[0f32; N]; R];
+    for (i, acc) in acc.iter().enumerate() {
+        for (dots, a) in dots.iter_mut().zip(acc) {
             let mut lanes = [0f32; 8];
             // SAFETY: `lanes` has 8 elements.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i][r]) };
-            lanes.iter().sum()
-        })
-    })
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
+            dots[i] = lanes.iter().sum();
+        }
+    }
+    dots
 }
 
 /// Sum over the whole blocks of one code row of `value(code) · x` (see `CodeLut`):
@@ -1288,8 +1296,12 @@ fn rows_dots_perm32<const S: u32, const R: usize, const N: usize>(
                 *v = _mm512_loadu_si512(words.cast());
             }
             for g in 0..per_word {
-                let values: [__m512; R] =
-                    std::array::from_fn(|r| _mm512_permutex2var_ps(t0, v[r], t1));
+                // A plain loop, not `array::from_fn`: a closure does not inherit this
+                // function's target features, so the permute would not inline.
+                let mut values = [_mm512_setzero_ps(); R];
+                for (value, v) in values.iter_mut().zip(&v) {
+                    *value = _mm512_permutex2var_ps(t0, *v, t1);
+                }
                 for (i, acc) in acc.iter_mut().enumerate() {
                     let xv = _mm512_loadu_ps(xs.add(i * x_stride + 16 * g));
                     for (a, value) in acc.iter_mut().zip(&values) {
@@ -1302,15 +1314,14 @@ fn rows_dots_perm32<const S: u32, const R: usize, const N: usize>(
             }
         }
     }
-    std::array::from_fn(|r| {
-        std::array::from_fn(|i| {
-            let a = &acc[i][r];
-            _mm512_reduce_add_ps(_mm512_add_ps(
-                _mm512_add_ps(a[0], a[1]),
-                _mm512_add_ps(a[2], a[3]),
-            ))
-        })
-    })
+    let mut dots = [[0f32; N]; R];
+    for (i, acc) in acc.iter().enumerate() {
+        for (dots, a) in dots.iter_mut().zip(acc) {
+            let sum = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+            dots[i] = _mm512_reduce_add_ps(sum);
+        }
+    }
+    dots
 }
 
 /// The values of the whole blocks of one code row into `out` (`per_block` floats per 8

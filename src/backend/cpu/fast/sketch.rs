@@ -59,9 +59,9 @@ pub fn sketch_linear(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Te
 /// `sketch_linear` with the kernel chosen (for tests and benches that compare them); a
 /// kernel this CPU lacks falls back to the portable masked kernel.
 ///
-/// - AVX-512F, batch 1-64, m ≤ 4 (`sketch_masks`): each 16 bits of a binary row are a
-///   lane mask that builds 16 weights from the broadcast scales; 4 rows (2 for m > 2)
-///   against passes of up to 4 inputs.
+/// - AVX-512F, batch 2-16 (`Avx512`: 1-16), m ≤ 4 (`sketch_masks`): each 16 bits of a
+///   binary row are a lane mask that builds 16 weights from the broadcast scales; 4
+///   rows (2 for m > 2) against passes of up to 4 inputs.
 /// - AVX2, batch 1: the 3-input table kernel (`triplets`; additions only, memory
 ///   traffic about `m/32` of dense).
 /// - AVX2+FMA, batch 2 and more (and AVX-512 past its limits): each weight row is
@@ -80,7 +80,10 @@ pub fn sketch_linear_with(
         let avx512 = kernel != FcKernel::Avx2 && masks::supported(w);
         // An explicit `Avx512` on a CPU without it runs the portable kernel.
         let avx2 = kernel != FcKernel::Avx512 || FcKernel::Avx512.supported();
-        if avx512 && n <= masks::MAX_BATCH {
+        // At batch 1 the AVX2 3-input tables beat the masks (fc6 m = 2: 0.87-1.03 ms
+        // against 1.71-1.98 ms), so `Auto` keeps them there.
+        let masks_batch = n <= masks::MAX_BATCH && (n >= 2 || kernel == FcKernel::Avx512);
+        if avx512 && masks_batch {
             return masks::sketch_linear_masks(x, w, bias);
         }
         if avx2 && n >= 2 && decoded_rows_supported() {
@@ -91,6 +94,19 @@ pub fn sketch_linear_with(
         }
     }
     linear_with(x, w, bias, Method::Masked)
+}
+
+/// The kernel `sketch_linear` runs for `w` at batch `n`, as `cnnpack bench` names it.
+pub fn kernel_name(w: &SketchWeights, n: usize) -> &'static str {
+    if masks::supported(w) && (2..=masks::MAX_BATCH).contains(&n) {
+        "sketch_linear (avx512 masks)"
+    } else if n >= 2 && decoded_rows_supported() {
+        "sketch_linear (decode+gemv)"
+    } else if n == 1 && triplets::supported() {
+        "sketch_linear (avx2 triplets)"
+    } else {
+        "sketch_linear (masked)"
+    }
 }
 
 /// AVX2+FMA (the GEMV's requirement; the row decode needs AVX2 too).
