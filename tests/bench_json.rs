@@ -240,7 +240,14 @@ fn bench_json_matches_the_documented_schema() {
             }
             if l.op == "Linear" {
                 let want = match (l.encoding.as_str(), b.batch) {
-                    ("sketch", _) => &["sketch_linear"][..],
+                    ("sketch", 1) => {
+                        &["sketch_linear (avx2 triplets)", "sketch_linear (masked)"][..]
+                    }
+                    ("sketch", _) => &[
+                        "sketch_linear (avx512 masks)",
+                        "sketch_linear (decode+gemv)",
+                        "sketch_linear (masked)",
+                    ][..],
                     ("dense", 1) => &["linear (gemv)", "linear (sgemm)"][..],
                     ("dense", _) => &["linear (sgemm)", "linear (gemv)"][..],
                     (other, _) => panic!("unexpected encoding {other}"),
