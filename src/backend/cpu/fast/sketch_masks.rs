@@ -5,9 +5,11 @@
 //! is set. Per 16 weights and base, one masked subtract (`0 − a` in the lanes whose bit
 //! is clear, `a` in the others) builds the 16 values from the broadcast scale, and the
 //! bases are added in base order, as `decode_row` does; then one FMA per input. The
-//! bit rows are read once per pass, never decoded to memory. A pass takes `R` rows (4
-//! for m ≤ 2, 2 for m = 3, 4: the scales of every row live in registers) against up to
-//! 4 inputs, so each input load feeds `R` rows and each value vector 4 inputs.
+//! bit rows are read once per pass, never decoded to memory. A pass takes `R` rows (3
+//! for m ≤ 2, 2 for m = 3, 4) against up to 4 inputs, so each input load feeds `R` rows
+//! and each value vector 4 inputs. The accumulators and every row's scales live in
+//! registers: at m = 2, 4 rows x 4 inputs spilled and ran fc6 at batch 8 in 6.9-8.2 ms,
+//! against 5.2-5.6 ms for 3 x 4 and 5.6-6.0 ms for 2 x 4 (2 x 8 spilled too: 8.9-9.3 ms).
 //!
 //! Inputs are copied into rows of `32 · words_per_row` floats with zeros past K, so the
 //! padding bits of the last word meet zeros, as in the masked kernel.
@@ -25,8 +27,8 @@ const MAX_BASES: usize = 4;
 pub(super) const MAX_BATCH: usize = 16;
 /// Inputs per pass.
 const PASS_INPUTS: usize = 4;
-/// Output rows per parallel task (a multiple of every pass's row count).
-const ROW_TILE: usize = 16;
+/// Output rows per parallel task (a multiple of every pass's row count, 2 and 3).
+const ROW_TILE: usize = 24;
 /// Floats past each padded input row (rows 32·W floats apart, W a multiple of 128,
 /// would share L1 sets).
 const X_PAD: usize = 16;
@@ -60,7 +62,7 @@ pub(super) fn sketch_linear_masks(x: &Tensor, w: &SketchWeights, bias: Option<&T
     {
         dst[..k].copy_from_slice(src);
     }
-    let group = if m <= 2 { 4 } else { 2 };
+    let group = if m <= 2 { 3 } else { 2 };
     let tiles: Vec<Vec<f32>> = (0..o)
         .step_by(ROW_TILE)
         .collect::<Vec<_>>()
@@ -99,7 +101,7 @@ pub(super) fn sketch_linear_masks(x: &Tensor, w: &SketchWeights, bias: Option<&T
     }
 }
 
-/// One pass: rows `c0 ..` (4 for m ≤ 2, else 2; rows past the layer repeat its last row
+/// One pass: rows `c0 ..` (3 for m ≤ 2, else 2; rows past the layer repeat its last row
 /// and their sums are dropped by the caller) against `inputs` (1 to 4) input rows of
 /// `xs`; `[row][input]`.
 ///
@@ -136,8 +138,8 @@ unsafe fn pass(
         };
     }
     match w.bases() {
-        1 => by_inputs!(1, 4),
-        2 => by_inputs!(2, 4),
+        1 => by_inputs!(1, 3),
+        2 => by_inputs!(2, 3),
         3 => by_inputs!(3, 2),
         _ => by_inputs!(4, 2),
     }
