@@ -24,7 +24,9 @@
 //! scheme wins only when rows are within a few percent of each other in Hamming
 //! distance. The batch-1 fc with AVX2 uses a different table kernel, with 3-input
 //! tables looked up 8 output rows at a time (`sketch_triplets`): 5.7x dense on fc6 at
-//! m = 2 where the masked kernel made 2.6x (docs/benchmarks.md).
+//! m = 2 where the masked kernel made 2.6x (docs/benchmarks.md). The fc at batch 2-16
+//! with AVX-512 turns each 16 bits into a lane mask (`sketch_masks`); other batches with
+//! AVX2 decode rows into the blocked GEMV (`sketch_linear_with` lists the choice).
 //!
 //! Input rows are copied into buffers padded with zeros to `32 · words_per_row`, so the
 //! padding bits of the last word meet zero inputs and contribute nothing to P, and the
