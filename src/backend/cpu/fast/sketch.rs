@@ -152,10 +152,22 @@ fn linear_decoded_rows(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> 
             out
         })
         .collect();
+    transpose_blocks(&blocks, DECODED_ROW_BLOCK, n, o, bias)
+}
+
+/// `[N, O]` from blocks of `block_rows` output rows, each block `[row][input]`, plus
+/// the bias.
+pub(super) fn transpose_blocks(
+    blocks: &[Vec<f32>],
+    block_rows: usize,
+    n: usize,
+    o: usize,
+    bias: Option<&Tensor>,
+) -> Tensor {
     let mut y = vec![0f32; n * o];
     for (bi, out) in blocks.iter().enumerate() {
-        for (r, vals) in out.chunks_exact(n).enumerate() {
-            let c = bi * DECODED_ROW_BLOCK + r;
+        for (r, vals) in out.chunks_exact(n.max(1)).enumerate() {
+            let c = bi * block_rows + r;
             let b = bias.map_or(0.0, |b| b.data[c]);
             for (item, v) in vals.iter().enumerate() {
                 y[item * o + c] = v + b;

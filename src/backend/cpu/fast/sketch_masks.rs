@@ -85,20 +85,7 @@ pub(super) fn sketch_linear_masks(x: &Tensor, w: &SketchWeights, bias: Option<&T
             out
         })
         .collect();
-    let mut y = vec![0f32; n * o];
-    for (t, out) in tiles.iter().enumerate() {
-        for (r, vals) in out.chunks_exact(n.max(1)).enumerate() {
-            let c = t * ROW_TILE + r;
-            let b = bias.map_or(0.0, |b| b.data[c]);
-            for (item, v) in vals.iter().enumerate() {
-                y[item * o + c] = v + b;
-            }
-        }
-    }
-    Tensor {
-        shape: vec![n, o],
-        data: y,
-    }
+    super::sketch::transpose_blocks(&tiles, ROW_TILE, n, o, bias)
 }
 
 /// One pass: rows `c0 ..` (3 for m ≤ 2, else 2; rows past the layer repeat its last row
