@@ -676,7 +676,7 @@ pub fn kernel_name(w: &Pow2Weights, n: usize) -> &'static str {
     }
 }
 
-/// Row dot products (batch 1) and row decodes (larger batches) by table lookups in
+/// Row dot products (on the codes) and row decodes (for the GEMV) by table lookups in
 /// registers (see the module docs). b = 2 and 4 read
 /// the layer's own codes; b = 3 and 5 codes straddle bytes, so they are re-laid out
 /// once per layer (`WideCodes`, kept with the weights): 3-bit codes as 4-bit nibbles
@@ -811,10 +811,11 @@ impl CodeLut {
         (words, words * (32 / self.stored as usize))
     }
 
-    /// `row · x` for the code rows `rows` of `w`; `table` is the layer's decode table.
-    /// Row by row: interleaving the tile's rows over chunks of the input (to keep a
-    /// chunk of the permuted input in L1) measured 30% slower, the code streams being
-    /// read in short runs.
+    /// `row · x_i` for the code rows `rows` of `w` and every input row of `x` (N rows of
+    /// K), `[row][input]`; `table` is the layer's decode table. Each row is streamed
+    /// whole, in passes of several rows and inputs: interleaving a tile's rows over
+    /// chunks of the input (to keep a chunk of the permuted input in L1) measured 30%
+    /// slower at batch 1 (AVX2), the code streams being read in short runs.
     fn tile_dots(
         &self,
         w: &Pow2Weights,

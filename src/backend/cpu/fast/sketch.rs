@@ -62,7 +62,7 @@ pub fn sketch_linear(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Te
 /// kernel this CPU lacks falls back to the portable masked kernel.
 ///
 /// - AVX-512F, batch 2-16 (`Avx512`: 1-16), m ≤ 4 (`sketch_masks`): each 16 bits of a
-///   binary row are a lane mask that builds 16 weights from the broadcast scales; 4
+///   binary row are a lane mask that builds 16 weights from the broadcast scales; 3
 ///   rows (2 for m > 2) against passes of up to 4 inputs.
 /// - AVX2, batch 1: the 3-input table kernel (`triplets`; additions only, memory
 ///   traffic about `m/32` of dense).
