@@ -1216,8 +1216,9 @@ const BYTES_ROWS: usize = 2;
 const BYTES_PASS_INPUTS: usize = 2;
 
 /// The largest batch the AVX2 kernel runs on the codes; larger ones decode rows into the
-/// blocked GEMV. fc6 on the Xeon, against decoding: 2.0x faster at batch 2, 1.3-1.4x at
-/// 4, 1.2x at 6, 1.07x at 8, 0.87x at 16 (three runs; each pass decodes its rows again).
+/// blocked GEMV. fc6 on the Xeon, against decoding: 1.95-2.11x faster at batch 2,
+/// 1.32-1.42x at 4, 1.23-1.25x at 6, 1.07-1.11x at 8, 0.86-0.96x at 16 (three runs; each
+/// pass decodes its rows again).
 const BYTES_MAX_BATCH: usize = 8;
 
 /// Inputs per pass of `rows_dots_perm32` at batch > 1 (the code rows are re-read from
@@ -1225,8 +1226,9 @@ const BYTES_MAX_BATCH: usize = 8;
 const PERM32_PASS_INPUTS: usize = 4;
 
 /// Code rows per pass of `rows_dots_perm32` at batch > 1: each input load feeds all 4,
-/// so the inputs (36 KiB per fc6 row, in L2) are read once per 4 rows. fc6 at batch 8:
-/// 5.2 / 4.2 / 3.8 ms with 2 / 3 / 4 rows, at batch 64: 52 / 41 / 31 ms (one run).
+/// so the inputs (36 KiB per fc6 row, in L2) are read once per 4 rows. fc6, two runs:
+/// 3.8-5.2 / 3.6-4.2 / 3.7-3.8 ms with 2 / 3 / 4 rows at batch 8, 49-52 / 38-41 / 31 ms
+/// at batch 64.
 const PERM32_ROWS: usize = 4;
 
 /// The largest batch `Auto` runs on the codes with AVX-512; above it, rows are decoded
