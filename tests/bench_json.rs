@@ -246,10 +246,11 @@ fn bench_json_matches_the_documented_schema() {
                     ("sketch", _) => &[
                         "sketch_linear (avx512 masks)",
                         "sketch_linear (decode+gemv)",
+                        "sketch_linear (decode+gemm)",
                         "sketch_linear (masked)",
                     ][..],
                     ("dense", 1) => &["linear (gemv)", "linear (sgemm)"][..],
-                    ("dense", _) => &["linear (sgemm)", "linear (gemv)"][..],
+                    ("dense", _) => &["linear (sgemm)", "linear (gemv)", "linear (gemm)"][..],
                     (other, _) => panic!("unexpected encoding {other}"),
                 };
                 assert!(want.contains(&l.kernel.as_deref().unwrap_or("-")), "{l:?}");

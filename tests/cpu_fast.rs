@@ -202,12 +202,13 @@ fn concat_matches_reference_on_random_shapes() {
 #[test]
 fn linear_matches_reference_on_random_shapes() {
     let mut rng = Rng::new(3);
-    // Batch 1 runs the one-row GEMV, 2-8 the 3-row blocks in passes of 4 inputs (with
-    // AVX2+FMA), 9 and 17 sgemm; K below, at and above the 8- and 16-wide steps with odd
-    // tails; output counts that leave 1 or 2 rows for the last block.
-    for case in 0..60 {
-        let n = [1, 2, 3, 4, 5, 7, 8, 9, 17][case % 9];
-        let k = rng.range(1, 300);
+    // With AVX2+FMA: batch 1 runs the one-row GEMV, 2-15 the 3-row blocks in passes of
+    // 4 inputs, 16-64 the GEMM on input panels (one to four, part-filled), 65 sgemm; K
+    // below, at and above the 8- and 16-wide steps and the GEMM's 256-deep blocks, with
+    // odd tails; output counts that leave 1 or 2 rows for the last block.
+    for case in 0..72 {
+        let n = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33, 64, 65][case % 14];
+        let k = rng.range(1, 600);
         let out = rng.range(1, 200);
         let fc = Linear {
             weight: Weights::Dense(rng.normal_tensor(vec![out, k], 1.0)),

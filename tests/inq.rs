@@ -511,13 +511,15 @@ fn pow2_linear_matches_reference() {
     let mut rng = Rng::new(17);
     for case in 0..40 {
         let bits = 2 + (case % 4) as u32;
-        // Every bit width at batches 1, 5, 2, 8, 3, 7, 9 and 66 (`case % 2` would tie
-        // b = 3, 5 to one batch): the code kernels (AVX-512 up to 64: passes of 1 to 4
-        // inputs against 4 rows; AVX2 up to 8: 1 or 2 against 2), and decoded rows in
-        // blocks of 3 against passes of up to 4 inputs (AVX2 from 9, AVX-512 from 65).
-        let n = [1, 5, 2, 8, 3, 7, 9, 66][case / 4 % 8];
+        // Every bit width at batches 1, 5, 2, 8, 3, 7, 9, 66, 16 and 33 (`case % 2`
+        // would tie b = 3, 5 to one batch): the code kernels (AVX-512 up to 64: passes
+        // of 1 to 4 inputs against 4 rows; AVX2 up to 8: 1 or 2 against 2), and rows
+        // decoded into the GEMM's panels (AVX2 from 9, AVX-512 from 65: one, two and
+        // five 16-input panels, the last part-filled). Up to 110 rows: several 48-row
+        // tasks, the last one short and not a multiple of the GEMM's 6-row tiles.
+        let n = [1, 5, 2, 8, 3, 7, 9, 66, 16, 33][case / 4 % 10];
         let k = rng.range(1, 700);
-        let o = rng.range(1, 40);
+        let o = rng.range(1, 110);
         let w = random_pow2(&mut rng, vec![o, k], bits);
         let bias = (case % 3 != 0).then(|| rng.normal_tensor(vec![o], 1.0));
         let x = rng.normal_tensor(vec![n, k], 1.0);
@@ -550,8 +552,9 @@ fn pow2_linear_matches_reference() {
     }
 }
 
-/// The fc kernels on K around and past their blocks (AVX2: 32 code bytes, AVX-512: 64),
-/// every code value in use, at batch 1 and 6, against the reference.
+/// The fc kernels on K around and past their blocks (AVX2: 32 code bytes, AVX-512: 64;
+/// the GEMM's K blocks of 256), every code value in use, at batch 1, 6 and 11 (AVX2:
+/// the codes, then the GEMM), against the reference.
 #[test]
 fn pow2_fc_kernels_on_block_edges() {
     let mut rng = Rng::new(23);
@@ -567,7 +570,7 @@ fn pow2_fc_kernels_on_block_edges() {
                 })
                 .collect();
             let w = Pow2Weights::from_codes(vec![o, k], bits, n1, &codes).expect("valid codes");
-            for n in [1, 6] {
+            for n in [1, 6, 11] {
                 let x = rng.normal_tensor(vec![n, k], 1.0);
                 let dense = Linear {
                     weight: Weights::Dense(w.dense_data().into_tensor(vec![o, k])),

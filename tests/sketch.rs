@@ -279,11 +279,13 @@ fn padding_bits_are_neutral() {
 #[test]
 fn linear_kernels_match_dense_reference() {
     let mut rng = Rng::new(6);
-    for case in 0..32 {
-        // AVX-512 (masks): passes of 1-4 inputs, up to 64; AVX2: decoded rows from 2.
-        let n = [1, 5, 1, 8, 2, 3, 4, 66][case % 8];
-        let k = rng.range(1, 400) | 1;
-        let o = rng.range(1, 40);
+    for case in 0..44 {
+        // AVX-512 (masks): passes of 1-4 inputs, up to 16; AVX2: decoded rows from 2
+        // (the GEMV), and into the GEMM's panels from 16 (and on AVX-512 from 17). Up
+        // to 110 rows: several 48-row GEMM tasks, the last one short.
+        let n = [1, 5, 1, 8, 2, 3, 4, 66, 16, 17, 33][case % 11];
+        let k = rng.range(1, 600) | 1;
+        let o = rng.range(1, 110);
         let m = rng.range(1, 6);
         let s = random_sketch(&mut rng, vec![o, k], m, case % 3 == 0);
         let bias = rng.normal_tensor(vec![o], 1.0);

@@ -7,8 +7,10 @@
 //! fused ReLU are applied when a task's accumulator block is written out. Without
 //! AVX2+FMA: im2col + `matrixmultiply::sgemm`.
 //!
-//! Fc at batch 1-4 is a row-streaming AVX2 GEMV (see `linear`), else sgemm.
+//! Fc with AVX2+FMA: a row-streaming GEMV at batch 1-15, `gemm::block` at 16-64 (see
+//! `linear`); else sgemm.
 
+use super::gemm::InputPanels;
 use crate::graph::{Conv2d, Linear, Tensor};
 use rayon::prelude::*;
 
@@ -544,90 +546,84 @@ fn im2col(
 /// Output rows per parallel task of the fc layer.
 const ROW_BLOCK: usize = 64;
 
-/// Largest batch that `linear` runs as a GEMV (each weight row streamed once from
-/// memory and dotted with every input row: `gemv_row` at batch 1, `gemv_rows` above)
-/// rather than through sgemm. On the 2-core VM (fc6, 9216 -> 4096, interleaved) the
-/// blocked GEMV beat sgemm by 1.96-2.12x at batch 8, 1.61-1.66x at 16, 1.27-1.37x at 32,
-/// 1.18x at 64 and 1.06x at 128 (one run for the last two).
-pub(super) const GEMV_MAX_BATCH: usize = 64;
+/// Batches `linear` runs on `gemm::block` with the inputs in panels (`GEMM_MIN_BATCH`
+/// to `GEMM_MAX_BATCH`); below, the row-streaming GEMV (`gemv_row` at batch 1,
+/// `gemv_rows` above); above, sgemm. On the 2-core Xeon (fc6, 9216 -> 4096,
+/// interleaved, two runs each) the GEMM against the GEMV: 13.3-14.1 ms against
+/// 15.2-19.6 at batch 16, 20.4-21.4 against 27.1-30.3 at 32, 38.1-39.3 against
+/// 53.3-56.6 at 64, but slower at 12 (13.9-14.7 against 11.7-12.7); against sgemm at
+/// 128, 69.7-70.9 ms against 52.2-64.6.
+const GEMM_MIN_BATCH: usize = 16;
+/// See `GEMM_MIN_BATCH`.
+const GEMM_MAX_BATCH: usize = 64;
 
 /// Dense fully connected layer; same semantics as `reference::linear`.
 ///
-/// Batch 1..=`GEMV_MAX_BATCH` with AVX2+FMA: a row-streaming GEMV (memory-bound: fc6 of
-/// AlexNet reads 151 MB of weights per call, so the rate is the memory bandwidth).
-/// Otherwise sgemm.
+/// With AVX2+FMA, by batch (see `GEMM_MIN_BATCH`): 1, a row-streaming GEMV
+/// (memory-bound: fc6 of AlexNet reads 151 MB of weights per call, so the rate is the
+/// memory bandwidth); 2-15, the blocked GEMV (`gemv_rows`); 16-64, `gemm::block` on the
+/// weights in place and the inputs in panels. Otherwise sgemm.
 pub fn linear(x: &Tensor, fc: &Linear) -> Tensor {
     let w = fc.weight.to_dense();
     let (n, k, out) = (x.shape[0], x.shape[1], w.shape[0]);
     if n == 0 || out == 0 {
         return Tensor::zeros(vec![n, out]);
     }
-    let gemv = n <= GEMV_MAX_BATCH && k > 0 && gemv_supported();
+    let avx2 = k > 0 && gemv_supported();
+    let panels = (avx2 && (GEMM_MIN_BATCH..=GEMM_MAX_BATCH).contains(&n))
+        .then(|| InputPanels::new(&x.data, n, k, k));
     // y^T[out x n] = W[out x k] * x^T[k x n], split over blocks of output rows.
     let blocks: Vec<Vec<f32>> = (0..out)
         .step_by(ROW_BLOCK)
         .collect::<Vec<_>>()
         .par_iter()
         .map(|&r0| {
-            if gemv {
-                let rows = ROW_BLOCK.min(out - r0);
-                let mut yt = vec![0.0; rows * n];
-                if n == 1 {
-                    for (r, y) in yt.iter_mut().enumerate() {
-                        *y = gemv_row(&w.data[(r0 + r) * k..(r0 + r + 1) * k], &x.data[..k]);
-                    }
-                } else {
-                    for (r, dst) in (0..rows)
-                        .step_by(GEMV_ROWS)
-                        .zip(yt.chunks_mut(GEMV_ROWS * n))
-                    {
-                        let ws = &w.data[(r0 + r) * k..];
-                        let rows = dst.len() / n;
-                        let ws = Rows {
-                            data: ws,
-                            stride: k,
-                            count: rows,
-                        };
-                        let xs = Rows {
-                            data: &x.data[..n * k],
-                            stride: k,
-                            count: n,
-                        };
-                        gemv_rows(ws, xs, k, dst);
-                    }
-                }
-                return yt;
-            }
             let rows = ROW_BLOCK.min(out - r0);
+            let w_rows = &w.data[r0 * k..(r0 + rows) * k];
+            if let Some(panels) = &panels {
+                return panels.dots_with_rows(w_rows, rows);
+            }
             let mut yt = vec![0.0; rows * n];
-            sgemm(
-                rows,
-                k,
-                n,
-                &w.data[r0 * k..],
-                k as isize,
-                1,
-                &x.data,
-                1,
-                k as isize,
-                &mut yt,
-                n as isize,
-            );
+            if avx2 && n == 1 {
+                for (y, w_row) in yt.iter_mut().zip(w_rows.chunks_exact(k)) {
+                    *y = gemv_row(w_row, &x.data[..k]);
+                }
+            } else if avx2 && n < GEMM_MIN_BATCH {
+                for (r, dst) in (0..rows)
+                    .step_by(GEMV_ROWS)
+                    .zip(yt.chunks_mut(GEMV_ROWS * n))
+                {
+                    let ws = Rows {
+                        data: &w_rows[r * k..],
+                        stride: k,
+                        count: dst.len() / n,
+                    };
+                    let xs = Rows {
+                        data: &x.data[..n * k],
+                        stride: k,
+                        count: n,
+                    };
+                    gemv_rows(ws, xs, k, dst);
+                }
+            } else {
+                sgemm(
+                    rows, k, n, w_rows, k as isize, 1, &x.data, 1, k as isize, &mut yt, n as isize,
+                );
+            }
             yt
         })
         .collect();
-    let mut y = Tensor::zeros(vec![n, out]);
-    for (bi, yt) in blocks.iter().enumerate() {
-        let r0 = bi * ROW_BLOCK;
-        let rows = yt.len() / n;
-        for r in 0..rows {
-            let bias = fc.bias.as_ref().map_or(0.0, |t| t.data[r0 + r]);
-            for b in 0..n {
-                y.data[b * out + r0 + r] = yt[r * n + b] + bias;
-            }
-        }
+    super::layout::transpose_blocks(&blocks, ROW_BLOCK, n, out, fc.bias.as_ref())
+}
+
+/// The kernel `linear` runs at batch `n`, as `cnnpack bench` names it.
+pub(super) fn linear_kernel_name(n: usize) -> &'static str {
+    match n {
+        _ if !gemv_supported() => "linear (sgemm)",
+        GEMM_MIN_BATCH..=GEMM_MAX_BATCH => "linear (gemm)",
+        ..GEMM_MIN_BATCH => "linear (gemv)",
+        _ => "linear (sgemm)",
     }
-    y
 }
 
 /// Whether this CPU runs `gemv_row` (x86-64 with AVX2 and FMA, detected once).

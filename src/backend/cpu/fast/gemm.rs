@@ -1,5 +1,5 @@
-//! An AVX2/FMA register-blocked GEMM for the dense conv: `C += A · B` on strided
-//! operands, read where they lie (no packing of A or B).
+//! An AVX2/FMA register-blocked GEMM for the dense conv and the batched fc layers:
+//! `C += A · B` on strided operands, read where they lie (no packing of A or B).
 //!
 //! Why not `matrixmultiply::sgemm`: it packs both operands on every call. For a conv
 //! the weights A are the big operand at batch 1 (ResNet-18's 3x3 512->512 conv: 9.4 MB
@@ -15,7 +15,13 @@
 //! (`kc x 16`, 16 KiB at `kc = 256`) stays in L1 while the six-row panels of A pass
 //! over it, and an `MC x kc` block of A (96 KiB) stays in L2 while the micro-panels of
 //! B pass under it.
+//!
+//! Fc layers at batches past the GEMV's (`InputPanels`, `fc_decoded`): A is the weight
+//! rows (dense: in place; pow2 and sketch: decoded per K block into a panel), B the
+//! inputs transposed into 16-input panels.
 
+use crate::graph::Tensor;
+use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -159,4 +165,148 @@ unsafe fn micro_6x16(
             }
         }
     }
+}
+
+/// The input rows of an fc as the B operand of `block`: panels of `NR` inputs, each
+/// `[K][NR]` and contiguous, zeros past the batch.
+///
+/// Panel-major rather than one `[K][batch]` matrix: at batch 64 a row stride of 64
+/// floats (256 bytes) maps a K block's rows of a micro-panel onto 8 of the 64 L1 sets,
+/// and the panel the micro-kernel re-reads for every 6 rows of A was evicted (fc6 at
+/// batch 64: 47-53 ms against 35 ms panel-major).
+pub struct InputPanels {
+    data: Vec<f32>,
+    n: usize,
+    k: usize,
+    /// The batch rounded up to a multiple of `NR`.
+    cols: usize,
+    /// Offset of row `i` of a K block within a panel: `i · NR`.
+    b_rows: Vec<usize>,
+}
+
+impl InputPanels {
+    /// The `n` input rows of `k` floats, `stride` apart in `x`.
+    pub fn new(x: &[f32], n: usize, k: usize, stride: usize) -> InputPanels {
+        assert!(k <= stride && (n == 0 || x.len() >= (n - 1) * stride + k));
+        let cols = n.next_multiple_of(NR);
+        let mut data = vec![0f32; k * cols];
+        // K blocks of every panel in parallel (fc6 at batch 64 took 3-4 ms on one
+        // thread); each input row's part is read in order.
+        if k > 0 {
+            data.par_chunks_mut(k * NR)
+                .enumerate()
+                .for_each(|(panel, p)| {
+                    p.par_chunks_mut(KC * NR)
+                        .enumerate()
+                        .for_each(|(block, dst)| {
+                            let (k0, kc) = (block * KC, dst.len() / NR);
+                            for j in 0..NR.min(n - panel * NR) {
+                                let b = panel * NR + j;
+                                let src = &x[b * stride + k0..b * stride + k0 + kc];
+                                for (i, &v) in src.iter().enumerate() {
+                                    dst[i * NR + j] = v;
+                                }
+                            }
+                        })
+                });
+        }
+        InputPanels {
+            data,
+            n,
+            k,
+            cols,
+            b_rows: (0..KC).map(|i| i * NR).collect(),
+        }
+    }
+
+    /// A zeroed accumulator for `rows` weight rows: `[row][cols]`, the rows rounded up
+    /// to `MR` (the micro-kernel stores whole tiles).
+    fn accumulator(&self, rows: usize) -> Vec<f32> {
+        vec![0f32; rows.next_multiple_of(MR) * self.cols]
+    }
+
+    /// `acc[r][b] += a_r[..kc] · x_b[k0..k0 + kc]` for `rows` rows of A, `lda` apart.
+    fn add_block(&self, a: &[f32], lda: usize, rows: usize, k0: usize, kc: usize, acc: &mut [f32]) {
+        assert!(supported() && kc <= KC && k0 + kc <= self.k);
+        assert!(rows == 0 || (kc <= lda && a.len() >= (rows - 1) * lda + kc));
+        assert!(acc.len() >= rows.next_multiple_of(MR) * self.cols);
+        for j0 in (0..self.cols).step_by(NR) {
+            // SAFETY: `supported()` (asserted); A is `rows x kc` at `lda` inside `a`; B
+            // row `i` is the NR floats at `j0 · k + (k0 + i) · NR`, inside `data` (panel
+            // `j0 / NR` holds k rows, k0 + i < k); C is `rows` rounded up to 6 rows of
+            // `cols` inside `acc` (asserted), of which this writes columns j0..j0 + NR.
+            unsafe {
+                block(
+                    kc,
+                    a.as_ptr(),
+                    lda,
+                    rows,
+                    self.data.as_ptr().add(j0 * self.k + k0 * NR),
+                    &self.b_rows[..kc],
+                    NR,
+                    acc.as_mut_ptr().add(j0),
+                    self.cols,
+                    true,
+                );
+            }
+        }
+    }
+
+    /// The first `rows` rows of `acc` as `[row][input]` (without the padding columns).
+    fn dots(&self, acc: &[f32], rows: usize) -> Vec<f32> {
+        let mut dots = Vec::with_capacity(rows * self.n);
+        for row in acc.chunks_exact(self.cols).take(rows) {
+            dots.extend_from_slice(&row[..self.n]);
+        }
+        dots
+    }
+
+    /// `[row][input]` dots of `rows` weight rows, row-major (K floats each, read in
+    /// place), with the inputs.
+    pub fn dots_with_rows(&self, w: &[f32], rows: usize) -> Vec<f32> {
+        let k = self.k;
+        assert_eq!(w.len(), rows * k);
+        let mut acc = self.accumulator(rows);
+        for k0 in (0..k).step_by(KC) {
+            self.add_block(&w[k0..], k, rows, k0, KC.min(k - k0), &mut acc);
+        }
+        self.dots(&acc, rows)
+    }
+}
+
+/// Output rows per task of `fc_decoded` (a multiple of `MR`). 48 measured as fast as or
+/// faster than 24 on fc6 (pow2, batch 16 and 64); its 48 KiB panel stays in L2.
+pub const FC_DECODED_ROWS: usize = 48;
+
+/// An fc whose weight rows are made as they are used: `[N, O]` (plus the bias) for the
+/// inputs `x` and `o` weight rows. Per task of `FC_DECODED_ROWS` rows and per K block
+/// of `KC`, `decode(row, k0, kc, dst)` writes weights `k0..k0 + kc` of `row` into `dst`
+/// (`KC` floats; entries past `kc` are not read), in the order of `x`'s columns; then
+/// `block` multiplies the panel in. Each weight is decoded once per call, whatever the
+/// batch.
+pub fn fc_decoded(
+    x: &InputPanels,
+    o: usize,
+    bias: Option<&Tensor>,
+    decode: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
+) -> Tensor {
+    let k = x.k;
+    let blocks: Vec<Vec<f32>> = (0..o.div_ceil(FC_DECODED_ROWS))
+        .into_par_iter()
+        .map(|t| {
+            let rows = t * FC_DECODED_ROWS..((t + 1) * FC_DECODED_ROWS).min(o);
+            let count = rows.len();
+            let mut panel = vec![0f32; count * KC];
+            let mut acc = x.accumulator(count);
+            for k0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - k0);
+                for (c, dst) in rows.clone().zip(panel.chunks_exact_mut(KC)) {
+                    decode(c, k0, kc, dst);
+                }
+                x.add_block(&panel, KC, count, k0, kc, &mut acc);
+            }
+            x.dots(&acc, count)
+        })
+        .collect();
+    super::layout::transpose_blocks(&blocks, FC_DECODED_ROWS, x.n, o, bias)
 }

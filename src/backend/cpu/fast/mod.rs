@@ -185,10 +185,7 @@ pub fn kernel_name(prepared: Option<&Prepared>, node: &Node, batch: usize) -> Op
             Weights::Sketch(w) => sketch::kernel_name(w, batch),
             Weights::Sparse(_) => "sparse_linear",
             Weights::Pow2(w) => pow2::kernel_name(w, batch),
-            Weights::Dense(_) if batch <= dense::GEMV_MAX_BATCH && dense::gemv_supported() => {
-                "linear (gemv)"
-            }
-            Weights::Dense(_) => "linear (sgemm)",
+            Weights::Dense(_) => dense::linear_kernel_name(batch),
         },
         _ => return None,
     })

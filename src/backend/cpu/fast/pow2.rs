@@ -27,9 +27,11 @@
 //!     a row needs no shuffles past the lookup.
 //!   - Batch 2-8 on AVX2 without AVX-512 (`rows_dots_bytes`): the same lookups, 2 rows
 //!     against passes of up to 2 inputs.
-//!   - Larger batches (past 8 on AVX2, past 64 on AVX-512): rows are decoded 3 at a time
-//!     through the AVX2 byte tables (in that lane order, against inputs permuted the
-//!     same way) and run through the blocked GEMV (`dense::gemv_rows`).
+//!   - Larger batches (past 8 on AVX2, past 64 on AVX-512): rows are decoded through
+//!     the AVX2 byte tables, per K block of 256, into the panels of the register-blocked
+//!     GEMM (`gemm::fc_decoded`; in that lane order, against inputs permuted the same
+//!     way). Each weight is decoded once per call, and the GEMM re-reads the panel from
+//!     cache for every 16 inputs.
 //!   - Without AVX2, or (AVX2 only) with subnormal values, rows go through `Decoder`
 //!     (arithmetic decode, or `row_dot_perm`'s `vpermps` lookup at batch 1).
 //! - conv (`pow2_conv`): per (image, group) an im2col matrix `[K][OH·OW]`; each output
@@ -43,6 +45,7 @@
 //! planner's invariants, checked by shape inference; a violation panics naming it.
 
 use super::dense::Rows;
+use super::gemm::{self, InputPanels};
 use super::FcKernel;
 use crate::graph::{Conv2d, Tensor};
 use crate::weights::{Pow2Weights, Weights};
@@ -111,95 +114,77 @@ pub fn pow2_linear_with(
     if let Some(b) = bias {
         assert_eq!(b.data.len(), o, "bias length must equal the output rows");
     }
+    if n == 0 || o == 0 || k == 0 {
+        let zeros = [vec![0f32; o * n]];
+        return super::layout::transpose_blocks(&zeros, o, n, o, bias);
+    }
     let table = w.table();
     let decoder = Decoder::new(w, &table);
-    // Byte tables: batch 1 runs on the codes (`tile_dots`); larger batches decode rows
-    // through the same tables and run the GEMV on the permuted rows.
+    // The code kernels (`CodeLut`) where they apply: AVX-512 up to batch 64, AVX2 up to
+    // 8 on the codes and past that on rows decoded into the GEMM's panels.
     let kind = LutKind::for_batch(kernel, n);
     let bytes = CodeLut::new(w, &table, &x.data, kind);
-    // Tiles of output rows, each `[tile][N]` (transposed into `[N][O]` afterwards).
+    if let Some(lut) = bytes
+        .as_ref()
+        .filter(|l| l.kind == LutKind::Bytes && n > BYTES_MAX_BATCH)
+    {
+        // The byte tables need AVX2 and FMA, as the GEMM does; the inputs are in the
+        // decoded rows' lane order.
+        let panels = InputPanels::new(&lut.x_lanes, n, k, lut.x_stride);
+        return gemm::fc_decoded(&panels, o, bias, |c, k0, kc, dst| {
+            lut.decode_span(w, c, k0..k0 + kc, &table, dst)
+        });
+    }
+    // Tiles of output rows, each `[row][input]`.
     let tiles: Vec<Vec<f32>> = (0..o.div_ceil(O_TILE))
         .into_par_iter()
         .map(|t| {
             let rows = t * O_TILE..((t + 1) * O_TILE).min(o);
-            let mut tile = Vec::with_capacity(rows.len() * n);
-            if let Some(lut) = bytes
-                .as_ref()
-                .filter(|l| n <= BYTES_MAX_BATCH || l.kind == LutKind::Perm32)
-            {
-                let dots = lut.tile_dots(w, rows.clone(), &x.data, &table);
-                for (c, dots) in rows.zip(dots.chunks_exact(n)) {
-                    let b = bias.map_or(0.0, |b| b.data[c]);
-                    tile.extend(dots.iter().map(|d| d + b));
+            if let Some(lut) = &bytes {
+                return lut.tile_dots(w, rows, &x.data, &table);
+            }
+            if n == 1 {
+                return rows
+                    .map(|c| decoder.row_dot(w.code_row(c), &x.data[..k]))
+                    .collect();
+            }
+            // Without the code kernels: rows decoded by `Decoder` (`GEMV_ROWS` at a
+            // time, `stride` apart) against the batch.
+            let mut tile = vec![0f32; rows.len() * n];
+            let stride = k + 16;
+            let group = super::dense::GEMV_ROWS;
+            let mut wrows = vec![0f32; group * stride];
+            let gemv = super::dense::gemv_supported();
+            for (c0, ys) in rows.clone().step_by(group).zip(tile.chunks_mut(group * n)) {
+                let count = ys.len() / n;
+                for (j, wrow) in wrows.chunks_exact_mut(stride).take(count).enumerate() {
+                    decoder.decode(w.code_row(c0 + j), wrow);
                 }
-            } else if n == 1 {
-                for c in rows {
-                    let b = bias.map_or(0.0, |b| b.data[c]);
-                    tile.push(decoder.row_dot(w.code_row(c), &x.data[..k]) + b);
-                }
-            } else {
-                // Decoded rows (`GEMV_ROWS` at a time, `stride` apart) against the batch;
-                // rows decoded by the byte tables are in their lane order, and so is `xs`.
-                let (xs, x_stride) = match &bytes {
-                    Some(lut) => (&lut.x_lanes[..], lut.x_stride),
-                    None => (&x.data[..], k),
-                };
-                let stride = k + 16;
-                let group = super::dense::GEMV_ROWS;
-                let mut wrows = vec![0f32; group * stride];
-                let gemv = super::dense::gemv_supported();
-                let mut ys = vec![0f32; group * n];
-                for c0 in rows.clone().step_by(group) {
-                    let count = group.min(rows.end - c0);
-                    let ys = &mut ys[..count * n];
-                    for (j, wrow) in wrows.chunks_exact_mut(stride).take(count).enumerate() {
-                        match &bytes {
-                            Some(lut) => lut.decode_row(w, c0 + j, &table, wrow),
-                            None => decoder.decode(w.code_row(c0 + j), wrow),
+                if gemv {
+                    let ws = Rows {
+                        data: &wrows,
+                        stride,
+                        count,
+                    };
+                    let xs = Rows {
+                        data: &x.data,
+                        stride: k,
+                        count: n,
+                    };
+                    super::dense::gemv_rows(ws, xs, k, ys);
+                } else {
+                    for (j, yr) in ys.chunks_exact_mut(n).enumerate() {
+                        let wrow = &wrows[j * stride..j * stride + k];
+                        for (y, xr) in yr.iter_mut().zip(x.data.chunks_exact(k)) {
+                            *y = dot(xr, wrow);
                         }
-                    }
-                    if gemv {
-                        let ws = Rows {
-                            data: &wrows,
-                            stride,
-                            count,
-                        };
-                        let xs = Rows {
-                            data: xs,
-                            stride: x_stride,
-                            count: n,
-                        };
-                        super::dense::gemv_rows(ws, xs, k, ys);
-                    } else {
-                        for (j, yr) in ys.chunks_exact_mut(n).enumerate() {
-                            let wrow = &wrows[j * stride..j * stride + k];
-                            for (r, y) in yr.iter_mut().enumerate() {
-                                *y = dot(&xs[r * x_stride..r * x_stride + k], wrow);
-                            }
-                        }
-                    }
-                    for (j, yr) in ys.chunks_exact(n).enumerate() {
-                        let b = bias.map_or(0.0, |b| b.data[c0 + j]);
-                        tile.extend(yr.iter().map(|y| y + b));
                     }
                 }
             }
             tile
         })
         .collect();
-    let mut out = vec![0f32; n * o];
-    for (t, tile) in tiles.iter().enumerate() {
-        for (i, col) in tile.chunks_exact(n.max(1)).enumerate() {
-            let c = t * O_TILE + i;
-            for (r, &v) in col.iter().enumerate() {
-                out[r * o + c] = v;
-            }
-        }
-    }
-    Tensor {
-        shape: vec![n, o],
-        data: out,
-    }
+    super::layout::transpose_blocks(&tiles, O_TILE, n, o, bias)
 }
 
 /// Words decoded per block by `Decoder::row_dot` (up to 512 values on the stack).
@@ -671,7 +656,7 @@ pub fn kernel_name(w: &Pow2Weights, n: usize) -> &'static str {
     match (kind.applies(w, &w.table()), kind, n) {
         (true, LutKind::Perm32, _) => "pow2_linear (avx512)",
         (true, LutKind::Bytes, n) if n <= BYTES_MAX_BATCH => "pow2_linear (avx2)",
-        (true, LutKind::Bytes, _) => "pow2_linear (decode+gemv)",
+        (true, LutKind::Bytes, _) => "pow2_linear (decode+gemm)",
         (false, _, _) => "pow2_linear (arithmetic decode)",
     }
 }
@@ -774,15 +759,24 @@ impl CodeLut {
             let k = w.row_len();
             let whole = k / order.len() * order.len();
             let x_stride = k + X_PAD;
-            let x_lanes = x
-                .chunks_exact(k.max(1))
-                .flat_map(|row| {
-                    let blocks = row[..whole].chunks_exact(order.len());
-                    let permuted = blocks.flat_map(|block| order.iter().map(|&e| block[e]));
-                    let rest = row[whole..].iter().copied();
-                    permuted.chain(rest).chain(std::iter::repeat_n(0.0, X_PAD))
-                })
-                .collect();
+            // Rows in parallel, by plain loops: at batch 64 an iterator chain over
+            // fc6's inputs took 2.4 ms on one thread.
+            let mut x_lanes = vec![0f32; x.len() / k.max(1) * x_stride];
+            x_lanes
+                .par_chunks_mut(x_stride)
+                .zip(x.par_chunks_exact(k.max(1)))
+                .for_each(|(dst, row)| {
+                    let (dst_blocks, src_blocks) = (&mut dst[..whole], &row[..whole]);
+                    for (d, block) in dst_blocks
+                        .chunks_exact_mut(order.len())
+                        .zip(src_blocks.chunks_exact(order.len()))
+                    {
+                        for (dv, &e) in d.iter_mut().zip(&order) {
+                            *dv = block[e];
+                        }
+                    }
+                    dst[whole..k].copy_from_slice(&row[whole..k]);
+                });
             Some(CodeLut {
                 kind,
                 table32,
@@ -946,24 +940,19 @@ impl CodeLut {
         sums
     }
 
-    /// Row `c` of `w` as f32 into `out[..K]`, in the lane order of `x_lanes` (whole
-    /// blocks permuted, the rest in order), so that `out · x_lanes[row]` is the row's
-    /// dot product with that input row: the batch GEMV runs on rows decoded this way
-    /// (fc6 at batch 8: 2.7 ms of decoding, 6.1 ms of GEMV).
-    fn decode_row(&self, w: &Pow2Weights, c: usize, table: &[f32], out: &mut [f32]) {
-        assert!(
-            self.kind == LutKind::Bytes,
-            "rows are decoded by the byte tables"
-        );
-        let k = w.row_len();
-        let (_, per_block) = self.block();
-        let blocks = k / per_block;
-        let row = match &self.wide {
+    /// Row `c` of the codes the kernels read: `w`'s own, or the re-laid-out ones.
+    fn code_row<'a>(&'a self, w: &'a Pow2Weights, c: usize) -> &'a [u32] {
+        match &self.wide {
             Some(wide) => wide.row(c),
             None => w.code_row(c),
-        };
-        let (words, (high, low)) = (&row[..8 * blocks], (&self.high, &self.low));
-        let dst = &mut out[..blocks * per_block];
+        }
+    }
+
+    /// Whole blocks of code words (8 per block) as f32 into `dst` (`per_block` each), in
+    /// the lane order of `x_lanes`.
+    fn decode_blocks(&self, words: &[u32], dst: &mut [f32]) {
+        assert!(self.kind == LutKind::Bytes);
+        let (high, low) = (&self.high, &self.low);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `CodeLut::new` returned Some, so AVX2 and FMA are present.
         unsafe {
@@ -975,8 +964,30 @@ impl CodeLut {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (words, high, low, dst);
-        for (i, v) in out.iter_mut().enumerate().take(k).skip(blocks * per_block) {
-            *v = table[w.code(c, i) as usize];
+    }
+
+    /// Weights `span` of row `c` as f32 into `out` (`span.len()` of them), in the lane
+    /// order of `x_lanes`; `span.start` is a multiple of `gemm::KC` (so of every
+    /// kind's block). The whole blocks are decoded by the byte tables, the rest from
+    /// `table`.
+    fn decode_span(
+        &self,
+        w: &Pow2Weights,
+        c: usize,
+        span: std::ops::Range<usize>,
+        table: &[f32],
+        out: &mut [f32],
+    ) {
+        const { assert!(gemm::KC.is_multiple_of(128)) };
+        assert!(span.start.is_multiple_of(gemm::KC) && span.end <= w.row_len());
+        let (block_words, per_block) = self.block();
+        let per_word = per_block / block_words;
+        let whole = w.row_len() / per_block * per_block;
+        let end = span.end.min(whole).max(span.start);
+        let words = &self.code_row(w, c)[span.start / per_word..end / per_word];
+        self.decode_blocks(words, &mut out[..end - span.start]);
+        for i in end..span.end {
+            out[i - span.start] = table[w.code(c, i) as usize];
         }
     }
 }

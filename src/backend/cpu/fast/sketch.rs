@@ -37,6 +37,7 @@
 //! violation panics with a message naming it.
 
 use super::dense::Rows;
+use super::gemm::InputPanels;
 use super::sketch_masks as masks;
 use super::sketch_triplets as triplets;
 use super::FcKernel;
@@ -66,10 +67,12 @@ pub fn sketch_linear(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Te
 ///   rows (2 for m > 2) against passes of up to 4 inputs.
 /// - AVX2, batch 1: the 3-input table kernel (`triplets`; additions only, memory
 ///   traffic about `m/32` of dense).
-/// - AVX2+FMA, batch 2 and more (and AVX-512 past its limits): each weight row is
-///   decoded once into f32 (`Σ_j ±a_j`, a shift and a blend per 8 weights and base) and
-///   dotted with every input row by the blocked GEMV, which beats `N` masked passes
-///   over the bits (fc6 at batch 8: see docs/benchmarks.md).
+/// - AVX2+FMA, batch 2-15 (and AVX-512 past its limits): each weight row is decoded
+///   once into f32 (`Σ_j ±a_j`, a shift and a blend per 8 weights and base) and dotted
+///   with every input row by the blocked GEMV, which beats `N` masked passes over the
+///   bits (fc6 at batch 8: see docs/benchmarks.md).
+/// - AVX2+FMA, batch 16 and more (`GEMM_MIN_BATCH`, where the masks kernel does not
+///   run): the rows decoded the same way, per K block, into the GEMM's panels.
 /// - Otherwise the masked kernel.
 pub fn sketch_linear_with(
     x: &Tensor,
@@ -88,6 +91,13 @@ pub fn sketch_linear_with(
         if avx512 && masks_batch {
             return masks::sketch_linear_masks(x, w, bias);
         }
+        if avx2 && n >= GEMM_MIN_BATCH && decoded_rows_supported() {
+            let k = w.row_len();
+            let panels = InputPanels::new(&x.data, n, k, k);
+            return super::gemm::fc_decoded(&panels, w.rows(), bias, |c, k0, kc, dst| {
+                decode_span(w, c, k0..k0 + kc, dst)
+            });
+        }
         if avx2 && n >= 2 && decoded_rows_supported() {
             return linear_decoded_rows(x, w, bias);
         }
@@ -102,6 +112,8 @@ pub fn sketch_linear_with(
 pub fn kernel_name(w: &SketchWeights, n: usize) -> &'static str {
     if masks::supported(w) && (2..=masks::MAX_BATCH).contains(&n) {
         "sketch_linear (avx512 masks)"
+    } else if n >= GEMM_MIN_BATCH && decoded_rows_supported() {
+        "sketch_linear (decode+gemm)"
     } else if n >= 2 && decoded_rows_supported() {
         "sketch_linear (decode+gemv)"
     } else if n == 1 && triplets::supported() {
@@ -110,6 +122,13 @@ pub fn kernel_name(w: &SketchWeights, n: usize) -> &'static str {
         "sketch_linear (masked)"
     }
 }
+
+/// Smallest batch that runs on rows decoded into the GEMM's panels (`gemm::fc_decoded`)
+/// rather than the GEMV (on AVX2, or on AVX-512 past the masks kernel's batches). fc6,
+/// m = 2, on the Xeon with the AVX2 kernels (interleaved, ms): batch 16, 15.1-19.5
+/// against 14.6-15.7 (a tie); 32, 22.9-25.8 against 27.3-31.4; 2-8: 2x slower (the
+/// batch is padded to 16 columns).
+const GEMM_MIN_BATCH: usize = 16;
 
 /// AVX2+FMA (the GEMV's requirement; the row decode needs AVX2 too).
 fn decoded_rows_supported() -> bool {
@@ -152,32 +171,7 @@ fn linear_decoded_rows(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> 
             out
         })
         .collect();
-    transpose_blocks(&blocks, DECODED_ROW_BLOCK, n, o, bias)
-}
-
-/// `[N, O]` from blocks of `block_rows` output rows, each block `[row][input]`, plus
-/// the bias.
-pub(super) fn transpose_blocks(
-    blocks: &[Vec<f32>],
-    block_rows: usize,
-    n: usize,
-    o: usize,
-    bias: Option<&Tensor>,
-) -> Tensor {
-    let mut y = vec![0f32; n * o];
-    for (bi, out) in blocks.iter().enumerate() {
-        for (r, vals) in out.chunks_exact(n.max(1)).enumerate() {
-            let c = bi * block_rows + r;
-            let b = bias.map_or(0.0, |b| b.data[c]);
-            for (item, v) in vals.iter().enumerate() {
-                y[item * o + c] = v + b;
-            }
-        }
-    }
-    Tensor {
-        shape: vec![n, o],
-        data: y,
-    }
+    super::layout::transpose_blocks(&blocks, DECODED_ROW_BLOCK, n, o, bias)
 }
 
 /// Row `c` of the sketch as f32, `Σ_j a_j (2 B_j − 1)`, into `row` (32 per bit word;
@@ -192,6 +186,53 @@ fn decode_row(w: &SketchWeights, c: usize, row: &mut [f32]) {
     {
         let _ = (w, c, row);
         unreachable!("decoded_rows_supported() is false off x86-64");
+    }
+}
+
+/// Weights `span` of row `c` of the sketch as f32 (`Σ_j a_j (2 B_j − 1)`) into `out`;
+/// `span.start` is a multiple of 32, and `out` holds `span.len()` rounded up to 32
+/// (the padding bits' values land past `span.len()`).
+fn decode_span(w: &SketchWeights, c: usize, span: std::ops::Range<usize>, out: &mut [f32]) {
+    assert!(span.start.is_multiple_of(32) && span.end <= w.row_len());
+    assert!(out.len() >= span.len().next_multiple_of(32));
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(decoded_rows_supported());
+        // SAFETY: AVX2 is present (asserted).
+        unsafe { decode_span_avx2(w, c, span.start / 32..span.end.div_ceil(32), out) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, c, span, out);
+        unreachable!("decoded_rows_supported() is false off x86-64");
+    }
+}
+
+/// `decode_span` of the bit words `words`: per 32 weights, every base's word is
+/// expanded in registers (a shift, a blend and an add per 8 weights and base), then
+/// stored once.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn decode_span_avx2(w: &SketchWeights, c: usize, words: std::ops::Range<usize>, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let m = w.bases();
+    let shifts = sign_shifts();
+    let scales = &w.scales()[c * m..(c + 1) * m];
+    let bits: Vec<&[u32]> = (0..m).map(|j| &w.bit_row(c, j)[words.clone()]).collect();
+    for (i, chunk) in out.chunks_exact_mut(32).take(words.len()).enumerate() {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (rows, &a) in bits.iter().zip(scales) {
+            let (pos, neg) = (_mm256_set1_ps(a), _mm256_set1_ps(-a));
+            let wv = _mm256_set1_epi32(rows[i] as i32);
+            for (acc, sh) in acc.iter_mut().zip(&shifts) {
+                let mask = _mm256_castsi256_ps(_mm256_sllv_epi32(wv, *sh));
+                *acc = _mm256_add_ps(*acc, _mm256_blendv_ps(neg, pos, mask));
+            }
+        }
+        for (q, v) in acc.iter().enumerate() {
+            // SAFETY: `chunk` has 32 elements; 8q + 8 <= 32.
+            unsafe { _mm256_storeu_ps(chunk.as_mut_ptr().add(8 * q), *v) };
+        }
     }
 }
 

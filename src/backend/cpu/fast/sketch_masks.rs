@@ -85,7 +85,7 @@ pub(super) fn sketch_linear_masks(x: &Tensor, w: &SketchWeights, bias: Option<&T
             out
         })
         .collect();
-    super::sketch::transpose_blocks(&tiles, ROW_TILE, n, o, bias)
+    super::layout::transpose_blocks(&tiles, ROW_TILE, n, o, bias)
 }
 
 /// One pass: rows `c0 ..` (3 for m ≤ 2, else 2; rows past the layer repeat its last row
