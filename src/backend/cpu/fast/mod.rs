@@ -33,8 +33,8 @@ pub enum FcKernel {
     /// The fastest one this CPU has: `Avx512`, else `Avx2`, else a portable kernel.
     Auto,
     /// The AVX2 + FMA kernels. pow2: `vpshufb` byte tables on the codes up to batch 8,
-    /// rows decoded by them into the blocked GEMV above. sketch: 3-input tables at batch
-    /// 1, decoded rows into the blocked GEMV above.
+    /// rows decoded by them into the GEMM's panels above. sketch: 3-input tables at
+    /// batch 1, decoded rows into the blocked GEMV at 2-15 and the GEMM's panels above.
     Avx2,
     /// The AVX-512F kernels (pow2: a 32-entry f32 table looked up by `vpermt2ps`, up to
     /// batch 64; sketch: bits as lane masks, up to batch 16); larger batches as `Avx2`.

@@ -825,13 +825,7 @@ impl CodeLut {
         );
         let (block_words, per_block) = self.block();
         let blocks = k / per_block;
-        let code_row = |c: usize| -> &[u32] {
-            let row = match &self.wide {
-                Some(wide) => wide.row(c),
-                None => w.code_row(c),
-            };
-            &row[..block_words * blocks]
-        };
+        let code_row = |c: usize| -> &[u32] { &self.code_row(w, c)[..block_words * blocks] };
         let (xs, x_stride) = (&self.x_lanes[..], self.x_stride);
         let (high, low, t32) = (&self.high, &self.low, &self.table32);
         let mut sums = vec![0f32; rows.len() * n];

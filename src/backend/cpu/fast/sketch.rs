@@ -26,7 +26,8 @@
 //! tables looked up 8 output rows at a time (`sketch_triplets`): 5.7x dense on fc6 at
 //! m = 2 where the masked kernel made 2.6x (docs/benchmarks.md). The fc at batch 2-16
 //! with AVX-512 turns each 16 bits into a lane mask (`sketch_masks`); other batches with
-//! AVX2 decode rows into the blocked GEMV (`sketch_linear_with` lists the choice).
+//! AVX2 decode rows into the blocked GEMV (2-15) or the GEMM's panels (16 and more;
+//! `sketch_linear_with` lists the choice).
 //!
 //! Input rows are copied into buffers padded with zeros to `32 · words_per_row`, so the
 //! padding bits of the last word meet zero inputs and contribute nothing to P, and the

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 /// Most bases per row the kernel is built for (its scales are registers).
 const MAX_BASES: usize = 4;
-/// The largest batch `sketch_linear` runs here; larger ones decode rows into the GEMV.
+/// The largest batch `sketch_linear` runs here; larger ones decode rows into the GEMM.
 /// fc6 m = 2 against decoded rows (three runs): 2.9x faster at batch 2, 2.1x at 4, 1.1x
 /// at 16, even at 32 and 64.
 pub(super) const MAX_BATCH: usize = 16;
