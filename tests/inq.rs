@@ -513,8 +513,8 @@ fn pow2_linear_matches_reference() {
         let bits = 2 + (case % 4) as u32;
         // Every bit width at batches 1, 5, 2, 8, 3, 7, 9, 66, 16 and 33 (`case % 2`
         // would tie b = 3, 5 to one batch): the code kernels (AVX-512 up to 64: passes
-        // of 1 to 4 inputs against 4 rows; AVX2 up to 8: 1 or 2 against 2), and rows
-        // decoded into the GEMM's panels (AVX2 from 9, AVX-512 from 65: one, two and
+        // of 1 to 4 inputs against 4 rows; AVX2 up to 10: 1 or 2 against 2), and rows
+        // decoded into the GEMM's panels (AVX2 from 11, AVX-512 from 65: one, two and
         // five 16-input panels, the last part-filled). Up to 110 rows: several 48-row
         // tasks, the last one short and not a multiple of the GEMM's 6-row tiles.
         let n = [1, 5, 2, 8, 3, 7, 9, 66, 16, 33][case / 4 % 10];

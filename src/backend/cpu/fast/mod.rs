@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 pub enum FcKernel {
     /// The fastest one this CPU has: `Avx512`, else `Avx2`, else a portable kernel.
     Auto,
-    /// The AVX2 + FMA kernels. pow2: `vpshufb` byte tables on the codes up to batch 8,
+    /// The AVX2 + FMA kernels. pow2: `vpshufb` byte tables on the codes up to batch 10,
     /// rows decoded by them into the GEMM's panels above. sketch: 3-input tables at
     /// batch 1, decoded rows into the blocked GEMV at 2-15 and the GEMM's panels above.
     Avx2,

@@ -25,9 +25,9 @@
 //!     words and each word becomes an f32 by a shift or a mask.
 //!   - Either way the input is permuted once per call into the kernel's lane order, so
 //!     a row needs no shuffles past the lookup.
-//!   - Batch 2-8 on AVX2 without AVX-512 (`rows_dots_bytes`): the same lookups, 2 rows
+//!   - Batch 2-10 on AVX2 without AVX-512 (`rows_dots_bytes`): the same lookups, 2 rows
 //!     against passes of up to 2 inputs.
-//!   - Larger batches (past 8 on AVX2, past 64 on AVX-512): rows are decoded through
+//!   - Larger batches (past 10 on AVX2, past 64 on AVX-512): rows are decoded through
 //!     the AVX2 byte tables, per K block of 256, into the panels of the register-blocked
 //!     GEMM (`gemm::fc_decoded`; in that lane order, against inputs permuted the same
 //!     way). Each weight is decoded once per call, and the GEMM re-reads the panel from
@@ -121,7 +121,7 @@ pub fn pow2_linear_with(
     let table = w.table();
     let decoder = Decoder::new(w, &table);
     // The code kernels (`CodeLut`) where they apply: AVX-512 up to batch 64, AVX2 up to
-    // 8 on the codes and past that on rows decoded into the GEMM's panels.
+    // 10 on the codes and past that on rows decoded into the GEMM's panels.
     let kind = LutKind::for_batch(kernel, n);
     let bytes = CodeLut::new(w, &table, &x.data, kind);
     if let Some(lut) = bytes
@@ -1221,10 +1221,12 @@ const BYTES_ROWS: usize = 2;
 const BYTES_PASS_INPUTS: usize = 2;
 
 /// The largest batch the AVX2 kernel runs on the codes; larger ones decode rows into the
-/// blocked GEMV. fc6 on the Xeon, against decoding: 1.95-2.11x faster at batch 2,
-/// 1.32-1.42x at 4, 1.23-1.25x at 6, 1.07-1.11x at 8, 0.86-0.96x at 16 (three runs; each
-/// pass decodes its rows again).
-const BYTES_MAX_BATCH: usize = 8;
+/// GEMM's panels. fc6 on the Xeon, against decoding rows into the blocked GEMV (session
+/// 11, three runs; each pass decodes its rows again): 1.95-2.11x faster at batch 2,
+/// 1.32-1.42x at 4, 1.23-1.25x at 6, 1.07-1.11x at 8, 0.86-0.96x at 16. Against the
+/// GEMM (two runs, ms): 10.2-11.0 against 10.7-11.5 at 9, 10.0 against 11.5-11.6 at
+/// 10, 12.0-12.3 against 11.3-11.4 at 12.
+const BYTES_MAX_BATCH: usize = 10;
 
 /// Inputs per pass of `rows_dots_perm32` at batch > 1 (the code rows are re-read from
 /// L1 for each pass).
@@ -1237,8 +1239,9 @@ const PERM32_PASS_INPUTS: usize = 4;
 const PERM32_ROWS: usize = 4;
 
 /// The largest batch `Auto` runs on the codes with AVX-512; above it, rows are decoded
-/// into the blocked GEMV (measured: up to 64, where the AVX-512 kernel still ran fc6
-/// 1.76x faster than dense, the decode+GEMV path 1.05x).
+/// into the GEMM's panels. fc6 on the Xeon (ms, two runs): at 64, 27.8-29.9 against
+/// 35.9-36.1 decoded; above, the decoded rows win: 67.3-69.5 against 71.1-72.9 at 128,
+/// 130-133 against 157-164 at 256.
 const PERM32_MAX_BATCH: usize = 64;
 
 /// Lane order of `rows_dots_perm32` for `per_word` codes per u32 word: entry `p = 16g + d`
