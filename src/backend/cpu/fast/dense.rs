@@ -549,10 +549,11 @@ const ROW_BLOCK: usize = 64;
 /// Batches `linear` runs on `gemm::block` with the inputs in panels (`GEMM_MIN_BATCH`
 /// to `GEMM_MAX_BATCH`); below, the row-streaming GEMV (`gemv_row` at batch 1,
 /// `gemv_rows` above); above, sgemm. On the 2-core Xeon (fc6, 9216 -> 4096,
-/// interleaved, two runs each) the GEMM against the GEMV: 13.3-14.1 ms against
-/// 15.2-19.6 at batch 16, 20.4-21.4 against 27.1-30.3 at 32, 38.1-39.3 against
-/// 53.3-56.6 at 64, but slower at 12 (13.9-14.7 against 11.7-12.7); against sgemm at
-/// 128, 69.7-70.9 ms against 52.2-64.6.
+/// interleaved; docs/benchmarks.md, session 12), the GEMM against the GEMV over three
+/// runs: 13.9-14.6 ms against 13.9-15.1 at batch 16, 20.6-20.9 against 23.5-23.9 at
+/// 32, 36.0-36.8 against 46.7-49.9 at 64. Over two runs: slower at 12 (13.9-14.7
+/// against 11.7-12.7), and slower than sgemm (which has an AVX-512 kernel there) at
+/// 128 (69.7-70.9 against 52.2-64.6).
 const GEMM_MIN_BATCH: usize = 16;
 /// See `GEMM_MIN_BATCH`.
 const GEMM_MAX_BATCH: usize = 64;

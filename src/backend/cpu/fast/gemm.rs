@@ -171,9 +171,9 @@ unsafe fn micro_6x16(
 /// `[K][NR]` and contiguous, zeros past the batch.
 ///
 /// Panel-major rather than one `[K][batch]` matrix: at batch 64 a row stride of 64
-/// floats (256 bytes) maps a K block's rows of a micro-panel onto 8 of the 64 L1 sets,
-/// and the panel the micro-kernel re-reads for every 6 rows of A was evicted (fc6 at
-/// batch 64: 47-53 ms against 35 ms panel-major).
+/// floats (256 bytes) maps a K block's rows of a micro-panel onto 16 of the 64 L1 sets,
+/// and the panel the micro-kernel re-reads for every 6 rows of A was evicted (pow2 fc6
+/// at batch 64: 47-64 ms over seven runs, against 35 ms panel-major).
 pub struct InputPanels {
     data: Vec<f32>,
     n: usize,
@@ -190,7 +190,7 @@ impl InputPanels {
         assert!(k <= stride && (n == 0 || x.len() >= (n - 1) * stride + k));
         let cols = n.next_multiple_of(NR);
         let mut data = vec![0f32; k * cols];
-        // K blocks of every panel in parallel (fc6 at batch 64 took 3-4 ms on one
+        // K blocks of every panel in parallel (fc6 at batch 64 took 2.8-4.5 ms on one
         // thread); each input row's part is read in order.
         if k > 0 {
             data.par_chunks_mut(k * NR)
