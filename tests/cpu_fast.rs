@@ -405,3 +405,19 @@ fn concurrent_runs_finish_and_agree() {
         assert_eq!(got, want, "run {i}");
     }
 }
+
+/// An empty batch, and an empty reduction (K = 0: the output is the bias), on the dense fc.
+#[test]
+fn linear_empty_batch_and_reduction() {
+    let mut rng = Rng::new(37);
+    for (n, k) in [(0, 300), (3, 0), (20, 0)] {
+        let fc = Linear {
+            weight: Weights::Dense(rng.normal_tensor(vec![7, k], 1.0)),
+            bias: Some(rng.normal_tensor(vec![7], 1.0)),
+        };
+        let x = Tensor::zeros(vec![n, k]);
+        let want = reference::linear(&x, &fc);
+        let got = fast::linear(&x, &fc);
+        assert_eq!((&got.shape, &got.data), (&want.shape, &want.data), "n{n} k{k}");
+    }
+}

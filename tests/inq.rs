@@ -1140,3 +1140,23 @@ fn keep_zeros_keeps_pruned_weights_at_zero() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An empty batch gives an empty output on every fc kernel (the GEMM's panels and the
+/// output transposition split work by the batch), and K = 0 gives the bias.
+#[test]
+fn pow2_linear_empty_batch() {
+    let mut rng = Rng::new(29);
+    let w = random_pow2(&mut rng, vec![7, 300], 4);
+    let bias = rng.normal_tensor(vec![7], 1.0);
+    let x = Tensor::zeros(vec![0, 300]);
+    // K = 0: the output is the bias.
+    let w0 = random_pow2(&mut rng, vec![7, 0], 4);
+    let x0 = Tensor::zeros(vec![20, 0]);
+    for kernel in [FcKernel::Auto, FcKernel::Avx2, FcKernel::Avx512] {
+        let y = fast::pow2::pow2_linear_with(&x, &w, Some(&bias), kernel);
+        assert_eq!((y.shape.as_slice(), y.data.len()), (&[0, 7][..], 0), "{kernel:?}");
+        let y = fast::pow2::pow2_linear_with(&x0, &w0, Some(&bias), kernel);
+        assert_eq!(y.shape, [20, 7], "{kernel:?}");
+        assert!(y.data.chunks(7).all(|row| row == bias.data), "{kernel:?}");
+    }
+}

@@ -893,3 +893,16 @@ fn decoded_conv_cache_is_reused_and_never_stale() {
         "{entries} entries, {bytes} bytes"
     );
 }
+
+/// An empty batch gives an empty output on every fc kernel.
+#[test]
+fn linear_empty_batch() {
+    let mut rng = Rng::new(31);
+    let s = random_sketch(&mut rng, vec![7, 300], 2, true);
+    let bias = rng.normal_tensor(vec![7], 1.0);
+    let x = Tensor::zeros(vec![0, 300]);
+    for kernel in [FcKernel::Auto, FcKernel::Avx2, FcKernel::Avx512] {
+        let y = sketch_linear_with(&x, &s, Some(&bias), kernel);
+        assert_eq!((y.shape.as_slice(), y.data.len()), (&[0, 7][..], 0), "{kernel:?}");
+    }
+}
