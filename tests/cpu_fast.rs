@@ -418,6 +418,10 @@ fn linear_empty_batch_and_reduction() {
         let x = Tensor::zeros(vec![n, k]);
         let want = reference::linear(&x, &fc);
         let got = fast::linear(&x, &fc);
-        assert_eq!((&got.shape, &got.data), (&want.shape, &want.data), "n{n} k{k}");
+        assert_eq!(
+            (&got.shape, &got.data),
+            (&want.shape, &want.data),
+            "n{n} k{k}"
+        );
     }
 }

@@ -1154,9 +1154,54 @@ fn pow2_linear_empty_batch() {
     let x0 = Tensor::zeros(vec![20, 0]);
     for kernel in [FcKernel::Auto, FcKernel::Avx2, FcKernel::Avx512] {
         let y = fast::pow2::pow2_linear_with(&x, &w, Some(&bias), kernel);
-        assert_eq!((y.shape.as_slice(), y.data.len()), (&[0, 7][..], 0), "{kernel:?}");
+        assert_eq!(
+            (y.shape.as_slice(), y.data.len()),
+            (&[0, 7][..], 0),
+            "{kernel:?}"
+        );
         let y = fast::pow2::pow2_linear_with(&x0, &w0, Some(&bias), kernel);
         assert_eq!(y.shape, [20, 7], "{kernel:?}");
         assert!(y.data.chunks(7).all(|row| row == bias.data), "{kernel:?}");
+    }
+}
+
+/// Layers whose values include subnormal powers of two (n1 = -126: down to 2^-129 at
+/// 4 bits, 2^-141 at 5) run the arithmetic `Decoder` path instead of the byte tables on
+/// AVX2 (batch 1: its row dots; above: decoded rows into the GEMV), against the
+/// reference. The inputs are scaled by 2^100 so that the products stay normal and the
+/// sums compare at the usual tolerance.
+#[test]
+fn pow2_linear_with_subnormal_values() {
+    let mut rng = Rng::new(41);
+    for (case, n) in [1, 3, 7, 20].into_iter().enumerate() {
+        let bits = 4 + (case % 2) as u32;
+        let (k, o) = (rng.range(1, 300), rng.range(1, 30));
+        let emax = 1usize << (bits - 2);
+        let codes: Vec<u8> = (0..o * k)
+            .map(|_| match rng.range(0, emax) {
+                0 => 0,
+                e => (e as u32 | (rng.range(0, 1) as u32) << (bits - 1)) as u8,
+            })
+            .collect();
+        let w = Pow2Weights::from_codes(vec![o, k], bits, -126, &codes).expect("valid codes");
+        assert!(
+            w.table().iter().any(|v| v.is_subnormal()),
+            "case {case}: no subnormal value"
+        );
+        let mut x = rng.normal_tensor(vec![n, k], 1.0);
+        x.data.iter_mut().for_each(|v| *v *= 2f32.powi(100));
+        let dense = Linear {
+            weight: Weights::Dense(w.dense_data().into_tensor(vec![o, k])),
+            bias: None,
+        };
+        let want = reference::run_node(&node(Op::Linear(dense)), &[&x]).expect("reference");
+        for kernel in [FcKernel::Auto, FcKernel::Avx2, FcKernel::Avx512] {
+            let got = fast::pow2::pow2_linear_with(&x, &w, None, kernel);
+            check(
+                &got,
+                &want,
+                &format!("case {case}: b{bits} n{n} k{k} o{o} {kernel:?}"),
+            );
+        }
     }
 }

@@ -903,6 +903,10 @@ fn linear_empty_batch() {
     let x = Tensor::zeros(vec![0, 300]);
     for kernel in [FcKernel::Auto, FcKernel::Avx2, FcKernel::Avx512] {
         let y = sketch_linear_with(&x, &s, Some(&bias), kernel);
-        assert_eq!((y.shape.as_slice(), y.data.len()), (&[0, 7][..], 0), "{kernel:?}");
+        assert_eq!(
+            (y.shape.as_slice(), y.data.len()),
+            (&[0, 7][..], 0),
+            "{kernel:?}"
+        );
     }
 }

@@ -674,6 +674,51 @@ impl Rows<'_> {
     }
 }
 
+/// `[row][input]` dots of the weight rows `rows` with the `n` input rows of `x` (K = `k`
+/// floats each), for weights that are made as they are used: `GEMV_ROWS` rows at a time
+/// are written by `decode(row, dst)` into buffers of `stride` floats (the first `k`
+/// read), then dotted with every input row by `gemv_rows` (without AVX2+FMA, by plain
+/// dots).
+pub(super) fn decoded_rows_dots(
+    rows: std::ops::Range<usize>,
+    stride: usize,
+    x: &[f32],
+    n: usize,
+    k: usize,
+    mut decode: impl FnMut(usize, &mut [f32]),
+) -> Vec<f32> {
+    assert!(n > 0 && k <= stride && x.len() >= n * k);
+    let mut dots = vec![0f32; rows.len() * n];
+    let mut wrows = vec![0f32; GEMV_ROWS * stride];
+    let gemv = gemv_supported();
+    for (c0, ys) in rows.step_by(GEMV_ROWS).zip(dots.chunks_mut(GEMV_ROWS * n)) {
+        let count = ys.len() / n;
+        for (j, wrow) in wrows.chunks_exact_mut(stride).take(count).enumerate() {
+            decode(c0 + j, wrow);
+        }
+        if gemv {
+            let ws = Rows {
+                data: &wrows,
+                stride,
+                count,
+            };
+            let xs = Rows {
+                data: x,
+                stride: k,
+                count: n,
+            };
+            gemv_rows(ws, xs, k, ys);
+        } else {
+            for (wrow, yr) in wrows.chunks_exact(stride).zip(ys.chunks_exact_mut(n)) {
+                for (y, xr) in yr.iter_mut().zip(x.chunks_exact(k.max(1))) {
+                    *y = wrow[..k].iter().zip(xr).map(|(a, b)| a * b).sum();
+                }
+            }
+        }
+    }
+    dots
+}
+
 /// `dst[r·n + b] = w_r[..k] · x_b[..k]` for `w.count` (1 to `GEMV_ROWS`) weight rows and
 /// `n = x.count` input rows: the small-batch GEMV.
 ///

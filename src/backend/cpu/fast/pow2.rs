@@ -44,7 +44,6 @@
 //! Preconditions (shapes agreeing with the weights, `Weights::Pow2` in the conv) are the
 //! planner's invariants, checked by shape inference; a violation panics naming it.
 
-use super::dense::Rows;
 use super::gemm::{self, InputPanels};
 use super::FcKernel;
 use crate::graph::{Conv2d, Tensor};
@@ -148,40 +147,10 @@ pub fn pow2_linear_with(
                     .map(|c| decoder.row_dot(w.code_row(c), &x.data[..k]))
                     .collect();
             }
-            // Without the code kernels: rows decoded by `Decoder` (`GEMV_ROWS` at a
-            // time, `stride` apart) against the batch.
-            let mut tile = vec![0f32; rows.len() * n];
-            let stride = k + 16;
-            let group = super::dense::GEMV_ROWS;
-            let mut wrows = vec![0f32; group * stride];
-            let gemv = super::dense::gemv_supported();
-            for (c0, ys) in rows.clone().step_by(group).zip(tile.chunks_mut(group * n)) {
-                let count = ys.len() / n;
-                for (j, wrow) in wrows.chunks_exact_mut(stride).take(count).enumerate() {
-                    decoder.decode(w.code_row(c0 + j), wrow);
-                }
-                if gemv {
-                    let ws = Rows {
-                        data: &wrows,
-                        stride,
-                        count,
-                    };
-                    let xs = Rows {
-                        data: &x.data,
-                        stride: k,
-                        count: n,
-                    };
-                    super::dense::gemv_rows(ws, xs, k, ys);
-                } else {
-                    for (j, yr) in ys.chunks_exact_mut(n).enumerate() {
-                        let wrow = &wrows[j * stride..j * stride + k];
-                        for (y, xr) in yr.iter_mut().zip(x.data.chunks_exact(k)) {
-                            *y = dot(xr, wrow);
-                        }
-                    }
-                }
-            }
-            tile
+            // Without the code kernels: rows decoded by `Decoder`, then the GEMV.
+            super::dense::decoded_rows_dots(rows, k + 16, &x.data, n, k, |c, wrow| {
+                decoder.decode(w.code_row(c), wrow)
+            })
         })
         .collect();
     super::layout::transpose_blocks(&tiles, O_TILE, n, o, bias)

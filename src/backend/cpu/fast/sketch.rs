@@ -37,7 +37,6 @@
 //! the planner's invariants, checked by shape inference before a kernel runs; a
 //! violation panics with a message naming it.
 
-use super::dense::Rows;
 use super::gemm::InputPanels;
 use super::sketch_masks as masks;
 use super::sketch_triplets as triplets;
@@ -142,34 +141,16 @@ const DECODED_ROW_BLOCK: usize = 32;
 /// `sketch_linear` for batches of 2 or more: decode a row, GEMV it against the batch.
 fn linear_decoded_rows(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Tensor {
     let (n, k, o) = (x.shape[0], w.row_len(), w.rows());
-    // Rows decoded `GEMV_ROWS` at a time, `stride` apart, then dotted with the batch.
-    let (group, stride) = (super::dense::GEMV_ROWS, 32 * w.words_per_row());
+    let stride = 32 * w.words_per_row();
     let blocks: Vec<Vec<f32>> = (0..o)
         .step_by(DECODED_ROW_BLOCK)
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|r0| {
-            let rows = DECODED_ROW_BLOCK.min(o - r0);
-            let mut wrows = vec![0f32; group * stride];
-            let mut out = vec![0f32; rows * n];
-            for (r, dst) in (0..rows).step_by(group).zip(out.chunks_mut(group * n)) {
-                let count = dst.len() / n;
-                for (j, row) in wrows.chunks_exact_mut(stride).take(count).enumerate() {
-                    decode_row(w, r0 + r + j, row);
-                }
-                let ws = Rows {
-                    data: &wrows,
-                    stride,
-                    count,
-                };
-                let xs = Rows {
-                    data: &x.data,
-                    stride: k,
-                    count: n,
-                };
-                super::dense::gemv_rows(ws, xs, k, dst);
-            }
-            out
+            let rows = r0..(r0 + DECODED_ROW_BLOCK).min(o);
+            super::dense::decoded_rows_dots(rows, stride, &x.data, n, k, |c, row| {
+                decode_row(w, c, row)
+            })
         })
         .collect();
     super::layout::transpose_blocks(&blocks, DECODED_ROW_BLOCK, n, o, bias)
