@@ -562,7 +562,8 @@ const GEMM_MAX_BATCH: usize = 64;
 ///
 /// With AVX2+FMA, by batch (see `GEMM_MIN_BATCH`): 1, a row-streaming GEMV
 /// (memory-bound: fc6 of AlexNet reads 151 MB of weights per call, so the rate is the
-/// memory bandwidth); 2-15, the blocked GEMV (`gemv_rows`); 16-64, `gemm::block` on the
+/// memory bandwidth); 2-15, the blocked GEMV (`gemv_rows`); 16-64, the register-blocked
+/// GEMM (`gemm::InputPanels`; its AVX-512 micro-kernel where the CPU has it) on the
 /// weights in place and the inputs in panels. Otherwise sgemm.
 pub fn linear(x: &Tensor, fc: &Linear) -> Tensor {
     let w = fc.weight.to_dense();
@@ -572,7 +573,7 @@ pub fn linear(x: &Tensor, fc: &Linear) -> Tensor {
     }
     let avx2 = k > 0 && gemv_supported();
     let panels = (avx2 && (GEMM_MIN_BATCH..=GEMM_MAX_BATCH).contains(&n))
-        .then(|| InputPanels::new(&x.data, n, k, k));
+        .then(|| InputPanels::new(&x.data, n, k, k, true));
     // y^T[out x n] = W[out x k] * x^T[k x n], split over blocks of output rows.
     let blocks: Vec<Vec<f32>> = (0..out)
         .step_by(ROW_BLOCK)

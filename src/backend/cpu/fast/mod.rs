@@ -37,7 +37,8 @@ pub enum FcKernel {
     /// batch 1, decoded rows into the blocked GEMV at 2-15 and the GEMM's panels above.
     Avx2,
     /// The AVX-512F kernels (pow2: a 32-entry f32 table looked up by `vpermt2ps`, up to
-    /// batch 64; sketch: bits as lane masks, up to batch 16); larger batches as `Avx2`.
+    /// batch 64; sketch: bits as lane masks, up to batch 16); larger batches as `Avx2`,
+    /// with the GEMM's AVX-512 micro-kernel.
     Avx512,
 }
 
@@ -52,11 +53,16 @@ impl FcKernel {
     }
 }
 
-/// Whether this CPU has AVX-512F (detected once by std).
+/// Whether the AVX-512F kernels run: the CPU has it (detected once by std) and the
+/// environment variable `CNNPACK_CPU_NO_AVX512` is not set (read once), which runs the
+/// AVX2 kernels in their place, as on a CPU without it (to test or time them there).
 fn avx512_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let disabled =
+            *DISABLED.get_or_init(|| std::env::var_os("CNNPACK_CPU_NO_AVX512").is_some());
+        !disabled && std::arch::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

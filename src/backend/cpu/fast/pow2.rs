@@ -129,7 +129,8 @@ pub fn pow2_linear_with(
     {
         // The byte tables need AVX2 and FMA, as the GEMM does; the inputs are in the
         // decoded rows' lane order.
-        let panels = InputPanels::new(&lut.x_lanes, n, k, lut.x_stride);
+        let avx512 = kernel != FcKernel::Avx2;
+        let panels = InputPanels::new(&lut.x_lanes, n, k, lut.x_stride, avx512);
         return gemm::fc_decoded(&panels, o, bias, |c, k0, kc, dst| {
             lut.decode_span(w, c, k0..k0 + kc, &table, dst)
         });

@@ -93,7 +93,7 @@ pub fn sketch_linear_with(
         }
         if avx2 && n >= GEMM_MIN_BATCH && decoded_rows_supported() {
             let k = w.row_len();
-            let panels = InputPanels::new(&x.data, n, k, k);
+            let panels = InputPanels::new(&x.data, n, k, k, kernel != FcKernel::Avx2);
             return super::gemm::fc_decoded(&panels, w.rows(), bias, |c, k0, kc, dst| {
                 decode_span(w, c, k0..k0 + kc, dst)
             });
