@@ -374,16 +374,17 @@ impl InputPanels {
     }
 }
 
-/// Output rows per task of `fc_decoded` (a multiple of `MR`). 48 measured as fast as or
-/// faster than 24 on fc6 (pow2, batch 16 and 64); its 48 KiB panel stays in L2.
+/// Output rows per task of `fc_decoded` (a multiple of both micro-kernels' tiles, 6 and
+/// 12 rows). 48 measured as fast as or faster than 24 on fc6 (pow2, batch 16 and 64);
+/// its 48 KiB panel stays in L2.
 pub const FC_DECODED_ROWS: usize = 48;
 
 /// An fc whose weight rows are made as they are used: `[N, O]` (plus the bias) for the
 /// inputs `x` and `o` weight rows. Per task of `FC_DECODED_ROWS` rows and per K block
 /// of `KC`, `decode(row, k0, kc, dst)` writes weights `k0..k0 + kc` of `row` into `dst`
 /// (`KC` floats; entries past `kc` are not read), in the order of `x`'s columns; then
-/// `block` multiplies the panel in. Each weight is decoded once per call, whatever the
-/// batch.
+/// the micro-kernel multiplies the panel in (`InputPanels::add_block`). Each weight is
+/// decoded once per call, whatever the batch.
 pub fn fc_decoded(
     x: &InputPanels,
     o: usize,
