@@ -1,9 +1,12 @@
 //! CPU peak micro-kernels: f32 FMA rate and memory bandwidth, the roofline's roof.
 //!
-//! The FMA kernel keeps 12 independent 8-lane accumulators per thread so the FMA
-//! units' latency is hidden (2 ports x 4-5 cycles latency needs >= 10 chains); with
-//! AVX2+FMA detected at run time it uses `_mm256_fmadd_ps`, otherwise portable code
-//! that LLVM vectorises to SSE multiply + add.
+//! The FMA kernel keeps 12 independent accumulators per thread so the FMA units'
+//! latency is hidden (2 ports x 4-5 cycles latency needs >= 10 chains). It uses the
+//! widest FMA the CPU kernels run (`fast::FcKernel::Avx512.supported()`): 16-lane
+//! `_mm512_fmadd_ps` with AVX-512F (the fc GEMM and the compressed fc kernels use it),
+//! else 8-lane `_mm256_fmadd_ps` with AVX2+FMA, else portable code that LLVM vectorises
+//! to SSE multiply + add. A peak below the kernels' widest would put layers above 100%
+//! of their roof.
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -20,7 +23,7 @@ pub struct CpuPeak {
     pub copy_gbps: f64,
     /// Threads used.
     pub threads: usize,
-    /// Which FMA kernel ran (`avx2+fma` or `portable`).
+    /// Which FMA kernel ran (`avx512f`, `avx2+fma` or `portable`).
     pub kernel: &'static str,
 }
 
@@ -61,13 +64,39 @@ unsafe fn fma_avx2(iters: usize, seed: f32) -> f32 {
     out.iter().sum()
 }
 
-fn fma_kernel() -> (&'static str, fn(usize, f32) -> f32) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports avx2 and fma (checked just above).
-        return ("avx2+fma", |n, s| unsafe { fma_avx2(n, s) });
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_avx512(iters: usize, seed: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_ps(0.999_999_9);
+    let b = _mm512_set1_ps(1e-7);
+    let mut acc = [_mm512_set1_ps(seed); CHAINS];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
     }
-    ("portable", fma_portable)
+    let mut sum = _mm512_setzero_ps();
+    for v in acc {
+        sum = _mm512_add_ps(sum, v);
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
+/// The FMA kernel, its name and its lanes per accumulator.
+fn fma_kernel() -> (&'static str, usize, fn(usize, f32) -> f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::backend::cpu::fast::FcKernel::Avx512.supported() {
+            // SAFETY: the CPU supports avx512f (`supported()` detects it).
+            return ("avx512f", 16, |n, s| unsafe { fma_avx512(n, s) });
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports avx2 and fma (checked just above).
+            return ("avx2+fma", LANES, |n, s| unsafe { fma_avx2(n, s) });
+        }
+    }
+    ("portable", LANES, fma_portable)
 }
 
 /// Sums with 16 independent lanes: a single running f32 sum cannot be vectorised
@@ -85,7 +114,7 @@ fn sum_lanes(c: &[f32]) -> f32 {
 /// Measures the CPU's peak FMA rate and bandwidth; takes about a second.
 pub fn cpu_peak() -> CpuPeak {
     let threads = rayon::current_num_threads();
-    let (kernel, fma) = fma_kernel();
+    let (kernel, lanes, fma) = fma_kernel();
     let iters = 2_000_000;
     let mut best_fma = 0f64;
     for _ in 0..5 {
@@ -96,7 +125,7 @@ pub fn cpu_peak() -> CpuPeak {
             .sum();
         let secs = t.elapsed().as_secs_f64();
         std::hint::black_box(sink);
-        let flops = (threads * iters * CHAINS * LANES * 2) as f64;
+        let flops = (threads * iters * CHAINS * lanes * 2) as f64;
         best_fma = best_fma.max(flops / secs / 1e9);
     }
     // 256 MiB: far beyond any last-level cache.
