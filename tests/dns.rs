@@ -824,7 +824,7 @@ fn sparse_linear_wide_indices_and_empty_rows() {
 /// denser layers go through the dense path, with the same results.
 #[test]
 fn executor_routes_sparse_convs_by_stride_and_density() {
-    use cnnpack::backend::cpu::fast::sparse::{runs_sparse, CONV_CROSSOVER};
+    use cnnpack::backend::cpu::fast::sparse::{conv_crossover, runs_sparse};
     let mut rng = Rng::new(77);
     for (stride, density) in [(1, 0.2), (1, 0.9), (2, 0.2), (4, 0.05)] {
         let t = sparse_tensor(&mut rng, vec![6, 3, 3, 3], density);
@@ -838,7 +838,7 @@ fn executor_routes_sparse_convs_by_stride_and_density() {
             weight: Weights::Sparse(w.clone()),
             bias: Some(rng.normal_tensor(vec![6], 1.0)),
         };
-        let expect = stride == 1 && w.density() <= CONV_CROSSOVER;
+        let expect = stride == 1 && w.density() <= conv_crossover();
         assert_eq!(
             runs_sparse(&conv, &w),
             expect,

@@ -14,6 +14,10 @@
 //! - batch > 1 shares tiles across images (a 7x7 layer at batch 8: 392 positions in
 //!   66 tiles, against 8 x 64 columns in `dense`).
 //!
+//! With AVX-512F (`micro_16x12_avx512`) a tile is 16 channels x 12 positions in 12 zmm
+//! accumulators: per k one aligned 16-lane load of the weights, twelve broadcasts and
+//! twelve FMAs, from the same packing (a panel's k row is one 64-byte line).
+//!
 //! Position q's input for patch element k = (ci, ky, kx) is `src[pos[q] + off[k]]`,
 //! where `src` is the zero-padded input split into stride phases (as in `dense`'s
 //! `Patches::Shifted`) or, for 1x1 stride-1 unpadded convs, the input itself.
@@ -31,7 +35,7 @@ use rayon::prelude::*;
 
 /// Output channels per weight panel (two 8-lane vectors).
 const MR: usize = 16;
-/// Output positions per micro-kernel tile.
+/// Output positions per tile of the AVX2 micro-kernel (`NR_AVX512` for the AVX-512 one).
 const NR: usize = 6;
 /// Depth of one K block: a 16 x 256 weight panel block is 16 KiB (L1).
 const KC: usize = 256;
@@ -182,9 +186,12 @@ pub fn conv2d_packed(x: &Tensor, conv: &Conv2d, packed: &PackedConv, relu: bool)
     // The furthest any patch element lies from its position's start.
     let off_max = off.iter().max().copied().unwrap_or(0);
     let ncols = n * p;
-    let tiles_total = ncols.div_ceil(NR);
+    // Positions per tile: 12 with the AVX-512 micro-kernel, else 6.
+    let avx512 = super::avx512_supported();
+    let nr = if avx512 { NR_AVX512 } else { NR };
+    let tiles_total = ncols.div_ceil(nr);
     let panels = cout_g.div_ceil(MR);
-    let (col_parts, row_parts) = task_split(groups, ncols, panels);
+    let (col_parts, row_parts) = task_split(groups, ncols, panels, nr);
     let tasks: Vec<(usize, usize, usize)> = (0..groups)
         .flat_map(|g| (0..col_parts).flat_map(move |ci| (0..row_parts).map(move |ri| (g, ci, ri))))
         .collect();
@@ -209,21 +216,21 @@ pub fn conv2d_packed(x: &Tensor, conv: &Conv2d, packed: &PackedConv, relu: bool)
             ci * tiles_total / col_parts,
             (ci + 1) * tiles_total / col_parts,
         );
-        let c0 = t0 * NR;
-        let cols = (t1 * NR).min(ncols) - c0;
+        let c0 = t0 * nr;
+        let cols = (t1 * nr).min(ncols) - c0;
         let tiles = t1 - t0;
         let p0 = ri * panels / row_parts;
         let task_panels = (ri + 1) * panels / row_parts - p0;
-        // Each tile's six input pointers (as offsets into `src`); a last tile's
+        // Each tile's `nr` input pointers (as offsets into `src`); a last tile's
         // missing positions repeat its first (their sums land in the block's padding).
-        let pos: Vec<usize> = (0..tiles * NR)
+        let pos: Vec<usize> = (0..tiles * nr)
             .map(|j| {
-                let q = c0 + if j < cols { j } else { j / NR * NR };
+                let q = c0 + if j < cols { j } else { j / nr * nr };
                 (q / p * cin + g * cin_g) * plane + pos_in_plane(q % p)
             })
             .collect();
         let mut acc_cell = ACC.with(|cell| cell.take());
-        let acc_len = task_panels * tiles * NR * MR;
+        let acc_len = task_panels * tiles * nr * MR;
         acc_cell.resize(acc_cell.len().max(acc_len), 0.0);
         let acc = &mut acc_cell[..acc_len];
         if k == 0 {
@@ -239,21 +246,21 @@ pub fn conv2d_packed(x: &Tensor, conv: &Conv2d, packed: &PackedConv, relu: bool)
                 let mp = (MC / MR).min(task_panels - m0);
                 for t in 0..tiles {
                     for pn in m0..m0 + mp {
-                        // SAFETY: AVX2+FMA are present (`PackedConv::new` checked); the
-                        // panel holds K x 16 weights, read from k0 for kc rows; every
-                        // input read is `src[pos[j] + off[kk]]` with both at most their
-                        // maxima (asserted below `src.len()`); the 6 x 16 tile is inside
-                        // this task's own accumulator block.
+                        let w = group_weights.as_ptr().wrapping_add((pn * k + k0) * MR);
+                        let (pos, off) = (&pos[t * nr..][..nr], &off[k0..k0 + kc]);
+                        let tile = acc[(pn * tiles + t) * nr * MR..][..nr * MR].as_mut_ptr();
+                        // SAFETY: AVX2+FMA are present (`PackedConv::new` checked), and
+                        // AVX-512F where `avx512`; the panel holds K x 16 weights (64-byte
+                        // aligned rows), read from k0 for kc rows; every input read is
+                        // `src[pos[j] + off[kk]]` with both at most their maxima
+                        // (asserted below `src.len()`); the nr x 16 tile is inside this
+                        // task's own accumulator block.
                         unsafe {
-                            micro_16x6(
-                                kc,
-                                group_weights.as_ptr().add((pn * k + k0) * MR),
-                                src.as_ptr(),
-                                &pos[t * NR..][..NR],
-                                &off[k0..k0 + kc],
-                                acc.as_mut_ptr().add((pn * tiles + t) * NR * MR),
-                                k0 > 0,
-                            )
+                            if avx512 {
+                                micro_16x12_avx512(kc, w, src.as_ptr(), pos, off, tile, k0 > 0)
+                            } else {
+                                micro_16x6(kc, w, src.as_ptr(), pos, off, tile, k0 > 0)
+                            }
                         }
                     }
                 }
@@ -264,7 +271,7 @@ pub fn conv2d_packed(x: &Tensor, conv: &Conv2d, packed: &PackedConv, relu: bool)
         for pn in 0..task_panels {
             let co0 = g * cout_g + (p0 + pn) * MR;
             let channels = MR.min(cout_g - (p0 + pn) * MR);
-            let tile_block = &acc[pn * tiles * NR * MR..][..tiles * NR * MR];
+            let tile_block = &acc[pn * tiles * nr * MR..][..tiles * nr * MR];
             let mut j = 0;
             while j < cols {
                 let q = c0 + j;
@@ -304,10 +311,10 @@ pub fn conv2d_packed(x: &Tensor, conv: &Conv2d, packed: &PackedConv, relu: bool)
 /// are split too. The task count is then rounded up to a multiple of the thread count
 /// with more column parts where there are tiles for them: parts of equal work finish
 /// together only if each thread gets as many (13 parts on 2 threads: one thread does 7).
-fn task_split(groups: usize, ncols: usize, panels: usize) -> (usize, usize) {
+fn task_split(groups: usize, ncols: usize, panels: usize, nr: usize) -> (usize, usize) {
     let threads = rayon::current_num_threads().max(1);
     let want = TASKS_PER_THREAD * threads;
-    let tiles = ncols.div_ceil(NR);
+    let tiles = ncols.div_ceil(nr);
     let mut col_parts = ncols.div_ceil(COLUMN_BLOCK).clamp(1, tiles.max(1));
     let row_parts = want.div_ceil(groups * col_parts).clamp(1, panels.max(1));
     while !(groups * col_parts * row_parts).is_multiple_of(threads) && col_parts < tiles {
@@ -467,6 +474,69 @@ unsafe fn micro_16x6(
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn micro_16x6(
+    _kc: usize,
+    _w: *const f32,
+    _src: *const f32,
+    _pos: &[usize],
+    _off: &[usize],
+    _acc: *mut f32,
+    _accumulate: bool,
+) {
+    unreachable!("PackedConv::new returns None off x86-64");
+}
+
+/// Positions per tile of the AVX-512 micro-kernel.
+const NR_AVX512: usize = 12;
+
+/// `micro_16x6` on 16-lane registers: one 16-channel x 12-position tile (`acc[j * 16 +
+/// c]`) in 12 zmm accumulators; per k, one aligned 16-lane load of the panel's weights,
+/// twelve broadcasts and twelve FMAs.
+///
+/// # Safety
+/// AVX-512F present; `w` holds `16 * kc` floats, 64-byte aligned; every `src[pos[j] +
+/// off[k]]` is in bounds; `acc` holds 192 floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_16x12_avx512(
+    kc: usize,
+    w: *const f32,
+    src: *const f32,
+    pos: &[usize],
+    off: &[usize],
+    acc: *mut f32,
+    accumulate: bool,
+) {
+    debug_assert!(pos.len() == NR_AVX512 && off.len() == kc);
+    let mut base = [src; NR_AVX512];
+    for (b, &p) in base.iter_mut().zip(pos) {
+        *b = src.wrapping_add(p);
+    }
+    let mut sums = [_mm512_setzero_ps(); NR_AVX512];
+    // SAFETY (whole loop): the caller's contract (`wk` walks the panel's kc rows, `o`
+    // the entries of `off`).
+    unsafe {
+        let mut wk = w;
+        for &o in off {
+            let wv = _mm512_load_ps(wk);
+            for (s, b) in sums.iter_mut().zip(&base) {
+                *s = _mm512_fmadd_ps(_mm512_set1_ps(*b.add(o)), wv, *s);
+            }
+            wk = wk.add(MR);
+        }
+        for (j, s) in sums.iter().enumerate() {
+            let at = acc.add(MR * j);
+            let v = if accumulate {
+                _mm512_add_ps(_mm512_loadu_ps(at), *s)
+            } else {
+                *s
+            };
+            _mm512_storeu_ps(at, v);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn micro_16x12_avx512(
     _kc: usize,
     _w: *const f32,
     _src: *const f32,

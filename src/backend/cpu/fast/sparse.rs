@@ -56,17 +56,32 @@ const CHANNEL_BLOCK: usize = 4;
 const ROW_BLOCK: usize = 64;
 
 /// Density above which the dense conv kernel is faster than `sparse_conv`
-/// (ResNet-18's 3x3 convs, batch 1 and 8; measured, see module docs). Stride-1 convs
-/// only (the flat kernel): see `runs_sparse`.
+/// (ResNet-18's 3x3 convs, batch 1 and 8; measured, see module docs), with the dense
+/// conv's AVX2 micro-kernel. Stride-1 convs only (the flat kernel): see `runs_sparse`.
 pub const CONV_CROSSOVER: f64 = 0.4;
+
+/// `CONV_CROSSOVER` where the dense conv runs its AVX-512 micro-kernel (1.3-1.5x faster
+/// than the AVX2 one on ResNet-18's 3x3 convs): at 30% density the CSR kernel ran
+/// 1.00-1.30x of it (docs/benchmarks.md, session 12), and its time grows with the
+/// density, so the two meet near 35%.
+pub const CONV_CROSSOVER_AVX512: f64 = 0.35;
+
+/// The crossover density the executor uses on this CPU.
+pub fn conv_crossover() -> f64 {
+    if super::avx512_supported() {
+        CONV_CROSSOVER_AVX512
+    } else {
+        CONV_CROSSOVER
+    }
+}
 
 /// Whether the executor runs this sparse conv with the CSR kernel (else the dense path
 /// on weights decoded once). Strided convs never do: their row kernel measured slower
 /// than dense at every density tried (AlexNet's 11x11 stride-4 conv1, batch 1: 14.8 /
 /// 6.2 / 3.6 ms at 25 / 10 / 5% against 2.2 ms dense, session 3's `bench --sweep
-/// sparse`); stride-1 convs use the flat kernel up to `CONV_CROSSOVER`.
+/// sparse`); stride-1 convs use the flat kernel up to `conv_crossover()`.
 pub fn runs_sparse(conv: &Conv2d, w: &SparseWeights) -> bool {
-    conv.stride == [1, 1] && w.density() <= CONV_CROSSOVER
+    conv.stride == [1, 1] && w.density() <= conv_crossover()
 }
 /// Density above which the dense fc kernel is faster than `sparse_linear`
 /// (fc 9216->4096, batch 1; measured, see module docs).
