@@ -549,8 +549,8 @@ const ROW_BLOCK: usize = 64;
 /// Batches `linear` runs on `gemm::block` with the inputs in panels (`GEMM_MIN_BATCH`
 /// to `GEMM_MAX_BATCH`); below, the row-streaming GEMV (`gemv_row` at batch 1,
 /// `gemv_rows` above); above, sgemm. On the 2-core Xeon (fc6, 9216 -> 4096,
-/// interleaved; docs/benchmarks.md, session 12), the GEMM against the GEMV over three
-/// runs: 13.9-14.6 ms against 13.9-15.1 at batch 16, 20.6-20.9 against 23.5-23.9 at
+/// interleaved; docs/benchmarks.md, session 12), the GEMM with its AVX2 micro-kernel
+/// against the GEMV over three runs: 13.9-14.6 ms against 13.9-15.1 at batch 16, 20.6-20.9 against 23.5-23.9 at
 /// 32, 36.0-36.8 against 46.7-49.9 at 64. Over two runs: slower at 12 (13.9-14.7
 /// against 11.7-12.7), and slower than sgemm (which has an AVX-512 kernel there) at
 /// 128 (69.7-70.9 against 52.2-64.6).

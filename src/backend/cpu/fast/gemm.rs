@@ -377,7 +377,9 @@ impl InputPanels {
 /// Output rows per task of `fc_decoded` (a multiple of both micro-kernels' tiles, 6 and
 /// 12 rows). 48 measured as fast as or faster than 24 on fc6 (pow2, batch 16 and 64);
 /// its 48 KiB panel stays in L2.
-pub const FC_DECODED_ROWS: usize = 48;
+const FC_DECODED_ROWS: usize = 48;
+const _: () =
+    assert!(FC_DECODED_ROWS.is_multiple_of(MR) && FC_DECODED_ROWS.is_multiple_of(MR_AVX512));
 
 /// An fc whose weight rows are made as they are used: `[N, O]` (plus the bias) for the
 /// inputs `x` and `o` weight rows. Per task of `FC_DECODED_ROWS` rows and per K block

@@ -125,7 +125,8 @@ pub fn kernel_name(w: &SketchWeights, n: usize) -> &'static str {
 
 /// Smallest batch that runs on rows decoded into the GEMM's panels (`gemm::fc_decoded`)
 /// rather than the GEMV (on AVX2, or on AVX-512 past the masks kernel's batches). fc6,
-/// m = 2, on the Xeon with the AVX2 kernels (interleaved, ms): batch 16, 15.1-19.5
+/// m = 2, on the Xeon with the AVX2 kernels and the GEMM's AVX2 micro-kernel
+/// (interleaved, ms): batch 16, 15.1-19.5
 /// against 14.6-15.7 (a tie); 32, 22.9-25.8 against 27.3-31.4; 2-8: 2x slower (the
 /// batch is padded to 16 columns).
 const GEMM_MIN_BATCH: usize = 16;
