@@ -49,6 +49,8 @@ struct Variant {
     node: Node,
     packed: Option<fast::PackedConv>,
     fc_kernel: Option<FcKernel>,
+    /// A sparse conv run by the CSR kernel whatever its density.
+    csr: bool,
 }
 
 impl Variant {
@@ -58,6 +60,15 @@ impl Variant {
             node,
             packed: None,
             fc_kernel: None,
+            csr: false,
+        }
+    }
+
+    /// The sparse conv `node` on the CSR kernel (`fast::sparse::sparse_conv`).
+    fn csr(name: &'static str, node: Node) -> Variant {
+        Variant {
+            csr: true,
+            ..Variant::new(name, node)
         }
     }
 
@@ -87,6 +98,9 @@ fn millis(v: &Variant, x: &Tensor) -> f64 {
     match (&v.packed, &v.node.op) {
         (Some(p), Op::Conv(c)) => {
             black_box(fast::conv2d_packed(x, c, p, false));
+        }
+        (_, Op::Conv(c)) if v.csr => {
+            black_box(fast::sparse::sparse_conv(x, c));
         }
         (_, Op::Linear(l)) if v.fc_kernel.is_some() => {
             let (bias, kernel) = (l.bias.as_ref(), v.fc_kernel.expect("checked"));
@@ -161,6 +175,10 @@ fn conv_set(rng: &mut Rng, rounds: usize) {
                 conv3x3(Weights::Dense(w.clone()), bias.clone()),
             ),
             Variant::new("sparse 30%", conv3x3(sparse(rng, &w, 0.3), bias.clone())),
+            // The CSR kernel itself above the executor's crossover
+            // (`fast::sparse::CONV_CROSSOVER`), where the executor runs dense weights.
+            Variant::csr("csr 40%", conv3x3(sparse(rng, &w, 0.4), bias.clone())),
+            Variant::csr("csr 50%", conv3x3(sparse(rng, &w, 0.5), bias.clone())),
         ];
         for n in [1, 8] {
             let x = rng.normal_tensor(vec![n, c, hw, hw], 1.0);

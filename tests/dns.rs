@@ -764,6 +764,47 @@ fn sparse_conv_paths_and_dispatch_match_reference() {
     }
 }
 
+/// Wide kernels and dilations on rows that the AVX-512 flat kernel pads to whole cache
+/// lines (16 floats), so that its weights fall into several shift groups, some of them
+/// past a line (dilation 9, kx 2: 18 floats, shift 2): the shifted sums must land on
+/// the right positions. Other CPUs run the same shapes on their own kernel.
+#[test]
+fn sparse_conv_shift_groups_match_reference() {
+    let mut rng = Rng::new(29);
+    for case in 0..12 {
+        let kw = [3, 5, 7, 2][case % 4];
+        let kh = [1, 3][case % 2];
+        let dilation = [1, 5, 9, 17, 3, 7][case % 6];
+        let pads = [kh / 2, rng.range(0, 3), kh / 2, rng.range(0, 3)];
+        // Padded widths of 30-64 floats: most round up to 32, 48 or 64.
+        let reach = dilation * (kw - 1) + 1;
+        let w = rng.range(
+            reach.max(30 - pads[1] - pads[3]),
+            reach.max(64 - pads[1] - pads[3]) + 1,
+        );
+        let h = rng.range(dilation * (kh - 1) + 1, dilation * (kh - 1) + 6);
+        let (cin, cout) = (rng.range(1, 20), rng.range(1, 10));
+        let n = [1, 2, 3][case % 3];
+        let wt = sparse_tensor(&mut rng, vec![cout, cin, kh, kw], 0.3);
+        let dense = Conv2d {
+            kernel: [kh, kw],
+            stride: [1, 1],
+            pads,
+            dilation: [dilation; 2],
+            groups: 1,
+            weight: Weights::Dense(wt.clone()),
+            bias: Some(rng.normal_tensor(vec![cout], 1.0)),
+        };
+        let sparse = sparse_twin(&dense);
+        let x = rng.normal_tensor(vec![n, cin, h, w], 1.0);
+        let want = reference::conv2d(&x, &dense);
+        let what = format!(
+            "case {case}: n{n} cin{cin} cout{cout} k{kh}x{kw} d{dilation} p{pads:?} {h}x{w}"
+        );
+        check(&fast::sparse::sparse_conv(&x, &sparse), &want, &what);
+    }
+}
+
 /// Many input channels, so the flat kernel splits them into several L1-sized chunks
 /// (a 3x3 tile over a 30-wide input reads ~130 floats per channel: ~31 channels per
 /// 16 KiB chunk), with rows whose stored weights miss whole chunks at 2% density.
@@ -824,7 +865,7 @@ fn sparse_linear_wide_indices_and_empty_rows() {
 /// denser layers go through the dense path, with the same results.
 #[test]
 fn executor_routes_sparse_convs_by_stride_and_density() {
-    use cnnpack::backend::cpu::fast::sparse::{conv_crossover, runs_sparse};
+    use cnnpack::backend::cpu::fast::sparse::{runs_sparse, CONV_CROSSOVER};
     let mut rng = Rng::new(77);
     for (stride, density) in [(1, 0.2), (1, 0.9), (2, 0.2), (4, 0.05)] {
         let t = sparse_tensor(&mut rng, vec![6, 3, 3, 3], density);
@@ -838,7 +879,7 @@ fn executor_routes_sparse_convs_by_stride_and_density() {
             weight: Weights::Sparse(w.clone()),
             bias: Some(rng.normal_tensor(vec![6], 1.0)),
         };
-        let expect = stride == 1 && w.density() <= conv_crossover();
+        let expect = stride == 1 && w.density() <= CONV_CROSSOVER;
         assert_eq!(
             runs_sparse(&conv, &w),
             expect,

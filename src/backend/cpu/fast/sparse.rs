@@ -2,8 +2,10 @@
 //!
 //! - Conv, stride 1 (`sparse_conv_flat`): direct, no im2col, on the zero-padded input
 //!   viewed as one flat array per (image, group), where every stored weight is one
-//!   contiguous axpy over a tile of 64 flat output positions held in registers (AVX2 +
-//!   FMA where available); tasks are blocks of up to 8 output channels, tiles outer, then
+//!   contiguous axpy over a tile of flat output positions held in 8 registers (64
+//!   positions with AVX2 + FMA; 128 with AVX-512, whose loads are made aligned by
+//!   grouping each channel's weights by their offset's place in a cache line, see
+//!   `sparse_conv_flat`); tasks are blocks of up to 8 output channels, tiles outer, then
 //!   chunks of input channels small enough that a tile's input rows for one chunk stay
 //!   in L1 while every channel of the block consumes its stored weights of that chunk.
 //!   The flat offsets and the chunk plan are built once per layer and input geometry
@@ -56,32 +58,21 @@ const CHANNEL_BLOCK: usize = 4;
 const ROW_BLOCK: usize = 64;
 
 /// Density above which the dense conv kernel is faster than `sparse_conv`
-/// (ResNet-18's 3x3 convs, batch 1 and 8; measured, see module docs), with the dense
-/// conv's AVX2 micro-kernel. Stride-1 convs only (the flat kernel): see `runs_sparse`.
+/// (ResNet-18's 3x3 convs, batch 1 and 8; measured, see module docs). Stride-1 convs
+/// only (the flat kernel): see `runs_sparse`. The same with the AVX2 kernels and the
+/// AVX-512 ones (dense and CSR both 1.3-1.5x faster with AVX-512): against the AVX-512
+/// dense conv, the aligned CSR kernel ran 1.2-1.4x at 40% and 1.0-1.2x at 50% on the
+/// 14x14-56x56 shapes at batch 1 and 8, 1.2x / 0.8x at 40% on 7x7 at batch 1 / 8
+/// (docs/benchmarks.md, session 13).
 pub const CONV_CROSSOVER: f64 = 0.4;
-
-/// `CONV_CROSSOVER` where the dense conv runs its AVX-512 micro-kernel (1.3-1.5x faster
-/// than the AVX2 one on ResNet-18's 3x3 convs): at 30% density the CSR kernel ran
-/// 1.00-1.30x of it (docs/benchmarks.md, session 12), and its time grows with the
-/// density, so the two meet near 35%.
-pub const CONV_CROSSOVER_AVX512: f64 = 0.35;
-
-/// The crossover density the executor uses on this CPU.
-pub fn conv_crossover() -> f64 {
-    if super::avx512_supported() {
-        CONV_CROSSOVER_AVX512
-    } else {
-        CONV_CROSSOVER
-    }
-}
 
 /// Whether the executor runs this sparse conv with the CSR kernel (else the dense path
 /// on weights decoded once). Strided convs never do: their row kernel measured slower
 /// than dense at every density tried (AlexNet's 11x11 stride-4 conv1, batch 1: 14.8 /
 /// 6.2 / 3.6 ms at 25 / 10 / 5% against 2.2 ms dense, session 3's `bench --sweep
-/// sparse`); stride-1 convs use the flat kernel up to `conv_crossover()`.
+/// sparse`); stride-1 convs use the flat kernel up to `CONV_CROSSOVER`.
 pub fn runs_sparse(conv: &Conv2d, w: &SparseWeights) -> bool {
-    conv.stride == [1, 1] && w.density() <= conv_crossover()
+    conv.stride == [1, 1] && w.density() <= CONV_CROSSOVER
 }
 /// Density above which the dense fc kernel is faster than `sparse_linear`
 /// (fc 9216->4096, batch 1; measured, see module docs).
@@ -268,21 +259,30 @@ fn gather_dot<I: Copy + Into<u32>>(vals: &[f32], idx: &[I], x: &[f32]) -> f32 {
     s
 }
 
-/// Output positions per tile of the flat kernel (8 AVX registers of accumulators).
-const FLAT_TILE: usize = 64;
 /// Most output channels per task of the flat kernel (a divisor of Cout is used).
 const FLAT_CHANNELS: usize = 8;
 /// Input bytes a tile reads per chunk of input channels (half of a 32 KiB L1).
 const CHUNK_BYTES: usize = 16 << 10;
+/// Floats per 64-byte cache line, the alignment of the AVX-512 kernel's loads.
+const LINE: usize = 16;
 
 /// Stride-1 sparse conv on the zero-padded input viewed as one flat array per
-/// (image, group): with `Wp` the padded width, output `(oy, ox)` is flat position
-/// `q = oy·Wp + ox`, and the stored weight `(ci, ky, kx)` reads input `q + off` with
-/// `off = (ci·Hp + ky·dh)·Wp + kx·dw`. So every stored weight is one contiguous axpy
+/// (image, group): with `P` the row pitch (the padded width `Wp`, or `Wp` rounded up to
+/// a cache line, see `TileSimd::pitch`), output `(oy, ox)` is flat position
+/// `q = oy·P + ox`, and the stored weight `(ci, ky, kx)` reads input `q + off` with
+/// `off = (ci·Hp + ky·dh)·P + kx·dw`. So every stored weight is one contiguous axpy
 /// over a tile of flat positions, accumulated in registers across all the channel's
 /// stored weights (one load and one multiply-add per weight and position, no stores
-/// until the tile is done). The `Wp − OW` positions per row past the output width are
-/// computed and dropped (2 of 58 at 56x56 with 3x3, 2 of 9 at 7x7).
+/// until the tile is done). The `P − OW` positions per row past the output width are
+/// computed and dropped (8 of 64 at 56x56 with 3x3 and a rounded pitch, 2 of 9 at 7x7).
+///
+/// With AVX-512 and a pitch of whole cache lines, every load is aligned: a weight's
+/// offset is `off = 16a + s` with the shift `s = (kx·dw) mod 16` the same for a whole
+/// kernel column, so a channel's weights are run in groups of one shift, each summed at
+/// the aligned positions `q0 + 16a` (one vector more than the tile) and added into the
+/// tile shifted by `s` once per group. An unaligned 64-byte load spans two cache lines
+/// and took twice as long per weight as an aligned one (8 loads and multiply-adds per
+/// weight: 3.7 against 1.9 ns on the Xeon of docs/benchmarks.md, session 13).
 fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     let (n, cin, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let shape = w.shape();
@@ -293,57 +293,63 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
         .expect("shape inference checked the window fits");
     let cout_g = cout / groups;
     let [dh, dw] = conv.dilation;
-    let [pt, pl, pb, pr] = conv.pads;
-    let (hp, wp) = (h + pt + pb, wd + pl + pr);
-    let avx2 = has_avx2_fma();
-    let flat_out = oh * wp;
-    let tiles = flat_out.div_ceil(FLAT_TILE);
-    // Room for the last tile's overrun past the last row plus the largest offset's
-    // column shift.
-    let plane_len = cin_g * hp * wp + tiles * FLAT_TILE - flat_out + (kw - 1) * dw + wp;
+    let [pt, pl, pb, _] = conv.pads;
+    let hp = h + pt + pb;
+    let simd = TileSimd::detect();
+    let tile = simd.tile();
+    let pitch = simd.pitch(wd + pl + conv.pads[3]);
+    let flat_out = oh * pitch;
+    let tiles = flat_out.div_ceil(tile);
+    // Room for the last tile's overrun past the last row, the largest offset's column
+    // shift and the aligned kernel's vector past the tile.
+    let plane_len = cin_g * hp * pitch + tiles * tile - flat_out + (kw - 1) * dw + pitch + LINE;
     let mut y = Tensor::zeros(vec![n, cout, oh, ow]);
     if n == 0 || cout == 0 || oh * ow == 0 {
         return y;
     }
-    // Padded inputs, one flat array per (image, group), each channel plane zeroed and
-    // filled by its own task (per (image, group) alone, a batch-1 layer padded its whole
-    // input on one thread while the other waited).
-    let padded: Vec<Vec<f32>> = (0..n * groups)
+    // Padded inputs, one flat array per (image, group), starting on a cache line; each
+    // channel plane zeroed and filled by its own task (per (image, group) alone, a
+    // batch-1 layer padded its whole input on one thread while the other waited).
+    let padded: Vec<(Vec<f32>, usize)> = (0..n * groups)
         .map(|ng| {
             let (b, g) = (ng / groups, ng % groups);
-            let mut p = super::uninit_vec(plane_len);
-            let (planes, tail) = p.split_at_mut(cin_g * hp * wp);
+            let mut p = super::uninit_vec(plane_len + LINE - 1);
+            let lead = p.as_ptr().align_offset(4 * LINE).min(LINE - 1);
+            let (head, rest) = p.split_at_mut(lead);
+            let (planes, tail) = rest.split_at_mut(cin_g * hp * pitch);
+            head.fill(std::mem::MaybeUninit::new(0.0));
             tail.fill(std::mem::MaybeUninit::new(0.0));
-            if hp * wp > 0 {
+            if hp * pitch > 0 {
                 planes
-                    .par_chunks_mut(hp * wp)
+                    .par_chunks_mut(hp * pitch)
                     .enumerate()
                     .for_each(|(ci, dst)| {
                         dst.fill(std::mem::MaybeUninit::new(0.0));
                         let src = &x.data[(b * cin + g * cin_g + ci) * h * wd..][..h * wd];
                         for (iy, row) in src.chunks_exact(wd.max(1)).enumerate() {
-                            let at = (iy + pt) * wp + pl;
+                            let at = (iy + pt) * pitch + pl;
                             for (d, v) in dst[at..at + wd].iter_mut().zip(row) {
                                 d.write(*v);
                             }
                         }
                     });
             }
-            // SAFETY: every element was written (each plane zeroed first, the tail too).
-            unsafe { super::assume_init(p) }
+            // SAFETY: every element was written (each plane zeroed first, the rest too).
+            (unsafe { super::assume_init(p) }, lead)
         })
         .collect();
-    // Flat offset of every stored weight (CSR order) and the chunk plan (see
+    // Flat offset of every stored weight, its kernel order and the chunk plan (see
     // `FlatPrep`), built once per layer and input geometry and kept with the weights: a
     // 512-channel 7x7 layer at batch 1 spent a third of its time rebuilding them on
     // every call.
-    let geometry = [hp, wp, dh, dw];
+    let aligned = simd.aligns(pitch);
+    let geometry = [hp, pitch, dh, dw, aligned as usize, tile];
     let prep = w.derived().get_or_make(
         |p: &FlatPrep| p.geometry == geometry,
         || FlatPrep::new(w, geometry),
     );
-    let (offs, plan) = (&prep.offs, &prep.plan);
-    let values = w.values();
+    let values = prep.values.as_deref().unwrap_or(w.values());
+    let offs = &prep.offs;
     let bias = conv.bias.as_ref().map(|b| b.data.as_slice());
     let plane = oh * ow;
     // Tasks of FLAT_CHANNELS output channels of one image (never across images, so
@@ -356,34 +362,47 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
         .enumerate()
         .for_each(|(task, out)| {
             let first = task * block;
-            let mut acc = vec![[0f32; FLAT_TILE]; block];
+            let mut acc = vec![0f32; tile * block];
             for t in 0..tiles {
-                let q0 = t * FLAT_TILE;
+                let q0 = t * tile;
                 // A last tile with at most half a tile of positions left is done at half
-                // width (e.g. 14x14 with padding 1: 224 flat positions, 3.5 tiles).
-                let half = flat_out - q0 <= FLAT_TILE / 2;
-                acc.iter_mut().for_each(|a| a.fill(0.0));
-                for c in 0..plan.chunks {
-                    for (j, a) in acc.iter_mut().enumerate() {
+                // width (e.g. 14x14 with padding 1 and 64-position tiles: 224 flat
+                // positions, 3.5 tiles).
+                let width = if flat_out - q0 <= tile / 2 {
+                    tile / 2
+                } else {
+                    tile
+                };
+                acc.fill(0.0);
+                for c in 0..prep.plan.chunks {
+                    for (j, a) in acc.chunks_exact_mut(tile).enumerate() {
                         let idx = first + j;
                         let (b, co) = (idx / cout, idx % cout);
-                        let xp = &padded[b * groups + co / cout_g];
-                        let range = plan.range(co, c);
-                        let (vals, offs) = (&values[range.clone()], &offs[range]);
-                        tile_axpy(a, xp, q0, vals, offs, avx2, half);
+                        let (buf, lead) = &padded[b * groups + co / cout_g];
+                        let xp = &buf[*lead..];
+                        for run in prep.runs(co, c) {
+                            let r = run.start as usize..run.end as usize;
+                            let (vals, offs) = (&values[r.clone()], &offs[r]);
+                            let a = &mut a[..width];
+                            tile_axpy(a, xp, q0, vals, offs, run.shift as usize, simd);
+                        }
                     }
                 }
-                for ((j, o), a) in out.chunks_exact_mut(plane).enumerate().zip(&acc) {
+                for ((j, o), a) in out
+                    .chunks_exact_mut(plane)
+                    .enumerate()
+                    .zip(acc.chunks_exact(tile))
+                {
                     let co = (first + j) % cout;
                     let bv = bias.map_or(0.0, |bb| bb[co]);
                     // Flat positions q0.. back to (oy, ox): row by row, dropping ox >= OW.
-                    let end = (q0 + FLAT_TILE).min(flat_out);
+                    let end = (q0 + tile).min(flat_out);
                     let mut q = q0;
                     while q < end {
-                        let (oy, ox) = (q / wp, q % wp);
-                        let row_end = ((oy + 1) * wp).min(end);
+                        let (oy, ox) = (q / pitch, q % pitch);
+                        let row_end = ((oy + 1) * pitch).min(end);
                         if ox < ow {
-                            let valid = (oy * wp + ow).min(end) - q;
+                            let valid = (oy * pitch + ow).min(end) - q;
                             let dst = &mut o[oy * ow + ox..][..valid];
                             for (d, v) in dst.iter_mut().zip(&a[q - q0..]) {
                                 *d = v + bv;
@@ -397,22 +416,38 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     y
 }
 
-/// Per-layer data of the flat kernel for one input geometry `[Hp, Wp, dh, dw]`.
+/// Per-layer data of the flat kernel for one input geometry
+/// `[Hp, pitch, dh, dw, aligned, tile]`.
 struct FlatPrep {
-    geometry: [usize; 4],
-    /// Flat input offset of every stored weight, in CSR order.
+    geometry: [usize; 6],
+    /// The stored values in kernel order, where that is not CSR order (aligned: each
+    /// channel's weights of a chunk grouped by shift).
+    values: Option<Vec<f32>>,
+    /// Flat input offset of every stored weight in kernel order, less its run's shift.
     offs: Vec<u32>,
     plan: ChunkPlan,
+    /// Runs of stored weights with one shift, in kernel order; those of (output
+    /// channel `co`, chunk `c`) are `runs[run_starts[i]..run_starts[i + 1]]` with
+    /// `i = co·chunks + c`.
+    runs: Vec<Run>,
+    run_starts: Vec<u32>,
+}
+
+/// Stored weights `start..end` (kernel order), all read at their offset plus `shift`.
+struct Run {
+    start: u32,
+    end: u32,
+    shift: u32,
 }
 
 impl FlatPrep {
     /// Input channels per chunk: the input a tile reads for one chunk (its channels'
-    /// `FLAT_TILE` positions plus the kernel's reach below and right of them) stays
-    /// within `CHUNK_BYTES`, so it is read from L2 once and from L1 by every output
-    /// channel of the block (without chunks a tile of a 256-channel layer reads ~100
-    /// KiB per output channel, all from L2: the kernel was L2-bandwidth-bound).
-    fn new(w: &SparseWeights, geometry: [usize; 4]) -> FlatPrep {
-        let [hp, wp, dh, dw] = geometry;
+    /// tile of positions plus the kernel's reach below and right of them) stays within
+    /// `CHUNK_BYTES`, so it is read from L2 once and from L1 by every output channel
+    /// of the block (without chunks a tile of a 256-channel layer reads ~100 KiB per
+    /// output channel, all from L2: the kernel was L2-bandwidth-bound).
+    fn new(w: &SparseWeights, geometry: [usize; 6]) -> FlatPrep {
+        let [hp, pitch, dh, dw, aligned, tile] = geometry;
         let shape = w.shape();
         let (cin_g, kh, kw) = (shape[1], shape[2], shape[3]);
         // Offset of every K index first: no division per stored weight.
@@ -420,20 +455,88 @@ impl FlatPrep {
         for ci in 0..cin_g {
             for ky in 0..kh {
                 for kx in 0..kw {
-                    off_of_k.push(((ci * hp + ky * dh) * wp + kx * dw) as u32);
+                    off_of_k.push(((ci * hp + ky * dh) * pitch + kx * dw) as u32);
                 }
             }
         }
-        let offs = match w.cols() {
+        let csr_offs: Vec<u32> = match w.cols() {
             Cols::U16(c) => c.par_iter().map(|&k| off_of_k[k as usize]).collect(),
             Cols::U32(c) => c.par_iter().map(|&k| off_of_k[k as usize]).collect(),
         };
-        let reach = FLAT_TILE + (kh - 1) * dh * wp + (kw - 1) * dw;
+        let reach = tile + (kh - 1) * dh * pitch + (kw - 1) * dw + LINE;
+        let plan = ChunkPlan::new(w, CHUNK_BYTES / (4 * reach));
+        let chunks = plan.chunks;
+        let mut runs = Vec::new();
+        let mut run_starts = Vec::with_capacity(w.rows() * chunks + 1);
+        run_starts.push(0);
+        if aligned == 0 {
+            // CSR order, one run of shift 0 per (channel, chunk).
+            for co in 0..w.rows() {
+                for c in 0..chunks {
+                    let r = plan.range(co, c);
+                    if !r.is_empty() {
+                        runs.push(Run {
+                            start: r.start as u32,
+                            end: r.end as u32,
+                            shift: 0,
+                        });
+                    }
+                    run_starts.push(runs.len() as u32);
+                }
+            }
+            return FlatPrep {
+                geometry,
+                values: None,
+                offs: csr_offs,
+                plan,
+                runs,
+                run_starts,
+            };
+        }
+        // Each (channel, chunk)'s stored weights sorted by shift, in place of their CSR
+        // positions (a stable sort: CSR order within a shift).
+        let csr_values = w.values();
+        let mut values = Vec::with_capacity(csr_values.len());
+        let mut offs = Vec::with_capacity(csr_values.len());
+        let mut order: Vec<usize> = Vec::new();
+        for co in 0..w.rows() {
+            for c in 0..chunks {
+                let r = plan.range(co, c);
+                order.clear();
+                order.extend(r);
+                order.sort_by_key(|&i| csr_offs[i] as usize % LINE);
+                let first_run = runs.len();
+                for &i in &order {
+                    let shift = csr_offs[i] % LINE as u32;
+                    let at = values.len() as u32;
+                    match runs[first_run..].last_mut() {
+                        Some(run) if run.shift == shift => run.end = at + 1,
+                        _ => runs.push(Run {
+                            start: at,
+                            end: at + 1,
+                            shift,
+                        }),
+                    }
+                    values.push(csr_values[i]);
+                    offs.push(csr_offs[i] - shift);
+                }
+                run_starts.push(runs.len() as u32);
+            }
+        }
         FlatPrep {
             geometry,
+            values: Some(values),
             offs,
-            plan: ChunkPlan::new(w, CHUNK_BYTES / (4 * reach)),
+            plan,
+            runs,
+            run_starts,
         }
+    }
+
+    /// The runs of output channel `co` in chunk `c`.
+    fn runs(&self, co: usize, c: usize) -> &[Run] {
+        let i = co * self.plan.chunks + c;
+        &self.runs[self.run_starts[i] as usize..self.run_starts[i + 1] as usize]
     }
 }
 
@@ -488,45 +591,94 @@ impl ChunkPlan {
     }
 }
 
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+/// The instruction set the flat kernel runs, picked once per call.
+#[derive(Clone, Copy, PartialEq)]
+enum TileSimd {
+    Portable,
+    /// 8 lanes: a tile is 8 vectors of 8 positions.
+    Avx2,
+    /// 16 lanes: a tile is 8 vectors of 16 positions, loads aligned where the pitch
+    /// allows (`fast::avx512_supported`, so `CNNPACK_CPU_NO_AVX512` turns it off).
+    Avx512,
+}
+
+impl TileSimd {
+    fn detect() -> TileSimd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::avx512_supported() {
+                return TileSimd::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return TileSimd::Avx2;
+            }
+        }
+        TileSimd::Portable
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Output positions per tile: 8 registers of accumulators.
+    fn tile(self) -> usize {
+        match self {
+            TileSimd::Avx512 => 128,
+            TileSimd::Avx2 | TileSimd::Portable => 64,
+        }
+    }
+
+    /// The flat row pitch for a padded row of `wp` floats: with AVX-512, rounded up to
+    /// whole cache lines where that adds at most a quarter to the positions computed
+    /// (58 -> 64 at 56x56, 30 -> 32 at 28x28; not 9 -> 16 at 7x7), else `wp`.
+    fn pitch(self, wp: usize) -> usize {
+        let lines = wp.next_multiple_of(LINE);
+        if self == TileSimd::Avx512 && 4 * lines <= 5 * wp {
+            lines
+        } else {
+            wp
+        }
+    }
+
+    /// Whether rows of `pitch` floats let the kernel group weights by shift and load
+    /// aligned.
+    fn aligns(self, pitch: usize) -> bool {
+        self == TileSimd::Avx512 && pitch.is_multiple_of(LINE)
     }
 }
 
-/// `acc[t] += Σ_i vals[i] · xp[q0 + offs[i] + t]` for `t < FLAT_TILE`, or for
-/// `t < FLAT_TILE / 2` when `half` (the rest of `acc` is left as it is).
+/// `acc[t] += Σ_i vals[i] · xp[q0 + offs[i] + shift + t]` for `t < acc.len()`, which
+/// is a whole number of the kernel's vectors (a tile or half a tile).
 #[inline]
 fn tile_axpy(
-    acc: &mut [f32; FLAT_TILE],
+    acc: &mut [f32],
     xp: &[f32],
     q0: usize,
     vals: &[f32],
     offs: &[u32],
-    avx2: bool,
-    half: bool,
+    shift: usize,
+    simd: TileSimd,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: AVX2 and FMA support were detected by the caller; `tile_avx2` checks
-        // every slice bound like the portable loop.
-        return unsafe {
-            if half {
-                tile_avx2::<{ FLAT_TILE / 16 }>(acc, xp, q0, vals, offs)
-            } else {
-                tile_avx2::<{ FLAT_TILE / 8 }>(acc, xp, q0, vals, offs)
+    // SAFETY (all): the instruction sets were detected by `TileSimd::detect`; the
+    // kernels check every slice bound like the portable loop.
+    unsafe {
+        match (simd, acc.len()) {
+            (TileSimd::Avx512, 128) if shift > 0 => {
+                return tile_avx512_shifted::<8>(acc, xp, q0, vals, offs, shift)
             }
-        };
+            (TileSimd::Avx512, 64) if shift > 0 => {
+                return tile_avx512_shifted::<4>(acc, xp, q0, vals, offs, shift)
+            }
+            (TileSimd::Avx512, 128) => return tile_avx512::<8>(acc, xp, q0, vals, offs),
+            (TileSimd::Avx512, 64) => return tile_avx512::<4>(acc, xp, q0, vals, offs),
+            (TileSimd::Avx2, 64) => return tile_avx2::<8>(acc, xp, q0 + shift, vals, offs),
+            (TileSimd::Avx2, 32) => return tile_avx2::<4>(acc, xp, q0 + shift, vals, offs),
+            _ => {}
+        }
     }
-    let _ = avx2;
-    let width = if half { FLAT_TILE / 2 } else { FLAT_TILE };
+    let _ = simd;
+    let width = acc.len();
     for (&v, &off) in vals.iter().zip(offs) {
-        let src = &xp[q0 + off as usize..][..width];
+        let src = &xp[q0 + shift + off as usize..][..width];
         for (a, s) in acc.iter_mut().zip(src) {
             *a += v * s;
         }
@@ -536,20 +688,15 @@ fn tile_axpy(
 /// `tile_axpy` over `V` vectors of 8 positions, accumulated in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn tile_avx2<const V: usize>(
-    acc: &mut [f32; FLAT_TILE],
-    xp: &[f32],
-    q0: usize,
-    vals: &[f32],
-    offs: &[u32],
-) {
+fn tile_avx2<const V: usize>(acc: &mut [f32], xp: &[f32], q0: usize, vals: &[f32], offs: &[u32]) {
     use std::arch::x86_64::*;
     if vals.is_empty() {
         return;
     }
+    let acc = &mut acc[..8 * V];
     let mut r = [_mm256_setzero_ps(); V];
     for (i, ri) in r.iter_mut().enumerate() {
-        // SAFETY: `acc` has FLAT_TILE ≥ 8·V elements.
+        // SAFETY: `acc` has 8·V elements.
         *ri = unsafe { _mm256_loadu_ps(acc.as_ptr().add(8 * i)) };
     }
     for (&v, &off) in vals.iter().zip(offs) {
@@ -563,7 +710,88 @@ fn tile_avx2<const V: usize>(
         }
     }
     for (i, ri) in r.iter().enumerate() {
-        // SAFETY: `acc` has FLAT_TILE ≥ 8·V elements.
+        // SAFETY: `acc` has 8·V elements.
         unsafe { _mm256_storeu_ps(acc.as_mut_ptr().add(8 * i), *ri) };
+    }
+}
+
+/// `tile_axpy` with shift 0 over `V` vectors of 16 positions, accumulated in
+/// registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn tile_avx512<const V: usize>(acc: &mut [f32], xp: &[f32], q0: usize, vals: &[f32], offs: &[u32]) {
+    use std::arch::x86_64::*;
+    if vals.is_empty() {
+        return;
+    }
+    let acc = &mut acc[..16 * V];
+    let mut r = [_mm512_setzero_ps(); V];
+    for (i, ri) in r.iter_mut().enumerate() {
+        // SAFETY: `acc` has 16·V elements.
+        *ri = unsafe { _mm512_loadu_ps(acc.as_ptr().add(16 * i)) };
+    }
+    for (&v, &off) in vals.iter().zip(offs) {
+        let src = &xp[q0 + off as usize..][..16 * V];
+        let vv = _mm512_set1_ps(v);
+        for (i, ri) in r.iter_mut().enumerate() {
+            // SAFETY: `src` has 16·V elements (bounds-checked slice above), so the 16
+            // lanes at 16·i are in it; unaligned loads are allowed.
+            let xv = unsafe { _mm512_loadu_ps(src.as_ptr().add(16 * i)) };
+            *ri = _mm512_fmadd_ps(vv, xv, *ri);
+        }
+    }
+    for (i, ri) in r.iter().enumerate() {
+        // SAFETY: `acc` has 16·V elements.
+        unsafe { _mm512_storeu_ps(acc.as_mut_ptr().add(16 * i), *ri) };
+    }
+}
+
+/// Most vectors of `tile_avx512_shifted`'s sums: a tile's 8 and the one past it.
+const SHIFTED_MAX: usize = 9;
+
+/// `tile_axpy` for a run of one shift `0 < shift < 16` over `V` vectors of 16
+/// positions: the run's sums at the unshifted (aligned) positions, `V + 1` vectors so
+/// that they cover the tile shifted by `shift`, then added into `acc` shifted.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn tile_avx512_shifted<const V: usize>(
+    acc: &mut [f32],
+    xp: &[f32],
+    q0: usize,
+    vals: &[f32],
+    offs: &[u32],
+    shift: usize,
+) {
+    use std::arch::x86_64::*;
+    const { assert!(V < SHIFTED_MAX) };
+    if vals.is_empty() {
+        return;
+    }
+    let acc = &mut acc[..16 * V];
+    let mut r = [_mm512_setzero_ps(); SHIFTED_MAX];
+    for (&v, &off) in vals.iter().zip(offs) {
+        let src = &xp[q0 + off as usize..][..16 * (V + 1)];
+        let vv = _mm512_set1_ps(v);
+        for (i, ri) in r[..V + 1].iter_mut().enumerate() {
+            // SAFETY: `src` has 16·(V + 1) elements (bounds-checked slice above).
+            let xv = unsafe { _mm512_loadu_ps(src.as_ptr().add(16 * i)) };
+            *ri = _mm512_fmadd_ps(vv, xv, *ri);
+        }
+    }
+    // Lanes shift..shift + 16 of each pair of adjacent sums (`shift` < 16): in
+    // registers, as a round trip through memory stalled on store forwarding.
+    let lanes = _mm512_add_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(shift as i32),
+    );
+    for (i, a) in acc.chunks_exact_mut(16).enumerate() {
+        let s = _mm512_permutex2var_ps(r[i], lanes, r[i + 1]);
+        // SAFETY: `a` has 16 elements.
+        unsafe {
+            _mm512_storeu_ps(
+                a.as_mut_ptr(),
+                _mm512_add_ps(_mm512_loadu_ps(a.as_ptr()), s),
+            )
+        };
     }
 }
