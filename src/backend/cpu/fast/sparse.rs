@@ -298,6 +298,7 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     let simd = TileSimd::detect();
     let tile = simd.tile();
     let pitch = simd.pitch(wd + pl + conv.pads[3]);
+    let aligned = simd.aligns(pitch);
     let flat_out = oh * pitch;
     let tiles = flat_out.div_ceil(tile);
     // Room for the last tile's overrun past the last row, the largest offset's column
@@ -307,14 +308,19 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     if n == 0 || cout == 0 || oh * ow == 0 {
         return y;
     }
-    // Padded inputs, one flat array per (image, group), starting on a cache line; each
+    // Padded inputs, one flat array per (image, group), starting on a cache line where
+    // the kernel's loads are to be aligned (only there: unaligned ones gain nothing); each
     // channel plane zeroed and filled by its own task (per (image, group) alone, a
     // batch-1 layer padded its whole input on one thread while the other waited).
     let padded: Vec<(Vec<f32>, usize)> = (0..n * groups)
         .map(|ng| {
             let (b, g) = (ng / groups, ng % groups);
             let mut p = super::uninit_vec(plane_len + LINE - 1);
-            let lead = p.as_ptr().align_offset(4 * LINE).min(LINE - 1);
+            let lead = if aligned {
+                p.as_ptr().align_offset(4 * LINE).min(LINE - 1)
+            } else {
+                0
+            };
             let (head, rest) = p.split_at_mut(lead);
             let (planes, tail) = rest.split_at_mut(cin_g * hp * pitch);
             head.fill(std::mem::MaybeUninit::new(0.0));
@@ -342,7 +348,6 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     // `FlatPrep`), built once per layer and input geometry and kept with the weights: a
     // 512-channel 7x7 layer at batch 1 spent a third of its time rebuilding them on
     // every call.
-    let aligned = simd.aligns(pitch);
     let geometry = [hp, pitch, dh, dw, aligned as usize, tile];
     let prep = w.derived().get_or_make(
         |p: &FlatPrep| p.geometry == geometry,
@@ -463,7 +468,9 @@ impl FlatPrep {
             Cols::U16(c) => c.par_iter().map(|&k| off_of_k[k as usize]).collect(),
             Cols::U32(c) => c.par_iter().map(|&k| off_of_k[k as usize]).collect(),
         };
-        let reach = tile + (kh - 1) * dh * pitch + (kw - 1) * dw + LINE;
+        // The aligned kernel reads one vector past the tile for its shifted runs.
+        let past = if aligned == 1 { LINE } else { 0 };
+        let reach = tile + (kh - 1) * dh * pitch + (kw - 1) * dw + past;
         let plan = ChunkPlan::new(w, CHUNK_BYTES / (4 * reach));
         let chunks = plan.chunks;
         let mut runs = Vec::new();
