@@ -85,10 +85,23 @@ pub fn sparse_conv(x: &Tensor, conv: &Conv2d) -> Tensor {
     let Weights::Sparse(w) = &conv.weight else {
         return super::conv2d(x, conv);
     };
-    if conv.stride == [1, 1] {
+    if conv.stride == [1, 1] && flat_fits(x, conv, w) {
         return sparse_conv_flat(x, conv, w);
     }
     sparse_conv_rows(x, conv, w)
+}
+
+/// Whether the flat kernel's u32 offsets and CSR positions can address this layer: one
+/// (image, group)'s padded input (rows padded by up to a cache line, plus the tail) and
+/// the stored weights under 2^32 (only inputs of tens of GiB are not).
+fn flat_fits(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> bool {
+    let shape = w.shape();
+    let [pt, pl, pb, pr] = conv.pads;
+    let rows = shape[1] * (x.shape[2] + pt + pb + 1);
+    let pitch = x.shape[3] + pl + pr + 2 * LINE + shape[3] * conv.dilation[1];
+    rows.checked_mul(pitch)
+        .is_some_and(|len| len < u32::MAX as usize - 4 * TILE_MAX)
+        && w.values().len() < u32::MAX as usize
 }
 
 /// The row-by-row kernel of `sparse_conv` (any stride): per stored weight, an axpy of
@@ -263,6 +276,8 @@ fn gather_dot<I: Copy + Into<u32>>(vals: &[f32], idx: &[I], x: &[f32]) -> f32 {
 const FLAT_CHANNELS: usize = 8;
 /// Input bytes a tile reads per chunk of input channels (half of a 32 KiB L1).
 const CHUNK_BYTES: usize = 16 << 10;
+/// The widest tile of the flat kernel (AVX-512's).
+const TILE_MAX: usize = 128;
 /// Floats per 64-byte cache line, the alignment of the AVX-512 kernel's loads.
 const LINE: usize = 16;
 
@@ -628,7 +643,7 @@ impl TileSimd {
     /// Output positions per tile: 8 registers of accumulators.
     fn tile(self) -> usize {
         match self {
-            TileSimd::Avx512 => 128,
+            TileSimd::Avx512 => TILE_MAX,
             TileSimd::Avx2 | TileSimd::Portable => 64,
         }
     }
