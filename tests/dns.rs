@@ -805,6 +805,44 @@ fn sparse_conv_shift_groups_match_reference() {
     }
 }
 
+/// Small maps (at most 64 flat positions per image) at batch 2 and up, which the AVX-512
+/// flat kernel runs with the whole batch in one array, images innermost: 8 and 16
+/// images (offsets on half or whole cache lines, shift groups) and other counts
+/// (unaligned), with padding, dilation and groups.
+#[test]
+fn sparse_conv_small_maps_batched_match_reference() {
+    let mut rng = Rng::new(31);
+    for case in 0..16 {
+        let n = [8, 16, 2, 3, 5, 8, 24, 9][case % 8];
+        let (kh, kw) = [(3, 3), (1, 1), (5, 3), (3, 1)][case % 4];
+        let dilation = if case % 5 == 3 { 2 } else { 1 };
+        let pads = [kh / 2, kw / 2, rng.range(0, kh / 2 + 1), kw / 2];
+        let h = rng.range(dilation * (kh - 1) + 1, dilation * (kh - 1) + 6);
+        let w = rng.range(dilation * (kw - 1) + 1, dilation * (kw - 1) + 6);
+        let groups = if case % 6 == 4 { 2 } else { 1 };
+        let cin_g = rng.range(1, 40);
+        let cout = groups * rng.range(1, 12);
+        let density = [0.3, 0.05, 0.6][case % 3];
+        let wt = sparse_tensor(&mut rng, vec![cout, cin_g, kh, kw], density);
+        let dense = Conv2d {
+            kernel: [kh, kw],
+            stride: [1, 1],
+            pads,
+            dilation: [dilation; 2],
+            groups,
+            weight: Weights::Dense(wt.clone()),
+            bias: (case % 4 != 1).then(|| rng.normal_tensor(vec![cout], 1.0)),
+        };
+        let sparse = sparse_twin(&dense);
+        let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
+        let want = reference::conv2d(&x, &dense);
+        let what = format!(
+            "case {case}: n{n} g{groups} cin{cin_g} cout{cout} k{kh}x{kw} d{dilation} p{pads:?} {h}x{w} density {density}"
+        );
+        check(&fast::sparse::sparse_conv(&x, &sparse), &want, &what);
+    }
+}
+
 /// Many input channels, so the flat kernel splits them into several L1-sized chunks
 /// (a 3x3 tile over a 30-wide input reads ~130 floats per channel: ~31 channels per
 /// 16 KiB chunk), with rows whose stored weights miss whole chunks at 2% density.

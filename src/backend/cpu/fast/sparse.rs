@@ -92,14 +92,16 @@ pub fn sparse_conv(x: &Tensor, conv: &Conv2d) -> Tensor {
 }
 
 /// Whether the flat kernel's u32 offsets and CSR positions can address this layer: one
-/// (image, group)'s padded input (rows padded by up to a cache line, plus the tail) and
+/// group's padded input (rows padded by up to a cache line, plus the tail) and
 /// the stored weights under 2^32 (only inputs of tens of GiB are not).
 fn flat_fits(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> bool {
     let shape = w.shape();
     let [pt, pl, pb, pr] = conv.pads;
     let rows = shape[1] * (x.shape[2] + pt + pb + 1);
     let pitch = x.shape[3] + pl + pr + 2 * LINE + shape[3] * conv.dilation[1];
+    // Times the batch: small maps put every image in one array.
     rows.checked_mul(pitch)
+        .and_then(|len| len.checked_mul(x.shape[0].max(1)))
         .is_some_and(|len| len < u32::MAX as usize - 4 * TILE_MAX)
         && w.values().len() < u32::MAX as usize
 }
@@ -308,28 +310,37 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
         .expect("shape inference checked the window fits");
     let cout_g = cout / groups;
     let [dh, dw] = conv.dilation;
-    let [pt, pl, pb, _] = conv.pads;
+    let [pt, pl, pb, pr] = conv.pads;
     let hp = h + pt + pb;
     let simd = TileSimd::detect();
     let tile = simd.tile();
-    let pitch = simd.pitch(wd + pl + conv.pads[3]);
-    let aligned = simd.aligns(pitch);
-    let flat_out = oh * pitch;
+    let wp = wd + pl + pr;
+    // Maps that fill at most half a tile (7x7 at 128 positions) hold the whole batch in
+    // one flat array, images innermost (`es` floats per position): 8 images of 7x7 are
+    // 4 full tiles instead of 8 half tiles, and at 8 images every offset is a multiple of
+    // 8 floats (two shift groups). AVX-512 only: its tile is the one half-filled there.
+    let batched = simd == TileSimd::Avx512 && n > 1 && oh * wp <= tile / 2;
+    let (es, arrays) = if batched { (n, 1) } else { (1, n) };
+    let pitch = if batched { wp } else { simd.pitch(wp) };
+    let aligned = simd.aligns(pitch * es) || (batched && es.is_multiple_of(LINE / 2));
+    let flat_out = oh * pitch * es;
     let tiles = flat_out.div_ceil(tile);
     // Room for the last tile's overrun past the last row, the largest offset's column
     // shift and the aligned kernel's vector past the tile.
-    let plane_len = cin_g * hp * pitch + tiles * tile - flat_out + (kw - 1) * dw + pitch + LINE;
+    let plane_len =
+        (cin_g * hp * pitch + (kw - 1) * dw + pitch) * es + tiles * tile - flat_out + LINE;
     let mut y = Tensor::zeros(vec![n, cout, oh, ow]);
     if n == 0 || cout == 0 || oh * ow == 0 {
         return y;
     }
-    // Padded inputs, one flat array per (image, group), starting on a cache line where
-    // the kernel's loads are to be aligned (only there: unaligned ones gain nothing); each
-    // channel plane zeroed and filled by its own task (per (image, group) alone, a
-    // batch-1 layer padded its whole input on one thread while the other waited).
-    let padded: Vec<(Vec<f32>, usize)> = (0..n * groups)
-        .map(|ng| {
-            let (b, g) = (ng / groups, ng % groups);
+    // Padded inputs, one flat array per (image, group) (per group when batched),
+    // starting on a cache line where the kernel's loads are to be aligned (only there:
+    // unaligned ones gain nothing); each channel plane zeroed and filled by its own task
+    // (per (image, group) alone, a batch-1 layer padded its whole input on one thread
+    // while the other waited).
+    let padded: Vec<(Vec<f32>, usize)> = (0..arrays * groups)
+        .map(|ag| {
+            let (a, g) = (ag / groups, ag % groups);
             let mut p = super::uninit_vec(plane_len + LINE - 1);
             let lead = if aligned {
                 p.as_ptr().align_offset(4 * LINE).min(LINE - 1)
@@ -337,20 +348,23 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
                 0
             };
             let (head, rest) = p.split_at_mut(lead);
-            let (planes, tail) = rest.split_at_mut(cin_g * hp * pitch);
+            let (planes, tail) = rest.split_at_mut(cin_g * hp * pitch * es);
             head.fill(std::mem::MaybeUninit::new(0.0));
             tail.fill(std::mem::MaybeUninit::new(0.0));
             if hp * pitch > 0 {
                 planes
-                    .par_chunks_mut(hp * pitch)
+                    .par_chunks_mut(hp * pitch * es)
                     .enumerate()
                     .for_each(|(ci, dst)| {
                         dst.fill(std::mem::MaybeUninit::new(0.0));
-                        let src = &x.data[(b * cin + g * cin_g + ci) * h * wd..][..h * wd];
-                        for (iy, row) in src.chunks_exact(wd.max(1)).enumerate() {
-                            let at = (iy + pt) * pitch + pl;
-                            for (d, v) in dst[at..at + wd].iter_mut().zip(row) {
-                                d.write(*v);
+                        // Image `a` alone, or all of them (image b at b of every `es`).
+                        for (e, b) in (a..a + es).enumerate() {
+                            let src = &x.data[(b * cin + g * cin_g + ci) * h * wd..][..h * wd];
+                            for (iy, row) in src.chunks_exact(wd.max(1)).enumerate() {
+                                let at = ((iy + pt) * pitch + pl) * es + e;
+                                for (d, v) in dst[at..].iter_mut().step_by(es).zip(row) {
+                                    d.write(*v);
+                                }
                             }
                         }
                     });
@@ -363,83 +377,169 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     // `FlatPrep`), built once per layer and input geometry and kept with the weights: a
     // 512-channel 7x7 layer at batch 1 spent a third of its time rebuilding them on
     // every call.
-    let geometry = [hp, pitch, dh, dw, aligned as usize, tile];
+    let geometry = [hp, pitch, dh, dw, aligned as usize, tile, es];
     let prep = w.derived().get_or_make(
         |p: &FlatPrep| p.geometry == geometry,
         || FlatPrep::new(w, geometry),
     );
-    let values = prep.values.as_deref().unwrap_or(w.values());
-    let offs = &prep.offs;
-    let bias = conv.bias.as_ref().map(|b| b.data.as_slice());
-    let plane = oh * ow;
-    // Tasks of FLAT_CHANNELS output channels of one image (never across images, so
-    // every task's channels share one padded input); tiles outer, then chunks of input
-    // channels, then the block's channels, each accumulating its tile in registers
-    // from its stored weights of that chunk.
     let block = channel_block(cout);
+    let layer = FlatLayer {
+        prep: &prep,
+        values: prep.values.as_deref().unwrap_or(w.values()),
+        padded: &padded,
+        bias: conv.bias.as_ref().map(|b| b.data.as_slice()),
+        simd,
+        tile,
+        tiles,
+        flat_out,
+        pitch,
+        es,
+        out_hw: [oh, ow],
+        cout,
+        cout_g,
+        groups,
+    };
+    let plane = oh * ow;
+    if !batched {
+        // Tasks of `block` output channels of one image (never across images, so every
+        // task's channels share one padded input), written in place.
+        y.data
+            .par_chunks_mut(plane * block)
+            .enumerate()
+            .for_each(|(task, out)| layer.run_block(task * block, block, out));
+        return y;
+    }
+    // Tasks of `block` output channels of every image, `[channel][image][OH][OW]`, then
+    // copied to NCHW.
+    let blocks: Vec<Vec<f32>> = (0..cout / block)
+        .into_par_iter()
+        .map(|task| {
+            let mut out = vec![0f32; block * n * plane];
+            layer.run_block(task * block, block, &mut out);
+            out
+        })
+        .collect();
     y.data
-        .par_chunks_mut(plane * block)
+        .par_chunks_mut(cout * plane)
         .enumerate()
-        .for_each(|(task, out)| {
-            let first = task * block;
-            let mut acc = vec![0f32; tile * block];
-            for t in 0..tiles {
-                let q0 = t * tile;
-                // A last tile with at most half a tile of positions left is done at half
-                // width (e.g. 14x14 with padding 1 and 64-position tiles: 224 flat
-                // positions, 3.5 tiles).
-                let width = if flat_out - q0 <= tile / 2 {
-                    tile / 2
-                } else {
-                    tile
-                };
-                acc.fill(0.0);
-                for c in 0..prep.plan.chunks {
-                    for (j, a) in acc.chunks_exact_mut(tile).enumerate() {
-                        let idx = first + j;
-                        let (b, co) = (idx / cout, idx % cout);
-                        let (buf, lead) = &padded[b * groups + co / cout_g];
-                        let xp = &buf[*lead..];
-                        for run in prep.runs(co, c) {
-                            let r = run.start as usize..run.end as usize;
-                            let (vals, offs) = (&values[r.clone()], &offs[r]);
-                            let a = &mut a[..width];
-                            tile_axpy(a, xp, q0, vals, offs, run.shift as usize, simd);
-                        }
-                    }
-                }
-                for ((j, o), a) in out
-                    .chunks_exact_mut(plane)
-                    .enumerate()
-                    .zip(acc.chunks_exact(tile))
-                {
-                    let co = (first + j) % cout;
-                    let bv = bias.map_or(0.0, |bb| bb[co]);
-                    // Flat positions q0.. back to (oy, ox): row by row, dropping ox >= OW.
-                    let end = (q0 + tile).min(flat_out);
-                    let mut q = q0;
-                    while q < end {
-                        let (oy, ox) = (q / pitch, q % pitch);
-                        let row_end = ((oy + 1) * pitch).min(end);
-                        if ox < ow {
-                            let valid = (oy * pitch + ow).min(end) - q;
-                            let dst = &mut o[oy * ow + ox..][..valid];
-                            for (d, v) in dst.iter_mut().zip(&a[q - q0..]) {
-                                *d = v + bv;
-                            }
-                        }
-                        q = row_end;
-                    }
-                }
+        .for_each(|(b, image)| {
+            for (co, dst) in image.chunks_exact_mut(plane).enumerate() {
+                let src = &blocks[co / block][((co % block) * n + b) * plane..][..plane];
+                dst.copy_from_slice(src);
             }
         });
     y
 }
 
+/// One call of the flat kernel: what every task reads.
+struct FlatLayer<'a> {
+    prep: &'a FlatPrep,
+    /// The stored values in kernel order.
+    values: &'a [f32],
+    /// The padded inputs and where their data starts, `[arrays][groups]`.
+    padded: &'a [(Vec<f32>, usize)],
+    bias: Option<&'a [f32]>,
+    simd: TileSimd,
+    tile: usize,
+    tiles: usize,
+    flat_out: usize,
+    pitch: usize,
+    /// Floats per input position: 1, or the batch when the images are innermost.
+    es: usize,
+    out_hw: [usize; 2],
+    cout: usize,
+    cout_g: usize,
+    groups: usize,
+}
+
+impl FlatLayer<'_> {
+    /// Output channels `first..first + block` (counted over images, `image·Cout + co`,
+    /// when the images are not innermost), `[channel][es][OH][OW]` into `out`: tiles
+    /// outer, then chunks of input channels, then the block's channels, each
+    /// accumulating its tile in registers from its stored weights of that chunk.
+    fn run_block(&self, first: usize, block: usize, out: &mut [f32]) {
+        let (tile, es, pitch) = (self.tile, self.es, self.pitch);
+        let [oh, ow] = self.out_hw;
+        let plane = oh * ow;
+        let offs = &self.prep.offs;
+        let mut acc = vec![0f32; tile * block];
+        for t in 0..self.tiles {
+            let q0 = t * tile;
+            // A last tile with at most half a tile of positions left is done at half
+            // width (e.g. 14x14 with padding 1 and 64-position tiles: 224 flat
+            // positions, 3.5 tiles).
+            let width = if self.flat_out - q0 <= tile / 2 {
+                tile / 2
+            } else {
+                tile
+            };
+            acc.fill(0.0);
+            for c in 0..self.prep.plan.chunks {
+                for (j, a) in acc.chunks_exact_mut(tile).enumerate() {
+                    let idx = first + j;
+                    let (b, co) = (idx / self.cout, idx % self.cout);
+                    let (buf, lead) = &self.padded[b * self.groups + co / self.cout_g];
+                    let xp = &buf[*lead..];
+                    for run in self.prep.runs(co, c) {
+                        let r = run.start as usize..run.end as usize;
+                        let (vals, offs) = (&self.values[r.clone()], &offs[r]);
+                        let a = &mut a[..width];
+                        tile_axpy(a, xp, q0, vals, offs, run.shift as usize, self.simd);
+                    }
+                }
+            }
+            let end = (q0 + tile).min(self.flat_out);
+            for ((j, o), a) in out
+                .chunks_exact_mut(es * plane)
+                .enumerate()
+                .zip(acc.chunks_exact(tile))
+            {
+                let co = (first + j) % self.cout;
+                let bv = self.bias.map_or(0.0, |bb| bb[co]);
+                if es > 1 {
+                    // Flat position q is image q mod es at (oy, ox) = (q / es) / pitch,
+                    // (q / es) mod pitch: counted up from q0's, no division per position.
+                    let (p, mut e) = (q0 / es, q0 % es);
+                    let (mut oy, mut ox) = (p / pitch, p % pitch);
+                    for v in &a[..end - q0] {
+                        if ox < ow {
+                            o[e * plane + oy * ow + ox] = v + bv;
+                        }
+                        e += 1;
+                        if e == es {
+                            e = 0;
+                            ox += 1;
+                            if ox == pitch {
+                                ox = 0;
+                                oy += 1;
+                            }
+                        }
+                    }
+                    continue;
+                }
+                // Flat positions q0.. back to (oy, ox): row by row, dropping ox >= OW.
+                let mut q = q0;
+                while q < end {
+                    let (oy, ox) = (q / pitch, q % pitch);
+                    let row_end = ((oy + 1) * pitch).min(end);
+                    if ox < ow {
+                        let valid = (oy * pitch + ow).min(end) - q;
+                        let dst = &mut o[oy * ow + ox..][..valid];
+                        for (d, v) in dst.iter_mut().zip(&a[q - q0..]) {
+                            *d = v + bv;
+                        }
+                    }
+                    q = row_end;
+                }
+            }
+        }
+    }
+}
+
 /// Per-layer data of the flat kernel for one input geometry
-/// `[Hp, pitch, dh, dw, aligned, tile]`.
+/// `[Hp, pitch, dh, dw, aligned, tile, es]`.
 struct FlatPrep {
-    geometry: [usize; 6],
+    geometry: [usize; 7],
     /// The stored values in kernel order, where that is not CSR order (aligned: each
     /// channel's weights of a chunk grouped by shift).
     values: Option<Vec<f32>>,
@@ -466,8 +566,8 @@ impl FlatPrep {
     /// `CHUNK_BYTES`, so it is read from L2 once and from L1 by every output channel
     /// of the block (without chunks a tile of a 256-channel layer reads ~100 KiB per
     /// output channel, all from L2: the kernel was L2-bandwidth-bound).
-    fn new(w: &SparseWeights, geometry: [usize; 6]) -> FlatPrep {
-        let [hp, pitch, dh, dw, aligned, tile] = geometry;
+    fn new(w: &SparseWeights, geometry: [usize; 7]) -> FlatPrep {
+        let [hp, pitch, dh, dw, aligned, tile, es] = geometry;
         let shape = w.shape();
         let (cin_g, kh, kw) = (shape[1], shape[2], shape[3]);
         // Offset of every K index first: no division per stored weight.
@@ -475,7 +575,7 @@ impl FlatPrep {
         for ci in 0..cin_g {
             for ky in 0..kh {
                 for kx in 0..kw {
-                    off_of_k.push(((ci * hp + ky * dh) * pitch + kx * dw) as u32);
+                    off_of_k.push((((ci * hp + ky * dh) * pitch + kx * dw) * es) as u32);
                 }
             }
         }
@@ -485,7 +585,7 @@ impl FlatPrep {
         };
         // The aligned kernel reads one vector past the tile for its shifted runs.
         let past = if aligned == 1 { LINE } else { 0 };
-        let reach = tile + (kh - 1) * dh * pitch + (kw - 1) * dw + past;
+        let reach = tile + ((kh - 1) * dh * pitch + (kw - 1) * dw) * es + past;
         let plan = ChunkPlan::new(w, CHUNK_BYTES / (4 * reach));
         let chunks = plan.chunks;
         let mut runs = Vec::new();
