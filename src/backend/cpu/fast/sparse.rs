@@ -4,7 +4,8 @@
 //!   viewed as one flat array per (image, group), where every stored weight is one
 //!   contiguous axpy over a tile of flat output positions held in 8 registers (64
 //!   positions with AVX2 + FMA; 128 with AVX-512, whose loads are made aligned by
-//!   grouping each channel's weights by their offset's place in a cache line, see
+//!   grouping each channel's weights by their offset's place in a cache line, and maps
+//!   of at most half a tile take the whole batch in one array, images innermost; see
 //!   `sparse_conv_flat`); tasks are blocks of up to 8 output channels, tiles outer, then
 //!   chunks of input channels small enough that a tile's input rows for one chunk stay
 //!   in L1 while every channel of the block consumes its stored weights of that chunk.
