@@ -215,6 +215,7 @@ fn fc_set(rng: &mut Rng, rounds: usize, batches: &[usize]) {
         Variant::new("pow2 b4", fc(Weights::Pow2(pow2))),
         Variant::new("sketch m2", fc(Weights::Sketch(sketch.clone()))),
         Variant::new("sparse 5%", fc(sparse(rng, &w, 0.05))),
+        Variant::new("sparse 25%", fc(sparse(rng, &w, 0.25))),
     ];
     // Where `pow2 b4` and `sketch m2` run the AVX-512 kernels, the AVX2 ones beside
     // them, on their own copies of the weights (a shared copy would come from cache

@@ -322,7 +322,8 @@ fn sparse_linear_matches_reference() {
     for case in 0..24 {
         let density = DENSITIES[case % DENSITIES.len()];
         let (out, k) = (rng.range(1, 150), rng.range(1, 301) | 1);
-        let n = [1, 5, 2][case % 3];
+        // Several 8-item panels of the SpMM, a partial last one, 1 to 3 row blocks.
+        let n = [1, 5, 2, 8, 9, 17][case % 6];
         let wt = sparse_tensor(&mut rng, vec![out, k], density);
         let bias = (case % 4 != 0).then(|| rng.normal_tensor(vec![out], 1.0));
         let dense = Linear {
@@ -883,7 +884,7 @@ fn sparse_conv_with_many_input_channels_matches_reference() {
 fn sparse_linear_wide_indices_and_empty_rows() {
     let mut rng = Rng::new(22);
     let k = 70_001;
-    for (n, density) in [(1, 0.001), (3, 0.002), (1, 0.0)] {
+    for (n, density) in [(1, 0.001), (3, 0.002), (1, 0.0), (9, 0.002)] {
         let wt = sparse_tensor(&mut rng, vec![9, k], density);
         let s = SparseWeights::from_dense(wt.shape.clone(), &wt.data).expect("encodes");
         assert!(s.wide());

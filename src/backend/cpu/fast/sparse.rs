@@ -19,8 +19,11 @@
 //!   conv only below a crossover density (see below; measured against the im2col +
 //!   sgemm conv that preceded the GEMM conv of `fast::gemm`).
 //! - Fc: SpMV at batch 1 (rows in parallel, one dot product of the stored entries with
-//!   the gathered inputs, four accumulators, index width matched once per layer); SpMM for batch > 1 on the transposed input `[K][N]`, so
-//!   each stored weight updates N contiguous accumulators.
+//!   the gathered inputs, four accumulators, index width matched once per layer); SpMM
+//!   for batch > 1 on the batch transposed into panels of 8 inputs, `[panel][K][8]`, so
+//!   that each stored weight is one 8-wide multiply-add into a row's sums held in
+//!   registers (AVX2 + FMA, four chains; it was an axpy into memory over `[K][N]`, 4x
+//!   slower at batch 8: docs/benchmarks.md, session 13).
 //!
 //! Crossover (where dense becomes faster), measured by the `#[ignore]` test
 //! `sparse_dense_crossover` in tests/dns.rs (test profile, opt-level 2) on the 2-core
@@ -45,8 +48,8 @@
 //! and 8 (benches/kernels.rs, table in docs/benchmarks.md, "Compressed kernels vs
 //! dense"): 1.3-3x faster than dense at 30% on every shape, 0.5-0.9x at 50% on most,
 //! so the conv crossover is 0.4 (`fast::run_node` runs the dense path on weights
-//! decoded once above it). The fc stays at 0.5: 3x at 50% at batch 1 (at batch 8 the
-//! SpMM already loses at 30%, 0.7x). `compress sparse` keeps a layer dense above its crossover unless
+//! decoded once above it). The fc stays at 0.5: 3x at 50% at batch 1 (session 13's
+//! SpMM: 2x at 25% at batch 8, 1x at batch 32). `compress sparse` keeps a layer dense above its crossover unless
 //! told otherwise (`--all`, `--max-density`).
 
 use crate::graph::{Conv2d, Tensor};
@@ -218,42 +221,123 @@ pub fn sparse_linear(x: &Tensor, w: &SparseWeights, bias: Option<&Tensor>) -> Te
             });
         return y;
     }
-    // SpMM on xT [K][N]: each stored weight is one axpy over the batch.
-    let mut xt = vec![0f32; k * n];
-    for (bi, row) in x.data.chunks_exact(k).enumerate() {
-        for (kk, &v) in row.iter().enumerate() {
-            xt[kk * n + bi] = v;
-        }
-    }
+    // SpMM on the batch transposed into panels of SPMM_PANEL items, `[panel][K][8]`
+    // (zero past the batch): each stored weight is one multiply-add of a contiguous
+    // 8-item row into a row's accumulators, held in registers across the row.
+    let panels = n.div_ceil(SPMM_PANEL);
+    let mut xt = vec![0f32; panels * k * SPMM_PANEL];
+    xt.par_chunks_mut(k * SPMM_PANEL)
+        .enumerate()
+        .for_each(|(p, dst)| {
+            for (e, row) in x
+                .data
+                .chunks_exact(k)
+                .skip(p * SPMM_PANEL)
+                .take(SPMM_PANEL)
+                .enumerate()
+            {
+                for (d, v) in dst[e..].iter_mut().step_by(SPMM_PANEL).zip(row) {
+                    *d = *v;
+                }
+            }
+        });
+    let avx2 = TileSimd::detect() != TileSimd::Portable;
+    // Per task, ROW_BLOCK rows: `[row][panel][8]` sums.
     let blocks: Vec<Vec<f32>> = (0..rows.div_ceil(ROW_BLOCK))
         .into_par_iter()
         .map(|t| {
-            let r0 = t * ROW_BLOCK;
-            let r1 = (r0 + ROW_BLOCK).min(rows);
-            let mut acc = vec![0f32; (r1 - r0) * n];
-            for r in r0..r1 {
-                let a = &mut acc[(r - r0) * n..(r - r0 + 1) * n];
-                for i in w.row_range(r) {
-                    let v = values[i];
-                    let xr = &xt[cols.get(i) * n..(cols.get(i) + 1) * n];
-                    for (av, xv) in a.iter_mut().zip(xr) {
-                        *av += v * xv;
+            let (r0, r1) = (t * ROW_BLOCK, ((t + 1) * ROW_BLOCK).min(rows));
+            let mut acc = vec![0f32; (r1 - r0) * panels * SPMM_PANEL];
+            for (r, out) in (r0..r1).zip(acc.chunks_exact_mut(panels * SPMM_PANEL)) {
+                let range = w.row_range(r);
+                let vals = &values[range.clone()];
+                for (xp, o) in xt
+                    .chunks_exact(k * SPMM_PANEL)
+                    .zip(out.chunks_exact_mut(SPMM_PANEL))
+                {
+                    let o: &mut [f32; SPMM_PANEL] = o.try_into().expect("a panel");
+                    match cols {
+                        Cols::U16(c) => spmm_row(vals, &c[range.clone()], xp, o, avx2),
+                        Cols::U32(c) => spmm_row(vals, &c[range.clone()], xp, o, avx2),
                     }
                 }
             }
             acc
         })
         .collect();
-    for (t, acc) in blocks.iter().enumerate() {
-        let r0 = t * ROW_BLOCK;
-        for (j, a) in acc.chunks_exact(n).enumerate() {
-            let r = r0 + j;
-            for (bi, v) in a.iter().enumerate() {
-                y.data[bi * rows + r] = v + b.map_or(0.0, |bb| bb[r]);
+    y.data
+        .par_chunks_mut(rows)
+        .enumerate()
+        .for_each(|(bi, yb)| {
+            let (p, e) = (bi / SPMM_PANEL, bi % SPMM_PANEL);
+            for (r, yv) in yb.iter_mut().enumerate() {
+                let acc = &blocks[r / ROW_BLOCK];
+                *yv = acc[((r % ROW_BLOCK) * panels + p) * SPMM_PANEL + e]
+                    + b.map_or(0.0, |bb| bb[r]);
             }
+        });
+    y
+}
+
+/// Batch items per panel of the SpMM: one AVX2 register.
+const SPMM_PANEL: usize = 8;
+
+/// `out[e] = Σ_i vals[i] · xp[idx[i]·8 + e]`: one fc row against one panel of 8 inputs
+/// stored `[K][8]`.
+#[inline]
+fn spmm_row<I: Copy + Into<u32>>(
+    vals: &[f32],
+    idx: &[I],
+    xp: &[f32],
+    out: &mut [f32; SPMM_PANEL],
+    avx2: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: AVX2 and FMA were detected by the caller; the kernel checks every
+        // slice bound like the portable loop.
+        return unsafe { spmm_row_avx2(vals, idx, xp, out) };
+    }
+    let _ = avx2;
+    out.fill(0.0);
+    for (&v, &c) in vals.iter().zip(idx) {
+        let xr = &xp[c.into() as usize * SPMM_PANEL..][..SPMM_PANEL];
+        for (o, x) in out.iter_mut().zip(xr) {
+            *o += v * x;
         }
     }
-    y
+}
+
+/// `spmm_row` with four accumulators (one multiply-add chain per 4 stored weights).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn spmm_row_avx2<I: Copy + Into<u32>>(
+    vals: &[f32],
+    idx: &[I],
+    xp: &[f32],
+    out: &mut [f32; SPMM_PANEL],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (vq, vr) = vals.split_at(vals.len() / 4 * 4);
+    let (iq, ir) = idx.split_at(vq.len());
+    for (v, i) in vq.chunks_exact(4).zip(iq.chunks_exact(4)) {
+        for j in 0..4 {
+            let xr = &xp[i[j].into() as usize * SPMM_PANEL..][..SPMM_PANEL];
+            // SAFETY: `xr` has 8 elements.
+            let xv = unsafe { _mm256_loadu_ps(xr.as_ptr()) };
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(v[j]), xv, acc[j]);
+        }
+    }
+    for (&v, &i) in vr.iter().zip(ir) {
+        let xr = &xp[i.into() as usize * SPMM_PANEL..][..SPMM_PANEL];
+        // SAFETY: `xr` has 8 elements.
+        let xv = unsafe { _mm256_loadu_ps(xr.as_ptr()) };
+        acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(v), xv, acc[0]);
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    // SAFETY: `out` has 8 elements.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
 }
 
 /// `Σ_i vals[i] · x[idx[i]]` with four independent accumulators (the adds of one chain
