@@ -322,8 +322,9 @@ fn sparse_linear_matches_reference() {
     for case in 0..24 {
         let density = DENSITIES[case % DENSITIES.len()];
         let (out, k) = (rng.range(1, 150), rng.range(1, 301) | 1);
-        // Several 8-item panels of the SpMM, a partial last one, 1 to 3 row blocks.
-        let n = [1, 5, 2, 8, 9, 17][case % 6];
+        // Several 8- or 16-item panels of the SpMM, a partial last one, 1 to 3 row
+        // blocks.
+        let n = [1, 5, 2, 8, 9, 17, 16, 33][case % 8];
         let wt = sparse_tensor(&mut rng, vec![out, k], density);
         let bias = (case % 4 != 0).then(|| rng.normal_tensor(vec![out], 1.0));
         let dense = Linear {

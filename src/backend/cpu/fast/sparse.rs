@@ -221,44 +221,49 @@ pub fn sparse_linear(x: &Tensor, w: &SparseWeights, bias: Option<&Tensor>) -> Te
             });
         return y;
     }
-    // SpMM on the batch transposed into panels of SPMM_PANEL items, `[panel][K][8]`
+    // SpMM on the batch transposed into panels of `panel` items, `[panel][K][panel]`
     // (zero past the batch): each stored weight is one multiply-add of a contiguous
-    // 8-item row into a row's accumulators, held in registers across the row.
-    let panels = n.div_ceil(SPMM_PANEL);
-    let mut xt = vec![0f32; panels * k * SPMM_PANEL];
-    xt.par_chunks_mut(k * SPMM_PANEL)
+    // row of the panel into a row's accumulators, held in registers across the row.
+    // Panels of 16 (one AVX-512 register) from batch 16 where the CPU has AVX-512, else 8.
+    let simd = TileSimd::detect();
+    let panel = if simd == TileSimd::Avx512 && n >= 16 {
+        16
+    } else {
+        8
+    };
+    let panels = n.div_ceil(panel);
+    let mut xt = vec![0f32; panels * k * panel];
+    xt.par_chunks_mut(k * panel)
         .enumerate()
         .for_each(|(p, dst)| {
             for (e, row) in x
                 .data
                 .chunks_exact(k)
-                .skip(p * SPMM_PANEL)
-                .take(SPMM_PANEL)
+                .skip(p * panel)
+                .take(panel)
                 .enumerate()
             {
-                for (d, v) in dst[e..].iter_mut().step_by(SPMM_PANEL).zip(row) {
+                for (d, v) in dst[e..].iter_mut().step_by(panel).zip(row) {
                     *d = *v;
                 }
             }
         });
-    let avx2 = TileSimd::detect() != TileSimd::Portable;
-    // Per task, ROW_BLOCK rows: `[row][panel][8]` sums.
+    // Per task, ROW_BLOCK rows: `[row][panel][P]` sums. Panels outer: one panel of
+    // inputs (`K·P` floats, 590 KB for fc6 at P = 16) is read by all the task's rows
+    // before the next; rows outer swept every panel per row and ran fc6 at batch 64
+    // out of L2.
     let blocks: Vec<Vec<f32>> = (0..rows.div_ceil(ROW_BLOCK))
         .into_par_iter()
         .map(|t| {
             let (r0, r1) = (t * ROW_BLOCK, ((t + 1) * ROW_BLOCK).min(rows));
-            let mut acc = vec![0f32; (r1 - r0) * panels * SPMM_PANEL];
-            for (r, out) in (r0..r1).zip(acc.chunks_exact_mut(panels * SPMM_PANEL)) {
-                let range = w.row_range(r);
-                let vals = &values[range.clone()];
-                for (xp, o) in xt
-                    .chunks_exact(k * SPMM_PANEL)
-                    .zip(out.chunks_exact_mut(SPMM_PANEL))
-                {
-                    let o: &mut [f32; SPMM_PANEL] = o.try_into().expect("a panel");
+            let mut acc = vec![0f32; (r1 - r0) * panels * panel];
+            for (p, xp) in xt.chunks_exact(k * panel).enumerate() {
+                for (r, out) in (r0..r1).zip(acc.chunks_exact_mut(panels * panel)) {
+                    let range = w.row_range(r);
+                    let (vals, o) = (&values[range.clone()], &mut out[p * panel..][..panel]);
                     match cols {
-                        Cols::U16(c) => spmm_row(vals, &c[range.clone()], xp, o, avx2),
-                        Cols::U32(c) => spmm_row(vals, &c[range.clone()], xp, o, avx2),
+                        Cols::U16(c) => spmm_row(vals, &c[range], xp, o, simd),
+                        Cols::U32(c) => spmm_row(vals, &c[range], xp, o, simd),
                     }
                 }
             }
@@ -269,39 +274,40 @@ pub fn sparse_linear(x: &Tensor, w: &SparseWeights, bias: Option<&Tensor>) -> Te
         .par_chunks_mut(rows)
         .enumerate()
         .for_each(|(bi, yb)| {
-            let (p, e) = (bi / SPMM_PANEL, bi % SPMM_PANEL);
+            let (p, e) = (bi / panel, bi % panel);
             for (r, yv) in yb.iter_mut().enumerate() {
                 let acc = &blocks[r / ROW_BLOCK];
-                *yv = acc[((r % ROW_BLOCK) * panels + p) * SPMM_PANEL + e]
-                    + b.map_or(0.0, |bb| bb[r]);
+                *yv = acc[((r % ROW_BLOCK) * panels + p) * panel + e] + b.map_or(0.0, |bb| bb[r]);
             }
         });
     y
 }
 
-/// Batch items per panel of the SpMM: one AVX2 register.
-const SPMM_PANEL: usize = 8;
-
-/// `out[e] = Σ_i vals[i] · xp[idx[i]·8 + e]`: one fc row against one panel of 8 inputs
-/// stored `[K][8]`.
+/// `out[e] = Σ_i vals[i] · xp[idx[i]·P + e]`: one fc row against one panel of
+/// `P = out.len()` inputs (8 or 16) stored `[K][P]`.
 #[inline]
 fn spmm_row<I: Copy + Into<u32>>(
     vals: &[f32],
     idx: &[I],
     xp: &[f32],
-    out: &mut [f32; SPMM_PANEL],
-    avx2: bool,
+    out: &mut [f32],
+    simd: TileSimd,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: AVX2 and FMA were detected by the caller; the kernel checks every
-        // slice bound like the portable loop.
-        return unsafe { spmm_row_avx2(vals, idx, xp, out) };
+    // SAFETY (both): the instruction sets were detected by `TileSimd::detect`; the
+    // kernels check every slice bound like the portable loop.
+    unsafe {
+        match (simd, out.len()) {
+            (TileSimd::Avx512, 16) => return spmm_row_avx512(vals, idx, xp, out),
+            (TileSimd::Avx512 | TileSimd::Avx2, 8) => return spmm_row_avx2(vals, idx, xp, out),
+            _ => {}
+        }
     }
-    let _ = avx2;
+    let _ = simd;
+    let panel = out.len();
     out.fill(0.0);
     for (&v, &c) in vals.iter().zip(idx) {
-        let xr = &xp[c.into() as usize * SPMM_PANEL..][..SPMM_PANEL];
+        let xr = &xp[c.into() as usize * panel..][..panel];
         for (o, x) in out.iter_mut().zip(xr) {
             *o += v * x;
         }
@@ -311,33 +317,57 @@ fn spmm_row<I: Copy + Into<u32>>(
 /// `spmm_row` with four accumulators (one multiply-add chain per 4 stored weights).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn spmm_row_avx2<I: Copy + Into<u32>>(
-    vals: &[f32],
-    idx: &[I],
-    xp: &[f32],
-    out: &mut [f32; SPMM_PANEL],
-) {
+fn spmm_row_avx2<I: Copy + Into<u32>>(vals: &[f32], idx: &[I], xp: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let mut acc = [_mm256_setzero_ps(); 4];
     let (vq, vr) = vals.split_at(vals.len() / 4 * 4);
     let (iq, ir) = idx.split_at(vq.len());
     for (v, i) in vq.chunks_exact(4).zip(iq.chunks_exact(4)) {
         for j in 0..4 {
-            let xr = &xp[i[j].into() as usize * SPMM_PANEL..][..SPMM_PANEL];
+            let xr = &xp[i[j].into() as usize * 8..][..8];
             // SAFETY: `xr` has 8 elements.
             let xv = unsafe { _mm256_loadu_ps(xr.as_ptr()) };
             acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(v[j]), xv, acc[j]);
         }
     }
     for (&v, &i) in vr.iter().zip(ir) {
-        let xr = &xp[i.into() as usize * SPMM_PANEL..][..SPMM_PANEL];
+        let xr = &xp[i.into() as usize * 8..][..8];
         // SAFETY: `xr` has 8 elements.
         let xv = unsafe { _mm256_loadu_ps(xr.as_ptr()) };
         acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(v), xv, acc[0]);
     }
     let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let out = &mut out[..8];
     // SAFETY: `out` has 8 elements.
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
+}
+
+/// `spmm_row` on panels of 16, with four accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn spmm_row_avx512<I: Copy + Into<u32>>(vals: &[f32], idx: &[I], xp: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let (vq, vr) = vals.split_at(vals.len() / 4 * 4);
+    let (iq, ir) = idx.split_at(vq.len());
+    for (v, i) in vq.chunks_exact(4).zip(iq.chunks_exact(4)) {
+        for j in 0..4 {
+            let xr = &xp[i[j].into() as usize * 16..][..16];
+            // SAFETY: `xr` has 16 elements.
+            let xv = unsafe { _mm512_loadu_ps(xr.as_ptr()) };
+            acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(v[j]), xv, acc[j]);
+        }
+    }
+    for (&v, &i) in vr.iter().zip(ir) {
+        let xr = &xp[i.into() as usize * 16..][..16];
+        // SAFETY: `xr` has 16 elements.
+        let xv = unsafe { _mm512_loadu_ps(xr.as_ptr()) };
+        acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(v), xv, acc[0]);
+    }
+    let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    let out = &mut out[..16];
+    // SAFETY: `out` has 16 elements.
+    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sum) };
 }
 
 /// `Σ_i vals[i] · x[idx[i]]` with four independent accumulators (the adds of one chain
