@@ -20,10 +20,11 @@
 //!   sgemm conv that preceded the GEMM conv of `fast::gemm`).
 //! - Fc: SpMV at batch 1 (rows in parallel, one dot product of the stored entries with
 //!   the gathered inputs, four accumulators, index width matched once per layer); SpMM
-//!   for batch > 1 on the batch transposed into panels of 8 inputs, `[panel][K][8]`, so
-//!   that each stored weight is one 8-wide multiply-add into a row's sums held in
-//!   registers (AVX2 + FMA, four chains; it was an axpy into memory over `[K][N]`, 4x
-//!   slower at batch 8: docs/benchmarks.md, session 13).
+//!   for batch > 1 on the batch transposed into panels of 8 inputs, `[panel][K][8]` (16
+//!   from batch 16 with AVX-512), so that each stored weight is one register-wide
+//!   multiply-add into a row's sums held in registers (four chains), panel by panel
+//!   (it was an axpy into memory over `[K][N]`, 4x slower at batch 8:
+//!   docs/benchmarks.md, session 13).
 //!
 //! Crossover (where dense becomes faster), measured by the `#[ignore]` test
 //! `sparse_dense_crossover` in tests/dns.rs (test profile, opt-level 2) on the 2-core
