@@ -785,25 +785,20 @@ fn sparse_conv_shift_groups_match_reference() {
             reach.max(64 - pads[1] - pads[3]) + 1,
         );
         let h = rng.range(dilation * (kh - 1) + 1, dilation * (kh - 1) + 6);
-        let (cin, cout) = (rng.range(1, 20), rng.range(1, 10));
-        let n = [1, 2, 3][case % 3];
-        let wt = sparse_tensor(&mut rng, vec![cout, cin, kh, kw], 0.3);
-        let dense = Conv2d {
-            kernel: [kh, kw],
-            stride: [1, 1],
-            pads,
-            dilation: [dilation; 2],
+        let (cin_g, cout) = (rng.range(1, 20), rng.range(1, 10));
+        let case_ = Stride1Case {
+            n: [1, 2, 3][case % 3],
             groups: 1,
-            weight: Weights::Dense(wt.clone()),
-            bias: Some(rng.normal_tensor(vec![cout], 1.0)),
+            cin_g,
+            cout,
+            kernel: [kh, kw],
+            pads,
+            dilation,
+            hw: [h, w],
+            density: 0.3,
+            bias: true,
         };
-        let sparse = sparse_twin(&dense);
-        let x = rng.normal_tensor(vec![n, cin, h, w], 1.0);
-        let want = reference::conv2d(&x, &dense);
-        let what = format!(
-            "case {case}: n{n} cin{cin} cout{cout} k{kh}x{kw} d{dilation} p{pads:?} {h}x{w}"
-        );
-        check(&fast::sparse::sparse_conv(&x, &sparse), &want, &what);
+        check_stride1(&mut rng, case_, &format!("case {case}"));
     }
 }
 
@@ -824,24 +819,19 @@ fn sparse_conv_small_maps_batched_match_reference() {
         let groups = if case % 6 == 4 { 2 } else { 1 };
         let cin_g = rng.range(1, 40);
         let cout = groups * rng.range(1, 12);
-        let density = [0.3, 0.05, 0.6][case % 3];
-        let wt = sparse_tensor(&mut rng, vec![cout, cin_g, kh, kw], density);
-        let dense = Conv2d {
-            kernel: [kh, kw],
-            stride: [1, 1],
-            pads,
-            dilation: [dilation; 2],
+        let case_ = Stride1Case {
+            n,
             groups,
-            weight: Weights::Dense(wt.clone()),
-            bias: (case % 4 != 1).then(|| rng.normal_tensor(vec![cout], 1.0)),
+            cin_g,
+            cout,
+            kernel: [kh, kw],
+            pads,
+            dilation,
+            hw: [h, w],
+            density: [0.3, 0.05, 0.6][case % 3],
+            bias: case % 4 != 1,
         };
-        let sparse = sparse_twin(&dense);
-        let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
-        let want = reference::conv2d(&x, &dense);
-        let what = format!(
-            "case {case}: n{n} g{groups} cin{cin_g} cout{cout} k{kh}x{kw} d{dilation} p{pads:?} {h}x{w} density {density}"
-        );
-        check(&fast::sparse::sparse_conv(&x, &sparse), &want, &what);
+        check_stride1(&mut rng, case_, &format!("case {case}"));
     }
 }
 
@@ -859,25 +849,60 @@ fn sparse_conv_with_many_input_channels_matches_reference() {
         let (kh, kw) = ([3, 1, 5][case % 3], [3, 3, 1][case % 3]);
         let pads = [kh / 2, kw / 2, kh / 2, kw / 2];
         let (h, w) = (rng.range(kh, 20), rng.range(kw + 8, 40));
-        let n = [1, 8, 11][case % 3];
-        let wt = sparse_tensor(&mut rng, vec![cout, cin_g, kh, kw], density);
-        let dense = Conv2d {
-            kernel: [kh, kw],
-            stride: [1, 1],
-            pads,
-            dilation: [1, 1],
+        let case_ = Stride1Case {
+            n: [1, 8, 11][case % 3],
             groups,
-            weight: Weights::Dense(wt.clone()),
-            bias: (case % 3 != 2).then(|| rng.normal_tensor(vec![cout], 1.0)),
+            cin_g,
+            cout,
+            kernel: [kh, kw],
+            pads,
+            dilation: 1,
+            hw: [h, w],
+            density,
+            bias: case % 3 != 2,
         };
-        let sparse = sparse_twin(&dense);
-        let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
-        let want = reference::conv2d(&x, &dense);
-        let what = format!(
-            "case {case}: density {density} n{n} g{groups} cin{cin_g} cout{cout} k{kh}x{kw} {h}x{w}"
-        );
-        check(&fast::sparse::sparse_conv(&x, &sparse), &want, &what);
+        check_stride1(&mut rng, case_, &format!("case {case}"));
     }
+}
+
+/// One stride-1 sparse conv for `check_stride1`.
+struct Stride1Case {
+    n: usize,
+    groups: usize,
+    /// Input channels per group.
+    cin_g: usize,
+    cout: usize,
+    kernel: [usize; 2],
+    pads: [usize; 4],
+    dilation: usize,
+    hw: [usize; 2],
+    density: f32,
+    bias: bool,
+}
+
+/// `sparse_conv` on random weights of the case's density (a random bias when it has
+/// one) and a random input, against the reference; `what` and the shape name a failure.
+fn check_stride1(rng: &mut Rng, c: Stride1Case, what: &str) {
+    let [kh, kw] = c.kernel;
+    let wt = sparse_tensor(rng, vec![c.cout, c.cin_g, kh, kw], c.density);
+    let dense = Conv2d {
+        kernel: c.kernel,
+        stride: [1, 1],
+        pads: c.pads,
+        dilation: [c.dilation; 2],
+        groups: c.groups,
+        weight: Weights::Dense(wt),
+        bias: c.bias.then(|| rng.normal_tensor(vec![c.cout], 1.0)),
+    };
+    let sparse = sparse_twin(&dense);
+    let [h, w] = c.hw;
+    let x = rng.normal_tensor(vec![c.n, c.cin_g * c.groups, h, w], 1.0);
+    let want = reference::conv2d(&x, &dense);
+    let what = format!(
+        "{what}: n{} g{} cin{} cout{} k{kh}x{kw} d{} p{:?} {h}x{w} density {}",
+        c.n, c.groups, c.cin_g, c.cout, c.dilation, c.pads, c.density
+    );
+    check(&fast::sparse::sparse_conv(&x, &sparse), &want, &what);
 }
 
 /// A 0-output-row / all-zero-row layer and a big K (u32 indices) through the SpMV.
