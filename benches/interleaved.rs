@@ -187,6 +187,43 @@ fn conv_set(rng: &mut Rng, rounds: usize) {
     }
 }
 
+/// Strided convs (ResNet-18's stem and downsampling, AlexNet's stem): dense against the
+/// CSR kernel at 30%, which reads the input split into stride phases.
+fn strided_set(rng: &mut Rng, rounds: usize) {
+    // (name, Cin, Cout, kernel, stride, pad, input size)
+    let shapes = [
+        ("resnet conv1", 3, 64, 7, 2, 3, 224),
+        ("resnet l2 3x3/2", 64, 128, 3, 2, 1, 56),
+        ("resnet l2 1x1/2", 64, 128, 1, 2, 0, 56),
+        ("resnet l4 3x3/2", 256, 512, 3, 2, 1, 14),
+        ("alexnet conv1", 3, 64, 11, 4, 2, 224),
+    ];
+    for (name, cin, cout, k, stride, pad, hw) in shapes {
+        let w = rng.normal_tensor(vec![cout, cin, k, k], 0.05);
+        let bias = rng.normal_tensor(vec![cout], 0.1);
+        let conv = |weight| {
+            node(Op::Conv(Conv2d {
+                kernel: [k, k],
+                stride: [stride; 2],
+                pads: [pad; 4],
+                dilation: [1, 1],
+                groups: 1,
+                weight,
+                bias: Some(bias.clone()),
+            }))
+        };
+        let variants = [
+            Variant::packed("dense", conv(Weights::Dense(w.clone()))),
+            Variant::csr("csr 30%", conv(sparse(rng, &w, 0.3))),
+            Variant::csr("csr 10%", conv(sparse(rng, &w, 0.1))),
+        ];
+        for n in [1, 8] {
+            let x = rng.normal_tensor(vec![n, cin, hw, hw], 1.0);
+            compare(&format!("{name} n{n}"), &variants, &x, rounds);
+        }
+    }
+}
+
 fn fc_set(rng: &mut Rng, rounds: usize, batches: &[usize]) {
     let (o, k) = (4096, 9216);
     let w = rng.normal_tensor(vec![o, k], 0.01);
@@ -274,5 +311,8 @@ fn main() {
     }
     if wants("conv") {
         conv_set(&mut rng, rounds);
+    }
+    if wants("strided") {
+        strided_set(&mut rng, rounds);
     }
 }

@@ -786,7 +786,8 @@ fn sparse_conv_shift_groups_match_reference() {
         );
         let h = rng.range(dilation * (kh - 1) + 1, dilation * (kh - 1) + 6);
         let (cin_g, cout) = (rng.range(1, 20), rng.range(1, 10));
-        let case_ = Stride1Case {
+        let case_ = SparseConvCase {
+            stride: [1, 1],
             n: [1, 2, 3][case % 3],
             groups: 1,
             cin_g,
@@ -798,7 +799,7 @@ fn sparse_conv_shift_groups_match_reference() {
             density: 0.3,
             bias: true,
         };
-        check_stride1(&mut rng, case_, &format!("case {case}"));
+        check_sparse_conv(&mut rng, case_, &format!("case {case}"));
     }
 }
 
@@ -819,7 +820,8 @@ fn sparse_conv_small_maps_batched_match_reference() {
         let groups = if case % 6 == 4 { 2 } else { 1 };
         let cin_g = rng.range(1, 40);
         let cout = groups * rng.range(1, 12);
-        let case_ = Stride1Case {
+        let case_ = SparseConvCase {
+            stride: [1, 1],
             n,
             groups,
             cin_g,
@@ -831,7 +833,49 @@ fn sparse_conv_small_maps_batched_match_reference() {
             density: [0.3, 0.05, 0.6][case % 3],
             bias: case % 4 != 1,
         };
-        check_stride1(&mut rng, case_, &format!("case {case}"));
+        check_sparse_conv(&mut rng, case_, &format!("case {case}"));
+    }
+}
+
+/// Strided convs, which the flat kernel reads from the input split into stride phases:
+/// ResNet's 7x7 / 2 stem and 3x3 / 2 and 1x1 / 2 downsampling, AlexNet's 11x11 / 4 stem
+/// (small), unequal strides, stride with dilation, odd sizes and padding.
+#[test]
+fn sparse_conv_strided_matches_reference() {
+    let mut rng = Rng::new(37);
+    let shapes = [
+        ([7, 7], [2, 2], 1),
+        ([3, 3], [2, 2], 1),
+        ([1, 1], [2, 2], 1),
+        ([11, 11], [4, 4], 1),
+        ([3, 3], [2, 1], 1),
+        ([1, 3], [1, 3], 1),
+        ([3, 3], [2, 2], 2),
+        ([5, 2], [3, 2], 1),
+    ];
+    for (case, &(kernel, stride, dilation)) in shapes.iter().cycle().take(24).enumerate() {
+        let [kh, kw] = kernel;
+        let pads = [
+            rng.range(0, kh / 2 + 1),
+            rng.range(0, kw / 2 + 1),
+            rng.range(0, kh / 2 + 1),
+            rng.range(0, kw / 2 + 1),
+        ];
+        let (rh, rw) = (dilation * (kh - 1) + 1, dilation * (kw - 1) + 1);
+        let case_ = SparseConvCase {
+            stride,
+            n: [1, 2, 5][case % 3],
+            groups: if case % 5 == 4 { 2 } else { 1 },
+            cin_g: rng.range(1, 12),
+            cout: 2 * rng.range(1, 6),
+            kernel,
+            pads,
+            dilation,
+            hw: [rng.range(rh, rh + 20), rng.range(rw, rw + 30)],
+            density: [0.3, 0.1, 0.6][case % 3],
+            bias: case % 4 != 3,
+        };
+        check_sparse_conv(&mut rng, case_, &format!("case {case}"));
     }
 }
 
@@ -849,7 +893,8 @@ fn sparse_conv_with_many_input_channels_matches_reference() {
         let (kh, kw) = ([3, 1, 5][case % 3], [3, 3, 1][case % 3]);
         let pads = [kh / 2, kw / 2, kh / 2, kw / 2];
         let (h, w) = (rng.range(kh, 20), rng.range(kw + 8, 40));
-        let case_ = Stride1Case {
+        let case_ = SparseConvCase {
+            stride: [1, 1],
             n: [1, 8, 11][case % 3],
             groups,
             cin_g,
@@ -861,13 +906,14 @@ fn sparse_conv_with_many_input_channels_matches_reference() {
             density,
             bias: case % 3 != 2,
         };
-        check_stride1(&mut rng, case_, &format!("case {case}"));
+        check_sparse_conv(&mut rng, case_, &format!("case {case}"));
     }
 }
 
-/// One stride-1 sparse conv for `check_stride1`.
-struct Stride1Case {
+/// One sparse conv for `check_sparse_conv`.
+struct SparseConvCase {
     n: usize,
+    stride: [usize; 2],
     groups: usize,
     /// Input channels per group.
     cin_g: usize,
@@ -882,12 +928,12 @@ struct Stride1Case {
 
 /// `sparse_conv` on random weights of the case's density (a random bias when it has
 /// one) and a random input, against the reference; `what` and the shape name a failure.
-fn check_stride1(rng: &mut Rng, c: Stride1Case, what: &str) {
+fn check_sparse_conv(rng: &mut Rng, c: SparseConvCase, what: &str) {
     let [kh, kw] = c.kernel;
     let wt = sparse_tensor(rng, vec![c.cout, c.cin_g, kh, kw], c.density);
     let dense = Conv2d {
         kernel: c.kernel,
-        stride: [1, 1],
+        stride: c.stride,
         pads: c.pads,
         dilation: [c.dilation; 2],
         groups: c.groups,
@@ -899,8 +945,8 @@ fn check_stride1(rng: &mut Rng, c: Stride1Case, what: &str) {
     let x = rng.normal_tensor(vec![c.n, c.cin_g * c.groups, h, w], 1.0);
     let want = reference::conv2d(&x, &dense);
     let what = format!(
-        "{what}: n{} g{} cin{} cout{} k{kh}x{kw} d{} p{:?} {h}x{w} density {}",
-        c.n, c.groups, c.cin_g, c.cout, c.dilation, c.pads, c.density
+        "{what}: n{} g{} cin{} cout{} k{kh}x{kw} s{:?} d{} p{:?} {h}x{w} density {}",
+        c.n, c.groups, c.cin_g, c.cout, c.stride, c.dilation, c.pads, c.density
     );
     check(&fast::sparse::sparse_conv(&x, &sparse), &want, &what);
 }
@@ -925,14 +971,16 @@ fn sparse_linear_wide_indices_and_empty_rows() {
     }
 }
 
-/// Which sparse convs the executor runs with the CSR kernel: stride 1 up to the
-/// crossover density; strided convs (whose row kernel measured slower than dense) and
-/// denser layers go through the dense path, with the same results.
+/// Which sparse convs the executor runs with the CSR kernel: up to the crossover density
+/// (a lower one for strided convs); denser layers go through the dense path, with the
+/// same results.
 #[test]
 fn executor_routes_sparse_convs_by_stride_and_density() {
-    use cnnpack::backend::cpu::fast::sparse::{runs_sparse, CONV_CROSSOVER};
+    use cnnpack::backend::cpu::fast::sparse::{
+        runs_sparse, CONV_CROSSOVER, STRIDED_CONV_CROSSOVER,
+    };
     let mut rng = Rng::new(77);
-    for (stride, density) in [(1, 0.2), (1, 0.9), (2, 0.2), (4, 0.05)] {
+    for (stride, density) in [(1, 0.2), (1, 0.9), (2, 0.1), (2, 0.5), (4, 0.05)] {
         let t = sparse_tensor(&mut rng, vec![6, 3, 3, 3], density);
         let w = SparseWeights::from_dense(t.shape.clone(), &t.data).expect("csr");
         let conv = Conv2d {
@@ -944,7 +992,12 @@ fn executor_routes_sparse_convs_by_stride_and_density() {
             weight: Weights::Sparse(w.clone()),
             bias: Some(rng.normal_tensor(vec![6], 1.0)),
         };
-        let expect = stride == 1 && w.density() <= CONV_CROSSOVER;
+        let crossover = if stride == 1 {
+            CONV_CROSSOVER
+        } else {
+            STRIDED_CONV_CROSSOVER
+        };
+        let expect = w.density() <= crossover;
         assert_eq!(
             runs_sparse(&conv, &w),
             expect,

@@ -1,7 +1,8 @@
 //! Sparse (CSR) conv and fc on the CPU; the layout is in `weights/sparse.rs`.
 //!
-//! - Conv, stride 1 (`sparse_conv_flat`): direct, no im2col, on the zero-padded input
-//!   viewed as one flat array per (image, group), where every stored weight is one
+//! - Conv (`sparse_conv_flat`): direct, no im2col, on the zero-padded input viewed as
+//!   one flat array per (image, group) (strided convs: split into stride phases, so
+//!   that every weight reads one phase at stride 1), where every stored weight is one
 //!   contiguous axpy over a tile of flat output positions held in 8 registers (64
 //!   positions with AVX2 + FMA; 128 with AVX-512, whose loads are made aligned by
 //!   grouping each channel's weights by their offset's place in a cache line, and maps
@@ -11,7 +12,8 @@
 //!   in L1 while every channel of the block consumes its stored weights of that chunk.
 //!   The flat offsets and the chunk plan are built once per layer and input geometry
 //!   and kept with the weights (`weights::Derived`; 4 bytes per stored weight).
-//! - Conv, other strides (`sparse_conv_rows`): each task owns a block of output channels
+//! - Conv, any stride, for layers whose flat offsets would pass 2^32
+//!   (`sparse_conv_rows`): each task owns a block of output channels
 //!   of one image; for every stored weight `(k, v)` of a channel it decodes `(ci, ky, kx)`
 //!   once and adds `v · x[ci]` shifted by `(ky, kx)` to the output plane, row by row,
 //!   over the output columns whose input column lies inside the image.
@@ -64,20 +66,33 @@ const ROW_BLOCK: usize = 64;
 
 /// Density above which the dense conv kernel is faster than `sparse_conv`
 /// (ResNet-18's 3x3 convs, batch 1 and 8; measured, see module docs). Stride-1 convs
-/// only (the flat kernel): see `runs_sparse`. The same with the AVX2 kernels and the
+/// (strided: `STRIDED_CONV_CROSSOVER`). The same with the AVX2 kernels and the
 /// AVX-512 ones (dense and CSR both 1.3-1.5x faster with AVX-512): against the AVX-512
 /// dense conv, the aligned CSR kernel ran 1.2-1.4x at 40% and 1.0-1.2x at 50% on the
 /// 14x14-56x56 shapes at batch 1 and 8, 1.2x / 0.8x at 40% on 7x7 at batch 1 / 8
 /// (docs/benchmarks.md, session 13).
 pub const CONV_CROSSOVER: f64 = 0.4;
 
+/// `CONV_CROSSOVER` for strided convs, which the flat kernel reads from the input split
+/// into stride phases: ResNet-18's 3x3 stride-2 convs at batch 8 ran 0.95-0.99x of
+/// dense at 30% and 1.33-1.34x at 10%, meeting near 27%; its 7x7 and AlexNet's 11x11
+/// stems and the 1x1 stride-2 convs ran 1.1-1.4x at 30% (docs/benchmarks.md, session
+/// 13).
+pub const STRIDED_CONV_CROSSOVER: f64 = 0.25;
+
 /// Whether the executor runs this sparse conv with the CSR kernel (else the dense path
-/// on weights decoded once). Strided convs never do: their row kernel measured slower
-/// than dense at every density tried (AlexNet's 11x11 stride-4 conv1, batch 1: 14.8 /
-/// 6.2 / 3.6 ms at 25 / 10 / 5% against 2.2 ms dense, session 3's `bench --sweep
-/// sparse`); stride-1 convs use the flat kernel up to `CONV_CROSSOVER`.
+/// on weights decoded once): up to `CONV_CROSSOVER` at stride 1, up to
+/// `STRIDED_CONV_CROSSOVER` otherwise. (Before session 13 strided convs ran the row
+/// kernel, slower than dense at every density tried: AlexNet's 11x11 stride-4 conv1,
+/// batch 1, 14.8 / 6.2 / 3.6 ms at 25 / 10 / 5% against 2.2 ms dense; they never ran
+/// sparse.)
 pub fn runs_sparse(conv: &Conv2d, w: &SparseWeights) -> bool {
-    conv.stride == [1, 1] && w.density() <= CONV_CROSSOVER
+    let crossover = if conv.stride == [1, 1] {
+        CONV_CROSSOVER
+    } else {
+        STRIDED_CONV_CROSSOVER
+    };
+    w.density() <= crossover
 }
 /// Density above which the dense fc kernel is faster than `sparse_linear`
 /// (fc 9216->4096, batch 1; measured, see module docs).
@@ -90,9 +105,10 @@ pub fn sparse_conv(x: &Tensor, conv: &Conv2d) -> Tensor {
     let Weights::Sparse(w) = &conv.weight else {
         return super::conv2d(x, conv);
     };
-    if conv.stride == [1, 1] && flat_fits(x, conv, w) {
+    if flat_fits(x, conv, w) {
         return sparse_conv_flat(x, conv, w);
     }
+    // Only layers of tens of GiB get here.
     sparse_conv_rows(x, conv, w)
 }
 
@@ -102,7 +118,8 @@ pub fn sparse_conv(x: &Tensor, conv: &Conv2d) -> Tensor {
 fn flat_fits(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> bool {
     let shape = w.shape();
     let [pt, pl, pb, pr] = conv.pads;
-    let rows = shape[1] * (x.shape[2] + pt + pb + 1);
+    // Strided: sh x sw phases of ceil(Hp / sh) x ceil(Wp / sw).
+    let rows = shape[1] * (x.shape[2] + pt + pb + conv.stride[0]);
     let pitch = x.shape[3] + pl + pr + 2 * LINE + shape[3] * conv.dilation[1];
     // Times the batch: small maps put every image in one array.
     rows.checked_mul(pitch)
@@ -399,8 +416,9 @@ const TILE_MAX: usize = 128;
 /// Floats per 64-byte cache line, the alignment of the AVX-512 kernel's loads.
 const LINE: usize = 16;
 
-/// Stride-1 sparse conv on the zero-padded input viewed as one flat array per
-/// (image, group): with `P` the row pitch (the padded width `Wp`, or `Wp` rounded up to
+/// Sparse conv on the zero-padded input viewed as one flat array per (image, group),
+/// described here for stride 1 (a strided conv splits the input into stride phases,
+/// each of which a weight reads at stride 1: see the body): with `P` the row pitch (the padded width `Wp`, or `Wp` rounded up to
 /// a cache line, see `TileSimd::pitch`), output `(oy, ox)` is flat position
 /// `q = oy·P + ox`, and the stored weight `(ci, ky, kx)` reads input `q + off` with
 /// `off = (ci·Hp + ky·dh)·P + kx·dw`. So every stored weight is one contiguous axpy
@@ -427,10 +445,22 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     let cout_g = cout / groups;
     let [dh, dw] = conv.dilation;
     let [pt, pl, pb, pr] = conv.pads;
-    let hp = h + pt + pb;
+    let [sh, sw] = conv.stride;
     let simd = TileSimd::detect();
     let tile = simd.tile();
-    let wp = wd + pl + pr;
+    // A strided conv reads its padded input split into sh x sw phases, phase (py, px)
+    // holding rows py, py + sh, .. and columns px, px + sw, ..: each stored weight then
+    // reads one phase at stride 1 (one phase when the stride is 1).
+    let (hph, wp) = ((h + pt + pb).div_ceil(sh), (wd + pl + pr).div_ceil(sw));
+    let phases = sh * sw;
+    // The phases some kernel tap reads (a 1x1 conv of stride 2 reads one of four).
+    let kh = shape[2];
+    let read_py: Vec<bool> = (0..sh)
+        .map(|p| (0..kh).any(|ky| ky * dh % sh == p))
+        .collect();
+    let read_px: Vec<bool> = (0..sw)
+        .map(|p| (0..kw).any(|kx| kx * dw % sw == p))
+        .collect();
     // Maps that fill at most half a tile (7x7 at 128 positions) hold the whole batch in
     // one flat array, images innermost (`es` floats per position): 8 images of 7x7 are
     // 4 full tiles instead of 8 half tiles, and at 8 images every offset is a multiple of
@@ -443,8 +473,10 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     let tiles = flat_out.div_ceil(tile);
     // Room for the last tile's overrun past the last row, the largest offset's column
     // shift and the aligned kernel's vector past the tile.
-    let plane_len =
-        (cin_g * hp * pitch + (kw - 1) * dw + pitch) * es + tiles * tile - flat_out + LINE;
+    let plane_len = (cin_g * phases * hph * pitch + ((kw - 1) * dw) / sw + pitch) * es
+        + tiles * tile
+        - flat_out
+        + LINE;
     let mut y = Tensor::zeros(vec![n, cout, oh, ow]);
     if n == 0 || cout == 0 || oh * ow == 0 {
         return y;
@@ -464,12 +496,12 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
                 0
             };
             let (head, rest) = p.split_at_mut(lead);
-            let (planes, tail) = rest.split_at_mut(cin_g * hp * pitch * es);
+            let (planes, tail) = rest.split_at_mut(cin_g * phases * hph * pitch * es);
             head.fill(std::mem::MaybeUninit::new(0.0));
             tail.fill(std::mem::MaybeUninit::new(0.0));
-            if hp * pitch > 0 {
+            if hph * pitch > 0 {
                 planes
-                    .par_chunks_mut(hp * pitch * es)
+                    .par_chunks_mut(phases * hph * pitch * es)
                     .enumerate()
                     .for_each(|(ci, dst)| {
                         dst.fill(std::mem::MaybeUninit::new(0.0));
@@ -477,9 +509,24 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
                         for (e, b) in (a..a + es).enumerate() {
                             let src = &x.data[(b * cin + g * cin_g + ci) * h * wd..][..h * wd];
                             for (iy, row) in src.chunks_exact(wd.max(1)).enumerate() {
-                                let at = ((iy + pt) * pitch + pl) * es + e;
-                                for (d, v) in dst[at..].iter_mut().step_by(es).zip(row) {
-                                    d.write(*v);
+                                // Padded row iy + pt is row (iy + pt) / sh of phase row
+                                // (iy + pt) mod sh; its columns go to the sw column phases.
+                                let (py, i) = ((iy + pt) % sh, (iy + pt) / sh);
+                                if !read_py[py] {
+                                    continue;
+                                }
+                                for px in (0..sw).filter(|&px| read_px[px]) {
+                                    // Input columns ix with (ix + pl) mod sw == px.
+                                    let ix0 = (px + sw - pl % sw) % sw;
+                                    if ix0 >= wd {
+                                        continue;
+                                    }
+                                    let j0 = (ix0 + pl) / sw;
+                                    let at = (((py * sw + px) * hph + i) * pitch + j0) * es + e;
+                                    let vals = row[ix0..].iter().step_by(sw);
+                                    for (d, v) in dst[at..].iter_mut().step_by(es).zip(vals) {
+                                        d.write(*v);
+                                    }
                                 }
                             }
                         }
@@ -493,7 +540,7 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
     // `FlatPrep`), built once per layer and input geometry and kept with the weights: a
     // 512-channel 7x7 layer at batch 1 spent a third of its time rebuilding them on
     // every call.
-    let geometry = [hp, pitch, dh, dw, aligned as usize, tile, es];
+    let geometry = [hph, pitch, dh, dw, aligned as usize, tile, es, sh, sw];
     let prep = w.derived().get_or_make(
         |p: &FlatPrep| p.geometry == geometry,
         || FlatPrep::new(w, geometry),
@@ -653,9 +700,9 @@ impl FlatLayer<'_> {
 }
 
 /// Per-layer data of the flat kernel for one input geometry
-/// `[Hp, pitch, dh, dw, aligned, tile, es]`.
+/// `[rows per phase, pitch, dh, dw, aligned, tile, es, sh, sw]`.
 struct FlatPrep {
-    geometry: [usize; 7],
+    geometry: [usize; 9],
     /// The stored values in kernel order, where that is not CSR order (aligned: each
     /// channel's weights of a chunk grouped by shift).
     values: Option<Vec<f32>>,
@@ -682,8 +729,8 @@ impl FlatPrep {
     /// `CHUNK_BYTES`, so it is read from L2 once and from L1 by every output channel
     /// of the block (without chunks a tile of a 256-channel layer reads ~100 KiB per
     /// output channel, all from L2: the kernel was L2-bandwidth-bound).
-    fn new(w: &SparseWeights, geometry: [usize; 7]) -> FlatPrep {
-        let [hp, pitch, dh, dw, aligned, tile, es] = geometry;
+    fn new(w: &SparseWeights, geometry: [usize; 9]) -> FlatPrep {
+        let [hph, pitch, dh, dw, aligned, tile, es, sh, sw] = geometry;
         let shape = w.shape();
         let (cin_g, kh, kw) = (shape[1], shape[2], shape[3]);
         // Offset of every K index first: no division per stored weight.
@@ -691,7 +738,10 @@ impl FlatPrep {
         for ci in 0..cin_g {
             for ky in 0..kh {
                 for kx in 0..kw {
-                    off_of_k.push((((ci * hp + ky * dh) * pitch + kx * dw) * es) as u32);
+                    // Phase (ky·dh mod sh, kx·dw mod sw), shifted by the quotients.
+                    let phase = ci * sh * sw + (ky * dh) % sh * sw + (kx * dw) % sw;
+                    let row = phase * hph + (ky * dh) / sh;
+                    off_of_k.push(((row * pitch + (kx * dw) / sw) * es) as u32);
                 }
             }
         }
@@ -701,7 +751,9 @@ impl FlatPrep {
         };
         // The aligned kernel reads one vector past the tile for its shifted runs.
         let past = if aligned == 1 { LINE } else { 0 };
-        let reach = tile + ((kh - 1) * dh * pitch + (kw - 1) * dw) * es + past;
+        let phases = (sh * sw).min(kh * kw);
+        let reach =
+            phases * (tile + (((kh - 1) * dh) / sh * pitch + ((kw - 1) * dw) / sw) * es + past);
         let plan = ChunkPlan::new(w, CHUNK_BYTES / (4 * reach));
         let chunks = plan.chunks;
         let mut runs = Vec::new();
