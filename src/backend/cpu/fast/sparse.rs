@@ -74,9 +74,9 @@ const ROW_BLOCK: usize = 64;
 pub const CONV_CROSSOVER: f64 = 0.4;
 
 /// `CONV_CROSSOVER` for strided convs, which the flat kernel reads from the input split
-/// into stride phases: ResNet-18's 3x3 stride-2 convs at batch 8 ran 0.95-0.99x of
-/// dense at 30% and 1.33-1.34x at 10%, meeting near 27%; its 7x7 and AlexNet's 11x11
-/// stems and the 1x1 stride-2 convs ran 1.1-1.4x at 30% (docs/benchmarks.md, session
+/// into stride phases: ResNet-18's 3x3 stride-2 convs at batch 8 ran 0.86-0.99x of
+/// dense at 30% and 1.24-1.34x at 10%, meeting near 25-28%; its 7x7 and AlexNet's 11x11
+/// stems and the 1x1 stride-2 convs ran 1.0-1.5x at 30% (docs/benchmarks.md, session
 /// 13).
 pub const STRIDED_CONV_CROSSOVER: f64 = 0.25;
 
