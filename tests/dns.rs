@@ -927,7 +927,8 @@ struct SparseConvCase {
 }
 
 /// `sparse_conv` on random weights of the case's density (a random bias when it has
-/// one) and a random input, against the reference; `what` and the shape name a failure.
+/// one) and a random input, against the reference, and again with the ReLU fused;
+/// `what` and the shape name a failure.
 fn check_sparse_conv(rng: &mut Rng, c: SparseConvCase, what: &str) {
     let [kh, kw] = c.kernel;
     let wt = sparse_tensor(rng, vec![c.cout, c.cin_g, kh, kw], c.density);
@@ -949,6 +950,11 @@ fn check_sparse_conv(rng: &mut Rng, c: SparseConvCase, what: &str) {
         c.n, c.groups, c.cin_g, c.cout, c.stride, c.dilation, c.pads, c.density
     );
     check(&fast::sparse::sparse_conv(&x, &sparse), &want, &what);
+    // The ReLU fused into the stores.
+    let mut want_relu = want.clone();
+    want_relu.data.iter_mut().for_each(|v| *v = v.max(0.0));
+    let got = fast::sparse::sparse_conv_relu(&x, &sparse, true);
+    check(&got, &want_relu, &format!("{what} relu"));
 }
 
 /// A 0-output-row / all-zero-row layer and a big K (u32 indices) through the SpMV.

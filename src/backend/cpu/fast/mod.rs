@@ -106,10 +106,7 @@ fn run_node_in(
     match (&node.op, inputs.first()) {
         (Op::Conv(c), Some(x)) => {
             let packed = prepared.and_then(|p| p.packed(node));
-            Ok(
-                conv_node(x, c, false, packed)
-                    .expect("every conv kernel runs without a fused ReLU"),
-            )
+            Ok(conv_node(x, c, false, packed))
         }
         (
             Op::Linear(Linear {
@@ -197,24 +194,24 @@ pub fn kernel_name(prepared: Option<&Prepared>, node: &Node, batch: usize) -> Op
     })
 }
 
-/// Whether the conv runs the sparse CSR kernel (stride 1, below the crossover
-/// density, where it measured faster); every other conv runs a dense GEMM kernel.
+/// Whether the conv runs the sparse CSR kernel (below the crossover density for its
+/// stride, where it measured faster); every other conv runs a dense GEMM kernel.
 fn runs_csr(c: &Conv2d) -> bool {
     matches!(&c.weight, Weights::Sparse(w) if sparse::runs_sparse(c, w))
 }
 
 /// The conv `c` on `x` with the fastest CPU kernel for its encoding (on `packed`
-/// weights when given), the ReLU that follows it fused when `relu`; `None` when that
-/// kernel does not fuse one (the sparse CSR kernel).
-fn conv_node(x: &Tensor, c: &Conv2d, relu: bool, packed: Option<&PackedConv>) -> Option<Tensor> {
+/// weights when given), the ReLU that follows it fused when `relu` (every conv kernel
+/// fuses it into its output stores).
+fn conv_node(x: &Tensor, c: &Conv2d, relu: bool, packed: Option<&PackedConv>) -> Tensor {
     if runs_csr(c) {
-        return (!relu).then(|| sparse::sparse_conv(x, c));
+        return sparse::sparse_conv_relu(x, c, relu);
     }
     if let Some(packed) = packed {
-        return Some(conv2d_packed(x, c, packed, relu));
+        return conv2d_packed(x, c, packed, relu);
     }
     match &c.weight {
-        Weights::Dense(_) => Some(conv2d_relu(x, c, relu)),
+        Weights::Dense(_) => conv2d_relu(x, c, relu),
         // Sketched, pow2 and (above the crossover) sparse convs run the dense GEMM conv
         // on weights decoded once per loaded layer (`decoded`): on this project's 2-core
         // x86 machine the dense GEMM beat every bit and code kernel measured for conv (the
@@ -223,7 +220,7 @@ fn conv_node(x: &Tensor, c: &Conv2d, relu: bool, packed: Option<&PackedConv>) ->
         // have the full tables), and decoding on every call made a sketched ResNet-18
         // 3.7x slower than dense at batch 1. Batch-1 fc is memory-bound and keeps the
         // compressed kernels (`run_node`).
-        _ => Some(conv2d_relu(x, &decoded::dense_conv(c), relu)),
+        _ => conv2d_relu(x, &decoded::dense_conv(c), relu),
     }
 }
 
@@ -240,9 +237,12 @@ fn run_node_relu_in(
     inputs: &[&Tensor],
 ) -> Option<Result<Tensor, CpuError>> {
     match (&node.op, inputs.first()) {
-        (Op::Conv(c), Some(x)) => {
-            conv_node(x, c, true, prepared.and_then(|p| p.packed(node))).map(Ok)
-        }
+        (Op::Conv(c), Some(x)) => Some(Ok(conv_node(
+            x,
+            c,
+            true,
+            prepared.and_then(|p| p.packed(node)),
+        ))),
         _ => None,
     }
 }

@@ -102,14 +102,23 @@ pub const FC_CROSSOVER: f64 = 0.5;
 /// (other encodings are densified and run through the dense kernel). Same semantics as
 /// `reference::conv2d` (padding, stride, dilation, groups).
 pub fn sparse_conv(x: &Tensor, conv: &Conv2d) -> Tensor {
+    sparse_conv_relu(x, conv, false)
+}
+
+/// `sparse_conv`, followed by a ReLU when `relu` (fused into the flat kernel's stores).
+pub fn sparse_conv_relu(x: &Tensor, conv: &Conv2d, relu: bool) -> Tensor {
     let Weights::Sparse(w) = &conv.weight else {
-        return super::conv2d(x, conv);
+        return super::conv2d_relu(x, conv, relu);
     };
     if flat_fits(x, conv, w) {
-        return sparse_conv_flat(x, conv, w);
+        return sparse_conv_flat(x, conv, w, relu);
     }
     // Only layers of tens of GiB get here.
-    sparse_conv_rows(x, conv, w)
+    let mut y = sparse_conv_rows(x, conv, w);
+    if relu {
+        y.data.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    y
 }
 
 /// Whether the flat kernel's u32 offsets and CSR positions can address this layer: one
@@ -434,7 +443,7 @@ const LINE: usize = 16;
 /// tile shifted by `s` once per group. An unaligned 64-byte load spans two cache lines
 /// and took twice as long per weight as an aligned one (8 loads and multiply-adds per
 /// weight: 3.7 against 1.9 ns on the Xeon of docs/benchmarks.md, session 13).
-fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
+fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights, relu: bool) -> Tensor {
     let (n, cin, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let shape = w.shape();
     let (cout, cin_g, kw) = (shape[0], shape[1], shape[3]);
@@ -551,6 +560,7 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor {
         values: prep.values.as_deref().unwrap_or(w.values()),
         padded: &padded,
         bias: conv.bias.as_ref().map(|b| b.data.as_slice()),
+        relu,
         simd,
         tile,
         tiles,
@@ -602,6 +612,8 @@ struct FlatLayer<'a> {
     /// The padded inputs and where their data starts, `[arrays][groups]`.
     padded: &'a [(Vec<f32>, usize)],
     bias: Option<&'a [f32]>,
+    /// Whether a ReLU follows (applied as the outputs are stored).
+    relu: bool,
     simd: TileSimd,
     tile: usize,
     tiles: usize,
@@ -659,6 +671,8 @@ impl FlatLayer<'_> {
             {
                 let co = (first + j) % self.cout;
                 let bv = self.bias.map_or(0.0, |bb| bb[co]);
+                let relu = self.relu;
+                let store = |v: f32| if relu { (v + bv).max(0.0) } else { v + bv };
                 if es > 1 {
                     // Flat position q is image q mod es at (oy, ox) = (q / es) / pitch,
                     // (q / es) mod pitch: counted up from q0's, no division per position.
@@ -666,7 +680,7 @@ impl FlatLayer<'_> {
                     let (mut oy, mut ox) = (p / pitch, p % pitch);
                     for v in &a[..end - q0] {
                         if ox < ow {
-                            o[e * plane + oy * ow + ox] = v + bv;
+                            o[e * plane + oy * ow + ox] = store(*v);
                         }
                         e += 1;
                         if e == es {
@@ -689,7 +703,7 @@ impl FlatLayer<'_> {
                         let valid = (oy * pitch + ow).min(end) - q;
                         let dst = &mut o[oy * ow + ox..][..valid];
                         for (d, v) in dst.iter_mut().zip(&a[q - q0..]) {
-                            *d = v + bv;
+                            *d = store(*v);
                         }
                     }
                     q = row_end;
