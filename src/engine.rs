@@ -11,6 +11,7 @@
 use crate::backend::cpu::{self, CpuError};
 use crate::backend::gpu::{GpuContext, GpuError, GpuModel};
 use crate::graph::{fold, Graph, GraphError, Tensor};
+use crate::tuning::Tuning;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +27,16 @@ pub enum DeviceKind {
     Cpu,
     /// The naive CPU reference (slow; for checking).
     Reference,
+}
+
+/// How an [`Engine`] is built.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// The kernel choices of its models on either device.
+    pub tuning: Tuning,
+    /// `DeviceKind::Gpu` without an adapter is an error instead of a fallback to the
+    /// CPU (the command line sets it from `CNNPACK_REQUIRE_GPU=1`, as CI does).
+    pub require_gpu: bool,
 }
 
 /// Errors from building or running an engine.
@@ -68,13 +79,24 @@ pub struct Engine {
     /// CPU run (`cpu_prepared`).
     prepared: std::sync::OnceLock<Arc<cpu::fast::Prepared>>,
     fallback_note: Option<String>,
+    tuning: Tuning,
 }
 
 impl Engine {
-    /// Folds and validates `graph` and prepares it on `device`. For `Gpu` without an
-    /// adapter, falls back to the CPU and records why (`fallback_note`), unless
-    /// `CNNPACK_REQUIRE_GPU=1`, where the missing adapter is an error.
+    /// Folds and validates `graph` and prepares it on `device` with the default
+    /// kernel choices. For `Gpu` without an adapter, falls back to the CPU and records
+    /// why (`fallback_note`).
     pub fn new(graph: Graph, device: DeviceKind) -> Result<Engine, EngineError> {
+        Engine::with_options(graph, device, EngineOptions::default())
+    }
+
+    /// As [`Engine::new`] with `options`: its kernel choices, and with
+    /// `require_gpu` a missing adapter is an error.
+    pub fn with_options(
+        graph: Graph,
+        device: DeviceKind,
+        options: EngineOptions,
+    ) -> Result<Engine, EngineError> {
         let graph = Arc::new(fold(graph)?);
         graph.validate()?;
         let (executor, fallback_note) = match device {
@@ -89,7 +111,7 @@ impl Engine {
                     },
                     None,
                 ),
-                Err(e) if std::env::var("CNNPACK_REQUIRE_GPU").as_deref() != Ok("1") => (
+                Err(e) if !options.require_gpu => (
                     Executor::Cpu,
                     Some(format!("no GPU ({e}); running on the CPU")),
                 ),
@@ -101,12 +123,22 @@ impl Engine {
             executor,
             prepared: std::sync::OnceLock::new(),
             fallback_note,
+            tuning: options.tuning,
         })
     }
 
     /// Prepares `graph` on an existing GPU context (e.g. an application's own device,
     /// through `GpuContext::from_device`).
     pub fn with_gpu(graph: Graph, ctx: Arc<GpuContext>) -> Result<Engine, EngineError> {
+        Engine::with_gpu_tuning(graph, ctx, Tuning::default())
+    }
+
+    /// As [`Engine::with_gpu`], with the kernel choices of `tuning`.
+    pub fn with_gpu_tuning(
+        graph: Graph,
+        ctx: Arc<GpuContext>,
+        tuning: Tuning,
+    ) -> Result<Engine, EngineError> {
         let graph = Arc::new(fold(graph)?);
         graph.validate()?;
         Ok(Engine {
@@ -118,7 +150,13 @@ impl Engine {
             },
             prepared: std::sync::OnceLock::new(),
             fallback_note: None,
+            tuning,
         })
+    }
+
+    /// The kernel choices of its models.
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
     }
 
     /// The folded graph this engine runs.
@@ -131,8 +169,12 @@ impl Engine {
     /// the other executors.
     pub fn cpu_prepared(&self) -> Option<&Arc<cpu::fast::Prepared>> {
         matches!(self.executor, Executor::Cpu).then(|| {
-            self.prepared
-                .get_or_init(|| Arc::new(cpu::fast::Prepared::new(self.graph.clone())))
+            self.prepared.get_or_init(|| {
+                Arc::new(cpu::fast::Prepared::with_options(
+                    self.graph.clone(),
+                    &self.tuning.cpu,
+                ))
+            })
         })
     }
 
@@ -216,7 +258,12 @@ impl Engine {
                 return Ok(Some(m.clone()));
             }
         }
-        let model = Arc::new(GpuModel::new(ctx, &self.graph, batch)?);
+        let model = Arc::new(GpuModel::with_options(
+            ctx,
+            &self.graph,
+            batch,
+            self.tuning.gpu,
+        )?);
         models.insert(batch, model.clone());
         Ok(Some(model))
     }

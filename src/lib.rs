@@ -12,6 +12,7 @@ pub mod graph;
 pub mod import;
 pub mod plan;
 pub mod train;
+pub mod tuning;
 pub mod weights;
 pub mod zoo;
 

@@ -21,6 +21,12 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Force a kernel choice, KEY=VALUE (repeatable): e.g. gpu.conv_kernel=tiled,
+    /// cpu.avx512=false, gpu.fc_split_k=8; `--tune help` lists every key. The older
+    /// CNNPACK_* variables (CNNPACK_CONV_KERNEL, CNNPACK_CPU_NO_AVX512, ...) still
+    /// apply, and these flags override them.
+    #[arg(long, global = true, value_name = "KEY=VALUE")]
+    tune: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -133,7 +139,7 @@ enum Command {
         /// Timed runs per configuration (fewer if --budget runs out; at least 3), after at
         /// least 1 s of untimed runs (an idle GPU runs at low clocks at first). Layer times
         /// are medians over up to 5 more, profiled runs; on a GPU each layer is its own
-        /// pass, or with env CNNPACK_PROFILE=in-pass (where the adapter can) timed
+        /// pass, or with --tune gpu.profile=in-pass (where the adapter can) timed
         /// between the dispatches of one pass, as unprofiled runs execute them.
         #[arg(long, default_value_t = 20)]
         runs: usize,
@@ -445,6 +451,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if cli.tune.iter().any(|t| t == "help") {
+        println!("--tune keys (KEY=VALUE; `none` restores a chosen default):");
+        for key in cnnpack::tuning::Tuning::keys() {
+            println!("  {key}");
+        }
+        return Ok(());
+    }
+    set_engine_options(&cli.tune)?;
     match cli.command {
         Command::Inspect { model, json } => inspect(&model, json),
         Command::Classify {

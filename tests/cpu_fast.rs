@@ -2,9 +2,17 @@
 //! Tolerance: max |fast - ref| <= 1e-5 * (1 + max |ref|) * sqrt(K), since sgemm
 //! accumulates K products in f32 in a different order than the f64 reference.
 
+use cnnpack::backend::cpu::fast::Isa;
 use cnnpack::backend::cpu::{fast, reference};
 use cnnpack::graph::{Conv2d, Linear, Node, Op, Rng, Tensor};
+use cnnpack::tuning::CpuOptions;
 use cnnpack::weights::Weights;
+
+/// The AVX2 kernels where the CPU has AVX-512 (the default runs the AVX-512 ones).
+const AVX2_ONLY: CpuOptions = CpuOptions {
+    avx512: false,
+    spin: true,
+};
 
 fn check(got: &Tensor, want: &Tensor, k: usize, what: &str) {
     assert_eq!(got.shape, want.shape, "{what}: shape");
@@ -16,7 +24,8 @@ fn check(got: &Tensor, want: &Tensor, k: usize, what: &str) {
 
 /// The conv through each dense kernel, each checked against `want` (the reference):
 /// in place (`fast::conv2d`) and on packed weights (`fast::conv2d_packed`, where this
-/// CPU has AVX2+FMA), the latter also with its fused ReLU.
+/// CPU has AVX2+FMA, with each micro-kernel this CPU has), the latter also with its
+/// fused ReLU.
 fn check_dense_convs(x: &Tensor, conv: &Conv2d, want: &Tensor, k: usize, what: &str) {
     check(
         &fast::conv2d(x, conv),
@@ -24,24 +33,27 @@ fn check_dense_convs(x: &Tensor, conv: &Conv2d, want: &Tensor, k: usize, what: &
         k,
         &format!("{what} (in place)"),
     );
-    let Some(packed) = fast::PackedConv::new(conv) else {
-        eprintln!("no AVX2+FMA: packed conv not checked");
-        return;
-    };
-    check(
-        &fast::conv2d_packed(x, conv, &packed, false),
-        want,
-        k,
-        &format!("{what} (packed)"),
-    );
     let mut want_relu = want.clone();
     want_relu.data.iter_mut().for_each(|v| *v = v.max(0.0));
-    check(
-        &fast::conv2d_packed(x, conv, &packed, true),
-        &want_relu,
-        k,
-        &format!("{what} (packed, relu)"),
-    );
+    for isa in Isa::available() {
+        let Some(packed) = fast::PackedConv::with_isa(conv, isa) else {
+            eprintln!("no AVX2+FMA: packed conv not checked");
+            return;
+        };
+        let isa = isa.name();
+        check(
+            &fast::conv2d_packed(x, conv, &packed, false),
+            want,
+            k,
+            &format!("{what} (packed, {isa})"),
+        );
+        check(
+            &fast::conv2d_packed(x, conv, &packed, true),
+            &want_relu,
+            k,
+            &format!("{what} (packed, relu, {isa})"),
+        );
+    }
 }
 
 fn node(op: Op) -> Node {
@@ -216,12 +228,14 @@ fn linear_matches_reference_on_random_shapes() {
         };
         let x = rng.normal_tensor(vec![n, k], 1.0);
         let want = reference::linear(&x, &fc);
-        check(
-            &fast::linear(&x, &fc),
-            &want,
-            k,
-            &format!("case {case}: n{n} k{k} out{out}"),
-        );
+        for isa in Isa::available() {
+            check(
+                &fast::linear_isa(&x, &fc, isa),
+                &want,
+                k,
+                &format!("case {case}: n{n} k{k} out{out} {}", isa.name()),
+            );
+        }
     }
 }
 
@@ -343,6 +357,11 @@ fn relu_fused_into_conv_matches_the_reference() {
             check(a, w, 144, &format!("batch {n}, output {o}"));
         }
         let got = prepared.run(&input).expect("packed");
+        let avx2 = fast::Prepared::with_options(std::sync::Arc::new(g.clone()), &AVX2_ONLY);
+        let got_avx2 = avx2.run(&input).expect("packed, avx2");
+        for (o, (a, w)) in got_avx2.iter().zip(&want).enumerate() {
+            check(a, w, 144, &format!("batch {n}, output {o}, avx2"));
+        }
         for (o, (a, w)) in got.iter().zip(&want).enumerate() {
             check(a, w, 144, &format!("batch {n}, output {o}, packed convs"));
         }

@@ -4,6 +4,7 @@
 //! different order than the f64 reference).
 
 mod common;
+use cnnpack::backend::cpu::fast::Isa;
 use cnnpack::backend::cpu::{fast, reference};
 use cnnpack::compress::dns::{
     sparsify_graph, surgery, surgery_probability, DnsOptions, SparsePolicy, Surgeon, Thresholds,
@@ -334,12 +335,17 @@ fn sparse_linear_matches_reference() {
         let s = SparseWeights::from_dense(wt.shape.clone(), &wt.data).unwrap();
         let x = rng.normal_tensor(vec![n, k], 1.0);
         let want = reference::linear(&x, &dense);
-        let got = fast::sparse::sparse_linear(&x, &s, bias.as_ref());
-        check(
-            &got,
-            &want,
-            &format!("case {case}: density {density} n{n} {k}->{out}"),
-        );
+        for isa in Isa::available() {
+            let got = fast::sparse::sparse_linear_isa(&x, &s, bias.as_ref(), isa);
+            check(
+                &got,
+                &want,
+                &format!(
+                    "case {case}: density {density} n{n} {k}->{out} {}",
+                    isa.name()
+                ),
+            );
+        }
     }
 }
 
@@ -761,8 +767,10 @@ fn sparse_conv_paths_and_dispatch_match_reference() {
             inputs: vec!["x".into()],
             output: "y".into(),
         };
-        let got = fast::run_node(&node, &[&x]).expect("runs");
-        check(&got, &want, &format!("{what} dispatch"));
+        for isa in Isa::available() {
+            let got = fast::run_node_isa(&node, &[&x], isa).expect("runs");
+            check(&got, &want, &format!("{what} dispatch {}", isa.name()));
+        }
     }
 }
 
@@ -949,12 +957,16 @@ fn check_sparse_conv(rng: &mut Rng, c: SparseConvCase, what: &str) {
         "{what}: n{} g{} cin{} cout{} k{kh}x{kw} s{:?} d{} p{:?} {h}x{w} density {}",
         c.n, c.groups, c.cin_g, c.cout, c.stride, c.dilation, c.pads, c.density
     );
-    check(&fast::sparse::sparse_conv(&x, &sparse), &want, &what);
-    // The ReLU fused into the stores.
+    // The ReLU fused into the stores, too; on every instruction set this CPU has.
     let mut want_relu = want.clone();
     want_relu.data.iter_mut().for_each(|v| *v = v.max(0.0));
-    let got = fast::sparse::sparse_conv_relu(&x, &sparse, true);
-    check(&got, &want_relu, &format!("{what} relu"));
+    for isa in Isa::available() {
+        let what = format!("{what} {}", isa.name());
+        let got = fast::sparse::sparse_conv_isa(&x, &sparse, false, isa);
+        check(&got, &want, &what);
+        let got = fast::sparse::sparse_conv_isa(&x, &sparse, true, isa);
+        check(&got, &want_relu, &format!("{what} relu"));
+    }
 }
 
 /// A 0-output-row / all-zero-row layer and a big K (u32 indices) through the SpMV.
@@ -972,8 +984,14 @@ fn sparse_linear_wide_indices_and_empty_rows() {
         };
         let x = rng.normal_tensor(vec![n, k], 1.0);
         let want = reference::linear(&x, &dense);
-        let got = fast::sparse::sparse_linear(&x, &s, None);
-        check(&got, &want, &format!("wide n{n} density {density}"));
+        for isa in Isa::available() {
+            let got = fast::sparse::sparse_linear_isa(&x, &s, None, isa);
+            check(
+                &got,
+                &want,
+                &format!("wide n{n} density {density} {}", isa.name()),
+            );
+        }
     }
 }
 
@@ -1028,24 +1046,40 @@ fn executor_routes_sparse_convs_by_stride_and_density() {
 
 /// `sparse_fc` (vector CSR: several lanes per row, a reduction per row) against the
 /// reference on the dense reconstruction, with the lanes per row the host picks (1 on
-/// lavapipe) or, run by `gpu_sparse_fc_forced_lane_widths_match_reference`, the width
-/// in `CNNPACK_SPARSE_FC_LANES`. On a GPU the picked width is about half the mean
+/// lavapipe); `gpu_sparse_fc_forced_lane_widths_match_reference` forces each width
+/// (`GpuOptions::sparse_fc_lanes`) on the same cases. On a GPU the picked width is about half the mean
 /// entries per row for these small row counts, so the cases step the mean through
 /// every width from 1 to 256 lanes (~3, ~5, ~8, ~17, ~38, ~78, ~150, ~250, ~560, ~2000
 /// entries per row), plus 1% density with a long and a short K. Rows are not multiples
 /// of the rows per workgroup, K is odd, every fifth row is empty and row 1 is full
 /// (more entries than lanes x 4 unrolled loads), batch 1 and 3, with and without a
-/// fused ReLU. Skipped without an adapter.
+/// fused ReLU. Skipped without an adapter (a failure under `CNNPACK_REQUIRE_GPU=1`).
 #[test]
 fn gpu_sparse_fc_lane_widths_match_reference() {
-    use cnnpack::backend::gpu::{GpuContext, GpuModel};
-    use std::sync::Arc;
-    let ctx = match GpuContext::new() {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            println!("skipped: no GPU adapter ({e})");
-            return;
-        }
+    let Some(ctx) = common::gpu() else { return };
+    check_sparse_fc_lanes(&ctx, None);
+}
+
+/// `gpu_sparse_fc_lane_widths_match_reference`'s cases with each lane width from 1 to
+/// 256 forced.
+#[test]
+fn gpu_sparse_fc_forced_lane_widths_match_reference() {
+    let Some(ctx) = common::gpu() else { return };
+    for lanes in [1, 2, 4, 8, 16, 32, 64, 128, 256] {
+        check_sparse_fc_lanes(&ctx, Some(lanes));
+    }
+}
+
+/// The cases of `gpu_sparse_fc_lane_widths_match_reference` with `lanes` lanes per row
+/// (`None`: the host's choice).
+fn check_sparse_fc_lanes(
+    ctx: &std::sync::Arc<cnnpack::backend::gpu::GpuContext>,
+    lanes: Option<usize>,
+) {
+    use cnnpack::backend::gpu::{GpuModel, GpuOptions};
+    let options = GpuOptions {
+        sparse_fc_lanes: lanes,
+        ..GpuOptions::default()
     };
     let mut rng = Rng::new(41);
     let cases: [(usize, usize, f32); 12] = [
@@ -1090,44 +1124,16 @@ fn gpu_sparse_fc_lane_widths_match_reference() {
         for n in [1, 3] {
             let xb = rng.normal_tensor(vec![n, k], 1.0);
             let want = reference::run_graph(&g, &xb).unwrap().remove(0);
-            let model = GpuModel::new(ctx.clone(), &sg, n).expect("gpu model");
+            let model = GpuModel::with_options(ctx.clone(), &sg, n, options).expect("gpu model");
             let got = model.run(&xb).expect("gpu run").remove(0);
             check(
                 &got,
                 &want,
-                &format!("fc case {case}: {rows}x{k} density {density} batch {n} relu {relu}"),
+                &format!(
+                    "fc case {case}: {rows}x{k} density {density} batch {n} relu {relu} lanes {lanes:?}"
+                ),
             );
         }
-    }
-}
-
-/// `gpu_sparse_fc_lane_widths_match_reference` again with each lane width from 1 to
-/// 256 forced through `CNNPACK_SPARSE_FC_LANES`, one child process per width (the
-/// variable is read when a model is built; setting it in this process would race the
-/// other tests). Skipped without an adapter.
-#[test]
-fn gpu_sparse_fc_forced_lane_widths_match_reference() {
-    if let Err(e) = cnnpack::backend::gpu::GpuContext::new() {
-        println!("skipped: no GPU adapter ({e})");
-        return;
-    }
-    let exe = std::env::current_exe().expect("test binary");
-    for lanes in [1, 2, 4, 8, 16, 32, 64, 128, 256] {
-        let out = std::process::Command::new(&exe)
-            .args([
-                "--exact",
-                "gpu_sparse_fc_lane_widths_match_reference",
-                "--test-threads=1",
-            ])
-            .env("CNNPACK_SPARSE_FC_LANES", lanes.to_string())
-            .output()
-            .expect("runs the test binary");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "{lanes} lanes per row:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 }
 
@@ -1148,9 +1154,11 @@ fn gpu_sparse_fc_timing() {
         }
     };
     println!("adapter: {}", ctx.adapter_name());
-    let lanes: Vec<String> = std::env::var("SPARSE_FC_TIMING_LANES")
-        .map(|v| v.split(',').map(str::to_owned).collect())
-        .unwrap_or_else(|_| vec![String::new()]);
+    // Lane widths to compare, e.g. SPARSE_FC_TIMING_LANES=8,32,128 (default: the
+    // host's choice).
+    let lanes: Vec<Option<usize>> = std::env::var("SPARSE_FC_TIMING_LANES")
+        .map(|v| v.split(',').map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_else(|_| vec![None]);
     let mut rng = Rng::new(5);
     for (name, k, rows) in [
         ("fc6", 9216, 4096),
@@ -1162,8 +1170,12 @@ fn gpu_sparse_fc_timing() {
         let y = b.linear(&x, rows);
         let g = b.finish(&[&y]).expect("graph");
         let xb = rng.normal_tensor(vec![1, k], 1.0);
-        let best = |g: &cnnpack::graph::Graph| {
-            let model = GpuModel::new(ctx.clone(), g, 1).expect("gpu model");
+        let best = |g: &cnnpack::graph::Graph, lanes: Option<usize>| {
+            let options = cnnpack::backend::gpu::GpuOptions {
+                sparse_fc_lanes: lanes,
+                ..Default::default()
+            };
+            let model = GpuModel::with_options(ctx.clone(), g, 1, options).expect("gpu model");
             let mut best = f64::INFINITY;
             for _ in 0..8 {
                 let (_, t) = model.run_profiled(&xb).expect("run");
@@ -1172,7 +1184,7 @@ fn gpu_sparse_fc_timing() {
             }
             best
         };
-        let td = best(&g);
+        let td = best(&g, None);
         println!("{name} dense gemv: {td:.4} ms");
         for density in [0.5f32, 0.25, 0.1, 0.05] {
             let mut sg = g.clone();
@@ -1186,12 +1198,11 @@ fn gpu_sparse_fc_timing() {
                 }
             }
             let bytes = (nnz * 8 + (rows + 1) * 4) as f64;
-            for l in &lanes {
-                std::env::set_var("CNNPACK_SPARSE_FC_LANES", l);
-                let ts = best(&sg);
+            for &l in &lanes {
+                let ts = best(&sg, l);
                 println!(
-                    "{name} density {density} lanes {:>3}: sparse {ts:.4} ms ({:.1} GB/s), dense {td:.4} ms",
-                    if l.is_empty() { "auto" } else { l },
+                    "{name} density {density} lanes {:>4}: sparse {ts:.4} ms ({:.1} GB/s), dense {td:.4} ms",
+                    l.map_or("auto".into(), |l| l.to_string()),
                     bytes / ts * 1e-6
                 );
             }

@@ -7,7 +7,7 @@
 //! reconstruction) only by f32 summation order.
 
 mod common;
-use cnnpack::backend::cpu::fast::FcKernel;
+use cnnpack::backend::cpu::fast::{FcKernel, Isa};
 use cnnpack::backend::cpu::{fast, reference};
 use cnnpack::compress::inq::{
     choose_n1, encode_quantized, inq_graph, layer_n1, portion_count, quantize_value, InqOptions,
@@ -16,6 +16,7 @@ use cnnpack::compress::inq::{
 use cnnpack::data::{Dataset, Preprocess};
 use cnnpack::graph::{Conv2d, Graph, Linear, Node, Op, Rng, Tensor};
 use cnnpack::train::TrainOptions;
+use cnnpack::tuning::CpuOptions;
 use cnnpack::weights::{decode_table, encode_power, pow2_f32, Pow2Weights, Weights};
 use std::path::Path;
 
@@ -313,9 +314,20 @@ fn one_step_quantization_gives_values_in_p() {
         for (a, b) in got.iter().zip(&want) {
             check(a, b, "lenet pow2 graph");
         }
-        let prepared = fast::Prepared::new(std::sync::Arc::new(q.clone()));
-        for (a, b) in prepared.run(&x).expect("packed").iter().zip(&want) {
-            check(a, b, "lenet pow2 graph, packed convs");
+        let q = std::sync::Arc::new(q.clone());
+        for avx512 in [true, false] {
+            let options = CpuOptions {
+                avx512,
+                ..CpuOptions::default()
+            };
+            let prepared = fast::Prepared::with_options(q.clone(), &options);
+            for (a, b) in prepared.run(&x).expect("packed").iter().zip(&want) {
+                check(
+                    a,
+                    b,
+                    &format!("lenet pow2 graph, packed convs, {options:?}"),
+                );
+            }
         }
     }
     // Dense layers stay dense; unknown names and non-finite weights are refused.
@@ -532,8 +544,14 @@ fn pow2_linear_matches_reference() {
             weight: Weights::Pow2(w.clone()),
             bias: bias.clone(),
         };
-        let got = fast::run_node(&node(Op::Linear(fc)), &[&x]).expect("fast");
-        check(&got, &want, &format!("case {case}: b{bits} n{n} k{k} o{o}"));
+        for isa in Isa::available() {
+            let got = fast::run_node_isa(&node(Op::Linear(fc.clone())), &[&x], isa).expect("fast");
+            check(
+                &got,
+                &want,
+                &format!("case {case}: b{bits} n{n} k{k} o{o} {}", isa.name()),
+            );
+        }
         let direct = fast::pow2::pow2_linear(&x, &w, bias.as_ref());
         check(&direct, &want, &format!("case {case} direct"));
         // Each batch-1 kernel by name (the AVX2 byte tables and the AVX-512 permutes
@@ -645,8 +663,10 @@ fn pow2_conv_matches_reference() {
             "case {case}: b{bits} n{n} cin{} cout{cout} g{groups} k{kk} s{stride} d{dilation} p{pads:?} {h}x{w}",
             cin_g * groups
         );
-        let got = fast::run_node(&node(Op::Conv(conv)), &[&x]).expect("fast");
-        check(&got, &want, &what);
+        for isa in Isa::available() {
+            let got = fast::run_node_isa(&node(Op::Conv(conv.clone())), &[&x], isa).expect("fast");
+            check(&got, &want, &format!("{what} {}", isa.name()));
+        }
     }
 }
 
@@ -895,9 +915,23 @@ mod gpu {
     /// H200 whole 20-run measurements came out 3-4x slower in every layer, now and
     /// then). Prints per-step medians and the median of the per-run ratios dense / pow2.
     /// Timing only, on a real GPU: `cargo test --release --test inq pow2_fc_timing --
-    /// --ignored --nocapture` (`CNNPACK_POW2_FC`, `CNNPACK_POW2_FC_ROWS` pick variants;
+    /// --ignored --nocapture` (`CNNPACK_POW2_FC`, `CNNPACK_POW2_FC_ROWS` pick variants, as
+    /// the command line maps them onto `Tuning`;
     /// `CNNPACK_POW2_FC_PREFETCH_SWEEP=1,2,3` compares prefetch depths in one run;
     /// `CNNPACK_TIMING_RUNS`, default 30).
+    /// The knobs of the `CNNPACK_*` variables (`Tuning::ENV`), as the command line
+    /// reads them, for this timing run.
+    fn env_tuning() -> cnnpack::tuning::Tuning {
+        let mut tuning = cnnpack::tuning::Tuning::default();
+        for (var, key, fixed) in cnnpack::tuning::Tuning::ENV {
+            if let Ok(v) = std::env::var(var) {
+                let v = if fixed.is_empty() { &v } else { *fixed };
+                tuning.set(key, v).expect("a valid value");
+            }
+        }
+        tuning
+    }
+
     #[test]
     #[ignore]
     fn pow2_fc_timing() {
@@ -939,7 +973,7 @@ mod gpu {
                 .map(|&d| {
                     let opts = GpuOptions {
                         pow2_fc_prefetch: d,
-                        ..GpuOptions::default()
+                        ..env_tuning().gpu
                     };
                     GpuModel::with_options(ctx.clone(), &g, batch, opts).expect("model")
                 })

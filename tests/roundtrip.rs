@@ -19,7 +19,7 @@ fn assert_bit_identical(graph: Graph, name: &str) {
     shape.extend(&graph.input.item_shape);
     let x = Rng::new(11).normal_tensor(shape, 1.0);
     for device in [DeviceKind::Cpu, DeviceKind::Gpu] {
-        let a = Engine::new(graph.clone(), device).unwrap();
+        let a = Engine::with_options(graph.clone(), device, common::engine_options()).unwrap();
         if a.fallback_note().is_some() {
             println!("skipped {name} on the GPU: {}", a.fallback_note().unwrap());
             continue;

@@ -547,6 +547,18 @@ fn sketched_graph_runs_fast_path_like_reference_and_survives_cnnpack() {
             &want[0],
             &format!("sketched graph, batch {batch}, packed"),
         );
+        let avx2 = cnnpack::tuning::CpuOptions {
+            avx512: false,
+            ..Default::default()
+        };
+        let got = cpu_fast::Prepared::with_options(std::sync::Arc::new(sk.clone()), &avx2)
+            .run(&input)
+            .expect("packed runs");
+        assert_close(
+            &got[0],
+            &want[0],
+            &format!("sketched graph, batch {batch}, packed, avx2"),
+        );
     }
     // .cnnpack round trip keeps the packed arrays bit for bit.
     let bytes = pack_format::to_bytes(&sk).expect("saves");
@@ -818,12 +830,12 @@ fn lenet5_sketch_sweep() {
     }
 }
 
-/// The CPU fast path decodes a sketched or pow2 conv once per layer and reuses it
-/// (`fast::decoded`); results stay equal to the reference, a second identical layer
-/// at another address gets its own entry, and changed weights at the same address are
-/// never served from a stale entry.
+/// A prepared CPU model (`fast::Prepared`) decodes a sketched conv that it does not
+/// pack once and keeps the copy (no process-wide cache); its runs, and the unprepared
+/// `run_node` (decoded per call), equal the reference, and a model prepared from changed
+/// weights runs the new weights.
 #[test]
-fn decoded_conv_cache_is_reused_and_never_stale() {
+fn prepared_model_holds_decoded_convs() {
     let mut rng = Rng::new(31);
     let sk = random_sketch(&mut rng, vec![6, 5, 3, 3], 2, true);
     let mut conv = Conv2d {
@@ -836,31 +848,27 @@ fn decoded_conv_cache_is_reused_and_never_stale() {
         bias: Some(rng.normal_tensor(vec![6], 1.0)),
     };
     let x = rng.normal_tensor(vec![2, 5, 9, 11], 1.0);
-    let run = |c: &Conv2d| {
-        let node = Node {
-            name: "c".into(),
-            op: Op::Conv(c.clone()),
-            inputs: vec!["x".into()],
-            output: "y".into(),
-        };
-        // The node owns a clone (another address): the cache validates by content.
-        cpu_fast::run_node(&node, &[&x]).expect("runs")
+    let graph = |c: &Conv2d| {
+        let mut b = GraphBuilder::new("x", &[5, 9, 11], 0);
+        let y = b.push("c", Op::Conv(c.clone()), &["x"]);
+        std::sync::Arc::new(b.finish(&[&y]).expect("valid graph"))
+    };
+    let node = |c: &Conv2d| Node {
+        name: "c".into(),
+        op: Op::Conv(c.clone()),
+        inputs: vec!["x".into()],
+        output: "y".into(),
     };
     let want = reference_conv(&x, &conv);
-    assert_close(&run(&conv), &want, "first call");
-    assert_close(&run(&conv), &want, "second call");
-    let direct = cpu_fast::run_node(
-        &Node {
-            name: "c".into(),
-            op: Op::Conv(conv.clone()),
-            inputs: vec!["x".into()],
-            output: "y".into(),
-        },
-        &[&x],
-    )
-    .expect("runs");
-    assert_close(&direct, &want, "third call");
-    // Flip every bit in place (same address, same length): must not hit the old entry.
+    let prepared = cpu_fast::Prepared::new(graph(&conv));
+    // 6 output channels fill a 16-channel panel to 38%: not packed, decoded.
+    assert_eq!(prepared.decoded_stats(), (1, 6 * 45 * 4), "{prepared:?}");
+    for call in ["first", "second"] {
+        assert_close(&prepared.run(&x).expect("runs").remove(0), &want, call);
+    }
+    let direct = cpu_fast::run_node(&node(&conv), &[&x]).expect("runs");
+    assert_close(&direct, &want, "unprepared");
+    // Flip every bit: a model prepared from the new weights runs them.
     if let Weights::Sketch(s) = &mut conv.weight {
         let (bits, _) = s.arrays_mut();
         bits.iter_mut().for_each(|w| *w = !*w);
@@ -876,21 +884,12 @@ fn decoded_conv_cache_is_reused_and_never_stale() {
         want2.max_abs_diff(&want) > 1e-3,
         "flipped bits change the output"
     );
-    let node = Node {
-        name: "c".into(),
-        op: Op::Conv(conv.clone()),
-        inputs: vec!["x".into()],
-        output: "y".into(),
-    };
+    let changed = cpu_fast::Prepared::new(graph(&conv));
+    assert_close(&changed.run(&x).expect("runs").remove(0), &want2, "changed");
     assert_close(
-        &cpu_fast::run_node(&node, &[&x]).expect("runs"),
+        &cpu_fast::run_node(&node(&conv), &[&x]).expect("runs"),
         &want2,
-        "after in-place change",
-    );
-    let (entries, bytes) = cpu_fast::decoded::stats();
-    assert!(
-        entries >= 1 && bytes >= 6 * 45 * 4,
-        "{entries} entries, {bytes} bytes"
+        "unprepared, changed",
     );
 }
 

@@ -113,18 +113,18 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
             None => Vec::new(),
         };
         for &device in &a.devices {
-            let engine = Engine::new(graph.clone(), device)?;
+            let engine = engine_quiet(graph.clone(), device)?;
             if let Some(note) = engine.fallback_note() {
                 eprintln!("note: skipping --device gpu: {note}");
                 continue;
             }
             let base_engine = base_graph
                 .clone()
-                .map(|g| Engine::new(g, device))
+                .map(|g| engine_quiet(g, device))
                 .transpose()?;
             let variant_engines = variants
                 .iter()
-                .map(|(v, g)| Ok((*v, Engine::new(g.clone(), device)?)))
+                .map(|(v, g)| Ok((*v, engine_quiet(g.clone(), device)?)))
                 .collect::<Result<Vec<_>>>()?;
             let roof = roofs.get(&engine.is_gpu()).copied();
             for &batch in &a.batches {

@@ -4,8 +4,9 @@
 use crate::PreprocessArgs;
 use anyhow::{Context, Result};
 use cnnpack::data::Preprocess;
-use cnnpack::engine::{DeviceKind, Engine};
+use cnnpack::engine::{DeviceKind, Engine, EngineOptions};
 use cnnpack::graph::{layer_stats, Graph};
+use cnnpack::tuning::Tuning;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 
@@ -17,8 +18,52 @@ pub(crate) fn load(model: &str) -> Result<Graph> {
     cnnpack::format::load_model(Path::new(model)).with_context(|| format!("loading {model}"))
 }
 
+/// The engine options of this process (`set_engine_options`).
+static ENGINE_OPTIONS: std::sync::OnceLock<EngineOptions> = std::sync::OnceLock::new();
+
+/// Builds this process's engine options, once, before any command runs: the
+/// `CNNPACK_*` variables of `Tuning::ENV`, then the `--tune KEY=VALUE` flags, and
+/// `CNNPACK_REQUIRE_GPU=1` (as CI sets it) makes a missing GPU adapter an error. The
+/// command line is the only place that reads these from the environment.
+pub(crate) fn set_engine_options(flags: &[String]) -> Result<()> {
+    let mut tuning = Tuning::default();
+    for (var, key, fixed) in Tuning::ENV {
+        let Some(value) = std::env::var_os(var) else {
+            continue;
+        };
+        let value = value.to_string_lossy();
+        let value = if fixed.is_empty() { &*value } else { fixed };
+        tuning
+            .set(key, value)
+            .with_context(|| format!("environment variable {var}"))?;
+    }
+    for flag in flags {
+        let (key, value) = flag.split_once('=').with_context(|| {
+            format!("--tune {flag}: expected KEY=VALUE (`--tune help` lists keys)")
+        })?;
+        tuning.set(key, value).context("--tune")?;
+    }
+    let options = EngineOptions {
+        tuning,
+        require_gpu: std::env::var("CNNPACK_REQUIRE_GPU").as_deref() == Ok("1"),
+    };
+    ENGINE_OPTIONS
+        .set(options)
+        .map_err(|_| anyhow::anyhow!("engine options are set once"))
+}
+
+/// The options every engine of this process is built with.
+pub(crate) fn engine_options() -> EngineOptions {
+    ENGINE_OPTIONS.get().cloned().unwrap_or_default()
+}
+
+/// An engine with this process's options (silent: see `engine`).
+pub(crate) fn engine_quiet(graph: Graph, device: DeviceKind) -> Result<Engine> {
+    Ok(Engine::with_options(graph, device, engine_options())?)
+}
+
 pub(crate) fn engine(graph: Graph, device: DeviceKind) -> Result<Engine> {
-    let engine = Engine::new(graph, device)?;
+    let engine = engine_quiet(graph, device)?;
     if let Some(note) = engine.fallback_note() {
         eprintln!("note: {note}");
     }

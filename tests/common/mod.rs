@@ -82,3 +82,12 @@ pub fn version_1_file(json: &str, tensors: &[cnnpack::format::cnnpack::RawTensor
     safetensors::serialize(tensors.iter().map(|t| (t.name.clone(), t)), Some(meta))
         .expect("serialize")
 }
+
+/// Engine options that obey `CNNPACK_REQUIRE_GPU=1` (a missing adapter fails
+/// `Engine::with_options(.., DeviceKind::Gpu, ..)` instead of falling back to the CPU).
+pub fn engine_options() -> cnnpack::engine::EngineOptions {
+    cnnpack::engine::EngineOptions {
+        require_gpu: std::env::var("CNNPACK_REQUIRE_GPU").as_deref() == Ok("1"),
+        ..Default::default()
+    }
+}

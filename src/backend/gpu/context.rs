@@ -157,7 +157,7 @@ impl GpuContext {
             })?,
         };
         // Timestamps between dispatches of one pass too, where the adapter has them
-        // (`GpuModel::run_profiled` with `CNNPACK_PROFILE=in-pass`).
+        // (`GpuModel::run_profiled` with `GpuOptions::profile_in_pass`).
         let features = adapter.features()
             & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {

@@ -31,6 +31,7 @@ use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::model::StepIo;
 use super::GpuError;
 use crate::graph::{Conv2d, Tensor};
+pub use crate::tuning::ConvKernel;
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
@@ -321,12 +322,9 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
         .collect()
 }
 
-/// The conv kernel asked for: `io.conv_kernel`, or for `Auto` the env override if set.
+/// The conv kernel asked for (`GpuOptions::conv_kernel`).
 fn kernel_choice(io: &StepIo) -> ConvKernel {
-    match io.conv_kernel {
-        ConvKernel::Auto => env_conv_kernel().unwrap_or(ConvKernel::Auto),
-        forced => forced,
-    }
+    io.options.conv_kernel
 }
 
 /// Whether GEMMs of this step (Linear at batch >= 32) run `conv_gemm`: where convs with
@@ -336,18 +334,6 @@ pub(crate) fn gemm_chosen(io: &StepIo) -> bool {
         ConvKernel::Gemm | ConvKernel::GemmSplits(_) | ConvKernel::GemmWide => true,
         ConvKernel::Auto => !io.ctx.is_software(),
         ConvKernel::Tiled | ConvKernel::Uniform => false,
-    }
-}
-
-/// `CNNPACK_CONV_KERNEL=tiled|gemm|gemm-wide|uniform` overrides the `Auto` choice for every conv
-/// of every model in the process, for experiments (`cnnpack bench` has no flag for it).
-fn env_conv_kernel() -> Option<ConvKernel> {
-    match std::env::var("CNNPACK_CONV_KERNEL").ok()?.as_str() {
-        "tiled" => Some(ConvKernel::Tiled),
-        "gemm" => Some(ConvKernel::Gemm),
-        "gemm-wide" => Some(ConvKernel::GemmWide),
-        "uniform" => Some(ConvKernel::Uniform),
-        _ => None,
     }
 }
 
@@ -361,30 +347,6 @@ enum Variant {
     Tiled,
     /// 64x64 implicit GEMM on transposed weights, loads overlapped, split-K: GPUs.
     Gemm,
-}
-
-/// Which dense conv kernel to use for convs with 16 or more output channels per group
-/// (fewer always run the direct kernel).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ConvKernel {
-    /// `Uniform` on CPU adapters (lavapipe), `Gemm` on GPUs.
-    #[default]
-    Auto,
-    /// The first tiled implicit GEMM in workgroup memory (`conv_fwd_tiled`), kept for
-    /// comparison and retraining (Linear at batch >= 32 follows the conv choice).
-    Tiled,
-    /// The implicit GEMM with overlapped loads and split-K (`conv_gemm`), K slices chosen
-    /// per layer (env `CNNPACK_CONV_SPLITK=N` overrides, for experiments).
-    Gemm,
-    /// `Gemm` with exactly this many K slices (at most one per 16-deep K tile; tests).
-    GemmSplits(usize),
-    /// `Gemm` with 64 x 128 tiles and 4x8 register blocks (`conv_gemm_wide`): fewer
-    /// workgroup loads per FMA, half the tiles. Not measured on a GPU yet, so not chosen
-    /// by `Auto`.
-    GemmWide,
-    /// Weights in uniform buffers, 32 channels per invocation (`conv_fwd_ubo`); falls back
-    /// to `Tiled` for kernels of more than 512 taps (kh * kw).
-    Uniform,
 }
 
 /// `conv_fwd_ubo`: one dispatch per (group, block of output rows, slice of input
@@ -507,7 +469,7 @@ const GEMM_MIN_TILES_PER_SLICE: usize = 8;
 
 /// K slices for a layer with `tiles` output tiles and `k_tiles` K tiles: enough to reach
 /// [`GEMM_TARGET_WORKGROUPS`], no slice shorter than [`GEMM_MIN_TILES_PER_SLICE`];
-/// `forced` (tests, env `CNNPACK_CONV_SPLITK`) overrides. Never more than `k_tiles`.
+/// `forced` (tests, `GpuOptions::conv_split_k`) overrides. Never more than `k_tiles`.
 fn gemm_splits(tiles: usize, k_tiles: usize, forced: Option<usize>) -> usize {
     let want = match forced {
         Some(n) => n,
@@ -606,11 +568,9 @@ pub(crate) fn encode_gemm(
             &zeros
         }
     };
-    let forced = match io.conv_kernel {
+    let forced = match io.options.conv_kernel {
         ConvKernel::GemmSplits(n) => Some(n),
-        _ => std::env::var("CNNPACK_CONV_SPLITK")
-            .ok()
-            .and_then(|v| v.parse().ok()),
+        _ => io.options.conv_split_k,
     };
     let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
     let n_total = geom.batch * geom.oh * geom.ow;

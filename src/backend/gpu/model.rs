@@ -2,61 +2,17 @@
 //! launch recorded, activation buffers allocated by liveness (see `plan.rs`).
 
 use super::context::{Bind, Dispatch, GpuContext};
-use super::conv::ConvKernel;
 use super::{
     conv, copy, eltwise, gemm, lrn, pool, pow2, pow2_fc, sketch, softmax, sparse, GpuError,
 };
 use crate::graph::{Graph, Node, Op, Tensor};
 use crate::plan::{Plan, PlanOptions};
+pub use crate::tuning::{CompressedConv, GpuOptions, Pow2Fc};
 use crate::weights::Weights;
 use std::sync::{mpsc, Arc, Mutex};
 
 /// GPU time of each step: `(step name, milliseconds)` in execution order.
 pub type StepTimes = Vec<(String, f64)>;
-
-/// Options for building a [`GpuModel`].
-#[derive(Clone, Copy, Debug)]
-pub struct GpuOptions {
-    /// Caps the bytes of one weight binding below the adapter's
-    /// `max_storage_buffer_binding_size` (tests force the split path with it).
-    pub max_binding_bytes: Option<u64>,
-    /// Fuse a Relu into the Conv/Linear before it (plan-level fusion).
-    pub fuse_relu: bool,
-    /// Dense conv kernel choice (tests force each one).
-    pub conv_kernel: ConvKernel,
-    /// How convs with compressed weights run (tests force `Native`).
-    pub compressed_conv: CompressedConv,
-    /// K slices of the batch-small compressed Linear kernels (`pow2_fc`, `sketch_fc`):
-    /// `None` chooses (1 on software adapters, about 16 code words per slice on GPUs;
-    /// the `CNNPACK_FC_SPLITK` env var overrides that), `Some(n)` forces `n` slices
-    /// (at most one per code word of an input window; tests force the split path).
-    pub fc_split_k: Option<usize>,
-    /// Which kernel runs pow2 (INQ) Linear layers (tests force each one).
-    pub pow2_fc: Pow2Fc,
-    /// Code quads `pow2_fc_lut` loads ahead per invocation, 1..=3: `None` takes
-    /// `CNNPACK_POW2_FC_PREFETCH`, else 1 (tests force each depth).
-    pub pow2_fc_prefetch: Option<usize>,
-    /// How `run_profiled` times steps: `Some(true)` between the dispatches of one pass
-    /// (where the adapter has `TIMESTAMP_QUERY_INSIDE_PASSES`), `Some(false)` one pass
-    /// per step; `None` takes `CNNPACK_PROFILE=in-pass|per-pass`, else per pass. See
-    /// `GpuModel::profiles_in_pass`.
-    pub profile_in_pass: Option<bool>,
-}
-
-/// The kernel of a pow2 (INQ) Linear layer on the GPU.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Pow2Fc {
-    /// `pow2_fc_lut` on GPUs, `pow2_fc` on software adapters (lavapipe), where the
-    /// table lookup is a per-lane gather: 6.5x slower there (AlexNet fc6, batch 1, 340 ms
-    /// against 52 ms; the dense GEMV takes 335 ms). On an H200 `pow2_fc_lut` ran fc6 at 4
-    /// bits in 20 us against `pow2_fc`'s 73 us. `CNNPACK_POW2_FC=lut|window` forces one.
-    #[default]
-    Auto,
-    /// `pow2_fc`: inputs in a uniform window, each code's value built from its bits.
-    Window,
-    /// `pow2_fc_lut`: inputs staged in workgroup memory, values from a workgroup table.
-    Lut,
-}
 
 impl Pow2Fc {
     /// Whether the table kernel runs, on a software adapter or not.
@@ -64,37 +20,9 @@ impl Pow2Fc {
         match self {
             Pow2Fc::Window => false,
             Pow2Fc::Lut => true,
-            Pow2Fc::Auto => match std::env::var("CNNPACK_POW2_FC").as_deref() {
-                Ok("lut") => true,
-                Ok("window") => false,
-                _ => !software,
-            },
+            Pow2Fc::Auto => !software,
         }
     }
-}
-
-/// How a conv layer with sketch, pow2 or sparse weights runs on the GPU.
-///
-/// A conv reuses every weight across all output pixels, so it is compute-bound and the
-/// compressed encoding saves file and upload bytes but not necessarily time. On lavapipe
-/// (docs/benchmarks.md, "Compressed kernels vs dense") the pow2 conv ran at 0.03-0.04x and
-/// the sparse conv at 0.12-0.14x (30% density) of the dense conv, and sketch convs with
-/// m = 4 at 0.6-0.8x; there the weights are decoded once at upload instead.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CompressedConv {
-    /// Decode to dense f32 once at upload (the dense conv kernel runs them), except
-    /// sketch convs with at most 2 bases on CPU adapters (lavapipe), where the bit-plane
-    /// kernel is faster. Measured on an NVIDIA H200 (AlexNet, batch 1): against the first
-    /// tiled dense kernel the sketch convs ran at 0.15-0.51x (m = 4..1) and the pow2 convs
-    /// at 0.66-0.88x, the sparse convs at 1.4x (50% density) to 10x (5%); against
-    /// `conv_gemm`, the dense kernel that replaced it, the sparse convs ran at 0.49x (10%)
-    /// and 0.89x (5%).
-    #[default]
-    Auto,
-    /// Always the compressed kernels (bit-plane sketch, pow2 decode, CSR sparse).
-    Native,
-    /// Always decode to dense f32 at upload.
-    Decoded,
 }
 
 impl CompressedConv {
@@ -106,21 +34,6 @@ impl CompressedConv {
             (CompressedConv::Decoded, _) => true,
             (CompressedConv::Auto, Weights::Sketch(w)) => !software || w.bases() > 2,
             (CompressedConv::Auto, _) => true,
-        }
-    }
-}
-
-impl Default for GpuOptions {
-    fn default() -> Self {
-        GpuOptions {
-            max_binding_bytes: None,
-            fuse_relu: true,
-            conv_kernel: ConvKernel::Auto,
-            compressed_conv: CompressedConv::Auto,
-            fc_split_k: None,
-            pow2_fc: Pow2Fc::Auto,
-            pow2_fc_prefetch: None,
-            profile_in_pass: None,
         }
     }
 }
@@ -139,16 +52,8 @@ pub(crate) struct StepIo<'a> {
     pub(crate) output: (Bind, &'a [usize]),
     /// Largest weight binding in bytes.
     pub(crate) max_binding: u64,
-    /// Dense conv kernel choice.
-    pub(crate) conv_kernel: ConvKernel,
-    /// Compressed conv choice.
-    pub(crate) compressed_conv: CompressedConv,
-    /// Forced K slices of the compressed fc kernels (`GpuOptions::fc_split_k`).
-    pub(crate) fc_split_k: Option<usize>,
-    /// pow2 Linear kernel choice.
-    pub(crate) pow2_fc: Pow2Fc,
-    /// Forced prefetch depth of `pow2_fc_lut` (`GpuOptions::pow2_fc_prefetch`).
-    pub(crate) pow2_fc_prefetch: Option<usize>,
+    /// The model's kernel choices and knobs.
+    pub(crate) options: &'a GpuOptions,
 }
 
 /// A layer's bias, or zeros for `rows` outputs when it has none.
@@ -373,11 +278,7 @@ impl GpuModel {
                     .collect::<Result<_, _>>()?,
                 output: value(&step.output)?,
                 max_binding,
-                conv_kernel: options.conv_kernel,
-                compressed_conv: options.compressed_conv,
-                fc_split_k: options.fc_split_k,
-                pow2_fc: options.pow2_fc,
-                pow2_fc_prefetch: options.pow2_fc_prefetch,
+                options: &options,
             };
             let dispatches = scoped(&ctx, &step.name, || encode(&io))?;
             steps.push(StepKernels {
@@ -448,10 +349,7 @@ impl GpuModel {
         })?;
         let mut input_shape = vec![batch];
         input_shape.extend(&graph.input.item_shape);
-        let in_pass = ctx.has_timestamps_in_passes()
-            && options.profile_in_pass.unwrap_or_else(|| {
-                std::env::var("CNNPACK_PROFILE").is_ok_and(|v| v.trim() == "in-pass")
-            });
+        let in_pass = ctx.has_timestamps_in_passes() && options.profile_in_pass.unwrap_or(false);
         Ok(GpuModel {
             ctx,
             batch,
@@ -814,7 +712,12 @@ fn read_back(
 fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
     match &io.node.op {
         // `conv::encode` decodes compressed weights to dense f32 once, at upload.
-        Op::Conv(c) if io.compressed_conv.decodes(&c.weight, io.ctx.is_software()) => {
+        Op::Conv(c)
+            if io
+                .options
+                .compressed_conv
+                .decodes(&c.weight, io.ctx.is_software()) =>
+        {
             conv::encode(io, c)
         }
         Op::Conv(c) => match &c.weight {
@@ -826,7 +729,7 @@ fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
         Op::Linear(l) => match &l.weight {
             Weights::Sketch(w) => sketch::encode_linear(io, l, w),
             Weights::Sparse(w) => sparse::encode_linear(io, l, w),
-            Weights::Pow2(w) if io.pow2_fc.lut(io.ctx.is_software()) => {
+            Weights::Pow2(w) if io.options.pow2_fc.lut(io.ctx.is_software()) => {
                 pow2_fc::encode_linear(io, l, w)
             }
             Weights::Pow2(w) => pow2::encode_linear(io, l, w),

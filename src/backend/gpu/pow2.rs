@@ -25,7 +25,7 @@
 //!   adds them and applies the epilogue (accumulate across windows, bias, ReLU).
 //!   Slices (`sketch::fc_slices`): 1 on software adapters (lavapipe: the same one
 //!   invocation per row as before), about 16 words per slice (at most 64 slices) on
-//!   GPUs; `GpuOptions::fc_split_k` or the env var `CNNPACK_FC_SPLITK=N` forces N.
+//!   GPUs; `GpuOptions::fc_split_k` forces N.
 //!
 //! Measured on lavapipe only before split K (no GPU here; CPU timings): AlexNet fc6
 //! (9216 -> 4096) at batch 1, criterion, other jobs paused: dense GEMV 350 ms, pow2 b =

@@ -47,16 +47,14 @@ pub(crate) struct Variant {
 }
 
 /// Quads loaded ahead: 1 (the measured default; on an H200 fc6 4-bit at batch 1 ran
-/// 20.1 us with it), or `CNNPACK_POW2_FC_PREFETCH=2|3`. Why deeper may pay: at batch 1
+/// 20.1 us with it), or `GpuOptions::pow2_fc_prefetch` = 2 or 3. Why deeper may pay: at batch 1
 /// fc6 has 512 workgroups of 256 invocations, about half of an H200's resident
 /// threads, each with 9 quads of 16 bytes; with one quad in flight per invocation
 /// 2 MB are in flight, less than the ~3.5 MB that 3.5 TB/s times ~1 us of loaded
 /// latency needs, and one quad's decode (~128 instructions per warp) is shorter than a
 /// load. Not measured on a GPU yet (tested for correctness on every adapter).
-fn prefetch_depth() -> usize {
-    std::env::var("CNNPACK_POW2_FC_PREFETCH")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
+fn prefetch_depth(forced: Option<usize>) -> usize {
+    forced
         .filter(|d| (1..=MAX_PREFETCH).contains(d))
         .unwrap_or(1)
 }
@@ -70,12 +68,9 @@ const MAX_PREFETCH: usize = 3;
 /// workgroups), so a large GPU has a few workgroups per multiprocessor. On an H200 (fc6
 /// 4-bit, `pow2_fc_timing`): batch 1 with 8 / 16 rows 20.1 / 25.0 us (warm); in an
 /// earlier run at idle clocks, batch 1 with 4 / 8 / 16 rows 112 / 94 / 104 us and batch 8
-/// 545 / 398 / 315 us. `CNNPACK_POW2_FC_ROWS=4|8|16|32|64` forces one (experiments).
-fn rows_per_workgroup(rows: usize, items: usize) -> usize {
-    let forced = std::env::var("CNNPACK_POW2_FC_ROWS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|r| [4, 8, 16, 32, 64].contains(r));
+/// 545 / 398 / 315 us. `GpuOptions::pow2_fc_rows` = 4, 8, 16, 32 or 64 forces one (experiments).
+fn rows_per_workgroup(rows: usize, items: usize, forced: Option<usize>) -> usize {
+    let forced = forced.filter(|r| [4, 8, 16, 32, 64].contains(r));
     let want = if items > 1 { 16 } else { 8 };
     forced.unwrap_or_else(|| {
         [want, 8, 4]
@@ -246,11 +241,11 @@ pub(crate) fn encode_linear(
     let v = Variant {
         bits: w.bits(),
         items,
-        rows: rows_per_workgroup(rows, items),
+        rows: rows_per_workgroup(rows, items, io.options.pow2_fc_rows),
         // As vec4s only when the binding (batch * K floats) holds whole vec4s: a last
         // partial vec4 would be out of bounds of an array<vec4<f32>>.
         aligned: k % 4 == 0,
-        prefetch: io.pow2_fc_prefetch.unwrap_or_else(prefetch_depth),
+        prefetch: prefetch_depth(io.options.pow2_fc_prefetch),
     };
     let cpw = w.codes_per_word();
     let quads = w.words_per_row().div_ceil(4);

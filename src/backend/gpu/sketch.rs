@@ -21,7 +21,7 @@
 //!   and `fc_reduce` (shaders/fc_reduce.wgsl) adds them and applies the epilogue (bias, accumulate across
 //!   windows, ReLU). Slices (`fc_slices`): 1 on software adapters (lavapipe keeps one
 //!   invocation per row), about 16 words per base and slice (at most 64 slices) on GPUs;
-//!   `GpuOptions::fc_split_k` or the env var `CNNPACK_FC_SPLITK=N` forces N.
+//!   `GpuOptions::fc_split_k` forces N.
 //!
 //! Measured on lavapipe (llvmpipe, LLVM 15, 256-bit; 2 shared cores under load ~5-8, so
 //! CPU timings, not GPU speed, +-40% run to run; timestamp queries, best of 5; the
@@ -185,25 +185,15 @@ const MAX_SLICES: usize = 64;
 /// sums: a few times what a large GPU keeps resident.
 const TARGET_INVOCATIONS: usize = 1 << 19;
 
-/// `CNNPACK_FC_SPLITK=N` (N >= 1): forces N K slices in every compressed fc dispatch
-/// unless `GpuOptions::fc_split_k` says otherwise (for experiments on a GPU).
-fn env_split_k() -> Option<usize> {
-    std::env::var("CNNPACK_FC_SPLITK")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-}
-
 /// K slices of one split-K fc dispatch (`pow2_fc`, `sketch_fc`) over a window of `words`
 /// code words per row (per base), `rows` rows and `items` batch items: `(slices, words
-/// per slice)`, every slice non-empty. Forced by `GpuOptions::fc_split_k`, else
-/// `CNNPACK_FC_SPLITK`, else 1 on software adapters (lavapipe: one invocation per row
+/// per slice)`, every slice non-empty. Forced by `GpuOptions::fc_split_k`, else 1 on software adapters (lavapipe: one invocation per row
 /// already keeps its few cores busy) and `words / SLICE_WORDS` (1..=64) on GPUs, fewer
 /// when rows x items alone give `TARGET_INVOCATIONS`. The partial sums
 /// (`items * slices * rows` f32) must fit one storage binding, which caps the slices too.
 pub(crate) fn fc_slices(io: &StepIo, words: usize, rows: usize, items: usize) -> (usize, usize) {
     let words = words.max(1);
-    let want = match io.fc_split_k.or_else(env_split_k) {
+    let want = match io.options.fc_split_k {
         Some(n) => n,
         None if io.ctx.is_software() => 1,
         None => (words / SLICE_WORDS)

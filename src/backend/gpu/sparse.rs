@@ -72,13 +72,10 @@ const FC_TARGET_THREADS: usize = 96 * 1024;
 /// (every lane gets two entries or more). Software adapters get 1 lane per row (each
 /// invocation walks its own row, no reduction): on lavapipe that ran 1.1-3.8x faster
 /// than wider rows on 11 of 12 fc6/fc7/fc8 shape/density pairs.
-/// `CNNPACK_SPARSE_FC_LANES=n` (rounded up to a power of two, 1 to 256) overrides the
-/// choice on every adapter (tests and tuning runs).
-fn fc_lanes_log2(rows: usize, nnz: usize, software: bool) -> u32 {
-    if let Some(l) = std::env::var("CNNPACK_SPARSE_FC_LANES")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
+/// `forced` (`GpuOptions::sparse_fc_lanes`, rounded up to a power of two, 1 to 256)
+/// overrides the choice on every adapter (tests and tuning runs).
+fn fc_lanes_log2(rows: usize, nnz: usize, software: bool, forced: Option<usize>) -> u32 {
+    if let Some(l) = forced {
         return l
             .clamp(1, FC_WORKGROUP)
             .next_power_of_two()
@@ -138,7 +135,12 @@ fn dispatch(
     let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
     let px_groups = pixels.div_ceil(64);
     let lanes_log2 = if fc {
-        fc_lanes_log2(cout, w.nnz(), io.ctx.is_software())
+        fc_lanes_log2(
+            cout,
+            w.nnz(),
+            io.ctx.is_software(),
+            io.options.sparse_fc_lanes,
+        )
     } else {
         0
     };

@@ -566,6 +566,12 @@ const GEMM_MAX_BATCH: usize = 64;
 /// GEMM (`gemm::InputPanels`; its AVX-512 micro-kernel where the CPU has it) on the
 /// weights in place and the inputs in panels. Otherwise sgemm.
 pub fn linear(x: &Tensor, fc: &Linear) -> Tensor {
+    linear_isa(x, fc, super::Isa::default())
+}
+
+/// `linear` with the vector instructions of `isa` (the GEMM's AVX-512 micro-kernel
+/// where `isa` allows it).
+pub fn linear_isa(x: &Tensor, fc: &Linear, isa: super::Isa) -> Tensor {
     let w = fc.weight.to_dense();
     let (n, k, out) = (x.shape[0], x.shape[1], w.shape[0]);
     if n == 0 || out == 0 {
@@ -573,7 +579,7 @@ pub fn linear(x: &Tensor, fc: &Linear) -> Tensor {
     }
     let avx2 = k > 0 && gemv_supported();
     let panels = (avx2 && (GEMM_MIN_BATCH..=GEMM_MAX_BATCH).contains(&n))
-        .then(|| InputPanels::new(&x.data, n, k, k, true));
+        .then(|| InputPanels::new(&x.data, n, k, k, isa.avx512()));
     // y^T[out x n] = W[out x k] * x^T[k x n], split over blocks of output rows.
     let blocks: Vec<Vec<f32>> = (0..out)
         .step_by(ROW_BLOCK)

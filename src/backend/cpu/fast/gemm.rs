@@ -282,7 +282,7 @@ impl InputPanels {
                 });
         }
         InputPanels {
-            avx512: avx512 && super::avx512_supported(),
+            avx512: avx512 && super::avx512_detected(),
             data,
             n,
             k,

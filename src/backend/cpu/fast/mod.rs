@@ -2,7 +2,6 @@
 //! Ops without a fast kernel here run their reference kernel, which is already
 //! memory-bound-cheap for them (element-wise, layout).
 
-pub mod decoded;
 mod dense;
 mod gemm;
 mod layout;
@@ -14,13 +13,14 @@ mod sketch_masks;
 pub mod sketch_triplets;
 pub mod sparse;
 
-pub use dense::{conv2d, conv2d_relu, linear};
+pub use dense::{conv2d, conv2d_relu, linear, linear_isa};
 pub use layout::concat;
 pub use packed::{conv2d_packed, PackedConv};
 pub use pool::{avg_pool, max_pool};
 
 use super::{reference, CpuError};
 use crate::graph::{Conv2d, Graph, Linear, Node, Op, Tensor};
+use crate::tuning::CpuOptions;
 use crate::weights::Weights;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -48,21 +48,76 @@ impl FcKernel {
         match self {
             FcKernel::Auto => true,
             FcKernel::Avx2 => dense::gemv_supported(),
-            FcKernel::Avx512 => avx512_supported(),
+            FcKernel::Avx512 => avx512_detected(),
         }
     }
 }
 
-/// Whether the AVX-512F kernels run: the CPU has it (detected once by std) and the
-/// environment variable `CNNPACK_CPU_NO_AVX512` is not set (read once), which runs the
-/// AVX2 kernels in their place, as on a CPU without it (to test or time them there).
-fn avx512_supported() -> bool {
+/// The vector instruction sets the CPU kernels may use: what this CPU has, less what
+/// `CpuOptions` turns off. A model (`Prepared`) holds one and hands it to every
+/// kernel that has variants per instruction set; the free functions (`run_node`,
+/// `linear`, ...) use `Isa::default()`, everything the CPU has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Isa {
+    avx512: bool,
+}
+
+impl Isa {
+    /// What this CPU has (detected once by std), less what `options` turns off.
+    pub fn new(options: &CpuOptions) -> Isa {
+        Isa {
+            avx512: options.avx512 && avx512_detected(),
+        }
+    }
+
+    /// Every instruction set level this CPU runs, best first: with AVX-512F, both it
+    /// and AVX2 (tests run every kernel at each).
+    pub fn available() -> Vec<Isa> {
+        let best = Isa::default();
+        let mut all = vec![best];
+        if best.avx512 {
+            all.push(Isa { avx512: false });
+        }
+        all
+    }
+
+    /// Whether the AVX-512F kernels run.
+    pub fn avx512(self) -> bool {
+        self.avx512
+    }
+
+    /// The compressed fc kernel choice that keeps to this level (`FcKernel::Auto`
+    /// takes AVX-512F where the CPU has it).
+    pub fn fc_kernel(self) -> FcKernel {
+        if self.avx512 {
+            FcKernel::Auto
+        } else {
+            FcKernel::Avx2
+        }
+    }
+
+    /// `avx512` or `avx2` (the level; a CPU without AVX2 runs portable kernels at
+    /// either), for test and bench labels.
+    pub fn name(self) -> &'static str {
+        if self.avx512 {
+            "avx512"
+        } else {
+            "avx2"
+        }
+    }
+}
+
+impl Default for Isa {
+    fn default() -> Isa {
+        Isa::new(&CpuOptions::default())
+    }
+}
+
+/// Whether this CPU has AVX-512F (detected once by std).
+fn avx512_detected() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let disabled =
-            *DISABLED.get_or_init(|| std::env::var_os("CNNPACK_CPU_NO_AVX512").is_some());
-        !disabled && std::arch::is_x86_feature_detected!("avx512f")
+        std::arch::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -92,44 +147,55 @@ unsafe fn assume_init(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32> {
     unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) }
 }
 
-/// Runs one node with the fastest CPU kernel for its op and weight encoding.
+/// Runs one node with the fastest CPU kernel for its op and weight encoding (everything
+/// this CPU has; a compressed conv is decoded for this call: repeated runs go through
+/// a [`Prepared`] model, which decodes once).
 pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
-    run_node_in(None, node, inputs)
+    run_node_in(None, Isa::default(), node, inputs)
 }
 
-/// As `run_node`, a conv on its packed weights when `prepared` has them.
+/// As `run_node`, on the kernels of `isa` (tests run every level).
+pub fn run_node_isa(node: &Node, inputs: &[&Tensor], isa: Isa) -> Result<Tensor, CpuError> {
+    run_node_in(None, isa, node, inputs)
+}
+
+/// As `run_node`, on the kernels of `isa`, a conv on its prepared weights when
+/// `prepared` has them.
 fn run_node_in(
     prepared: Option<&Prepared>,
+    isa: Isa,
     node: &Node,
     inputs: &[&Tensor],
 ) -> Result<Tensor, CpuError> {
     match (&node.op, inputs.first()) {
-        (Op::Conv(c), Some(x)) => {
-            let packed = prepared.and_then(|p| p.packed(node));
-            Ok(conv_node(x, c, false, packed))
-        }
+        (Op::Conv(c), Some(x)) => Ok(conv_node(x, c, false, prepared, node, isa)),
         (
             Op::Linear(Linear {
                 weight: Weights::Sketch(w),
                 bias,
             }),
             Some(x),
-        ) => Ok(sketch::sketch_linear(x, w, bias.as_ref())),
+        ) => Ok(sketch::sketch_linear_with(
+            x,
+            w,
+            bias.as_ref(),
+            isa.fc_kernel(),
+        )),
         (
             Op::Linear(Linear {
                 weight: Weights::Sparse(w),
                 bias,
             }),
             Some(x),
-        ) => Ok(sparse::sparse_linear(x, w, bias.as_ref())),
+        ) => Ok(sparse::sparse_linear_isa(x, w, bias.as_ref(), isa)),
         (
             Op::Linear(Linear {
                 weight: Weights::Pow2(w),
                 bias,
             }),
             Some(x),
-        ) => Ok(pow2::pow2_linear(x, w, bias.as_ref())),
-        (Op::Linear(l), Some(x)) => Ok(linear(x, l)),
+        ) => Ok(pow2::pow2_linear_with(x, w, bias.as_ref(), isa.fc_kernel())),
+        (Op::Linear(l), Some(x)) => Ok(dense::linear_isa(x, l, isa)),
         (Op::MaxPool(p), Some(x)) => Ok(max_pool(x, p)),
         (Op::Concat { axis }, Some(_)) => Ok(concat(inputs, *axis)),
         (Op::AvgPool(p), Some(x)) => Ok(avg_pool(x, p)),
@@ -177,17 +243,19 @@ pub fn run_in_place(node: &Node, x: &mut Tensor, rest: &[&Tensor]) -> Option<Res
 
 /// The kernel `run_node_in` runs for `node` at batch `batch`, by the name of its Rust
 /// function (what `cnnpack bench` reports per layer); `None` for ops without a weight
-/// kernel. Decided by the same tests as the dispatch (`runs_csr`, the packed weights).
+/// kernel. Decided by the same tests as the dispatch (`runs_csr`, the prepared weights,
+/// the model's `Isa`; `Isa::default()` without a model).
 pub fn kernel_name(prepared: Option<&Prepared>, node: &Node, batch: usize) -> Option<&'static str> {
+    let isa = prepared.map_or_else(Isa::default, |p| p.isa);
     Some(match &node.op {
         Op::Conv(c) if runs_csr(c) => "sparse_conv",
         Op::Conv(_) if prepared.and_then(|p| p.packed(node)).is_some() => "conv2d_packed",
         Op::Conv(c) if matches!(c.weight, Weights::Dense(_)) => "conv2d",
         Op::Conv(_) => "decoded+conv2d",
         Op::Linear(l) => match &l.weight {
-            Weights::Sketch(w) => sketch::kernel_name(w, batch),
+            Weights::Sketch(w) => sketch::kernel_name(w, batch, isa.fc_kernel()),
             Weights::Sparse(_) => "sparse_linear",
-            Weights::Pow2(w) => pow2::kernel_name(w, batch),
+            Weights::Pow2(w) => pow2::kernel_name(w, batch, isa.fc_kernel()),
             Weights::Dense(_) => dense::linear_kernel_name(batch),
         },
         _ => return None,
@@ -200,92 +268,140 @@ fn runs_csr(c: &Conv2d) -> bool {
     matches!(&c.weight, Weights::Sparse(w) if sparse::runs_sparse(c, w))
 }
 
-/// The conv `c` on `x` with the fastest CPU kernel for its encoding (on `packed`
-/// weights when given), the ReLU that follows it fused when `relu` (every conv kernel
-/// fuses it into its output stores).
-fn conv_node(x: &Tensor, c: &Conv2d, relu: bool, packed: Option<&PackedConv>) -> Tensor {
+/// The conv `c` (node `node`) on `x` with the fastest CPU kernel for its encoding, on
+/// `prepared`'s packed or decoded weights where it has them, the ReLU that follows it
+/// fused when `relu` (every conv kernel fuses it into its output stores).
+fn conv_node(
+    x: &Tensor,
+    c: &Conv2d,
+    relu: bool,
+    prepared: Option<&Prepared>,
+    node: &Node,
+    isa: Isa,
+) -> Tensor {
     if runs_csr(c) {
-        return sparse::sparse_conv_relu(x, c, relu);
+        return sparse::sparse_conv_isa(x, c, relu, isa);
     }
-    if let Some(packed) = packed {
+    if let Some(packed) = prepared.and_then(|p| p.packed(node)) {
         return conv2d_packed(x, c, packed, relu);
     }
     match &c.weight {
         Weights::Dense(_) => conv2d_relu(x, c, relu),
         // Sketched, pow2 and (above the crossover) sparse convs run the dense GEMM conv
-        // on weights decoded once per loaded layer (`decoded`): on this project's 2-core
-        // x86 machine the dense GEMM beat every bit and code kernel measured for conv (the
+        // on weights decoded once per model (`Prepared`): on this project's 2-core x86
+        // machine the dense GEMM beat every bit and code kernel measured for conv (the
         // bit-masked `sketch::sketch_conv` took 16.7 ms for a 3x3 64->64 conv at 28x28
         // with m = 3 against ~2 ms for sgemm; benches/kernels.rs and docs/benchmarks.md
         // have the full tables), and decoding on every call made a sketched ResNet-18
         // 3.7x slower than dense at batch 1. Batch-1 fc is memory-bound and keeps the
         // compressed kernels (`run_node`).
-        _ => conv2d_relu(x, &decoded::dense_conv(c), relu),
+        _ => match prepared.and_then(|p| p.decoded(node)) {
+            Some(dense) => conv2d_relu(x, dense, relu),
+            None => conv2d_relu(x, &decoded_conv(c), relu),
+        },
+    }
+}
+
+/// `conv` with its weights decoded to `Weights::Dense`.
+fn decoded_conv(conv: &Conv2d) -> Conv2d {
+    Conv2d {
+        kernel: conv.kernel,
+        stride: conv.stride,
+        pads: conv.pads,
+        dilation: conv.dilation,
+        groups: conv.groups,
+        weight: Weights::Dense(conv.weight.to_dense().into_owned()),
+        bias: conv.bias.clone(),
     }
 }
 
 /// Runs `node` with the ReLU that follows it fused into its output stores (a Conv on
 /// a kernel that fuses it); `None` for other nodes, which then run unfused.
 pub fn run_node_relu(node: &Node, inputs: &[&Tensor]) -> Option<Result<Tensor, CpuError>> {
-    run_node_relu_in(None, node, inputs)
+    run_node_relu_in(None, Isa::default(), node, inputs)
 }
 
-/// As `run_node_relu`, a conv on its packed weights when `prepared` has them.
+/// As `run_node_relu`, on the kernels of `isa`, a conv on its prepared weights when
+/// `prepared` has them.
 fn run_node_relu_in(
     prepared: Option<&Prepared>,
+    isa: Isa,
     node: &Node,
     inputs: &[&Tensor],
 ) -> Option<Result<Tensor, CpuError>> {
     match (&node.op, inputs.first()) {
-        (Op::Conv(c), Some(x)) => Some(Ok(conv_node(
-            x,
-            c,
-            true,
-            prepared.and_then(|p| p.packed(node)),
-        ))),
+        (Op::Conv(c), Some(x)) => Some(Ok(conv_node(x, c, true, prepared, node, isa))),
         _ => None,
     }
 }
 
-/// A graph ready for repeated runs: the weights of every conv that runs a dense GEMM
-/// kernel (dense, and compressed ones above the sparse crossover or with sketch/pow2
-/// codes, decoded here once) packed for `conv2d_packed`: ResNet-18 and SqueezeNet ran
-/// 20-29% faster at batch 1 than on `run_graph`'s in-place kernel (docs/benchmarks.md,
-/// session 6).
+/// A graph ready for repeated runs on the CPU: the model owns everything derived from
+/// its weights, built once here, and its kernel choices (`CpuOptions`).
 ///
-/// The packed copies cost as much memory as the dense conv weights (plus rounding of
-/// each group's output channels to 16). They are built from, and used only with, the
-/// graph held here, which nothing can change while this holds it (`Arc`), so they
-/// cannot go stale. `Engine` builds one on its first CPU run.
+/// - The weights of every conv that runs a dense GEMM kernel (dense, and compressed
+///   ones above the sparse crossover or with sketch/pow2 codes, decoded first) packed
+///   for `conv2d_packed`: ResNet-18 and SqueezeNet ran 20-29% faster at batch 1 than on
+///   `run_graph`'s in-place kernel (docs/benchmarks.md, session 6).
+/// - Compressed convs that are not packed (depthwise groups, or a CPU without AVX2 +
+///   FMA) decoded to dense f32 once: decoding on every call cost more than the conv on
+///   small maps (a sketched ResNet-18 ran at 0.27x dense at batch 1).
+///
+/// These copies cost as much memory as the dense conv weights (plus rounding of each
+/// group's output channels to 16). They are built from, and used only with, the graph
+/// held here, which nothing can change while this holds it (`Arc`), so they cannot go
+/// stale. `Engine` builds one on its first CPU run.
 pub struct Prepared {
     graph: std::sync::Arc<Graph>,
     /// By the conv node's output name (unique in a valid graph).
     packed: std::collections::HashMap<String, PackedConv>,
+    /// Compressed convs decoded to dense, by output name, where not packed.
+    decoded: std::collections::HashMap<String, Conv2d>,
+    isa: Isa,
+    spin: bool,
 }
 
 impl Prepared {
-    /// Packs `graph`'s GEMM convs (none on a CPU without AVX2+FMA, where the runs use
-    /// `run_graph`'s kernels).
+    /// Prepares `graph` with the default options (every instruction set this CPU has).
     pub fn new(graph: std::sync::Arc<Graph>) -> Prepared {
+        Prepared::with_options(graph, &CpuOptions::default())
+    }
+
+    /// Packs `graph`'s GEMM convs (none on a CPU without AVX2+FMA, where the runs use
+    /// `run_graph`'s kernels) and decodes the other compressed convs, for the kernels
+    /// `options` allow.
+    pub fn with_options(graph: std::sync::Arc<Graph>, options: &CpuOptions) -> Prepared {
+        let isa = Isa::new(options);
         let mut packed = std::collections::HashMap::new();
+        let mut decoded = std::collections::HashMap::new();
         let mut seen = std::collections::HashSet::new();
         for node in &graph.nodes {
-            // A name produced twice (an invalid graph) gets no packing at all, so no
-            // node can run another's weights.
+            // A name produced twice (an invalid graph) gets no prepared weights at all,
+            // so no node can run another's weights.
             if !seen.insert(node.output.as_str()) {
                 packed.remove(&node.output);
+                decoded.remove(&node.output);
                 continue;
             }
-            if let Op::Conv(c) = &node.op {
-                if runs_csr(c) || !packing_pays(c) {
-                    continue;
-                }
-                if let Some(p) = PackedConv::new(c) {
-                    packed.insert(node.output.clone(), p);
-                }
+            let Op::Conv(c) = &node.op else { continue };
+            if runs_csr(c) {
+                continue;
+            }
+            if let Some(p) = packing_pays(c)
+                .then(|| PackedConv::with_isa(c, isa))
+                .flatten()
+            {
+                packed.insert(node.output.clone(), p);
+            } else if !matches!(c.weight, Weights::Dense(_)) {
+                decoded.insert(node.output.clone(), decoded_conv(c));
             }
         }
-        Prepared { graph, packed }
+        Prepared {
+            graph,
+            packed,
+            decoded,
+            isa,
+            spin: options.spin,
+        }
     }
 
     /// The graph this runs.
@@ -293,14 +409,25 @@ impl Prepared {
         &self.graph
     }
 
+    /// The instruction sets its kernels use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
     /// Bytes held by the packed weights.
     pub fn packed_bytes(&self) -> usize {
         self.packed.values().map(PackedConv::bytes).sum()
     }
 
+    /// Compressed convs held decoded (not packed), and their dense weight bytes.
+    pub fn decoded_stats(&self) -> (usize, usize) {
+        let bytes = self.decoded.values().map(|c| c.weight.parameters() * 4);
+        (self.decoded.len(), bytes.sum())
+    }
+
     /// As `run_graph` on the held graph.
     pub fn run(&self, input: &Tensor) -> Result<Vec<Tensor>, CpuError> {
-        run_graph_in(&self.graph, Some(self), input)
+        run_graph_in(&self.graph, Some(self), self.isa, self.spin, input)
     }
 
     /// As `run_graph_profiled` on the held graph.
@@ -308,12 +435,17 @@ impl Prepared {
         &self,
         input: &Tensor,
     ) -> Result<(Vec<Tensor>, crate::backend::StepTimes), CpuError> {
-        run_graph_profiled_in(&self.graph, Some(self), input)
+        run_graph_profiled_in(&self.graph, Some(self), self.isa, self.spin, input)
     }
 
     /// The packed weights of a conv node of the held graph.
     fn packed(&self, node: &Node) -> Option<&PackedConv> {
         self.packed.get(&node.output)
+    }
+
+    /// The decoded weights of a compressed conv node of the held graph.
+    fn decoded(&self, node: &Node) -> Option<&Conv2d> {
+        self.decoded.get(&node.output)
     }
 }
 
@@ -329,38 +461,45 @@ fn packing_pays(c: &Conv2d) -> bool {
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prepared")
+            .field("isa", &self.isa)
             .field("packed_convs", &self.packed.len())
             .field("packed_bytes", &self.packed_bytes())
+            .field("decoded_convs", &self.decoded.len())
             .finish()
     }
 }
 
-/// Runs the whole graph with the fast kernels; returns the outputs in order.
+/// Runs the whole graph with the fast kernels; returns the outputs in order. Compressed
+/// convs are decoded for this run: repeated runs go through a [`Prepared`] model.
 ///
 /// The graph runs on one of rayon's worker threads (`on_pool`), not on the caller's.
 pub fn run_graph(graph: &Graph, input: &Tensor) -> Result<Vec<Tensor>, CpuError> {
-    run_graph_in(graph, None, input)
+    run_graph_in(graph, None, Isa::default(), true, input)
 }
 
-/// `run_graph`, convs on the packed weights of `prepared` (built from `graph`).
+/// `run_graph` on the kernels of `isa`, convs on the prepared weights of `prepared`
+/// (built from `graph`); `spin`: see `on_pool`.
 fn run_graph_in(
     graph: &Graph,
     prepared: Option<&Prepared>,
+    isa: Isa,
+    spin: bool,
     input: &Tensor,
 ) -> Result<Vec<Tensor>, CpuError> {
-    on_pool(|| {
+    on_pool(spin, || {
         super::run_with_in_place(
             graph,
             input,
-            |node, ins| run_node_in(prepared, node, ins),
+            |node, ins| run_node_in(prepared, isa, node, ins),
             run_in_place,
-            |node, ins| run_node_relu_in(prepared, node, ins),
+            |node, ins| run_node_relu_in(prepared, isa, node, ins),
         )
     })
 }
 
 /// Runs `f` on a worker thread of rayon's pool (the caller waits), or right here when
-/// already on one; while `f` runs, one other worker spins for its forked work.
+/// already on one; while `f` runs, one other worker spins for its forked work when
+/// `spin` (`CpuOptions::spin`).
 ///
 /// Why: every layer forks parallel work two or three times (SqueezeNet: ~150 forks per
 /// image). Forked from a thread outside the pool, each fork wakes a worker and then
@@ -372,7 +511,7 @@ fn run_graph_in(
 /// within the noise. The spinning helper (`spin_for_forks`) removes the other half of
 /// the cost, the idle worker's sleep and wake between layers: SqueezeNet 4-15% faster
 /// (three interleaved A/Bs), ResNet-18 and AlexNet within the noise.
-fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+fn on_pool<R: Send>(spin: bool, f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }
@@ -381,7 +520,7 @@ fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         // Only the first of concurrent runs gets a helper (see `spin_for_forks`).
         let alone = ACTIVE_RUNS.fetch_add(1, Ordering::AcqRel) == 0;
         let _finish = Finish(&done);
-        if alone && rayon::current_num_threads() > 1 && spin_enabled() {
+        if alone && rayon::current_num_threads() > 1 && spin {
             let (done, runner) = (&done, rayon::current_thread_index());
             s.spawn(move |_| spin_for_forks(done, runner));
         }
@@ -391,13 +530,6 @@ fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 /// Graph runs in progress (`on_pool` from outside the pool).
 static ACTIVE_RUNS: AtomicUsize = AtomicUsize::new(0);
-
-/// Whether `on_pool` may spin a helper: yes unless `CNNPACK_NO_SPIN` is set (a helper
-/// keeps one more core busy for the whole run, as ONNX Runtime's spinning threads do).
-fn spin_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("CNNPACK_NO_SPIN").is_none())
-}
 
 /// Marks a run finished when dropped (also when the run panics, so the helper stops).
 struct Finish<'a>(&'a AtomicBool);
@@ -431,13 +563,15 @@ pub fn run_graph_profiled(
     graph: &Graph,
     input: &Tensor,
 ) -> Result<(Vec<Tensor>, crate::backend::StepTimes), CpuError> {
-    run_graph_profiled_in(graph, None, input)
+    run_graph_profiled_in(graph, None, Isa::default(), true, input)
 }
 
-/// `run_graph_profiled`, convs on the packed weights of `prepared` (built from `graph`).
+/// `run_graph_profiled` as `run_graph_in` runs it.
 fn run_graph_profiled_in(
     graph: &Graph,
     prepared: Option<&Prepared>,
+    isa: Isa,
+    spin: bool,
     input: &Tensor,
 ) -> Result<(Vec<Tensor>, crate::backend::StepTimes), CpuError> {
     let times = std::sync::Mutex::new(Vec::with_capacity(graph.nodes.len()));
@@ -447,13 +581,13 @@ fn run_graph_profiled_in(
             .expect("the timing list lock is never poisoned")
             .push((name, t.elapsed().as_secs_f64() * 1e3));
     };
-    let outputs = on_pool(|| {
+    let outputs = on_pool(spin, || {
         super::run_with_in_place(
             graph,
             input,
             |node, ins| {
                 let t = std::time::Instant::now();
-                let out = run_node_in(prepared, node, ins);
+                let out = run_node_in(prepared, isa, node, ins);
                 record(node.name.clone(), t);
                 out
             },
@@ -467,7 +601,7 @@ fn run_graph_profiled_in(
             },
             |node, ins| {
                 let t = std::time::Instant::now();
-                let out = run_node_relu_in(prepared, node, ins);
+                let out = run_node_relu_in(prepared, isa, node, ins);
                 if out.is_some() {
                     record(format!("{}+relu", node.name), t);
                 }

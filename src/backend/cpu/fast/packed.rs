@@ -51,6 +51,8 @@ const TASKS_PER_THREAD: usize = 3;
 /// group's last zero), 64-byte aligned.
 #[derive(Debug)]
 pub struct PackedConv {
+    /// Whether `conv2d_packed` runs the AVX-512 micro-kernel on this packing.
+    avx512: bool,
     data: AlignedF32,
     groups: usize,
     cout_g: usize,
@@ -83,6 +85,12 @@ impl PackedConv {
     /// Packs `conv`'s weights (decoded to dense first when compressed). `None` when this
     /// CPU lacks AVX2+FMA, where `conv2d_packed` cannot run.
     pub fn new(conv: &Conv2d) -> Option<PackedConv> {
+        PackedConv::with_isa(conv, super::Isa::default())
+    }
+
+    /// As `new`; `conv2d_packed` then runs the micro-kernel of `isa` (AVX-512F where
+    /// it allows, else AVX2), on the same packing.
+    pub fn with_isa(conv: &Conv2d, isa: super::Isa) -> Option<PackedConv> {
         if !super::gemm::supported() {
             return None;
         }
@@ -106,6 +114,7 @@ impl PackedConv {
                 }
             });
         Some(PackedConv {
+            avx512: isa.avx512(),
             data,
             groups,
             cout_g,
@@ -187,7 +196,7 @@ pub fn conv2d_packed(x: &Tensor, conv: &Conv2d, packed: &PackedConv, relu: bool)
     let off_max = off.iter().max().copied().unwrap_or(0);
     let ncols = n * p;
     // Positions per tile: 12 with the AVX-512 micro-kernel, else 6.
-    let avx512 = super::avx512_supported();
+    let avx512 = packed.avx512;
     let nr = if avx512 { NR_AVX512 } else { NR };
     let tiles_total = ncols.div_ceil(nr);
     let panels = cout_g.div_ceil(MR);

@@ -593,7 +593,7 @@ impl LutKind {
     fn for_batch(kernel: FcKernel, n: usize) -> LutKind {
         let perm32 = n <= PERM32_MAX_BATCH
             && match kernel {
-                FcKernel::Auto => super::avx512_supported(),
+                FcKernel::Auto => super::avx512_detected(),
                 FcKernel::Avx2 => false,
                 FcKernel::Avx512 => true,
             };
@@ -615,14 +615,15 @@ impl LutKind {
             LutKind::Bytes => {
                 super::dense::gemv_supported() && table.iter().all(|v| v.to_bits() & 0xffff == 0)
             }
-            LutKind::Perm32 => super::avx512_supported(),
+            LutKind::Perm32 => super::avx512_detected(),
         }
     }
 }
 
-/// The kernel `pow2_linear` runs for `w` at batch `n`, as `cnnpack bench` names it.
-pub fn kernel_name(w: &Pow2Weights, n: usize) -> &'static str {
-    let kind = LutKind::for_batch(FcKernel::Auto, n);
+/// The kernel `pow2_linear_with(.., kernel)` runs for `w` at batch `n`, as `cnnpack
+/// bench` names it.
+pub fn kernel_name(w: &Pow2Weights, n: usize, kernel: FcKernel) -> &'static str {
+    let kind = LutKind::for_batch(kernel, n);
     match (kind.applies(w, &w.table()), kind, n) {
         (true, LutKind::Perm32, _) => "pow2_linear (avx512)",
         (true, LutKind::Bytes, n) if n <= BYTES_MAX_BATCH => "pow2_linear (avx2)",

@@ -108,9 +108,11 @@ pub fn sketch_linear_with(
     linear_with(x, w, bias, Method::Masked)
 }
 
-/// The kernel `sketch_linear` runs for `w` at batch `n`, as `cnnpack bench` names it.
-pub fn kernel_name(w: &SketchWeights, n: usize) -> &'static str {
-    if masks::supported(w) && (2..=masks::MAX_BATCH).contains(&n) {
+/// The kernel `sketch_linear_with(.., kernel)` runs for `w` at batch `n` (`Auto` or
+/// `Avx2`), as `cnnpack bench` names it.
+pub fn kernel_name(w: &SketchWeights, n: usize, kernel: FcKernel) -> &'static str {
+    let masks = kernel != FcKernel::Avx2 && masks::supported(w);
+    if masks && (2..=masks::MAX_BATCH).contains(&n) {
         "sketch_linear (avx512 masks)"
     } else if n >= GEMM_MIN_BATCH && decoded_rows_supported() {
         "sketch_linear (decode+gemm)"

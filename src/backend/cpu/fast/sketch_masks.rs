@@ -14,7 +14,7 @@
 //! Inputs are copied into rows of `32 · words_per_row` floats with zeros past K, so the
 //! padding bits of the last word meet zeros, as in the masked kernel.
 
-use super::avx512_supported;
+use super::avx512_detected;
 use crate::graph::Tensor;
 use crate::weights::SketchWeights;
 use rayon::prelude::*;
@@ -35,7 +35,7 @@ const X_PAD: usize = 16;
 
 /// Whether this CPU (AVX-512F) and `w` (1 to 4 bases) run `sketch_linear_masks`.
 pub(super) fn supported(w: &SketchWeights) -> bool {
-    (1..=MAX_BASES).contains(&w.bases()) && avx512_supported()
+    (1..=MAX_BASES).contains(&w.bases()) && avx512_detected()
 }
 
 /// `y = x Wᵀ + b` for `x: [N, K]`, sketch weights `[O, K]`; returns `[N, O]`. Callers
@@ -141,7 +141,7 @@ unsafe fn pass(
     _: usize,
     _: usize,
 ) -> [[f32; PASS_INPUTS]; 4] {
-    unreachable!("avx512_supported() is false off x86-64")
+    unreachable!("avx512_detected() is false off x86-64")
 }
 
 /// `rows[r] · x_i` for `R` rows of `M` bases and the `N` input rows of `xs`

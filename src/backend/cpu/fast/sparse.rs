@@ -55,6 +55,7 @@
 //! SpMM: 2x at 25% at batch 8, 1x at batch 32). `compress sparse` keeps a layer dense above its crossover unless
 //! told otherwise (`--all`, `--max-density`).
 
+use super::Isa;
 use crate::graph::{Conv2d, Tensor};
 use crate::weights::{Cols, SparseWeights, Weights};
 use rayon::prelude::*;
@@ -107,11 +108,16 @@ pub fn sparse_conv(x: &Tensor, conv: &Conv2d) -> Tensor {
 
 /// `sparse_conv`, followed by a ReLU when `relu` (fused into the flat kernel's stores).
 pub fn sparse_conv_relu(x: &Tensor, conv: &Conv2d, relu: bool) -> Tensor {
+    sparse_conv_isa(x, conv, relu, Isa::default())
+}
+
+/// `sparse_conv_relu` with the vector instructions of `isa`.
+pub fn sparse_conv_isa(x: &Tensor, conv: &Conv2d, relu: bool, isa: Isa) -> Tensor {
     let Weights::Sparse(w) = &conv.weight else {
         return super::conv2d_relu(x, conv, relu);
     };
     if flat_fits(x, conv, w) {
-        return sparse_conv_flat(x, conv, w, relu);
+        return sparse_conv_flat(x, conv, w, relu, TileSimd::for_isa(isa));
     }
     // Only layers of tens of GiB get here.
     let mut y = sparse_conv_rows(x, conv, w);
@@ -223,6 +229,11 @@ pub fn sparse_conv_rows(x: &Tensor, conv: &Conv2d, w: &SparseWeights) -> Tensor 
 /// Sparse fully connected layer: `x: [N, K]` (any trailing shape flattened),
 /// `y = x · Wᵀ + b`, `[N, out]`.
 pub fn sparse_linear(x: &Tensor, w: &SparseWeights, bias: Option<&Tensor>) -> Tensor {
+    sparse_linear_isa(x, w, bias, Isa::default())
+}
+
+/// `sparse_linear` with the vector instructions of `isa`.
+pub fn sparse_linear_isa(x: &Tensor, w: &SparseWeights, bias: Option<&Tensor>, isa: Isa) -> Tensor {
     let (rows, k) = (w.rows(), w.row_len());
     let n = x.shape[0];
     let mut y = Tensor::zeros(vec![n, rows]);
@@ -252,7 +263,7 @@ pub fn sparse_linear(x: &Tensor, w: &SparseWeights, bias: Option<&Tensor>) -> Te
     // (zero past the batch): each stored weight is one multiply-add of a contiguous
     // row of the panel into a row's accumulators, held in registers across the row.
     // Panels of 16 (one AVX-512 register) from batch 16 where the CPU has AVX-512, else 8.
-    let simd = TileSimd::detect();
+    let simd = TileSimd::for_isa(isa);
     let panel = if simd == TileSimd::Avx512 && n >= 16 {
         16
     } else {
@@ -321,7 +332,7 @@ fn spmm_row<I: Copy + Into<u32>>(
     simd: TileSimd,
 ) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY (both): the instruction sets were detected by `TileSimd::detect`; the
+    // SAFETY (both): the instruction sets were detected by `TileSimd::for_isa`; the
     // kernels check every slice bound like the portable loop.
     unsafe {
         match (simd, out.len()) {
@@ -443,7 +454,13 @@ const LINE: usize = 16;
 /// tile shifted by `s` once per group. An unaligned 64-byte load spans two cache lines
 /// and took twice as long per weight as an aligned one (8 loads and multiply-adds per
 /// weight: 3.7 against 1.9 ns on the Xeon of docs/benchmarks.md, session 13).
-fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights, relu: bool) -> Tensor {
+fn sparse_conv_flat(
+    x: &Tensor,
+    conv: &Conv2d,
+    w: &SparseWeights,
+    relu: bool,
+    simd: TileSimd,
+) -> Tensor {
     let (n, cin, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let shape = w.shape();
     let (cout, cin_g, kw) = (shape[0], shape[1], shape[3]);
@@ -455,7 +472,6 @@ fn sparse_conv_flat(x: &Tensor, conv: &Conv2d, w: &SparseWeights, relu: bool) ->
     let [dh, dw] = conv.dilation;
     let [pt, pl, pb, pr] = conv.pads;
     let [sh, sw] = conv.stride;
-    let simd = TileSimd::detect();
     let tile = simd.tile();
     // A strided conv reads its padded input split into sh x sw phases, phase (py, px)
     // holding rows py, py + sh, .. and columns px, px + sw, ..: each stored weight then
@@ -902,15 +918,15 @@ enum TileSimd {
     /// 8 lanes: a tile is 8 vectors of 8 positions.
     Avx2,
     /// 16 lanes: a tile is 8 vectors of 16 positions, loads aligned where the pitch
-    /// allows (`fast::avx512_supported`, so `CNNPACK_CPU_NO_AVX512` turns it off).
+    /// allows (where the `Isa` allows it: `CpuOptions::avx512` turns it off).
     Avx512,
 }
 
 impl TileSimd {
-    fn detect() -> TileSimd {
+    fn for_isa(isa: Isa) -> TileSimd {
         #[cfg(target_arch = "x86_64")]
         {
-            if super::avx512_supported() {
+            if isa.avx512() {
                 return TileSimd::Avx512;
             }
             if std::arch::is_x86_feature_detected!("avx2")
@@ -919,6 +935,7 @@ impl TileSimd {
                 return TileSimd::Avx2;
             }
         }
+        let _ = isa;
         TileSimd::Portable
     }
 
@@ -962,7 +979,7 @@ fn tile_axpy(
     simd: TileSimd,
 ) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY (all): the instruction sets were detected by `TileSimd::detect`; the
+    // SAFETY (all): the instruction sets were detected by `TileSimd::for_isa`; the
     // kernels check every slice bound like the portable loop.
     unsafe {
         match (simd, acc.len()) {

@@ -22,7 +22,7 @@ mod kernels;
 
 use super::context::{Bind, Dispatch, GpuContext};
 use super::conv::{dispatch_geometry, ConvKernel, Geometry};
-use super::model::{scoped, CompressedConv, Pow2Fc, StepIo};
+use super::model::{scoped, CompressedConv, GpuOptions, StepIo};
 use super::{copy, eltwise, lrn, pool, GpuError};
 use crate::graph::{Graph, Node, Op, Tensor};
 use crate::train::{loss_target, BnMode, Grads, LossTarget, Masks, ParamGrad, TrainError};
@@ -1051,6 +1051,13 @@ impl GpuTrainer {
     ) -> Result<Vec<Dispatch>, GpuError> {
         let ctx = &*self.ctx;
         let shape = |v: &str| shapes.get(v).map(|s| s.as_slice()).unwrap_or(&[]);
+        // The trainer's forward runs the tiled conv kernel and the compressed kernels
+        // as they are (its backward kernels share the tiled layout).
+        let options = GpuOptions {
+            conv_kernel: ConvKernel::Tiled,
+            compressed_conv: CompressedConv::Native,
+            ..GpuOptions::default()
+        };
         let io = StepIo {
             ctx,
             node,
@@ -1063,11 +1070,7 @@ impl GpuTrainer {
                 .collect::<Result<_, GpuError>>()?,
             output: (act(&node.output)?, shape(&node.output)),
             max_binding: ctx.max_binding_bytes(),
-            conv_kernel: ConvKernel::Tiled,
-            compressed_conv: CompressedConv::Native,
-            fc_split_k: None,
-            pow2_fc: Pow2Fc::Auto,
-            pow2_fc_prefetch: None,
+            options: &options,
         };
         match (&node.op, self.layers.get(&i)) {
             (
