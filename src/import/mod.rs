@@ -1,7 +1,7 @@
 //! Model import and export: ONNX files to and from the Graph IR.
 //!
 //! `load_onnx`/`parse_onnx` read an ONNX model (opsets 7 to 21, the CNN operators
-//! listed in `onnx.rs`) into a validated `Graph` with shapes checked at batch 1;
+//! listed in `onnx/mod.rs`) into a validated `Graph` with shapes checked at batch 1;
 //! `export_onnx` writes a dense opset-13 model with a symbolic batch axis `N`.
 //!
 //! Untrusted input: the file size, the decoded size (a wire-format pre-pass,
