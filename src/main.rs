@@ -20,7 +20,7 @@ use std::process::ExitCode;
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
     /// Force a kernel choice, KEY=VALUE (repeatable): e.g. gpu.conv_kernel=tiled,
     /// cpu.avx512=false, gpu.fc_split_k=8; `--tune help` lists every key. The older
     /// CNNPACK_* variables (CNNPACK_CONV_KERNEL, CNNPACK_CPU_NO_AVX512, ...) still
@@ -459,7 +459,10 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     set_engine_options(&cli.tune)?;
-    match cli.command {
+    let Some(command) = cli.command else {
+        anyhow::bail!("a command is needed (`cnnpack --help` lists them)");
+    };
+    match command {
         Command::Inspect { model, json } => inspect(&model, json),
         Command::Classify {
             model,

@@ -245,12 +245,8 @@ impl Tuning {
             "none" => serde_json::Value::Null,
             v => serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into())),
         };
-        *self = serde_json::from_value(tree).map_err(|e| {
-            err(format!(
-                "'{value}' does not fit ({e}){}",
-                Tuning::choices(&key_full)
-            ))
-        })?;
+        *self = serde_json::from_value(tree)
+            .map_err(|e| err(format!("'{value}' does not fit ({e})")))?;
         Ok(())
     }
 
@@ -267,16 +263,6 @@ impl Tuning {
         match matches.as_slice() {
             [one] => Ok((*one).clone()),
             _ => Err(format!("no such knob; the knobs are {}", keys.join(", "))),
-        }
-    }
-
-    /// The names an enum knob takes, for error messages.
-    fn choices(key: &str) -> &'static str {
-        match key {
-            "gpu.conv_kernel" => "; one of auto, tiled, gemm, gemm-wide, uniform",
-            "gpu.compressed_conv" => "; one of auto, native, decoded",
-            "gpu.pow2_fc" => "; one of auto, window, lut",
-            _ => "",
         }
     }
 }
