@@ -1,5 +1,7 @@
 //! cnnpack: a GPU compute engine for compressed CNNs.
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod backend;
 pub mod bench;

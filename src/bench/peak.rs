@@ -43,6 +43,10 @@ fn fma_portable(iters: usize, seed: f32) -> f32 {
     acc.iter().flatten().sum()
 }
 
+/// `iters` rounds of FMA chains in AVX2 registers.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fma_avx2(iters: usize, seed: f32) -> f32 {
@@ -60,10 +64,15 @@ unsafe fn fma_avx2(iters: usize, seed: f32) -> f32 {
     for v in acc {
         sum = _mm256_add_ps(sum, v);
     }
-    _mm256_storeu_ps(out.as_mut_ptr(), sum);
+    // SAFETY: `out` holds LANES = 8 floats, the 8 lanes stored.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
     out.iter().sum()
 }
 
+/// `iters` rounds of FMA chains in AVX-512 registers.
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn fma_avx512(iters: usize, seed: f32) -> f32 {

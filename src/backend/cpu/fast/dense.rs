@@ -79,7 +79,9 @@ unsafe fn sgemm_raw(
     c: *mut f32,
     rsc: isize,
 ) {
-    matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, 1);
+    // SAFETY: the caller's contract is sgemm's: every addressed element inside its
+    // allocation, and this part of `c` touched by no other thread.
+    unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, 1) };
 }
 
 /// The output pointer shared by the tile tasks of one conv call.
@@ -88,6 +90,7 @@ pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: the tiles of one call write pairwise disjoint regions of the output (distinct
 // images, output channels or columns), and the call waits for all of them.
 unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`: shared only by tasks that write disjoint regions.
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
@@ -801,7 +804,7 @@ unsafe fn gemv_block<const R: usize, const N: usize>(
     let (wp, xp) = (w.as_ptr(), xs.as_ptr());
     let mut i = 0;
     while i < main {
-        // SAFETY (caller): i + 8 <= k, rows at r·stride hold k floats, inputs at
+        // SAFETY: (caller) i + 8 <= k, rows at r·stride hold k floats, inputs at
         // b·x_stride too.
         unsafe {
             let mut wv = [_mm256_setzero_ps(); R];

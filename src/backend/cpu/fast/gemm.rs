@@ -77,6 +77,10 @@ pub unsafe fn block(
     unreachable!("supported() is false off x86-64");
 }
 
+/// `block` with AVX2 and FMA.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA, and `block`'s contract holds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -122,6 +126,11 @@ unsafe fn block_avx2(
 ///
 /// Rows past `mr` re-read row 0 of A (their sums land in C's padding rows), so the
 /// loop has no branches.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; rows `0..mr` of A (`lda` floats apart from `a`, `kc` floats
+/// each), `kc` rows of B at `b_rows` (16 floats each) and 6 rows of C (`ldc` apart, 16
+/// floats each) are inside their allocations.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -139,7 +148,7 @@ unsafe fn micro_6x16(
 ) {
     let rows: [usize; MR] = std::array::from_fn(|r| if r < mr { r * lda } else { 0 });
     let mut acc = [_mm256_setzero_ps(); 2 * MR];
-    // SAFETY (whole loop): k < kc <= b_rows.len(), so a + rows[r] + k is inside row r of
+    // SAFETY: (whole loop) k < kc <= b_rows.len(), so a + rows[r] + k is inside row r of
     // A, and b + b_rows[k] .. +16 inside row k of B (the caller's contract).
     unsafe {
         for k in 0..kc {
@@ -202,7 +211,7 @@ unsafe fn block_avx512(
             *o = (i0 + r) * lda;
         }
         let mut acc = [_mm512_setzero_ps(); MR_AVX512];
-        // SAFETY (whole loop): k < kc, so a + offsets[r] + k is inside row i0 + r (or row
+        // SAFETY: (whole loop) k < kc, so a + offsets[r] + k is inside row i0 + r (or row
         // 0) of A, and b + b_rows[k] .. +16 inside row k of B (the caller's contract).
         unsafe {
             for k in 0..kc {
@@ -220,6 +229,10 @@ unsafe fn block_avx512(
     }
 }
 
+/// The off-x86-64 stand-in (never called: AVX-512 is never detected there).
+///
+/// # Safety
+/// Never called.
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn block_avx512(

@@ -416,6 +416,10 @@ fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     ]
 }
 
+/// The off-x86-64 stand-in (never called: `PackedConv::new` returns `None` there).
+///
+/// # Safety
+/// Never called.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn block_to_planes(_: &[f32], _: &[f32], _: *mut f32, _: usize, _: bool) {
     unreachable!("PackedConv::new returns None off x86-64");
@@ -442,7 +446,7 @@ unsafe fn micro_16x6(
     let base: [*const f32; NR] = std::array::from_fn(|j| src.wrapping_add(pos[j]));
     let mut sums = [_mm256_setzero_ps(); 2 * NR];
     // One k: the 16 weights at `wk` times each position's input at offset `o`.
-    // SAFETY (callers below): `wk` is a k row of the panel and `o` an entry of `off`,
+    // SAFETY: (callers below) `wk` is a k row of the panel and `o` an entry of `off`,
     // so every read is inside the caller's contract.
     let step = |wk: *const f32, o: usize, sums: &mut [__m256; 2 * NR]| unsafe {
         let w0 = _mm256_load_ps(wk);
@@ -453,7 +457,7 @@ unsafe fn micro_16x6(
             sums[2 * j + 1] = _mm256_fmadd_ps(v, w1, sums[2 * j + 1]);
         }
     };
-    // SAFETY (whole loop): the caller's contract.
+    // SAFETY: (whole loop) the caller's contract.
     unsafe {
         // Two k per iteration: the loop overhead and the offset loads' latency are
         // shared (4-8% in isolation).
@@ -481,6 +485,10 @@ unsafe fn micro_16x6(
     }
 }
 
+/// The off-x86-64 stand-in (never called: `PackedConv::new` returns `None` there).
+///
+/// # Safety
+/// Never called.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn micro_16x6(
     _kc: usize,
@@ -521,7 +529,7 @@ unsafe fn micro_16x12_avx512(
         *b = src.wrapping_add(p);
     }
     let mut sums = [_mm512_setzero_ps(); NR_AVX512];
-    // SAFETY (whole loop): the caller's contract (`wk` walks the panel's kc rows, `o`
+    // SAFETY: (whole loop) the caller's contract (`wk` walks the panel's kc rows, `o`
     // the entries of `off`).
     unsafe {
         let mut wk = w;
@@ -544,6 +552,10 @@ unsafe fn micro_16x12_avx512(
     }
 }
 
+/// The off-x86-64 stand-in (never called: `PackedConv::new` returns `None` there).
+///
+/// # Safety
+/// Never called.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn micro_16x12_avx512(
     _kc: usize,

@@ -54,6 +54,9 @@ struct PlaneGeometry<'a> {
 }
 
 /// `max_pool_plane` compiled with AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn max_pool_plane_avx2(src: &[f32], dst: &mut [f32], g: &PlaneGeometry) {

@@ -485,7 +485,7 @@ fn row_dot_perm<const B: u32>(row: &[u32], x: &[f32], table: &[f32]) -> f32 {
     let k = x.len();
     let mut t = [0f32; 32];
     t[..table.len().min(32)].copy_from_slice(&table[..table.len().min(32)]);
-    // SAFETY (all loads below): `t` has 32 elements; x loads are bounds-checked slices.
+    // SAFETY: (all loads below) `t` has 32 elements; x loads are bounds-checked slices.
     let tv = unsafe {
         [
             _mm256_loadu_ps(t.as_ptr()),

@@ -133,6 +133,10 @@ unsafe fn pass(
     dots
 }
 
+/// The off-x86-64 stand-in of `pass` (never called: `supported` is false there).
+///
+/// # Safety
+/// Never called.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn pass(
     _: &SketchWeights,

@@ -169,7 +169,7 @@ fn pass(layout: &TripletRows, tables: &[f32], group: &[(usize, usize)]) -> Vec<[
     for (s, g) in starts.iter_mut().zip(group) {
         *s = base(g);
     }
-    // SAFETY (all four): `supported()` was asserted by the caller (AVX2).
+    // SAFETY: (all four) `supported()` was asserted by the caller (AVX2).
     #[cfg(target_arch = "x86_64")]
     unsafe {
         match group.len() {

@@ -332,7 +332,7 @@ fn spmm_row<I: Copy + Into<u32>>(
     simd: TileSimd,
 ) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY (both): the instruction sets were detected by `TileSimd::for_isa`; the
+    // SAFETY: (both) the instruction sets were detected by `TileSimd::for_isa`; the
     // kernels check every slice bound like the portable loop.
     unsafe {
         match (simd, out.len()) {
@@ -979,7 +979,7 @@ fn tile_axpy(
     simd: TileSimd,
 ) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY (all): the instruction sets were detected by `TileSimd::for_isa`; the
+    // SAFETY: (all) the instruction sets were detected by `TileSimd::for_isa`; the
     // kernels check every slice bound like the portable loop.
     unsafe {
         match (simd, acc.len()) {
