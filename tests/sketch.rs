@@ -17,7 +17,7 @@ use cnnpack::compress::{sketch_graph, sketch_tensor, CompressError, SketchOption
 use cnnpack::format::cnnpack as pack_format;
 use cnnpack::graph::{Conv2d, GraphBuilder, Linear, Node, Op, Rng, Tensor};
 use cnnpack::weights::{PartMut, SketchWeights, Weights};
-use common::data_dir;
+use common::{assert_close, data_dir};
 use std::collections::HashMap;
 
 /// The dense reference (`backend::cpu::reference`, f64 accumulation) on one layer:
@@ -54,16 +54,8 @@ fn naive_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
     Tensor::new(vec![n, o], out).expect("sizes agree")
 }
 
-fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
-    assert_eq!(got.shape, want.shape, "{what}: shape");
-    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let tol = 1e-4 * scale + 1e-6;
-    let diff = got.max_abs_diff(want);
-    assert!(
-        diff <= tol,
-        "{what}: max diff {diff} > tolerance {tol} (max |ref| {scale})"
-    );
-}
+/// Kernel tolerance (see the top of the file): `1e-4 * max |reference| + 1e-6`.
+const TOL: (f32, f32) = (1e-4, 1e-6);
 
 fn random_sketch(rng: &mut Rng, shape: Vec<usize>, m: usize, refined: bool) -> SketchWeights {
     let w = rng.normal_tensor(shape, 0.3);
@@ -299,41 +291,47 @@ fn linear_kernels_match_dense_reference() {
         );
         let what = format!("fc case {case} n={n} k={k} o={o} m={m}");
         assert_close(
+            &format!("{what} masked"),
             &sketch_linear(&x, &s, Some(&bias)),
             &want,
-            &format!("{what} masked"),
+            TOL,
         );
         for kernel in [FcKernel::Avx2, FcKernel::Avx512] {
             if kernel.supported() {
                 assert_close(
+                    &format!("{what} {kernel:?}"),
                     &sketch_linear_with(&x, &s, Some(&bias), kernel),
                     &want,
-                    &format!("{what} {kernel:?}"),
+                    TOL,
                 );
             }
         }
         assert_close(
+            &format!("{what} lut"),
             &sketch_linear_lut(&x, &s, Some(&bias)),
             &want,
-            &format!("{what} lut"),
+            TOL,
         );
         if cpu_fast::sketch_triplets::supported() {
             assert_close(
+                &format!("{what} triplets"),
                 &cpu_fast::sketch_triplets::sketch_linear_triplets(&x, &s, Some(&bias)),
                 &want,
-                &format!("{what} triplets"),
+                TOL,
             );
         }
         assert_close(
+            &format!("{what} assoc"),
             &sketch_linear_assoc(&x, &s, Some(&bias)),
             &want,
-            &format!("{what} assoc"),
+            TOL,
         );
         let pure = AssocPlan::pure(&s, 1);
         assert_close(
+            &format!("{what} assoc (pure tree)"),
             &sketch_linear_assoc_with(&x, &s, &pure, Some(&bias)),
             &want,
-            &format!("{what} assoc (pure tree)"),
+            TOL,
         );
     }
 }
@@ -370,21 +368,33 @@ fn conv_kernels_match_dense_reference() {
             let x = rng.normal_tensor(vec![n, cin, h, wd], 1.0);
             let want = reference_conv(&x, &conv);
             let what = format!("conv case {case} n={n} {h}x{wd} m={m}");
-            assert_close(&sketch_conv(&x, &conv), &want, &format!("{what} masked"));
-            assert_close(&sketch_conv_lut(&x, &conv), &want, &format!("{what} lut"));
             assert_close(
+                &format!("{what} masked"),
+                &sketch_conv(&x, &conv),
+                &want,
+                TOL,
+            );
+            assert_close(
+                &format!("{what} lut"),
+                &sketch_conv_lut(&x, &conv),
+                &want,
+                TOL,
+            );
+            assert_close(
+                &format!("{what} assoc"),
                 &sketch_conv_assoc(&x, &conv),
                 &want,
-                &format!("{what} assoc"),
+                TOL,
             );
             let Weights::Sketch(sw) = &conv.weight else {
                 unreachable!("built as sketch above")
             };
             let pure = AssocPlan::pure(sw, groups);
             assert_close(
+                &format!("{what} assoc (pure tree)"),
                 &sketch_conv_assoc_with(&x, &conv, &pure),
                 &want,
-                &format!("{what} assoc (pure tree)"),
+                TOL,
             );
         }
     }
@@ -435,14 +445,16 @@ fn assoc_tree_cost_bounded_and_small_for_similar_rows() {
     let x = rng.normal_tensor(vec![3, k], 1.0);
     let want = naive_linear(&x, &Weights::Sketch(s.clone()).to_dense(), None);
     assert_close(
+        "near-duplicate rows",
         &sketch_linear_assoc(&x, &s, None),
         &want,
-        "near-duplicate rows",
+        TOL,
     );
     assert_close(
+        "near-duplicate rows, pure tree",
         &sketch_linear_assoc_with(&x, &s, &plan, None),
         &want,
-        "near-duplicate rows, pure tree",
+        TOL,
     );
 }
 
@@ -540,12 +552,18 @@ fn sketched_graph_runs_fast_path_like_reference_and_survives_cnnpack() {
         let input = rng.normal_tensor(vec![batch, 3, 15, 13], 1.0);
         let want = cpu_reference::run_graph(&sk, &input).expect("reference runs");
         let got = cpu_fast::run_graph(&sk, &input).expect("fast runs");
-        assert_close(&got[0], &want[0], &format!("sketched graph, batch {batch}"));
-        let got = prepared.run(&input).expect("packed runs");
         assert_close(
+            &format!("sketched graph, batch {batch}"),
             &got[0],
             &want[0],
+            TOL,
+        );
+        let got = prepared.run(&input).expect("packed runs");
+        assert_close(
             &format!("sketched graph, batch {batch}, packed"),
+            &got[0],
+            &want[0],
+            TOL,
         );
     }
     // .cnnpack round trip keeps the packed arrays bit for bit.
@@ -739,10 +757,7 @@ fn masked_cycles() {
 /// LeNet-5 and MNIST test images for the accuracy checks; `None` when absent.
 fn lenet5() -> Option<(cnnpack::graph::Graph, cnnpack::data::Dataset)> {
     use cnnpack::data::{Dataset, Preprocess};
-    let Some(dir) = data_dir() else {
-        println!("skipped: no data folder (set CNNPACK_DATA)");
-        return None;
-    };
+    let dir = data_dir()?;
     let model = dir.join("lenet/lenet5_original.onnx");
     if !model.is_file() {
         println!("skipped: {} not found", model.display());
@@ -847,8 +862,8 @@ fn decoded_conv_cache_is_reused_and_never_stale() {
         cpu_fast::run_node(&node, &[&x]).expect("runs")
     };
     let want = reference_conv(&x, &conv);
-    assert_close(&run(&conv), &want, "first call");
-    assert_close(&run(&conv), &want, "second call");
+    assert_close("first call", &run(&conv), &want, TOL);
+    assert_close("second call", &run(&conv), &want, TOL);
     let direct = cpu_fast::run_node(
         &Node {
             name: "c".into(),
@@ -859,7 +874,7 @@ fn decoded_conv_cache_is_reused_and_never_stale() {
         &[&x],
     )
     .expect("runs");
-    assert_close(&direct, &want, "third call");
+    assert_close("third call", &direct, &want, TOL);
     // Flip every bit in place (same address, same length): must not hit the old entry.
     if let Weights::Sketch(s) = &mut conv.weight {
         let (bits, _) = s.arrays_mut();
@@ -883,9 +898,10 @@ fn decoded_conv_cache_is_reused_and_never_stale() {
         output: "y".into(),
     };
     assert_close(
+        "after in-place change",
         &cpu_fast::run_node(&node, &[&x]).expect("runs"),
         &want2,
-        "after in-place change",
+        TOL,
     );
     let (entries, bytes) = cpu_fast::decoded::stats();
     assert!(
