@@ -8,6 +8,7 @@
 //! bilinear warps with identity parameters sample pixel centres exactly (weights 0 and
 //! 1), so they are compared to 1e-6.
 
+mod common;
 use cnnpack::data::augment::item_rng;
 use cnnpack::data::{Augment, Dataset, Preprocess};
 use cnnpack::graph::{Op, Rng};
@@ -215,8 +216,7 @@ fn write_idx(dir: &std::path::Path, n: usize, seed: u64) {
 #[test]
 fn augmented_and_distilled_training() {
     use cnnpack::graph::GraphBuilder;
-    let dir = std::env::temp_dir().join(format!("cnnpack-augment-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = common::temp_dir("augment");
     write_idx(&dir, 64, 2);
     let mut b = GraphBuilder::new("x", &[1, 12, 12], 5);
     let x = b.input();

@@ -3,6 +3,7 @@
 //! fields, so a field added, renamed or removed without updating the documentation (and
 //! `SCHEMA_VERSION`) fails here.
 
+mod common;
 use serde::Deserialize;
 use std::process::Command;
 
@@ -152,8 +153,7 @@ fn check_comparison(c: &Comparison, base_encoding: &str, encoding: &str) {
 
 #[test]
 fn bench_json_matches_the_documented_schema() {
-    let dir = std::env::temp_dir().join(format!("cnnpack-bench-json-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = common::temp_dir("bench-json");
     let json = dir.join("bench.json");
     let svg = dir.join("plots");
     let out = Command::new(env!("CARGO_BIN_EXE_cnnpack"))

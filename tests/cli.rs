@@ -68,10 +68,7 @@ fn bad_model_files_are_errors_not_panics() {
 
 #[test]
 fn eval_json_and_classify_on_real_data() {
-    let Some(data) = data_dir() else {
-        println!("skipped: test data not found (set CNNPACK_DATA)");
-        return;
-    };
+    let Some(data) = data_dir() else { return };
     let lenet = data.join("lenet/lenet5_original.onnx");
     let mnist = data.join("mnist");
     let (code, out, err) = cnnpack(&[

@@ -28,10 +28,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn golden(model: &str, dir: &str, device: &str) {
-    let Some(data) = data_dir() else {
-        println!("skipped: test data not found (set CNNPACK_DATA)");
-        return;
-    };
+    let Some(data) = data_dir() else { return };
     let (model, input, want) = (
         data.join(model),
         data.join(dir).join("golden/input.npy"),
@@ -49,7 +46,7 @@ fn golden(model: &str, dir: &str, device: &str) {
         device,
     ]);
     assert!(ok, "{text}");
-    if device == "gpu" && std::env::var("CNNPACK_REQUIRE_GPU").as_deref() == Ok("1") {
+    if device == "gpu" && common::gpu_required() {
         assert!(
             !text.contains("running on the CPU"),
             "CNNPACK_REQUIRE_GPU=1 but ran on the CPU: {text}"
@@ -126,10 +123,7 @@ fn fc_only_model_takes_2d_input_and_cnnpack_files_work() {
 
 #[test]
 fn fixed_batch_model_runs_other_batch_sizes() {
-    let Some(data) = data_dir() else {
-        println!("skipped: test data not found (set CNNPACK_DATA)");
-        return;
-    };
+    let Some(data) = data_dir() else { return };
     // mnist-8 fixes its batch at 1 in the file; a batch of 4 still runs.
     let x = tmp("mnist8-x.npy");
     write_npy(&x, &Tensor::full(vec![4, 1, 28, 28], 0.5)).unwrap();

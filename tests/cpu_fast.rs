@@ -2,6 +2,7 @@
 //! Tolerance: max |fast - ref| <= 1e-5 * (1 + max |ref|) * sqrt(K), since sgemm
 //! accumulates K products in f32 in a different order than the f64 reference.
 
+mod common;
 use cnnpack::backend::cpu::fast::Isa;
 use cnnpack::backend::cpu::{fast, reference};
 use cnnpack::graph::{Conv2d, Linear, Node, Op, Rng, Tensor};
@@ -14,12 +15,10 @@ const AVX2_ONLY: CpuOptions = CpuOptions {
     spin: true,
 };
 
+/// `1e-5 * sqrt(K)` relative and absolute: `rel * max|ref| + abs` is the bound above.
 fn check(got: &Tensor, want: &Tensor, k: usize, what: &str) {
-    assert_eq!(got.shape, want.shape, "{what}: shape");
-    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let tol = 1e-5 * (1.0 + scale) * (k as f32).sqrt();
-    let diff = got.max_abs_diff(want);
-    assert!(diff <= tol, "{what}: max diff {diff} > {tol}");
+    let t = 1e-5 * (k as f32).sqrt();
+    common::assert_close(what, got, want, (t, t));
 }
 
 /// The conv through each dense kernel, each checked against `want` (the reference):

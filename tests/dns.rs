@@ -642,18 +642,12 @@ fn sparse_dense_crossover() {
 
 /// The WGSL sparse kernels against the reference on the dense reconstruction: graphs of
 /// one sparse conv (random geometry, groups incl. depthwise, stride 2, padding) followed
-/// by a sparse fc, at batch 1 and 5. Skipped without an adapter.
+/// by a sparse fc, at batch 1 and 5. Skipped without an adapter (a failure under
+/// CNNPACK_REQUIRE_GPU=1).
 #[test]
 fn gpu_sparse_kernels_match_reference() {
-    use cnnpack::backend::gpu::{GpuContext, GpuModel};
-    use std::sync::Arc;
-    let ctx = match GpuContext::new() {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            println!("skipped: no GPU adapter ({e})");
-            return;
-        }
-    };
+    use cnnpack::backend::gpu::GpuModel;
+    let Some(ctx) = common::gpu() else { return };
     let mut rng = Rng::new(31);
     for case in 0..6 {
         let density = DENSITIES[case];
@@ -1144,16 +1138,8 @@ fn check_sparse_fc_lanes(
 #[test]
 #[ignore]
 fn gpu_sparse_fc_timing() {
-    use cnnpack::backend::gpu::{GpuContext, GpuModel};
-    use std::sync::Arc;
-    let ctx = match GpuContext::new() {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            println!("skipped: no GPU adapter ({e})");
-            return;
-        }
-    };
-    println!("adapter: {}", ctx.adapter_name());
+    use cnnpack::backend::gpu::GpuModel;
+    let Some(ctx) = common::gpu() else { return };
     // Lane widths to compare, e.g. SPARSE_FC_TIMING_LANES=8,32,128 (default: the
     // host's choice).
     let lanes: Vec<Option<usize>> = std::env::var("SPARSE_FC_TIMING_LANES")

@@ -2,20 +2,18 @@
 //! buffer and the limit (through wgpu's error scopes), a batch whose activations exceed
 //! the binding limit names the layer and the limit, and after a device loss every call
 //! returns `DeviceLost` until `Engine::recover` (or a new `Engine`) opens a new device.
-//! Skipped without an adapter unless CNNPACK_REQUIRE_GPU=1.
+//! Skipped without an adapter unless CNNPACK_REQUIRE_GPU=1. Each test opens a device of
+//! its own (`common::fresh_gpu_engine`), not the binary's shared one: one of them
+//! destroys its device.
 
+mod common;
 use cnnpack::backend::gpu::GpuError;
-use cnnpack::engine::{DeviceKind, Engine, EngineError};
+use cnnpack::engine::{Engine, EngineError};
 use cnnpack::graph::Tensor;
 
 fn engine() -> Option<Engine> {
     let g = cnnpack::zoo::build("lenet5", 9).expect("lenet5 builds");
-    let e = Engine::new(g, DeviceKind::Gpu).expect("engine builds");
-    if !e.is_gpu() {
-        println!("skipped: {}", e.fallback_note().unwrap_or("no GPU"));
-        return None;
-    }
-    Some(e)
+    common::fresh_gpu_engine(g)
 }
 
 fn input() -> Tensor {

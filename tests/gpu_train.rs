@@ -24,7 +24,7 @@ use cnnpack::data::{Dataset, Preprocess};
 use cnnpack::graph::{Conv2d, Graph, GraphInput, Linear, Node, Op, Pool2d, Rng, Tensor};
 use cnnpack::train::{self, BnMode, Masks, Sgd, TrainDevice, TrainOptions};
 use cnnpack::weights::Weights;
-use common::gpu;
+use common::{assert_close, gpu};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -102,15 +102,8 @@ fn bn_op(rng: &mut Rng, c: usize) -> Op {
     }
 }
 
-fn assert_close(gpu: &Tensor, cpu: &Tensor, rel: f32, abs: f32, what: &str) {
-    assert_eq!(gpu.shape, cpu.shape, "{what}: shape");
-    let scale = cpu.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = gpu.max_abs_diff(cpu);
-    assert!(
-        diff <= rel * scale + abs,
-        "{what}: max |gpu - cpu| = {diff:e}, max |cpu| = {scale:e} (tolerance {rel} * max + {abs})"
-    );
-}
+/// GPU gradients against the CPU backward: `max |gpu - cpu| <= 1e-4 * max |cpu| + 1e-7`.
+const GRAD_TOL: (f32, f32) = (1e-4, 1e-7);
 
 fn labels(rng: &mut Rng, n: usize, classes: usize) -> Vec<usize> {
     (0..n).map(|_| rng.range(0, classes - 1)).collect()
@@ -155,24 +148,22 @@ fn check_op_with(
         "{what}: loss {gloss} vs {loss}"
     );
     assert_close(
+        &format!("{what}: dL/dx"),
         &gdx.expect("input gradient"),
         &dx.expect("input gradient"),
-        1e-4,
-        1e-7,
-        &format!("{what}: dL/dx"),
+        GRAD_TOL,
     );
     assert_eq!(ggrads.len(), grads.len(), "{what}: parameterised layers");
     for (name, cg) in &grads {
         let gg = &ggrads[name];
         assert_close(
+            &format!("{what}: {name}.weight"),
             &gg.weight,
             &cg.weight,
-            1e-4,
-            1e-7,
-            &format!("{what}: {name}.weight"),
+            GRAD_TOL,
         );
         match (&gg.bias, &cg.bias) {
-            (Some(a), Some(b)) => assert_close(a, b, 1e-4, 1e-7, &format!("{what}: {name}.bias")),
+            (Some(a), Some(b)) => assert_close(&format!("{what}: {name}.bias"), a, b, GRAD_TOL),
             (None, None) => {}
             _ => panic!("{what}: {name}: bias gradient on one side only"),
         }

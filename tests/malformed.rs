@@ -6,6 +6,7 @@
 //! the test with the case named. Also: graph validation before any GPU work, NaN/Inf
 //! refused at compress time, and a killed save leaving the old `.cnnpack` intact.
 
+mod common;
 use cnnpack::compress::{dns, inq, sketch, CompressError};
 use cnnpack::data::{load_image, Dataset, Preprocess};
 use cnnpack::engine::{DeviceKind, Engine, EngineError};
@@ -60,10 +61,7 @@ fn accepted_model_runs(case: &str, g: Graph) {
 
 /// A fresh, empty folder under the system temp dir.
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cnnpack-malformed-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("the temp dir is writable");
-    d
+    common::temp_dir(&format!("malformed-{name}"))
 }
 
 /// conv-relu-pool-flatten-linear on 1x6x6 (a few hundred bytes as a file).

@@ -51,10 +51,7 @@ fn zoo_models_round_trip_bit_identically() {
 
 #[test]
 fn onnx_models_round_trip_bit_identically() {
-    let Some(data) = data_dir() else {
-        println!("skipped: test data not found (set CNNPACK_DATA)");
-        return;
-    };
+    let Some(data) = data_dir() else { return };
     for file in ["cifar/resnet20.onnx", "lenet/lenet5_original.onnx"] {
         let graph = cnnpack::format::load_model(&data.join(file)).unwrap();
         assert_bit_identical(graph, &file.replace('/', "_"));

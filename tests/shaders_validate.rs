@@ -3,6 +3,7 @@
 //! pipeline creation on some adapter. Templates (`shaders/*.wgsl.tmpl`, filled in by the
 //! host) are validated per generated variant by their host file's unit tests.
 
+mod common;
 use std::path::{Path, PathBuf};
 
 /// Parses and validates one WGSL source; the error text names the file and lines.

@@ -17,7 +17,7 @@ use cnnpack::compress::{sketch_graph, sketch_tensor, CompressError, SketchOption
 use cnnpack::format::cnnpack as pack_format;
 use cnnpack::graph::{Conv2d, GraphBuilder, Linear, Node, Op, Rng, Tensor};
 use cnnpack::weights::{PartMut, SketchWeights, Weights};
-use common::data_dir;
+use common::{assert_close, data_dir};
 use std::collections::HashMap;
 
 /// The dense reference (`backend::cpu::reference`, f64 accumulation) on one layer:
@@ -54,16 +54,8 @@ fn naive_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
     Tensor::new(vec![n, o], out).expect("sizes agree")
 }
 
-fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
-    assert_eq!(got.shape, want.shape, "{what}: shape");
-    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let tol = 1e-4 * scale + 1e-6;
-    let diff = got.max_abs_diff(want);
-    assert!(
-        diff <= tol,
-        "{what}: max diff {diff} > tolerance {tol} (max |ref| {scale})"
-    );
-}
+/// Kernel tolerance (see the top of the file): `1e-4 * max |reference| + 1e-6`.
+const TOL: (f32, f32) = (1e-4, 1e-6);
 
 fn random_sketch(rng: &mut Rng, shape: Vec<usize>, m: usize, refined: bool) -> SketchWeights {
     let w = rng.normal_tensor(shape, 0.3);
@@ -299,41 +291,47 @@ fn linear_kernels_match_dense_reference() {
         );
         let what = format!("fc case {case} n={n} k={k} o={o} m={m}");
         assert_close(
+            &format!("{what} masked"),
             &sketch_linear(&x, &s, Some(&bias)),
             &want,
-            &format!("{what} masked"),
+            TOL,
         );
         for kernel in [FcKernel::Avx2, FcKernel::Avx512] {
             if kernel.supported() {
                 assert_close(
+                    &format!("{what} {kernel:?}"),
                     &sketch_linear_with(&x, &s, Some(&bias), kernel),
                     &want,
-                    &format!("{what} {kernel:?}"),
+                    TOL,
                 );
             }
         }
         assert_close(
+            &format!("{what} lut"),
             &sketch_linear_lut(&x, &s, Some(&bias)),
             &want,
-            &format!("{what} lut"),
+            TOL,
         );
         if cpu_fast::sketch_triplets::supported() {
             assert_close(
+                &format!("{what} triplets"),
                 &cpu_fast::sketch_triplets::sketch_linear_triplets(&x, &s, Some(&bias)),
                 &want,
-                &format!("{what} triplets"),
+                TOL,
             );
         }
         assert_close(
+            &format!("{what} assoc"),
             &sketch_linear_assoc(&x, &s, Some(&bias)),
             &want,
-            &format!("{what} assoc"),
+            TOL,
         );
         let pure = AssocPlan::pure(&s, 1);
         assert_close(
+            &format!("{what} assoc (pure tree)"),
             &sketch_linear_assoc_with(&x, &s, &pure, Some(&bias)),
             &want,
-            &format!("{what} assoc (pure tree)"),
+            TOL,
         );
     }
 }
@@ -370,21 +368,33 @@ fn conv_kernels_match_dense_reference() {
             let x = rng.normal_tensor(vec![n, cin, h, wd], 1.0);
             let want = reference_conv(&x, &conv);
             let what = format!("conv case {case} n={n} {h}x{wd} m={m}");
-            assert_close(&sketch_conv(&x, &conv), &want, &format!("{what} masked"));
-            assert_close(&sketch_conv_lut(&x, &conv), &want, &format!("{what} lut"));
             assert_close(
+                &format!("{what} masked"),
+                &sketch_conv(&x, &conv),
+                &want,
+                TOL,
+            );
+            assert_close(
+                &format!("{what} lut"),
+                &sketch_conv_lut(&x, &conv),
+                &want,
+                TOL,
+            );
+            assert_close(
+                &format!("{what} assoc"),
                 &sketch_conv_assoc(&x, &conv),
                 &want,
-                &format!("{what} assoc"),
+                TOL,
             );
             let Weights::Sketch(sw) = &conv.weight else {
                 unreachable!("built as sketch above")
             };
             let pure = AssocPlan::pure(sw, groups);
             assert_close(
+                &format!("{what} assoc (pure tree)"),
                 &sketch_conv_assoc_with(&x, &conv, &pure),
                 &want,
-                &format!("{what} assoc (pure tree)"),
+                TOL,
             );
         }
     }
@@ -435,14 +445,16 @@ fn assoc_tree_cost_bounded_and_small_for_similar_rows() {
     let x = rng.normal_tensor(vec![3, k], 1.0);
     let want = naive_linear(&x, &Weights::Sketch(s.clone()).to_dense(), None);
     assert_close(
+        "near-duplicate rows",
         &sketch_linear_assoc(&x, &s, None),
         &want,
-        "near-duplicate rows",
+        TOL,
     );
     assert_close(
+        "near-duplicate rows, pure tree",
         &sketch_linear_assoc_with(&x, &s, &plan, None),
         &want,
-        "near-duplicate rows, pure tree",
+        TOL,
     );
 }
 
@@ -540,12 +552,18 @@ fn sketched_graph_runs_fast_path_like_reference_and_survives_cnnpack() {
         let input = rng.normal_tensor(vec![batch, 3, 15, 13], 1.0);
         let want = cpu_reference::run_graph(&sk, &input).expect("reference runs");
         let got = cpu_fast::run_graph(&sk, &input).expect("fast runs");
-        assert_close(&got[0], &want[0], &format!("sketched graph, batch {batch}"));
-        let got = prepared.run(&input).expect("packed runs");
         assert_close(
+            &format!("sketched graph, batch {batch}"),
             &got[0],
             &want[0],
+            TOL,
+        );
+        let got = prepared.run(&input).expect("packed runs");
+        assert_close(
             &format!("sketched graph, batch {batch}, packed"),
+            &got[0],
+            &want[0],
+            TOL,
         );
         let avx2 = cnnpack::tuning::CpuOptions {
             avx512: false,
@@ -555,9 +573,10 @@ fn sketched_graph_runs_fast_path_like_reference_and_survives_cnnpack() {
             .run(&input)
             .expect("packed runs");
         assert_close(
+            &format!("sketched graph, batch {batch}, packed, avx2"),
             &got[0],
             &want[0],
-            &format!("sketched graph, batch {batch}, packed, avx2"),
+            TOL,
         );
     }
     // .cnnpack round trip keeps the packed arrays bit for bit.
@@ -751,10 +770,7 @@ fn masked_cycles() {
 /// LeNet-5 and MNIST test images for the accuracy checks; `None` when absent.
 fn lenet5() -> Option<(cnnpack::graph::Graph, cnnpack::data::Dataset)> {
     use cnnpack::data::{Dataset, Preprocess};
-    let Some(dir) = data_dir() else {
-        println!("skipped: no data folder (set CNNPACK_DATA)");
-        return None;
-    };
+    let dir = data_dir()?;
     let model = dir.join("lenet/lenet5_original.onnx");
     if !model.is_file() {
         println!("skipped: {} not found", model.display());
@@ -864,10 +880,10 @@ fn prepared_model_holds_decoded_convs() {
     // 6 output channels fill a 16-channel panel to 38%: not packed, decoded.
     assert_eq!(prepared.decoded_stats(), (1, 6 * 45 * 4), "{prepared:?}");
     for call in ["first", "second"] {
-        assert_close(&prepared.run(&x).expect("runs").remove(0), &want, call);
+        assert_close(call, &prepared.run(&x).expect("runs").remove(0), &want, TOL);
     }
     let direct = cpu_fast::run_node(&node(&conv), &[&x]).expect("runs");
-    assert_close(&direct, &want, "unprepared");
+    assert_close("unprepared", &direct, &want, TOL);
     // Flip every bit: a model prepared from the new weights runs them.
     if let Weights::Sketch(s) = &mut conv.weight {
         let (bits, _) = s.arrays_mut();
@@ -885,11 +901,17 @@ fn prepared_model_holds_decoded_convs() {
         "flipped bits change the output"
     );
     let changed = cpu_fast::Prepared::new(graph(&conv));
-    assert_close(&changed.run(&x).expect("runs").remove(0), &want2, "changed");
     assert_close(
+        "changed",
+        &changed.run(&x).expect("runs").remove(0),
+        &want2,
+        TOL,
+    );
+    assert_close(
+        "unprepared, changed",
         &cpu_fast::run_node(&node(&conv), &[&x]).expect("runs"),
         &want2,
-        "unprepared, changed",
+        TOL,
     );
 }
 

@@ -3,6 +3,7 @@
 //! sequential one, no deadlock (a watchdog fails the test after a time limit), and
 //! resident memory bounded. Also many `run_async` requests in flight at once.
 
+mod common;
 use cnnpack::engine::{DeviceKind, Engine, RunFuture};
 use cnnpack::graph::{Rng, Tensor};
 use std::sync::mpsc;
@@ -116,15 +117,10 @@ fn lenet() -> cnnpack::graph::Graph {
     cnnpack::zoo::build("lenet5", 5).expect("lenet5 builds")
 }
 
-/// The GPU engine, or None (printing why) when there is no adapter and
-/// CNNPACK_REQUIRE_GPU is not 1.
+/// The GPU engine (a device of its own, as an application's would be), or None
+/// (printing why) when there is no adapter and CNNPACK_REQUIRE_GPU is not 1.
 fn gpu_engine() -> Option<Engine> {
-    let e = Engine::new(lenet(), DeviceKind::Gpu).expect("engine builds");
-    if !e.is_gpu() {
-        println!("skipped: {}", e.fallback_note().unwrap_or("no GPU"));
-        return None;
-    }
-    Some(e)
+    common::fresh_gpu_engine(lenet())
 }
 
 #[test]
