@@ -9,10 +9,16 @@
 //! - Aliases: Flatten and Identity move no data, so their output shares the input's slot.
 //! - Fusion: a Conv or Linear whose only reader is a Relu (and whose own output is not a
 //!   graph output) runs with a fused ReLU; the Relu becomes an alias of it.
-//! - Liveness: a slot returns to the pool once the last step reading it has run. The
-//!   graph input and every graph output keep their own slot for the whole run (the
-//!   outputs are read back after the last step). A step's output never shares a slot
-//!   with its inputs, so kernels need not support in-place operation.
+//! - Liveness: a value is dead once the last step reading it has run ([`Step::frees`]),
+//!   and its slot returns to the pool. The graph input and every graph output keep
+//!   their own slot for the whole run (the outputs are read back after the last step).
+//!   A step's output never shares a slot with its inputs, so kernels need not support
+//!   in-place operation; a backend that allocates per step may still reuse a dying
+//!   first input's buffer ([`Step::first_input_dies`]).
+//!
+//! Both backends run from a plan: the GPU from slots (`backend::gpu::model`), the CPU
+//! allocating a tensor per step and dropping each after the step that frees it
+//! (`backend::cpu::run_with`).
 
 use crate::graph::{Graph, GraphError, Op, Shapes};
 use std::collections::HashMap;
@@ -22,14 +28,23 @@ use std::collections::HashMap;
 pub struct Step {
     /// Index of the node in `graph.nodes`.
     pub node: usize,
-    /// Name for reports and errors: the node name, `+relu` appended when fused.
+    /// Name for reports, errors and profiles (both backends): the node name, then
+    /// `+` and the fused Relu's node name when fused (`conv1+relu2`).
     pub name: String,
     /// Apply ReLU to the output (a fused Relu node).
     pub fused_relu: bool,
     /// Input value names (as in the node).
     pub inputs: Vec<String>,
-    /// Output value name (the fused Relu's output when fused).
+    /// Output value name (the node's; a fused Relu's output is an alias of it).
     pub output: String,
+    /// Values dead once this step has run, by root name (see [`Plan::root`]), sorted:
+    /// those this step reads last, and its own output when nothing reads it, except
+    /// graph outputs (and values they alias). The graph input is listed after its last
+    /// reader, although its slot stays reserved.
+    pub frees: Vec<String>,
+    /// The first input's value dies at this step (it is in `frees`) and this step reads
+    /// it only once: its buffer may become the output (the CPU's in-place ops).
+    pub first_input_dies: bool,
 }
 
 /// A graph planned for one batch size.
@@ -45,6 +60,8 @@ pub struct Plan {
     pub slots: Vec<usize>,
     /// Slot of every value (aliases share their source's slot).
     slot_of: HashMap<String, usize>,
+    /// The value each alias stands for (a step output or the graph input).
+    root_of: HashMap<String, String>,
 }
 
 /// Options that change how a graph is planned.
@@ -104,6 +121,8 @@ impl Plan {
                 fused_relu: false,
                 inputs: node.inputs.clone(),
                 output: node.output.clone(),
+                frees: vec![],
+                first_input_dies: false,
             };
             if options.fuse_relu
                 && matches!(node.op, Op::Conv(_) | Op::Linear(_))
@@ -132,27 +151,44 @@ impl Plan {
             v
         };
 
-        // Last step reading each root value; pinned roots are never released.
+        // Last step reading each root value; the values dying at each step.
         let mut last_use: HashMap<String, usize> = HashMap::new();
         for (s, step) in steps.iter().enumerate() {
             for v in &step.inputs {
                 last_use.insert(resolve(v), s);
             }
         }
+        let output_roots: Vec<String> = graph.outputs.iter().map(|o| resolve(o)).collect();
+        for (s, step) in steps.iter_mut().enumerate() {
+            let roots: Vec<String> = step.inputs.iter().map(|v| resolve(v)).collect();
+            let mut frees: Vec<String> = roots
+                .iter()
+                .chain(std::iter::once(&step.output))
+                .filter(|v| {
+                    !output_roots.contains(v) && last_use.get(v.as_str()).is_none_or(|&l| l == s)
+                })
+                .cloned()
+                .collect();
+            frees.sort();
+            frees.dedup();
+            step.first_input_dies = roots.first().is_some_and(|r| {
+                frees.contains(r) && roots.iter().filter(|u| *u == r).count() == 1
+            });
+            step.frees = frees;
+        }
         let input_root = graph.input.name.clone();
-        let pinned: Vec<String> = graph
-            .outputs
+        let pinned: Vec<String> = output_roots
             .iter()
-            .map(|o| resolve(o))
+            .cloned()
             .chain(std::iter::once(input_root.clone()))
             .collect();
 
         let len_of = |v: &str| shapes[v].iter().product::<usize>();
         let mut slots: Vec<usize> = vec![len_of(&input_root)];
         let mut slot_of: HashMap<String, usize> = HashMap::new();
-        slot_of.insert(input_root, 0);
+        slot_of.insert(input_root.clone(), 0);
         let mut free: Vec<usize> = vec![];
-        for (s, step) in steps.iter().enumerate() {
+        for step in &steps {
             let need = len_of(&step.output);
             let slot = if pinned.contains(&step.output) {
                 slots.push(need);
@@ -162,15 +198,11 @@ impl Plan {
             };
             slot_of.insert(step.output.clone(), slot);
             // Release inputs after the output is placed, so the two never share a slot.
-            let mut released: Vec<String> = step.inputs.iter().map(|v| resolve(v)).collect();
-            released.push(step.output.clone());
-            released.sort();
-            released.dedup();
-            for v in released {
-                if pinned.contains(&v) || last_use.get(&v).is_some_and(|&l| l > s) {
+            for v in &step.frees {
+                if *v == input_root {
                     continue;
                 }
-                if let Some(&sl) = slot_of.get(&v) {
+                if let Some(&sl) = slot_of.get(v) {
                     if !free.contains(&sl) {
                         free.push(sl);
                     }
@@ -183,13 +215,21 @@ impl Plan {
                 slot_of.insert(v.clone(), sl);
             }
         }
+        let root_of = alias.keys().map(|v| (v.clone(), resolve(v))).collect();
         Ok(Plan {
             batch,
             shapes,
             steps,
             slots,
             slot_of,
+            root_of,
         })
+    }
+
+    /// The value that holds `value`'s data: the source of an alias (followed through
+    /// chains of aliases), else `value` itself.
+    pub fn root<'a>(&'a self, value: &'a str) -> &'a str {
+        self.root_of.get(value).map_or(value, |r| r.as_str())
     }
 
     /// The buffer slot holding `value`, if the plan computes it.
@@ -270,6 +310,58 @@ mod tests {
             assert!(!pinned.contains(&plan.slot_of(&s.output)));
         }
         assert_eq!(plan.shape(&y), Some(&[2, 10][..]));
+    }
+
+    #[test]
+    fn frees_each_value_after_its_last_reader() {
+        let mut b = GraphBuilder::new("data", &[3, 8, 8], 1);
+        let x = b.input();
+        let c1 = b.conv(&x, 4, 3, 1, 1, 1);
+        let r1 = b.relu(&c1); // fused into c1; also a graph output
+        let c2 = b.conv(&r1, 4, 3, 1, 1, 1);
+        let unread = b.conv(&r1, 2, 1, 1, 0, 1); // nothing reads it
+        let a = b.add(&c2, &r1);
+        let twice = b.add(&a, &a);
+        let f = b.flatten(&twice);
+        let y = b.linear(&f, 5);
+        let g = b.finish(&[&y, &r1]).unwrap();
+        let plan = Plan::new(&g, 2).unwrap();
+        let names: Vec<&str> = plan.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                format!("{c1}+{r1}"),
+                c2.clone(),
+                unread.clone(),
+                a.clone(),
+                twice.clone(),
+                y.clone()
+            ]
+        );
+        assert_eq!(plan.root(&r1), c1);
+        assert_eq!(plan.root(&f), twice);
+        assert_eq!(plan.root(&c2), c2);
+        let frees: Vec<Vec<&str>> = plan
+            .steps
+            .iter()
+            .map(|s| s.frees.iter().map(|v| v.as_str()).collect())
+            .collect();
+        // The input after its only reader; c1 (the output r1's source) never; an unread
+        // output at its own step; a, read twice by one step, there; y (an output) never.
+        let want: Vec<Vec<&str>> = vec![
+            vec!["data"],
+            vec![],
+            vec![unread.as_str()],
+            vec![c2.as_str()],
+            vec![a.as_str()],
+            vec![twice.as_str()],
+        ];
+        assert_eq!(frees, want);
+        let dies: Vec<bool> = plan.steps.iter().map(|s| s.first_input_dies).collect();
+        // c2 and unread read r1, which lives on; `twice` reads `a` twice.
+        assert_eq!(dies, [true, false, false, true, false, true]);
+        // The slots follow the same liveness: c2's slot is free once `a` ran.
+        assert_eq!(plan.slot_of(&twice), plan.slot_of(&c2));
     }
 
     #[test]

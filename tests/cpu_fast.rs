@@ -310,7 +310,16 @@ fn in_place_ops_match_the_reference_and_spare_live_values() {
         assert_eq!(fast_out, ref_out, "batch {n}");
         let (profiled, times) = fast::run_graph_profiled(&g, &input).expect("profiled");
         assert_eq!(profiled, ref_out, "batch {n}, profiled");
-        assert_eq!(times.len(), g.nodes.len(), "every node timed once");
+        // Every step timed once, under its node's name: all nodes but the Flatten (an
+        // alias, no step).
+        let names: Vec<&str> = times.iter().map(|(name, _)| name.as_str()).collect();
+        let steps: Vec<&str> = g
+            .nodes
+            .iter()
+            .filter(|n| n.output != f)
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(names, steps, "every step timed once");
     }
 }
 
@@ -323,7 +332,8 @@ fn keep_freed_memory_applies_on_glibc() {
 
 /// The fast executor fuses a ReLU into the conv before it when the ReLU alone reads
 /// the conv's output. Fused, unfused (the conv output read twice, or a graph output)
-/// and the reference must agree, and the profile names the fused step `conv+relu`.
+/// and the reference must agree, and the profile names the fused step `conv+relu` (the
+/// two node names, as the plan and the GPU name it).
 #[test]
 fn relu_fused_into_conv_matches_the_reference() {
     use cnnpack::graph::GraphBuilder;
@@ -374,8 +384,12 @@ fn relu_fused_into_conv_matches_the_reference() {
         ] {
             let names: Vec<&str> = times.iter().map(|(name, _)| name.as_str()).collect();
             assert_eq!(
-                names.iter().filter(|n| n.ends_with("+relu")).count(),
+                names.iter().filter(|n| n.contains('+')).count(),
                 1,
+                "{what}: {names:?}"
+            );
+            assert!(
+                names.contains(&format!("{c1}+{r1}").as_str()),
                 "{what}: {names:?}"
             );
             assert_eq!(
@@ -385,6 +399,86 @@ fn relu_fused_into_conv_matches_the_reference() {
             );
         }
     }
+}
+
+/// The CPU runs the plan's fusion and aliases: a Relu fused into a conv it does not
+/// directly follow, a Relu fused into a Linear (applied to its output), a Flatten read
+/// by two steps while its source lives on (copied), a Flatten whose source dies at its
+/// reader (taken over), and Flattens as graph outputs (in the Flatten's shape, one of
+/// them sharing its source with another output). Fast (plain and prepared), profiled
+/// and reference runs must agree, and the profile must name the fused steps.
+#[test]
+fn plan_fusion_and_aliases_match_the_reference() {
+    use cnnpack::graph::GraphBuilder;
+    let mut b = GraphBuilder::new("x", &[3, 6, 6], 1);
+    let x = b.input();
+    let ca = b.conv(&x, 4, 3, 1, 1, 1);
+    let cb = b.conv(&x, 4, 3, 1, 1, 1);
+    let ra = b.relu(&ca); // not next to ca (cb is between): fused all the same
+    let rb = b.relu(&cb);
+    let s = b.add(&ra, &rb);
+    let f = b.flatten(&s); // read by two Linears, and s by the pool after them: copied
+    let l1 = b.linear(&f, 6);
+    let r1 = b.relu(&l1); // fused into the Linear
+    let l2 = b.linear(&f, 6);
+    let sum = b.add(&r1, &l2);
+    let p = b.max_pool(&s, 2, 2, 0);
+    let fp = b.flatten(&p); // p dies at its only reader: taken over
+    let l3 = b.linear(&fp, 3);
+    let fo = b.flatten(&l3); // an output, as is its source
+    let g = b.finish(&[&sum, &fo, &l3, &f]).expect("graph");
+    let prepared = fast::Prepared::new(std::sync::Arc::new(g.clone()));
+    let mut rng = Rng::new(12);
+    for n in [1, 3] {
+        let input = rng.normal_tensor(vec![n, 3, 6, 6], 1.0);
+        let want = reference::run_graph(&g, &input).expect("reference");
+        assert_eq!(want[1].shape, [n, 3]);
+        assert_eq!(want[3].shape, [n, 144]);
+        let (profiled, times) = fast::run_graph_profiled(&g, &input).expect("profiled");
+        for (what, got) in [
+            ("fast", fast::run_graph(&g, &input).expect("fast")),
+            ("prepared", prepared.run(&input).expect("prepared")),
+            ("profiled", profiled),
+        ] {
+            assert_eq!(got.len(), want.len());
+            for (o, (a, w)) in got.iter().zip(&want).enumerate() {
+                check(a, w, 64, &format!("{what}, batch {n}, output {o}"));
+            }
+        }
+        let names: Vec<&str> = times.iter().map(|(name, _)| name.as_str()).collect();
+        let fused = [
+            format!("{ca}+{ra}"),
+            format!("{cb}+{rb}"),
+            format!("{l1}+{r1}"),
+        ];
+        let want_names = [
+            fused[0].as_str(),
+            fused[1].as_str(),
+            s.as_str(),
+            fused[2].as_str(),
+            l2.as_str(),
+            sum.as_str(),
+            p.as_str(),
+            l3.as_str(),
+        ];
+        assert_eq!(names, want_names, "batch {n}");
+    }
+    // The fused Linear's ReLU is applied: r1 clips something, so skipping it would
+    // change `sum`.
+    let input = Rng::new(13).normal_tensor(vec![4, 3, 6, 6], 1.0);
+    let mut without = g.clone();
+    let relu = without
+        .nodes
+        .iter()
+        .position(|n| n.output == r1)
+        .expect("r1");
+    without.nodes[relu].op = Op::Identity;
+    let unclipped = reference::run_graph(&without, &input).expect("reference")[0].clone();
+    let got = fast::run_graph(&g, &input).expect("fast");
+    assert!(
+        got[0].max_abs_diff(&unclipped) > 1e-3,
+        "the Linear's ReLU clips"
+    );
 }
 
 /// Graph runs from several threads at once: each run may start a helper worker that

@@ -3,7 +3,10 @@
 pub mod fast;
 pub mod reference;
 
+use crate::backend::StepTimes;
 use crate::graph::{Graph, GraphError, Node, Tensor};
+use crate::plan::{Plan, PlanOptions};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// Errors from running a graph on the CPU.
@@ -83,117 +86,149 @@ pub fn check_input(graph: &Graph, input: &Tensor) -> Result<usize, CpuError> {
     Ok(input.shape[0])
 }
 
-/// Interprets the graph node by node with `kernel`, freeing each value after its
-/// last reader. Shared by the reference and the fast executor.
+/// Runs `graph` on `input` from its [`Plan`] for the input's batch size (planned with
+/// `options`): the plan's steps in order, each value dropped after the step that frees
+/// it, aliases (Flatten, Identity, fused Relus) read as their source. Shared by the
+/// reference and the fast executor, which give the kernels:
+///
+/// - `kernel(node, inputs)`: the node's output.
+/// - `in_place(node, x, rest)`, offered a step whose first input dies there
+///   ([`crate::plan::Step::first_input_dies`]) first: applies the node to that input's
+///   tensor `x` (the other inputs are `rest`), or returns `None` when it does not handle
+///   the node, which then goes to `kernel`.
+/// - `with_relu(node, inputs)`, offered a step with a fused ReLU first: the node's output
+///   with the ReLU applied, or `None` when it does not fuse that node, which then goes to
+///   `kernel` and gets the ReLU applied to its output here.
+///
+/// An alias read with another shape than its source (a Flatten) gets the source's
+/// tensor reshaped: taken over when the source dies at that step and the step reads it
+/// once, else copied. With `times`, each step's wall time is appended under its name.
 pub(crate) fn run_with(
     graph: &Graph,
     input: &Tensor,
-    kernel: impl Fn(&Node, &[&Tensor]) -> Result<Tensor, CpuError>,
-) -> Result<Vec<Tensor>, CpuError> {
-    run_with_in_place(graph, input, kernel, |_, _, _| None, |_, _| None)
-}
-
-/// `run_with`, offering each node whose first input dies at it to `in_place` first:
-/// `in_place(node, x, rest)` applies the node to that input's buffer `x` (the other
-/// inputs are `rest`) and returns `None` when it does not handle the node, which then
-/// goes to `kernel` as usual.
-///
-/// A node whose output is read only by the next node, a Relu, and is not a graph
-/// output is first offered to `with_relu(node, inputs)`, which returns the node's
-/// output with the ReLU applied (the Relu node is then skipped) or `None` when it does
-/// not fuse that node.
-pub(crate) fn run_with_in_place(
-    graph: &Graph,
-    input: &Tensor,
+    options: PlanOptions,
     kernel: impl Fn(&Node, &[&Tensor]) -> Result<Tensor, CpuError>,
     in_place: impl Fn(&Node, &mut Tensor, &[&Tensor]) -> Option<Result<(), CpuError>>,
     with_relu: impl Fn(&Node, &[&Tensor]) -> Option<Result<Tensor, CpuError>>,
+    mut times: Option<&mut StepTimes>,
 ) -> Result<Vec<Tensor>, CpuError> {
     let batch = check_input(graph, input)?;
-    graph.infer_shapes(batch)?;
-    let mut last_use: HashMap<&str, usize> = HashMap::new();
-    for (i, n) in graph.nodes.iter().enumerate() {
-        for v in &n.inputs {
-            last_use.insert(v, i);
-        }
-    }
-    for o in &graph.outputs {
-        last_use.insert(o, usize::MAX);
-    }
+    let plan = Plan::with_options(graph, batch, options)?;
+    let shape = |v: &str| plan.shape(v).expect("the plan has every value's shape");
     let mut values: HashMap<&str, Tensor> = HashMap::new();
     values.insert(&graph.input.name, input.clone());
-    let mut fused_away = None;
-    for (i, node) in graph.nodes.iter().enumerate() {
-        if fused_away == Some(i) {
-            continue;
-        }
-        // A Relu that alone reads this node's output, right after it.
-        let relu_next = graph.nodes.get(i + 1).filter(|next| {
-            matches!(next.op, crate::graph::Op::Relu)
-                && next.inputs.len() == 1
-                && next.inputs[0] == node.output
-                && last_use.get(node.output.as_str()) == Some(&(i + 1))
-        });
-        if let Some(next) = relu_next {
-            let fused = {
-                let ins: Vec<&Tensor> = node.inputs.iter().map(|v| &values[v.as_str()]).collect();
-                with_relu(node, &ins)
-            };
-            if let Some(out) = fused {
-                values.insert(&next.output, out?);
-                for v in &node.inputs {
-                    if last_use.get(v.as_str()).is_some_and(|&u| u <= i + 1) {
-                        values.remove(v.as_str());
-                    }
-                }
-                fused_away = Some(i + 1);
-                continue;
+    for step in &plan.steps {
+        let start = times.is_some().then(std::time::Instant::now);
+        let node = &graph.nodes[step.node];
+        // Tensors this step owns: the dying first input, and reshaped aliases.
+        let mut first = None;
+        let mut owned: Vec<Tensor> = vec![];
+        let mut from: Vec<Source> = Vec::with_capacity(step.inputs.len());
+        for (i, v) in step.inputs.iter().enumerate() {
+            let root = plan.root(v);
+            let reads = step.inputs.iter().filter(|u| plan.root(u) == root).count();
+            if i == 0 && step.first_input_dies {
+                let mut x = values.remove(root).expect(COMPUTED);
+                reshape(&mut x, shape(v));
+                first = Some(x);
+                from.push(Source::First);
+            } else if values.get(root).expect(COMPUTED).shape == shape(v) {
+                from.push(Source::Value(root));
+            } else if reads == 1 && step.frees.iter().any(|f| f == root) {
+                let mut x = values.remove(root).expect(COMPUTED);
+                reshape(&mut x, shape(v));
+                owned.push(x);
+                from.push(Source::Owned(owned.len() - 1));
+            } else {
+                let x = &values[root];
+                owned.push(Tensor {
+                    shape: shape(v).to_vec(),
+                    data: x.data.clone(),
+                });
+                from.push(Source::Owned(owned.len() - 1));
             }
         }
-        // The first input can be handed over when nothing reads it after this node and
-        // this node reads it only once.
-        let handed = node.inputs.first().filter(|v| {
-            last_use.get(v.as_str()) == Some(&i)
-                && node.inputs.iter().filter(|u| u == v).count() == 1
-        });
-        let mut done = None;
-        if let Some(v) = handed {
-            if let Some(mut x) = values.remove(v.as_str()) {
-                let outcome = {
-                    let rest: Vec<&Tensor> = node.inputs[1..]
-                        .iter()
-                        .map(|u| &values[u.as_str()])
-                        .collect();
-                    in_place(node, &mut x, &rest)
-                };
-                match outcome {
-                    Some(r) => {
-                        r?;
-                        done = Some(x);
-                    }
-                    None => {
-                        values.insert(v.as_str(), x);
-                    }
+        let (mut out, relu_applied) = 'run: {
+            if let (Some(x), false) = (first.as_mut(), step.fused_relu) {
+                let rest: Vec<&Tensor> = from[1..]
+                    .iter()
+                    .map(|s| s.get(None, &owned, &values))
+                    .collect();
+                if let Some(done) = in_place(node, x, &rest) {
+                    done?;
+                    break 'run (first.take().expect("taken above"), false);
                 }
             }
-        }
-        let out = match done {
-            Some(x) => x,
-            None => {
-                let ins: Vec<&Tensor> = node.inputs.iter().map(|v| &values[v.as_str()]).collect();
-                kernel(node, &ins)?
+            let ins: Vec<&Tensor> = from
+                .iter()
+                .map(|s| s.get(first.as_ref(), &owned, &values))
+                .collect();
+            if step.fused_relu {
+                if let Some(out) = with_relu(node, &ins) {
+                    break 'run (out?, true);
+                }
             }
+            (kernel(node, &ins)?, false)
         };
-        values.insert(&node.output, out);
-        for v in &node.inputs {
-            if last_use.get(v.as_str()) == Some(&i) {
-                values.remove(v.as_str());
-            }
+        if step.fused_relu && !relu_applied {
+            out.data
+                .par_chunks_mut(1 << 16)
+                .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
+        }
+        values.insert(&step.output, out);
+        for v in &step.frees {
+            values.remove(v.as_str());
+        }
+        if let (Some(times), Some(start)) = (times.as_mut(), start) {
+            times.push((step.name.clone(), start.elapsed().as_secs_f64() * 1e3));
         }
     }
-    Ok(graph
-        .outputs
-        .iter()
-        .map(|o| values[o.as_str()].clone())
-        .collect())
+    // Each output in its own shape; a tensor is handed over by its last output.
+    let mut outputs = Vec::with_capacity(graph.outputs.len());
+    for (i, o) in graph.outputs.iter().enumerate() {
+        let root = plan.root(o);
+        let later = graph.outputs[i + 1..].iter().any(|u| plan.root(u) == root);
+        let mut x = if later {
+            values.get(root).expect(COMPUTED).clone()
+        } else {
+            values.remove(root).expect(COMPUTED)
+        };
+        reshape(&mut x, shape(o));
+        outputs.push(x);
+    }
+    Ok(outputs)
+}
+
+const COMPUTED: &str = "the plan computes every value before its readers and frees it after";
+
+/// Where a step's input tensor is (see `run_with`).
+enum Source<'a> {
+    /// The dying first input, taken over.
+    First,
+    /// A live value, by root name.
+    Value(&'a str),
+    /// A tensor the step owns (a reshaped alias), by index.
+    Owned(usize),
+}
+
+impl Source<'_> {
+    fn get<'t>(
+        &self,
+        first: Option<&'t Tensor>,
+        owned: &'t [Tensor],
+        values: &'t HashMap<&'t str, Tensor>,
+    ) -> &'t Tensor {
+        match self {
+            Source::First => first.expect("the first input is taken over"),
+            Source::Value(v) => &values[*v],
+            Source::Owned(i) => &owned[*i],
+        }
+    }
+}
+
+/// Gives `x` the shape `shape` (an alias's: the same elements).
+fn reshape(x: &mut Tensor, shape: &[usize]) {
+    if x.shape != shape {
+        x.shape = shape.to_vec();
+    }
 }

@@ -20,6 +20,7 @@ pub use pool::{avg_pool, max_pool};
 
 use super::{reference, CpuError};
 use crate::graph::{Conv2d, Graph, Linear, Node, Op, Tensor};
+use crate::plan::PlanOptions;
 use crate::tuning::CpuOptions;
 use crate::weights::Weights;
 use rayon::prelude::*;
@@ -487,12 +488,14 @@ fn run_graph_in(
     input: &Tensor,
 ) -> Result<Vec<Tensor>, CpuError> {
     on_pool(spin, || {
-        super::run_with_in_place(
+        super::run_with(
             graph,
             input,
+            PlanOptions::default(),
             |node, ins| run_node_in(prepared, isa, node, ins),
             run_in_place,
             |node, ins| run_node_relu_in(prepared, isa, node, ins),
+            None,
         )
     })
 }
@@ -558,7 +561,9 @@ fn spin_for_forks(done: &AtomicBool, runner: Option<usize>) {
     }
 }
 
-/// As `run_graph`, plus each node's wall time in milliseconds, in node order.
+/// As `run_graph`, plus each step's wall time in milliseconds, in run order, under the
+/// plan's step names (the node's, `conv+relu` for a Relu fused into the node `conv`;
+/// aliases such as Flatten have no step).
 pub fn run_graph_profiled(
     graph: &Graph,
     input: &Tensor,
@@ -574,45 +579,17 @@ fn run_graph_profiled_in(
     spin: bool,
     input: &Tensor,
 ) -> Result<(Vec<Tensor>, crate::backend::StepTimes), CpuError> {
-    let times = std::sync::Mutex::new(Vec::with_capacity(graph.nodes.len()));
-    let record = |name: String, t: std::time::Instant| {
-        times
-            .lock()
-            .expect("the timing list lock is never poisoned")
-            .push((name, t.elapsed().as_secs_f64() * 1e3));
-    };
+    let mut times = Vec::with_capacity(graph.nodes.len());
     let outputs = on_pool(spin, || {
-        super::run_with_in_place(
+        super::run_with(
             graph,
             input,
-            |node, ins| {
-                let t = std::time::Instant::now();
-                let out = run_node_in(prepared, isa, node, ins);
-                record(node.name.clone(), t);
-                out
-            },
-            |node, x, rest| {
-                let t = std::time::Instant::now();
-                let out = run_in_place(node, x, rest);
-                if out.is_some() {
-                    record(node.name.clone(), t);
-                }
-                out
-            },
-            |node, ins| {
-                let t = std::time::Instant::now();
-                let out = run_node_relu_in(prepared, isa, node, ins);
-                if out.is_some() {
-                    record(format!("{}+relu", node.name), t);
-                }
-                out
-            },
+            PlanOptions::default(),
+            |node, ins| run_node_in(prepared, isa, node, ins),
+            run_in_place,
+            |node, ins| run_node_relu_in(prepared, isa, node, ins),
+            Some(&mut times),
         )
     })?;
-    Ok((
-        outputs,
-        times
-            .into_inner()
-            .expect("the timing list lock is never poisoned"),
-    ))
+    Ok((outputs, times))
 }

@@ -13,6 +13,7 @@ pub use pool::{avg_pool, global_avg_pool, max_pool};
 
 use super::CpuError;
 use crate::graph::{Graph, Node, Op, Tensor};
+use crate::plan::PlanOptions;
 use std::collections::HashMap;
 
 /// Runs one node on its input values with the reference kernels.
@@ -77,9 +78,19 @@ pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
 }
 
 /// Runs the whole graph with the reference kernels; returns the outputs in order.
-/// The graph is validated and its shapes checked against `input` first.
+/// The graph is validated and its shapes checked against `input` first. It runs from
+/// the same plan as the other executors (liveness, aliases) but fuses nothing: each
+/// Relu runs as its own node.
 pub fn run_graph(graph: &Graph, input: &Tensor) -> Result<Vec<Tensor>, CpuError> {
-    super::run_with(graph, input, run_node)
+    super::run_with(
+        graph,
+        input,
+        PlanOptions { fuse_relu: false },
+        run_node,
+        |_, _, _| None,
+        |_, _| None,
+        None,
+    )
 }
 
 /// Values by name, for callers that want every intermediate (debugging, tests).
