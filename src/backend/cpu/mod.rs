@@ -2,6 +2,7 @@
 
 pub mod fast;
 pub mod reference;
+pub mod select;
 
 use crate::graph::{Graph, GraphError, Node, Tensor};
 use std::collections::HashMap;
