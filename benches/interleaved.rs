@@ -176,7 +176,7 @@ fn conv_set(rng: &mut Rng, rounds: usize) {
             ),
             Variant::new("sparse 30%", conv3x3(sparse(rng, &w, 0.3), bias.clone())),
             // The CSR kernel itself above the executor's crossover
-            // (`fast::sparse::CONV_CROSSOVER`), where the executor runs dense weights.
+            // (`select::CONV_CROSSOVER`), where the executor runs dense weights.
             Variant::csr("csr 40%", conv3x3(sparse(rng, &w, 0.4), bias.clone())),
             Variant::csr("csr 50%", conv3x3(sparse(rng, &w, 0.5), bias.clone())),
         ];

@@ -217,7 +217,7 @@ fn bench_cpu(c: &mut Criterion) {
 fn as_prepared(op: Op) -> Op {
     match op {
         Op::Conv(c) => {
-            let csr = matches!(&c.weight, Weights::Sparse(w) if fast::sparse::runs_sparse(&c, w));
+            let csr = cnnpack::backend::cpu::select::runs_csr(&c);
             if csr || matches!(c.weight, Weights::Dense(_)) {
                 return Op::Conv(c);
             }

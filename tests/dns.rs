@@ -994,9 +994,7 @@ fn sparse_linear_wide_indices_and_empty_rows() {
 /// same results.
 #[test]
 fn executor_routes_sparse_convs_by_stride_and_density() {
-    use cnnpack::backend::cpu::fast::sparse::{
-        runs_sparse, CONV_CROSSOVER, STRIDED_CONV_CROSSOVER,
-    };
+    use cnnpack::backend::cpu::select::{runs_csr, CONV_CROSSOVER, STRIDED_CONV_CROSSOVER};
     let mut rng = Rng::new(77);
     for (stride, density) in [(1, 0.2), (1, 0.9), (2, 0.1), (2, 0.5), (4, 0.05)] {
         let t = sparse_tensor(&mut rng, vec![6, 3, 3, 3], density);
@@ -1016,11 +1014,7 @@ fn executor_routes_sparse_convs_by_stride_and_density() {
             STRIDED_CONV_CROSSOVER
         };
         let expect = w.density() <= crossover;
-        assert_eq!(
-            runs_sparse(&conv, &w),
-            expect,
-            "stride {stride} density {density}"
-        );
+        assert_eq!(runs_csr(&conv), expect, "stride {stride} density {density}");
         let x = rng.normal_tensor(vec![2, 3, 11, 9], 1.0);
         let node = cnnpack::graph::Node {
             name: "c".into(),

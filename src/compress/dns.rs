@@ -33,7 +33,7 @@
 //! thresholds keep more weights when the gradients are larger (docs/results.md).
 
 use super::CompressError;
-use crate::backend::cpu::fast::sparse::{CONV_CROSSOVER, FC_CROSSOVER};
+use crate::backend::cpu::select;
 use crate::graph::{Graph, Op, Rng};
 use crate::train::Masks;
 use crate::weights::{SparseWeights, Weights};
@@ -42,8 +42,9 @@ use std::collections::HashMap;
 /// Which layers `sparsify_graph` stores sparse.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub enum SparsePolicy {
-    /// Sparse where the density is at most the CPU kernel crossover
-    /// (`CONV_CROSSOVER`, `FC_CROSSOVER`), dense above it (default).
+    /// Sparse where the CPU backend runs the CSR kernel faster (`select::stores_sparse`:
+    /// density at most `CONV_CROSSOVER` for stride-1 convs, `STRIDED_CONV_CROSSOVER`
+    /// for strided ones, `FC_CROSSOVER` for fc), dense above it (default).
     #[default]
     Crossover,
     /// Sparse where the density is at most this fraction.
@@ -92,9 +93,12 @@ pub fn sparsify_graph(
     let mut out = graph.clone();
     let mut reports = Vec::new();
     for node in &mut out.nodes {
-        let (weight, op, crossover) = match &mut node.op {
-            Op::Conv(c) => (&mut c.weight, "conv", CONV_CROSSOVER),
-            Op::Linear(l) => (&mut l.weight, "linear", FC_CROSSOVER),
+        let Some(crossover) = select::sparse_crossover(&node.op) else {
+            continue;
+        };
+        let (weight, op) = match &mut node.op {
+            Op::Conv(c) => (&mut c.weight, "conv"),
+            Op::Linear(l) => (&mut l.weight, "linear"),
             _ => continue,
         };
         let codes = match &*weight {
@@ -131,6 +135,8 @@ pub fn sparsify_graph(
         }
         let density = sparse.density();
         let keep_sparse = match policy {
+            // `select::stores_sparse` for this op: the executor's own crossover (a conv
+            // stored sparse runs the CSR kernel).
             SparsePolicy::Crossover => density <= crossover,
             SparsePolicy::MaxDensity(d) => density <= *d,
             SparsePolicy::All => true,

@@ -2,6 +2,7 @@
 
 pub mod fast;
 pub mod reference;
+pub mod select;
 
 use crate::backend::StepTimes;
 use crate::graph::{Graph, GraphError, Node, Tensor};

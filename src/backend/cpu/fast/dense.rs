@@ -11,6 +11,7 @@
 //! `linear`); else sgemm.
 
 use super::gemm::InputPanels;
+use crate::backend::cpu::select::{self, DenseFc};
 use crate::graph::{Conv2d, Linear, Tensor};
 use rayon::prelude::*;
 
@@ -549,21 +550,9 @@ fn im2col(
 /// Output rows per parallel task of the fc layer.
 const ROW_BLOCK: usize = 64;
 
-/// Batches `linear` runs on `gemm::block` with the inputs in panels (`GEMM_MIN_BATCH`
-/// to `GEMM_MAX_BATCH`); below, the row-streaming GEMV (`gemv_row` at batch 1,
-/// `gemv_rows` above); above, sgemm. On the 2-core Xeon (fc6, 9216 -> 4096,
-/// interleaved; docs/benchmarks.md, session 12), the GEMM with its AVX2 micro-kernel
-/// against the GEMV over three runs: 13.9-14.6 ms against 13.9-15.1 at batch 16, 20.6-20.9 against 23.5-23.9 at
-/// 32, 36.0-36.8 against 46.7-49.9 at 64. Over two runs: slower at 12 (13.9-14.7
-/// against 11.7-12.7), and slower than sgemm (which has an AVX-512 kernel there) at
-/// 128 (69.7-70.9 against 52.2-64.6).
-const GEMM_MIN_BATCH: usize = 16;
-/// See `GEMM_MIN_BATCH`.
-const GEMM_MAX_BATCH: usize = 64;
-
 /// Dense fully connected layer; same semantics as `reference::linear`.
 ///
-/// With AVX2+FMA, by batch (see `GEMM_MIN_BATCH`): 1, a row-streaming GEMV
+/// With AVX2+FMA, by batch (see `select::DENSE_GEMM_MIN_BATCH`): 1, a row-streaming GEMV
 /// (memory-bound: fc6 of AlexNet reads 151 MB of weights per call, so the rate is the
 /// memory bandwidth); 2-15, the blocked GEMV (`gemv_rows`); 16-64, the register-blocked
 /// GEMM (`gemm::InputPanels`; its AVX-512 micro-kernel where the CPU has it) on the
@@ -573,16 +562,30 @@ pub fn linear(x: &Tensor, fc: &Linear) -> Tensor {
 }
 
 /// `linear` with the vector instructions of `isa` (the GEMM's AVX-512 micro-kernel
-/// where `isa` allows it).
+/// where `isa` allows it): `linear_as` with `select::dense_fc`'s variant.
 pub fn linear_isa(x: &Tensor, fc: &Linear, isa: super::Isa) -> Tensor {
+    let (n, k) = (x.shape[0], x.shape[1]);
+    linear_as(x, fc, select::dense_fc(n, k, isa))
+}
+
+/// `linear` on the kernel `choice` (`select::dense_fc` decides it). A GEMV or GEMM
+/// choice on a CPU without AVX2+FMA, or with no input features, runs sgemm; `GemvRow`
+/// at a batch other than 1 runs the blocked GEMV.
+pub fn linear_as(x: &Tensor, fc: &Linear, choice: DenseFc) -> Tensor {
     let w = fc.weight.to_dense();
     let (n, k, out) = (x.shape[0], x.shape[1], w.shape[0]);
     if n == 0 || out == 0 {
         return Tensor::zeros(vec![n, out]);
     }
-    let avx2 = k > 0 && gemv_supported();
-    let panels = (avx2 && (GEMM_MIN_BATCH..=GEMM_MAX_BATCH).contains(&n))
-        .then(|| InputPanels::new(&x.data, n, k, k, isa.avx512()));
+    let choice = match choice {
+        _ if k == 0 || !gemv_supported() => DenseFc::Sgemm,
+        DenseFc::GemvRow if n != 1 => DenseFc::GemvRows,
+        choice => choice,
+    };
+    let panels = match choice {
+        DenseFc::Gemm { avx512 } => Some(InputPanels::new(&x.data, n, k, k, avx512)),
+        _ => None,
+    };
     // y^T[out x n] = W[out x k] * x^T[k x n], split over blocks of output rows.
     let blocks: Vec<Vec<f32>> = (0..out)
         .step_by(ROW_BLOCK)
@@ -595,31 +598,36 @@ pub fn linear_isa(x: &Tensor, fc: &Linear, isa: super::Isa) -> Tensor {
                 return panels.dots_with_rows(w_rows, rows);
             }
             let mut yt = vec![0.0; rows * n];
-            if avx2 && n == 1 {
-                for (y, w_row) in yt.iter_mut().zip(w_rows.chunks_exact(k)) {
-                    *y = gemv_row(w_row, &x.data[..k]);
+            match choice {
+                DenseFc::GemvRow => {
+                    for (y, w_row) in yt.iter_mut().zip(w_rows.chunks_exact(k)) {
+                        *y = gemv_row(w_row, &x.data[..k]);
+                    }
                 }
-            } else if avx2 && n < GEMM_MIN_BATCH {
-                for (r, dst) in (0..rows)
-                    .step_by(GEMV_ROWS)
-                    .zip(yt.chunks_mut(GEMV_ROWS * n))
-                {
-                    let ws = Rows {
-                        data: &w_rows[r * k..],
-                        stride: k,
-                        count: dst.len() / n,
-                    };
-                    let xs = Rows {
-                        data: &x.data[..n * k],
-                        stride: k,
-                        count: n,
-                    };
-                    gemv_rows(ws, xs, k, dst);
+                DenseFc::GemvRows => {
+                    for (r, dst) in (0..rows)
+                        .step_by(GEMV_ROWS)
+                        .zip(yt.chunks_mut(GEMV_ROWS * n))
+                    {
+                        let ws = Rows {
+                            data: &w_rows[r * k..],
+                            stride: k,
+                            count: dst.len() / n,
+                        };
+                        let xs = Rows {
+                            data: &x.data[..n * k],
+                            stride: k,
+                            count: n,
+                        };
+                        gemv_rows(ws, xs, k, dst);
+                    }
                 }
-            } else {
-                sgemm(
-                    rows, k, n, w_rows, k as isize, 1, &x.data, 1, k as isize, &mut yt, n as isize,
-                );
+                DenseFc::Gemm { .. } | DenseFc::Sgemm => {
+                    sgemm(
+                        rows, k, n, w_rows, k as isize, 1, &x.data, 1, k as isize, &mut yt,
+                        n as isize,
+                    );
+                }
             }
             yt
         })
@@ -627,18 +635,8 @@ pub fn linear_isa(x: &Tensor, fc: &Linear, isa: super::Isa) -> Tensor {
     super::layout::transpose_blocks(&blocks, ROW_BLOCK, n, out, fc.bias.as_ref())
 }
 
-/// The kernel `linear` runs at batch `n`, as `cnnpack bench` names it.
-pub(super) fn linear_kernel_name(n: usize) -> &'static str {
-    match n {
-        _ if !gemv_supported() => "linear (sgemm)",
-        GEMM_MIN_BATCH..=GEMM_MAX_BATCH => "linear (gemm)",
-        ..GEMM_MIN_BATCH => "linear (gemv)",
-        _ => "linear (sgemm)",
-    }
-}
-
 /// Whether this CPU runs `gemv_row` (x86-64 with AVX2 and FMA, detected once).
-pub(super) fn gemv_supported() -> bool {
+pub(crate) fn gemv_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")

@@ -18,6 +18,10 @@ pub use layout::concat;
 pub use packed::{conv2d_packed, PackedConv};
 pub use pool::{avg_pool, max_pool};
 
+pub(crate) use dense::gemv_supported;
+pub(crate) use sketch_masks::supported as sketch_masks_supported;
+
+use super::select::{self, ConvChoice, CpuChoice, FcChoice};
 use super::{reference, CpuError};
 use crate::graph::{Conv2d, Graph, Linear, Node, Op, Tensor};
 use crate::plan::PlanOptions;
@@ -115,7 +119,7 @@ impl Default for Isa {
 }
 
 /// Whether this CPU has AVX-512F (detected once by std).
-fn avx512_detected() -> bool {
+pub(crate) fn avx512_detected() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -161,7 +165,7 @@ pub fn run_node_isa(node: &Node, inputs: &[&Tensor], isa: Isa) -> Result<Tensor,
 }
 
 /// As `run_node`, on the kernels of `isa`, a conv on its prepared weights when
-/// `prepared` has them.
+/// `prepared` has them. Convs and fcs run the kernel `choice_in` names.
 fn run_node_in(
     prepared: Option<&Prepared>,
     isa: Isa,
@@ -170,37 +174,32 @@ fn run_node_in(
 ) -> Result<Tensor, CpuError> {
     match (&node.op, inputs.first()) {
         (Op::Conv(c), Some(x)) => Ok(conv_node(x, c, false, prepared, node, isa)),
-        (
-            Op::Linear(Linear {
-                weight: Weights::Sketch(w),
-                bias,
-            }),
-            Some(x),
-        ) => Ok(sketch::sketch_linear_with(
-            x,
-            w,
-            bias.as_ref(),
-            isa.fc_kernel(),
-        )),
-        (
-            Op::Linear(Linear {
-                weight: Weights::Sparse(w),
-                bias,
-            }),
-            Some(x),
-        ) => Ok(sparse::sparse_linear_isa(x, w, bias.as_ref(), isa)),
-        (
-            Op::Linear(Linear {
-                weight: Weights::Pow2(w),
-                bias,
-            }),
-            Some(x),
-        ) => Ok(pow2::pow2_linear_with(x, w, bias.as_ref(), isa.fc_kernel())),
-        (Op::Linear(l), Some(x)) => Ok(dense::linear_isa(x, l, isa)),
+        (Op::Linear(l), Some(x)) => {
+            let batch = x.shape.first().copied().unwrap_or(0);
+            let choice = choice_in(prepared, isa, node, batch);
+            #[cfg(test)]
+            tests::record(node, choice);
+            match choice {
+                Some(CpuChoice::Fc(choice)) => Ok(fc_node(x, l, choice, isa)),
+                _ => unreachable!("select::choose gives an fc node an fc choice"),
+            }
+        }
         (Op::MaxPool(p), Some(x)) => Ok(max_pool(x, p)),
         (Op::Concat { axis }, Some(_)) => Ok(concat(inputs, *axis)),
         (Op::AvgPool(p), Some(x)) => Ok(avg_pool(x, p)),
         _ => reference::run_node(node, inputs),
+    }
+}
+
+/// The fc `l` on `x` with the kernel `choice` (from `select::fc` for `l`).
+fn fc_node(x: &Tensor, l: &Linear, choice: FcChoice, isa: Isa) -> Tensor {
+    let bias = l.bias.as_ref();
+    match (choice, &l.weight) {
+        (FcChoice::Sketch(v), Weights::Sketch(w)) => sketch::sketch_linear_as(x, w, bias, v),
+        (FcChoice::Sparse, Weights::Sparse(w)) => sparse::sparse_linear_isa(x, w, bias, isa),
+        (FcChoice::Pow2(v), Weights::Pow2(w)) => pow2::pow2_linear_as(x, w, bias, v),
+        (FcChoice::Dense(v), Weights::Dense(_)) => dense::linear_as(x, l, v),
+        _ => unreachable!("select::fc picks the family of the weights' encoding"),
     }
 }
 
@@ -244,34 +243,31 @@ pub fn run_in_place(node: &Node, x: &mut Tensor, rest: &[&Tensor]) -> Option<Res
 
 /// The kernel `run_node_in` runs for `node` at batch `batch`, by the name of its Rust
 /// function (what `cnnpack bench` reports per layer); `None` for ops without a weight
-/// kernel. Decided by the same tests as the dispatch (`runs_csr`, the prepared weights,
-/// the model's `Isa`; `Isa::default()` without a model).
+/// kernel. The name of `choice_in`'s choice, the one the dispatch runs (the model's
+/// `Isa`; `Isa::default()` without a model).
 pub fn kernel_name(prepared: Option<&Prepared>, node: &Node, batch: usize) -> Option<&'static str> {
     let isa = prepared.map_or_else(Isa::default, |p| p.isa);
-    Some(match &node.op {
-        Op::Conv(c) if runs_csr(c) => "sparse_conv",
-        Op::Conv(_) if prepared.and_then(|p| p.packed(node)).is_some() => "conv2d_packed",
-        Op::Conv(c) if matches!(c.weight, Weights::Dense(_)) => "conv2d",
-        Op::Conv(_) => "decoded+conv2d",
-        Op::Linear(l) => match &l.weight {
-            Weights::Sketch(w) => sketch::kernel_name(w, batch, isa.fc_kernel()),
-            Weights::Sparse(_) => "sparse_linear",
-            Weights::Pow2(w) => pow2::kernel_name(w, batch, isa.fc_kernel()),
-            Weights::Dense(_) => dense::linear_kernel_name(batch),
-        },
-        _ => return None,
-    })
+    choice_in(prepared, isa, node, batch).map(CpuChoice::name)
 }
 
-/// Whether the conv runs the sparse CSR kernel (below the crossover density for its
-/// stride, where it measured faster); every other conv runs a dense GEMM kernel.
-fn runs_csr(c: &Conv2d) -> bool {
-    matches!(&c.weight, Weights::Sparse(w) if sparse::runs_sparse(c, w))
+/// The kernel `run_node_in(prepared, isa, ..)` runs for `node` at batch `batch`: a
+/// conv's choice stored by `prepared` (made by `select::conv` when it was prepared),
+/// else `select::choose` without packed weights.
+fn choice_in(
+    prepared: Option<&Prepared>,
+    isa: Isa,
+    node: &Node,
+    batch: usize,
+) -> Option<CpuChoice> {
+    if let Some(choice) = prepared.and_then(|p| p.convs.get(&node.output)) {
+        return Some(CpuChoice::Conv(*choice));
+    }
+    select::choose(node, batch, isa, false)
 }
 
-/// The conv `c` (node `node`) on `x` with the fastest CPU kernel for its encoding, on
-/// `prepared`'s packed or decoded weights where it has them, the ReLU that follows it
-/// fused when `relu` (every conv kernel fuses it into its output stores).
+/// The conv `c` (node `node`) on `x` with the kernel `choice_in` names, on `prepared`'s
+/// packed or decoded weights where it has them, the ReLU that follows it fused when
+/// `relu` (every conv kernel fuses it into its output stores).
 fn conv_node(
     x: &Tensor,
     c: &Conv2d,
@@ -280,26 +276,28 @@ fn conv_node(
     node: &Node,
     isa: Isa,
 ) -> Tensor {
-    if runs_csr(c) {
-        return sparse::sparse_conv_isa(x, c, relu, isa);
-    }
-    if let Some(packed) = prepared.and_then(|p| p.packed(node)) {
-        return conv2d_packed(x, c, packed, relu);
-    }
-    match &c.weight {
-        Weights::Dense(_) => conv2d_relu(x, c, relu),
-        // Sketched, pow2 and (above the crossover) sparse convs run the dense GEMM conv
-        // on weights decoded once per model (`Prepared`): on this project's 2-core x86
-        // machine the dense GEMM beat every bit and code kernel measured for conv (the
-        // bit-masked `sketch::sketch_conv` took 16.7 ms for a 3x3 64->64 conv at 28x28
-        // with m = 3 against ~2 ms for sgemm; benches/kernels.rs and docs/benchmarks.md
-        // have the full tables), and decoding on every call made a sketched ResNet-18
-        // 3.7x slower than dense at batch 1. Batch-1 fc is memory-bound and keeps the
-        // compressed kernels (`run_node`).
-        _ => match prepared.and_then(|p| p.decoded(node)) {
-            Some(dense) => conv2d_relu(x, dense, relu),
-            None => conv2d_relu(x, &decoded_conv(c), relu),
-        },
+    let choice = choice_in(prepared, isa, node, x.shape.first().copied().unwrap_or(0));
+    #[cfg(test)]
+    tests::record(node, choice);
+    match choice {
+        Some(CpuChoice::Conv(ConvChoice::Csr)) => sparse::sparse_conv_isa(x, c, relu, isa),
+        Some(CpuChoice::Conv(ConvChoice::Packed)) => {
+            let packed = prepared.and_then(|p| p.packed(node));
+            conv2d_packed(
+                x,
+                c,
+                packed.expect("a Packed choice has packed weights"),
+                relu,
+            )
+        }
+        Some(CpuChoice::Conv(ConvChoice::InPlace)) => conv2d_relu(x, c, relu),
+        Some(CpuChoice::Conv(ConvChoice::DecodedInPlace)) => {
+            match prepared.and_then(|p| p.decoded(node)) {
+                Some(dense) => conv2d_relu(x, dense, relu),
+                None => conv2d_relu(x, &decoded_conv(c), relu),
+            }
+        }
+        _ => unreachable!("select::choose gives a conv node a conv choice"),
     }
 }
 
@@ -337,7 +335,8 @@ fn run_node_relu_in(
 }
 
 /// A graph ready for repeated runs on the CPU: the model owns everything derived from
-/// its weights, built once here, and its kernel choices (`CpuOptions`).
+/// its weights, built once here, and its kernel choices (`CpuOptions`; every conv's
+/// kernel, `select::conv`, is chosen here and stored).
 ///
 /// - The weights of every conv that runs a dense GEMM kernel (dense, and compressed
 ///   ones above the sparse crossover or with sketch/pow2 codes, decoded first) packed
@@ -357,6 +356,8 @@ pub struct Prepared {
     packed: std::collections::HashMap<String, PackedConv>,
     /// Compressed convs decoded to dense, by output name, where not packed.
     decoded: std::collections::HashMap<String, Conv2d>,
+    /// Every conv's kernel, by output name (`select::conv`, made here).
+    convs: std::collections::HashMap<String, ConvChoice>,
     isa: Isa,
     spin: bool,
 }
@@ -374,32 +375,38 @@ impl Prepared {
         let isa = Isa::new(options);
         let mut packed = std::collections::HashMap::new();
         let mut decoded = std::collections::HashMap::new();
+        let mut convs = std::collections::HashMap::new();
         let mut seen = std::collections::HashSet::new();
         for node in &graph.nodes {
-            // A name produced twice (an invalid graph) gets no prepared weights at all,
-            // so no node can run another's weights.
+            // A name produced twice (an invalid graph) gets no prepared weights or
+            // choice at all, so no node can run another's weights.
             if !seen.insert(node.output.as_str()) {
                 packed.remove(&node.output);
                 decoded.remove(&node.output);
+                convs.remove(&node.output);
                 continue;
             }
             let Op::Conv(c) = &node.op else { continue };
-            if runs_csr(c) {
-                continue;
-            }
-            if let Some(p) = packing_pays(c)
+            let packed_conv = select::packs(c)
                 .then(|| PackedConv::with_isa(c, isa))
-                .flatten()
-            {
-                packed.insert(node.output.clone(), p);
-            } else if !matches!(c.weight, Weights::Dense(_)) {
-                decoded.insert(node.output.clone(), decoded_conv(c));
+                .flatten();
+            let choice = select::conv(c, packed_conv.is_some());
+            match (choice, packed_conv) {
+                (ConvChoice::Packed, Some(p)) => {
+                    packed.insert(node.output.clone(), p);
+                }
+                (ConvChoice::DecodedInPlace, _) => {
+                    decoded.insert(node.output.clone(), decoded_conv(c));
+                }
+                _ => {}
             }
+            convs.insert(node.output.clone(), choice);
         }
         Prepared {
             graph,
             packed,
             decoded,
+            convs,
             isa,
             spin: options.spin,
         }
@@ -413,6 +420,12 @@ impl Prepared {
     /// The instruction sets its kernels use.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// The kernel `node` (of the held graph) runs at batch `batch` (`kernel_name` names
+    /// it); `None` for ops without a weight kernel.
+    pub fn choice(&self, node: &Node, batch: usize) -> Option<CpuChoice> {
+        choice_in(Some(self), self.isa, node, batch)
     }
 
     /// Bytes held by the packed weights.
@@ -448,15 +461,6 @@ impl Prepared {
     fn decoded(&self, node: &Node) -> Option<&Conv2d> {
         self.decoded.get(&node.output)
     }
-}
-
-/// Whether a conv's group of output channels fills the packed kernel's 16-channel panels
-/// to at least 80%: the panels past a group's last channel are computed as zeros, so a
-/// depthwise conv (1 channel per group) would do 16x its work there, where the in-place
-/// kernel's 6-row tiles waste at most 5 rows per group.
-fn packing_pays(c: &Conv2d) -> bool {
-    let cout_g = c.out_channels() / c.groups.max(1);
-    cout_g.next_multiple_of(16) * 4 <= cout_g * 5
 }
 
 impl std::fmt::Debug for Prepared {
@@ -592,4 +596,100 @@ fn run_graph_profiled_in(
         )
     })?;
     Ok((outputs, times))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::{Cell, RefCell};
+
+    thread_local! {
+        static RECORDING: Cell<bool> = const { Cell::new(false) };
+        static DISPATCHED: RefCell<Vec<(String, Option<CpuChoice>)>> =
+            const { RefCell::new(Vec::new()) };
+    }
+
+    /// Notes the choice the dispatch runs for `node`, while this thread records.
+    pub(super) fn record(node: &Node, choice: Option<CpuChoice>) {
+        if RECORDING.with(Cell::get) {
+            DISPATCHED.with(|d| d.borrow_mut().push((node.output.clone(), choice)));
+        }
+    }
+
+    /// lenet5 and squeezenet1.1, dense and compressed as `bench sweep` does (sketch
+    /// m = 2, INQ 4 bits, CSR at 10% and 30%: squeezenet's strided convs at 30% run the
+    /// dense path, its stride-1 convs CSR).
+    fn graphs() -> Vec<(String, Graph)> {
+        use crate::bench::sweep::{compress, SweepKind};
+        let mut out = Vec::new();
+        for name in ["lenet5", "squeezenet1.1"] {
+            let g = crate::graph::fold(crate::zoo::build(name, 3).expect("zoo model builds"))
+                .expect("folds");
+            let kinds: &[(SweepKind, f64)] = if name == "lenet5" {
+                &[
+                    (SweepKind::Sketch, 2.0),
+                    (SweepKind::Inq, 4.0),
+                    (SweepKind::Sparse, 0.1),
+                    (SweepKind::Sparse, 0.3),
+                ]
+            } else {
+                &[(SweepKind::Sparse, 0.3)]
+            };
+            for &(kind, v) in kinds {
+                let c = compress(&g, kind, v).expect("compresses");
+                out.push((format!("{name} {kind} {v}"), c));
+            }
+            out.push((name.to_string(), g));
+        }
+        out
+    }
+
+    /// The dispatch runs, for every conv and fc node, exactly the choice that
+    /// `Prepared::choice` returns and `kernel_name` names, at batch 1 and 8 and on
+    /// every instruction set level (the nodes run on this thread, which records them).
+    #[test]
+    fn dispatch_runs_the_named_choice() {
+        for (name, g) in graphs() {
+            let g = std::sync::Arc::new(g);
+            for isa in Isa::available() {
+                let options = CpuOptions {
+                    avx512: isa.avx512(),
+                    ..CpuOptions::default()
+                };
+                let p = Prepared::with_options(g.clone(), &options);
+                for batch in [1, 8] {
+                    let mut shape = vec![batch];
+                    shape.extend(&g.input.item_shape);
+                    let x = crate::graph::Rng::new(5).normal_tensor(shape, 1.0);
+                    RECORDING.with(|r| r.set(true));
+                    let run = super::super::run_with_in_place(
+                        &g,
+                        &x,
+                        |node, ins| run_node_in(Some(&p), p.isa, node, ins),
+                        run_in_place,
+                        |node, ins| run_node_relu_in(Some(&p), p.isa, node, ins),
+                    );
+                    RECORDING.with(|r| r.set(false));
+                    run.expect("runs");
+                    let ran = DISPATCHED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+                    let weighted: Vec<&Node> = g
+                        .nodes
+                        .iter()
+                        .filter(|n| n.op.weights().is_some())
+                        .collect();
+                    assert_eq!(ran.len(), weighted.len(), "{name}: one dispatch per node");
+                    for (node, (output, choice)) in weighted.into_iter().zip(ran) {
+                        let what = format!("{name} {} batch {batch} {}", isa.name(), node.name);
+                        assert_eq!(output, node.output, "{what}");
+                        assert_eq!(choice, p.choice(node, batch), "{what}");
+                        assert_eq!(
+                            kernel_name(Some(&p), node, batch),
+                            choice.map(CpuChoice::name),
+                            "{what}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -46,6 +46,7 @@
 
 use super::gemm::{self, InputPanels};
 use super::FcKernel;
+use crate::backend::cpu::select::{self, Pow2Fc, POW2_BYTES_MAX_BATCH};
 use crate::graph::{Conv2d, Tensor};
 use crate::weights::{Pow2Weights, Weights};
 use rayon::prelude::*;
@@ -95,12 +96,25 @@ pub fn pow2_linear(x: &Tensor, w: &Pow2Weights, bias: Option<&Tensor>) -> Tensor
 /// `pow2_linear` with the kernel chosen (for tests and benches that compare them); a
 /// kernel this CPU lacks falls back to the arithmetic decoder. The code kernels stream
 /// each code row once per pass and look its codes up in registers, so only the `b/32`
-/// code bytes come from memory.
+/// code bytes come from memory. Runs `pow2_linear_as` with `select::pow2_fc`'s variant.
 pub fn pow2_linear_with(
     x: &Tensor,
     w: &Pow2Weights,
     bias: Option<&Tensor>,
     kernel: FcKernel,
+) -> Tensor {
+    let n = x.shape.first().copied().unwrap_or(0);
+    pow2_linear_as(x, w, bias, select::pow2_fc(w, n, kernel))
+}
+
+/// `pow2_linear` on the kernel `choice` (`select::pow2_fc` decides it; `BytesDots` runs
+/// up to `POW2_BYTES_MAX_BATCH`). A code kernel that does not apply to `w` on this CPU
+/// (`code_kernel_applies`) runs the arithmetic decoder instead.
+pub fn pow2_linear_as(
+    x: &Tensor,
+    w: &Pow2Weights,
+    bias: Option<&Tensor>,
+    choice: Pow2Fc,
 ) -> Tensor {
     let k = w.row_len();
     assert!(
@@ -119,17 +133,17 @@ pub fn pow2_linear_with(
     }
     let table = w.table();
     let decoder = Decoder::new(w, &table);
-    // The code kernels (`CodeLut`) where they apply: AVX-512 up to batch 64, AVX2 up to
-    // 10 on the codes and past that on rows decoded into the GEMM's panels.
-    let kind = LutKind::for_batch(kernel, n);
-    let bytes = CodeLut::new(w, &table, &x.data, kind);
-    if let Some(lut) = bytes
-        .as_ref()
-        .filter(|l| l.kind == LutKind::Bytes && n > BYTES_MAX_BATCH)
-    {
+    // The code kernels (`CodeLut`) where chosen: AVX-512 on the codes, AVX2 on the codes
+    // and on rows decoded into the GEMM's panels.
+    let kind = match choice {
+        Pow2Fc::Perm32 => Some(LutKind::Perm32),
+        Pow2Fc::BytesDots | Pow2Fc::BytesGemm { .. } => Some(LutKind::Bytes),
+        Pow2Fc::Decode => None,
+    };
+    let bytes = kind.and_then(|kind| CodeLut::new(w, &table, &x.data, kind));
+    if let (Pow2Fc::BytesGemm { avx512 }, Some(lut)) = (choice, &bytes) {
         // The byte tables need AVX2 and FMA, as the GEMM does; the inputs are in the
         // decoded rows' lane order.
-        let avx512 = kernel != FcKernel::Avx2;
         let panels = InputPanels::new(&lut.x_lanes, n, k, lut.x_stride, avx512);
         return gemm::fc_decoded(&panels, o, bias, |c, k0, kc, dst| {
             lut.decode_span(w, c, k0..k0 + kc, &table, dst)
@@ -589,21 +603,6 @@ enum LutKind {
 }
 
 impl LutKind {
-    /// The kind `pow2_linear_with` asks for at batch `n`.
-    fn for_batch(kernel: FcKernel, n: usize) -> LutKind {
-        let perm32 = n <= PERM32_MAX_BATCH
-            && match kernel {
-                FcKernel::Auto => super::avx512_detected(),
-                FcKernel::Avx2 => false,
-                FcKernel::Avx512 => true,
-            };
-        if perm32 {
-            LutKind::Perm32
-        } else {
-            LutKind::Bytes
-        }
-    }
-
     /// Whether the kind runs `w` (decode table `table`) on this CPU: 2 to 5 bits, the
     /// CPU features (AVX2 and FMA; AVX-512F), and for `Bytes` no value with nonzero low
     /// 16 bits (a subnormal power of two).
@@ -620,16 +619,16 @@ impl LutKind {
     }
 }
 
-/// The kernel `pow2_linear_with(.., kernel)` runs for `w` at batch `n`, as `cnnpack
-/// bench` names it.
-pub fn kernel_name(w: &Pow2Weights, n: usize, kernel: FcKernel) -> &'static str {
-    let kind = LutKind::for_batch(kernel, n);
-    match (kind.applies(w, &w.table()), kind, n) {
-        (true, LutKind::Perm32, _) => "pow2_linear (avx512)",
-        (true, LutKind::Bytes, n) if n <= BYTES_MAX_BATCH => "pow2_linear (avx2)",
-        (true, LutKind::Bytes, _) => "pow2_linear (decode+gemm)",
-        (false, _, _) => "pow2_linear (arithmetic decode)",
-    }
+/// Whether the code kernels run `w` on this CPU: AVX-512F's 32-entry table (`perm32`)
+/// or the AVX2 byte tables (`LutKind::applies`, the test `CodeLut::new` makes before its
+/// kernels run); `select::pow2_fc` asks it.
+pub(crate) fn code_kernel_applies(w: &Pow2Weights, perm32: bool) -> bool {
+    let kind = if perm32 {
+        LutKind::Perm32
+    } else {
+        LutKind::Bytes
+    };
+    kind.applies(w, &w.table())
 }
 
 /// Row dot products (on the codes) and row decodes (for the GEMV) by table lookups in
@@ -791,8 +790,8 @@ impl CodeLut {
         let k = w.row_len();
         let n = x.len() / k.max(1);
         assert!(
-            n <= BYTES_MAX_BATCH || self.kind == LutKind::Perm32,
-            "byte tables dot up to {BYTES_MAX_BATCH} inputs"
+            n <= POW2_BYTES_MAX_BATCH || self.kind == LutKind::Perm32,
+            "byte tables dot up to {POW2_BYTES_MAX_BATCH} inputs"
         );
         let (block_words, per_block) = self.block();
         let blocks = k / per_block;
@@ -1187,17 +1186,9 @@ fn row_dot_bytes<const B: i32, const SIGN_BIT_4: bool>(
     lanes.iter().sum()
 }
 
-/// Code rows and inputs per pass of `rows_dots_bytes` (batch 2 to `BYTES_MAX_BATCH`).
+/// Code rows and inputs per pass of `rows_dots_bytes` (batch 2 to `POW2_BYTES_MAX_BATCH`).
 const BYTES_ROWS: usize = 2;
 const BYTES_PASS_INPUTS: usize = 2;
-
-/// The largest batch the AVX2 kernel runs on the codes; larger ones decode rows into the
-/// GEMM's panels. fc6 on the Xeon, against decoding rows into the blocked GEMV (session
-/// 11, three runs; each pass decodes its rows again): 1.95-2.11x faster at batch 2,
-/// 1.32-1.42x at 4, 1.23-1.25x at 6, 1.07-1.11x at 8, 0.86-0.96x at 16. Against the
-/// GEMM (two runs, ms): 10.2-11.0 against 10.7-11.5 at 9, 10.0 against 11.5-11.6 at
-/// 10, 12.0-12.3 against 11.3-11.4 at 12.
-const BYTES_MAX_BATCH: usize = 10;
 
 /// Inputs per pass of `rows_dots_perm32` at batch > 1 (the code rows are re-read from
 /// L1 for each pass).
@@ -1208,12 +1199,6 @@ const PERM32_PASS_INPUTS: usize = 4;
 /// 3.8-5.2 / 3.6-4.2 / 3.7-3.8 ms with 2 / 3 / 4 rows at batch 8, 49-52 / 38-41 / 31 ms
 /// at batch 64.
 const PERM32_ROWS: usize = 4;
-
-/// The largest batch `Auto` runs on the codes with AVX-512; above it, rows are decoded
-/// into the GEMM's panels. fc6 on the Xeon (ms, two runs): at 64, 27.8-29.9 against
-/// 35.9-36.1 decoded; above, the decoded rows win: 67.3-69.5 against 71.1-72.9 at 128,
-/// 130-133 against 157-164 at 256.
-const PERM32_MAX_BATCH: usize = 64;
 
 /// Lane order of `rows_dots_perm32` for `per_word` codes per u32 word: entry `p = 16g + d`
 /// is the element (within the block of `16 · per_word`) whose product lands in lane `d`

@@ -41,6 +41,7 @@ use super::gemm::InputPanels;
 use super::sketch_masks as masks;
 use super::sketch_triplets as triplets;
 use super::FcKernel;
+use crate::backend::cpu::select::{self, SketchFc};
 use crate::graph::{Conv2d, Tensor};
 use crate::weights::{SketchWeights, Weights};
 use rayon::prelude::*;
@@ -71,67 +72,60 @@ pub fn sketch_linear(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Te
 ///   once into f32 (`Σ_j ±a_j`, a shift and a blend per 8 weights and base) and dotted
 ///   with every input row by the blocked GEMV, which beats `N` masked passes over the
 ///   bits (fc6 at batch 8: see docs/benchmarks.md).
-/// - AVX2+FMA, batch 16 and more (`GEMM_MIN_BATCH`, where the masks kernel does not
-///   run): the rows decoded the same way, per K block, into the GEMM's panels.
+/// - AVX2+FMA, batch 16 and more (`select::SKETCH_GEMM_MIN_BATCH`, where the masks
+///   kernel does not run): the rows decoded the same way, per K block, into the GEMM's
+///   panels.
 /// - Otherwise the masked kernel.
+///
+/// Runs `sketch_linear_as` with `select::sketch_fc`'s variant (the batch limits and
+/// their measurements are there).
 pub fn sketch_linear_with(
     x: &Tensor,
     w: &SketchWeights,
     bias: Option<&Tensor>,
     kernel: FcKernel,
 ) -> Tensor {
+    let choice = if x.shape.len() == 2 && x.shape[1] == w.row_len() {
+        select::sketch_fc(w, x.shape[0], kernel)
+    } else {
+        SketchFc::Masked
+    };
+    sketch_linear_as(x, w, bias, choice)
+}
+
+/// `sketch_linear` on the kernel `choice` (`select::sketch_fc` decides it). A kernel
+/// this CPU lacks, or an input whose shape does not match the weights (reported by the
+/// masked kernel), runs the portable masked kernel.
+pub fn sketch_linear_as(
+    x: &Tensor,
+    w: &SketchWeights,
+    bias: Option<&Tensor>,
+    choice: SketchFc,
+) -> Tensor {
     if x.shape.len() == 2 && x.shape[1] == w.row_len() {
         let n = x.shape[0];
-        let avx512 = kernel != FcKernel::Avx2 && masks::supported(w);
-        // An explicit `Avx512` on a CPU without it runs the portable kernel.
-        let avx2 = kernel != FcKernel::Avx512 || FcKernel::Avx512.supported();
-        // At batch 1 the AVX2 3-input tables beat the masks (fc6 m = 2: 0.87-1.03 ms
-        // against 1.71-1.98 ms), so `Auto` keeps them there.
-        let masks_batch = n <= masks::MAX_BATCH && (n >= 2 || kernel == FcKernel::Avx512);
-        if avx512 && masks_batch {
-            return masks::sketch_linear_masks(x, w, bias);
-        }
-        if avx2 && n >= GEMM_MIN_BATCH && decoded_rows_supported() {
-            let k = w.row_len();
-            let panels = InputPanels::new(&x.data, n, k, k, kernel != FcKernel::Avx2);
-            return super::gemm::fc_decoded(&panels, w.rows(), bias, |c, k0, kc, dst| {
-                decode_span(w, c, k0..k0 + kc, dst)
-            });
-        }
-        if avx2 && n >= 2 && decoded_rows_supported() {
-            return linear_decoded_rows(x, w, bias);
-        }
-        if avx2 && n == 1 && triplets::supported() {
-            return triplets::sketch_linear_triplets(x, w, bias);
+        match choice {
+            SketchFc::Masks if masks::supported(w) => {
+                return masks::sketch_linear_masks(x, w, bias);
+            }
+            SketchFc::DecodeGemm { avx512 } if decoded_rows_supported() => {
+                let k = w.row_len();
+                let panels = InputPanels::new(&x.data, n, k, k, avx512);
+                return super::gemm::fc_decoded(&panels, w.rows(), bias, |c, k0, kc, dst| {
+                    decode_span(w, c, k0..k0 + kc, dst)
+                });
+            }
+            SketchFc::DecodeGemv if decoded_rows_supported() => {
+                return linear_decoded_rows(x, w, bias);
+            }
+            SketchFc::Triplets if triplets::supported() => {
+                return triplets::sketch_linear_triplets(x, w, bias);
+            }
+            _ => {}
         }
     }
     linear_with(x, w, bias, Method::Masked)
 }
-
-/// The kernel `sketch_linear_with(.., kernel)` runs for `w` at batch `n` (`Auto` or
-/// `Avx2`), as `cnnpack bench` names it.
-pub fn kernel_name(w: &SketchWeights, n: usize, kernel: FcKernel) -> &'static str {
-    let masks = kernel != FcKernel::Avx2 && masks::supported(w);
-    if masks && (2..=masks::MAX_BATCH).contains(&n) {
-        "sketch_linear (avx512 masks)"
-    } else if n >= GEMM_MIN_BATCH && decoded_rows_supported() {
-        "sketch_linear (decode+gemm)"
-    } else if n >= 2 && decoded_rows_supported() {
-        "sketch_linear (decode+gemv)"
-    } else if n == 1 && triplets::supported() {
-        "sketch_linear (avx2 triplets)"
-    } else {
-        "sketch_linear (masked)"
-    }
-}
-
-/// Smallest batch that runs on rows decoded into the GEMM's panels (`gemm::fc_decoded`)
-/// rather than the GEMV (on AVX2, or on AVX-512 past the masks kernel's batches). fc6,
-/// m = 2, on the Xeon with the AVX2 kernels and the GEMM's AVX2 micro-kernel
-/// (interleaved, ms): batch 16, 15.1-19.5
-/// against 14.6-15.7 (a tie); 32, 22.9-25.8 against 27.3-31.4; 2-8: 2x slower (the
-/// batch is padded to 16 columns).
-const GEMM_MIN_BATCH: usize = 16;
 
 /// AVX2+FMA (the GEMV's requirement; the row decode needs AVX2 too).
 fn decoded_rows_supported() -> bool {

@@ -21,10 +21,6 @@ use rayon::prelude::*;
 
 /// Most bases per row the kernel is built for (its scales are registers).
 const MAX_BASES: usize = 4;
-/// The largest batch `sketch_linear` runs here; larger ones decode rows into the GEMM.
-/// fc6 m = 2 against decoded rows (three runs): 2.9x faster at batch 2, 2.1x at 4, 1.1x
-/// at 16, even at 32 and 64.
-pub(super) const MAX_BATCH: usize = 16;
 /// Inputs per pass.
 const PASS_INPUTS: usize = 4;
 /// Output rows per parallel task (a multiple of every pass's row count, 2 and 3).
@@ -34,7 +30,7 @@ const ROW_TILE: usize = 24;
 const X_PAD: usize = 16;
 
 /// Whether this CPU (AVX-512F) and `w` (1 to 4 bases) run `sketch_linear_masks`.
-pub(super) fn supported(w: &SketchWeights) -> bool {
+pub(crate) fn supported(w: &SketchWeights) -> bool {
     (1..=MAX_BASES).contains(&w.bases()) && avx512_detected()
 }
 

@@ -50,10 +50,12 @@
 //! Re-measured with the flat stride-1 kernel on all four ResNet-18 3x3 shapes, batch 1
 //! and 8 (benches/kernels.rs, table in docs/benchmarks.md, "Compressed kernels vs
 //! dense"): 1.3-3x faster than dense at 30% on every shape, 0.5-0.9x at 50% on most,
-//! so the conv crossover is 0.4 (`fast::run_node` runs the dense path on weights
-//! decoded once above it). The fc stays at 0.5: 3x at 50% at batch 1 (session 13's
-//! SpMM: 2x at 25% at batch 8, 1x at batch 32). `compress sparse` keeps a layer dense above its crossover unless
-//! told otherwise (`--all`, `--max-density`).
+//! so the conv crossover is 0.4 (`select::CONV_CROSSOVER`; `fast::run_node` runs the
+//! dense path on weights decoded once above it, strided convs above
+//! `select::STRIDED_CONV_CROSSOVER`). The fc stays at 0.5 (`select::FC_CROSSOVER`): 3x
+//! at 50% at batch 1 (session 13's SpMM: 2x at 25% at batch 8, 1x at batch 32).
+//! `compress sparse` keeps a layer dense above its crossover unless told otherwise
+//! (`--all`, `--max-density`).
 
 use super::Isa;
 use crate::graph::{Conv2d, Tensor};
@@ -64,40 +66,6 @@ use rayon::prelude::*;
 const CHANNEL_BLOCK: usize = 4;
 /// Fc rows per task.
 const ROW_BLOCK: usize = 64;
-
-/// Density above which the dense conv kernel is faster than `sparse_conv`
-/// (ResNet-18's 3x3 convs, batch 1 and 8; measured, see module docs). Stride-1 convs
-/// (strided: `STRIDED_CONV_CROSSOVER`). The same with the AVX2 kernels and the
-/// AVX-512 ones (dense and CSR both 1.3-1.5x faster with AVX-512): against the AVX-512
-/// dense conv, the aligned CSR kernel ran 1.2-1.4x at 40% and 1.0-1.2x at 50% on the
-/// 14x14-56x56 shapes at batch 1 and 8, 1.2x / 0.8x at 40% on 7x7 at batch 1 / 8
-/// (docs/benchmarks.md, session 13).
-pub const CONV_CROSSOVER: f64 = 0.4;
-
-/// `CONV_CROSSOVER` for strided convs, which the flat kernel reads from the input split
-/// into stride phases: ResNet-18's 3x3 stride-2 convs at batch 8 ran 0.86-0.99x of
-/// dense at 30% and 1.24-1.34x at 10%, meeting near 25-28%; its 7x7 and AlexNet's 11x11
-/// stems and the 1x1 stride-2 convs ran 1.0-1.5x at 30% (docs/benchmarks.md, session
-/// 13).
-pub const STRIDED_CONV_CROSSOVER: f64 = 0.25;
-
-/// Whether the executor runs this sparse conv with the CSR kernel (else the dense path
-/// on weights decoded once): up to `CONV_CROSSOVER` at stride 1, up to
-/// `STRIDED_CONV_CROSSOVER` otherwise. (Before session 13 strided convs ran the row
-/// kernel, slower than dense at every density tried: AlexNet's 11x11 stride-4 conv1,
-/// batch 1, 14.8 / 6.2 / 3.6 ms at 25 / 10 / 5% against 2.2 ms dense; they never ran
-/// sparse.)
-pub fn runs_sparse(conv: &Conv2d, w: &SparseWeights) -> bool {
-    let crossover = if conv.stride == [1, 1] {
-        CONV_CROSSOVER
-    } else {
-        STRIDED_CONV_CROSSOVER
-    };
-    w.density() <= crossover
-}
-/// Density above which the dense fc kernel is faster than `sparse_linear`
-/// (fc 9216->4096, batch 1; measured, see module docs).
-pub const FC_CROSSOVER: f64 = 0.5;
 
 /// Sparse convolution, NCHW: `x: [N, Cin, H, W]`, `conv.weight` a `Weights::Sparse`
 /// (other encodings are densified and run through the dense kernel). Same semantics as
