@@ -662,12 +662,14 @@ mod tests {
                     shape.extend(&g.input.item_shape);
                     let x = crate::graph::Rng::new(5).normal_tensor(shape, 1.0);
                     RECORDING.with(|r| r.set(true));
-                    let run = super::super::run_with_in_place(
+                    let run = super::super::run_with(
                         &g,
                         &x,
+                        PlanOptions::default(),
                         |node, ins| run_node_in(Some(&p), p.isa, node, ins),
                         run_in_place,
                         |node, ins| run_node_relu_in(Some(&p), p.isa, node, ins),
+                        None,
                     );
                     RECORDING.with(|r| r.set(false));
                     run.expect("runs");
