@@ -133,7 +133,7 @@ fn compare(label: &str, variants: &[Variant], x: &Tensor, rounds: usize) {
     // Each round runs the variants in a fresh random order (Fisher-Yates, fixed seed).
     // A rotated order keeps every variant's neighbours: the one listed after dense then
     // always ran right after dense's 151 MB stream, and pow2 fc6 measured 10-15% slower
-    // there than in a random order (docs/benchmarks.md, session 11).
+    // there than in a random order (docs/benchmarks-archive.md, session 11).
     let mut rng = Rng::new(5);
     let mut order: Vec<usize> = (0..variants.len()).collect();
     for _ in 0..rounds {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the tables of docs/benchmarks.md: peak rates, then dense and sketched models on
+# Reproduces the tables of docs/benchmarks-archive.md: peak rates, then dense and sketched models on
 # the GPU and the CPU, each configuration in one `cnnpack bench` run (same device, same run
 # for every ratio quoted). Usage: benches/models.sh [OUT_DIR]   (needs ../shared/data)
 set -euo pipefail

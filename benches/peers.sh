@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The peers table of docs/benchmarks.md in one run: the same ONNX files (SqueezeNet v1.0
+# The peers table of docs/benchmarks-archive.md in one run: the same ONNX files (SqueezeNet v1.0
 # from the data folder, zoo ResNet-18 and AlexNet exported by `cnnpack export`), batch 1
 # and 8, the same thread count, timed by ONNX Runtime (benches/ort_bench.py, skipped with a
 # note when it is not installed), then tract, cnnpack CPU and cnnpack GPU

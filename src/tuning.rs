@@ -138,7 +138,7 @@ pub enum ConvKernel {
 ///
 /// A conv reuses every weight across all output pixels, so it is compute-bound and the
 /// compressed encoding saves file and upload bytes but not necessarily time. On lavapipe
-/// (docs/benchmarks.md, "Compressed kernels vs dense") the pow2 conv ran at 0.03-0.04x and
+/// (docs/benchmarks-archive.md, "Compressed kernels vs dense") the pow2 conv ran at 0.03-0.04x and
 /// the sparse conv at 0.12-0.14x (30% density) of the dense conv, and sketch convs with
 /// m = 4 at 0.6-0.8x; there the weights are decoded once at upload instead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -723,7 +723,7 @@ fn gpu_training_loop_is_reproducible_and_learns() {
 }
 
 /// Training throughput (images/s) of LeNet-5 (MNIST shape) and ResNet-18, batch 32,
-/// GPU and CPU, for docs/benchmarks.md. Slow on lavapipe: run by hand with
+/// GPU and CPU, for docs/benchmarks-archive.md. Slow on lavapipe: run by hand with
 /// `cargo test --test gpu_train training_throughput -- --ignored --nocapture`.
 /// Env: CNNPACK_BENCH_RESNET_SIZE (default 224), CNNPACK_BENCH_ITERS (default 3),
 /// CNNPACK_BENCH_MODELS (default "lenet5,resnet18"), CNNPACK_BENCH_PROFILE=1 prints

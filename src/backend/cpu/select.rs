@@ -19,12 +19,12 @@ use crate::weights::{Pow2Weights, SketchWeights, Weights};
 /// Density above which the dense conv kernel is faster than the CSR one
 /// (`sparse::sparse_conv`), for stride-1 convs (strided: `STRIDED_CONV_CROSSOVER`).
 /// ResNet-18's 3x3 convs, batch 1 and 8, with the flat stride-1 kernel
-/// (benches/kernels.rs, table in docs/benchmarks.md, "Compressed kernels vs dense"):
+/// (benches/kernels.rs, table in docs/benchmarks-archive.md, "Compressed kernels vs dense"):
 /// 1.3-3x faster than dense at 30% on every shape, 0.5-0.9x at 50% on most. The same
 /// with the AVX2 kernels and the AVX-512 ones (dense and CSR both 1.3-1.5x faster with
 /// AVX-512): against the AVX-512 dense conv, the aligned CSR kernel ran 1.2-1.4x at 40%
 /// and 1.0-1.2x at 50% on the 14x14-56x56 shapes at batch 1 and 8, 1.2x / 0.8x at 40%
-/// on 7x7 at batch 1 / 8 (docs/benchmarks.md, session 13). The first measurement (the
+/// on 7x7 at batch 1 / 8 (docs/benchmarks-archive.md, session 13). The first measurement (the
 /// `#[ignore]` test `sparse_dense_crossover` in tests/dns.rs) is tabled in the docs of
 /// `fast::sparse`.
 pub const CONV_CROSSOVER: f64 = 0.4;
@@ -32,7 +32,7 @@ pub const CONV_CROSSOVER: f64 = 0.4;
 /// `CONV_CROSSOVER` for strided convs, which the flat kernel reads from the input split
 /// into stride phases: ResNet-18's 3x3 stride-2 convs at batch 8 ran 0.86-0.99x of
 /// dense at 30% and 1.24-1.34x at 10%, meeting near 25-28%; its 7x7 and AlexNet's 11x11
-/// stems and the 1x1 stride-2 convs ran 1.0-1.5x at 30% (docs/benchmarks.md, session
+/// stems and the 1x1 stride-2 convs ran 1.0-1.5x at 30% (docs/benchmarks-archive.md, session
 /// 13). (Before session 13 strided convs ran the row kernel, slower than dense at every
 /// density tried: AlexNet's 11x11 stride-4 conv1, batch 1, 14.8 / 6.2 / 3.6 ms at 25 /
 /// 10 / 5% against 2.2 ms dense; they never ran sparse.)
@@ -47,7 +47,7 @@ pub const FC_CROSSOVER: f64 = 0.5;
 /// Batches the dense fc runs on the register-blocked GEMM with the inputs in panels
 /// (`DENSE_GEMM_MIN_BATCH` to `DENSE_GEMM_MAX_BATCH`); below, the row-streaming GEMV
 /// (`gemv_row` at batch 1, the blocked `gemv_rows` above); above, sgemm. On the 2-core
-/// Xeon (fc6, 9216 -> 4096, interleaved; docs/benchmarks.md, session 12), the GEMM with
+/// Xeon (fc6, 9216 -> 4096, interleaved; docs/benchmarks-archive.md, session 12), the GEMM with
 /// its AVX2 micro-kernel against the GEMV over three runs: 13.9-14.6 ms against
 /// 13.9-15.1 at batch 16, 20.6-20.9 against 23.5-23.9 at 32, 36.0-36.8 against
 /// 46.7-49.9 at 64. Over two runs: slower at 12 (13.9-14.7 against 11.7-12.7), and
@@ -244,7 +244,7 @@ pub fn conv(c: &Conv2d, packed: bool) -> ConvChoice {
         // on weights decoded once per model (`Prepared`): on this project's 2-core x86
         // machine the dense GEMM beat every bit and code kernel measured for conv (the
         // bit-masked `sketch::sketch_conv` took 16.7 ms for a 3x3 64->64 conv at 28x28
-        // with m = 3 against ~2 ms for sgemm; benches/kernels.rs and docs/benchmarks.md
+        // with m = 3 against ~2 ms for sgemm; benches/kernels.rs and docs/benchmarks-archive.md
         // have the full tables), and decoding on every call made a sketched ResNet-18
         // 3.7x slower than dense at batch 1. Batch-1 fc is memory-bound and keeps the
         // compressed kernels.
@@ -258,7 +258,7 @@ pub fn conv(c: &Conv2d, packed: bool) -> ConvChoice {
 /// least 80%: the panels past a group's last channel are computed as zeros, so a
 /// depthwise conv (1 channel per group) would do 16x its work there, where the in-place
 /// kernel's 6-row tiles waste at most 5 rows per group. ResNet-18 and SqueezeNet ran
-/// 20-29% faster at batch 1 packed than on the in-place kernel (docs/benchmarks.md,
+/// 20-29% faster at batch 1 packed than on the in-place kernel (docs/benchmarks-archive.md,
 /// session 6).
 pub fn packs(c: &Conv2d) -> bool {
     let cout_g = c.out_channels() / c.groups.max(1);

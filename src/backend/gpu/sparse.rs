@@ -27,7 +27,7 @@
 //! 0.024 / 0.023 ms, against the dense GEMV's 0.069 / 0.117 / 0.067 ms on the same
 //! shapes. The earlier one-lane-per-row kernel took 3.77 / 1.89 / 0.74 / 0.18 ms on
 //! fc6. About 0.023 ms is a floor for one launch there. Conv timings on lavapipe (a
-//! CPU) are in docs/benchmarks.md.
+//! CPU) are in docs/benchmarks-archive.md.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::model::StepIo;

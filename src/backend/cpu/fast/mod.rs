@@ -341,7 +341,7 @@ fn run_node_relu_in(
 /// - The weights of every conv that runs a dense GEMM kernel (dense, and compressed
 ///   ones above the sparse crossover or with sketch/pow2 codes, decoded first) packed
 ///   for `conv2d_packed`: ResNet-18 and SqueezeNet ran 20-29% faster at batch 1 than on
-///   `run_graph`'s in-place kernel (docs/benchmarks.md, session 6).
+///   `run_graph`'s in-place kernel (docs/benchmarks-archive.md, session 6).
 /// - Compressed convs that are not packed (depthwise groups, or a CPU without AVX2 +
 ///   FMA) decoded to dense f32 once: decoding on every call cost more than the conv on
 ///   small maps (a sketched ResNet-18 ran at 0.27x dense at batch 1).

@@ -39,7 +39,7 @@
 //!   `y += w_k · col_k` (zero codes, common after INQ, are skipped). The CPU executor
 //!   (`fast::run_node`) does not use it: it runs pow2 convs through sgemm on weights
 //!   decoded once per layer (`fast::decoded`), which was faster on every ResNet-18
-//!   shape measured (benches/kernels.rs, docs/benchmarks.md).
+//!   shape measured (benches/kernels.rs, docs/benchmarks-archive.md).
 //!
 //! Preconditions (shapes agreeing with the weights, `Weights::Pow2` in the conv) are the
 //! planner's invariants, checked by shape inference; a violation panics naming it.
@@ -1217,7 +1217,7 @@ fn perm32_order(per_word: usize) -> Vec<usize> {
 /// one shift per 16 weights and row, and one FMA per input and row, where the AVX2 kernel
 /// spends about three ALU operations per 8 weights. Each input load feeds the `R` rows.
 /// fc6 4-bit at batch 1 ran 1.10-1.22x faster than `row_dot_bytes` (12 interleaved runs
-/// on a 2-core Xeon, Emerald Rapids; docs/benchmarks.md), near the code stream's memory
+/// on a 2-core Xeon, Emerald Rapids; docs/benchmarks-archive.md), near the code stream's memory
 /// bound.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]

@@ -24,7 +24,7 @@
 //! scheme wins only when rows are within a few percent of each other in Hamming
 //! distance. The batch-1 fc with AVX2 uses a different table kernel, with 3-input
 //! tables looked up 8 output rows at a time (`sketch_triplets`): 5.7x dense on fc6 at
-//! m = 2 where the masked kernel made 2.6x (docs/benchmarks.md). The fc at batch 2-16
+//! m = 2 where the masked kernel made 2.6x (docs/benchmarks-archive.md). The fc at batch 2-16
 //! with AVX-512 turns each 16 bits into a lane mask (`sketch_masks`); other batches with
 //! AVX2 decode rows into the blocked GEMV (2-15) or the GEMM's panels (16 and more;
 //! `sketch_linear_with` lists the choice).
@@ -71,7 +71,7 @@ pub fn sketch_linear(x: &Tensor, w: &SketchWeights, bias: Option<&Tensor>) -> Te
 /// - AVX2+FMA, batch 2-15 (and AVX-512 past its limits): each weight row is decoded
 ///   once into f32 (`Σ_j ±a_j`, a shift and a blend per 8 weights and base) and dotted
 ///   with every input row by the blocked GEMV, which beats `N` masked passes over the
-///   bits (fc6 at batch 8: see docs/benchmarks.md).
+///   bits (fc6 at batch 8: see docs/benchmarks-archive.md).
 /// - AVX2+FMA, batch 16 and more (`select::SKETCH_GEMM_MIN_BATCH`, where the masks
 ///   kernel does not run): the rows decoded the same way, per K block, into the GEMM's
 ///   panels.

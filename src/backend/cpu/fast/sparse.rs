@@ -26,7 +26,7 @@
 //!   from batch 16 with AVX-512), so that each stored weight is one register-wide
 //!   multiply-add into a row's sums held in registers (four chains), panel by panel
 //!   (it was an axpy into memory over `[K][N]`, 4x slower at batch 8:
-//!   docs/benchmarks.md, session 13).
+//!   docs/benchmarks-archive.md, session 13).
 //!
 //! Crossover (where dense becomes faster), measured by the `#[ignore]` test
 //! `sparse_dense_crossover` in tests/dns.rs (test profile, opt-level 2) on the 2-core
@@ -48,7 +48,7 @@
 //! with u16 indices against 4 dense, i.e. smaller only below 67%).
 //!
 //! Re-measured with the flat stride-1 kernel on all four ResNet-18 3x3 shapes, batch 1
-//! and 8 (benches/kernels.rs, table in docs/benchmarks.md, "Compressed kernels vs
+//! and 8 (benches/kernels.rs, table in docs/benchmarks-archive.md, "Compressed kernels vs
 //! dense"): 1.3-3x faster than dense at 30% on every shape, 0.5-0.9x at 50% on most,
 //! so the conv crossover is 0.4 (`select::CONV_CROSSOVER`; `fast::run_node` runs the
 //! dense path on weights decoded once above it, strided convs above
@@ -421,7 +421,7 @@ const LINE: usize = 16;
 /// the aligned positions `q0 + 16a` (one vector more than the tile) and added into the
 /// tile shifted by `s` once per group. An unaligned 64-byte load spans two cache lines
 /// and took twice as long per weight as an aligned one (8 loads and multiply-adds per
-/// weight: 3.7 against 1.9 ns on the Xeon of docs/benchmarks.md, session 13).
+/// weight: 3.7 against 1.9 ns on the Xeon of docs/benchmarks-archive.md, session 13).
 fn sparse_conv_flat(
     x: &Tensor,
     conv: &Conv2d,
