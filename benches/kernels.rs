@@ -13,8 +13,8 @@
 //! Weights are random (a fixed seed): sketch bits uniform, pow2 codes uniform over the
 //! valid codes (zero included), sparse entries kept with the given probability. The
 //! kernels' speed does not depend on the values, only on the encoding and density.
-//! The CPU sketch and pow2 conv run through their decoded-weight cache (decoded once,
-//! then sgemm; see `backend::cpu::fast::decoded`): the first, untimed warm-up call fills it.
+//! The CPU sketch and pow2 convs are timed as a prepared model runs them: on weights
+//! decoded to dense once, before timing (`as_prepared`, as `fast::Prepared` does).
 
 use cnnpack::backend::cpu::fast;
 use cnnpack::backend::gpu::{GpuContext, GpuModel};

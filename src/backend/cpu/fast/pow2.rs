@@ -37,8 +37,8 @@
 //! - conv (`pow2_conv`): per (image, group) an im2col matrix `[K][OH·OW]`; each output
 //!   channel's row is decoded and its nonzero weights are accumulated as
 //!   `y += w_k · col_k` (zero codes, common after INQ, are skipped). The CPU executor
-//!   (`fast::run_node`) does not use it: it runs pow2 convs through sgemm on weights
-//!   decoded once per layer (`fast::decoded`), which was faster on every ResNet-18
+//!   (`fast::run_node`) does not use it: it runs pow2 convs through the dense GEMM conv on
+//!   weights decoded once per model (`fast::Prepared`), which was faster on every ResNet-18
 //!   shape measured (benches/kernels.rs, docs/benchmarks-archive.md).
 //!
 //! Preconditions (shapes agreeing with the weights, `Weights::Pow2` in the conv) are the
