@@ -29,6 +29,7 @@
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::model::StepIo;
+use super::select::{self, DenseConv, UBO_FLOATS};
 use super::GpuError;
 use crate::graph::{Conv2d, Tensor};
 pub use crate::tuning::ConvKernel;
@@ -50,9 +51,6 @@ pub(crate) const LAYOUT: [Slot; 5] = [
 const TILE_M: usize = 64;
 /// Output pixels per workgroup tile of `conv_fwd_tiled`.
 const TILE_N: usize = 64;
-/// Below this many output channels per group the 64-row tile is mostly idle and the
-/// direct kernel is used instead (depthwise: 1).
-const DIRECT_BELOW: usize = 16;
 
 pub(crate) fn tiled(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("dense_conv", SOURCE, "conv_fwd_tiled", &LAYOUT)
@@ -68,10 +66,6 @@ const LAYOUT_UBO: [Slot; 5] = [
     Slot::Write,
     Slot::Uniform,
 ];
-
-/// f32 values in one weight uniform buffer of `conv_fwd_ubo` (64 KiB, the WebGPU default
-/// `max_uniform_buffer_binding_size`).
-const UBO_FLOATS: usize = 16384;
 
 fn ubo(ctx: &GpuContext) -> Arc<Kernel> {
     ctx.kernel("dense_conv_ubo", SOURCE_UBO, "conv_fwd_ubo", &LAYOUT_UBO)
@@ -226,7 +220,13 @@ pub(crate) fn upload_rows(
         .collect())
 }
 
-pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError> {
+/// Records a conv on dense f32 weights (compressed weights decoded here, once) with the
+/// kernel `select::conv` chose.
+pub(crate) fn encode(
+    io: &StepIo,
+    c: &Conv2d,
+    kernel: DenseConv,
+) -> Result<Vec<Dispatch>, GpuError> {
     let x = io.inputs[0].1;
     let y = io.output.1;
     let weight = c.weight.to_dense();
@@ -257,24 +257,12 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
         relu: io.relu,
         groups: c.groups,
     };
-    let khw = c.kernel[0] * c.kernel[1];
-    let ubo_fits = khw * 32 <= UBO_FLOATS
-        && io.ctx.limits().max_uniform_buffer_binding_size as usize >= UBO_FLOATS * 4;
-    let variant = match kernel_choice(io) {
-        _ if cout_g < DIRECT_BELOW => Variant::Direct,
-        ConvKernel::Tiled => Variant::Tiled,
-        ConvKernel::Uniform if ubo_fits => Variant::Ubo,
-        ConvKernel::Uniform => Variant::Tiled,
-        ConvKernel::Auto if ubo_fits && io.ctx.is_software() => Variant::Ubo,
-        ConvKernel::Auto if io.ctx.is_software() => Variant::Tiled,
-        ConvKernel::Auto | ConvKernel::Gemm | ConvKernel::GemmSplits(_) | ConvKernel::GemmWide => {
-            Variant::Gemm
+    match kernel {
+        DenseConv::Uniform => return encode_ubo(io, c, &geom, &weight.data),
+        DenseConv::Gemm { wide, split_k } => {
+            return encode_gemm(io, &geom, &weight.data, c.bias.as_ref(), wide, split_k)
         }
-    };
-    match variant {
-        Variant::Ubo => return encode_ubo(io, c, &geom, &weight.data),
-        Variant::Gemm => return encode_gemm(io, &geom, &weight.data, c.bias.as_ref()),
-        Variant::Direct | Variant::Tiled => {}
+        DenseConv::Direct | DenseConv::Tiled => {}
     }
     let chunks = upload_rows(io, &weight.data, cout, k_len, c.bias.as_ref())?;
     if chunks.len() > 1 && c.groups > 1 {
@@ -284,7 +272,8 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
             io.max_binding
         )));
     }
-    let kernel = if variant == Variant::Direct {
+    let direct_kernel = kernel == DenseConv::Direct;
+    let kernel = if direct_kernel {
         direct(io.ctx)
     } else {
         tiled(io.ctx)
@@ -301,7 +290,7 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
             } else {
                 geom
             };
-            let groups = if variant == Variant::Direct {
+            let groups = if direct_kernel {
                 io.grid256(g.batch * g.cout_g * g.groups * g.oh * g.ow)?
             } else {
                 dispatch_tiled(io, &g)?
@@ -320,33 +309,6 @@ pub(crate) fn encode(io: &StepIo, c: &Conv2d) -> Result<Vec<Dispatch>, GpuError>
             ))
         })
         .collect()
-}
-
-/// The conv kernel asked for (`GpuOptions::conv_kernel`).
-fn kernel_choice(io: &StepIo) -> ConvKernel {
-    io.options.conv_kernel
-}
-
-/// Whether GEMMs of this step (Linear at batch >= 32) run `conv_gemm`: where convs with
-/// many channels would, i.e. not on CPU adapters unless forced.
-pub(crate) fn gemm_chosen(io: &StepIo) -> bool {
-    match kernel_choice(io) {
-        ConvKernel::Gemm | ConvKernel::GemmSplits(_) | ConvKernel::GemmWide => true,
-        ConvKernel::Auto => !io.ctx.is_software(),
-        ConvKernel::Tiled | ConvKernel::Uniform => false,
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Variant {
-    /// One invocation per output (few channels per group, depthwise).
-    Direct,
-    /// Weights through uniform buffers, 32 channels per invocation: CPU adapters.
-    Ubo,
-    /// 64x64 implicit GEMM tiles in workgroup memory, loads waited on in turn.
-    Tiled,
-    /// 64x64 implicit GEMM on transposed weights, loads overlapped, split-K: GPUs.
-    Gemm,
 }
 
 /// `conv_fwd_ubo`: one dispatch per (group, block of output rows, slice of input
@@ -459,30 +421,6 @@ const LAYOUT_GEMM: [Slot; 7] = [
 /// Depth of one K tile of `conv_gemm`.
 const GEMM_TK: usize = 16;
 
-/// Workgroups `conv_gemm` aims to launch per layer before it splits K: about two per
-/// multiprocessor of a large GPU (an H100/H200 has 132), so that layers with few output
-/// tiles (ResNet-18's 7x7 stage has 8 channel tiles at batch 1) still fill the chip.
-const GEMM_TARGET_WORKGROUPS: usize = 264;
-
-/// Fewest K tiles one slice gets (shorter slices spend more on partial sums than they save).
-const GEMM_MIN_TILES_PER_SLICE: usize = 8;
-
-/// K slices for a layer with `tiles` output tiles and `k_tiles` K tiles: enough to reach
-/// [`GEMM_TARGET_WORKGROUPS`], no slice shorter than [`GEMM_MIN_TILES_PER_SLICE`];
-/// `forced` (tests, `GpuOptions::conv_split_k`) overrides. Never more than `k_tiles`.
-fn gemm_splits(tiles: usize, k_tiles: usize, forced: Option<usize>) -> usize {
-    let want = match forced {
-        Some(n) => n,
-        None if tiles >= GEMM_TARGET_WORKGROUPS => 1,
-        None => GEMM_TARGET_WORKGROUPS
-            .div_ceil(tiles.max(1))
-            .min(k_tiles / GEMM_MIN_TILES_PER_SLICE),
-    };
-    let splits = want.clamp(1, k_tiles.max(1));
-    // No empty slices: every slice gets ceil(k_tiles / splits) tiles but the last.
-    k_tiles.div_ceil(k_tiles.div_ceil(splits))
-}
-
 /// The tap table of `conv_gemm`: per k (padded to whole K tiles), the input offset from
 /// the pixel's window origin and the (dy, dx) displacement packed as `dy << 16 | dx`;
 /// padding entries get a displacement no input has, so they read zero.
@@ -532,6 +470,8 @@ pub(crate) fn encode_gemm(
     geom: &Geometry,
     weight: &[f32],
     bias: Option<&Tensor>,
+    wide: bool,
+    forced_splits: Option<usize>,
 ) -> Result<Vec<Dispatch>, GpuError> {
     let k_pad = geom.k_len.next_multiple_of(GEMM_TK);
     let k_tiles = k_pad / GEMM_TK;
@@ -568,15 +508,12 @@ pub(crate) fn encode_gemm(
             &zeros
         }
     };
-    let forced = match io.options.conv_kernel {
-        ConvKernel::GemmSplits(n) => Some(n),
-        _ => io.options.conv_split_k,
-    };
     let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
     let n_total = geom.batch * geom.oh * geom.ow;
-    let (entry, tile_n) = match kernel_choice(io) {
-        ConvKernel::GemmWide => ("conv_gemm_wide", 2 * TILE_N),
-        _ => ("conv_gemm", TILE_N),
+    let (entry, tile_n) = if wide {
+        ("conv_gemm_wide", 2 * TILE_N)
+    } else {
+        ("conv_gemm", TILE_N)
     };
     let main = io.ctx.kernel("conv_gemm", SOURCE_GEMM, entry, &LAYOUT_GEMM);
     let reduce = io
@@ -593,7 +530,7 @@ pub(crate) fn encode_gemm(
         };
         let nx = n_total.div_ceil(tile_n);
         let ny = rows.div_ceil(TILE_M);
-        let splits = gemm_splits(nx * ny * geom.groups, k_tiles, forced);
+        let splits = select::gemm_splits(nx * ny * geom.groups, k_tiles, forced_splits);
         let kt_per = k_tiles.div_ceil(splits);
         if nx > max || ny > max || geom.groups * splits > max {
             return Err(io.unsupported(format!(

@@ -1,5 +1,5 @@
 //! Linear layers (shaders/gemm.wgsl): GEMV for small batches (`linear_fwd_gemv` at batch
-//! 1, `linear_fwd_gemv8` with 8 items per workgroup up to `GEMV_BELOW`), a conv GEMM (1x1)
+//! 1, `linear_fwd_gemv8` with 8 items per workgroup up to `select::GEMV_BELOW`), a conv GEMM (1x1)
 //! for larger ones: `conv_gemm` where the convs use it, else `conv_fwd_tiled`. Weights
 //! over the binding limit are split by rows, one dispatch per chunk.
 //!
@@ -12,19 +12,16 @@
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel};
 use super::conv::{self, Geometry};
 use super::model::StepIo;
+use super::select::{DenseConv, FcChoice};
 use super::GpuError;
 use crate::graph::Linear;
 use std::sync::Arc;
 
 const SOURCE: &str = include_str!("../../../shaders/gemm.wgsl");
 
-/// Batches below this use GEMV (weights read once per item at batch 1, once per 8 items
-/// above: bandwidth-bound); from here on the tiled GEMM reuses each weight over 64 items.
-const GEMV_BELOW: usize = 32;
-
-fn gemv(ctx: &GpuContext, batch: usize) -> Arc<Kernel> {
+fn gemv(ctx: &GpuContext, choice: FcChoice) -> Arc<Kernel> {
     // Same bindings as dense conv: input, weights, bias, output, params.
-    let entry = if batch == 1 {
+    let entry = if choice == FcChoice::Gemv {
         "linear_fwd_gemv"
     } else {
         "linear_fwd_gemv8"
@@ -32,15 +29,18 @@ fn gemv(ctx: &GpuContext, batch: usize) -> Arc<Kernel> {
     ctx.kernel("gemm", SOURCE, entry, &conv::LAYOUT)
 }
 
-pub(crate) fn encode(io: &StepIo, l: &Linear) -> Result<Vec<Dispatch>, GpuError> {
+/// Records a dense Linear with the kernel `select::fc` chose (`Gemv`, `Gemv8` or a
+/// conv kernel on a 1x1 conv).
+pub(crate) fn encode(io: &StepIo, l: &Linear, choice: FcChoice) -> Result<Vec<Dispatch>, GpuError> {
     let x = io.inputs[0].1;
     let (batch, k) = (x[0], x[1]);
     let out = l.weight.rows();
     let weight = l.weight.to_dense();
-    if batch >= GEMV_BELOW && conv::gemm_chosen(io) {
+    if let FcChoice::Conv(DenseConv::Gemm { wide, split_k }) = choice {
         let g = Geometry::linear(batch, k, out, out, 0, io.relu);
-        return conv::encode_gemm(io, &g, &weight.data, l.bias.as_ref());
+        return conv::encode_gemm(io, &g, &weight.data, l.bias.as_ref(), wide, split_k);
     }
+    let as_conv = matches!(choice, FcChoice::Conv(_));
     let chunks = conv::upload_rows(io, &weight.data, out, k, l.bias.as_ref())?;
     chunks
         .iter()
@@ -51,7 +51,7 @@ pub(crate) fn encode(io: &StepIo, l: &Linear) -> Result<Vec<Dispatch>, GpuError>
                 Bind::f32s(&ch.bias, ch.rows),
                 io.output.0.clone(),
             ];
-            if batch >= GEMV_BELOW {
+            if as_conv {
                 let g = Geometry::linear(batch, k, ch.rows, out, ch.r0, io.relu);
                 return conv::dispatch_geometry(io, &g, &binds);
             }
@@ -66,7 +66,7 @@ pub(crate) fn encode(io: &StepIo, l: &Linear) -> Result<Vec<Dispatch>, GpuError>
             ];
             // One workgroup per row and item (batch 1) or per row and 8 items.
             Ok(io.ctx.dispatch(
-                &gemv(io.ctx, batch),
+                &gemv(io.ctx, choice),
                 io.name,
                 &binds,
                 &params,

@@ -16,6 +16,7 @@ mod model;
 mod pool;
 mod pow2;
 mod pow2_fc;
+pub mod select;
 mod sketch;
 mod softmax;
 mod sparse;

@@ -2,6 +2,7 @@
 //! launch recorded, activation buffers allocated by liveness (see `plan.rs`).
 
 use super::context::{Bind, Dispatch, GpuContext};
+use super::select::{self, ConvChoice, DeviceInfo, FcChoice, GpuChoice};
 use super::{
     conv, copy, eltwise, gemm, lrn, pool, pow2, pow2_fc, sketch, softmax, sparse, GpuError,
 };
@@ -13,30 +14,6 @@ use std::sync::{mpsc, Arc, Mutex};
 
 /// GPU time of each step: `(step name, milliseconds)` in execution order.
 pub type StepTimes = Vec<(String, f64)>;
-
-impl Pow2Fc {
-    /// Whether the table kernel runs, on a software adapter or not.
-    fn lut(self, software: bool) -> bool {
-        match self {
-            Pow2Fc::Window => false,
-            Pow2Fc::Lut => true,
-            Pow2Fc::Auto => !software,
-        }
-    }
-}
-
-impl CompressedConv {
-    /// Whether the conv with these weights runs on dense f32 decoded at upload.
-    fn decodes(self, weight: &Weights, software: bool) -> bool {
-        match (self, weight) {
-            (_, Weights::Dense(_)) => false,
-            (CompressedConv::Native, _) => false,
-            (CompressedConv::Decoded, _) => true,
-            (CompressedConv::Auto, Weights::Sketch(w)) => !software || w.bases() > 2,
-            (CompressedConv::Auto, _) => true,
-        }
-    }
-}
 
 /// What a family's encoder gets for one step.
 pub(crate) struct StepIo<'a> {
@@ -54,6 +31,8 @@ pub(crate) struct StepIo<'a> {
     pub(crate) max_binding: u64,
     /// The model's kernel choices and knobs.
     pub(crate) options: &'a GpuOptions,
+    /// The kernel `select::choose` picked for a conv or fc step (`None` for other ops).
+    pub(crate) choice: Option<GpuChoice>,
 }
 
 /// A layer's bias, or zeros for `rows` outputs when it has none.
@@ -101,7 +80,22 @@ impl StepIo<'_> {
 
 struct StepKernels {
     name: String,
+    /// The kernel chosen for a conv or fc step (`select::choose`).
+    choice: Option<GpuChoice>,
     dispatches: Vec<Dispatch>,
+}
+
+impl StepKernels {
+    /// The entry points of the recorded dispatches, in order, repeats dropped.
+    fn recorded_entries(&self) -> Vec<&'static str> {
+        let mut entries: Vec<&'static str> = vec![];
+        for d in &self.dispatches {
+            if !entries.contains(&d.kernel.entry) {
+                entries.push(d.kernel.entry);
+            }
+        }
+        entries
+    }
 }
 
 struct Output {
@@ -263,9 +257,16 @@ impl GpuModel {
             let shape = plan.shape(v).expect("every planned value has a shape");
             Ok((Bind::f32s(&slots[slot], shape.iter().product()), shape))
         };
+        let device = DeviceInfo::of(&ctx);
         let mut steps = Vec::with_capacity(plan.steps.len());
         for step in &plan.steps {
             let node = &graph.nodes[step.node];
+            let input = step
+                .inputs
+                .first()
+                .and_then(|v| plan.shape(v))
+                .unwrap_or(&[]);
+            let choice = select::choose(&node.op, input, &device, &options);
             let io = StepIo {
                 ctx: &ctx,
                 node,
@@ -279,10 +280,12 @@ impl GpuModel {
                 output: value(&step.output)?,
                 max_binding,
                 options: &options,
+                choice,
             };
             let dispatches = scoped(&ctx, &step.name, || encode(&io))?;
             steps.push(StepKernels {
                 name: step.name.clone(),
+                choice,
                 dispatches,
             });
         }
@@ -394,21 +397,40 @@ impl GpuModel {
         self.execute(input, false).map(|(o, _)| o)
     }
 
-    /// Each step's name (as `run_profiled` times it) and the shader entry points its
-    /// dispatches run, in order, repeats dropped, joined by `+` (e.g.
-    /// `conv_gemm+conv_gemm_reduce`).
+    /// Each step's name (as `run_profiled` times it) and its kernel name (what `cnnpack
+    /// bench` prints): for a conv or fc step the stored choice's `GpuChoice::name`, with
+    /// `+` and the reduce or gather kernel when the encoder recorded one (e.g.
+    /// `conv_gemm+conv_gemm_reduce`); for other ops the entry points their dispatches
+    /// run. In recording order, repeats dropped.
     pub fn step_kernels(&self) -> Vec<(String, String)> {
         self.steps
             .iter()
             .map(|s| {
-                let mut entries: Vec<&str> = vec![];
-                for d in &s.dispatches {
-                    if !entries.contains(&d.kernel.entry) {
-                        entries.push(d.kernel.entry);
+                let recorded = s.recorded_entries();
+                let name = match s.choice {
+                    Some(choice) => {
+                        let mut parts = vec![choice.name()];
+                        parts.extend(
+                            recorded
+                                .iter()
+                                .filter(|e| **e != choice.entry())
+                                .map(|e| e.to_string()),
+                        );
+                        parts.join("+")
                     }
-                }
-                (s.name.clone(), entries.join("+"))
+                    None => recorded.join("+"),
+                };
+                (s.name.clone(), name)
             })
+            .collect()
+    }
+
+    /// Each step's name, the kernel `select::choose` stored for it (conv and fc steps)
+    /// and the entry points its recorded dispatches run (in order, repeats dropped).
+    pub fn step_choices(&self) -> Vec<(String, Option<GpuChoice>, Vec<&'static str>)> {
+        self.steps
+            .iter()
+            .map(|s| (s.name.clone(), s.choice, s.recorded_entries()))
             .collect()
     }
 
@@ -711,29 +733,51 @@ fn read_back(
 /// Records the launches of one step with the family's host code.
 fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
     match &io.node.op {
-        // `conv::encode` decodes compressed weights to dense f32 once, at upload.
-        Op::Conv(c)
-            if io
-                .options
-                .compressed_conv
-                .decodes(&c.weight, io.ctx.is_software()) =>
-        {
-            conv::encode(io, c)
-        }
-        Op::Conv(c) => match &c.weight {
-            Weights::Sketch(w) => sketch::encode_conv(io, c, w),
-            Weights::Sparse(w) => sparse::encode_conv(io, c, w),
-            Weights::Pow2(w) => pow2::encode_conv(io, c, w),
-            _ => conv::encode(io, c),
-        },
-        Op::Linear(l) => match &l.weight {
-            Weights::Sketch(w) => sketch::encode_linear(io, l, w),
-            Weights::Sparse(w) => sparse::encode_linear(io, l, w),
-            Weights::Pow2(w) if io.options.pow2_fc.lut(io.ctx.is_software()) => {
-                pow2_fc::encode_linear(io, l, w)
+        Op::Conv(c) => match (io.choice, &c.weight) {
+            // `conv::encode` decodes compressed weights to dense f32 once, at upload.
+            (Some(GpuChoice::Conv(ConvChoice::Dense { kernel, .. })), _) => {
+                conv::encode(io, c, kernel)
             }
-            Weights::Pow2(w) => pow2::encode_linear(io, l, w),
-            _ => gemm::encode(io, l),
+            (Some(GpuChoice::Conv(ConvChoice::Sketch)), Weights::Sketch(w)) => {
+                sketch::encode_conv(io, c, w)
+            }
+            (Some(GpuChoice::Conv(ConvChoice::Sparse)), Weights::Sparse(w)) => {
+                sparse::encode_conv(io, c, w)
+            }
+            (Some(GpuChoice::Conv(ConvChoice::Pow2)), Weights::Pow2(w)) => {
+                pow2::encode_conv(io, c, w)
+            }
+            (choice, _) => Err(io.unsupported(format!(
+                "no conv kernel for {} weights as chosen ({choice:?})",
+                c.weight.encoding()
+            ))),
+        },
+        Op::Linear(l) => match (io.choice, &l.weight) {
+            (Some(GpuChoice::Fc(FcChoice::SketchGemv)), Weights::Sketch(w)) => {
+                sketch::encode_linear(io, l, w, false)
+            }
+            (Some(GpuChoice::Fc(FcChoice::SketchConv)), Weights::Sketch(w)) => {
+                sketch::encode_linear(io, l, w, true)
+            }
+            (Some(GpuChoice::Fc(FcChoice::Sparse { lanes_log2 })), Weights::Sparse(w)) => {
+                sparse::encode_linear(io, l, w, lanes_log2)
+            }
+            (Some(GpuChoice::Fc(FcChoice::Pow2Lut { rows, prefetch })), Weights::Pow2(w)) => {
+                pow2_fc::encode_linear(io, l, w, rows, prefetch)
+            }
+            (Some(GpuChoice::Fc(FcChoice::Pow2Window)), Weights::Pow2(w)) => {
+                pow2::encode_linear(io, l, w)
+            }
+            (
+                Some(GpuChoice::Fc(
+                    choice @ (FcChoice::Gemv | FcChoice::Gemv8 | FcChoice::Conv(_)),
+                )),
+                _,
+            ) => gemm::encode(io, l, choice),
+            (choice, _) => Err(io.unsupported(format!(
+                "no fc kernel for {} weights as chosen ({choice:?})",
+                l.weight.encoding()
+            ))),
         },
         Op::MaxPool(p) => pool::encode(io, p, pool::Mode::Max),
         Op::AvgPool(p) => pool::encode(

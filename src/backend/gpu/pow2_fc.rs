@@ -18,6 +18,7 @@
 
 use super::context::{uw, Bind, Dispatch, Kernel, Slot};
 use super::model::{bias_or_zeros, StepIo};
+use super::select;
 use super::GpuError;
 use crate::graph::Linear;
 use crate::weights::Pow2Weights;
@@ -32,7 +33,7 @@ const LAYOUT: [Slot; 5] = super::conv::LAYOUT;
 /// Invocations per workgroup: rows x K slices.
 const INVOCATIONS: usize = 256;
 /// Most batch items per workgroup (the shader has 8 accumulators).
-const MAX_ITEMS: usize = 8;
+const MAX_ITEMS: usize = select::POW2_LUT_MAX_ITEMS;
 
 /// One generated variant of the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,40 +45,6 @@ pub(crate) struct Variant {
     pub(crate) aligned: bool,
     /// Code quads each invocation loads ahead of the one it decodes (1..=3).
     pub(crate) prefetch: usize,
-}
-
-/// Quads loaded ahead: 1 (the measured default; on an H200 fc6 4-bit at batch 1 ran
-/// 20.1 us with it), or `GpuOptions::pow2_fc_prefetch` = 2 or 3. Why deeper may pay: at batch 1
-/// fc6 has 512 workgroups of 256 invocations, about half of an H200's resident
-/// threads, each with 9 quads of 16 bytes; with one quad in flight per invocation
-/// 2 MB are in flight, less than the ~3.5 MB that 3.5 TB/s times ~1 us of loaded
-/// latency needs, and one quad's decode (~128 instructions per warp) is shorter than a
-/// load. Not measured on a GPU yet (tested for correctness on every adapter).
-fn prefetch_depth(forced: Option<usize>) -> usize {
-    forced
-        .filter(|d| (1..=MAX_PREFETCH).contains(d))
-        .unwrap_or(1)
-}
-
-/// Deepest prefetch the generator writes.
-const MAX_PREFETCH: usize = 3;
-
-/// Rows per workgroup for a layer of `rows` outputs and `items` items per workgroup:
-/// 16 (16 K slices) with several items, 8 (32 slices) with one, while that still gives
-/// 256 workgroups, else fewer (4 rows, 64 slices: AlexNet's fc8, 1000 rows, gets 250
-/// workgroups), so a large GPU has a few workgroups per multiprocessor. On an H200 (fc6
-/// 4-bit, `pow2_fc_timing`): batch 1 with 8 / 16 rows 20.1 / 25.0 us (warm); in an
-/// earlier run at idle clocks, batch 1 with 4 / 8 / 16 rows 112 / 94 / 104 us and batch 8
-/// 545 / 398 / 315 us. `GpuOptions::pow2_fc_rows` = 4, 8, 16, 32 or 64 forces one (experiments).
-fn rows_per_workgroup(rows: usize, items: usize, forced: Option<usize>) -> usize {
-    let forced = forced.filter(|r| [4, 8, 16, 32, 64].contains(r));
-    let want = if items > 1 { 16 } else { 8 };
-    forced.unwrap_or_else(|| {
-        [want, 8, 4]
-            .into_iter()
-            .find(|&r| r <= want && rows >= r * 256)
-            .unwrap_or(4)
-    })
 }
 
 /// Items up to this many get two accumulators each.
@@ -136,7 +103,7 @@ pub(crate) fn lut_source(v: Variant) -> String {
     }
     // Quads q, q + SLICES, ... in registers n0, n1, ...: the loop takes n0 as `c`,
     // shifts the rest down and loads quad q + d * SLICES into the last.
-    let d = v.prefetch.clamp(1, MAX_PREFETCH);
+    let d = v.prefetch.clamp(1, select::POW2_MAX_PREFETCH);
     let mut init = String::new();
     for j in 0..d {
         let at = match j {
@@ -222,11 +189,15 @@ fn quad_body(
     s
 }
 
-/// Records a pow2 Linear with `pow2_fc_lut` (`l.weight` must be `Weights::Pow2(w)`).
+/// Records a pow2 Linear with `pow2_fc_lut` (`l.weight` must be `Weights::Pow2(w)`),
+/// `rows` output rows per workgroup and `prefetch` quads loaded ahead
+/// (`select::FcChoice::Pow2Lut`).
 pub(crate) fn encode_linear(
     io: &StepIo,
     l: &Linear,
     w: &Pow2Weights,
+    rows_per_workgroup: usize,
+    prefetch: usize,
 ) -> Result<Vec<Dispatch>, GpuError> {
     let (batch, k) = io.linear_dims("pow2", w.row_len(), w.shape())?;
     let rows = w.rows();
@@ -241,11 +212,11 @@ pub(crate) fn encode_linear(
     let v = Variant {
         bits: w.bits(),
         items,
-        rows: rows_per_workgroup(rows, items, io.options.pow2_fc_rows),
+        rows: rows_per_workgroup,
         // As vec4s only when the binding (batch * K floats) holds whole vec4s: a last
         // partial vec4 would be out of bounds of an array<vec4<f32>>.
         aligned: k % 4 == 0,
-        prefetch: prefetch_depth(io.options.pow2_fc_prefetch),
+        prefetch,
     };
     let cpw = w.codes_per_word();
     let quads = w.words_per_row().div_ceil(4);

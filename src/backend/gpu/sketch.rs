@@ -55,6 +55,7 @@
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::model::{bias_or_zeros, StepIo};
+use super::select;
 use super::GpuError;
 use crate::graph::{Conv2d, Linear};
 use crate::weights::SketchWeights;
@@ -64,10 +65,6 @@ const SOURCE: &str = include_str!("../../../shaders/sketch.wgsl");
 
 /// u32 words (or f32 values) in one 64 KiB uniform buffer, as the shader declares it.
 pub(crate) const UBO_WORDS: usize = 16384;
-
-/// Linear layers below this batch use the GEMV kernel; from here on the conv kernel
-/// (lanes = batch items) fills its 64 lanes better.
-const GEMV_BELOW: usize = 8;
 
 /// Bindings of `sketch_conv`: input, bit words (uniform), scales, bias, output, params.
 const LAYOUT_CONV: [Slot; 6] = [
@@ -176,30 +173,20 @@ fn bit(w: &SketchWeights, c: usize, j: usize, k: usize) -> u32 {
     w.bit_row(c, j)[k / 32] >> (k % 32) & 1
 }
 
-/// Code words (per base for sketch) per K slice that the split-K fc kernels aim at on
-/// hardware adapters.
-const SLICE_WORDS: usize = 16;
-/// Most K slices of one window chosen automatically.
-const MAX_SLICES: usize = 64;
-/// Invocations (rows x items x slices) past which splitting K further only adds partial
-/// sums: a few times what a large GPU keeps resident.
-const TARGET_INVOCATIONS: usize = 1 << 19;
-
 /// K slices of one split-K fc dispatch (`pow2_fc`, `sketch_fc`) over a window of `words`
 /// code words per row (per base), `rows` rows and `items` batch items: `(slices, words
-/// per slice)`, every slice non-empty. Forced by `GpuOptions::fc_split_k`, else 1 on software adapters (lavapipe: one invocation per row
-/// already keeps its few cores busy) and `words / SLICE_WORDS` (1..=64) on GPUs, fewer
-/// when rows x items alone give `TARGET_INVOCATIONS`. The partial sums
-/// (`items * slices * rows` f32) must fit one storage binding, which caps the slices too.
+/// per slice)`, every slice non-empty. The slices wanted come from
+/// `select::fc_slices_wanted`; the partial sums (`items * slices * rows` f32) must fit one
+/// storage binding and the grid the per-dimension limit, which cap them here.
 pub(crate) fn fc_slices(io: &StepIo, words: usize, rows: usize, items: usize) -> (usize, usize) {
     let words = words.max(1);
-    let want = match io.options.fc_split_k {
-        Some(n) => n,
-        None if io.ctx.is_software() => 1,
-        None => (words / SLICE_WORDS)
-            .clamp(1, MAX_SLICES)
-            .min(TARGET_INVOCATIONS.div_ceil(rows * items).max(1)),
-    };
+    let want = select::fc_slices_wanted(
+        words,
+        rows,
+        items,
+        io.ctx.is_software(),
+        io.options.fc_split_k,
+    );
     let max_dim = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
     let fit = (io.ctx.max_binding_bytes() / (4 * rows * items).max(1) as u64) as usize;
     let s = want.min(words).min(max_dim).min(fit).max(1);
@@ -450,11 +437,12 @@ pub(crate) fn encode_linear(
     io: &StepIo,
     l: &Linear,
     w: &SketchWeights,
+    as_conv: bool,
 ) -> Result<Vec<Dispatch>, GpuError> {
     let (batch, k) = io.linear_dims("sketch", w.row_len(), w.shape())?;
     let rows = w.rows();
     let bias = bias_or_zeros(l.bias.as_ref(), rows);
-    if batch >= GEMV_BELOW {
+    if as_conv {
         let shape = ConvShape {
             batch,
             cin: k,

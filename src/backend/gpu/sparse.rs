@@ -9,7 +9,7 @@
 //!   independent entries per lane per loop trip, gather the input from a storage buffer
 //!   (small: it stays in cache), and a tree in workgroup memory adds the L partials.
 //!   Row blocks fill a 2-D grid (x, y) past the per-dimension limit; z = batch item.
-//!   L comes from the row count and the mean entries per row ([`fc_lanes_log2`]); on
+//!   L comes from the row count and the mean entries per row (`select::sparse_fc_lanes_log2`); on
 //!   software adapters L = 1 (each invocation walks its own row, no reduction or
 //!   barrier, as the earlier 64-rows-per-workgroup kernel did): on lavapipe that ran
 //!   1.1-3.8x faster than wider rows on 11 of AlexNet's 12 fc shape/density pairs.
@@ -31,6 +31,7 @@
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::model::StepIo;
+use super::select;
 use super::GpuError;
 use crate::graph::{Conv2d, Linear, Tensor};
 use crate::weights::SparseWeights;
@@ -59,43 +60,7 @@ fn fc_kernel(ctx: &GpuContext) -> Arc<Kernel> {
 }
 
 /// Invocations per `sparse_fc` workgroup (the shader's `@workgroup_size`).
-const FC_WORKGROUP: usize = 256;
-
-/// Invocations a launch should have in flight: rows with fewer get more lanes each
-/// (on an H200, fc8's 1000 rows ran best with 64-128 lanes, fc6's 4096 with 32-64).
-const FC_TARGET_THREADS: usize = 96 * 1024;
-
-/// log2 of the lanes per CSR row for `sparse_fc`, 0..=8 (1 to 256 lanes). With `mean`
-/// the mean stored entries per row: the larger of the power of two that gives
-/// `rows * lanes >= FC_TARGET_THREADS` and the one that gives each lane at most ~32
-/// entries of a mean row (this one capped at 64), then cut to at most `mean / 2`
-/// (every lane gets two entries or more). Software adapters get 1 lane per row (each
-/// invocation walks its own row, no reduction): on lavapipe that ran 1.1-3.8x faster
-/// than wider rows on 11 of 12 fc6/fc7/fc8 shape/density pairs.
-/// `forced` (`GpuOptions::sparse_fc_lanes`, rounded up to a power of two, 1 to 256)
-/// overrides the choice on every adapter (tests and tuning runs).
-fn fc_lanes_log2(rows: usize, nnz: usize, software: bool, forced: Option<usize>) -> u32 {
-    if let Some(l) = forced {
-        return l
-            .clamp(1, FC_WORKGROUP)
-            .next_power_of_two()
-            .trailing_zeros();
-    }
-    if software {
-        return 0;
-    }
-    let rows = rows.max(1);
-    let mean = nnz.div_ceil(rows);
-    let by_threads = FC_TARGET_THREADS.div_ceil(rows).next_power_of_two();
-    let by_length = mean.div_ceil(32).next_power_of_two().min(64);
-    // The largest power of two <= max(mean / 2, 1).
-    let cap = 1usize << (mean / 2).max(1).ilog2();
-    by_threads
-        .max(by_length)
-        .min(cap)
-        .min(FC_WORKGROUP)
-        .trailing_zeros()
-}
+const FC_WORKGROUP: usize = select::SPARSE_FC_WORKGROUP;
 
 /// A read-only storage buffer of u32 words (at least one word).
 fn upload_u32(ctx: &GpuContext, label: &str, data: &[u32]) -> wgpu::Buffer {
@@ -117,8 +82,10 @@ fn dispatch(
     g: Geometry,
     w: &SparseWeights,
     bias: Option<&Tensor>,
-    fc: bool,
+    fc_lanes_log2: Option<u32>,
 ) -> Result<Vec<Dispatch>, GpuError> {
+    // An fc layer (`sparse_fc`) with 2^lanes_log2 lanes per row, or a conv (`sparse_conv`).
+    let fc = fc_lanes_log2.is_some();
     let [batch, cin, h, wd, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups] = g;
     let cout = w.rows();
     if groups == 0 || !cout.is_multiple_of(groups) || !cin.is_multiple_of(groups) {
@@ -134,16 +101,7 @@ fn dispatch(
     let pixels = batch * oh * ow;
     let max = io.ctx.limits().max_compute_workgroups_per_dimension as usize;
     let px_groups = pixels.div_ceil(64);
-    let lanes_log2 = if fc {
-        fc_lanes_log2(
-            cout,
-            w.nnz(),
-            io.ctx.is_software(),
-            io.options.sparse_fc_lanes,
-        )
-    } else {
-        0
-    };
+    let lanes_log2 = fc_lanes_log2.unwrap_or(0);
     let fc_grid = if fc {
         let blocks = cout.div_ceil(FC_WORKGROUP >> lanes_log2);
         let mut grid = io.ctx.grid(blocks).map_err(|e| io.unsupported(e))?;
@@ -244,16 +202,18 @@ pub(crate) fn encode_conv(
         ],
         w,
         c.bias.as_ref(),
-        false,
+        None,
     )
 }
 
 /// Records a sparse Linear (`l.weight` must be `Weights::Sparse(w)`) with `sparse_fc`:
-/// [`fc_lanes_log2`] lanes per output row, grid z = batch item.
+/// `2^lanes_log2` lanes per output row (`select::sparse_fc_lanes_log2`), grid z = batch
+/// item.
 pub(crate) fn encode_linear(
     io: &StepIo,
     l: &Linear,
     w: &SparseWeights,
+    lanes_log2: u32,
 ) -> Result<Vec<Dispatch>, GpuError> {
     let batch = io.inputs[0].1[0];
     dispatch(
@@ -261,6 +221,6 @@ pub(crate) fn encode_linear(
         [batch, w.row_len(), 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1],
         w,
         l.bias.as_ref(),
-        true,
+        Some(lanes_log2),
     )
 }

@@ -1071,6 +1071,8 @@ impl GpuTrainer {
             output: (act(&node.output)?, shape(&node.output)),
             max_binding: ctx.max_binding_bytes(),
             options: &options,
+            // The trainer runs its own kernels for conv and fc layers.
+            choice: None,
         };
         match (&node.op, self.layers.get(&i)) {
             (
