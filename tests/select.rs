@@ -6,16 +6,22 @@
 //! unit test `dispatch_runs_the_named_choice` in `fast` records them; here the small
 //! models run through them against the reference. The storage decision (`compress
 //! sparse`'s default) keeps sparse exactly the layers the executor runs CSR.
+//!
+//! The GPU table (`backend::gpu::select`) likewise: on the adapter, every conv and fc
+//! step of every zoo model stores `select::choose`'s choice, prints its name
+//! (`GpuModel::step_kernels`, what `bench` shows) and records only its entry points.
 
 mod common;
 
 use cnnpack::backend::cpu::fast::{self, Isa, Prepared};
 use cnnpack::backend::cpu::reference;
 use cnnpack::backend::cpu::select::{self, ConvChoice, CpuChoice, FcChoice};
+use cnnpack::backend::gpu::select::{self as gpu_select, DeviceInfo};
+use cnnpack::backend::gpu::{GpuContext, GpuModel};
 use cnnpack::bench::sweep::{compress, SweepKind};
 use cnnpack::compress::dns::{sparsify_graph, SparsePolicy};
 use cnnpack::graph::{Graph, Op, Rng};
-use cnnpack::tuning::{CpuOptions, Tuning};
+use cnnpack::tuning::{CompressedConv, ConvKernel, CpuOptions, GpuOptions, Pow2Fc, Tuning};
 use cnnpack::weights::Weights;
 use std::sync::Arc;
 
@@ -229,5 +235,197 @@ fn stored_sparse_convs_run_csr() {
             }
             assert!(strided > 0, "{name} has strided convs");
         }
+    }
+}
+
+/// GPU options that force each kernel family's other paths, beside the default.
+fn gpu_option_sets() -> Vec<(&'static str, GpuOptions)> {
+    let mut sets = vec![("default", GpuOptions::default())];
+    for (what, conv_kernel) in [
+        ("tiled", ConvKernel::Tiled),
+        ("gemm", ConvKernel::Gemm),
+        ("gemm/3", ConvKernel::GemmSplits(3)),
+        ("gemm wide", ConvKernel::GemmWide),
+        ("uniform", ConvKernel::Uniform),
+    ] {
+        sets.push((
+            what,
+            GpuOptions {
+                conv_kernel,
+                ..GpuOptions::default()
+            },
+        ));
+    }
+    sets.push((
+        "native compressed",
+        GpuOptions {
+            compressed_conv: CompressedConv::Native,
+            pow2_fc: Pow2Fc::Window,
+            sparse_fc_lanes: Some(4),
+            ..GpuOptions::default()
+        },
+    ));
+    sets.push((
+        "decoded, lut 16 rows",
+        GpuOptions {
+            compressed_conv: CompressedConv::Decoded,
+            pow2_fc: Pow2Fc::Lut,
+            pow2_fc_rows: Some(16),
+            pow2_fc_prefetch: Some(2),
+            ..GpuOptions::default()
+        },
+    ));
+    sets
+}
+
+/// Checks one GPU model of `g` at `batch`: every conv and fc step stored the choice
+/// `gpu_select::choose` makes for its node and input shape, its printed name is that
+/// choice's (plus the recorded reduce or gather kernel), the dispatches it recorded are
+/// the choice's entry points with the main one first, and a second build stores and
+/// prints the same. The choice also does not depend on anything but `DeviceInfo`: a
+/// hardware adapter's is deterministic too. Returns the names printed.
+fn check_gpu_model(
+    what: &str,
+    ctx: &Arc<GpuContext>,
+    g: &Graph,
+    batch: usize,
+    options: &GpuOptions,
+) -> Vec<String> {
+    let build = || GpuModel::with_options(ctx.clone(), g, batch, options.clone()).expect("plans");
+    let (a, b) = (build(), build());
+    assert_eq!(a.step_choices(), b.step_choices(), "{what}: deterministic");
+    assert_eq!(
+        a.step_kernels(),
+        b.step_kernels(),
+        "{what}: deterministic names"
+    );
+    let mut sorted = g.clone();
+    sorted.sort_and_validate().expect("valid");
+    let shapes = sorted.infer_shapes(batch).expect("shapes");
+    let device = DeviceInfo::of(ctx);
+    let hardware = DeviceInfo {
+        software: false,
+        ..device
+    };
+    let choices = a.step_choices();
+    let names = a.step_kernels();
+    let mut seen = Vec::new();
+    for node in sorted.nodes.iter().filter(|n| n.op.weights().is_some()) {
+        let what = format!("{what} batch {batch} {}", node.name);
+        let step = choices
+            .iter()
+            .position(|(name, _, _)| {
+                name == &node.name || name.starts_with(&format!("{}+", node.name))
+            })
+            .unwrap_or_else(|| panic!("{what}: no step"));
+        let (_, stored, recorded) = &choices[step];
+        let input = &shapes[&node.inputs[0]];
+        let want = gpu_select::choose(&node.op, input, &device, options);
+        assert_eq!(*stored, want, "{what}: stored choice");
+        let choice = stored.unwrap_or_else(|| panic!("{what}: no choice"));
+        assert_eq!(
+            gpu_select::choose(&node.op, input, &hardware, options),
+            gpu_select::choose(&node.op, input, &hardware, options),
+            "{what}: hardware choice deterministic"
+        );
+        let entries = choice.entries();
+        assert!(
+            recorded.iter().all(|e| entries.contains(e)),
+            "{what}: recorded {recorded:?} outside {entries:?}"
+        );
+        let main = recorded
+            .iter()
+            .find(|e| **e != "sketch_gather")
+            .unwrap_or_else(|| panic!("{what}: nothing recorded"));
+        assert_eq!(*main, choice.entry(), "{what}: main dispatch");
+        let name = &names[step].1;
+        let joined: Vec<String> = recorded
+            .iter()
+            .map(|&e| {
+                if e == choice.entry() {
+                    choice.name()
+                } else {
+                    e.to_string()
+                }
+            })
+            .collect();
+        assert_eq!(
+            name,
+            &joined.join("+"),
+            "{what}: printed name for {choice:?}"
+        );
+        assert!(name.contains(&choice.name()), "{what}: printed {name}");
+        if !seen.contains(name) {
+            seen.push(name.clone());
+        }
+    }
+    seen
+}
+
+/// Every zoo model on the GPU adapter, dense at batch 1 and 8 with every option set,
+/// and the small and mid-size ones compressed: printed kernel names are the stored
+/// choices, which are `gpu_select::choose`'s, deterministic for a `GpuOptions`.
+#[test]
+fn gpu_steps_print_their_stored_choices() {
+    let Some(ctx) = common::gpu() else { return };
+    let mut all: Vec<String> = Vec::new();
+    let mut add = |names: Vec<String>| {
+        for n in names {
+            if !all.contains(&n) {
+                all.push(n);
+            }
+        }
+    };
+    for &name in cnnpack::zoo::names() {
+        let g = zoo(name);
+        let big = matches!(name, "alexnet" | "vgg16" | "resnet50");
+        let models = if big {
+            vec![(name.to_string(), g)]
+        } else {
+            variants(name, g)
+        };
+        for (what, g) in &models {
+            // The large models at batch 1 with the default options only: their weights
+            // take seconds to upload on a software adapter.
+            let sets = if big {
+                vec![("default", GpuOptions::default())]
+            } else {
+                gpu_option_sets()
+            };
+            let batches: &[usize] = if big { &[1] } else { &[1, 8] };
+            for (set, options) in &sets {
+                for &batch in batches {
+                    add(check_gpu_model(
+                        &format!("{what} {set}"),
+                        &ctx,
+                        g,
+                        batch,
+                        options,
+                    ));
+                }
+            }
+        }
+    }
+    println!("GPU kernels printed: {all:?}");
+    // (No zoo model has a depthwise conv: `conv_fwd_direct` is `select`'s unit test's.)
+    for name in [
+        "conv_fwd_tiled",
+        "conv_fwd_ubo",
+        "conv_gemm_wide",
+        "sketch_conv",
+        "sparse_conv",
+        "pow2_conv",
+        "decoded+conv_fwd_ubo",
+        "linear_fwd_gemv",
+        "linear_fwd_gemv8",
+        "sketch_gather+sketch_fc",
+        "sparse_fc",
+        "pow2_fc_lut",
+    ] {
+        assert!(
+            all.iter()
+                .any(|n| format!("+{n}+").contains(&format!("+{name}+"))),
+            "{name} never printed: {all:?}"
+        );
     }
 }

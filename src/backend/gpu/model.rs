@@ -398,26 +398,29 @@ impl GpuModel {
     }
 
     /// Each step's name (as `run_profiled` times it) and its kernel name (what `cnnpack
-    /// bench` prints): for a conv or fc step the stored choice's `GpuChoice::name`, with
-    /// `+` and the reduce or gather kernel when the encoder recorded one (e.g.
-    /// `conv_gemm+conv_gemm_reduce`); for other ops the entry points their dispatches
-    /// run. In recording order, repeats dropped.
+    /// bench` prints): the entry points its dispatches run, in recording order, repeats
+    /// dropped and joined by `+` (e.g. `conv_gemm+conv_gemm_reduce`,
+    /// `sketch_gather+sketch_fc`); for a conv or fc step the main one is the stored
+    /// choice's `GpuChoice::name` (`decoded+conv_fwd_ubo`).
     pub fn step_kernels(&self) -> Vec<(String, String)> {
         self.steps
             .iter()
             .map(|s| {
                 let recorded = s.recorded_entries();
                 let name = match s.choice {
-                    Some(choice) => {
-                        let mut parts = vec![choice.name()];
-                        parts.extend(
-                            recorded
-                                .iter()
-                                .filter(|e| **e != choice.entry())
-                                .map(|e| e.to_string()),
-                        );
-                        parts.join("+")
-                    }
+                    // The recorded dispatches in order, the main one named by the choice
+                    // (which adds `decoded+`).
+                    Some(choice) => recorded
+                        .iter()
+                        .map(|&e| {
+                            if e == choice.entry() {
+                                choice.name()
+                            } else {
+                                e.to_string()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("+"),
                     None => recorded.join("+"),
                 };
                 (s.name.clone(), name)

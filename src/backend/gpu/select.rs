@@ -124,7 +124,8 @@ pub enum FcChoice {
         /// Code quads loaded ahead (1..=3).
         prefetch: usize,
     },
-    /// `pow2_fc`: the window kernel (split K, `fc_reduce` sums the slices).
+    /// `pow2_fc`: the window kernel (split K, `fc_reduce` sums the slices) after
+    /// `sketch_gather` fills the input window.
     Pow2Window,
 }
 
@@ -139,7 +140,8 @@ pub enum GpuChoice {
 
 impl GpuChoice {
     /// The entry point of the step's main dispatches (the first kernel the step runs;
-    /// `sketch_gather` runs first for `SketchGemv` and is named in `entries`).
+    /// `sketch_gather` runs first for `SketchGemv` and `Pow2Window` and is named in
+    /// `entries`).
     pub fn entry(self) -> &'static str {
         match self {
             GpuChoice::Conv(ConvChoice::Dense { kernel, .. }) => kernel.entry(),
@@ -171,8 +173,9 @@ impl GpuChoice {
             | GpuChoice::Fc(FcChoice::Conv(DenseConv::Gemm { .. })) => {
                 vec![main, "conv_gemm_reduce"]
             }
-            GpuChoice::Fc(FcChoice::SketchGemv) => vec!["sketch_gather", main, "fc_reduce"],
-            GpuChoice::Fc(FcChoice::Pow2Window) => vec![main, "fc_reduce"],
+            GpuChoice::Fc(FcChoice::SketchGemv | FcChoice::Pow2Window) => {
+                vec!["sketch_gather", main, "fc_reduce"]
+            }
             _ => vec![main],
         }
     }
