@@ -291,7 +291,7 @@ fn check_gpu_model(
     batch: usize,
     options: &GpuOptions,
 ) -> Vec<String> {
-    let build = || GpuModel::with_options(ctx.clone(), g, batch, options.clone()).expect("plans");
+    let build = || GpuModel::with_options(ctx.clone(), g, batch, *options).expect("plans");
     let (a, b) = (build(), build());
     assert_eq!(a.step_choices(), b.step_choices(), "{what}: deterministic");
     assert_eq!(
