@@ -1,6 +1,7 @@
-//! The fast CPU kernels against the reference on random shapes.
-//! Tolerance: max |fast - ref| <= 1e-5 * (1 + max |ref|) * sqrt(K), since sgemm
-//! accumulates K products in f32 in a different order than the f64 reference.
+//! The fast CPU kernels against the reference on random shapes (conv cases from
+//! `common::conv_cases`, shared with `devices.rs`), with the one tolerance rule
+//! (`common::tolerance`: sgemm accumulates K products in f32 in another order than the
+//! f64 reference).
 
 mod common;
 use cnnpack::backend::cpu::fast::Isa;
@@ -15,10 +16,9 @@ const AVX2_ONLY: CpuOptions = CpuOptions {
     spin: true,
 };
 
-/// `1e-5 * sqrt(K)` relative and absolute: `rel * max|ref| + abs` is the bound above.
+/// `got` against the reference's `want` for sums of `k` products.
 fn check(got: &Tensor, want: &Tensor, k: usize, what: &str) {
-    let t = 1e-5 * (k as f32).sqrt();
-    common::assert_close(what, got, want, (t, t));
+    common::assert_close(what, got, want, common::tolerance(k));
 }
 
 /// The conv through each dense kernel, each checked against `want` (the reference):
@@ -66,39 +66,9 @@ fn node(op: Op) -> Node {
 
 #[test]
 fn conv_matches_reference_on_random_shapes() {
-    let mut rng = Rng::new(42);
-    for case in 0..60 {
-        let groups = [1, 1, 2, 3][rng.range(0, 3)];
-        let depthwise = case % 7 == 0;
-        let cin_g = if depthwise { 1 } else { rng.range(1, 9) };
-        let groups = if depthwise { rng.range(2, 9) } else { groups };
-        let cout = groups * if depthwise { 1 } else { rng.range(1, 7) };
-        let k = [1, 2, 3, 5][rng.range(0, 3)];
-        let stride = rng.range(1, 2);
-        let dilation = if case % 5 == 0 { 2 } else { 1 };
-        let pads = [
-            rng.range(0, 2),
-            rng.range(0, 2),
-            rng.range(0, 2),
-            rng.range(0, 2),
-        ];
-        let span = dilation * (k - 1) + 1;
-        let h = rng.range(span, span + 12);
-        let w = rng.range(span, span + 17);
-        let n = [1, 5][case % 2];
-        let conv = Conv2d {
-            kernel: [k, k],
-            stride: [stride; 2],
-            pads,
-            dilation: [dilation; 2],
-            groups,
-            weight: Weights::Dense(rng.normal_tensor(vec![cout, cin_g, k, k], 1.0)),
-            bias: (case % 3 != 0).then(|| rng.normal_tensor(vec![cout], 1.0)),
-        };
-        let x = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
-        let want = reference::run_node(&node(Op::Conv(conv.clone())), &[&x]).unwrap();
-        let what = format!("case {case}: n{n} cin{} cout{cout} g{groups} k{k} s{stride} d{dilation} p{pads:?} {h}x{w}", cin_g * groups);
-        check_dense_convs(&x, &conv, &want, cin_g * k * k, &what);
+    for case in common::conv_cases(42, 60) {
+        let want = reference::run_node(&node(Op::Conv(case.conv.clone())), &[&case.input]).unwrap();
+        check_dense_convs(&case.input, &case.conv, &want, case.k, &case.what);
     }
 }
 

@@ -138,3 +138,172 @@ pub fn engine_options() -> cnnpack::engine::EngineOptions {
         ..Default::default()
     }
 }
+
+/// The one tolerance rule for a kernel against the f64 reference: f32 sums of `k`
+/// products in another order drift like a random walk, so `rel = abs = 1e-5 · √k`
+/// (`assert_close`'s bound becomes `1e-5 · √k · (1 + max |want|)`).
+pub fn tolerance(k: usize) -> (f32, f32) {
+    let t = 1e-5 * (k.max(1) as f32).sqrt();
+    (t, t)
+}
+
+/// A device a test body runs graphs on.
+pub enum TestDevice {
+    /// The naive f64-accumulating CPU reference (the oracle; checked against itself).
+    Reference,
+    /// The fast CPU kernels of one instruction set level.
+    Cpu(cnnpack::backend::cpu::fast::Isa),
+    /// The GPU adapter (lavapipe in CI).
+    Gpu(Arc<GpuContext>),
+}
+
+impl TestDevice {
+    /// The reference, the fast CPU kernels at every level this CPU has (AVX-512 and
+    /// AVX2 where it has both), and the GPU adapter (a missing one is a skip, printed,
+    /// or a failure under `CNNPACK_REQUIRE_GPU=1`).
+    pub fn all() -> Vec<TestDevice> {
+        let mut all = vec![TestDevice::Reference];
+        all.extend(
+            cnnpack::backend::cpu::fast::Isa::available()
+                .into_iter()
+                .map(TestDevice::Cpu),
+        );
+        all.extend(gpu().map(TestDevice::Gpu));
+        all
+    }
+
+    /// What a failure message calls it.
+    pub fn name(&self) -> String {
+        match self {
+            TestDevice::Reference => "reference".into(),
+            TestDevice::Cpu(isa) => format!("cpu {}", isa.name()),
+            TestDevice::Gpu(ctx) => format!("gpu {}", ctx.adapter_name()),
+        }
+    }
+
+    /// Runs `graph` on `input` (its batch is `input.shape[0]`); every output in order.
+    pub fn run(&self, graph: &cnnpack::graph::Graph, input: &Tensor) -> Vec<Tensor> {
+        use cnnpack::backend::cpu::{fast, reference};
+        let what = self.name();
+        match self {
+            TestDevice::Reference => reference::run_graph(graph, input)
+                .unwrap_or_else(|e| panic!("{what}: run failed: {e}")),
+            TestDevice::Cpu(isa) => {
+                let options = cnnpack::tuning::CpuOptions {
+                    avx512: isa.avx512(),
+                    ..Default::default()
+                };
+                fast::Prepared::with_options(Arc::new(graph.clone()), &options)
+                    .run(input)
+                    .unwrap_or_else(|e| panic!("{what}: run failed: {e}"))
+            }
+            TestDevice::Gpu(ctx) => {
+                let batch = input.shape[0];
+                cnnpack::backend::gpu::GpuModel::new(ctx.clone(), graph, batch)
+                    .and_then(|m| m.run(input))
+                    .unwrap_or_else(|e| panic!("{what}: run failed: {e}"))
+            }
+        }
+    }
+
+    /// Runs `graph` on `input` here and on the reference and compares every output
+    /// with `tol` (usually `tolerance(k)`).
+    pub fn check(
+        &self,
+        what: &str,
+        graph: &cnnpack::graph::Graph,
+        input: &Tensor,
+        tol: (f32, f32),
+    ) {
+        let got = self.run(graph, input);
+        let want = TestDevice::Reference.run(graph, input);
+        assert_eq!(got.len(), want.len(), "{what} on {}: outputs", self.name());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let what = format!("{what} on {} (output {i})", self.name());
+            assert_close(&what, g, w, tol);
+        }
+    }
+}
+
+/// Runs the body once per device of [`TestDevice::all`], with `$dev` bound to it:
+/// `for_each_device!(|dev| dev.check("conv", &graph, &x, tolerance(k)));`
+#[macro_export]
+macro_rules! for_each_device {
+    (|$dev:ident| $body:expr) => {
+        for $dev in common::TestDevice::all() {
+            let $dev = &$dev;
+            $body;
+        }
+    };
+}
+
+/// One random conv case: a layer and an input for it. Odd sizes, padding on any side,
+/// stride 1 and 2, dilation 2, groups (depthwise included), with and without bias,
+/// batch 1 and more, as every conv kernel test draws them.
+pub struct ConvCase {
+    pub conv: cnnpack::graph::Conv2d,
+    pub input: Tensor,
+    /// Products summed per output (`cin / groups · kh · kw`), for `tolerance`.
+    pub k: usize,
+    pub what: String,
+}
+
+/// `count` random conv cases from `seed`.
+pub fn conv_cases(seed: u64, count: usize) -> Vec<ConvCase> {
+    use cnnpack::graph::{Conv2d, Rng};
+    use cnnpack::weights::Weights;
+    let mut rng = Rng::new(seed);
+    (0..count)
+        .map(|case| {
+            let depthwise = case % 7 == 0;
+            let groups = if depthwise {
+                rng.range(2, 9)
+            } else {
+                [1, 1, 2, 3][rng.range(0, 3)]
+            };
+            let cin_g = if depthwise { 1 } else { rng.range(1, 9) };
+            let cout = groups * if depthwise { 1 } else { rng.range(1, 7) };
+            let k = [1, 2, 3, 5][rng.range(0, 3)];
+            let stride = rng.range(1, 2);
+            let dilation = if case % 5 == 0 { 2 } else { 1 };
+            let pads = [
+                rng.range(0, 2),
+                rng.range(0, 2),
+                rng.range(0, 2),
+                rng.range(0, 2),
+            ];
+            let span = dilation * (k - 1) + 1;
+            let h = rng.range(span, span + 12);
+            let w = rng.range(span, span + 17);
+            let n = [1, 5][case % 2];
+            let conv = Conv2d {
+                kernel: [k, k],
+                stride: [stride; 2],
+                pads,
+                dilation: [dilation; 2],
+                groups,
+                weight: Weights::Dense(rng.normal_tensor(vec![cout, cin_g, k, k], 1.0)),
+                bias: (case % 3 != 0).then(|| rng.normal_tensor(vec![cout], 1.0)),
+            };
+            let input = rng.normal_tensor(vec![n, cin_g * groups, h, w], 1.0);
+            let what = format!(
+                "case {case}: n{n} cin{} cout{cout} g{groups} k{k} s{stride} d{dilation} \
+                 p{pads:?} {h}x{w}",
+                cin_g * groups
+            );
+            ConvCase {
+                conv,
+                input,
+                k: cin_g * k * k,
+                what,
+            }
+        })
+        .collect()
+}
+
+/// A graph of one node `op` reading an input of item shape `item`.
+pub fn one_node(item: &[usize], op: cnnpack::graph::Op) -> cnnpack::graph::Graph {
+    let mut b = cnnpack::graph::GraphBuilder::new("x", item, 1);
+    let y = b.push("op", op, &["x"]);
+    b.finish(&[&y]).expect("test graph is valid")
+}
