@@ -1,7 +1,7 @@
 //! Training on the GPU: the forward pass with every activation kept, softmax
 //! cross-entropy, the backward pass (shaders/train_*.wgsl) and the SGD update with
 //! gradient and forward masks, recorded once per batch size and run as one command
-//! buffer per step. The CPU trainer (`crate::train`) is the reference it is tested
+//! buffer per step. The CPU trainer (the `train` module) is the reference it is tested
 //! against (tests/gpu_train.rs).
 //!
 //! The forward reuses the inference kernels (tiled implicit-GEMM conv and fc with the
@@ -24,12 +24,50 @@ use super::context::{Bind, Dispatch, GpuContext};
 use super::conv::{dispatch_geometry, ConvKernel, Geometry};
 use super::model::{scoped, CompressedConv, GpuOptions, StepIo};
 use super::{copy, eltwise, lrn, pool, GpuError};
-use crate::graph::{Graph, Node, Op, Tensor};
-use crate::train::{loss_target, BnMode, Grads, LossTarget, Masks, ParamGrad, TrainError};
+use crate::backend::training::{
+    check_trainable, loss_target, BnMode, Grads, LossTarget, Masks, ParamGrad, SetupError,
+};
+use crate::graph::{Graph, GraphError, Node, Op, Tensor};
 use crate::weights::Weights;
 use kernels::{ConvShape, Dummies, Launch, OpsParams};
 use std::collections::{HashMap, HashSet};
 use std::sync::{mpsc, Arc};
+
+/// Errors of the GPU trainer. `train::TrainError` converts from it (`From`), variant by
+/// variant into its twins of the same message.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuTrainError {
+    /// The graph or masks do not fit training.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The device failed or refused a kernel.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    /// The graph is malformed.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// Labels that do not fit the logits.
+    #[error("labels: {reason}")]
+    Labels {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A node the trainer cannot find values for.
+    #[error("node '{node}': {reason}")]
+    Unsupported {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// `sync_graph` got a graph other than the one the trainer was made from (the
+    /// message is the one `TrainError::Option` gives for option "graph").
+    #[error("option graph: {reason}")]
+    WrongGraph {
+        /// What differs.
+        reason: String,
+    },
+}
 
 /// Settings of a [`GpuTrainer`] (the SGD and BatchNorm fields of `TrainOptions`).
 #[derive(Clone, Copy, Debug)]
@@ -197,8 +235,8 @@ fn mask_f32(mask: Option<&Vec<bool>>, len: usize) -> Vec<f32> {
     }
 }
 
-fn gpu_err(node: &Node, reason: impl Into<String>) -> TrainError {
-    TrainError::Unsupported {
+fn gpu_err(node: &Node, reason: impl Into<String>) -> GpuTrainError {
+    GpuTrainError::Unsupported {
         node: node.name.clone(),
         reason: reason.into(),
     }
@@ -274,9 +312,9 @@ impl GpuTrainer {
         graph: &Graph,
         opts: GpuTrainOptions,
         masks: &Masks,
-    ) -> Result<GpuTrainer, TrainError> {
+    ) -> Result<GpuTrainer, GpuTrainError> {
         graph.validate()?;
-        crate::train::check_trainable(graph)?;
+        check_trainable(graph)?;
         masks.check(graph)?;
         let target = loss_target(graph)?;
         let mut layers = HashMap::new();
@@ -341,7 +379,7 @@ impl GpuTrainer {
             }
             Ok(())
         })
-        .map_err(TrainError::from)?;
+        .map_err(GpuTrainError::from)?;
         // Which nodes reach the loss: walk back from the logits.
         let mut need: HashSet<&str> = HashSet::from([target.logits.as_str()]);
         let mut active = HashSet::new();
@@ -376,7 +414,7 @@ impl GpuTrainer {
     }
 
     /// Uploads `masks` when they differ from the ones in use and rewrites W⊙T.
-    pub fn set_masks(&mut self, masks: &Masks) -> Result<(), TrainError> {
+    pub fn set_masks(&mut self, masks: &Masks) -> Result<(), GpuTrainError> {
         if *masks == self.masks {
             return Ok(());
         }
@@ -455,18 +493,18 @@ impl GpuTrainer {
         x: &Tensor,
         labels: &[usize],
         lr: f32,
-    ) -> Result<StepOutput, TrainError> {
+    ) -> Result<StepOutput, GpuTrainError> {
         self.run(x, labels, Some(lr))
     }
 
     /// Forward, loss and backward only: the loss, the parameter gradients (by node name,
-    /// as `crate::train::backward` returns them) and dL/dinput when the trainer was made
+    /// as the CPU trainer's `backward` returns them) and dL/dinput when the trainer was made
     /// with `input_grad`. Parameters are left unchanged.
     pub fn gradients(
         &mut self,
         x: &Tensor,
         labels: &[usize],
-    ) -> Result<(f32, Grads, Option<Tensor>), TrainError> {
+    ) -> Result<(f32, Grads, Option<Tensor>), GpuTrainError> {
         let out = self.run(x, labels, None)?;
         let batch = x.shape[0];
         let prog = &self.programs[&batch];
@@ -540,7 +578,7 @@ impl GpuTrainer {
         x: &Tensor,
         labels: &[usize],
         lr: Option<f32>,
-    ) -> Result<StepOutput, TrainError> {
+    ) -> Result<StepOutput, GpuTrainError> {
         let batch = x.shape.first().copied().unwrap_or(0);
         let mut want = vec![batch];
         want.extend(&self.graph.input.item_shape);
@@ -552,7 +590,7 @@ impl GpuTrainer {
             .into());
         }
         if labels.len() != batch {
-            return Err(TrainError::Labels {
+            return Err(GpuTrainError::Labels {
                 reason: format!("{} labels for a batch of {batch}", labels.len()),
             });
         }
@@ -563,7 +601,7 @@ impl GpuTrainer {
         let prog = &self.programs[&batch];
         let classes = prog.logits_shape.iter().skip(1).product::<usize>();
         if let Some(&l) = labels.iter().find(|&&l| l >= classes) {
-            return Err(TrainError::Labels {
+            return Err(GpuTrainError::Labels {
                 reason: format!("label {l} is not below the {classes} classes of the logits"),
             });
         }
@@ -630,7 +668,7 @@ impl GpuTrainer {
         &mut self,
         x: &Tensor,
         labels: &[usize],
-    ) -> Result<Vec<(String, f64)>, TrainError> {
+    ) -> Result<Vec<(String, f64)>, GpuTrainError> {
         self.run(x, labels, None)?; // records the program, checks the inputs
         let prog = &self.programs[&x.shape[0]];
         let mut out: Vec<(String, f64)> = vec![];
@@ -655,10 +693,9 @@ impl GpuTrainer {
 
     /// Writes the device parameters (weights W, biases, BatchNorm scale/bias and running
     /// statistics) into `graph`, which must be the graph the trainer was made from.
-    pub fn sync_graph(&self, graph: &mut Graph) -> Result<(), TrainError> {
+    pub fn sync_graph(&self, graph: &mut Graph) -> Result<(), GpuTrainError> {
         if graph.nodes.len() != self.graph.nodes.len() {
-            return Err(TrainError::Option {
-                name: "graph",
+            return Err(GpuTrainError::WrongGraph {
                 reason: "sync_graph needs the graph the trainer was made from".into(),
             });
         }
@@ -684,8 +721,7 @@ impl GpuTrainer {
         for i in idx {
             let node = &mut graph.nodes[i];
             if node.name != self.graph.nodes[i].name {
-                return Err(TrainError::Option {
-                    name: "graph",
+                return Err(GpuTrainError::WrongGraph {
                     reason: format!(
                         "node {i} is '{}', the trainer's is '{}'",
                         node.name, self.graph.nodes[i].name
@@ -723,8 +759,7 @@ impl GpuTrainer {
                     var.data = r[*c..].to_vec();
                 }
                 _ => {
-                    return Err(TrainError::Option {
-                        name: "graph",
+                    return Err(GpuTrainError::WrongGraph {
                         reason: format!(
                             "node '{}' changed kind since the trainer was made",
                             node.name
@@ -737,11 +772,11 @@ impl GpuTrainer {
     }
 
     /// Records forward, loss, backward and update for `batch`.
-    fn record(&self, batch: usize) -> Result<Program, TrainError> {
+    fn record(&self, batch: usize) -> Result<Program, GpuTrainError> {
         let ctx = &*self.ctx;
         let graph = &self.graph;
         let shapes = graph.infer_shapes(batch)?;
-        let shape_of = |v: &str, node: &Node| -> Result<Vec<usize>, TrainError> {
+        let shape_of = |v: &str, node: &Node| -> Result<Vec<usize>, GpuTrainError> {
             shapes
                 .get(v)
                 .cloned()
@@ -787,7 +822,7 @@ impl GpuTrainer {
         let logits_shape = shapes
             .get(&self.target.logits)
             .cloned()
-            .ok_or(TrainError::NoOutput)?;
+            .ok_or(SetupError::NoOutput)?;
         let logits_len: usize = logits_shape.iter().product();
         // Split-K scratch: the largest partial any conv/fc needs.
         let mut partial_len = 4usize;
@@ -987,7 +1022,7 @@ impl GpuTrainer {
                 acts,
             })
         })
-        .map_err(TrainError::from)
+        .map_err(GpuTrainError::from)
     }
 
     /// The conv geometry of a conv/fc node at `batch` (fc as a 1x1 conv on 1x1 images).
