@@ -1,7 +1,7 @@
 //! A graph planned for one batch size on one device: weights uploaded, every kernel
 //! launch recorded, activation buffers allocated by liveness (see `plan.rs`).
 
-use super::context::{Bind, Dispatch, GpuContext};
+use super::context::{scoped, Bind, Dispatch, GpuContext};
 use super::select::{self, ConvChoice, DeviceInfo, FcChoice, GpuChoice};
 use super::{
     conv, copy, eltwise, gemm, lrn, pool, pow2, pow2_fc, sketch, softmax, sparse, GpuError,
@@ -142,38 +142,6 @@ impl std::fmt::Debug for GpuModel {
             .field("steps", &self.steps.len())
             .finish()
     }
-}
-
-/// Runs `f` inside out-of-memory and validation error scopes; a caught error names `layer`.
-pub(crate) fn scoped<T>(
-    ctx: &GpuContext,
-    layer: &str,
-    f: impl FnOnce() -> Result<T, GpuError>,
-) -> Result<T, GpuError> {
-    let oom = ctx
-        .device()
-        .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let val = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
-    ctx.check_lost()?;
-    let out = f();
-    let val = pollster::block_on(val.pop());
-    let oom = pollster::block_on(oom.pop());
-    // On a lost device every call fails validation; the loss is the error to report.
-    ctx.check_lost()?;
-    if let Some(e) = oom {
-        return Err(GpuError::OutOfMemory {
-            layer: layer.into(),
-            message: e.to_string(),
-        });
-    }
-    if let Some(e) = val {
-        return Err(GpuError::Validation {
-            layer: layer.into(),
-            message: e.to_string(),
-        });
-    }
-    ctx.check_lost()?;
-    out
 }
 
 impl GpuModel {

@@ -20,9 +20,9 @@
 
 mod kernels;
 
-use super::context::{Bind, Dispatch, GpuContext};
+use super::context::{scoped, Bind, Dispatch, GpuContext};
 use super::conv::{dispatch_geometry, ConvKernel, Geometry};
-use super::model::{scoped, CompressedConv, GpuOptions, StepIo};
+use super::model::{CompressedConv, GpuOptions, StepIo};
 use super::{copy, eltwise, lrn, pool, GpuError};
 use crate::backend::training::{
     check_trainable, loss_target, BnMode, Grads, LossTarget, Masks, ParamGrad, SetupError,
