@@ -2,6 +2,7 @@
 //! launch recorded, activation buffers allocated by liveness (see `plan.rs`).
 
 use super::context::{scoped, Bind, Dispatch, GpuContext};
+use super::eltwise::Unary;
 use super::select::{self, ConvChoice, DeviceInfo, FcChoice, GpuChoice};
 use super::{
     conv, copy, eltwise, gemm, lrn, pool, pow2, pow2_fc, sketch, softmax, sparse, GpuError,
@@ -758,10 +759,16 @@ fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
             },
         ),
         Op::GlobalAvgPool => pool::encode_global(io),
-        Op::Relu => eltwise::encode_unary(io, 0, 0.0, 0.0),
-        Op::LeakyRelu { alpha } => eltwise::encode_unary(io, 1, *alpha, 0.0),
-        Op::Clip { min, max } => eltwise::encode_unary(io, 2, *min, *max),
-        Op::Sigmoid => eltwise::encode_unary(io, 3, 0.0, 0.0),
+        Op::Relu => eltwise::encode_unary(io, Unary::Relu),
+        Op::LeakyRelu { alpha } => eltwise::encode_unary(io, Unary::LeakyRelu { alpha: *alpha }),
+        Op::Clip { min, max } => eltwise::encode_unary(
+            io,
+            Unary::Clip {
+                min: *min,
+                max: *max,
+            },
+        ),
+        Op::Sigmoid => eltwise::encode_unary(io, Unary::Sigmoid),
         Op::Add => eltwise::encode_add(io),
         Op::ConstBinary {
             kind,

@@ -23,6 +23,7 @@ mod kernels;
 use super::context::{scoped, Bind, Dispatch, GpuContext};
 use super::conv::{dispatch_geometry, ConvKernel, Geometry};
 use super::model::{CompressedConv, GpuOptions, StepIo};
+use super::eltwise::Unary;
 use super::{copy, eltwise, lrn, pool, GpuError};
 use crate::backend::training::{
     check_trainable, loss_target, BnMode, Grads, LossTarget, Masks, ParamGrad, SetupError,
@@ -1227,10 +1228,10 @@ impl GpuTrainer {
                 },
             ),
             (Op::GlobalAvgPool, _) => pool::encode_global(&io),
-            (Op::Relu, _) => eltwise::encode_unary(&io, 0, 0.0, 0.0),
-            (Op::LeakyRelu { alpha }, _) => eltwise::encode_unary(&io, 1, *alpha, 0.0),
-            (Op::Clip { min, max }, _) => eltwise::encode_unary(&io, 2, *min, *max),
-            (Op::Sigmoid, _) => eltwise::encode_unary(&io, 3, 0.0, 0.0),
+            (Op::Relu | Op::LeakyRelu { .. } | Op::Clip { .. } | Op::Sigmoid, _) => {
+                let u = Unary::of(&node.op).expect("the arm matched an activation");
+                eltwise::encode_unary(&io, u)
+            }
             (Op::Add, _) => eltwise::encode_add(&io),
             (
                 Op::ConstBinary {
@@ -1316,11 +1317,12 @@ impl GpuTrainer {
             }
             (Op::Relu | Op::LeakyRelu { .. } | Op::Clip { .. } | Op::Sigmoid, _) => {
                 if need_dx {
-                    let (mode, fa, fb, src) = match node.op {
-                        Op::Relu => (0, 0.0, 0.0, x.clone()),
-                        Op::LeakyRelu { alpha } => (1, alpha, 0.0, x.clone()),
-                        Op::Clip { min, max } => (2, min, max, x.clone()),
-                        _ => (3, 0.0, 0.0, act(&node.output)?),
+                    let u = Unary::of(&node.op).expect("the arm matched an activation");
+                    let [fa, fb] = u.params();
+                    // Sigmoid's derivative is y(1 - y): it reads the output, the others x.
+                    let src = match u {
+                        Unary::Sigmoid => act(&node.output)?,
+                        _ => x.clone(),
                     };
                     out.push(kernels::ops(
                         ctx,
@@ -1331,7 +1333,7 @@ impl GpuTrainer {
                         &grad(&node.inputs[0])?,
                         None,
                         &OpsParams {
-                            mode,
+                            mode: u.code() as usize,
                             f: [fa, fb, 0.0, 0.0],
                             ..elems(x_len)
                         },
@@ -1342,10 +1344,11 @@ impl GpuTrainer {
             (Op::MaxPool(p) | Op::AvgPool(p), _) => {
                 if need_dx {
                     let ys = &shapes[&node.output];
+                    // train_ops.wgsl numbers the pooling modes as pool.wgsl does.
                     let (entry, mode) = match &node.op {
-                        Op::MaxPool(_) => ("maxpool_bwd", 0),
-                        _ if p.count_include_pad => ("avgpool_bwd", 1),
-                        _ => ("avgpool_bwd", 2),
+                        Op::MaxPool(_) => ("maxpool_bwd", pool::Mode::Max),
+                        _ if p.count_include_pad => ("avgpool_bwd", pool::Mode::AvgIncludePad),
+                        _ => ("avgpool_bwd", pool::Mode::AvgExcludePad),
                     };
                     out.push(kernels::ops(
                         ctx,
@@ -1365,7 +1368,7 @@ impl GpuTrainer {
                             sh: p.stride[0],
                             sw: p.stride[1],
                             pads: p.pads,
-                            mode,
+                            mode: mode as usize,
                             ..elems(x_len)
                         },
                         Launch::Elements(x_len),
