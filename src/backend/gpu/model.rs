@@ -748,6 +748,24 @@ fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
                 l.weight.encoding()
             ))),
         },
+        Op::BatchNorm {
+            scale,
+            bias,
+            mean,
+            var,
+            epsilon,
+        } => eltwise::encode_batchnorm(io, scale, bias, mean, var, *epsilon),
+        // Aliases never become steps; planned graphs cannot reach this.
+        Op::Flatten { .. } | Op::Identity => Err(io.unsupported("alias op planned as a step")),
+        _ => encode_stateless(io),
+    }
+}
+
+/// Records the launches of an op without parameters or state (pools, activations,
+/// Add, ConstBinary, LRN, Softmax, copies): one kernel each, the same for inference and
+/// the GPU trainer's forward, which calls this for them.
+pub(crate) fn encode_stateless(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
+    match &io.node.op {
         Op::MaxPool(p) => pool::encode(io, p, pool::Mode::Max),
         Op::AvgPool(p) => pool::encode(
             io,
@@ -775,13 +793,6 @@ fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
             constant,
             constant_first,
         } => eltwise::encode_const(io, *kind, constant, *constant_first),
-        Op::BatchNorm {
-            scale,
-            bias,
-            mean,
-            var,
-            epsilon,
-        } => eltwise::encode_batchnorm(io, scale, bias, mean, var, *epsilon),
         Op::Lrn {
             size,
             alpha,
@@ -796,7 +807,8 @@ fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
             ends: _,
             steps,
         } => copy::encode_slice(io, starts, steps),
-        // Aliases never become steps; planned graphs cannot reach this.
-        Op::Flatten { .. } | Op::Identity => Err(io.unsupported("alias op planned as a step")),
+        Op::Conv(_) | Op::Linear(_) | Op::BatchNorm { .. } | Op::Flatten { .. } | Op::Identity => {
+            Err(io.unsupported("not a stateless op"))
+        }
     }
 }

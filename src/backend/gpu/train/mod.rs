@@ -22,9 +22,9 @@ mod kernels;
 
 use super::context::{scoped, Bind, Dispatch, GpuContext};
 use super::conv::{dispatch_geometry, ConvKernel, Geometry};
-use super::model::{CompressedConv, GpuOptions, StepIo};
+use super::model::{encode_stateless, CompressedConv, GpuOptions, StepIo};
 use super::eltwise::Unary;
-use super::{copy, eltwise, lrn, pool, GpuError};
+use super::{pool, GpuError};
 use crate::backend::training::{
     check_trainable, loss_target, BnMode, Grads, LossTarget, Masks, ParamGrad, SetupError,
 };
@@ -1111,6 +1111,9 @@ impl GpuTrainer {
             choice: None,
         };
         match (&node.op, self.layers.get(&i)) {
+            // Not inference's encoder: the trainer binds its own weight buffer (W⊙T under
+            // a forward mask, rewritten by every update) and always runs the tiled kernel,
+            // whose layout its backward kernels share.
             (
                 Op::Conv(_) | Op::Linear(_),
                 Some(Layer::Dense {
@@ -1158,6 +1161,9 @@ impl GpuTrainer {
                     ],
                 )?])
             }
+            // Not inference's encoder (a scale and shift folded on the host): in train
+            // mode the statistics are the batch's, and either way they are kept in
+            // `stats` for the backward.
             (
                 Op::BatchNorm { epsilon, .. },
                 Some(Layer::Bn {
@@ -1217,41 +1223,15 @@ impl GpuTrainer {
                 )?;
                 Ok(vec![stats_pass, fwd])
             }
-            (Op::MaxPool(p), _) => pool::encode(&io, p, pool::Mode::Max),
-            (Op::AvgPool(p), _) => pool::encode(
-                &io,
-                p,
-                if p.count_include_pad {
-                    pool::Mode::AvgIncludePad
-                } else {
-                    pool::Mode::AvgExcludePad
-                },
-            ),
-            (Op::GlobalAvgPool, _) => pool::encode_global(&io),
-            (Op::Relu | Op::LeakyRelu { .. } | Op::Clip { .. } | Op::Sigmoid, _) => {
-                let u = Unary::of(&node.op).expect("the arm matched an activation");
-                eltwise::encode_unary(&io, u)
+            // No backward kernels exist for these; refusing them here keeps the error at
+            // the node even when it does not reach the loss.
+            (Op::Softmax | Op::Pad { .. } | Op::Slice { .. }, _) => {
+                Err(io.unsupported("the GPU trainer has no forward for this op"))
             }
-            (Op::Add, _) => eltwise::encode_add(&io),
-            (
-                Op::ConstBinary {
-                    kind,
-                    constant,
-                    constant_first,
-                },
-                _,
-            ) => eltwise::encode_const(&io, *kind, constant, *constant_first),
-            (
-                Op::Lrn {
-                    size,
-                    alpha,
-                    beta,
-                    bias,
-                },
-                _,
-            ) => lrn::encode(&io, *size, *alpha, *beta, *bias),
-            (Op::Concat { axis }, _) => copy::encode_concat(&io, *axis),
-            _ => Err(io.unsupported("the GPU trainer has no forward for this op")),
+            // Ops without parameters or state run exactly as in inference; their
+            // backward reads only their input and output activations, which stay in the
+            // trainer's buffers.
+            _ => encode_stateless(&io),
         }
     }
 
