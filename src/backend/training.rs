@@ -179,7 +179,10 @@ impl Masks {
 }
 
 /// The dense weight of a conv/fc op; an error naming the layer for other encodings.
-pub(crate) fn dense_weight_mut<'a>(layer: &str, op: &'a mut Op) -> Result<&'a mut Tensor, SetupError> {
+pub(crate) fn dense_weight_mut<'a>(
+    layer: &str,
+    op: &'a mut Op,
+) -> Result<&'a mut Tensor, SetupError> {
     let w = match op {
         Op::Conv(c) => &mut c.weight,
         Op::Linear(l) => &mut l.weight,

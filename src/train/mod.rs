@@ -17,6 +17,7 @@ pub mod forward;
 pub mod gpu;
 pub mod sgd;
 
+pub use crate::backend::training::SetupError;
 pub use backward::{backward, Grads, ParamGrad};
 pub use conv::{
     conv2d_backward, conv2d_backward_naive, linear_backward, linear_backward_naive, LayerGrads,
@@ -27,7 +28,6 @@ pub use forward::{
 };
 pub use gpu::{throughput, Throughput, TrainDevice};
 pub use sgd::{check_trainable, Masks, Schedule, Sgd};
-pub use crate::backend::training::SetupError;
 
 use crate::backend::cpu::CpuError;
 use crate::data::{DataError, Dataset};
