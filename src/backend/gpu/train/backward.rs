@@ -11,6 +11,9 @@ use crate::backend::training::BnMode;
 use crate::graph::{Node, Op};
 
 impl GpuTrainer {
+    /// The backward launches of node `i` at `batch`: each adds into the gradient buffers
+    /// `grad` binds (only where a gradient is wanted) and into the node's parameter
+    /// gradients; `partial` is the split-K scratch of the weight gradients.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn encode_backward(
         &self,

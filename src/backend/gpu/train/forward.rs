@@ -64,6 +64,8 @@ impl GpuTrainer {
         }
     }
 
+    /// The forward launches of node `i` at `batch`, reading and writing the activations
+    /// `act` binds.
     pub(super) fn encode_forward(
         &self,
         i: usize,
