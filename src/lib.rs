@@ -13,6 +13,7 @@ pub mod format;
 pub mod graph;
 pub mod import;
 pub mod plan;
+pub mod tensor;
 pub mod train;
 pub mod tuning;
 pub mod weights;

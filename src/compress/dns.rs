@@ -461,7 +461,9 @@ pub fn dns(
         on_iter(&info);
         surgeon.step(info.graph, info.masks, info.iter);
     })?;
-    masks.apply_forward(&mut g)?;
+    masks
+        .apply_forward(&mut g)
+        .map_err(crate::train::TrainError::from)?;
     let (out, report) = sparsify_graph(&g, &opts.policy)?;
     Ok((out, report, stats))
 }

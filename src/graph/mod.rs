@@ -9,14 +9,15 @@ mod fold;
 mod op;
 mod shape;
 mod stats;
-mod tensor;
 
 pub use builder::GraphBuilder;
 pub use fold::fold;
 pub use op::{BinaryKind, Conv2d, Linear, Op, Pool2d};
 pub use shape::{broadcast, Shapes};
 pub use stats::{layer_stats, LayerStats};
-pub use tensor::{Rng, Tensor};
+// `Tensor` and `Rng` live in the leaf module `crate::tensor` so that `weights` needs nothing
+// from `graph`; the `graph::` paths stay for callers.
+pub use crate::tensor::{Rng, Tensor};
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -6,25 +6,14 @@
 //! (as `weight`) and bias. ConstBinary constants, LRN and the like hold no
 //! trainable parameters.
 
+pub use crate::backend::training::{Grads, ParamGrad};
+
 use super::conv::{conv2d_backward, linear_backward};
 use super::forward::{Aux, BnMode, Cache};
 use super::TrainError;
 use crate::backend::cpu::reference::broadcast_to;
 use crate::graph::{BinaryKind, Graph, Op, Pool2d, Tensor};
 use std::collections::HashMap;
-
-/// Gradient of one layer's parameters.
-#[derive(Clone, Debug)]
-pub struct ParamGrad {
-    /// dL/dW for conv/fc (w.r.t. the weight the forward used, W⊙T under a forward
-    /// mask), dL/dscale for BatchNorm.
-    pub weight: Tensor,
-    /// dL/dbias (conv/fc bias when present, BN bias).
-    pub bias: Option<Tensor>,
-}
-
-/// Parameter gradients by node name.
-pub type Grads = HashMap<String, ParamGrad>;
 
 fn add_into(grads: &mut HashMap<String, Tensor>, name: &str, g: Tensor) {
     match grads.get_mut(name) {

@@ -2,49 +2,14 @@
 //! what the backward pass needs (every value, max-pool argmax, BN batch statistics,
 //! the masked weights a forward mask made).
 
+pub use crate::backend::training::{loss_target, BnMode, LossTarget};
+
 use super::TrainError;
 use crate::backend::cpu::{check_input, fast};
 use crate::graph::{Conv2d, Graph, Linear, Op, Pool2d, Tensor};
 use crate::weights::Weights;
 use rayon::prelude::*;
 use std::collections::HashMap;
-
-/// How BatchNorm layers behave in the training forward.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BnMode {
-    /// Normalise with the batch's own mean and (biased) variance, as PyTorch's
-    /// `train()` mode; `update_bn_running` then folds them into the running stats.
-    Train,
-    /// Use the running statistics stored in the op (inference behaviour, "frozen BN").
-    Frozen,
-}
-
-/// Where the loss attaches.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LossTarget {
-    /// The value cross-entropy is computed on (the logits).
-    pub logits: String,
-    /// Index of a final Softmax node that the training forward skips: when the node
-    /// producing the graph's first output is a Softmax, the loss is taken on its
-    /// input, as Caffe's `SoftmaxWithLoss` does.
-    pub skipped_softmax: Option<usize>,
-}
-
-/// Finds the loss target of `graph`: its first output, or the input of that output's
-/// Softmax when the graph ends in one (see `LossTarget`).
-pub fn loss_target(graph: &Graph) -> Result<LossTarget, TrainError> {
-    let out = graph.outputs.first().ok_or(TrainError::NoOutput)?;
-    match graph.producer(out) {
-        Some(i) if graph.nodes[i].op == Op::Softmax => Ok(LossTarget {
-            logits: graph.nodes[i].inputs[0].clone(),
-            skipped_softmax: Some(i),
-        }),
-        _ => Ok(LossTarget {
-            logits: out.clone(),
-            skipped_softmax: None,
-        }),
-    }
-}
 
 /// What a node's backward needs beyond its input and output values.
 #[derive(Clone, Debug)]

@@ -127,7 +127,7 @@ impl Stepper {
     pub(crate) fn masks_changed(&mut self, masks: &Masks) -> Result<(), TrainError> {
         match self {
             Stepper::Cpu { .. } => Ok(()),
-            Stepper::Gpu(t) => t.set_masks(masks),
+            Stepper::Gpu(t) => Ok(t.set_masks(masks)?),
         }
     }
 }

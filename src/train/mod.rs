@@ -17,6 +17,7 @@ pub mod forward;
 pub mod gpu;
 pub mod sgd;
 
+pub use crate::backend::training::SetupError;
 pub use backward::{backward, Grads, ParamGrad};
 pub use conv::{
     conv2d_backward, conv2d_backward_naive, linear_backward, linear_backward_naive, LayerGrads,
@@ -113,6 +114,38 @@ pub enum TrainError {
         /// The loss value.
         loss: f32,
     },
+}
+
+impl From<SetupError> for TrainError {
+    /// Each `SetupError` becomes the `TrainError` variant of the same name and message.
+    fn from(e: SetupError) -> Self {
+        match e {
+            SetupError::NotTrainable { layer, encoding } => {
+                TrainError::NotTrainable { layer, encoding }
+            }
+            SetupError::Mask { layer, reason } => TrainError::Mask { layer, reason },
+            SetupError::Unsupported { node, reason } => TrainError::Unsupported { node, reason },
+            SetupError::NoOutput => TrainError::NoOutput,
+        }
+    }
+}
+
+impl From<crate::backend::gpu::train::GpuTrainError> for TrainError {
+    /// Each GPU trainer error becomes the `TrainError` variant of the same message.
+    fn from(e: crate::backend::gpu::train::GpuTrainError) -> Self {
+        use crate::backend::gpu::train::GpuTrainError as E;
+        match e {
+            E::Setup(e) => e.into(),
+            E::Gpu(e) => TrainError::Gpu(e),
+            E::Graph(e) => TrainError::Graph(e),
+            E::Labels { reason } => TrainError::Labels { reason },
+            E::Unsupported { node, reason } => TrainError::Unsupported { node, reason },
+            E::WrongGraph { reason } => TrainError::Option {
+                name: "graph",
+                reason,
+            },
+        }
+    }
 }
 
 /// Settings of a training run. `Default` is Caffe's LeNet solver (lr 0.01, momentum

@@ -1,10 +1,12 @@
 //! SGD with momentum and weight decay (Caffe semantics), learning-rate schedules,
 //! and the weight masks INQ and DNS retrain under.
 
+pub use crate::backend::training::{check_trainable, Masks};
+
 use super::backward::Grads;
 use super::TrainError;
-use crate::graph::{Graph, Op, Tensor};
-use crate::weights::Weights;
+use crate::backend::training::dense_weight_mut;
+use crate::graph::{Graph, Op};
 use std::collections::HashMap;
 
 /// Learning-rate policy; `lr(base, iter)` gives the rate at iteration `iter`
@@ -63,125 +65,6 @@ impl Schedule {
         };
         r as f32
     }
-}
-
-/// Per-layer weight masks, keyed by node name, one bool per entry of the layer's
-/// weight tensor (row-major, the dense weight's order). Biases and BN parameters are
-/// never masked.
-///
-/// - `grad`: a *gradient mask* (INQ). Entries with `false` are frozen: they get no
-///   update at all — no gradient, no weight decay, no momentum (their velocity is
-///   left untouched) — so their value never changes.
-/// - `forward`: a *forward mask* T (dynamic network surgery). The forward pass and
-///   the backward pass use W⊙T, while the update reaches every entry of W with the
-///   gradient dL/d(W⊙T), so a pruned entry can grow back and be spliced in again.
-///   The graph keeps the full W; call `Masks::apply_forward` to bake W⊙T into it.
-///
-/// A layer may have both. Layers without an entry are unmasked.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Masks {
-    /// Gradient masks (false = frozen entry).
-    pub grad: HashMap<String, Vec<bool>>,
-    /// Forward masks (false = entry reads as zero in the forward pass).
-    pub forward: HashMap<String, Vec<bool>>,
-}
-
-impl Masks {
-    /// No masks.
-    pub fn new() -> Masks {
-        Masks::default()
-    }
-
-    /// Checks that every mask names a conv/fc node of `graph` and has one entry per
-    /// weight element.
-    pub fn check(&self, graph: &Graph) -> Result<(), TrainError> {
-        for (kind, map) in [("gradient", &self.grad), ("forward", &self.forward)] {
-            for (name, mask) in map {
-                let node = graph
-                    .nodes
-                    .iter()
-                    .find(|n| &n.name == name)
-                    .ok_or_else(|| TrainError::Mask {
-                        layer: name.clone(),
-                        reason: format!("{kind} mask for a layer the graph does not have"),
-                    })?;
-                let w = node.op.weights().ok_or_else(|| TrainError::Mask {
-                    layer: name.clone(),
-                    reason: format!(
-                        "{kind} mask on a {} layer, which has no weights",
-                        node.op.kind()
-                    ),
-                })?;
-                if mask.len() != w.parameters() {
-                    return Err(TrainError::Mask {
-                        layer: name.clone(),
-                        reason: format!(
-                            "{kind} mask has {} entries, the weight {:?} has {}",
-                            mask.len(),
-                            w.shape(),
-                            w.parameters()
-                        ),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets every weight entry whose forward mask is false to zero (W <- W⊙T).
-    pub fn apply_forward(&self, graph: &mut Graph) -> Result<(), TrainError> {
-        self.check(graph)?;
-        for node in &mut graph.nodes {
-            if let Some(mask) = self.forward.get(&node.name) {
-                let w = dense_weight_mut(&node.name, &mut node.op)?;
-                for (v, &m) in w.data.iter_mut().zip(mask) {
-                    if !m {
-                        *v = 0.0;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The dense weight of a conv/fc op; an error naming the layer for other encodings.
-fn dense_weight_mut<'a>(layer: &str, op: &'a mut Op) -> Result<&'a mut Tensor, TrainError> {
-    let w = match op {
-        Op::Conv(c) => &mut c.weight,
-        Op::Linear(l) => &mut l.weight,
-        _ => {
-            return Err(TrainError::Unsupported {
-                node: layer.into(),
-                reason: format!("{} has no weight tensor", op.kind()),
-            })
-        }
-    };
-    #[allow(unreachable_patterns)]
-    match w {
-        Weights::Dense(t) => Ok(t),
-        other => Err(TrainError::NotTrainable {
-            layer: layer.into(),
-            encoding: other.encoding(),
-        }),
-    }
-}
-
-/// Checks that every parameterised layer of `graph` can be trained (its weights are
-/// `Weights::Dense`); the error names the first layer that cannot.
-pub fn check_trainable(graph: &Graph) -> Result<(), TrainError> {
-    for node in &graph.nodes {
-        match node.op.weights() {
-            None | Some(Weights::Dense(_)) => {}
-            Some(other) => {
-                return Err(TrainError::NotTrainable {
-                    layer: node.name.clone(),
-                    encoding: other.encoding(),
-                })
-            }
-        }
-    }
-    Ok(())
 }
 
 /// SGD with momentum and weight decay, Caffe semantics:

@@ -64,7 +64,7 @@ fn low_mask(bits: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::Rng;
+    use crate::tensor::Rng;
 
     #[test]
     fn pack_then_get_is_exact_for_every_width_and_length() {

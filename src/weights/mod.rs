@@ -22,7 +22,7 @@ pub use pow2::{
 pub use sketch::{words_for, SketchWeights};
 pub use sparse::{Cols, SparseWeights, ValueCodes, MAX_U16_K};
 
-use crate::graph::Tensor;
+use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 

@@ -1,4 +1,5 @@
-//! The device, its queue and limits, and the cache of compute pipelines.
+//! The device, its queue and limits, the cache of compute pipelines, and `scoped` (the
+//! error scopes every upload and submission runs in).
 
 use super::GpuError;
 use std::collections::HashMap;
@@ -306,7 +307,7 @@ impl GpuContext {
         size: u64,
         usage: wgpu::BufferUsages,
     ) -> Result<wgpu::Buffer, GpuError> {
-        super::model::scoped(self, label, || {
+        scoped(self, label, || {
             Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size,
@@ -502,6 +503,38 @@ impl GpuContext {
         }
         Ok([x as u32, y as u32, 1])
     }
+}
+
+/// Runs `f` inside out-of-memory and validation error scopes; a caught error names `layer`.
+pub(crate) fn scoped<T>(
+    ctx: &GpuContext,
+    layer: &str,
+    f: impl FnOnce() -> Result<T, GpuError>,
+) -> Result<T, GpuError> {
+    let oom = ctx
+        .device()
+        .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let val = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    ctx.check_lost()?;
+    let out = f();
+    let val = pollster::block_on(val.pop());
+    let oom = pollster::block_on(oom.pop());
+    // On a lost device every call fails validation; the loss is the error to report.
+    ctx.check_lost()?;
+    if let Some(e) = oom {
+        return Err(GpuError::OutOfMemory {
+            layer: layer.into(),
+            message: e.to_string(),
+        });
+    }
+    if let Some(e) = val {
+        return Err(GpuError::Validation {
+            layer: layer.into(),
+            message: e.to_string(),
+        });
+    }
+    ctx.check_lost()?;
+    out
 }
 
 /// The poll thread: waits while nothing is in flight, polls the device (firing map

@@ -4,7 +4,7 @@
 use super::context::{fw, uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::model::StepIo;
 use super::GpuError;
-use crate::graph::{BinaryKind, Tensor};
+use crate::graph::{BinaryKind, Op, Tensor};
 use std::sync::Arc;
 
 const SOURCE: &str = include_str!("../../../shaders/eltwise.wgsl");
@@ -37,14 +37,58 @@ fn total(io: &StepIo) -> u32 {
     uw(io.output.1.iter().product())
 }
 
-/// `op`: 0 relu, 1 leaky relu (a = alpha), 2 clip (a = min, b = max), 3 sigmoid.
-pub(crate) fn encode_unary(
-    io: &StepIo,
-    op: u32,
-    a: f32,
-    b: f32,
-) -> Result<Vec<Dispatch>, GpuError> {
-    let params = [total(io), op, fw(a), fw(b), 0, 0, 0];
+/// An element-wise activation and its parameters: what `unary_fwd` (eltwise.wgsl) and,
+/// in training, `act_bwd` (train_ops.wgsl) compute.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Unary {
+    /// `max(x, 0)`.
+    Relu,
+    /// `x` for `x >= 0`, else `alpha * x`.
+    LeakyRelu { alpha: f32 },
+    /// `min(max(x, min), max)`.
+    Clip { min: f32, max: f32 },
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+}
+
+impl Unary {
+    /// The activation `op` is, `None` for other ops.
+    pub(crate) fn of(op: &Op) -> Option<Unary> {
+        match *op {
+            Op::Relu => Some(Unary::Relu),
+            Op::LeakyRelu { alpha } => Some(Unary::LeakyRelu { alpha }),
+            Op::Clip { min, max } => Some(Unary::Clip { min, max }),
+            Op::Sigmoid => Some(Unary::Sigmoid),
+            _ => None,
+        }
+    }
+
+    /// Its number in the shaders' switch: the `op` word of `unary_fwd` and the `mode`
+    /// word of `act_bwd` (the two shaders number the activations alike).
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            Unary::Relu => 0,
+            Unary::LeakyRelu { .. } => 1,
+            Unary::Clip { .. } => 2,
+            Unary::Sigmoid => 3,
+        }
+    }
+
+    /// The shaders' two f32 parameters `(a, b)`: `(alpha, 0)` for leaky ReLU,
+    /// `(min, max)` for clip, zeros otherwise.
+    pub(crate) fn params(self) -> [f32; 2] {
+        match self {
+            Unary::LeakyRelu { alpha } => [alpha, 0.0],
+            Unary::Clip { min, max } => [min, max],
+            Unary::Relu | Unary::Sigmoid => [0.0, 0.0],
+        }
+    }
+}
+
+/// `unary_fwd` computing `op` on every element.
+pub(crate) fn encode_unary(io: &StepIo, op: Unary) -> Result<Vec<Dispatch>, GpuError> {
+    let [a, b] = op.params();
+    let params = [total(io), op.code(), fw(a), fw(b), 0, 0, 0];
     launch(io, "unary_fwd", io.inputs[0].0.clone(), params)
 }
 

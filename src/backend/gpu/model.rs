@@ -1,7 +1,8 @@
 //! A graph planned for one batch size on one device: weights uploaded, every kernel
 //! launch recorded, activation buffers allocated by liveness (see `plan.rs`).
 
-use super::context::{Bind, Dispatch, GpuContext};
+use super::context::{scoped, Bind, Dispatch, GpuContext};
+use super::eltwise::Unary;
 use super::select::{self, ConvChoice, DeviceInfo, FcChoice, GpuChoice};
 use super::{
     conv, copy, eltwise, gemm, lrn, pool, pow2, pow2_fc, sketch, softmax, sparse, GpuError,
@@ -142,38 +143,6 @@ impl std::fmt::Debug for GpuModel {
             .field("steps", &self.steps.len())
             .finish()
     }
-}
-
-/// Runs `f` inside out-of-memory and validation error scopes; a caught error names `layer`.
-pub(crate) fn scoped<T>(
-    ctx: &GpuContext,
-    layer: &str,
-    f: impl FnOnce() -> Result<T, GpuError>,
-) -> Result<T, GpuError> {
-    let oom = ctx
-        .device()
-        .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let val = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
-    ctx.check_lost()?;
-    let out = f();
-    let val = pollster::block_on(val.pop());
-    let oom = pollster::block_on(oom.pop());
-    // On a lost device every call fails validation; the loss is the error to report.
-    ctx.check_lost()?;
-    if let Some(e) = oom {
-        return Err(GpuError::OutOfMemory {
-            layer: layer.into(),
-            message: e.to_string(),
-        });
-    }
-    if let Some(e) = val {
-        return Err(GpuError::Validation {
-            layer: layer.into(),
-            message: e.to_string(),
-        });
-    }
-    ctx.check_lost()?;
-    out
 }
 
 impl GpuModel {
@@ -782,6 +751,24 @@ fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
                 l.weight.encoding()
             ))),
         },
+        Op::BatchNorm {
+            scale,
+            bias,
+            mean,
+            var,
+            epsilon,
+        } => eltwise::encode_batchnorm(io, scale, bias, mean, var, *epsilon),
+        // Aliases never become steps; planned graphs cannot reach this.
+        Op::Flatten { .. } | Op::Identity => Err(io.unsupported("alias op planned as a step")),
+        _ => encode_stateless(io),
+    }
+}
+
+/// Records the launches of an op without parameters or state (pools, activations,
+/// Add, ConstBinary, LRN, Softmax, copies): one kernel each, the same for inference and
+/// the GPU trainer's forward, which calls this for them.
+pub(crate) fn encode_stateless(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
+    match &io.node.op {
         Op::MaxPool(p) => pool::encode(io, p, pool::Mode::Max),
         Op::AvgPool(p) => pool::encode(
             io,
@@ -793,23 +780,22 @@ fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
             },
         ),
         Op::GlobalAvgPool => pool::encode_global(io),
-        Op::Relu => eltwise::encode_unary(io, 0, 0.0, 0.0),
-        Op::LeakyRelu { alpha } => eltwise::encode_unary(io, 1, *alpha, 0.0),
-        Op::Clip { min, max } => eltwise::encode_unary(io, 2, *min, *max),
-        Op::Sigmoid => eltwise::encode_unary(io, 3, 0.0, 0.0),
+        Op::Relu => eltwise::encode_unary(io, Unary::Relu),
+        Op::LeakyRelu { alpha } => eltwise::encode_unary(io, Unary::LeakyRelu { alpha: *alpha }),
+        Op::Clip { min, max } => eltwise::encode_unary(
+            io,
+            Unary::Clip {
+                min: *min,
+                max: *max,
+            },
+        ),
+        Op::Sigmoid => eltwise::encode_unary(io, Unary::Sigmoid),
         Op::Add => eltwise::encode_add(io),
         Op::ConstBinary {
             kind,
             constant,
             constant_first,
         } => eltwise::encode_const(io, *kind, constant, *constant_first),
-        Op::BatchNorm {
-            scale,
-            bias,
-            mean,
-            var,
-            epsilon,
-        } => eltwise::encode_batchnorm(io, scale, bias, mean, var, *epsilon),
         Op::Lrn {
             size,
             alpha,
@@ -824,7 +810,8 @@ fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
             ends: _,
             steps,
         } => copy::encode_slice(io, starts, steps),
-        // Aliases never become steps; planned graphs cannot reach this.
-        Op::Flatten { .. } | Op::Identity => Err(io.unsupported("alias op planned as a step")),
+        Op::Conv(_) | Op::Linear(_) | Op::BatchNorm { .. } | Op::Flatten { .. } | Op::Identity => {
+            Err(io.unsupported("not a stateless op"))
+        }
     }
 }

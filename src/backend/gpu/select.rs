@@ -13,10 +13,10 @@
 //! quantities that depend on the chunking (`gemm_splits`, `fc_slices_wanted`) are
 //! functions here that the encoders call.
 //!
-//! Other ops have one kernel each (pools, elementwise, softmax, copies: `model::encode`'s
-//! op match). The GPU trainer (`gpu/train`) runs its own forward kernels for layers with
-//! parameters (the tiled conv, whose layout its backward kernels share) and calls
-//! `model::encode` for the rest.
+//! Other ops have one kernel each (pools, elementwise, softmax, copies:
+//! `model::encode_stateless`). The GPU trainer (`gpu/train`) runs its own forward kernels
+//! for layers with parameters (the tiled conv, whose layout its backward kernels share;
+//! BatchNorm with batch statistics) and calls `model::encode_stateless` for the rest.
 
 use super::context::GpuContext;
 use crate::graph::{Conv2d, Linear};

@@ -1,12 +1,13 @@
 //! Training on the GPU: the forward pass with every activation kept, softmax
 //! cross-entropy, the backward pass (shaders/train_*.wgsl) and the SGD update with
 //! gradient and forward masks, recorded once per batch size and run as one command
-//! buffer per step. The CPU trainer (`crate::train`) is the reference it is tested
+//! buffer per step. The CPU trainer (the `train` module) is the reference it is tested
 //! against (tests/gpu_train.rs).
 //!
-//! The forward reuses the inference kernels (tiled implicit-GEMM conv and fc with the
-//! trainer's own weight buffers, pooling, activations, Add, LRN, Concat); BatchNorm has
-//! a training forward here (batch statistics). Every value keeps its own activation and
+//! The forward reuses the inference kernels: the tiled implicit-GEMM conv and fc on the
+//! trainer's own weight buffers, and inference's encoder (`model::encode_stateless`) for
+//! pooling, activations, Add, ConstBinary, LRN and Concat; BatchNorm has a training
+//! forward here (batch statistics). Every value keeps its own activation and
 //! gradient buffer (Flatten/Identity alias their input), gradient buffers are cleared at
 //! the start of each step and each backward kernel adds into them, so values read by
 //! several nodes (shortcuts, Fire modules) sum their gradients in node order.
@@ -17,19 +18,64 @@
 //!
 //! Not differentiated on the GPU (an error names the node): Pad, Slice, a Softmax
 //! inside the graph, and ConstBinary whose input needs a gradient.
+//!
+//! Files: this one holds the trainer, its options, errors and public API; `buffers`
+//! the device memory (parameters, masks, a program's buffers, readback); `program` the
+//! recording of one batch size's dispatch lists; `forward` and `backward` the encoding
+//! of one node in each direction; `kernels` the host side of the training shaders.
 
+mod backward;
+mod buffers;
+mod forward;
 mod kernels;
+mod program;
 
-use super::context::{Bind, Dispatch, GpuContext};
-use super::conv::{dispatch_geometry, ConvKernel, Geometry};
-use super::model::{scoped, CompressedConv, GpuOptions, StepIo};
-use super::{copy, eltwise, lrn, pool, GpuError};
-use crate::graph::{Graph, Node, Op, Tensor};
-use crate::train::{loss_target, BnMode, Grads, LossTarget, Masks, ParamGrad, TrainError};
-use crate::weights::Weights;
-use kernels::{ConvShape, Dummies, Launch, OpsParams};
+use super::context::{scoped, Dispatch, GpuContext};
+use super::GpuError;
+use crate::backend::training::{
+    check_trainable, loss_target, BnMode, Grads, LossTarget, Masks, ParamGrad, SetupError,
+};
+use crate::graph::{Graph, GraphError, Op, Tensor};
+use buffers::{buffer, mask_f32, read_f32, read_many, set_dense, Layer, Program};
+use kernels::Dummies;
 use std::collections::{HashMap, HashSet};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
+
+/// Errors of the GPU trainer. `train::TrainError` converts from it (`From`), variant by
+/// variant into its twins of the same message.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuTrainError {
+    /// The graph or masks do not fit training.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The device failed or refused a kernel.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    /// The graph is malformed.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// Labels that do not fit the logits.
+    #[error("labels: {reason}")]
+    Labels {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A node the trainer cannot find values for.
+    #[error("node '{node}': {reason}")]
+    Unsupported {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// `sync_graph` got a graph other than the one the trainer was made from (the
+    /// message is the one `TrainError::Option` gives for option "graph").
+    #[error("option graph: {reason}")]
+    WrongGraph {
+        /// What differs.
+        reason: String,
+    },
+}
 
 /// Settings of a [`GpuTrainer`] (the SGD and BatchNorm fields of `TrainOptions`).
 #[derive(Clone, Copy, Debug)]
@@ -86,55 +132,6 @@ pub struct StepOutput {
     pub logits: Tensor,
 }
 
-/// A parameter tensor on the device: value, gradient, SGD velocity.
-struct Param {
-    data: wgpu::Buffer,
-    grad: wgpu::Buffer,
-    vel: wgpu::Buffer,
-    len: usize,
-}
-
-/// The device state of one trainable node.
-enum Layer {
-    /// Conv or fc: W (full), W⊙T (what forward and backward read), masks as 1.0/0.0.
-    Dense {
-        w: Param,
-        wf: wgpu::Buffer,
-        gmask: wgpu::Buffer,
-        fmask: wgpu::Buffer,
-        bias: Option<Param>,
-        /// Zeros the forward binds when the layer has no bias.
-        zero_bias: wgpu::Buffer,
-        rows: usize,
-    },
-    /// BatchNorm: [scale C | bias C] as one parameter, running [mean C | var C], and the
-    /// statistics the last forward used [mean C | var C | inv_std C].
-    Bn {
-        sb: Param,
-        running: wgpu::Buffer,
-        stats: wgpu::Buffer,
-        c: usize,
-    },
-}
-
-/// Everything recorded for one batch size.
-struct Program {
-    grads: Vec<wgpu::Buffer>,
-    input_slot: usize,
-    input_len: usize,
-    logits_slot: usize,
-    logits_shape: Vec<usize>,
-    labels: wgpu::Buffer,
-    loss: wgpu::Buffer,
-    staging: wgpu::Buffer,
-    forward: Vec<Dispatch>,
-    backward: Vec<Dispatch>,
-    update: Vec<Dispatch>,
-    /// "node fwd" / "node bwd" for each forward and backward launch (profiling).
-    names: Vec<String>,
-    acts: Vec<wgpu::Buffer>,
-}
-
 /// A graph set up for training on a [`GpuContext`]: parameters, velocities and masks
 /// resident on the device, one recorded program per batch size.
 pub struct GpuTrainer {
@@ -160,112 +157,6 @@ impl std::fmt::Debug for GpuTrainer {
     }
 }
 
-const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_DST)
-    .union(wgpu::BufferUsages::COPY_SRC);
-
-fn buffer(ctx: &GpuContext, label: &str, len: usize) -> wgpu::Buffer {
-    ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: (len.max(4) * 4) as u64,
-        usage: USAGE,
-        mapped_at_creation: false,
-    })
-}
-
-fn buffer_init(ctx: &GpuContext, label: &str, data: &[f32]) -> wgpu::Buffer {
-    let b = buffer(ctx, label, data.len());
-    if !data.is_empty() {
-        ctx.queue().write_buffer(&b, 0, bytemuck::cast_slice(data));
-    }
-    b
-}
-
-fn param(ctx: &GpuContext, label: &str, data: &[f32]) -> Param {
-    Param {
-        data: buffer_init(ctx, label, data),
-        grad: buffer(ctx, &format!("{label} grad"), data.len()),
-        vel: buffer_init(ctx, &format!("{label} velocity"), &vec![0.0; data.len()]),
-        len: data.len(),
-    }
-}
-
-fn mask_f32(mask: Option<&Vec<bool>>, len: usize) -> Vec<f32> {
-    match mask {
-        Some(m) => m.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect(),
-        None => vec![1.0; len],
-    }
-}
-
-fn gpu_err(node: &Node, reason: impl Into<String>) -> TrainError {
-    TrainError::Unsupported {
-        node: node.name.clone(),
-        reason: reason.into(),
-    }
-}
-
-/// Maps `buffer` and returns its first `len` f32 values.
-fn read_f32(ctx: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>, GpuError> {
-    let (tx, rx) = mpsc::channel();
-    buffer.map_async(wgpu::MapMode::Read, .., move |r| {
-        // A failed send only means the receiver below gave up.
-        let _ = tx.send(r);
-    });
-    let map_err = |m: String| GpuError::Map {
-        buffer: "train readback",
-        message: m,
-    };
-    ctx.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| map_err(e.to_string()))?;
-    ctx.check_lost()?;
-    rx.recv()
-        .map_err(|e| map_err(e.to_string()))?
-        .map_err(|e| map_err(e.to_string()))?;
-    let bytes = buffer
-        .get_mapped_range(..)
-        .map_err(|e| map_err(e.to_string()))?
-        .to_vec();
-    buffer.unmap();
-    let floats: &[f32] = bytemuck::cast_slice(&bytes);
-    Ok(floats[..len.min(floats.len())].to_vec())
-}
-
-/// Copies `(buffer, len)` pieces into one staging buffer, submits and reads them back.
-fn read_many(
-    ctx: &GpuContext,
-    pieces: &[(&wgpu::Buffer, usize)],
-) -> Result<Vec<Vec<f32>>, GpuError> {
-    let total: usize = pieces.iter().map(|p| p.1).sum();
-    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some("train readback"),
-        size: (total.max(1) * 4) as u64,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut enc = ctx
-        .device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("train readback"),
-        });
-    let mut off = 0u64;
-    for (b, len) in pieces {
-        if *len > 0 {
-            enc.copy_buffer_to_buffer(b, 0, &staging, off, (*len * 4) as u64);
-        }
-        off += (*len * 4) as u64;
-    }
-    ctx.queue().submit([enc.finish()]);
-    let all = read_f32(ctx, &staging, total)?;
-    let mut out = Vec::with_capacity(pieces.len());
-    let mut at = 0;
-    for (_, len) in pieces {
-        out.push(all[at..at + len].to_vec());
-        at += len;
-    }
-    Ok(out)
-}
-
 impl GpuTrainer {
     /// Uploads the parameters of `graph` (dense conv/fc, BatchNorm) and `masks`.
     /// Programs are recorded on the first step of each batch size.
@@ -274,74 +165,12 @@ impl GpuTrainer {
         graph: &Graph,
         opts: GpuTrainOptions,
         masks: &Masks,
-    ) -> Result<GpuTrainer, TrainError> {
+    ) -> Result<GpuTrainer, GpuTrainError> {
         graph.validate()?;
-        crate::train::check_trainable(graph)?;
+        check_trainable(graph)?;
         masks.check(graph)?;
         let target = loss_target(graph)?;
-        let mut layers = HashMap::new();
-        let c = ctx.clone();
-        scoped(&c, "upload parameters", || {
-            for (i, node) in graph.nodes.iter().enumerate() {
-                let name = &node.name;
-                let (w, bias) = match &node.op {
-                    Op::Conv(cv) => (&cv.weight, cv.bias.as_ref()),
-                    Op::Linear(l) => (&l.weight, l.bias.as_ref()),
-                    Op::BatchNorm {
-                        scale,
-                        bias,
-                        mean,
-                        var,
-                        ..
-                    } => {
-                        let ch = scale.data.len();
-                        let sb: Vec<f32> = scale.data.iter().chain(&bias.data).copied().collect();
-                        let running: Vec<f32> =
-                            mean.data.iter().chain(&var.data).copied().collect();
-                        layers.insert(
-                            i,
-                            Layer::Bn {
-                                sb: param(&ctx, name, &sb),
-                                running: buffer_init(&ctx, &format!("{name} running"), &running),
-                                stats: buffer(&ctx, &format!("{name} stats"), 3 * ch),
-                                c: ch,
-                            },
-                        );
-                        continue;
-                    }
-                    _ => continue,
-                };
-                let Weights::Dense(wt) = w else {
-                    continue; // check_trainable rejected other encodings
-                };
-                let len = wt.data.len();
-                let fm = mask_f32(masks.forward.get(name), len);
-                let wf: Vec<f32> = wt
-                    .data
-                    .iter()
-                    .zip(&fm)
-                    .map(|(v, m)| if *m != 0.0 { *v } else { 0.0 })
-                    .collect();
-                layers.insert(
-                    i,
-                    Layer::Dense {
-                        w: param(&ctx, name, &wt.data),
-                        wf: buffer_init(&ctx, &format!("{name} masked weight"), &wf),
-                        gmask: buffer_init(
-                            &ctx,
-                            &format!("{name} gradient mask"),
-                            &mask_f32(masks.grad.get(name), len),
-                        ),
-                        fmask: buffer_init(&ctx, &format!("{name} forward mask"), &fm),
-                        bias: bias.map(|b| param(&ctx, &format!("{name} bias"), &b.data)),
-                        zero_bias: buffer(&ctx, &format!("{name} zero bias"), wt.shape[0]),
-                        rows: wt.shape[0],
-                    },
-                );
-            }
-            Ok(())
-        })
-        .map_err(TrainError::from)?;
+        let layers = buffers::upload_layers(&ctx, graph, masks)?;
         // Which nodes reach the loss: walk back from the logits.
         let mut need: HashSet<&str> = HashSet::from([target.logits.as_str()]);
         let mut active = HashSet::new();
@@ -376,7 +205,7 @@ impl GpuTrainer {
     }
 
     /// Uploads `masks` when they differ from the ones in use and rewrites W⊙T.
-    pub fn set_masks(&mut self, masks: &Masks) -> Result<(), TrainError> {
+    pub fn set_masks(&mut self, masks: &Masks) -> Result<(), GpuTrainError> {
         if *masks == self.masks {
             return Ok(());
         }
@@ -455,18 +284,18 @@ impl GpuTrainer {
         x: &Tensor,
         labels: &[usize],
         lr: f32,
-    ) -> Result<StepOutput, TrainError> {
+    ) -> Result<StepOutput, GpuTrainError> {
         self.run(x, labels, Some(lr))
     }
 
     /// Forward, loss and backward only: the loss, the parameter gradients (by node name,
-    /// as `crate::train::backward` returns them) and dL/dinput when the trainer was made
+    /// as the CPU trainer's `backward` returns them) and dL/dinput when the trainer was made
     /// with `input_grad`. Parameters are left unchanged.
     pub fn gradients(
         &mut self,
         x: &Tensor,
         labels: &[usize],
-    ) -> Result<(f32, Grads, Option<Tensor>), TrainError> {
+    ) -> Result<(f32, Grads, Option<Tensor>), GpuTrainError> {
         let out = self.run(x, labels, None)?;
         let batch = x.shape[0];
         let prog = &self.programs[&batch];
@@ -540,7 +369,7 @@ impl GpuTrainer {
         x: &Tensor,
         labels: &[usize],
         lr: Option<f32>,
-    ) -> Result<StepOutput, TrainError> {
+    ) -> Result<StepOutput, GpuTrainError> {
         let batch = x.shape.first().copied().unwrap_or(0);
         let mut want = vec![batch];
         want.extend(&self.graph.input.item_shape);
@@ -552,7 +381,7 @@ impl GpuTrainer {
             .into());
         }
         if labels.len() != batch {
-            return Err(TrainError::Labels {
+            return Err(GpuTrainError::Labels {
                 reason: format!("{} labels for a batch of {batch}", labels.len()),
             });
         }
@@ -563,7 +392,7 @@ impl GpuTrainer {
         let prog = &self.programs[&batch];
         let classes = prog.logits_shape.iter().skip(1).product::<usize>();
         if let Some(&l) = labels.iter().find(|&&l| l >= classes) {
-            return Err(TrainError::Labels {
+            return Err(GpuTrainError::Labels {
                 reason: format!("label {l} is not below the {classes} classes of the logits"),
             });
         }
@@ -630,7 +459,7 @@ impl GpuTrainer {
         &mut self,
         x: &Tensor,
         labels: &[usize],
-    ) -> Result<Vec<(String, f64)>, TrainError> {
+    ) -> Result<Vec<(String, f64)>, GpuTrainError> {
         self.run(x, labels, None)?; // records the program, checks the inputs
         let prog = &self.programs[&x.shape[0]];
         let mut out: Vec<(String, f64)> = vec![];
@@ -655,10 +484,9 @@ impl GpuTrainer {
 
     /// Writes the device parameters (weights W, biases, BatchNorm scale/bias and running
     /// statistics) into `graph`, which must be the graph the trainer was made from.
-    pub fn sync_graph(&self, graph: &mut Graph) -> Result<(), TrainError> {
+    pub fn sync_graph(&self, graph: &mut Graph) -> Result<(), GpuTrainError> {
         if graph.nodes.len() != self.graph.nodes.len() {
-            return Err(TrainError::Option {
-                name: "graph",
+            return Err(GpuTrainError::WrongGraph {
                 reason: "sync_graph needs the graph the trainer was made from".into(),
             });
         }
@@ -684,8 +512,7 @@ impl GpuTrainer {
         for i in idx {
             let node = &mut graph.nodes[i];
             if node.name != self.graph.nodes[i].name {
-                return Err(TrainError::Option {
-                    name: "graph",
+                return Err(GpuTrainError::WrongGraph {
                     reason: format!(
                         "node {i} is '{}', the trainer's is '{}'",
                         node.name, self.graph.nodes[i].name
@@ -723,8 +550,7 @@ impl GpuTrainer {
                     var.data = r[*c..].to_vec();
                 }
                 _ => {
-                    return Err(TrainError::Option {
-                        name: "graph",
+                    return Err(GpuTrainError::WrongGraph {
                         reason: format!(
                             "node '{}' changed kind since the trainer was made",
                             node.name
@@ -734,752 +560,5 @@ impl GpuTrainer {
             }
         }
         Ok(())
-    }
-
-    /// Records forward, loss, backward and update for `batch`.
-    fn record(&self, batch: usize) -> Result<Program, TrainError> {
-        let ctx = &*self.ctx;
-        let graph = &self.graph;
-        let shapes = graph.infer_shapes(batch)?;
-        let shape_of = |v: &str, node: &Node| -> Result<Vec<usize>, TrainError> {
-            shapes
-                .get(v)
-                .cloned()
-                .ok_or_else(|| gpu_err(node, format!("no shape for '{v}'")))
-        };
-        // Value -> slot; aliases share their input's slot.
-        let mut slot_of: HashMap<String, usize> = HashMap::new();
-        let mut lens: Vec<usize> = vec![];
-        let mut input_shape = vec![batch];
-        input_shape.extend(&graph.input.item_shape);
-        let input_len: usize = input_shape.iter().product();
-        slot_of.insert(graph.input.name.clone(), 0);
-        lens.push(input_len);
-        for (i, node) in graph.nodes.iter().enumerate() {
-            if Some(i) == self.target.skipped_softmax {
-                continue;
-            }
-            match node.op {
-                Op::Flatten { .. } | Op::Identity => {
-                    let s = *slot_of.get(&node.inputs[0]).ok_or_else(|| {
-                        gpu_err(
-                            node,
-                            format!("reads '{}' before it is made", node.inputs[0]),
-                        )
-                    })?;
-                    slot_of.insert(node.output.clone(), s);
-                }
-                _ => {
-                    slot_of.insert(node.output.clone(), lens.len());
-                    lens.push(shape_of(&node.output, node)?.iter().product());
-                }
-            }
-        }
-        let limit = ctx.max_binding_bytes();
-        if let Some(l) = lens.iter().find(|&&l| (l * 4) as u64 > limit) {
-            return Err(GpuError::Unsupported {
-                node: "activations".into(),
-                op: "buffer",
-                reason: format!("an activation of {} bytes at batch {batch} exceeds the {limit}-byte binding limit", l * 4),
-            }
-            .into());
-        }
-        let logits_shape = shapes
-            .get(&self.target.logits)
-            .cloned()
-            .ok_or(TrainError::NoOutput)?;
-        let logits_len: usize = logits_shape.iter().product();
-        // Split-K scratch: the largest partial any conv/fc needs.
-        let mut partial_len = 4usize;
-        for (i, node) in graph.nodes.iter().enumerate() {
-            if let Some(s) = self.conv_shape(node, &shapes, batch) {
-                let (splits, _) = s.splits();
-                if splits > 1 && self.active.contains(&i) {
-                    partial_len = partial_len.max(splits * s.cout * s.k_len());
-                }
-            }
-        }
-        scoped(ctx, "record training program", || {
-            let acts: Vec<wgpu::Buffer> = lens
-                .iter()
-                .enumerate()
-                .map(|(k, &l)| buffer(ctx, &format!("train act{k}"), l))
-                .collect();
-            let grads: Vec<wgpu::Buffer> = lens
-                .iter()
-                .enumerate()
-                .map(|(k, &l)| buffer(ctx, &format!("train grad{k}"), l))
-                .collect();
-            let partial = buffer(ctx, "wgrad partial", partial_len);
-            let labels = buffer(ctx, "labels", batch);
-            let loss = buffer(ctx, "loss per item", batch);
-            let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("train staging"),
-                size: ((batch + logits_len) * 4) as u64,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            let val = |v: &str| -> Result<(usize, Vec<usize>), GpuError> {
-                let s = *slot_of.get(v).ok_or_else(|| GpuError::Unsupported {
-                    node: v.into(),
-                    op: "value",
-                    reason: "not produced by the training forward".into(),
-                })?;
-                let shape = shapes.get(v).cloned().unwrap_or_default();
-                Ok((s, shape))
-            };
-            let act = |v: &str| -> Result<Bind, GpuError> {
-                let (s, shape) = val(v)?;
-                Ok(Bind::f32s(&acts[s], shape.iter().product()))
-            };
-            let grad = |v: &str| -> Result<Bind, GpuError> {
-                let (s, shape) = val(v)?;
-                Ok(Bind::f32s(&grads[s], shape.iter().product()))
-            };
-            let mut forward = vec![];
-            let mut names = vec![];
-            for (i, node) in graph.nodes.iter().enumerate() {
-                if Some(i) == self.target.skipped_softmax
-                    || matches!(node.op, Op::Flatten { .. } | Op::Identity)
-                {
-                    continue;
-                }
-                forward.extend(self.encode_forward(i, node, &shapes, batch, &act)?);
-                names.resize(forward.len(), format!("{} fwd", node.name));
-            }
-            // Loss on the logits: dL/dlogits lands in the logits' gradient buffer.
-            forward.push(kernels::ops(
-                ctx,
-                &self.dummies,
-                "softmax cross-entropy",
-                "ce_loss",
-                &[&act(&self.target.logits)?, &Bind::f32s(&labels, batch)],
-                &grad(&self.target.logits)?,
-                Some(&Bind::f32s(&loss, batch)),
-                &OpsParams {
-                    total: batch,
-                    c: logits_len / batch,
-                    f: [1.0 / batch as f32, 0.0, 0.0, 0.0],
-                    ..Default::default()
-                },
-                Launch::Channels(batch),
-            )?);
-            names.push("loss".into());
-            let mut backward = vec![];
-            for (i, node) in graph.nodes.iter().enumerate().rev() {
-                if !self.active.contains(&i) {
-                    continue;
-                }
-                backward
-                    .extend(self.encode_backward(i, node, &shapes, batch, &act, &grad, &partial)?);
-                names.resize(forward.len() + backward.len(), format!("{} bwd", node.name));
-            }
-            let mut update = vec![];
-            let mut idx: Vec<usize> = self.layers.keys().copied().collect();
-            idx.sort_unstable();
-            let (m, wd) = (self.opts.momentum, self.opts.weight_decay);
-            for i in idx {
-                let name = &graph.nodes[i].name;
-                let layer = &self.layers[&i];
-                if let Layer::Bn {
-                    running, stats, c, ..
-                } = layer
-                {
-                    if self.opts.bn_mode == BnMode::Train {
-                        let count = batch
-                            * shapes[&graph.nodes[i].inputs[0]][2..]
-                                .iter()
-                                .product::<usize>();
-                        let unbias = if count > 1 {
-                            count as f32 / (count - 1) as f32
-                        } else {
-                            1.0
-                        };
-                        update.push(kernels::ops(
-                            ctx,
-                            &self.dummies,
-                            name,
-                            "bn_running",
-                            &[&Bind::f32s(stats, 3 * c)],
-                            &Bind::f32s(running, 2 * c),
-                            None,
-                            &OpsParams {
-                                c: *c,
-                                f: [self.opts.bn_momentum, unbias, 0.0, 0.0],
-                                ..Default::default()
-                            },
-                            Launch::Elements(*c),
-                        )?);
-                    }
-                }
-                if !self.active.contains(&i) {
-                    continue;
-                }
-                match layer {
-                    Layer::Dense {
-                        w,
-                        wf,
-                        gmask,
-                        fmask,
-                        bias,
-                        ..
-                    } => {
-                        update.push(kernels::sgd(
-                            ctx,
-                            &self.dummies,
-                            name,
-                            w.len,
-                            &w.grad,
-                            &self.hyper,
-                            &w.data,
-                            &w.vel,
-                            Some((gmask, fmask, wf)),
-                            m,
-                            wd,
-                        )?);
-                        if let Some(b) = bias {
-                            update.push(kernels::sgd(
-                                ctx,
-                                &self.dummies,
-                                name,
-                                b.len,
-                                &b.grad,
-                                &self.hyper,
-                                &b.data,
-                                &b.vel,
-                                None,
-                                m,
-                                wd,
-                            )?);
-                        }
-                    }
-                    Layer::Bn { sb, .. } => {
-                        update.push(kernels::sgd(
-                            ctx,
-                            &self.dummies,
-                            name,
-                            sb.len,
-                            &sb.grad,
-                            &self.hyper,
-                            &sb.data,
-                            &sb.vel,
-                            None,
-                            m,
-                            wd,
-                        )?);
-                    }
-                }
-            }
-            let (logits_slot, _) = val(&self.target.logits)?;
-            Ok(Program {
-                grads,
-                input_slot: 0,
-                input_len,
-                logits_slot,
-                logits_shape: logits_shape.clone(),
-                labels,
-                loss,
-                staging,
-                forward,
-                backward,
-                update,
-                names,
-                acts,
-            })
-        })
-        .map_err(TrainError::from)
-    }
-
-    /// The conv geometry of a conv/fc node at `batch` (fc as a 1x1 conv on 1x1 images).
-    fn conv_shape(
-        &self,
-        node: &Node,
-        shapes: &crate::graph::Shapes,
-        batch: usize,
-    ) -> Option<ConvShape> {
-        let x = shapes.get(node.inputs.first()?)?;
-        match &node.op {
-            Op::Conv(c) => {
-                let y = shapes.get(&node.output)?;
-                Some(ConvShape {
-                    batch,
-                    cin: x[1],
-                    h: x[2],
-                    w: x[3],
-                    cout: c.out_channels(),
-                    oh: y[2],
-                    ow: y[3],
-                    kh: c.kernel[0],
-                    kw: c.kernel[1],
-                    sh: c.stride[0],
-                    sw: c.stride[1],
-                    ph: c.pads[0],
-                    pw: c.pads[1],
-                    dh: c.dilation[0],
-                    dw: c.dilation[1],
-                    groups: c.groups,
-                })
-            }
-            Op::Linear(l) => Some(ConvShape {
-                batch,
-                cin: x[1..].iter().product(),
-                h: 1,
-                w: 1,
-                cout: l.weight.rows(),
-                oh: 1,
-                ow: 1,
-                kh: 1,
-                kw: 1,
-                sh: 1,
-                sw: 1,
-                dh: 1,
-                dw: 1,
-                groups: 1,
-                ..Default::default()
-            }),
-            _ => None,
-        }
-    }
-
-    fn encode_forward(
-        &self,
-        i: usize,
-        node: &Node,
-        shapes: &crate::graph::Shapes,
-        batch: usize,
-        act: &dyn Fn(&str) -> Result<Bind, GpuError>,
-    ) -> Result<Vec<Dispatch>, GpuError> {
-        let ctx = &*self.ctx;
-        let shape = |v: &str| shapes.get(v).map(|s| s.as_slice()).unwrap_or(&[]);
-        // The trainer's forward runs the tiled conv kernel and the compressed kernels
-        // as they are (its backward kernels share the tiled layout).
-        let options = GpuOptions {
-            conv_kernel: ConvKernel::Tiled,
-            compressed_conv: CompressedConv::Native,
-            ..GpuOptions::default()
-        };
-        let io = StepIo {
-            ctx,
-            node,
-            name: &node.name,
-            relu: false,
-            inputs: node
-                .inputs
-                .iter()
-                .map(|v| Ok((act(v)?, shape(v))))
-                .collect::<Result<_, GpuError>>()?,
-            output: (act(&node.output)?, shape(&node.output)),
-            max_binding: ctx.max_binding_bytes(),
-            options: &options,
-            // The trainer runs its own kernels for conv and fc layers.
-            choice: None,
-        };
-        match (&node.op, self.layers.get(&i)) {
-            (
-                Op::Conv(_) | Op::Linear(_),
-                Some(Layer::Dense {
-                    wf,
-                    bias,
-                    zero_bias,
-                    rows,
-                    w,
-                    ..
-                }),
-            ) => {
-                let s = self.conv_shape(node, shapes, batch).expect("conv/fc shape");
-                let g = Geometry {
-                    batch,
-                    cin: s.cin,
-                    h: s.h,
-                    w: s.w,
-                    oh: s.oh,
-                    ow: s.ow,
-                    kh: s.kh,
-                    kw: s.kw,
-                    sh: s.sh,
-                    sw: s.sw,
-                    ph: s.ph,
-                    pw: s.pw,
-                    dh: s.dh,
-                    dw: s.dw,
-                    cin_g: s.cin / s.groups,
-                    cout_g: s.cout / s.groups,
-                    k_len: s.k_len(),
-                    c_total: s.cout,
-                    c_off: 0,
-                    relu: false,
-                    groups: s.groups,
-                };
-                let b = bias.as_ref().map_or(zero_bias, |b| &b.data);
-                Ok(vec![dispatch_geometry(
-                    &io,
-                    &g,
-                    &[
-                        io.inputs[0].0.clone(),
-                        Bind::f32s(wf, w.len),
-                        Bind::f32s(b, *rows),
-                        io.output.0.clone(),
-                    ],
-                )?])
-            }
-            (
-                Op::BatchNorm { epsilon, .. },
-                Some(Layer::Bn {
-                    sb,
-                    running,
-                    stats,
-                    c,
-                }),
-            ) => {
-                let x = shape(&node.inputs[0]);
-                let inner: usize = x[2..].iter().product();
-                let total = batch * c * inner;
-                let p = OpsParams {
-                    total,
-                    c: *c,
-                    inner,
-                    n: batch,
-                    f: [*epsilon, 0.0, 0.0, 0.0],
-                    ..Default::default()
-                };
-                let st = Bind::f32s(stats, 3 * c);
-                let stats_pass = if self.opts.bn_mode == BnMode::Train {
-                    kernels::ops(
-                        ctx,
-                        &self.dummies,
-                        &node.name,
-                        "bn_stats",
-                        &[&io.inputs[0].0],
-                        &st,
-                        None,
-                        &p,
-                        Launch::Channels(*c),
-                    )?
-                } else {
-                    kernels::ops(
-                        ctx,
-                        &self.dummies,
-                        &node.name,
-                        "bn_frozen_stats",
-                        &[&Bind::f32s(running, 2 * c)],
-                        &st,
-                        None,
-                        &p,
-                        Launch::Elements(*c),
-                    )?
-                };
-                let fwd = kernels::ops(
-                    ctx,
-                    &self.dummies,
-                    &node.name,
-                    "bn_fwd",
-                    &[&io.inputs[0].0, &st, &Bind::f32s(&sb.data, 2 * c)],
-                    &io.output.0,
-                    None,
-                    &p,
-                    Launch::Elements(total),
-                )?;
-                Ok(vec![stats_pass, fwd])
-            }
-            (Op::MaxPool(p), _) => pool::encode(&io, p, pool::Mode::Max),
-            (Op::AvgPool(p), _) => pool::encode(
-                &io,
-                p,
-                if p.count_include_pad {
-                    pool::Mode::AvgIncludePad
-                } else {
-                    pool::Mode::AvgExcludePad
-                },
-            ),
-            (Op::GlobalAvgPool, _) => pool::encode_global(&io),
-            (Op::Relu, _) => eltwise::encode_unary(&io, 0, 0.0, 0.0),
-            (Op::LeakyRelu { alpha }, _) => eltwise::encode_unary(&io, 1, *alpha, 0.0),
-            (Op::Clip { min, max }, _) => eltwise::encode_unary(&io, 2, *min, *max),
-            (Op::Sigmoid, _) => eltwise::encode_unary(&io, 3, 0.0, 0.0),
-            (Op::Add, _) => eltwise::encode_add(&io),
-            (
-                Op::ConstBinary {
-                    kind,
-                    constant,
-                    constant_first,
-                },
-                _,
-            ) => eltwise::encode_const(&io, *kind, constant, *constant_first),
-            (
-                Op::Lrn {
-                    size,
-                    alpha,
-                    beta,
-                    bias,
-                },
-                _,
-            ) => lrn::encode(&io, *size, *alpha, *beta, *bias),
-            (Op::Concat { axis }, _) => copy::encode_concat(&io, *axis),
-            _ => Err(io.unsupported("the GPU trainer has no forward for this op")),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn encode_backward(
-        &self,
-        i: usize,
-        node: &Node,
-        shapes: &crate::graph::Shapes,
-        batch: usize,
-        act: &dyn Fn(&str) -> Result<Bind, GpuError>,
-        grad: &dyn Fn(&str) -> Result<Bind, GpuError>,
-        partial: &wgpu::Buffer,
-    ) -> Result<Vec<Dispatch>, GpuError> {
-        let ctx = &*self.ctx;
-        let d = &self.dummies;
-        let name = node.name.as_str();
-        let graph = &self.graph;
-        let wants = |v: &str| v != graph.input.name || self.opts.input_grad;
-        let need_dx = wants(&node.inputs[0]);
-        let unsupported = |reason: &str| GpuError::Unsupported {
-            node: name.into(),
-            op: node.op.kind(),
-            reason: reason.into(),
-        };
-        let xs = shapes.get(&node.inputs[0]).cloned().unwrap_or_default();
-        let x_len: usize = xs.iter().product();
-        let dy = grad(&node.output)?;
-        let x = act(&node.inputs[0])?;
-        let mut out = vec![];
-        let elems = |total: usize| OpsParams {
-            total,
-            ..Default::default()
-        };
-        match (&node.op, self.layers.get(&i)) {
-            (Op::Conv(_) | Op::Linear(_), Some(Layer::Dense { w, wf, bias, .. })) => {
-                let s = self.conv_shape(node, shapes, batch).expect("conv/fc shape");
-                out.extend(kernels::conv_weight_grad(
-                    ctx,
-                    name,
-                    &s,
-                    &dy,
-                    &x,
-                    &w.grad,
-                    bias.as_ref().map(|b| &b.grad),
-                    partial,
-                )?);
-                if need_dx {
-                    let tiled = match self.opts.data_grad {
-                        DataGradKernel::Auto => !ctx.is_software(),
-                        k => k == DataGradKernel::Tiled,
-                    };
-                    out.push(kernels::conv_data_grad(
-                        ctx,
-                        name,
-                        tiled,
-                        &s,
-                        &dy,
-                        &Bind::f32s(wf, w.len),
-                        &grad(&node.inputs[0])?,
-                    )?);
-                }
-            }
-            (Op::Relu | Op::LeakyRelu { .. } | Op::Clip { .. } | Op::Sigmoid, _) => {
-                if need_dx {
-                    let (mode, fa, fb, src) = match node.op {
-                        Op::Relu => (0, 0.0, 0.0, x.clone()),
-                        Op::LeakyRelu { alpha } => (1, alpha, 0.0, x.clone()),
-                        Op::Clip { min, max } => (2, min, max, x.clone()),
-                        _ => (3, 0.0, 0.0, act(&node.output)?),
-                    };
-                    out.push(kernels::ops(
-                        ctx,
-                        d,
-                        name,
-                        "act_bwd",
-                        &[&dy, &src],
-                        &grad(&node.inputs[0])?,
-                        None,
-                        &OpsParams {
-                            mode,
-                            f: [fa, fb, 0.0, 0.0],
-                            ..elems(x_len)
-                        },
-                        Launch::Elements(x_len),
-                    )?);
-                }
-            }
-            (Op::MaxPool(p) | Op::AvgPool(p), _) => {
-                if need_dx {
-                    let ys = &shapes[&node.output];
-                    let (entry, mode) = match &node.op {
-                        Op::MaxPool(_) => ("maxpool_bwd", 0),
-                        _ if p.count_include_pad => ("avgpool_bwd", 1),
-                        _ => ("avgpool_bwd", 2),
-                    };
-                    out.push(kernels::ops(
-                        ctx,
-                        d,
-                        name,
-                        entry,
-                        &[&dy, &x],
-                        &grad(&node.inputs[0])?,
-                        None,
-                        &OpsParams {
-                            h: xs[2],
-                            w: xs[3],
-                            oh: ys[2],
-                            ow: ys[3],
-                            kh: p.kernel[0],
-                            kw: p.kernel[1],
-                            sh: p.stride[0],
-                            sw: p.stride[1],
-                            pads: p.pads,
-                            mode,
-                            ..elems(x_len)
-                        },
-                        Launch::Elements(x_len),
-                    )?);
-                }
-            }
-            (Op::GlobalAvgPool, _) => {
-                if need_dx {
-                    out.push(kernels::ops(
-                        ctx,
-                        d,
-                        name,
-                        "gap_bwd",
-                        &[&dy],
-                        &grad(&node.inputs[0])?,
-                        None,
-                        &OpsParams {
-                            inner: xs[2] * xs[3],
-                            ..elems(x_len)
-                        },
-                        Launch::Elements(x_len),
-                    )?);
-                }
-            }
-            (Op::BatchNorm { .. }, Some(Layer::Bn { sb, stats, c, .. })) => {
-                let inner: usize = xs[2..].iter().product();
-                let p = OpsParams {
-                    c: *c,
-                    inner,
-                    n: batch,
-                    mode: (self.opts.bn_mode == BnMode::Train) as usize,
-                    ..elems(x_len)
-                };
-                let st = Bind::f32s(stats, 3 * c);
-                let gsb = Bind::f32s(&sb.grad, 2 * c);
-                out.push(kernels::ops(
-                    ctx,
-                    d,
-                    name,
-                    "bn_bwd_params",
-                    &[&x, &dy, &st],
-                    &gsb,
-                    None,
-                    &p,
-                    Launch::Channels(*c),
-                )?);
-                if need_dx {
-                    out.push(kernels::ops(
-                        ctx,
-                        d,
-                        name,
-                        "bn_bwd_data",
-                        &[&x, &dy, &st, &Bind::f32s(&sb.data, 2 * c)],
-                        &grad(&node.inputs[0])?,
-                        Some(&gsb),
-                        &p,
-                        Launch::Elements(x_len),
-                    )?);
-                }
-            }
-            (Op::Add, _) => {
-                if node.inputs.len() < 2 {
-                    return Err(unsupported("Add needs two inputs"));
-                }
-                for v in &node.inputs[..2] {
-                    if wants(v) {
-                        out.push(kernels::ops(
-                            ctx,
-                            d,
-                            name,
-                            "acc",
-                            &[&dy],
-                            &grad(v)?,
-                            None,
-                            &elems(x_len),
-                            Launch::Elements(x_len),
-                        )?);
-                    }
-                }
-            }
-            (Op::Concat { axis }, _) => {
-                let ys = &shapes[&node.output];
-                let block_out: usize = ys[*axis..].iter().product();
-                let mut off = 0;
-                for v in &node.inputs {
-                    let vs = &shapes[v];
-                    let block: usize = vs[*axis..].iter().product();
-                    let len: usize = vs.iter().product();
-                    if wants(v) {
-                        out.push(kernels::ops(
-                            ctx,
-                            d,
-                            name,
-                            "concat_bwd",
-                            &[&dy],
-                            &grad(v)?,
-                            None,
-                            &OpsParams {
-                                block,
-                                block_out,
-                                off,
-                                ..elems(len)
-                            },
-                            Launch::Elements(len),
-                        )?);
-                    }
-                    off += block;
-                }
-            }
-            (
-                Op::Lrn {
-                    size,
-                    alpha,
-                    beta,
-                    bias,
-                },
-                _,
-            ) => {
-                if need_dx {
-                    out.push(kernels::ops(
-                        ctx,
-                        d,
-                        name,
-                        "lrn_bwd",
-                        &[&dy, &x],
-                        &grad(&node.inputs[0])?,
-                        None,
-                        &OpsParams {
-                            c: xs[1],
-                            inner: xs[2..].iter().product(),
-                            size: *size,
-                            f: [*alpha, *beta, *bias, 0.0],
-                            ..elems(x_len)
-                        },
-                        Launch::Elements(x_len),
-                    )?);
-                }
-            }
-            (Op::Flatten { .. } | Op::Identity, _) => {} // aliases share the gradient buffer
-            (Op::ConstBinary { .. }, _) if !need_dx => {}
-            _ => return Err(unsupported("the GPU trainer has no backward for this op")),
-        }
-        Ok(out)
-    }
-}
-
-/// Replaces the entries of a dense weight.
-fn set_dense(w: &mut Weights, data: Vec<f32>) {
-    if let Weights::Dense(t) = w {
-        t.data = data;
     }
 }

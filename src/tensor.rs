@@ -1,4 +1,8 @@
-//! Dense f32 tensors in row-major (C) order; activations are NCHW.
+//! Dense f32 tensors in row-major (C) order; activations are NCHW. Also the seeded `Rng`.
+//!
+//! A leaf: it imports nothing of the crate, so `weights` (which stores tensors) and `graph`
+//! (which holds weights) both build on it without depending on each other. `graph`
+//! re-exports both types, so `cnnpack::graph::{Tensor, Rng}` still work.
 
 use serde::{Deserialize, Serialize};
 
