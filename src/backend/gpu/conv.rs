@@ -609,7 +609,8 @@ pub(crate) fn dispatch_tiled(io: &StepIo, g: &Geometry) -> Result<[u32; 3], GpuE
     Ok([nx as u32, ny as u32, g.groups as u32])
 }
 
-/// Runs `conv_fwd_tiled` with an arbitrary geometry (Linear at larger batch).
+/// Runs `conv_fwd_tiled` with an arbitrary geometry: the GPU trainer's dense conv and fc
+/// forward (`select::TRAINER_CONV`).
 pub(crate) fn dispatch_geometry(
     io: &StepIo,
     g: &Geometry,

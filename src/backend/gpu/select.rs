@@ -211,6 +211,13 @@ pub fn choose(
     }
 }
 
+/// The GPU trainer's dense conv and fc forward kernel, whatever the layer: its backward
+/// kernels (`gpu/train/backward.rs`) read the activations and weights in the tiled
+/// kernel's layout, and one kernel keeps the trainer's results independent of the
+/// adapter's inference choices. (Training throughput on lavapipe and GPUs is in
+/// docs/benchmarks.md; a faster forward would need its backward counterparts.)
+pub const TRAINER_CONV: DenseConv = DenseConv::Tiled;
+
 /// Below this many output channels per group the 64-row tile of the tiled and GEMM
 /// kernels is mostly idle and `conv_fwd_direct` runs instead (depthwise: 1), whatever
 /// `GpuOptions::conv_kernel` asks.

@@ -3,8 +3,9 @@
 //! inference encoder (`model::encode_stateless`).
 
 use super::super::context::{Bind, Dispatch};
-use super::super::conv::{dispatch_geometry, ConvKernel, Geometry};
+use super::super::conv::{dispatch_geometry, Geometry};
 use super::super::model::{encode_stateless, CompressedConv, GpuOptions, StepIo};
+use super::super::select::{self, DenseConv};
 use super::super::GpuError;
 use super::buffers::Layer;
 use super::kernels::{self, ConvShape, Launch, OpsParams};
@@ -76,10 +77,9 @@ impl GpuTrainer {
     ) -> Result<Vec<Dispatch>, GpuError> {
         let ctx = &*self.ctx;
         let shape = |v: &str| shapes.get(v).map(|s| s.as_slice()).unwrap_or(&[]);
-        // The trainer's forward runs the tiled conv kernel and the compressed kernels
-        // as they are (its backward kernels share the tiled layout).
+        // The trainer's forward runs compressed kernels as they are; its dense convs
+        // and fcs run `select::TRAINER_CONV` below.
         let options = GpuOptions {
-            conv_kernel: ConvKernel::Tiled,
             compressed_conv: CompressedConv::Native,
             ..GpuOptions::default()
         };
@@ -101,8 +101,8 @@ impl GpuTrainer {
         };
         match (&node.op, self.layers.get(&i)) {
             // Not inference's encoder: the trainer binds its own weight buffer (W⊙T under
-            // a forward mask, rewritten by every update) and always runs the tiled kernel,
-            // whose layout its backward kernels share.
+            // a forward mask, rewritten by every update) and runs `select::TRAINER_CONV`
+            // (the tiled kernel, whose layout its backward kernels share).
             (
                 Op::Conv(_) | Op::Linear(_),
                 Some(Layer::Dense {
@@ -138,6 +138,9 @@ impl GpuTrainer {
                     relu: false,
                     groups: s.groups,
                 };
+                // `dispatch_geometry` runs the tiled kernel: changing the trainer's kernel
+                // means new backward kernels for its layout too.
+                const _: () = assert!(matches!(select::TRAINER_CONV, DenseConv::Tiled));
                 let b = bias.as_ref().map_or(zero_bias, |b| &b.data);
                 Ok(vec![dispatch_geometry(
                     &io,
