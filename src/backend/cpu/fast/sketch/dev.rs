@@ -208,8 +208,14 @@ fn rows_times_weights(
     }
     let m = w.bases();
     let wpr = w.words_per_row();
+    let scales = w.scales();
     let bits = w.bits();
-    let combine = masked::combiner(w);
+    // y for one output from the m values of P. Written out here and in `masked.rs`, not
+    // shared: a helper returning this closure changed the generated code.
+    let combine = |o: usize, p: &[f32], s: f32| -> f32 {
+        let a = &scales[o * m..(o + 1) * m];
+        a.iter().zip(p).map(|(a, p)| a * (2.0 * p - s)).sum()
+    };
     let many_rows = nrows >= 2 * rayon::current_num_threads();
     match plan {
         None => {

@@ -70,16 +70,6 @@ pub(super) const O_TILE: usize = 16;
 /// Input-row tile of the masked kernel.
 const R_TILE: usize = 16;
 
-/// `y` for output `o` from its `m` values of P and the input row's sum `S`:
-/// `Σ_j a_{o,j} (2 P_j − S)`.
-pub(super) fn combiner(w: &SketchWeights) -> impl Fn(usize, &[f32], f32) -> f32 + Sync + '_ {
-    let (m, scales) = (w.bases(), w.scales());
-    move |o: usize, p: &[f32], s: f32| -> f32 {
-        let a = &scales[o * m..(o + 1) * m];
-        a.iter().zip(p).map(|(a, p)| a * (2.0 * p - s)).sum()
-    }
-}
-
 /// `out[r][o − o0] = Σ_j a_{o,j} (2 P_{o,j}(x_r) − S_r)` for rows `r` of `xs`
 /// (padded to `kp`) and outputs `o0..o0+count`, P by the masked kernel.
 pub(super) fn rows_times_weights(
@@ -98,8 +88,14 @@ pub(super) fn rows_times_weights(
     }
     let m = w.bases();
     let wpr = w.words_per_row();
+    let scales = w.scales();
     let bits = w.bits();
-    let combine = combiner(w);
+    // y for one output from the m values of P. Written out here and in `dev.rs`, not
+    // shared: a helper returning this closure changed the generated code.
+    let combine = |o: usize, p: &[f32], s: f32| -> f32 {
+        let a = &scales[o * m..(o + 1) * m];
+        a.iter().zip(p).map(|(a, p)| a * (2.0 * p - s)).sum()
+    };
     // Tiles of (rows × outputs) so that bit rows and input rows stay in cache.
     let kernel = masked_kernel();
     let r_tiles = nrows.div_ceil(R_TILE);
