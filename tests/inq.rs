@@ -667,6 +667,12 @@ fn pow2_conv_matches_reference() {
             let got = fast::run_node_isa(&node(Op::Conv(conv.clone())), &[&x], isa).expect("fast");
             check(&got, &want, &format!("{what} {}", isa.name()));
         }
+        // The direct conv on the codes, which the executor does not pick (`pow2::dev`).
+        check(
+            &fast::pow2::pow2_conv(&x, &conv),
+            &want,
+            &format!("{what} pow2_conv"),
+        );
     }
 }
 
