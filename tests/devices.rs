@@ -8,6 +8,7 @@
 
 mod common;
 
+use cnnpack::bench::sweep::{compress, SweepKind};
 use cnnpack::graph::{GraphBuilder, Linear, Op, Pool2d, Rng};
 use cnnpack::weights::Weights;
 use common::{conv_cases, one_node, tolerance};
@@ -18,6 +19,51 @@ fn conv_on_every_device() {
         let item = &case.input.shape[1..];
         let g = one_node(item, Op::Conv(case.conv.clone()));
         for_each_device!(|dev| dev.check(&case.what, &g, &case.input, tolerance(case.k)));
+    }
+}
+
+/// The one-shot compressions `bench sweep` makes: sketch m = 2, INQ 4 bits, CSR at 30%.
+const COMPRESSIONS: [(SweepKind, f64); 3] = [
+    (SweepKind::Sketch, 2.0),
+    (SweepKind::Inq, 4.0),
+    (SweepKind::Sparse, 0.3),
+];
+
+/// Convs and fcs with compressed weights (each device's own kernels or its
+/// decode-to-dense, as its selection table picks), against the reference on the same
+/// compressed graph.
+#[test]
+fn compressed_layers_on_every_device() {
+    let mut rng = Rng::new(13);
+    let mut graphs = Vec::new();
+    for case in conv_cases(11, 14) {
+        let item = case.input.shape[1..].to_vec();
+        graphs.push((
+            case.what,
+            one_node(&item, Op::Conv(case.conv)),
+            case.input,
+            case.k,
+        ));
+    }
+    for (n, k, out) in [(1, 97, 33), (3, 200, 17), (9, 64, 70)] {
+        let fc = Linear {
+            weight: Weights::Dense(rng.normal_tensor(vec![out, k], 1.0)),
+            bias: Some(rng.normal_tensor(vec![out], 1.0)),
+        };
+        let x = rng.normal_tensor(vec![n, k], 1.0);
+        graphs.push((
+            format!("linear n{n} k{k} out{out}"),
+            one_node(&[k], Op::Linear(fc)),
+            x,
+            k,
+        ));
+    }
+    for (what, g, x, k) in &graphs {
+        for (kind, value) in COMPRESSIONS {
+            let c = compress(g, kind, value).expect("compresses");
+            let what = format!("{what} {kind} {value}");
+            for_each_device!(|dev| dev.check(&what, &c, x, tolerance(*k)));
+        }
     }
 }
 
