@@ -28,7 +28,7 @@
 //! weights from the uniform buffer, the remaining cost is the per-lane input load.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
-use super::model::StepIo;
+use super::encode::StepIo;
 use super::select::{self, DenseConv, UBO_FLOATS};
 use super::GpuError;
 use crate::graph::{Conv2d, Tensor};

@@ -1,7 +1,7 @@
 //! Pad, Slice and Concat as strided copies (shaders/copy.wgsl), rank <= 8.
 
 use super::context::{fw, uw, Bind, Dispatch, Slot};
-use super::model::StepIo;
+use super::encode::StepIo;
 use super::GpuError;
 
 const SOURCE: &str = include_str!("../../../shaders/copy.wgsl");

@@ -2,7 +2,7 @@
 //! broadcast constant, inference batch norm.
 
 use super::context::{fw, uw, Bind, Dispatch, GpuContext, Kernel, Slot};
-use super::model::StepIo;
+use super::encode::StepIo;
 use super::GpuError;
 use crate::graph::{BinaryKind, Op, Tensor};
 use std::sync::Arc;

@@ -11,7 +11,7 @@
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel};
 use super::conv::{self, Geometry};
-use super::model::StepIo;
+use super::encode::StepIo;
 use super::select::{DenseConv, FcChoice};
 use super::GpuError;
 use crate::graph::Linear;

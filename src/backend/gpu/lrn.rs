@@ -1,7 +1,7 @@
 //! Local response normalisation across channels (shaders/lrn.wgsl).
 
 use super::context::{fw, uw, Dispatch, Slot};
-use super::model::StepIo;
+use super::encode::StepIo;
 use super::GpuError;
 
 const SOURCE: &str = include_str!("../../../shaders/lrn.wgsl");

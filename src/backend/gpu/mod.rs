@@ -10,6 +10,7 @@ mod context;
 mod conv;
 mod copy;
 mod eltwise;
+mod encode;
 mod gemm;
 mod lrn;
 mod model;

@@ -1,7 +1,7 @@
 //! Max, average and global average pooling (shaders/pool.wgsl).
 
 use super::context::{uw, Dispatch, GpuContext, Kernel, Slot};
-use super::model::StepIo;
+use super::encode::StepIo;
 use super::GpuError;
 use crate::graph::Pool2d;
 use std::sync::Arc;

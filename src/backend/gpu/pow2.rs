@@ -47,7 +47,7 @@
 //! the per-code uniform load bound it); the AlexNet bench has not been rerun.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
-use super::model::{bias_or_zeros, StepIo};
+use super::encode::{bias_or_zeros, StepIo};
 use super::GpuError;
 use crate::graph::{Conv2d, Linear};
 use crate::weights::Pow2Weights;

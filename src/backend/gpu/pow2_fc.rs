@@ -17,7 +17,7 @@
 //! is a per-lane gather (`Pow2Fc::Auto`).
 
 use super::context::{uw, Bind, Dispatch, Kernel, Slot};
-use super::model::{bias_or_zeros, StepIo};
+use super::encode::{bias_or_zeros, StepIo};
 use super::select;
 use super::GpuError;
 use crate::graph::Linear;

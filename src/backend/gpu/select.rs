@@ -4,7 +4,7 @@
 //! `choose` decides, for a conv or fc node, the kernel family and its parameters from the
 //! node's weights, its input shape, what the adapter is (`DeviceInfo`: software or not,
 //! its uniform-buffer limit) and the model's `GpuOptions`. `GpuModel` stores the choice on
-//! each step and its encoder (`model::encode`) dispatches on it; the kernel name
+//! each step and its encoder (`encode::encode`) dispatches on it; the kernel name
 //! `cnnpack bench` prints (`GpuModel::step_kernels`) is the choice's `name()`, plus the
 //! reduce kernel's when the encoder split K (split counts depend on how the weights are
 //! chunked into bindings, so the encoders work them out, with the rules below).
@@ -14,9 +14,9 @@
 //! functions here that the encoders call.
 //!
 //! Other ops have one kernel each (pools, elementwise, softmax, copies:
-//! `model::encode_stateless`). The GPU trainer (`gpu/train`) runs its own forward kernels
+//! `encode::encode_stateless`). The GPU trainer (`gpu/train`) runs its own forward kernels
 //! for layers with parameters (the tiled conv, whose layout its backward kernels share;
-//! BatchNorm with batch statistics) and calls `model::encode_stateless` for the rest.
+//! BatchNorm with batch statistics) and calls `encode::encode_stateless` for the rest.
 
 use super::context::GpuContext;
 use crate::graph::{Conv2d, Linear};

@@ -54,7 +54,7 @@
 //! found), which only software adapters run. The AlexNet bench has not been rerun.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
-use super::model::{bias_or_zeros, StepIo};
+use super::encode::{bias_or_zeros, StepIo};
 use super::select;
 use super::GpuError;
 use crate::graph::{Conv2d, Linear};

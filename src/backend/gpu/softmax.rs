@@ -1,7 +1,7 @@
 //! Softmax over the last axis (shaders/softmax.wgsl).
 
 use super::context::{uw, Dispatch, Slot};
-use super::model::StepIo;
+use super::encode::StepIo;
 use super::GpuError;
 
 const SOURCE: &str = include_str!("../../../shaders/softmax.wgsl");

@@ -30,7 +30,7 @@
 //! CPU) are in docs/benchmarks-archive.md.
 
 use super::context::{uw, Bind, Dispatch, GpuContext, Kernel, Slot};
-use super::model::StepIo;
+use super::encode::StepIo;
 use super::select;
 use super::GpuError;
 use crate::graph::{Conv2d, Linear, Tensor};

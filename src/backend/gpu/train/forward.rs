@@ -1,10 +1,11 @@
 //! The training forward of one node: conv/fc and BatchNorm on the trainer's own
 //! buffers (W⊙T, batch statistics kept for the backward), every other op through the
-//! inference encoder (`model::encode_stateless`).
+//! inference encoder (`encode::encode_stateless`).
 
 use super::super::context::{Bind, Dispatch};
 use super::super::conv::{dispatch_geometry, Geometry};
-use super::super::model::{encode_stateless, CompressedConv, GpuOptions, StepIo};
+use super::super::encode::{encode_stateless, StepIo};
+use super::super::model::{CompressedConv, GpuOptions};
 use super::super::select::{self, DenseConv};
 use super::super::GpuError;
 use super::buffers::Layer;

@@ -5,7 +5,7 @@
 //! against (tests/gpu_train.rs).
 //!
 //! The forward reuses the inference kernels: the tiled implicit-GEMM conv and fc on the
-//! trainer's own weight buffers, and inference's encoder (`model::encode_stateless`) for
+//! trainer's own weight buffers, and inference's encoder (`encode::encode_stateless`) for
 //! pooling, activations, Add, ConstBinary, LRN and Concat; BatchNorm has a training
 //! forward here (batch statistics). Every value keeps its own activation and
 //! gradient buffer (Flatten/Identity alias their input), gradient buffers are cleared at
