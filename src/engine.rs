@@ -268,15 +268,37 @@ impl Engine {
         Ok(Some(model))
     }
 
-    /// Runs a batch `[N, ..item_shape]`; returns the graph outputs in order.
+    /// The batch the GPU model for `batch` items is planned for: `batch` itself when its
+    /// buffers fit the adapter, else the largest that fits (`GpuModel::max_batch`), in
+    /// pieces of which `run` and `run_async` run it. `batch` on the CPU. An error when
+    /// not even one item fits (it names the layer).
+    pub fn gpu_piece(&self, batch: usize) -> Result<usize, EngineError> {
+        let Some(ctx) = self.gpu_context() else {
+            return Ok(batch);
+        };
+        match GpuModel::max_batch(&ctx, &self.graph, &self.tuning.gpu)? {
+            // Building the one-item model gives the error that names the layer.
+            0 => self.gpu_model(1).map(|_| 1),
+            fits => Ok(batch.min(fits)),
+        }
+    }
+
+    /// Runs a batch `[N, ..item_shape]`; returns the graph outputs in order. On the GPU
+    /// a batch whose buffers would exceed the adapter's limits runs in pieces that fit
+    /// (`gpu_piece`), with the same outputs.
     pub fn run(&self, input: &Tensor) -> Result<Vec<Tensor>, EngineError> {
         let batch = cpu::check_input(&self.graph, input)?;
         match &self.executor {
             Executor::Cpu => Ok(self.cpu_prepared().expect("executor is Cpu").run(input)?),
             Executor::Reference => Ok(cpu::reference::run_graph(&self.graph, input)?),
             Executor::Gpu { .. } => {
-                let model = self.gpu_model(batch)?.expect("executor is Gpu");
-                Ok(model.run(input)?)
+                let piece = self.gpu_piece(batch)?;
+                let model = self.gpu_model(piece)?.expect("executor is Gpu");
+                if piece == batch {
+                    Ok(model.run(input)?)
+                } else {
+                    run_in_pieces(&model, input)
+                }
             }
         }
     }
@@ -311,11 +333,21 @@ impl Engine {
                     });
                 }
                 Executor::Gpu { .. } => {
-                    let model = self.gpu_model(batch)?.expect("executor is Gpu");
+                    let piece = self.gpu_piece(batch)?;
+                    let model = self.gpu_model(piece)?.expect("executor is Gpu");
                     let sender = sender.clone();
-                    model.run_with_callback(input, move |r| {
-                        sender.complete(r.map_err(EngineError::from))
-                    })?;
+                    if piece == batch {
+                        model.run_with_callback(input, move |r| {
+                            sender.complete(r.map_err(EngineError::from))
+                        })?;
+                    } else {
+                        // Pieces run one after another (they share the model's buffers),
+                        // each waiting for its readback: on a thread of their own.
+                        let input = input.clone();
+                        std::thread::spawn(move || {
+                            sender.complete(run_in_pieces(&model, &input));
+                        });
+                    }
                 }
             }
             Ok(())
@@ -325,6 +357,42 @@ impl Engine {
         }
         RunFuture { slot }
     }
+}
+
+/// Runs `input` through `model` (planned for fewer items) in pieces of `model.batch()`
+/// items, the last one padded with zeros, and joins the outputs along the batch axis
+/// (every graph output's first axis is the batch).
+fn run_in_pieces(model: &GpuModel, input: &Tensor) -> RunResult {
+    let (batch, piece) = (input.shape[0], model.batch());
+    let item_len = input.data.len() / batch.max(1);
+    let mut joined: Vec<Tensor> = Vec::new();
+    for start in (0..batch).step_by(piece) {
+        let n = piece.min(batch - start);
+        let mut data = input.data[start * item_len..(start + n) * item_len].to_vec();
+        data.resize(piece * item_len, 0.0);
+        let mut shape = input.shape.clone();
+        shape[0] = piece;
+        let outputs = model.run(&Tensor { shape, data })?;
+        if joined.is_empty() {
+            joined = outputs
+                .iter()
+                .map(|o| {
+                    let mut shape = o.shape.clone();
+                    shape[0] = 0;
+                    Tensor {
+                        shape,
+                        data: Vec::with_capacity(o.data.len() / piece * batch),
+                    }
+                })
+                .collect();
+        }
+        for (all, o) in joined.iter_mut().zip(outputs) {
+            let len = o.data.len() / piece;
+            all.data.extend_from_slice(&o.data[..n * len]);
+            all.shape[0] += n;
+        }
+    }
+    Ok(joined)
 }
 
 /// What a run returns.

@@ -37,6 +37,11 @@ pub struct GpuOptions {
     /// Caps the bytes of one weight binding below the adapter's
     /// `max_storage_buffer_binding_size` (tests force the split path with it).
     pub max_binding_bytes: Option<u64>,
+    /// Caps the bytes of one activation buffer below the adapter's
+    /// `max_storage_buffer_binding_size`/`max_buffer_size`: a batch whose buffers would
+    /// not fit runs in pieces that do (`GpuModel::max_batch`; tests force the split with
+    /// it).
+    pub max_activation_bytes: Option<u64>,
     /// Fuse a Relu into the Conv/Linear before it (plan-level fusion).
     pub fuse_relu: bool,
     /// Dense conv kernel choice (tests force each one).
@@ -72,6 +77,7 @@ impl Default for GpuOptions {
     fn default() -> Self {
         GpuOptions {
             max_binding_bytes: None,
+            max_activation_bytes: None,
             fuse_relu: true,
             conv_kernel: ConvKernel::Auto,
             conv_split_k: None,

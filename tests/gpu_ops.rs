@@ -773,3 +773,63 @@ fn step_kernels_name_the_entry_points() {
         assert_eq!(kernels[0].1, want, "{conv_kernel:?}");
     }
 }
+
+/// A batch whose activation buffers exceed the limit (forced small with
+/// `max_activation_bytes`) runs through `Engine` in pieces that fit: pieces of 3 for a
+/// batch of 8 (the last one padded), with the outputs of the unsplit run and of the
+/// reference, by `run` and `run_async`, and `bench` profiles it.
+#[test]
+fn batches_over_the_buffer_limit_run_in_pieces() {
+    use cnnpack::engine::Engine;
+    use cnnpack::tuning::Tuning;
+    let Some(ctx) = gpu() else { return };
+    let graph = cnnpack::graph::fold(zoo_model()).expect("folds");
+    let fits = |cap: u64| {
+        let options = GpuOptions {
+            max_activation_bytes: Some(cap),
+            ..GpuOptions::default()
+        };
+        GpuModel::max_batch(&ctx, &graph, &options).expect("plans")
+    };
+    // The largest buffer of one item: the smallest cap one item fits.
+    let (mut lo, mut hi) = (4u64, 1 << 32);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if fits(mid) >= 1 {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let cap = 3 * lo + lo / 2;
+    assert_eq!(fits(cap), 3);
+    let mut tuning = Tuning::default();
+    tuning.gpu.max_activation_bytes = Some(cap);
+    let split = Engine::with_gpu_tuning(graph.clone(), ctx.clone(), tuning).expect("engine");
+    let whole = Engine::with_gpu(graph.clone(), ctx.clone()).expect("engine");
+    let mut rng = Rng::new(8);
+    for batch in [8, 3, 1] {
+        assert_eq!(split.gpu_piece(batch).expect("piece"), batch.min(3));
+        let x = rng.normal_tensor(vec![batch, 3, 33, 29], 1.0);
+        let got = split.run(&x).expect("split run");
+        let got_async = pollster::block_on(split.run_async(&x)).expect("split run_async");
+        let unsplit = whole.run(&x).expect("unsplit run");
+        let want = reference::run_graph(&graph, &x).expect("reference");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let what = format!("batch {batch} output {i}");
+            assert_eq!(g.shape, unsplit[i].shape, "{what}");
+            assert_close(&format!("{what} vs unsplit"), g, &unsplit[i], CONV_TOL);
+            assert_close(&format!("{what} vs reference"), g, w, CONV_TOL);
+            assert_eq!(g, &got_async[i], "{what}: run_async");
+        }
+    }
+    // A model planned for the whole batch refuses it under the same limit.
+    let options = GpuOptions {
+        max_activation_bytes: Some(cap),
+        ..GpuOptions::default()
+    };
+    let err = GpuModel::with_options(ctx.clone(), &graph, 8, options).unwrap_err();
+    assert!(err.to_string().contains("pieces"), "{err}");
+    let bench = cnnpack::bench::model::bench_model(&split, 8, 1, 3, 5.0, None).expect("bench");
+    assert!(!bench.layers.is_empty());
+}

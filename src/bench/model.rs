@@ -3,7 +3,7 @@
 use super::{time_runs, Timing};
 use crate::backend::cpu::fast;
 use crate::engine::{Engine, EngineError};
-use crate::graph::{layer_stats, Rng};
+use crate::graph::{layer_stats, Rng, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -108,7 +108,22 @@ pub fn bench_model(
     // One profiled run takes about a timed run's time.
     let profiled_runs =
         ((budget_s / 2.0 / (latency.p50_ms / 1e3).max(1e-6)) as usize).clamp(1, PROFILED_RUNS);
-    let gpu = engine.gpu_model(batch)?;
+    // A batch over the adapter's buffer limits runs in equal pieces (the last one
+    // padded): one piece is profiled and its layer times count once per piece.
+    let piece = engine.gpu_piece(batch)?;
+    let pieces = batch.div_ceil(piece);
+    let gpu = engine.gpu_model(piece)?;
+    let x_piece = if piece == batch {
+        x.clone()
+    } else {
+        let mut shape = x.shape.clone();
+        shape[0] = piece;
+        let len = shape.iter().product();
+        Tensor {
+            shape,
+            data: x.data[..len].to_vec(),
+        }
+    };
     let prepared = engine.cpu_prepared();
     match &gpu {
         Some(model) => kernels.extend(model.step_kernels()),
@@ -123,7 +138,11 @@ pub fn bench_model(
     let mut profiles = Vec::with_capacity(profiled_runs);
     for _ in 0..profiled_runs {
         profiles.push(match (&gpu, prepared) {
-            (Some(model), _) => model.run_profiled(&x)?.1.unwrap_or_default(),
+            (Some(model), _) => {
+                let mut times = model.run_profiled(&x_piece)?.1.unwrap_or_default();
+                times.iter_mut().for_each(|(_, ms)| *ms *= pieces as f64);
+                times
+            }
             (None, Some(prepared)) => prepared.run_profiled(&x)?.1,
             (None, None) => fast::run_graph_profiled(graph, &x)?.1,
         });

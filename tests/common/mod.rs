@@ -95,6 +95,8 @@ pub fn temp_dir(name: &str) -> PathBuf {
 /// Asserts `max |got − want| ≤ rel · max |want| + abs`, naming the worst element.
 pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, (rel, abs): (f32, f32)) {
     assert_eq!(got.shape, want.shape, "{what}: shape");
+    // A shape whose data length disagrees would pass the element zip below unchecked.
+    assert_eq!(got.data.len(), want.data.len(), "{what}: data length");
     let max_ref = want.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let (i, d) = got
         .data

@@ -87,6 +87,36 @@ impl GpuModel {
         GpuModel::with_options(ctx, graph, batch, GpuOptions::default())
     }
 
+    /// The largest batch of `graph` whose activation buffers and readback each fit the
+    /// adapter's binding and buffer limits (and `options.max_activation_bytes`), so that
+    /// a model for it can be built; 0 when not even one item fits. Every buffer the plan
+    /// makes grows linearly with the batch, so this is the limit over the largest one at
+    /// batch 1. `Engine` runs larger batches in pieces of this size.
+    pub fn max_batch(
+        ctx: &GpuContext,
+        graph: &Graph,
+        options: &GpuOptions,
+    ) -> Result<usize, GpuError> {
+        let mut graph = graph.clone();
+        graph.sort_and_validate()?;
+        let plan = Plan::with_options(
+            &graph,
+            1,
+            PlanOptions {
+                fuse_relu: options.fuse_relu,
+            },
+        )?;
+        let largest = plan.slots.iter().copied().max().unwrap_or(0).max(1) as u64 * 4;
+        let outputs: u64 = graph
+            .outputs
+            .iter()
+            .map(|o| plan.shape(o).map_or(0, |s| s.iter().product::<usize>()) as u64 * 4)
+            .sum();
+        let by_slots = activation_limit(ctx, options) / largest;
+        let by_outputs = ctx.limits().max_buffer_size / outputs.max(4);
+        Ok(by_slots.min(by_outputs).min(usize::MAX as u64) as usize)
+    }
+
     /// As [`GpuModel::new`], with options.
     pub fn with_options(
         ctx: Arc<GpuContext>,
@@ -112,6 +142,7 @@ impl GpuModel {
         )?;
         let limit = ctx.max_binding_bytes();
         let max_binding = options.max_binding_bytes.map_or(limit, |m| m.min(limit));
+        let limit = activation_limit(&ctx, &options);
         for (i, &len) in plan.slots.iter().enumerate() {
             if (len as u64).saturating_mul(4) > limit {
                 // Name the largest layer whose output lives in this buffer.
@@ -130,7 +161,8 @@ impl GpuModel {
                     reason: format!(
                         "its output needs {} bytes at batch {batch}, over the adapter's \
                          max_storage_buffer_binding_size/max_buffer_size of {limit} bytes; \
-                         use a smaller batch",
+                         use a smaller batch (`Engine` runs a batch in pieces that fit, \
+                         `GpuModel::max_batch`)",
                         len as u64 * 4
                     ),
                 });
@@ -636,4 +668,11 @@ fn read_back(
         .to_vec();
     buffer.unmap();
     Ok(bytes)
+}
+
+/// The bytes one activation buffer may have: the adapter's binding and buffer limits,
+/// capped by `options.max_activation_bytes`.
+fn activation_limit(ctx: &GpuContext, options: &GpuOptions) -> u64 {
+    let limit = ctx.max_binding_bytes();
+    options.max_activation_bytes.map_or(limit, |m| m.min(limit))
 }
