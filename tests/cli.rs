@@ -162,3 +162,38 @@ fn compress_sketch_writes_a_smaller_model_that_runs() {
     assert_eq!(code, Some(1));
     assert!(err.contains("nosuchlayer"), "{err}");
 }
+
+/// A model with several unsupported operators fails at load with one error naming each
+/// (node and operator), exit status 1, and nothing written.
+#[test]
+fn unsupported_ops_are_listed_at_once_and_nothing_is_written() {
+    use cnnpack::import::proto::ModelProto;
+    use prost::Message;
+    let g = cnnpack::zoo::build("lenet5", 0).unwrap();
+    let mut m = ModelProto::decode(&cnnpack::import::export_onnx(&g).unwrap()[..]).unwrap();
+    let nodes = &mut m.graph.as_mut().unwrap().node;
+    let relu = nodes
+        .iter()
+        .position(|n| n.op_type.as_deref() == Some("Relu"))
+        .expect("lenet5 has a Relu");
+    nodes[relu].op_type = Some("HardSwish".into());
+    let last = nodes.len() - 1;
+    nodes[last].op_type = Some("LogSoftmax".into());
+    let names = [relu, last].map(|i| nodes[i].name.clone().unwrap_or_default());
+    let model = tmp("unsupported.onnx");
+    std::fs::write(&model, m.encode_to_vec()).unwrap();
+    let out = tmp("unsupported.cnnpack");
+    let _ = std::fs::remove_file(&out);
+    let (code, _, err) = cnnpack(&[
+        "compress",
+        "sketch",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    for what in ["HardSwish", "LogSoftmax", &names[0], &names[1]] {
+        assert!(err.contains(what), "{what} not in: {err}");
+    }
+    assert!(!out.exists(), "a file was written");
+}

@@ -675,6 +675,64 @@ fn unknown_op_names_op_and_node() {
     }
 }
 
+/// One load names every unsupported operator and attribute, in node order, also those
+/// after the first and those reading its output (MobileNet v3's HardSwish, MnasNet's
+/// ReduceMean, a Conv with an unsupported attribute value), while supported nodes
+/// between them are not reported.
+#[test]
+fn every_unsupported_op_in_one_error() {
+    let w: Vec<f32> = (0..4 * 3 * 9).map(|i| i as f32 * 0.01).collect();
+    let m = model(
+        13,
+        &[3, 8, 8],
+        vec![
+            node("Conv", "conv", &["x", "w"], "c", vec![]),
+            node("HardSwish", "hswish", &["c"], "h", vec![]),
+            node("Relu", "relu_after", &["h"], "r", vec![]),
+            node(
+                "Conv",
+                "conv2",
+                &["r", "w2"],
+                "c2",
+                vec![attr_s("auto_pad", "BOGUS")],
+            ),
+            node(
+                "ReduceMean",
+                "pool",
+                &["c2"],
+                "m",
+                vec![attr_is("axes", &[2, 3])],
+            ),
+            node("Relu", "relu_ok", &["x"], "y2", vec![]),
+            node("HardSigmoid", "hsig", &["y2"], "y3", vec![]),
+        ],
+        vec![
+            f32_raw("w", &[4, 3, 3, 3], &w),
+            f32_raw("w2", &[4, 4, 3, 3], &[0.0; 144]),
+        ],
+        &["m", "y3"],
+    );
+    let e = parse(&m).unwrap_err();
+    let ImportError::Unsupported(list) = &e else {
+        panic!("one error listing all: {e}");
+    };
+    let names: Vec<String> = list.iter().map(|e| e.to_string()).collect();
+    assert_eq!(list.len(), 4, "{names:#?}");
+    for (entry, (node, what)) in names.iter().zip([
+        ("hswish", "HardSwish"),
+        ("conv2", "auto_pad"),
+        ("pool", "ReduceMean"),
+        ("hsig", "HardSigmoid"),
+    ]) {
+        assert!(entry.contains(node) && entry.contains(what), "{entry}");
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains("(4 errors)") && !msg.contains("relu_"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn cycle_and_dangling_input() {
     let m = model(

@@ -57,6 +57,10 @@ pub enum ImportError {
         /// Node name.
         node: String,
     },
+    /// Several unsupported operators or attributes (every one in the model, in node
+    /// order; a single one is reported as itself).
+    #[error("the model uses operators or attributes cnnpack does not support ({} errors):{}", .0.len(), list(.0))]
+    Unsupported(Vec<ImportError>),
     /// A supported operator with an attribute value cnnpack does not implement.
     #[error("node '{node}' ({op}): unsupported value {value} for attribute '{attribute}'")]
     UnsupportedAttribute {
@@ -108,4 +112,9 @@ pub enum ImportError {
     /// The imported graph fails validation or shape inference.
     #[error("invalid graph: {0}")]
     Graph(#[from] GraphError),
+}
+
+/// One error per line, indented, for `ImportError::Unsupported`.
+fn list(errors: &[ImportError]) -> String {
+    errors.iter().map(|e| format!("\n  {e}")).collect()
 }

@@ -130,6 +130,27 @@ impl Importer {
         Ok(())
     }
 
+    /// For a node that reads a value an unsupported node should have made (so it is not
+    /// imported): the unsupported operator or attribute its conversion meets, if any,
+    /// so that one load names every one. Nothing is added to the graph; other errors
+    /// (inputs it cannot find) are consequences of the first and dropped.
+    pub(super) fn check_downstream(&mut self, np: &NodeProto, index: usize) -> Option<ImportError> {
+        let op = np.op_type.as_deref().unwrap_or("");
+        let name = self.unique_name(np, op, index);
+        if !matches!(np.domain.as_deref(), None | Some("") | Some("ai.onnx")) {
+            return Some(ImportError::UnsupportedOp {
+                op: format!("{}.{op}", np.domain.as_deref().unwrap_or("")),
+                node: name,
+            });
+        }
+        match self.convert(&Ctx { np, op, name }) {
+            Err(
+                e @ (ImportError::UnsupportedOp { .. } | ImportError::UnsupportedAttribute { .. }),
+            ) => Some(e),
+            _ => None,
+        }
+    }
+
     /// A constant input; error if absent or dynamic.
     pub(super) fn constant(&self, ctx: &Ctx, i: usize, role: &str) -> Result<&Const, ImportError> {
         let missing = |input: String| ImportError::MissingConstant {

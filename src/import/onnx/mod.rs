@@ -159,8 +159,37 @@ pub fn parse_onnx(bytes: &[u8]) -> Result<Graph, ImportError> {
         names: HashSet::new(),
         shapes: Some(shapes),
     };
+    // An unsupported operator or attribute does not stop the import: the nodes after it
+    // are still checked (those reading what it should have made only for their own
+    // operator and attributes), so that one error lists every one.
+    let mut unsupported: Vec<ImportError> = Vec::new();
+    let mut missing: HashSet<&str> = HashSet::new();
     for (index, np) in gp.node.iter().enumerate() {
-        imp.node(np, index, &used)?;
+        let downstream = np.input.iter().any(|v| missing.contains(v.as_str()));
+        let error = if downstream {
+            imp.check_downstream(np, index)
+        } else {
+            imp.node(np, index, &used).err()
+        };
+        match error {
+            None if !downstream => continue,
+            None => {}
+            Some(
+                e @ (ImportError::UnsupportedOp { .. } | ImportError::UnsupportedAttribute { .. }),
+            ) => unsupported.push(e),
+            Some(e) if unsupported.is_empty() => return Err(e),
+            // Another error after unsupported ones: reported with them, and the end.
+            Some(e) => {
+                unsupported.push(e);
+                break;
+            }
+        }
+        missing.extend(np.output.iter().map(|s| s.as_str()));
+    }
+    match unsupported.len() {
+        0 => {}
+        1 => return Err(unsupported.remove(0)),
+        _ => return Err(ImportError::Unsupported(unsupported)),
     }
     for o in &outputs {
         if imp.consts.contains_key(o)
