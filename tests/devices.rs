@@ -143,3 +143,32 @@ fn planned_block_on_every_device() {
         for_each_device!(|dev| dev.check(&what, &g, &x, tolerance(6 * 9 * 4 * 4 * 3)));
     }
 }
+
+/// Pool windows that lie in the padding only (end padding larger than the kernel): zero
+/// for the average (no input under it; the fuzzer found the fast kernel slicing
+/// backwards there).
+#[test]
+fn pool_windows_in_the_padding_only() {
+    let p = Pool2d {
+        kernel: [2, 2],
+        stride: [1, 1],
+        pads: [0, 0, 3, 3],
+        ceil_mode: false,
+        count_include_pad: false,
+    };
+    let x = Rng::new(3).normal_tensor(vec![2, 3, 4, 4], 1.0);
+    for include in [false, true] {
+        let p = Pool2d {
+            count_include_pad: include,
+            ..p.clone()
+        };
+        for (name, op) in [
+            ("max", Op::MaxPool(p.clone())),
+            ("avg", Op::AvgPool(p.clone())),
+        ] {
+            let g = one_node(&[3, 4, 4], op);
+            let what = format!("{name} pool {p:?}");
+            for_each_device!(|dev| dev.check(&what, &g, &x, tolerance(4)));
+        }
+    }
+}

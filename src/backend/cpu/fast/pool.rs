@@ -143,11 +143,14 @@ pub fn avg_pool(x: &Tensor, p: &Pool2d) -> Tensor {
             for oy in 0..oh {
                 let y0 = (oy * p.stride[0]) as isize - p.pads[0] as isize;
                 let y1 = (y0 + p.kernel[0] as isize).min((h + p.pads[2]) as isize);
-                let (ya, yb) = (y0.max(0) as usize, y1.min(h as isize).max(0) as usize);
+                // Clipped to the input; empty (ya == yb) for a window in the padding only.
+                let yb = y1.min(h as isize).max(0) as usize;
+                let ya = (y0.max(0) as usize).min(yb);
                 for ox in 0..ow {
                     let x0 = (ox * p.stride[1]) as isize - p.pads[1] as isize;
                     let x1 = (x0 + p.kernel[1] as isize).min((w + p.pads[3]) as isize);
-                    let (xa, xb) = (x0.max(0) as usize, x1.min(w as isize).max(0) as usize);
+                    let xb = x1.min(w as isize).max(0) as usize;
+                    let xa = (x0.max(0) as usize).min(xb);
                     dst[oy * ow + ox] = {
                         let mut sum = 0f32;
                         for row in src[ya * w..yb * w].chunks_exact(w) {
