@@ -63,6 +63,9 @@ enum Executor {
         /// The engine opened the device itself (`Engine::new`), so it may open another.
         owned: bool,
         models: Mutex<HashMap<usize, Arc<GpuModel>>>,
+        /// `GpuModel::max_batch` on this device, found on the first run (planning the
+        /// graph takes a copy of it: not per run); cleared with `models` by `recover`.
+        max_batch: Mutex<Option<usize>>,
     },
 }
 
@@ -108,6 +111,7 @@ impl Engine {
                         ctx: RwLock::new(Arc::new(ctx)),
                         owned: true,
                         models: Mutex::default(),
+                        max_batch: Mutex::default(),
                     },
                     None,
                 ),
@@ -147,6 +151,7 @@ impl Engine {
                 ctx: RwLock::new(ctx),
                 owned: false,
                 models: Mutex::default(),
+                max_batch: Mutex::default(),
             },
             prepared: std::sync::OnceLock::new(),
             fallback_note: None,
@@ -217,7 +222,13 @@ impl Engine {
     /// An engine built on an application's device (`with_gpu`) cannot open another:
     /// that is a `DeviceLost` error, and the application builds a new engine.
     pub fn recover(&self) -> Result<bool, EngineError> {
-        let Executor::Gpu { ctx, owned, models } = &self.executor else {
+        let Executor::Gpu {
+            ctx,
+            owned,
+            models,
+            max_batch,
+        } = &self.executor
+        else {
             return Ok(false);
         };
         let mut ctx = ctx
@@ -238,6 +249,9 @@ impl Engine {
             .lock()
             .expect("the model cache lock is never held across a panic")
             .clear();
+        *max_batch
+            .lock()
+            .expect("the max-batch lock is never held across a panic") = None;
         Ok(true)
     }
 
@@ -273,10 +287,19 @@ impl Engine {
     /// pieces of which `run` and `run_async` run it. `batch` on the CPU. An error when
     /// not even one item fits (it names the layer).
     pub fn gpu_piece(&self, batch: usize) -> Result<usize, EngineError> {
-        let Some(ctx) = self.gpu_context() else {
+        let Executor::Gpu { max_batch, .. } = &self.executor else {
             return Ok(batch);
         };
-        match GpuModel::max_batch(&ctx, &self.graph, &self.tuning.gpu)? {
+        let ctx = self.gpu_context().expect("executor is Gpu");
+        let mut cached = max_batch
+            .lock()
+            .expect("the max-batch lock is never held across a panic");
+        let fits = match *cached {
+            Some(fits) => fits,
+            None => *cached.insert(GpuModel::max_batch(&ctx, &self.graph, &self.tuning.gpu)?),
+        };
+        drop(cached);
+        match fits {
             // Building the one-item model gives the error that names the layer.
             0 => self.gpu_model(1).map(|_| 1),
             fits => Ok(batch.min(fits)),
