@@ -113,9 +113,7 @@ pub fn bench_model(
     let piece = engine.gpu_piece(batch)?;
     let pieces = batch.div_ceil(piece);
     let gpu = engine.gpu_model(piece)?;
-    let x_piece = if piece == batch {
-        x.clone()
-    } else {
+    let first_piece = (piece < batch).then(|| {
         let mut shape = x.shape.clone();
         shape[0] = piece;
         let len = shape.iter().product();
@@ -123,7 +121,8 @@ pub fn bench_model(
             shape,
             data: x.data[..len].to_vec(),
         }
-    };
+    });
+    let x_piece = first_piece.as_ref().unwrap_or(&x);
     let prepared = engine.cpu_prepared();
     match &gpu {
         Some(model) => kernels.extend(model.step_kernels()),
@@ -139,7 +138,7 @@ pub fn bench_model(
     for _ in 0..profiled_runs {
         profiles.push(match (&gpu, prepared) {
             (Some(model), _) => {
-                let mut times = model.run_profiled(&x_piece)?.1.unwrap_or_default();
+                let mut times = model.run_profiled(x_piece)?.1.unwrap_or_default();
                 times.iter_mut().for_each(|(_, ms)| *ms *= pieces as f64);
                 times
             }
