@@ -15,7 +15,8 @@ struct Params {
     add: array<vec4<i32>, 2>,
     total: u32,
     fill: f32,
-    _pad0: u32,
+    // Pad: 0 constant (fill), 1 edge (clamp), 2 reflect (mirror without the edge).
+    mode: u32,
     _pad1: u32,
 }
 
@@ -49,8 +50,21 @@ fn gather_fwd(
         let d = out_dim(au);
         let c = i32(rest % d);
         rest = rest / d;
-        let ic = c * p.mul[au / 4u][au % 4u] + p.add[au / 4u][au % 4u];
+        var ic = c * p.mul[au / 4u][au % 4u] + p.add[au / 4u][au % 4u];
         let id = in_dim(au);
+        let last = i32(id) - 1;
+        if (p.mode == 1u) {
+            ic = clamp(ic, 0, last);
+        } else if (p.mode == 2u && last > 0) {
+            let period = 2 * last;
+            var m = ic % period;
+            if (m < 0) {
+                m += period;
+            }
+            ic = select(period - m, m, m <= last);
+        } else if (p.mode == 2u) {
+            ic = 0;
+        }
         if (ic < 0 || ic >= i32(id)) {
             inside = false;
         } else {

@@ -106,7 +106,7 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Export a model to ONNX (opset 13; compressed weights are expanded to f32).
+    /// Export a model to ONNX (opset 17; compressed weights are expanded to f32).
     Export {
         /// Model: .onnx, .cnnpack or zoo:NAME.
         model: String,

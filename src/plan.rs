@@ -108,12 +108,9 @@ impl Plan {
                 alias.insert(node.output.clone(), steps[s].output.clone());
                 continue;
             }
-            match node.op {
-                Op::Flatten { .. } | Op::Identity => {
-                    alias.insert(node.output.clone(), node.inputs[0].clone());
-                    continue;
-                }
-                _ => {}
+            if node.op.is_alias() {
+                alias.insert(node.output.clone(), node.inputs[0].clone());
+                continue;
             }
             let mut step = Step {
                 node: i,

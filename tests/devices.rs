@@ -172,3 +172,259 @@ fn pool_windows_in_the_padding_only() {
         }
     }
 }
+
+/// A random shape of `rank` axes (batch first, 1 or 3), each 1-7 long.
+fn random_shape(rng: &mut Rng, rank: usize) -> Vec<usize> {
+    let mut s = vec![[1, 3][rng.range(0, 1)]];
+    s.extend((1..rank).map(|_| rng.range(1, 7)));
+    s
+}
+
+/// Every `UnaryOp` on ranks 2-5, on inputs inside its domain (Log, Sqrt: positive;
+/// Reciprocal: away from 0), read from a computed value (the CPU runs it in place) and
+/// from the graph input.
+#[test]
+fn unary_functions_on_every_device() {
+    use cnnpack::graph::UnaryOp;
+    let ops = [
+        UnaryOp::HardSigmoid {
+            alpha: 0.3,
+            beta: 0.4,
+        },
+        UnaryOp::HardSwish,
+        UnaryOp::Silu,
+        UnaryOp::Tanh,
+        UnaryOp::Erf,
+        UnaryOp::Gelu { tanh: false },
+        UnaryOp::Gelu { tanh: true },
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Neg,
+        UnaryOp::Abs,
+        UnaryOp::Reciprocal,
+        UnaryOp::Softplus,
+        UnaryOp::Elu { alpha: 0.7 },
+        UnaryOp::Softsign,
+    ];
+    let mut rng = Rng::new(31);
+    for (i, op) in ops.into_iter().enumerate() {
+        let shape = random_shape(&mut rng, 2 + i % 4);
+        let mut x = rng.normal_tensor(shape.clone(), 2.0);
+        if matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Reciprocal) {
+            // Positive and away from 0 (Reciprocal's sign is tested through Neg below).
+            x.data.iter_mut().for_each(|v| *v = v.abs() + 0.25);
+        }
+        let mut b = GraphBuilder::new("x", &shape[1..], 1);
+        let direct = b.push("direct", Op::Unary(op), &["x"]);
+        let copy = b.push("copy", Op::Identity, &["x"]);
+        let scaled = b.push(
+            "scaled",
+            Op::ConstBinary {
+                kind: cnnpack::graph::BinaryKind::Mul,
+                constant: cnnpack::graph::Tensor::new(vec![], vec![1.0]).unwrap(),
+                constant_first: false,
+            },
+            &[&copy],
+        );
+        let in_place = b.push("in_place", Op::Unary(op), &[&scaled]);
+        let g = b.finish(&[&direct, &in_place]).expect("valid");
+        let what = format!("{op:?} on {shape:?}");
+        for_each_device!(|dev| dev.check(&what, &g, &x, tolerance(16)));
+    }
+}
+
+/// Every binary kind between computed values of different shapes: `x` and a reduction of
+/// it with 1s on random axes, in both orders (the CPU runs `x op r` in x's buffer, `r op
+/// x` into a new one), on ranks 2-5.
+#[test]
+fn broadcast_binaries_on_every_device() {
+    use cnnpack::graph::{BinaryKind, ReduceKind, UnaryOp};
+    let kinds = [
+        BinaryKind::Add,
+        BinaryKind::Sub,
+        BinaryKind::Mul,
+        BinaryKind::Div,
+        BinaryKind::Pow,
+        BinaryKind::Max,
+        BinaryKind::Min,
+        BinaryKind::PRelu,
+    ];
+    let mut rng = Rng::new(32);
+    for case in 0..24 {
+        let kind = kinds[case % kinds.len()];
+        let rank = 2 + case % 4;
+        let shape = random_shape(&mut rng, rank);
+        let mut axes: Vec<usize> = (1..rank).filter(|_| rng.range(0, 1) == 1).collect();
+        if axes.is_empty() {
+            axes.push(rank - 1);
+        }
+        let mut b = GraphBuilder::new("x", &shape[1..], 1);
+        // Pow gets a positive base; Div a denominator away from 0 (an L2 norm).
+        let base = match kind {
+            BinaryKind::Pow => b.push("base", Op::Unary(UnaryOp::Exp), &["x"]),
+            _ => b.push("base", Op::Unary(UnaryOp::Neg), &["x"]),
+        };
+        let r = b.push(
+            "r",
+            Op::Reduce {
+                kind: if kind == BinaryKind::Div {
+                    ReduceKind::L2
+                } else {
+                    ReduceKind::Mean
+                },
+                axes: axes.clone(),
+                keepdims: true,
+            },
+            &["x"],
+        );
+        let xr = b.push("x_op_r", Op::Binary(kind), &[&base, &r]);
+        let mut outputs = vec![xr];
+        if !matches!(kind, BinaryKind::Div | BinaryKind::Pow) {
+            outputs.push(b.push("r_op_x", Op::Binary(kind), &[&r, "x"]));
+        }
+        let refs: Vec<&str> = outputs.iter().map(|s| s.as_str()).collect();
+        let g = b.finish(&refs).expect("valid");
+        let x = rng.normal_tensor(shape.clone(), 1.0);
+        let what = format!("{kind:?} over axes {axes:?} of {shape:?}");
+        let k = axes.iter().map(|&a| shape[a]).product::<usize>();
+        for_each_device!(|dev| dev.check(&what, &g, &x, tolerance(4 * k)));
+    }
+}
+
+/// Every reduction over random non-batch axes of ranks 2-6, with and without keepdims.
+#[test]
+fn reductions_on_every_device() {
+    use cnnpack::graph::ReduceKind;
+    let kinds = [
+        ReduceKind::Mean,
+        ReduceKind::Sum,
+        ReduceKind::Max,
+        ReduceKind::Min,
+        ReduceKind::L2,
+    ];
+    let mut rng = Rng::new(33);
+    for case in 0..20 {
+        let rank = 2 + case % 5;
+        let shape = random_shape(&mut rng, rank);
+        let mut axes: Vec<usize> = (1..rank).filter(|_| rng.range(0, 2) > 0).collect();
+        if axes.is_empty() {
+            axes.push(1);
+        }
+        let op = Op::Reduce {
+            kind: kinds[case % kinds.len()],
+            axes: axes.clone(),
+            keepdims: case % 2 == 0,
+        };
+        let what = format!("{op:?} of {shape:?}");
+        let g = one_node(&shape[1..], op);
+        let x = rng.normal_tensor(shape.clone(), 1.0);
+        let k = axes.iter().map(|&a| shape[a]).product::<usize>();
+        for_each_device!(|dev| dev.check(&what, &g, &x, tolerance(k)));
+    }
+}
+
+/// Data movement of any rank: Transpose (random permutations keeping the batch first),
+/// Expand, Reshape (an alias) into an op, Slice with negative steps, Pad in edge and
+/// reflect modes. Exact on every device.
+#[test]
+fn layout_ops_on_every_device() {
+    use cnnpack::graph::PadMode;
+    let mut rng = Rng::new(34);
+    for case in 0..18 {
+        let rank = 2 + case % 5;
+        let shape = random_shape(&mut rng, rank);
+        let mut perm: Vec<usize> = (1..rank).collect();
+        for i in (1..perm.len()).rev() {
+            perm.swap(i, rng.range(0, i));
+        }
+        perm.insert(0, 0);
+        // Expand: grow the axes of length 1 (there is always the batch's; add one).
+        let mut item = shape.clone();
+        item[rank - 1] = 1;
+        let mut expand_to = vec![1; rank];
+        expand_to[rank - 1] = rng.range(2, 5);
+        // Slice: a negative step on the last axis, from the end or inside.
+        let d = shape[rank - 1];
+        let step = -(rng.range(1, 3) as i64);
+        let mut starts = vec![0; rank];
+        let mut ends: Vec<usize> = shape.clone();
+        let mut steps = vec![1i64; rank];
+        ends[0] = usize::MAX;
+        starts[rank - 1] = d - 1 - rng.range(0, d - 1) / 2;
+        ends[rank - 1] = rng.range(0, starts[rank - 1]);
+        steps[rank - 1] = step;
+        // Pad: edge or reflect, pads below the axis length for reflect.
+        let mode = [PadMode::Edge, PadMode::Reflect][case % 2];
+        let mut pads = vec![0; 2 * rank];
+        for a in 1..rank {
+            let limit = if mode == PadMode::Reflect {
+                shape[a] - 1
+            } else {
+                3
+            };
+            pads[a] = rng.range(0, limit.min(3));
+            pads[a + rank] = rng.range(0, limit.min(3));
+        }
+        let mut target: Vec<i64> = shape[1..].iter().rev().map(|&v| v as i64).collect();
+        target.insert(0, 0);
+        let mut b = GraphBuilder::new("x", &shape[1..], 1);
+        let t = b.push("t", Op::Transpose { perm: perm.clone() }, &["x"]);
+        let s = b.push(
+            "s",
+            Op::Slice {
+                starts,
+                ends,
+                steps,
+            },
+            &["x"],
+        );
+        let p = b.push(
+            "p",
+            Op::Pad {
+                pads,
+                value: 0.0,
+                mode,
+            },
+            &["x"],
+        );
+        let r = b.push("r", Op::Reshape { target }, &["x"]);
+        let rr = b.push("rr", Op::Relu, &[&r]);
+        let g = b.finish(&[&t, &s, &p, &rr]).expect("valid");
+        let x = rng.normal_tensor(shape.clone(), 1.0);
+        let what = format!("layout case {case} on {shape:?} (perm {perm:?}, {mode:?})");
+        for_each_device!(|dev| dev.check(&what, &g, &x, (0.0, 0.0)));
+        // Expand reads an input with a 1 on the last axis.
+        let ge = one_node(
+            &item[1..],
+            Op::Expand {
+                shape: expand_to.clone(),
+            },
+        );
+        let xe = rng.normal_tensor(item.clone(), 1.0);
+        let what = format!("expand {item:?} to {expand_to:?}");
+        for_each_device!(|dev| dev.check(&what, &ge, &xe, (0.0, 0.0)));
+    }
+}
+
+/// LayerNorm over the trailing axes from a random axis, with and without bias.
+#[test]
+fn layer_norm_on_every_device() {
+    let mut rng = Rng::new(35);
+    for case in 0..12 {
+        let rank = 2 + case % 4;
+        let shape = random_shape(&mut rng, rank);
+        let axis = rng.range(1, rank - 1);
+        let inner: usize = shape[axis..].iter().product();
+        let op = Op::LayerNorm {
+            axis,
+            epsilon: 1e-5,
+            scale: rng.normal_tensor(vec![inner], 1.0),
+            bias: (case % 2 == 0).then(|| rng.normal_tensor(vec![inner], 1.0)),
+        };
+        let g = one_node(&shape[1..], op);
+        let x = rng.normal_tensor(shape.clone(), 3.0);
+        let what = format!("layer norm from axis {axis} of {shape:?}");
+        for_each_device!(|dev| dev.check(&what, &g, &x, tolerance(4 * inner)));
+    }
+}

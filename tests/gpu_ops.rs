@@ -15,7 +15,9 @@
 mod common;
 use cnnpack::backend::cpu::reference;
 use cnnpack::backend::gpu::{ConvKernel, GpuContext, GpuError, GpuModel, GpuOptions};
-use cnnpack::graph::{BinaryKind, Conv2d, Graph, GraphBuilder, Linear, Op, Pool2d, Rng, Tensor};
+use cnnpack::graph::{
+    BinaryKind, Conv2d, Graph, GraphBuilder, Linear, Op, PadMode, Pool2d, Rng, Tensor,
+};
 use cnnpack::weights::Weights;
 use common::{assert_close, gpu};
 use std::sync::Arc;
@@ -247,6 +249,20 @@ fn conv_matches_reference() {
             pads: [1, 1, 1, 1],
             dilation: [1, 1],
             groups: 2,
+            bias: true,
+        },
+        // Fewer than 32 output rows over many input channels: the uniform-buffer slices
+        // are sized for a whole 32-row block (EfficientNet-B0's SE reduce, 672 -> 28,
+        // once left no room for one and panicked).
+        ConvCase {
+            cin: 672,
+            cout: 28,
+            hw: [1, 1],
+            k: [1, 1],
+            stride: [1, 1],
+            pads: [0, 0, 0, 0],
+            dilation: [1, 1],
+            groups: 1,
             bias: true,
         },
         // 7x7 stride 2 stem, K = 147.
@@ -581,6 +597,7 @@ fn lrn_softmax_and_layout_ops_match_reference() {
     let pad = Op::Pad {
         pads: vec![0, 1, 2, 0, 0, 2, 1, 3],
         value: -1.5,
+        mode: PadMode::Constant,
     };
     check(&ctx, "pad", &one(&[3, 5, 4], pad), &[1, 5], ELT_TOL);
     let slice = Op::Slice {

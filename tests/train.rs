@@ -16,7 +16,7 @@ mod common;
 use cnnpack::backend::cpu::reference;
 use cnnpack::data::{Dataset, Preprocess};
 use cnnpack::graph::{
-    BinaryKind, Conv2d, Graph, GraphInput, Linear, Node, Op, Pool2d, Rng, Tensor,
+    BinaryKind, Conv2d, Graph, GraphInput, Linear, Node, Op, PadMode, Pool2d, Rng, Tensor,
 };
 use cnnpack::train::{self, BnMode, Masks, Schedule, Sgd, TrainOptions};
 use cnnpack::weights::Weights;
@@ -514,6 +514,7 @@ fn multi_input_and_layout_gradients() {
                 Op::Pad {
                     pads: vec![0, 1, 2, 0, 0, 0, 1, 1],
                     value: 0.5,
+                    mode: PadMode::Constant,
                 },
                 vec!["cat"],
             ),

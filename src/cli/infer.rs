@@ -82,8 +82,14 @@ pub(crate) fn eval(
 
 pub(crate) fn run_npy(model: &str, input: &Path, output: &Path, device: DeviceKind) -> Result<()> {
     let graph = load(model)?;
-    let x = cnnpack::format::npy::read_npy(input)
+    let mut x = cnnpack::format::npy::read_npy(input)
         .with_context(|| format!("reading {}", input.display()))?;
+    // A model imported without a batch axis takes its input as it is: the IR's leading
+    // 1 is added here and stripped from the output.
+    let unbatched = graph.metadata.contains_key(cnnpack::import::UNBATCHED);
+    if unbatched && x.shape == graph.input.item_shape {
+        x.shape.insert(0, 1);
+    }
     let mut expected = vec!["N".to_string()];
     expected.extend(graph.input.item_shape.iter().map(|d| d.to_string()));
     if x.shape.len() != graph.input.item_shape.len() + 1
@@ -99,7 +105,10 @@ pub(crate) fn run_npy(model: &str, input: &Path, output: &Path, device: DeviceKi
         );
     }
     let engine = engine(graph, device)?;
-    let y = engine.run(&x)?.swap_remove(0);
+    let mut y = engine.run(&x)?.swap_remove(0);
+    if unbatched && y.shape.first() == Some(&1) {
+        y.shape.remove(0);
+    }
     cnnpack::format::npy::write_npy(output, &y)
         .with_context(|| format!("writing {}", output.display()))?;
     eprintln!("wrote {} {:?}", output.display(), y.shape);

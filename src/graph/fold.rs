@@ -1,6 +1,6 @@
 //! Fold passes: BatchNormalization into the preceding Conv/Linear, Identity removed.
 
-use super::{Graph, GraphError, Op, Tensor};
+use super::{BinaryKind, Graph, GraphError, Op, Tensor, UnaryOp};
 use crate::weights::Weights;
 
 /// Runs every fold pass. The result computes the same function (to f32 rounding)
@@ -9,6 +9,7 @@ pub fn fold(mut graph: Graph) -> Result<Graph, GraphError> {
     graph.sort_and_validate()?;
     remove_identities(&mut graph);
     fold_batchnorm(&mut graph);
+    fuse_gated_activations(&mut graph);
     graph.sort_and_validate()?;
     Ok(graph)
 }
@@ -107,6 +108,54 @@ fn fold_batchnorm(graph: &mut Graph) {
             let bn = graph.nodes.remove(i);
             graph.nodes[p].output = bn.output;
         } else {
+            i += 1;
+        }
+    }
+}
+
+/// Fuses `x * sigmoid(x)` into SiLU and `x * hardsigmoid(x)` (alpha 1/6, beta 1/2)
+/// into HardSwish: one pass over the activation instead of two and a stored gate.
+/// Only where the gate feeds the Mul alone.
+fn fuse_gated_activations(graph: &mut Graph) {
+    let mut i = 0;
+    while i < graph.nodes.len() {
+        let node = &graph.nodes[i];
+        if node.op != Op::Binary(BinaryKind::Mul) || node.inputs.len() != 2 {
+            i += 1;
+            continue;
+        }
+        let gate_of = |value: &str, other: &str| -> Option<(usize, UnaryOp)> {
+            let p = graph.producer(value)?;
+            let g = &graph.nodes[p];
+            let fused = match g.op {
+                Op::Sigmoid => UnaryOp::Silu,
+                Op::Unary(UnaryOp::HardSigmoid { alpha, beta })
+                    if (alpha - 1.0 / 6.0).abs() < 1e-6 && beta == 0.5 =>
+                {
+                    UnaryOp::HardSwish
+                }
+                _ => return None,
+            };
+            let readers = graph
+                .nodes
+                .iter()
+                .filter(|n| n.inputs.iter().any(|v| v == value))
+                .count();
+            (g.inputs[0] == other && readers == 1 && !graph.outputs.iter().any(|o| o == value))
+                .then_some((p, fused))
+        };
+        let (a, b) = (&node.inputs[0], &node.inputs[1]);
+        let found = gate_of(b, a)
+            .map(|(p, f)| (p, f, a.clone()))
+            .or_else(|| gate_of(a, b).map(|(p, f)| (p, f, b.clone())));
+        let Some((gate, fused, x)) = found else {
+            i += 1;
+            continue;
+        };
+        graph.nodes[i].op = Op::Unary(fused);
+        graph.nodes[i].inputs = vec![x];
+        graph.nodes.remove(gate);
+        if gate > i {
             i += 1;
         }
     }

@@ -12,8 +12,9 @@ mod stats;
 
 pub use builder::GraphBuilder;
 pub use fold::fold;
-pub use op::{BinaryKind, Conv2d, Linear, Op, Pool2d};
-pub use shape::{broadcast, Shapes};
+pub use op::{BinaryKind, Conv2d, Linear, Op, PadMode, Pool2d, ReduceKind, UnaryOp};
+pub(crate) use shape::node_shape;
+pub use shape::{broadcast, reshape, slice_len, Shapes};
 pub use stats::{layer_stats, LayerStats};
 // `Tensor` and `Rng` live in the leaf module `crate::tensor` so that `weights` needs nothing
 // from `graph`; the `graph::` paths stay for callers.

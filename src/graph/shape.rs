@@ -31,6 +31,46 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     Some(out)
 }
 
+/// The shape `target` gives `input` under ONNX Reshape rules (`0` copies the input's
+/// axis, one `-1` is inferred); `None` if it does not fit.
+pub fn reshape(input: &[usize], target: &[i64]) -> Option<Vec<usize>> {
+    let total: usize = input.iter().product();
+    let mut out = Vec::with_capacity(target.len().min(16));
+    let mut infer = None;
+    for (i, &t) in target.iter().enumerate() {
+        match t {
+            -1 if infer.is_none() => {
+                infer = Some(i);
+                out.push(1);
+            }
+            0 => out.push(*input.get(i)?),
+            t if t > 0 => out.push(usize::try_from(t).ok()?),
+            _ => return None,
+        }
+    }
+    let known = out.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+    match infer {
+        Some(i) if known > 0 && total.is_multiple_of(known) => out[i] = total / known,
+        None if known == total => {}
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// Elements a Slice takes from an axis of `d` (see `Op::Slice`); `None` when empty or
+/// invalid.
+pub fn slice_len(d: usize, start: usize, end: usize, step: i64) -> Option<usize> {
+    let s = step.unsigned_abs() as usize;
+    if step > 0 {
+        let end = end.min(d);
+        (start < end).then(|| (end - start).div_ceil(s))
+    } else if step < 0 {
+        (start < d && end <= start).then(|| (start + 1 - end).div_ceil(s))
+    } else {
+        None
+    }
+}
+
 impl Graph {
     /// Shapes of every value at batch size `batch`. The nodes must be in
     /// topological order (`sort_and_validate`).
@@ -92,7 +132,8 @@ fn rank4<'a>(node: &Node, ins: &[&'a Vec<usize>]) -> Result<&'a [usize], GraphEr
     Ok(ins[0])
 }
 
-pub(super) fn node_shape(node: &Node, ins: &[&Vec<usize>]) -> Result<Vec<usize>, GraphError> {
+/// The output shape of `node` from its input shapes.
+pub(crate) fn node_shape(node: &Node, ins: &[&Vec<usize>]) -> Result<Vec<usize>, GraphError> {
     match &node.op {
         Op::Conv(c) => {
             let x = rank4(node, ins)?;
@@ -148,7 +189,12 @@ pub(super) fn node_shape(node: &Node, ins: &[&Vec<usize>]) -> Result<Vec<usize>,
             }
             Ok(vec![x[0], w[0]])
         }
-        Op::Relu | Op::LeakyRelu { .. } | Op::Clip { .. } | Op::Sigmoid | Op::Identity => {
+        Op::Relu
+        | Op::LeakyRelu { .. }
+        | Op::Clip { .. }
+        | Op::Sigmoid
+        | Op::Identity
+        | Op::Unary(_) => {
             arity(node, ins, 1)?;
             Ok(ins[0].clone())
         }
@@ -274,6 +320,95 @@ pub(super) fn node_shape(node: &Node, ins: &[&Vec<usize>]) -> Result<Vec<usize>,
                 .map(|(i, d)| d + pads[i] + pads[i + x.len()])
                 .collect())
         }
+        Op::Binary(_) => {
+            arity(node, ins, 2)?;
+            broadcast(ins[0], ins[1]).ok_or_else(|| {
+                err(
+                    node,
+                    format!("shapes {:?} and {:?} do not broadcast", ins[0], ins[1]),
+                )
+            })
+        }
+        Op::Reduce { axes, keepdims, .. } => {
+            arity(node, ins, 1)?;
+            let x = ins[0];
+            let sorted = axes.windows(2).all(|w| w[0] < w[1]);
+            if axes.is_empty() || !sorted || axes[0] == 0 || axes[axes.len() - 1] >= x.len() {
+                return Err(err(
+                    node,
+                    format!(
+                        "axes {axes:?} invalid for rank {} (batch axis kept)",
+                        x.len()
+                    ),
+                ));
+            }
+            Ok(x.iter()
+                .enumerate()
+                .filter_map(|(i, &d)| match (axes.contains(&i), keepdims) {
+                    (false, _) => Some(d),
+                    (true, true) => Some(1),
+                    (true, false) => None,
+                })
+                .collect())
+        }
+        Op::Transpose { perm } => {
+            arity(node, ins, 1)?;
+            let x = ins[0];
+            let mut seen = vec![false; x.len()];
+            let valid = perm.len() == x.len()
+                && perm.first() == Some(&0)
+                && perm
+                    .iter()
+                    .all(|&p| p < x.len() && !std::mem::replace(&mut seen[p], true));
+            if !valid {
+                return Err(err(
+                    node,
+                    format!(
+                        "perm {perm:?} invalid for rank {} (batch axis first)",
+                        x.len()
+                    ),
+                ));
+            }
+            Ok(perm.iter().map(|&p| x[p]).collect())
+        }
+        Op::Reshape { target } => {
+            arity(node, ins, 1)?;
+            reshape(ins[0], target)
+                .ok_or_else(|| err(node, format!("cannot reshape {:?} to {target:?}", ins[0])))
+        }
+        Op::Expand { shape } => {
+            arity(node, ins, 1)?;
+            match broadcast(ins[0], shape) {
+                Some(s) if shape.len() == ins[0].len() && shape.first() == Some(&1) => Ok(s),
+                _ => Err(err(
+                    node,
+                    format!("cannot expand {:?} to {shape:?}", ins[0]),
+                )),
+            }
+        }
+        Op::LayerNorm {
+            axis, scale, bias, ..
+        } => {
+            arity(node, ins, 1)?;
+            let x = ins[0];
+            if *axis == 0 || *axis >= x.len() {
+                return Err(err(
+                    node,
+                    format!("axis {axis} invalid for rank {} (batch axis kept)", x.len()),
+                ));
+            }
+            let inner: usize = x[*axis..].iter().product();
+            if scale.len() != inner || bias.as_ref().is_some_and(|b| b.len() != inner) {
+                return Err(err(
+                    node,
+                    format!(
+                        "scale/bias do not have the {inner} values of {:?}",
+                        &x[*axis..]
+                    ),
+                ));
+            }
+            Ok(x.clone())
+        }
         Op::Slice {
             starts,
             ends,
@@ -289,17 +424,18 @@ pub(super) fn node_shape(node: &Node, ins: &[&Vec<usize>]) -> Result<Vec<usize>,
             }
             let mut out = Vec::with_capacity(x.len());
             for i in 0..x.len() {
-                let end = ends[i].min(x[i]);
-                if steps[i] == 0 || starts[i] >= end {
-                    return Err(err(
-                        node,
-                        format!(
-                            "axis {i}: empty or invalid slice {}..{} step {}",
-                            starts[i], ends[i], steps[i]
-                        ),
-                    ));
+                match slice_len(x[i], starts[i], ends[i], steps[i]) {
+                    Some(n) => out.push(n),
+                    None => {
+                        return Err(err(
+                            node,
+                            format!(
+                                "axis {i}: empty or invalid slice {}..{} step {}",
+                                starts[i], ends[i], steps[i]
+                            ),
+                        ))
+                    }
                 }
-                out.push((end - starts[i]).div_ceil(steps[i]));
             }
             Ok(out)
         }

@@ -54,7 +54,14 @@ pub fn layer_stats(graph: &Graph) -> Result<Vec<LayerStats>, GraphError> {
                 | Op::ConstBinary { .. } => out_elems,
                 Op::Sigmoid => out_elems * 4,
                 Op::BatchNorm { .. } => out_elems * 2,
+                Op::Unary(u) => out_elems * u.flops(),
+                Op::Binary(_) => out_elems,
+                Op::Reduce { .. } => shapes[&node.inputs[0]].iter().product::<usize>() as u64,
+                Op::LayerNorm { .. } => out_elems * 8,
                 Op::Concat { .. }
+                | Op::Transpose { .. }
+                | Op::Expand { .. }
+                | Op::Reshape { .. }
                 | Op::Flatten { .. }
                 | Op::Pad { .. }
                 | Op::Slice { .. }

@@ -1,4 +1,4 @@
-//! Graph IR to ONNX (opset 13, IR version 7).
+//! Graph IR to ONNX (opset 17, IR version 8).
 //!
 //! The exported file has a symbolic batch axis `N` on the input and outputs,
 //! float32 initializers stored as little-endian `raw_data`, and the graph
@@ -12,10 +12,10 @@ use super::proto::{
     TypeProtoTensor, ValueInfoProto,
 };
 use super::ImportError;
-use crate::graph::{BinaryKind, Graph, Op, Pool2d, Tensor};
+use crate::graph::{Graph, Op, Pool2d, Tensor, UnaryOp};
 use prost::Message;
 
-/// Serializes `graph` as an opset-13 ONNX model.
+/// Serializes `graph` as an opset-17 ONNX model.
 pub fn export_onnx(graph: &Graph) -> Result<Vec<u8>, ImportError> {
     let mut g = graph.clone();
     g.sort_and_validate()?;
@@ -35,10 +35,10 @@ pub fn export_onnx(graph: &Graph) -> Result<Vec<u8>, ImportError> {
         export_node(node, &mut out)?;
     }
     let model = ModelProto {
-        ir_version: Some(7),
+        ir_version: Some(8),
         opset_import: vec![OperatorSetIdProto {
             domain: Some(String::new()),
-            version: Some(13),
+            version: Some(17),
         }],
         producer_name: Some("cnnpack".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
@@ -127,10 +127,14 @@ fn a_float(name: &str, v: f32) -> AttributeProto {
 }
 
 fn a_ints(name: &str, v: &[usize]) -> AttributeProto {
+    a_i64s(name, &v.iter().map(|&x| x as i64).collect::<Vec<_>>())
+}
+
+fn a_i64s(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(attr_type::INTS),
-        ints: v.iter().map(|&x| x as i64).collect(),
+        ints: v.to_vec(),
         ..Default::default()
     }
 }
@@ -259,12 +263,95 @@ fn export_node(node: &crate::graph::Node, g: &mut GraphProto) -> Result<(), Impo
             } else {
                 inputs.push(c);
             }
-            match kind {
-                BinaryKind::Add => "Add",
-                BinaryKind::Sub => "Sub",
-                BinaryKind::Mul => "Mul",
-                BinaryKind::Div => "Div",
+            kind.onnx_name()
+        }
+        Op::Binary(kind) => kind.onnx_name(),
+        Op::Unary(UnaryOp::Silu) => {
+            // x * sigmoid(x): two nodes.
+            let s = format!("{n}.sigmoid");
+            push(g, n, "Sigmoid", vec![inputs[0].clone()], &s, vec![]);
+            inputs.push(s);
+            "Mul"
+        }
+        Op::Unary(UnaryOp::Gelu { tanh: false }) => {
+            // x * 0.5 * (1 + erf(x / sqrt 2)), as PyTorch exports it before opset 20.
+            let scalar = |v: f32| Tensor {
+                shape: vec![],
+                data: vec![v],
+            };
+            let x = inputs[0].clone();
+            let k = init(
+                g,
+                f32_init(
+                    format!("{n}.rsqrt2"),
+                    &scalar(std::f32::consts::FRAC_1_SQRT_2),
+                ),
+            );
+            let one = init(g, f32_init(format!("{n}.one"), &scalar(1.0)));
+            let half = init(g, f32_init(format!("{n}.half"), &scalar(0.5)));
+            let v = |s: &str| format!("{n}.{s}");
+            push(g, n, "Mul", vec![x.clone(), k], &v("scaled"), vec![]);
+            push(g, n, "Erf", vec![v("scaled")], &v("erf"), vec![]);
+            push(g, n, "Add", vec![v("erf"), one], &v("erf1"), vec![]);
+            push(g, n, "Mul", vec![x, v("erf1")], &v("x_erf1"), vec![]);
+            inputs = vec![v("x_erf1"), half];
+            "Mul"
+        }
+        Op::Unary(UnaryOp::Gelu { tanh: true }) => {
+            return Err(ImportError::Malformed(format!(
+                "node '{n}': the tanh GELU has no opset-17 ONNX operator; export is not supported"
+            )))
+        }
+        Op::Unary(u) => {
+            match *u {
+                UnaryOp::HardSigmoid { alpha, beta } => {
+                    attrs = vec![a_float("alpha", alpha), a_float("beta", beta)];
+                }
+                UnaryOp::Elu { alpha } => attrs = vec![a_float("alpha", alpha)],
+                _ => {}
             }
+            u.onnx_name()
+        }
+        Op::Reduce {
+            kind,
+            axes,
+            keepdims,
+        } => {
+            let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
+            attrs = vec![a_int("keepdims", *keepdims as i64)];
+            // Opset 17: ReduceSum takes its axes as an input, the others as an attribute.
+            if *kind == crate::graph::ReduceKind::Sum {
+                inputs.push(init(g, i64_init(format!("{n}.axes"), &axes)));
+            } else {
+                attrs.push(a_i64s("axes", &axes));
+            }
+            kind.onnx_name()
+        }
+        Op::Transpose { perm } => {
+            attrs = vec![a_ints("perm", perm)];
+            "Transpose"
+        }
+        Op::Expand { shape } => {
+            let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            inputs.push(init(g, i64_init(format!("{n}.shape"), &s)));
+            "Expand"
+        }
+        Op::Reshape { target } => {
+            inputs.push(init(g, i64_init(format!("{n}.shape"), target)));
+            "Reshape"
+        }
+        Op::LayerNorm {
+            axis,
+            epsilon,
+            scale,
+            bias,
+        } => {
+            inputs.push(init(g, f32_init(format!("{n}.scale"), scale)));
+            if let Some(b) = bias {
+                inputs.push(init(g, f32_init(format!("{n}.bias"), b)));
+            }
+            attrs = vec![a_int("axis", *axis as i64), a_float("epsilon", *epsilon)];
+            "LayerNormalization"
         }
         Op::Concat { axis } => {
             attrs = vec![a_int("axis", *axis as i64)];
@@ -292,7 +379,7 @@ fn export_node(node: &crate::graph::Node, g: &mut GraphProto) -> Result<(), Impo
             attrs = vec![a_int("axis", -1)];
             "Softmax"
         }
-        Op::Pad { pads, value } => {
+        Op::Pad { pads, value, mode } => {
             let p: Vec<i64> = pads.iter().map(|&v| v as i64).collect();
             inputs.push(init(g, i64_init(format!("{n}.pads"), &p)));
             let v = Tensor {
@@ -300,7 +387,7 @@ fn export_node(node: &crate::graph::Node, g: &mut GraphProto) -> Result<(), Impo
                 data: vec![*value],
             };
             inputs.push(init(g, f32_init(format!("{n}.value"), &v)));
-            attrs = vec![a_string("mode", "constant")];
+            attrs = vec![a_string("mode", mode.onnx_name())];
             "Pad"
         }
         Op::Slice {
@@ -310,10 +397,21 @@ fn export_node(node: &crate::graph::Node, g: &mut GraphProto) -> Result<(), Impo
         } => {
             let v = |x: &[usize]| x.iter().map(|&d| d as i64).collect::<Vec<_>>();
             let axes: Vec<i64> = (0..starts.len() as i64).collect();
+            // A negative step's IR end is ONNX's end + 1; ONNX spells "through index 0"
+            // as the most negative end.
+            let onnx_ends: Vec<i64> = ends
+                .iter()
+                .zip(steps)
+                .map(|(&e, &s)| match (s < 0, e) {
+                    (false, e) => e as i64,
+                    (true, 0) => i64::MIN,
+                    (true, e) => e as i64 - 1,
+                })
+                .collect();
             inputs.push(init(g, i64_init(format!("{n}.starts"), &v(starts))));
-            inputs.push(init(g, i64_init(format!("{n}.ends"), &v(ends))));
+            inputs.push(init(g, i64_init(format!("{n}.ends"), &onnx_ends)));
             inputs.push(init(g, i64_init(format!("{n}.axes"), &axes)));
-            inputs.push(init(g, i64_init(format!("{n}.steps"), &v(steps))));
+            inputs.push(init(g, i64_init(format!("{n}.steps"), steps)));
             "Slice"
         }
     };
@@ -327,4 +425,24 @@ fn export_node(node: &crate::graph::Node, g: &mut GraphProto) -> Result<(), Impo
         doc_string: None,
     });
     Ok(())
+}
+
+/// Appends a helper node of a multi-node export (named after its IR node and output).
+fn push(
+    g: &mut GraphProto,
+    node: &str,
+    op_type: &str,
+    input: Vec<String>,
+    output: &str,
+    attribute: Vec<AttributeProto>,
+) {
+    g.node.push(NodeProto {
+        input,
+        output: vec![output.to_string()],
+        name: Some(format!("{node}/{output}")),
+        op_type: Some(op_type.into()),
+        domain: None,
+        attribute,
+        doc_string: None,
+    });
 }

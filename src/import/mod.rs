@@ -1,8 +1,8 @@
 //! Model import and export: ONNX files to and from the Graph IR.
 //!
-//! `load_onnx`/`parse_onnx` read an ONNX model (opsets 7 to 21, the CNN operators
+//! `load_onnx`/`parse_onnx` read an ONNX model (opsets 1 to 21, the CNN operators
 //! listed in `onnx/mod.rs`) into a validated `Graph` with shapes checked at batch 1;
-//! `export_onnx` writes a dense opset-13 model with a symbolic batch axis `N`.
+//! `export_onnx` writes a dense opset-17 model with a symbolic batch axis `N`.
 //!
 //! Untrusted input: the file size, the decoded size (a wire-format pre-pass,
 //! `prescan.rs`), node count, tensor element counts and every value's size are
@@ -15,7 +15,7 @@ mod prescan;
 pub mod proto;
 
 pub use export::export_onnx;
-pub use onnx::{load_onnx, parse_onnx, MAX_ELEMENTS, MAX_FILE_BYTES, MAX_NODES};
+pub use onnx::{load_onnx, parse_onnx, MAX_ELEMENTS, MAX_FILE_BYTES, MAX_NODES, UNBATCHED};
 
 use crate::graph::GraphError;
 
@@ -47,7 +47,7 @@ pub enum ImportError {
     #[error("malformed model: {0}")]
     Malformed(String),
     /// The default-domain opset is outside the supported range.
-    #[error("opset {0} is not supported (7 to 21 are)")]
+    #[error("opset {0} is not supported (1 to 21 are)")]
     Opset(i64),
     /// An operator cnnpack does not implement (or one from another domain).
     #[error("node '{node}': unsupported operator '{op}'")]

@@ -190,6 +190,29 @@ pub fn backward(
                         (BinaryKind::Mul, _) => d * c,
                         (BinaryKind::Div, false) => d / c,
                         (BinaryKind::Div, true) => -d * c / (x * x),
+                        (BinaryKind::Pow, false) => d * c * x.powf(c - 1.0),
+                        (BinaryKind::Pow, true) => d * c.powf(x) * c.ln(),
+                        (BinaryKind::Max, _) => {
+                            if x >= c {
+                                d
+                            } else {
+                                0.0
+                            }
+                        }
+                        (BinaryKind::Min, _) => {
+                            if x <= c {
+                                d
+                            } else {
+                                0.0
+                            }
+                        }
+                        (BinaryKind::PRelu, _) => {
+                            if x >= 0.0 {
+                                d
+                            } else {
+                                d * c
+                            }
+                        }
                     })
                     .collect();
                 Some(like(x, data))
@@ -212,7 +235,18 @@ pub fn backward(
                 }
                 None
             }
-            Op::Flatten { .. } | Op::Identity => Some(like(x, dy.data)),
+            Op::Flatten { .. } | Op::Identity | Op::Reshape { .. } => Some(like(x, dy.data)),
+            Op::Unary(u) => Some(zip_map(&dy, x, |d, x| d * u.derivative(x))),
+            Op::Binary(_)
+            | Op::Reduce { .. }
+            | Op::Transpose { .. }
+            | Op::Expand { .. }
+            | Op::LayerNorm { .. } => {
+                return Err(unsupported(&format!(
+                    "{} has no backward pass in the trainer yet",
+                    node.op.kind()
+                )))
+            }
             Op::Lrn {
                 size,
                 alpha,
@@ -231,7 +265,14 @@ pub fn backward(
                 }
                 Some(like(x, dx))
             }
-            Op::Pad { pads, .. } => Some(pad_backward(x, &dy, pads)),
+            Op::Pad {
+                pads,
+                mode: crate::graph::PadMode::Constant,
+                ..
+            } => Some(pad_backward(x, &dy, pads)),
+            Op::Pad { .. } => {
+                return Err(unsupported("edge and reflect Pad have no backward pass"))
+            }
             Op::Slice { starts, steps, .. } => Some(slice_backward(x, &dy, starts, steps)),
         };
         if let Some(dx) = dx {
@@ -426,16 +467,16 @@ fn pad_backward(x: &Tensor, dy: &Tensor, pads: &[usize]) -> Tensor {
 }
 
 /// Slice backward: scatters the output gradient back to the elements taken.
-fn slice_backward(x: &Tensor, dy: &Tensor, starts: &[usize], steps: &[usize]) -> Tensor {
+fn slice_backward(x: &Tensor, dy: &Tensor, starts: &[usize], steps: &[i64]) -> Tensor {
     let xs = strides(&x.shape);
     let mut dx = vec![0.0f32; x.data.len()];
     for_each_index(&dy.shape, |i, idx| {
-        let off: usize = idx
+        let off: i64 = idx
             .iter()
             .enumerate()
-            .map(|(d, v)| (starts[d] + v * steps[d]) * xs[d])
+            .map(|(d, &v)| (starts[d] as i64 + v as i64 * steps[d]) * xs[d] as i64)
             .sum();
-        dx[off] += dy.data[i];
+        dx[off as usize] += dy.data[i];
     });
     like(x, dx)
 }

@@ -322,7 +322,10 @@ fn encode_ubo(
 ) -> Result<Vec<Dispatch>, GpuError> {
     let khw = geom.kh * geom.kw;
     let (cin_g, cout_g) = (geom.cin_g, geom.cout_g);
-    let ci_per = cin_g.min((UBO_FLOATS / (khw * cout_g.min(64))).max(1));
+    // Rows are loaded in zero-padded blocks of 32, so a slice of input channels is sized
+    // for at least one whole block (sizing it for fewer rows, e.g. 28 of a 672 -> 28 1x1
+    // conv, left no room for a block: EfficientNet-B0's SE reduce).
+    let ci_per = cin_g.min((UBO_FLOATS / (khw * cout_g.min(64).next_multiple_of(32))).max(1));
     // Whole 32-row blocks (zero-padded) must fit the buffer.
     let rows_per = (UBO_FLOATS / (ci_per * khw)) / 32 * 32;
     let zeros;

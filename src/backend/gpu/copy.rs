@@ -3,6 +3,7 @@
 use super::context::{fw, uw, Bind, Dispatch, Slot};
 use super::encode::StepIo;
 use super::GpuError;
+use crate::graph::PadMode;
 
 const SOURCE: &str = include_str!("../../../shaders/copy.wgsl");
 
@@ -78,13 +79,20 @@ pub(crate) fn encode_pad(
     io: &StepIo,
     pads: &[usize],
     value: f32,
+    mode: PadMode,
 ) -> Result<Vec<Dispatch>, GpuError> {
     let out = io.output.1;
     let inp = io.inputs[0].1;
     let mul = vec![1i64; out.len()];
     let add: Vec<i64> = pads[..out.len()].iter().map(|&p| -(p as i64)).collect();
     let total: usize = out.iter().product();
-    let w = params(io, out, inp, &mul, &add, total, value)?;
+    let mut w = params(io, out, inp, &mul, &add, total, value)?;
+    // The mode word (copy.wgsl: 0 constant, 1 edge, 2 reflect).
+    w.push(match mode {
+        PadMode::Constant => 0,
+        PadMode::Edge => 1,
+        PadMode::Reflect => 2,
+    });
     Ok(vec![launch(
         io,
         "gather_fwd",
@@ -98,11 +106,11 @@ pub(crate) fn encode_pad(
 pub(crate) fn encode_slice(
     io: &StepIo,
     starts: &[usize],
-    steps: &[usize],
+    steps: &[i64],
 ) -> Result<Vec<Dispatch>, GpuError> {
     let out = io.output.1;
     let inp = io.inputs[0].1;
-    let mul: Vec<i64> = steps.iter().map(|&s| s as i64).collect();
+    let mul: Vec<i64> = steps.to_vec();
     let add: Vec<i64> = starts.iter().map(|&s| s as i64).collect();
     let total: usize = out.iter().product();
     let w = params(io, out, inp, &mul, &add, total, 0.0)?;

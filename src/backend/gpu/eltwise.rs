@@ -4,7 +4,7 @@
 use super::context::{fw, uw, Bind, Dispatch, GpuContext, Kernel, Slot};
 use super::encode::StepIo;
 use super::GpuError;
-use crate::graph::{BinaryKind, Op, Tensor};
+use crate::graph::{BinaryKind, Op, Tensor, UnaryOp};
 use std::sync::Arc;
 
 const SOURCE: &str = include_str!("../../../shaders/eltwise.wgsl");
@@ -92,6 +92,13 @@ pub(crate) fn encode_unary(io: &StepIo, op: Unary) -> Result<Vec<Dispatch>, GpuE
     launch(io, "unary_fwd", io.inputs[0].0.clone(), params)
 }
 
+/// `unary_fwd` computing one of the `UnaryOp` functions (codes 16 and up).
+pub(crate) fn encode_unary_op(io: &StepIo, op: UnaryOp) -> Result<Vec<Dispatch>, GpuError> {
+    let (code, [a, b]) = op.code_and_params();
+    let params = [total(io), code, fw(a), fw(b), 0, 0, 0];
+    launch(io, "unary_fwd", io.inputs[0].0.clone(), params)
+}
+
 pub(crate) fn encode_add(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
     let params = [total(io), 0, 0, 0, 0, 0, 0];
     launch(io, "add_fwd", io.inputs[1].0.clone(), params)
@@ -122,10 +129,9 @@ pub(crate) fn encode_const(
     })?;
     let buf = io.ctx.upload(&format!("{} constant", io.name), &expanded);
     let op = match kind {
-        BinaryKind::Add => 0,
-        BinaryKind::Sub => 1,
-        BinaryKind::Mul => 2,
-        BinaryKind::Div => 3,
+        BinaryKind::Add | BinaryKind::Sub | BinaryKind::Mul | BinaryKind::Div => kind.code(),
+        // The rest read the constant through its strides in strided.wgsl.
+        _ => return super::strided::encode_binary_const(io, kind, constant, constant_first),
     };
     let params = [
         total(io),

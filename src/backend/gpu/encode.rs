@@ -7,7 +7,7 @@ use super::context::{Bind, Dispatch, GpuContext};
 use super::eltwise::Unary;
 use super::select::{ConvChoice, FcChoice, GpuChoice};
 use super::{
-    conv, copy, eltwise, gemm, lrn, pool, pow2, pow2_fc, sketch, softmax, sparse, GpuError,
+    conv, copy, eltwise, gemm, lrn, pool, pow2, pow2_fc, sketch, softmax, sparse, strided, GpuError,
 };
 use crate::graph::{Node, Op};
 use crate::tuning::GpuOptions;
@@ -132,8 +132,14 @@ pub(crate) fn encode(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
             var,
             epsilon,
         } => eltwise::encode_batchnorm(io, scale, bias, mean, var, *epsilon),
+        Op::LayerNorm {
+            axis,
+            epsilon,
+            scale,
+            bias,
+        } => strided::encode_layer_norm(io, *axis, *epsilon, scale, bias.as_ref()),
         // Aliases never become steps; planned graphs cannot reach this.
-        Op::Flatten { .. } | Op::Identity => Err(io.unsupported("alias op planned as a step")),
+        op if op.is_alias() => Err(io.unsupported("alias op planned as a step")),
         _ => encode_stateless(io),
     }
 }
@@ -178,14 +184,23 @@ pub(crate) fn encode_stateless(io: &StepIo) -> Result<Vec<Dispatch>, GpuError> {
         } => lrn::encode(io, *size, *alpha, *beta, *bias),
         Op::Softmax => softmax::encode(io),
         Op::Concat { axis } => copy::encode_concat(io, *axis),
-        Op::Pad { pads, value } => copy::encode_pad(io, pads, *value),
+        Op::Pad { pads, value, mode } => copy::encode_pad(io, pads, *value, *mode),
         Op::Slice {
             starts,
             ends: _,
             steps,
         } => copy::encode_slice(io, starts, steps),
-        Op::Conv(_) | Op::Linear(_) | Op::BatchNorm { .. } | Op::Flatten { .. } | Op::Identity => {
-            Err(io.unsupported("not a stateless op"))
-        }
+        Op::Unary(u) => eltwise::encode_unary_op(io, *u),
+        Op::Binary(kind) => strided::encode_binary(io, *kind),
+        Op::Reduce { kind, axes, .. } => strided::encode_reduce(io, *kind, axes),
+        Op::Transpose { perm } => strided::encode_transpose(io, perm),
+        Op::Expand { .. } => strided::encode_expand(io),
+        Op::Conv(_)
+        | Op::Linear(_)
+        | Op::BatchNorm { .. }
+        | Op::LayerNorm { .. }
+        | Op::Flatten { .. }
+        | Op::Reshape { .. }
+        | Op::Identity => Err(io.unsupported("not a stateless op")),
     }
 }

@@ -21,6 +21,7 @@ pub mod select;
 mod sketch;
 mod softmax;
 mod sparse;
+mod strided;
 pub mod train;
 
 pub use context::GpuContext;

@@ -2,9 +2,8 @@
 //! inference that rejects any value over `MAX_ELEMENTS` per item as soon as it
 //! appears (`bounded_shapes`, `node_shape_bounded`).
 
-use crate::graph::{Graph, GraphError, GraphInput, Node, Op, Shapes};
+use crate::graph::{Graph, GraphError, Node, Op, Shapes};
 use crate::import::ImportError;
-use std::collections::BTreeMap;
 
 /// Largest file `load_onnx` reads (4 GiB).
 pub const MAX_FILE_BYTES: u64 = 4 << 30;
@@ -39,8 +38,8 @@ pub(super) fn bounded_shapes(graph: &mut Graph, batch: usize) -> Result<Shapes, 
 /// The output shape of one node from known input shapes (`None` when an input
 /// has no shape yet), with the per-item element count bounded by `MAX_ELEMENTS`.
 ///
-/// Single-input ops go through the IR's own shape rules on a one-node graph (the
-/// node is moved in and back, not copied); Add and Concat are checked here.
+/// Ops go through the IR's own shape rules; Add and Concat are checked here (their
+/// sums saturate).
 pub(super) fn node_shape_bounded(
     node: &mut Node,
     shapes: &Shapes,
@@ -92,32 +91,13 @@ pub(super) fn node_shape_bounded(
             out
         }
         _ => {
-            if ins.len() != 1 || ins[0].is_empty() {
+            if ins.iter().any(|s| s.is_empty()) {
                 return Err(shape_err(format!(
-                    "expects one input with a batch axis, got {ins:?}"
+                    "expects inputs with a batch axis, got {ins:?}"
                 )));
             }
-            let placeholder = Node {
-                name: String::new(),
-                op: Op::Identity,
-                inputs: vec![],
-                output: String::new(),
-            };
-            let output = node.output.clone();
-            let mut mini = Graph {
-                input: GraphInput {
-                    name: node.inputs[0].clone(),
-                    item_shape: ins[0][1..].to_vec(),
-                    declared_batch: None,
-                },
-                nodes: vec![std::mem::replace(node, placeholder)],
-                outputs: vec![],
-                metadata: BTreeMap::new(),
-            };
-            let r = mini.infer_shapes(ins[0][0]);
-            *node = mini.nodes.pop().expect("the node moved in above");
-            let mut s = r?;
-            s.remove(&output).unwrap_or_default()
+            let refs: Vec<&Vec<usize>> = ins.iter().collect();
+            crate::graph::node_shape(node, &refs)?
         }
     };
     let items = out

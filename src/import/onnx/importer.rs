@@ -4,7 +4,7 @@
 
 use super::attributes::Attrs;
 use super::bounds::node_shape_bounded;
-use super::tensors::Const;
+use super::tensors::{Const, ConstData};
 use crate::graph::{Graph, Node, Op, Shapes};
 use crate::import::proto::NodeProto;
 use crate::import::ImportError;
@@ -18,6 +18,36 @@ pub(super) struct Importer {
     /// Shape of every computed value at the declared batch (1 when symbolic);
     /// `None` once a node read a value not produced yet (file out of order).
     pub(super) shapes: Option<Shapes>,
+    /// Shape-like integer values that depend on the batch size (a `Shape` of a computed
+    /// value and what is computed from it), folded into the Reshape that reads them.
+    pub(super) dims: HashMap<String, DimsValue>,
+    /// The model has no batch axis (a fully static input the batched import refused):
+    /// its input is read as one item of a batch of 1 that the IR adds in front, so every
+    /// ONNX axis `a >= 0` is IR axis `a + 1` (see `UNBATCHED`).
+    pub(super) lift: bool,
+}
+
+/// Metadata key marking a graph imported without a batch axis: its input and outputs
+/// carry an extra leading axis of 1 that callers add and strip (`cnnpack run` does).
+pub const UNBATCHED: &str = "cnnpack.unbatched";
+
+/// One entry of a shape-like integer tensor: known at import, or a multiple of the
+/// batch size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Dim {
+    /// A known integer.
+    Fixed(i64),
+    /// `k * N` for the batch size N.
+    Batch(i64),
+}
+
+/// An integer tensor of rank 0 or 1 whose entries may depend on the batch size.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct DimsValue {
+    /// Its shape: `[]` (a scalar) or `[len]`.
+    pub(super) shape: Vec<usize>,
+    /// Its entries.
+    pub(super) vals: Vec<Dim>,
 }
 
 /// Per-node context: names for errors, input lookup.
@@ -67,6 +97,15 @@ pub(super) enum Out {
     Node(Op, Vec<String>),
     /// A constant value (Constant nodes, folded Reshape).
     Const(Const),
+    /// A shape-like value computed from the batch size (stored as a constant when every
+    /// entry is known).
+    Dims(DimsValue),
+    /// Several IR nodes (a lowering or a multi-output op), each `(op, inputs, output)`,
+    /// in order; node `main` takes the ONNX node's name, the others names made from it.
+    Nodes {
+        nodes: Vec<(Op, Vec<String>, String)>,
+        main: usize,
+    },
 }
 
 impl Importer {
@@ -104,7 +143,8 @@ impl Importer {
             return Err(ctx.bad("has no output"));
         };
         for extra in np.output.iter().skip(1) {
-            if !extra.is_empty() && used.contains(extra.as_str()) {
+            // Split makes every output.
+            if op != "Split" && !extra.is_empty() && used.contains(extra.as_str()) {
                 return Err(ctx.bad(format!(
                     "extra output '{extra}' is used; cnnpack only computes the first output"
                 )));
@@ -125,6 +165,50 @@ impl Importer {
             }
             Out::Const(c) => {
                 self.consts.insert(output.clone(), c);
+            }
+            Out::Dims(d) => {
+                if d.vals.iter().all(|v| matches!(v, Dim::Fixed(_))) {
+                    let ints = d
+                        .vals
+                        .iter()
+                        .map(|v| match v {
+                            Dim::Fixed(i) | Dim::Batch(i) => *i,
+                        })
+                        .collect();
+                    let c = Const {
+                        dims: d.shape,
+                        data: ConstData::I64(ints),
+                    };
+                    self.consts.insert(output.clone(), c);
+                } else {
+                    self.dims.insert(output.clone(), d);
+                }
+            }
+            Out::Nodes { nodes, main } => {
+                for (k, (op, inputs, out)) in nodes.into_iter().enumerate() {
+                    if self.consts.contains_key(&out) || out == self.graph.input.name {
+                        return Err(ctx.bad(format!("output '{out}' is already defined")));
+                    }
+                    let name = if k == main {
+                        ctx.name.clone()
+                    } else {
+                        let base = format!("{}/{}", ctx.name, op.kind());
+                        let mut name = base.clone();
+                        let mut j = 1;
+                        while !self.names.insert(name.clone()) {
+                            name = format!("{base}_{j}");
+                            j += 1;
+                        }
+                        name
+                    };
+                    self.graph.nodes.push(Node {
+                        name,
+                        op,
+                        inputs,
+                        output: out,
+                    });
+                    self.track_last()?;
+                }
             }
         }
         Ok(())
@@ -186,11 +270,37 @@ impl Importer {
                 "input {i} ('{v}') is a constant; cnnpack needs a computed value here"
             )));
         }
+        if self.dims.contains_key(v) {
+            return Err(ctx.unsupported(
+                "inputs",
+                format!(
+                    "input {i} ('{v}') is a shape computed from the batch size; cnnpack folds \
+                     such values only into Reshape, Gather, Concat, Unsqueeze, Squeeze, \
+                     Slice, Cast and integer arithmetic"
+                ),
+            ));
+        }
         Ok(v.to_string())
     }
 
+    /// IR axis of an ONNX `axis` of a value of IR rank `rank` (negative counts from the
+    /// end; a lifted model's axes move one up).
+    pub(super) fn axis(&self, axis: i64, rank: usize) -> Option<usize> {
+        if axis >= 0 {
+            let a = axis as usize + self.lift as usize;
+            (a < rank).then_some(a)
+        } else {
+            super::ops::norm_axis(axis, rank)
+        }
+    }
+
+    /// The ONNX rank of a value of IR rank `rank`.
+    pub(super) fn onnx_rank(&self, rank: usize) -> usize {
+        rank - self.lift as usize
+    }
+
     /// Shape of a computed value at the declared batch (1 when symbolic).
-    pub(super) fn shape(&mut self, v: &str) -> Result<Vec<usize>, ImportError> {
+    pub(super) fn shape(&self, v: &str) -> Result<Vec<usize>, ImportError> {
         self.shapes
             .as_ref()
             .and_then(|s| s.get(v))

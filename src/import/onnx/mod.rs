@@ -1,10 +1,24 @@
 //! ONNX to Graph IR.
 //!
-//! Supported (default domain, opsets 7 to 21): Conv, Gemm, MatMul (constant 2-D
-//! weight), Relu, LeakyRelu, Clip, Sigmoid, MaxPool, AveragePool,
-//! GlobalAveragePool, BatchNormalization, Add, Sub, Mul, Div, Concat, Flatten,
-//! Reshape (to `[N, rest]` only), Dropout, Identity, LRN, Softmax (last axis),
-//! Pad (constant mode), Slice, Transpose (identity permutation), Constant.
+//! Supported (default domain, opsets 1 to 21):
+//! - layers: Conv, Gemm, MatMul (constant 2-D weight; inputs of any rank),
+//!   BatchNormalization, LayerNormalization, InstanceNormalization, LRN;
+//! - element-wise: Relu, LeakyRelu, PRelu, Elu, Clip, Sigmoid, HardSigmoid, HardSwish,
+//!   Tanh, Erf, Gelu, Exp, Log, Sqrt, Neg, Abs, Reciprocal, Softplus, Softsign; Add,
+//!   Sub, Mul, Div, Pow, Max, Min, Sum, Mean with NumPy broadcasting, between computed
+//!   values or with constants;
+//! - reductions and pools: ReduceMean/Sum/Max/Min/L2, MaxPool, AveragePool,
+//!   GlobalAveragePool, GlobalMaxPool, Softmax and LogSoftmax on any non-batch axis;
+//! - layout: Transpose, Reshape, Flatten, Squeeze, Unsqueeze, Expand, Concat, Split,
+//!   Slice (negative steps too), Gather (constant indices), Pad (constant, edge,
+//!   reflect), Dropout, Identity, Cast between float types;
+//! - folded at load: Constant, ConstantOfShape, and the shape subgraphs exporters build
+//!   (Shape, Size, Gather, Unsqueeze, Squeeze, Concat, Slice, Cast, integer
+//!   arithmetic; `importer::Dim` keeps what depends on the batch symbolic).
+//!
+//! A tensor's axis 0 is the batch throughout; a fully static model the batched import
+//! refuses (a rank-1 input, an op over axis 0) is imported again without one
+//! (`UNBATCHED`).
 //!
 //! Everything read from the file is bounds-checked before memory is allocated
 //! for it: element counts against `MAX_ELEMENTS` and against the bytes actually
@@ -29,6 +43,7 @@ use super::ImportError;
 use crate::graph::{Graph, GraphInput, Shapes};
 use bounds::bounded_shapes;
 use importer::Importer;
+pub use importer::UNBATCHED;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -79,6 +94,17 @@ pub fn parse_onnx(bytes: &[u8]) -> Result<Graph, ImportError> {
             bytes.len()
         )));
     }
+    match import(bytes, false) {
+        Ok(g) => Ok(g),
+        // A model whose input is fully static and that the batched import refused (a
+        // rank-1 input, an op over axis 0) may still run as one item without a batch
+        // axis; if that fails too, the first error is the one to report.
+        Err(e) => import(bytes, true).map_err(|_| e),
+    }
+}
+
+/// The import proper; `lift` reads a fully static input as one item (`Importer::lift`).
+fn import(bytes: &[u8], lift: bool) -> Result<Graph, ImportError> {
     let mut model = ModelProto::decode(bytes)?;
     let opset = default_opset(&model)?;
     let Some(mut gp) = model.graph.take() else {
@@ -113,7 +139,11 @@ pub fn parse_onnx(bytes: &[u8]) -> Result<Graph, ImportError> {
                 .collect::<Vec<_>>()
         )));
     }
-    let input = graph_input(real[0])?;
+    let input = if lift {
+        static_input(real[0])?
+    } else {
+        graph_input(real[0])?
+    };
 
     let metadata: BTreeMap<String, String> = model
         .metadata_props
@@ -158,7 +188,14 @@ pub fn parse_onnx(bytes: &[u8]) -> Result<Graph, ImportError> {
         opset,
         names: HashSet::new(),
         shapes: Some(shapes),
+        dims: HashMap::new(),
+        lift,
     };
+    if lift {
+        imp.graph
+            .metadata
+            .insert(importer::UNBATCHED.into(), "true".into());
+    }
     // An unsupported operator or attribute does not stop the import: the nodes after it
     // are still checked (those reading what it should have made only for their own
     // operator and attributes), so that one error lists every one.
@@ -224,10 +261,50 @@ fn default_opset(model: &ModelProto) -> Result<i64, ImportError> {
         .filter_map(|o| o.version)
         .max()
         .ok_or_else(|| ImportError::Malformed("no default-domain opset_import".into()))?;
-    if !(7..=21).contains(&v) {
+    if !(1..=21).contains(&v) {
         return Err(ImportError::Opset(v));
     }
     Ok(v)
+}
+
+/// The input of a model imported without a batch axis: every dimension fixed, all of
+/// them the item shape.
+fn static_input(v: &super::proto::ValueInfoProto) -> Result<GraphInput, ImportError> {
+    let name = v.name.clone().unwrap_or_default();
+    let dims = v
+        .r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .filter(|t| t.elem_type == Some(data_type::FLOAT))
+        .and_then(|t| t.shape.as_ref())
+        .map(|s| s.dim.as_slice())
+        .unwrap_or_default();
+    let item_shape: Option<Vec<usize>> = dims
+        .iter()
+        .map(|d| {
+            d.dim_value
+                .filter(|&x| x > 0 && (x as u64) < MAX_ELEMENTS)
+                .map(|x| x as usize)
+        })
+        .collect();
+    match item_shape {
+        Some(item_shape)
+            if !item_shape.is_empty()
+                && item_shape
+                    .iter()
+                    .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+                    .is_some_and(|n| n <= MAX_ELEMENTS) =>
+        {
+            Ok(GraphInput {
+                name,
+                item_shape,
+                declared_batch: None,
+            })
+        }
+        _ => Err(ImportError::Input(format!(
+            "'{name}' is not a fully static float tensor"
+        ))),
+    }
 }
 
 /// The graph input: first axis is the batch (symbolic or fixed), the rest fixed.

@@ -3,6 +3,7 @@
 //! memory-bound-cheap for them (element-wise, layout).
 
 mod dense;
+mod eltwise;
 mod gemm;
 mod layout;
 mod packed;
@@ -187,6 +188,18 @@ fn run_node_in(
         (Op::MaxPool(p), Some(x)) => Ok(max_pool(x, p)),
         (Op::Concat { axis }, Some(_)) => Ok(concat(inputs, *axis)),
         (Op::AvgPool(p), Some(x)) => Ok(avg_pool(x, p)),
+        (Op::Unary(u), Some(x)) => {
+            let mut y = (*x).clone();
+            eltwise::unary_in_place(&mut y, *u);
+            Ok(y)
+        }
+        (Op::Binary(kind), Some(x))
+            if inputs.len() == 2 && eltwise::binary_fits(&x.shape, &inputs[1].shape) =>
+        {
+            let mut y = (*x).clone();
+            eltwise::binary_in_place(&mut y, inputs[1], *kind);
+            Ok(y)
+        }
         _ => reference::run_node(node, inputs),
     }
 }
@@ -223,7 +236,11 @@ pub fn run_in_place(node: &Node, x: &mut Tensor, rest: &[&Tensor]) -> Option<Res
             let (lo, hi) = (*min, *max);
             each(x, move |v| v.max(lo).min(hi))
         }
-        // Flatten and Identity never get here: the plan makes them aliases.
+        Op::Unary(u) => eltwise::unary_in_place(x, *u),
+        Op::Binary(kind) if rest.len() == 1 && eltwise::binary_fits(&x.shape, &rest[0].shape) => {
+            eltwise::binary_in_place(x, rest[0], *kind)
+        }
+        // Flatten, Reshape and Identity never get here: the plan makes them aliases.
         Op::Add if rest.len() == 1 && rest[0].shape == x.shape => {
             x.data
                 .par_chunks_mut(1 << 16)

@@ -55,18 +55,48 @@ pub fn const_binary(x: &Tensor, kind: BinaryKind, c: &Tensor, constant_first: bo
         .zip(&c.data)
         .map(|(&x, &c)| {
             let (a, b) = if constant_first { (c, x) } else { (x, c) };
-            match kind {
-                BinaryKind::Add => a + b,
-                BinaryKind::Sub => a - b,
-                BinaryKind::Mul => a * b,
-                BinaryKind::Div => a / b,
-            }
+            kind.apply(a, b)
         })
         .collect();
     Tensor {
         shape: x.shape.clone(),
         data,
     }
+}
+
+/// `a op b` between two computed values, both broadcast (NumPy rules) to their joint shape.
+pub fn binary(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Tensor {
+    let shape = crate::graph::broadcast(&a.shape, &b.shape).expect("shape inference checked");
+    let (a, b) = (broadcast_to(a, &shape), broadcast_to(b, &shape));
+    let data = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(&x, &y)| kind.apply(x, y))
+        .collect();
+    Tensor { shape, data }
+}
+
+/// Layer normalisation over the axes from `axis` on (ONNX LayerNormalization), in f64.
+pub fn layer_norm(
+    x: &Tensor,
+    axis: usize,
+    eps: f32,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+) -> Tensor {
+    let inner: usize = x.shape[axis..].iter().product();
+    let mut y = x.clone();
+    for row in y.data.chunks_mut(inner) {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / inner as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / inner as f64;
+        let inv = 1.0 / (var + eps as f64).sqrt();
+        for (i, v) in row.iter_mut().enumerate() {
+            let b = bias.map_or(0.0, |b| b.data[i] as f64);
+            *v = ((*v as f64 - mean) * inv * scale.data[i] as f64 + b) as f32;
+        }
+    }
+    y
 }
 
 /// Inference batch norm over axis 1.

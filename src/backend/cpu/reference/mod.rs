@@ -7,8 +7,10 @@ mod layout;
 mod pool;
 
 pub use conv::{conv2d, linear};
-pub use eltwise::{add, batch_norm, broadcast_to, const_binary, lrn, map, softmax};
-pub use layout::{concat, pad, slice};
+pub use eltwise::{
+    add, batch_norm, binary, broadcast_to, const_binary, layer_norm, lrn, map, softmax,
+};
+pub use layout::{concat, pad, reduce, slice, transpose};
 pub use pool::{avg_pool, global_avg_pool, max_pool};
 
 use super::CpuError;
@@ -67,13 +69,46 @@ pub fn run_node(node: &Node, inputs: &[&Tensor]) -> Result<Tensor, CpuError> {
             bias,
         } => lrn(x, *size, *alpha, *beta, *bias),
         Op::Softmax => softmax(x),
-        Op::Pad { pads, value } => pad(x, pads, *value),
+        Op::Pad { pads, value, mode } => pad(x, pads, *value, *mode),
         Op::Slice {
             starts,
             ends,
             steps,
         } => slice(x, starts, ends, steps),
         Op::Identity => (*x).clone(),
+        Op::Unary(u) => map(x, |v| u.apply(v)),
+        Op::Binary(kind) => {
+            let b = inputs.get(1).ok_or_else(|| CpuError::Arity {
+                node: node.name.clone(),
+            })?;
+            binary(x, b, *kind)
+        }
+        Op::Reduce {
+            kind,
+            axes,
+            keepdims,
+        } => reduce(x, *kind, axes, *keepdims),
+        Op::Transpose { perm } => transpose(x, perm),
+        Op::Expand { shape } => {
+            let out = crate::graph::broadcast(&x.shape, shape).unwrap_or_else(|| x.shape.clone());
+            broadcast_to(x, &out)
+        }
+        Op::Reshape { target } => Tensor {
+            shape: crate::graph::reshape(&x.shape, target).ok_or_else(|| {
+                CpuError::Graph(crate::graph::GraphError::Shape {
+                    node: node.name.clone(),
+                    op: "Reshape",
+                    reason: format!("cannot reshape {:?} to {target:?}", x.shape),
+                })
+            })?,
+            data: x.data.clone(),
+        },
+        Op::LayerNorm {
+            axis,
+            epsilon,
+            scale,
+            bias,
+        } => layer_norm(x, *axis, *epsilon, scale, bias.as_ref()),
     })
 }
 

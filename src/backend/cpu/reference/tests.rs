@@ -122,7 +122,12 @@ fn layout_ops() {
     let s = slice(&x, &[0, 0, 0, 0], &[1, 2, 2, 2], &[1, 1, 2, 2]);
     assert_eq!(s.shape, vec![1, 2, 1, 1]);
     assert_eq!(s.data, vec![1., 5.]);
-    let p = pad(&s, &[0, 1, 0, 0, 0, 1, 0, 0], 0.0);
+    let p = pad(
+        &s,
+        &[0, 1, 0, 0, 0, 1, 0, 0],
+        0.0,
+        crate::graph::PadMode::Constant,
+    );
     assert_eq!(p.shape, vec![1, 4, 1, 1]);
     assert_eq!(p.data, vec![0., 1., 5., 0.]);
     let c = concat(&[&s, &s], 1);

@@ -266,7 +266,7 @@ impl GpuTrainer {
                     )?);
                 }
             }
-            (Op::Flatten { .. } | Op::Identity, _) => {} // aliases share the gradient buffer
+            (op, _) if op.is_alias() => {} // aliases share the gradient buffer
             (Op::ConstBinary { .. }, _) if !need_dx => {}
             _ => return Err(unsupported("the GPU trainer has no backward for this op")),
         }

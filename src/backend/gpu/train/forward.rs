@@ -218,9 +218,18 @@ impl GpuTrainer {
             }
             // No backward kernels exist for these; refusing them here keeps the error at
             // the node even when it does not reach the loss.
-            (Op::Softmax | Op::Pad { .. } | Op::Slice { .. }, _) => {
-                Err(io.unsupported("the GPU trainer has no forward for this op"))
-            }
+            (
+                Op::Softmax
+                | Op::Pad { .. }
+                | Op::Slice { .. }
+                | Op::Unary(_)
+                | Op::Binary(_)
+                | Op::Reduce { .. }
+                | Op::Transpose { .. }
+                | Op::Expand { .. }
+                | Op::LayerNorm { .. },
+                _,
+            ) => Err(io.unsupported("the GPU trainer has no forward for this op")),
             // Ops without parameters or state run exactly as in inference; their
             // backward reads only their input and output activations, which stay in the
             // trainer's buffers.

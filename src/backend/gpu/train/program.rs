@@ -8,7 +8,7 @@ use super::buffers::{buffer, Layer, Program};
 use super::kernels::{self, Launch, OpsParams};
 use super::{GpuTrainError, GpuTrainer};
 use crate::backend::training::{BnMode, SetupError};
-use crate::graph::{Node, Op};
+use crate::graph::Node;
 use std::collections::HashMap;
 
 impl GpuTrainer {
@@ -36,7 +36,7 @@ impl GpuTrainer {
                 continue;
             }
             match node.op {
-                Op::Flatten { .. } | Op::Identity => {
+                ref op if op.is_alias() => {
                     let s = *slot_of.get(&node.inputs[0]).ok_or_else(|| {
                         gpu_err(
                             node,
@@ -115,9 +115,7 @@ impl GpuTrainer {
             let mut forward = vec![];
             let mut names = vec![];
             for (i, node) in graph.nodes.iter().enumerate() {
-                if Some(i) == self.target.skipped_softmax
-                    || matches!(node.op, Op::Flatten { .. } | Op::Identity)
-                {
+                if Some(i) == self.target.skipped_softmax || node.op.is_alias() {
                     continue;
                 }
                 forward.extend(self.encode_forward(i, node, &shapes, batch, &act)?);

@@ -6,6 +6,7 @@
 mod array;
 mod math;
 mod nn;
+mod shape;
 
 use super::importer::{Ctx, Importer, Out};
 use crate::graph::Op;
@@ -14,24 +15,49 @@ use crate::import::ImportError;
 impl Importer {
     /// Converts one node by its op_type; unknown ops are `UnsupportedOp`.
     pub(super) fn convert(&mut self, ctx: &Ctx) -> Result<Out, ImportError> {
+        // Without a batch axis the IR's NCHW layers would read the ONNX batch as channels.
+        if self.lift
+            && matches!(
+                ctx.op,
+                "Conv" | "MaxPool" | "AveragePool" | "BatchNormalization" | "LRN"
+            )
+        {
+            return Err(ctx.unsupported("inputs", "a layer in a model without a batch axis"));
+        }
         match ctx.op {
             "Conv" => self.conv(ctx),
             "Gemm" => self.gemm(ctx),
             "MatMul" => self.matmul(ctx),
             "Identity" => self.identity(ctx),
             "Relu" | "Sigmoid" => self.activation(ctx),
+            "HardSigmoid" | "HardSwish" | "Tanh" | "Erf" | "Gelu" | "Exp" | "Log" | "Sqrt"
+            | "Neg" | "Abs" | "Reciprocal" | "Softplus" | "Elu" | "Softsign" => self.unary(ctx),
+            "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceL2" => self.reduce(ctx),
+            "GlobalMaxPool" => self.global_max_pool(ctx),
+            "LayerNormalization" => self.layer_norm(ctx),
+            "InstanceNormalization" => self.instance_norm(ctx),
+            "Shape" => self.shape_of(ctx),
+            "Size" => self.size(ctx),
+            "Gather" => self.gather(ctx),
+            "Unsqueeze" | "Squeeze" => self.squeeze(ctx),
+            "Cast" => self.cast(ctx),
+            "Split" => self.split(ctx),
+            "Expand" => self.expand(ctx),
+            "ConstantOfShape" => self.constant_of_shape(ctx),
             "Dropout" => self.dropout(ctx),
             "LeakyRelu" => self.leaky_relu(ctx),
             "Clip" => self.clip(ctx),
             "MaxPool" | "AveragePool" => self.pool(ctx),
             "GlobalAveragePool" => self.global_average_pool(ctx),
             "BatchNormalization" => self.batch_norm(ctx),
-            "Add" | "Sub" | "Mul" | "Div" => self.binary(ctx),
+            "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" | "PRelu" => {
+                self.binary(ctx)
+            }
             "Concat" => self.concat(ctx),
             "Flatten" => self.flatten(ctx),
             "Reshape" => self.reshape(ctx),
             "LRN" => self.lrn(ctx),
-            "Softmax" => self.softmax(ctx),
+            "Softmax" | "LogSoftmax" => self.softmax(ctx),
             "Pad" => self.pad(ctx),
             "Slice" => self.slice(ctx),
             "Transpose" => self.transpose(ctx),
@@ -50,7 +76,7 @@ fn one(op: Op, x: String) -> Result<Out, ImportError> {
 }
 
 /// `axis` in `-rank..rank` as a non-negative index.
-fn norm_axis(axis: i64, rank: usize) -> Option<usize> {
+pub(super) fn norm_axis(axis: i64, rank: usize) -> Option<usize> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
     (0..r).contains(&a).then_some(a as usize)

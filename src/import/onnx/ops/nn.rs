@@ -1,8 +1,8 @@
 //! Neural-network layers: Conv, Gemm, MatMul, MaxPool, AveragePool,
 //! GlobalAveragePool, BatchNormalization, LRN, Softmax, Dropout.
 
-use super::{norm_axis, one};
-use crate::graph::{Conv2d, Linear, Op, Pool2d, Tensor};
+use super::one;
+use crate::graph::{Conv2d, Linear, Op, Pool2d, ReduceKind, Tensor, UnaryOp};
 use crate::import::onnx::bounds::MAX_ELEMENTS;
 use crate::import::onnx::importer::{Ctx, Importer, Out};
 use crate::import::ImportError;
@@ -187,15 +187,97 @@ impl Importer {
     pub(super) fn global_average_pool(&mut self, ctx: &Ctx) -> Result<Out, ImportError> {
         let a = ctx.attrs();
         a.only(&[])?;
-        one(Op::GlobalAvgPool, self.dynamic(ctx, 0)?)
+        let x = self.dynamic(ctx, 0)?;
+        let rank = self.shape(&x)?.len();
+        if rank == 4 && !self.lift {
+            return one(Op::GlobalAvgPool, x);
+        }
+        self.global_reduce(ctx, ReduceKind::Mean, x, rank)
+    }
+
+    /// GlobalMaxPool: a max over the spatial axes, kept as 1s.
+    pub(super) fn global_max_pool(&mut self, ctx: &Ctx) -> Result<Out, ImportError> {
+        ctx.attrs().only(&[])?;
+        let x = self.dynamic(ctx, 0)?;
+        let rank = self.shape(&x)?.len();
+        self.global_reduce(ctx, ReduceKind::Max, x, rank)
+    }
+
+    fn global_reduce(
+        &mut self,
+        ctx: &Ctx,
+        kind: ReduceKind,
+        x: String,
+        rank: usize,
+    ) -> Result<Out, ImportError> {
+        let first = 2 + self.lift as usize;
+        if rank <= first {
+            return Err(ctx.bad(format!("input of rank {rank} has no spatial axes")));
+        }
+        one(
+            Op::Reduce {
+                kind,
+                axes: (first..rank).collect(),
+                keepdims: true,
+            },
+            x,
+        )
+    }
+
+    /// LayerNormalization with constant scale and bias over the axes from `axis` on.
+    pub(super) fn layer_norm(&mut self, ctx: &Ctx) -> Result<Out, ImportError> {
+        let a = ctx.attrs();
+        a.only(&["axis", "epsilon", "stash_type"])?;
+        let x = self.dynamic(ctx, 0)?;
+        let shape = self.shape(&x)?;
+        let axis = a.int_or("axis", -1)?;
+        let ax = self
+            .axis(axis, shape.len())
+            .filter(|&ax| ax > 0)
+            .ok_or_else(|| ctx.unsupported("axis", axis))?;
+        let epsilon = a.float_or("epsilon", 1e-5)?;
+        if !(epsilon >= 0.0 && epsilon.is_finite()) {
+            return Err(ctx.unsupported("epsilon", epsilon));
+        }
+        let inner: usize = shape[ax..].iter().product();
+        // Scale and bias broadcast to the normalised axes (usually they are that shape).
+        let expand = |c: &Tensor, role: &str| -> Result<Tensor, ImportError> {
+            let dims = &shape[ax..];
+            match crate::graph::broadcast(dims, &c.shape) {
+                Some(b) if b == dims => {
+                    let t = crate::backend::cpu::reference::broadcast_to(c, dims);
+                    Ok(Tensor {
+                        shape: vec![inner],
+                        data: t.data,
+                    })
+                }
+                _ => Err(ctx.unsupported(role, format!("shape {:?} for axes {dims:?}", c.shape))),
+            }
+        };
+        let scale = expand(&self.constant(ctx, 1, "Scale")?.to_tensor(), "Scale")?;
+        let bias = match self.opt_constant(ctx, 2, "B")? {
+            Some(b) => Some(expand(&b.to_tensor(), "B")?),
+            None => None,
+        };
+        one(
+            Op::LayerNorm {
+                axis: ax,
+                epsilon,
+                scale,
+                bias,
+            },
+            x,
+        )
     }
 
     /// Gemm with a constant weight: a Linear, with alpha and beta folded in.
     pub(super) fn gemm(&mut self, ctx: &Ctx) -> Result<Out, ImportError> {
         let a = ctx.attrs();
         a.only(&["alpha", "beta", "transA", "transB", "broadcast"])?;
-        if a.int_or("transA", 0)? != 0 {
-            return Err(ctx.unsupported("transA", a.int_or("transA", 0)?));
+        // transA transposes the batch axis in; without one it is a Transpose first.
+        let trans_a = a.int_or("transA", 0)?;
+        if trans_a != 0 && !(self.lift && trans_a == 1) {
+            return Err(ctx.unsupported("transA", trans_a));
         }
         let trans_b = a.int_or("transB", 0)?;
         let alpha = a.float_or("alpha", 1.0)?;
@@ -214,7 +296,17 @@ impl Importer {
             weight.data.iter_mut().for_each(|v| *v *= alpha);
         }
         let out = weight.shape[0];
+        // Without a batch axis a matrix C is added after the Linear.
+        let matrix_bias = match self.opt_constant(ctx, 2, "C")? {
+            Some(c) if self.lift && c.dims.len() == 2 && c.dims[0] != 1 => {
+                let mut t = c.to_tensor();
+                t.data.iter_mut().for_each(|v| *v *= beta);
+                Some(t)
+            }
+            _ => None,
+        };
         let bias = match self.opt_constant(ctx, 2, "C")? {
+            _ if matrix_bias.is_some() => None,
             None => None,
             Some(c) => {
                 let mut t = c.to_tensor();
@@ -239,13 +331,120 @@ impl Importer {
                 Some(t)
             }
         };
-        Ok(Out::Node(
-            Op::Linear(Linear {
-                weight: Weights::Dense(weight),
-                bias,
-            }),
-            vec![x],
-        ))
+        let (k, o) = (weight.shape[1], weight.shape[0]);
+        let linear = Op::Linear(Linear {
+            weight: Weights::Dense(weight),
+            bias,
+        });
+        if trans_a == 0 && matrix_bias.is_none() {
+            return self.linear_rows(ctx, linear, x, k, o);
+        }
+        let output = ctx.np.output[0].clone();
+        let v = |s: &str| format!("{output}/cnnpack_{s}");
+        let mut nodes = vec![];
+        let x_name = x.clone();
+        let mut cur = x;
+        if trans_a == 1 {
+            nodes.push((
+                Op::Transpose {
+                    perm: vec![0, 2, 1],
+                },
+                vec![cur],
+                v("a_t"),
+            ));
+            cur = v("a_t");
+        }
+        // A is [1, M, K] under the IR's leading 1: its rows through the Linear.
+        let main = nodes.len() + 1;
+        let back = vec![
+            -1,
+            self.shape(&x_name)?[1 + trans_a as usize] as i64,
+            o as i64,
+        ];
+        nodes.push((
+            Op::Reshape {
+                target: vec![-1, k as i64],
+            },
+            vec![cur],
+            v("rows"),
+        ));
+        nodes.push((linear, vec![v("rows")], v("mm2d")));
+        nodes.push((Op::Reshape { target: back }, vec![v("mm2d")], v("mm")));
+        cur = v("mm");
+        if let Some(c) = matrix_bias {
+            let op = Op::ConstBinary {
+                kind: crate::graph::BinaryKind::Add,
+                constant: c,
+                constant_first: false,
+            };
+            nodes.push((op, vec![cur], v("bias")));
+        }
+        // The last node writes the ONNX output.
+        if let Some(last) = nodes.last_mut() {
+            last.2 = output;
+        }
+        Ok(Out::Nodes { nodes, main })
+    }
+
+    /// InstanceNormalization: a LayerNorm over the spatial axes, then the per-channel
+    /// scale and bias.
+    pub(super) fn instance_norm(&mut self, ctx: &Ctx) -> Result<Out, ImportError> {
+        let a = ctx.attrs();
+        a.only(&["epsilon"])?;
+        let epsilon = a.float_or("epsilon", 1e-5)?;
+        if !(epsilon >= 0.0 && epsilon.is_finite()) {
+            return Err(ctx.unsupported("epsilon", epsilon));
+        }
+        let x = self.dynamic(ctx, 0)?;
+        let shape = self.shape(&x)?;
+        let ch = 1 + self.lift as usize;
+        if shape.len() < ch + 2 {
+            return Err(ctx.bad(format!("input {shape:?} has no spatial axes")));
+        }
+        let c = shape[ch];
+        let inner: usize = shape[ch + 1..].iter().product();
+        let per_channel = |t: Tensor, role: &str| -> Result<Tensor, ImportError> {
+            if t.len() != c {
+                return Err(ctx.bad(format!("{role} has {} values for {c} channels", t.len())));
+            }
+            let mut dims = vec![c];
+            dims.extend(std::iter::repeat_n(1, shape.len() - ch - 1));
+            Ok(Tensor::new(dims, t.data).expect("sizes match"))
+        };
+        let scale = per_channel(self.constant(ctx, 1, "scale")?.to_tensor(), "scale")?;
+        let bias = per_channel(self.constant(ctx, 2, "B")?.to_tensor(), "B")?;
+        let output = ctx.np.output[0].clone();
+        let (normed, scaled) = (
+            format!("{output}/cnnpack_norm"),
+            format!("{output}/cnnpack_scale"),
+        );
+        let norm = Op::LayerNorm {
+            axis: ch + 1,
+            epsilon,
+            scale: Tensor::new(vec![inner], vec![1.0; inner]).expect("sizes match"),
+            bias: None,
+        };
+        let affine = |kind, constant| Op::ConstBinary {
+            kind,
+            constant,
+            constant_first: false,
+        };
+        Ok(Out::Nodes {
+            nodes: vec![
+                (norm, vec![x], normed.clone()),
+                (
+                    affine(crate::graph::BinaryKind::Mul, scale),
+                    vec![normed],
+                    scaled.clone(),
+                ),
+                (
+                    affine(crate::graph::BinaryKind::Add, bias),
+                    vec![scaled],
+                    output,
+                ),
+            ],
+            main: 0,
+        })
     }
 
     /// MatMul by a constant 2-D weight: a Linear without bias.
@@ -253,18 +452,59 @@ impl Importer {
         let a = ctx.attrs();
         a.only(&[])?;
         let x = self.dynamic(ctx, 0)?;
-        let w = self.constant(ctx, 1, "B")?;
+        let w = self.constant(ctx, 1, "B")?.clone();
         if w.dims.len() != 2 {
             return Err(ctx.unsupported("B", format!("weight of rank {}", w.dims.len())));
         }
         let weight = transpose2(&w.to_tensor());
-        one(
-            Op::Linear(Linear {
-                weight: Weights::Dense(weight),
-                bias: None,
-            }),
-            x,
-        )
+        let linear = Op::Linear(Linear {
+            weight: Weights::Dense(weight),
+            bias: None,
+        });
+        self.linear_rows(ctx, linear, x, w.dims[0], w.dims[1])
+    }
+
+    /// A Linear `k -> o` on `x`: directly on `[N, k]`; on `[N, ..., k]` the rows of
+    /// every leading axis through one Linear, between Reshapes (which move no data):
+    /// `[-1, k]`, then `[-1, ..., o]`.
+    fn linear_rows(
+        &mut self,
+        ctx: &Ctx,
+        linear: Op,
+        x: String,
+        k: usize,
+        o: usize,
+    ) -> Result<Out, ImportError> {
+        let shape = self.shape(&x)?;
+        if shape.len() == 2 {
+            return one(linear, x);
+        }
+        if shape.len() < 2 || shape[shape.len() - 1] != k {
+            return Err(ctx.bad(format!("input {shape:?} does not fit a {k} -> {o} weight")));
+        }
+        let mut back: Vec<i64> = shape[..shape.len() - 1].iter().map(|&d| d as i64).collect();
+        back[0] = -1;
+        back.push(o as i64);
+        let k = k as i64;
+        let output = ctx.np.output[0].clone();
+        let (rows, mm) = (
+            format!("{output}/cnnpack_rows"),
+            format!("{output}/cnnpack_matmul"),
+        );
+        Ok(Out::Nodes {
+            nodes: vec![
+                (
+                    Op::Reshape {
+                        target: vec![-1, k],
+                    },
+                    vec![x],
+                    rows.clone(),
+                ),
+                (linear, vec![rows], mm.clone()),
+                (Op::Reshape { target: back }, vec![mm], output),
+            ],
+            main: 1,
+        })
     }
 
     /// BatchNormalization in inference mode (folded later by the caller).
@@ -335,19 +575,66 @@ impl Importer {
         let a = ctx.attrs();
         a.only(&["axis"])?;
         let x = self.dynamic(ctx, 0)?;
-        let rank = self.shape(&x)?.len();
+        let shape = self.shape(&x)?;
+        let rank = shape.len();
         let default = if self.opset < 13 { 1 } else { -1 };
         let axis = a.int_or("axis", default)?;
-        let ax = norm_axis(axis, rank);
-        // Before opset 13 Softmax coerces to 2-D at `axis`; that is the
-        // last-axis softmax when axis is the last one.
-        if ax != Some(rank.saturating_sub(1)) {
-            return Err(ctx.unsupported(
-                "axis",
-                format!("{axis} on a rank-{rank} input (only the last axis is supported)"),
-            ));
+        let ax = self
+            .axis(axis, rank)
+            .filter(|&ax| ax > 0)
+            .ok_or_else(|| ctx.unsupported("axis", format!("{axis} on a rank-{rank} input")))?;
+        let log = ctx.op == "LogSoftmax";
+        let output = ctx.np.output[0].clone();
+        let v = |s: &str| format!("{output}/cnnpack_{s}");
+        // The IR's Softmax is over the last axis; another axis is brought there and back:
+        // by a Reshape before opset 13 (which coerces to 2-D at `axis`), by a Transpose
+        // swapping it with the last axis after.
+        let (before, after) = if ax == rank - 1 {
+            (None, None)
+        } else if self.opset < 13 {
+            let inner: usize = shape[ax..].iter().product();
+            let mut back: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            back[0] = -1;
+            (
+                Some(Op::Reshape {
+                    target: vec![-1, inner as i64],
+                }),
+                Some(Op::Reshape { target: back }),
+            )
+        } else {
+            let mut perm: Vec<usize> = (0..rank).collect();
+            perm.swap(ax, rank - 1);
+            (
+                Some(Op::Transpose { perm: perm.clone() }),
+                Some(Op::Transpose { perm }),
+            )
+        };
+        let mut nodes = vec![];
+        let mut cur = x;
+        if let Some(op) = before {
+            nodes.push((op, vec![cur], v("in")));
+            cur = v("in");
         }
-        one(Op::Softmax, x)
+        let main = nodes.len();
+        let steps: Vec<Op> = [
+            Some(Op::Softmax),
+            log.then_some(Op::Unary(UnaryOp::Log)),
+            after,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let last = steps.len() - 1;
+        for (i, op) in steps.into_iter().enumerate() {
+            let out = if i == last {
+                output.clone()
+            } else {
+                v(&format!("s{i}"))
+            };
+            nodes.push((op, vec![cur], out.clone()));
+            cur = out;
+        }
+        Ok(Out::Nodes { nodes, main })
     }
 
     /// Dropout at inference: an Identity.
