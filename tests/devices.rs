@@ -428,3 +428,61 @@ fn layer_norm_on_every_device() {
         for_each_device!(|dev| dev.check(&what, &g, &x, tolerance(4 * inner)));
     }
 }
+
+/// Every binary kind with a broadcast constant on either side, read from a computed
+/// value (the CPU runs it in place) and from the graph input.
+#[test]
+fn constant_binaries_on_every_device() {
+    use cnnpack::graph::{BinaryKind, UnaryOp};
+    let kinds = [
+        BinaryKind::Add,
+        BinaryKind::Sub,
+        BinaryKind::Mul,
+        BinaryKind::Div,
+        BinaryKind::Pow,
+        BinaryKind::Max,
+        BinaryKind::Min,
+        BinaryKind::PRelu,
+    ];
+    let mut rng = Rng::new(36);
+    for case in 0..16 {
+        let kind = kinds[case % kinds.len()];
+        let constant_first = case >= kinds.len() && kind != BinaryKind::PRelu;
+        let rank = 2 + case % 4;
+        let shape = random_shape(&mut rng, rank);
+        // The constant: trailing axes of the item shape, some of them 1.
+        let keep = rng.range(1, rank - 1);
+        let cshape: Vec<usize> = shape[rank - keep..]
+            .iter()
+            .map(|&d| if rng.range(0, 2) == 0 { 1 } else { d })
+            .collect();
+        let mut constant = rng.normal_tensor(cshape.clone(), 1.0);
+        // Pow: positive bases, small exponents; Div: denominators away from 0.
+        let positive =
+            |t: &mut cnnpack::graph::Tensor| t.data.iter_mut().for_each(|v| *v = v.abs() + 0.5);
+        let mut b = GraphBuilder::new("x", &shape[1..], 1);
+        let x = if kind == BinaryKind::Pow && !constant_first {
+            b.push("base", Op::Unary(UnaryOp::Exp), &["x"])
+        } else {
+            b.push("copy", Op::Unary(UnaryOp::Neg), &["x"])
+        };
+        if matches!(kind, BinaryKind::Div | BinaryKind::Pow) {
+            positive(&mut constant);
+        }
+        let op = Op::ConstBinary {
+            kind,
+            constant,
+            constant_first,
+        };
+        let in_place = b.push("in_place", op.clone(), &[&x]);
+        let mut outputs = vec![in_place];
+        if !(matches!(kind, BinaryKind::Div) && constant_first) && kind != BinaryKind::Pow {
+            outputs.push(b.push("direct", op, &["x"]));
+        }
+        let refs: Vec<&str> = outputs.iter().map(|s| s.as_str()).collect();
+        let g = b.finish(&refs).expect("valid");
+        let input = rng.normal_tensor(shape.clone(), 1.0);
+        let what = format!("{kind:?} (constant first: {constant_first}) {cshape:?} on {shape:?}");
+        for_each_device!(|dev| dev.check(&what, &g, &input, tolerance(16)));
+    }
+}

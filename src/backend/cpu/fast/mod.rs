@@ -193,6 +193,23 @@ fn run_node_in(
             eltwise::unary_in_place(&mut y, *u);
             Ok(y)
         }
+        (
+            Op::ConstBinary {
+                kind,
+                constant,
+                constant_first,
+            },
+            Some(x),
+        ) if eltwise::binary_fits(&x.shape, &constant.shape) => {
+            let mut y = (*x).clone();
+            eltwise::binary_in_place_as(&mut y, constant, *kind, *constant_first);
+            Ok(y)
+        }
+        (Op::Sigmoid, Some(x)) => {
+            let mut y = (*x).clone();
+            eltwise::sigmoid_in_place(&mut y);
+            Ok(y)
+        }
         (Op::Binary(kind), Some(x))
             if inputs.len() == 2 && eltwise::binary_fits(&x.shape, &inputs[1].shape) =>
         {
@@ -237,6 +254,14 @@ pub fn run_in_place(node: &Node, x: &mut Tensor, rest: &[&Tensor]) -> Option<Res
             each(x, move |v| v.max(lo).min(hi))
         }
         Op::Unary(u) => eltwise::unary_in_place(x, *u),
+        Op::Sigmoid => eltwise::sigmoid_in_place(x),
+        Op::ConstBinary {
+            kind,
+            constant,
+            constant_first,
+        } if eltwise::binary_fits(&x.shape, &constant.shape) => {
+            eltwise::binary_in_place_as(x, constant, *kind, *constant_first)
+        }
         Op::Binary(kind) if rest.len() == 1 && eltwise::binary_fits(&x.shape, &rest[0].shape) => {
             eltwise::binary_in_place(x, rest[0], *kind)
         }
