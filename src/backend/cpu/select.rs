@@ -93,8 +93,12 @@ pub enum ConvChoice {
     Csr,
     /// The model's packed weights, `conv2d_packed` (dense, or compressed decoded first).
     Packed,
-    /// Dense weights in place, `conv2d_relu` (not packed: depthwise groups, no AVX2).
+    /// Dense weights in place, `conv2d_relu` (not packed: few channels per group, no
+    /// AVX2).
     InPlace,
+    /// A depthwise conv (one input channel per group), `depthwise_conv2d` on the dense
+    /// weights (decoded once per model when compressed).
+    Depthwise,
     /// Compressed weights decoded to dense f32 (once per model, or per call without
     /// one), then `conv2d_relu`.
     DecodedInPlace,
@@ -107,6 +111,7 @@ impl ConvChoice {
             ConvChoice::Csr => "sparse_conv",
             ConvChoice::Packed => "conv2d_packed",
             ConvChoice::InPlace => "conv2d",
+            ConvChoice::Depthwise => "depthwise_conv2d",
             ConvChoice::DecodedInPlace => "decoded+conv2d",
         }
     }
@@ -237,6 +242,8 @@ pub fn conv(c: &Conv2d, packed: bool) -> ConvChoice {
         ConvChoice::Csr
     } else if packed {
         ConvChoice::Packed
+    } else if crate::backend::cpu::fast::is_depthwise(c) {
+        ConvChoice::Depthwise
     } else if matches!(c.weight, Weights::Dense(_)) {
         ConvChoice::InPlace
     } else {

@@ -14,8 +14,8 @@ mod sketch_masks;
 pub mod sketch_triplets;
 pub mod sparse;
 
-pub use dense::{conv2d, conv2d_relu, linear, linear_isa};
-pub use layout::concat;
+pub use dense::{conv2d, conv2d_relu, depthwise_conv2d, is_depthwise, linear, linear_isa};
+pub use layout::{concat, slice, transpose};
 pub use packed::{conv2d_packed, PackedConv};
 pub use pool::{avg_pool, max_pool};
 
@@ -188,6 +188,16 @@ fn run_node_in(
         (Op::MaxPool(p), Some(x)) => Ok(max_pool(x, p)),
         (Op::Concat { axis }, Some(_)) => Ok(concat(inputs, *axis)),
         (Op::AvgPool(p), Some(x)) => Ok(avg_pool(x, p)),
+        (
+            Op::Slice {
+                starts,
+                ends,
+                steps,
+            },
+            Some(x),
+        ) => Ok(slice(x, starts, ends, steps)),
+        (Op::Transpose { perm }, Some(x)) => Ok(transpose(x, perm)),
+        (Op::GlobalAvgPool, Some(x)) => Ok(pool::global_avg_pool(x)),
         (Op::Unary(u), Some(x)) => {
             let mut y = (*x).clone();
             eltwise::unary_in_place(&mut y, *u);
@@ -327,6 +337,21 @@ fn conv_node(
             )
         }
         Some(CpuChoice::Conv(ConvChoice::InPlace)) => conv2d_relu(x, c, relu),
+        Some(CpuChoice::Conv(ConvChoice::Depthwise)) => match &c.weight {
+            Weights::Dense(w) => dense::depthwise_conv2d(x, c, &w.data, relu),
+            _ => match prepared.and_then(|p| p.decoded(node)) {
+                Some(dense) => {
+                    let Weights::Dense(w) = &dense.weight else {
+                        unreachable!("decoded weights are dense")
+                    };
+                    dense::depthwise_conv2d(x, c, &w.data, relu)
+                }
+                None => {
+                    let w = c.weight.to_dense();
+                    dense::depthwise_conv2d(x, c, &w.data, relu)
+                }
+            },
+        },
         Some(CpuChoice::Conv(ConvChoice::DecodedInPlace)) => {
             match prepared.and_then(|p| p.decoded(node)) {
                 Some(dense) => conv2d_relu(x, dense, relu),
@@ -432,6 +457,9 @@ impl Prepared {
                     packed.insert(node.output.clone(), p);
                 }
                 (ConvChoice::DecodedInPlace, _) => {
+                    decoded.insert(node.output.clone(), decoded_conv(c));
+                }
+                (ConvChoice::Depthwise, _) if !matches!(c.weight, Weights::Dense(_)) => {
                     decoded.insert(node.output.clone(), decoded_conv(c));
                 }
                 _ => {}

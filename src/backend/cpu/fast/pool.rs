@@ -168,3 +168,29 @@ pub fn avg_pool(x: &Tensor, p: &Pool2d) -> Tensor {
         });
     y
 }
+
+/// Mean over H and W, one plane per task, summed in 8 f32 lanes (vectorized; the
+/// reference sums in f64: the difference is a few ulps of the mean). EfficientNet-B0's
+/// 16 squeeze-excitation pools took 1.8 of its ~25 ms at batch 1 in the reference.
+pub fn global_avg_pool(x: &Tensor) -> Tensor {
+    let (n, c, hw) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3]);
+    let data = x
+        .data
+        .par_chunks(hw)
+        .map(|plane| {
+            let mut lanes = [0f32; 8];
+            let chunks = plane.chunks_exact(8);
+            let tail: f32 = chunks.remainder().iter().sum();
+            for c in chunks {
+                for (l, v) in lanes.iter_mut().zip(c) {
+                    *l += v;
+                }
+            }
+            (lanes.iter().sum::<f32>() + tail) / hw as f32
+        })
+        .collect();
+    Tensor {
+        shape: vec![n, c, 1, 1],
+        data,
+    }
+}

@@ -15,10 +15,12 @@
 //! rows decoded as they are used, which the compressed fcs share.
 
 mod conv;
+mod depthwise;
 mod fc;
 
 pub(super) use conv::pad_and_phase;
 pub use conv::{conv2d, conv2d_relu};
+pub use depthwise::{depthwise_conv2d, is_depthwise};
 pub(super) use fc::decoded_rows_dots;
 pub(crate) use fc::gemv_supported;
 pub use fc::{linear, linear_as, linear_isa};
