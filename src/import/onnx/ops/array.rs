@@ -4,7 +4,6 @@
 use super::shape::reshape_target;
 use super::{norm_axis, one};
 use crate::graph::{Op, PadMode};
-use crate::import::onnx::bounds::MAX_ELEMENTS;
 use crate::import::onnx::importer::{Ctx, Dim, Importer, Out};
 use crate::import::onnx::tensors::{Const, ConstData};
 use crate::import::ImportError;
@@ -863,30 +862,11 @@ fn squeezed(
 
 /// The shape `target` (ONNX Reshape rules: 0 copies, -1 infers) gives `input`.
 fn reshape_dims(input: &[usize], target: &[i64], allowzero: bool) -> Option<Vec<usize>> {
-    let total: usize = input.iter().product();
-    let mut out = Vec::with_capacity(target.len().min(64));
-    let mut infer = None;
-    for (i, &t) in target.iter().enumerate() {
-        match t {
-            -1 if infer.is_none() => {
-                infer = Some(i);
-                out.push(1);
-            }
-            0 if !allowzero => out.push(*input.get(i)?),
-            t if t >= 0 && (t as u64) <= MAX_ELEMENTS => out.push(t as usize),
-            _ => return None,
-        }
-    }
-    let known = out.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
-    if let Some(i) = infer {
-        if known == 0 || !total.is_multiple_of(known) {
-            return None;
-        }
-        out[i] = total / known;
-    } else if known != total {
+    // With allowzero a 0 is a zero-size axis, which cnnpack's shapes never have.
+    if allowzero && target.contains(&0) {
         return None;
     }
-    Some(out)
+    crate::graph::reshape(input, target)
 }
 
 #[cfg(test)]
