@@ -71,6 +71,24 @@ fn main() {
     }
     let [onnx_dir, pack_dir, idx_dir] = &dirs;
 
+    // The ONNX pattern graphs of the importer tests: the modern ops (broadcasting
+    // binaries, shape subgraphs, Transpose, LayerNorm, ...) for the fuzzer to mutate, as
+    // ONNX and as imported .cnnpack.
+    let patterns = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx_patterns");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&patterns)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    names.sort();
+    for path in names.iter().filter(|p| p.extension().is_some_and(|e| e == "onnx")) {
+        let bytes = std::fs::read(path).expect("the pattern files are readable");
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("pattern");
+        write(onnx_dir, &format!("pattern-{stem}.onnx"), &bytes);
+        if let Ok(g) = cnnpack::import::parse_onnx(&bytes) {
+            let packed = cnnpack::format::to_bytes(&g).expect("imported patterns serialize");
+            write(pack_dir, &format!("pattern-{stem}.cnnpack"), &packed);
+        }
+    }
+
     let models = [("chain", tiny_chain(1)), ("branches", tiny_branches(2))];
     for (name, g) in &models {
         let onnx = cnnpack::import::export_onnx(g).expect("tiny models export");
