@@ -79,9 +79,15 @@ fn main() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     names.sort();
-    for path in names.iter().filter(|p| p.extension().is_some_and(|e| e == "onnx")) {
+    for path in names
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+    {
         let bytes = std::fs::read(path).expect("the pattern files are readable");
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("pattern");
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("pattern");
         write(onnx_dir, &format!("pattern-{stem}.onnx"), &bytes);
         if let Ok(g) = cnnpack::import::parse_onnx(&bytes) {
             let packed = cnnpack::format::to_bytes(&g).expect("imported patterns serialize");

@@ -486,3 +486,38 @@ fn constant_binaries_on_every_device() {
         for_each_device!(|dev| dev.check(&what, &g, &input, tolerance(16)));
     }
 }
+
+/// Depthwise convs wide enough for the CPU's channel-interleaved kernel (blocks of 8
+/// channels, planes under 32 columns) and its tail, and for its row kernel (wider
+/// planes): channel multipliers 1 and 2, stride 1 and 2, dilation, uneven padding.
+#[test]
+fn depthwise_convs_on_every_device() {
+    use cnnpack::graph::Conv2d;
+    let mut rng = Rng::new(37);
+    for (case, &(channels, mult, k, stride, dilation, hw)) in [
+        (20, 1, 3, 1, 1, [7, 7]),
+        (12, 2, 5, 2, 1, [13, 11]),
+        (17, 1, 3, 2, 2, [9, 12]),
+        (9, 1, 7, 1, 1, [40, 37]),
+        (16, 2, 3, 1, 1, [5, 33]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let conv = Conv2d {
+            kernel: [k, k],
+            stride: [stride; 2],
+            pads: [k / 2, k / 2 + 1, k / 2 + 1, k / 2],
+            dilation: [dilation; 2],
+            groups: channels,
+            weight: Weights::Dense(rng.normal_tensor(vec![channels * mult, 1, k, k], 1.0)),
+            bias: (case % 2 == 0).then(|| rng.normal_tensor(vec![channels * mult], 1.0)),
+        };
+        let g = one_node(&[channels, hw[0], hw[1]], Op::Conv(conv));
+        for batch in [1, 3] {
+            let x = rng.normal_tensor(vec![batch, channels, hw[0], hw[1]], 1.0);
+            let what = format!("depthwise case {case} batch {batch}");
+            for_each_device!(|dev| dev.check(&what, &g, &x, tolerance(k * k)));
+        }
+    }
+}
