@@ -103,3 +103,66 @@ fn patterns_import_to_fused_ops() {
         2
     );
 }
+
+/// Every pattern survives `.cnnpack` (the graph JSON of the new ops) and ONNX export
+/// (opset 17: SiLU and erf-GELU written as their decompositions) and computes the same.
+#[test]
+fn patterns_round_trip_through_cnnpack_and_onnx_export() {
+    use cnnpack::backend::cpu::reference::run_graph;
+    for name in PATTERNS {
+        let d = dir();
+        let graph = fold(load_onnx(&d.join(format!("{name}.onnx"))).unwrap()).unwrap();
+        let x = read_npy(&d.join(format!("{name}.input.npy"))).unwrap();
+        let want = run_graph(&graph, &x).unwrap().remove(0);
+        let packed = cnnpack::format::to_bytes(&graph).unwrap();
+        let back = cnnpack::format::from_bytes(&packed)
+            .unwrap_or_else(|e| panic!("{name}: .cnnpack reload: {e}"));
+        assert_eq!(
+            back.nodes, graph.nodes,
+            "{name}: .cnnpack changed the graph"
+        );
+        let onnx =
+            cnnpack::import::export_onnx(&graph).unwrap_or_else(|e| panic!("{name}: export: {e}"));
+        let again = fold(
+            cnnpack::import::parse_onnx(&onnx)
+                .unwrap_or_else(|e| panic!("{name}: re-import of the export: {e}")),
+        )
+        .unwrap();
+        let got = run_graph(&again, &x).unwrap().remove(0);
+        assert_close(&format!("{name} exported"), &got, &want, (1e-5, 1e-5));
+    }
+}
+
+/// The element-wise ops whose export is not one ONNX node, or needs attributes, come back
+/// from ONNX computing the same: SiLU, erf-GELU, HardSigmoid, Elu; the tanh GELU (no
+/// opset-17 operator) is a clear export error.
+#[test]
+fn unary_exports_round_trip() {
+    use cnnpack::backend::cpu::reference::run_graph;
+    use cnnpack::graph::{GraphBuilder, Op, Rng, UnaryOp};
+    let mut rng = Rng::new(3);
+    let x = rng.normal_tensor(vec![2, 3, 5], 2.0);
+    for op in [
+        UnaryOp::Silu,
+        UnaryOp::Gelu { tanh: false },
+        UnaryOp::HardSigmoid {
+            alpha: 0.3,
+            beta: 0.4,
+        },
+        UnaryOp::Elu { alpha: 0.7 },
+    ] {
+        let mut b = GraphBuilder::new("x", &[3, 5], 1);
+        let y = b.push("op", Op::Unary(op), &["x"]);
+        let g = b.finish(&[&y]).unwrap();
+        let want = run_graph(&g, &x).unwrap().remove(0);
+        let onnx = cnnpack::import::export_onnx(&g).unwrap();
+        let back = fold(cnnpack::import::parse_onnx(&onnx).unwrap()).unwrap();
+        let got = run_graph(&back, &x).unwrap().remove(0);
+        assert_close(&format!("{op:?} exported"), &got, &want, (1e-6, 1e-6));
+    }
+    let mut b = GraphBuilder::new("x", &[3, 5], 1);
+    let y = b.push("op", Op::Unary(UnaryOp::Gelu { tanh: true }), &["x"]);
+    let g = b.finish(&[&y]).unwrap();
+    let e = cnnpack::import::export_onnx(&g).unwrap_err();
+    assert!(e.to_string().contains("tanh GELU"), "{e}");
+}
