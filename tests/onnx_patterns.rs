@@ -1,6 +1,7 @@
 //! The constructs of the torchvision families cnnpack once refused (SiLU, squeeze-
 //! excitation, HardSwish, ReduceMean heads, ShuffleNet's shape-computed channel shuffle,
-//! ConvNeXt's channels-last block) and an operator-coverage set, as small ONNX graphs
+//! ConvNeXt's channels-last block, 1-D convs and pools) and an operator-coverage set, as
+//! small ONNX graphs
 //! with ONNX Runtime's outputs (`tests/data/onnx_patterns`, made by
 //! `tools/onnx_patterns.py`): each is imported, folded as the engine folds it, and run
 //! on every device at the file's batch and at batch 1 and 3 (the reference at those
@@ -14,7 +15,7 @@ use cnnpack::import::onnx::load_onnx;
 use common::assert_close;
 use std::path::PathBuf;
 
-const PATTERNS: [&str; 9] = [
+const PATTERNS: [&str; 10] = [
     "silu",
     "squeeze_excite",
     "hardswish_se",
@@ -24,6 +25,7 @@ const PATTERNS: [&str; 9] = [
     "broadcast_binaries",
     "reductions",
     "layout_ops",
+    "conv1d",
 ];
 
 fn dir() -> PathBuf {

@@ -631,6 +631,25 @@ def helper_layout_ops(rng):
     return g.model(LO_SHAPE, y, "layout ops, each piece flattened to [N,-1] and concatenated")
 
 
+# ---- conv1d ---------------------------------------------------------------------------
+
+C1_SHAPE = (4, 23)
+
+
+def helper_conv1d(rng):
+    g = GraphBuilder("conv1d", rng)
+    w = g.init(g.uniform((8, 2, 5), math.sqrt(3.0 / 10)), "conv.weight")
+    b = g.init(g.uniform((8,), 0.2), "conv.bias")
+    y = g.op("Conv", ["input", w, b], group=2, kernel_shape=[5], pads=[2, 1], strides=[2])
+    y = g.op("Relu", [y])
+    y = g.op("MaxPool", [y], kernel_shape=[3], strides=[1], pads=[1, 1])
+    y = g.op("AveragePool", [y], kernel_shape=[2], strides=[2], ceil_mode=1)
+    w2 = g.init(g.uniform((6, 8, 3), math.sqrt(3.0 / 24)), "conv2.weight")
+    y = g.op("Conv", [y, w2], auto_pad="SAME_UPPER")
+    return g.model(C1_SHAPE, y, "1-D Conv (groups, stride, uneven pads), Relu, MaxPool, "
+                   "AveragePool (ceil_mode), Conv (auto_pad SAME_UPPER)")
+
+
 PATTERNS: list[Pattern] = [
     Pattern("silu", "EfficientNet", "Conv -> Sigmoid -> Mul(x, sigmoid(x)) (nn.SiLU)",
             SILU_SHAPE, helper_silu, torch_silu),
@@ -669,6 +688,10 @@ PATTERNS: list[Pattern] = [
             "Slice with negative steps and without steps, Gather (index list with a negative, scalar "
             "index) on axis 1, Pad reflect and edge, Expand, Concat of [N,-1] pieces",
             LO_SHAPE, helper_layout_ops),
+    Pattern("conv1d", "1-D CNNs (audio, sequences)",
+            "1-D Conv (groups, stride, uneven pads), Relu, MaxPool, AveragePool (ceil_mode), "
+            "Conv (auto_pad SAME_UPPER)",
+            C1_SHAPE, helper_conv1d),
 ]
 
 

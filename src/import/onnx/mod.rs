@@ -1,13 +1,14 @@
 //! ONNX to Graph IR.
 //!
 //! Supported (default domain, opsets 1 to 21):
-//! - layers: Conv, Gemm, MatMul (constant 2-D weight; inputs of any rank),
+//! - layers: Conv (2-D, and 1-D as 2-D over `[N, C, 1, L]`), Gemm, MatMul (constant 2-D
+//!   weight; inputs of any rank),
 //!   BatchNormalization, LayerNormalization, InstanceNormalization, LRN;
 //! - element-wise: Relu, LeakyRelu, PRelu, Elu, Clip, Sigmoid, HardSigmoid, HardSwish,
 //!   Tanh, Erf, Gelu, Exp, Log, Sqrt, Neg, Abs, Reciprocal, Softplus, Softsign; Add,
 //!   Sub, Mul, Div, Pow, Max, Min, Sum, Mean with NumPy broadcasting, between computed
 //!   values or with constants;
-//! - reductions and pools: ReduceMean/Sum/Max/Min/L2, MaxPool, AveragePool,
+//! - reductions and pools: ReduceMean/Sum/Max/Min/L2, MaxPool, AveragePool (2-D and 1-D),
 //!   GlobalAveragePool, GlobalMaxPool, Softmax and LogSoftmax on any non-batch axis;
 //! - layout: Transpose, Reshape, Flatten, Squeeze, Unsqueeze, Expand, Concat, Split,
 //!   Slice (negative steps too), Gather (constant indices), Pad (constant, edge,

@@ -24,6 +24,9 @@ impl Importer {
         {
             return Err(ctx.unsupported("inputs", "a layer in a model without a batch axis"));
         }
+        if matches!(ctx.op, "Conv" | "MaxPool" | "AveragePool") && self.is_1d(ctx) {
+            return self.lower_1d(ctx);
+        }
         match ctx.op {
             "Conv" => self.conv(ctx),
             "Gemm" => self.gemm(ctx),

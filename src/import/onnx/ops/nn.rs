@@ -666,6 +666,101 @@ fn transpose2(t: &Tensor) -> Tensor {
     }
 }
 
+impl Importer {
+    /// Whether a Conv, MaxPool or AveragePool node is 1-D: its computed input has rank 3.
+    pub(super) fn is_1d(&self, ctx: &Ctx) -> bool {
+        !self.lift
+            && ctx
+                .input(0)
+                .and_then(|v| self.shape(v).ok())
+                .is_some_and(|s| s.len() == 3)
+    }
+
+    /// A 1-D Conv or pool as the 2-D one over `[N, C, 1, L]`: the input reshaped (no
+    /// data moves), the window attributes and a conv's weight given a leading 1, the
+    /// output reshaped back to `[N, C', L']`.
+    pub(super) fn lower_1d(&mut self, ctx: &Ctx) -> Result<Out, ImportError> {
+        let x = self.dynamic(ctx, 0)?;
+        let s = self.shape(&x)?;
+        let output = ctx.np.output[0].clone();
+        let (x2, y2) = (
+            format!("{output}/cnnpack_2d_in"),
+            format!("{output}/cnnpack_2d_out"),
+        );
+        let mut np = ctx.np.clone();
+        for at in &mut np.attribute {
+            let ints = &mut at.ints;
+            match at.name.as_deref() {
+                Some("kernel_shape" | "strides" | "dilations") if ints.len() == 1 => {
+                    ints.insert(0, 1)
+                }
+                Some("pads") if ints.len() == 2 => *ints = vec![0, ints[0], 0, ints[1]],
+                _ => {}
+            }
+        }
+        np.input[0] = x2.clone();
+        np.output[0] = y2.clone();
+        if ctx.op == "Conv" {
+            let w = self.constant(ctx, 1, "W")?.clone();
+            if w.dims.len() != 3 {
+                return Err(ctx.unsupported(
+                    "W",
+                    format!("weight of rank {} for a 1-D input", w.dims.len()),
+                ));
+            }
+            let mut w2 = w;
+            w2.dims.insert(2, 1);
+            let name = format!("{output}/cnnpack_2d_weight");
+            self.consts.insert(name.clone(), w2);
+            np.input[1] = name;
+        }
+        // The reshaped input's shape, for the 2-D converter (auto_pad reads it).
+        let s2 = vec![s[0], s[1], 1, s[2]];
+        if let Some(shapes) = self.shapes.as_mut() {
+            shapes.insert(x2.clone(), s2.clone());
+        }
+        let inner = Ctx {
+            np: &np,
+            op: ctx.op,
+            name: ctx.name.clone(),
+        };
+        let converted = self.convert(&inner);
+        if let Some(shapes) = self.shapes.as_mut() {
+            shapes.remove(&x2);
+        }
+        let Out::Node(op, _) = converted? else {
+            return Err(ctx.bad("a 1-D window op converted to more than one node"));
+        };
+        let out_hw = match &op {
+            Op::Conv(c) => c.output_hw(1, s[2]).map(|[_, w]| (c.out_channels(), w)),
+            Op::MaxPool(p) | Op::AvgPool(p) => p.output_hw(1, s[2]).map(|[_, w]| (s[1], w)),
+            _ => None,
+        };
+        let (channels, len) =
+            out_hw.ok_or_else(|| ctx.bad(format!("the window does not fit input {s:?}")))?;
+        Ok(Out::Nodes {
+            nodes: vec![
+                (
+                    Op::Reshape {
+                        target: vec![0, s[1] as i64, 1, s[2] as i64],
+                    },
+                    vec![x],
+                    x2.clone(),
+                ),
+                (op, vec![x2], y2.clone()),
+                (
+                    Op::Reshape {
+                        target: vec![0, channels as i64, len as i64],
+                    },
+                    vec![y2],
+                    output,
+                ),
+            ],
+            main: 1,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
