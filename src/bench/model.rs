@@ -127,8 +127,15 @@ pub fn bench_model(
     match &gpu {
         Some(model) => kernels.extend(model.step_kernels()),
         None => {
+            // A Linear after a Reshape sees N * H * W rows (ConvNeXt's MatMuls), not N.
+            let shapes = graph.infer_shapes(batch).ok();
             for node in &graph.nodes {
-                if let Some(k) = fast::kernel_name(prepared.map(|p| p.as_ref()), node, batch) {
+                let rows = shapes
+                    .as_ref()
+                    .and_then(|s| s.get(node.inputs.first()?))
+                    .and_then(|s| s.first().copied())
+                    .unwrap_or(batch);
+                if let Some(k) = fast::kernel_name(prepared.map(|p| p.as_ref()), node, rows) {
                     kernels.insert(node.name.clone(), k.to_string());
                 }
             }
