@@ -1841,3 +1841,57 @@ fn static_models_without_a_batch_axis() {
         assert!((got - want).abs() < 1e-6, "{:?}", y.data);
     }
 }
+
+/// Gather with constant indices on a computed value: a scalar index drops the axis, a
+/// list with a negative entry gathers in its order, a 2-D index array puts its two axes
+/// in place of the gathered one.
+#[test]
+fn gather_index_shapes() {
+    use cnnpack::backend::cpu::reference::run_graph;
+    let gather = |indices: TensorProto| {
+        parse(&model(
+            13,
+            &[3, 4],
+            vec![node(
+                "Gather",
+                "g",
+                &["x", "i"],
+                "y",
+                vec![attr_i("axis", 1)],
+            )],
+            vec![indices],
+            &["y"],
+        ))
+        .unwrap()
+    };
+    // x[n, c, w] = 100 n + 10 c + w.
+    let x = Tensor::new(
+        vec![2, 3, 4],
+        (0..24)
+            .map(|i| (100 * (i / 12) + 10 * ((i / 4) % 3) + i % 4) as f32)
+            .collect(),
+    )
+    .unwrap();
+    let rows = |g: &Graph| run_graph(g, &x).unwrap().remove(0);
+    let mut scalar = i64_typed("i", &[2]);
+    scalar.dims = vec![];
+    let y = rows(&gather(scalar));
+    assert_eq!(y.shape, vec![2, 4]);
+    assert_eq!(&y.data[..4], &[20.0, 21.0, 22.0, 23.0]);
+    let y = rows(&gather(i64_typed("i", &[2, -3, 2])));
+    assert_eq!(y.shape, vec![2, 3, 4]);
+    assert_eq!(
+        &y.data[..12],
+        &[20., 21., 22., 23., 0., 1., 2., 3., 20., 21., 22., 23.]
+    );
+    let mut grid = i64_typed("i", &[0, 2, 1, 1]);
+    grid.dims = vec![2, 2];
+    let y = rows(&gather(grid));
+    assert_eq!(y.shape, vec![2, 2, 2, 4]);
+    // Image 0: channels 0, 2, 1, 1; image 1 (offset 16): channel 0 of it, then 2.
+    assert_eq!(&y.data[8..16], &[10., 11., 12., 13., 10., 11., 12., 13.]);
+    assert_eq!(
+        &y.data[16..24],
+        &[100., 101., 102., 103., 120., 121., 122., 123.]
+    );
+}

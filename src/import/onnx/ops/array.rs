@@ -455,9 +455,10 @@ impl Importer {
             1
         };
         let progression = step >= 1 && norm.windows(2).all(|w| w[1] as i64 - w[0] as i64 == step);
-        if idx.dims.len() > 1 || norm.is_empty() {
-            return Err(ctx.unsupported("indices", format!("{ints:?} of rank {}", idx.dims.len())));
+        if norm.is_empty() {
+            return Err(ctx.unsupported("indices", "an empty list"));
         }
+        let idx_dims = idx.dims.clone();
         let slice_of = |first: usize, last: usize, step: usize| {
             let mut starts = vec![0usize; rank];
             let mut ends = shape.clone();
@@ -473,35 +474,39 @@ impl Importer {
             }
         };
         let output = ctx.np.output[0].clone();
+        // A scalar index, or indices of rank 2 and more: gathered as a flat list, then the
+        // axis is replaced by the indices' dims (none for a scalar; a Reshape).
+        let reshaped = idx_dims.len() != 1;
+        let gathered = if reshaped {
+            format!("{output}/cnnpack_flat")
+        } else {
+            output.clone()
+        };
+        let mut nodes = vec![];
         if !progression {
             // Any other list: one Slice per index, concatenated.
-            let mut nodes = vec![];
             let mut parts = vec![];
             for (j, &i) in norm.iter().enumerate() {
                 let part = format!("{output}/cnnpack_index{j}");
                 nodes.push((slice_of(i, i, 1), vec![x.clone()], part.clone()));
                 parts.push(part);
             }
-            nodes.push((Op::Concat { axis: ax }, parts, output));
-            let main = nodes.len() - 1;
-            return Ok(Out::Nodes { nodes, main });
+            nodes.push((Op::Concat { axis: ax }, parts, gathered.clone()));
+        } else {
+            let slice = slice_of(norm[0], norm[norm.len() - 1], step as usize);
+            if idx_dims.len() == 1 {
+                return Ok(Out::Node(slice, vec![x]));
+            }
+            nodes.push((slice, vec![x], gathered.clone()));
         }
-        let slice = slice_of(norm[0], norm[norm.len() - 1], step as usize);
-        if !idx.dims.is_empty() {
-            return Ok(Out::Node(slice, vec![x]));
+        let main = nodes.len() - 1;
+        if reshaped {
+            let mut target: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            target[0] = 0;
+            target.splice(ax..=ax, idx_dims.iter().map(|&d| d as i64));
+            nodes.push((Op::Reshape { target }, vec![gathered], output));
         }
-        // A scalar index removes the axis.
-        let mut target: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        target[0] = 0;
-        target.remove(ax);
-        let sliced = format!("{output}/cnnpack_slice");
-        Ok(Out::Nodes {
-            nodes: vec![
-                (slice, vec![x], sliced.clone()),
-                (Op::Reshape { target }, vec![sliced], output),
-            ],
-            main: 0,
-        })
+        Ok(Out::Nodes { nodes, main })
     }
 
     /// Pad in constant mode, not on the batch axis.
