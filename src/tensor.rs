@@ -6,6 +6,15 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Row-major strides of `shape` (elements between neighbours along each axis).
+pub fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * shape[d + 1];
+    }
+    s
+}
+
 /// A dense f32 tensor, row-major. Activations are NCHW, conv weights
 /// `[Cout, Cin/groups, kh, kw]`, fc weights `[out, in]`.
 ///

@@ -13,6 +13,7 @@ use super::forward::{Aux, BnMode, Cache};
 use super::TrainError;
 use crate::backend::cpu::reference::broadcast_to;
 use crate::graph::{BinaryKind, Graph, Op, Pool2d, Tensor};
+use crate::tensor::strides;
 use std::collections::HashMap;
 
 fn add_into(grads: &mut HashMap<String, Tensor>, name: &str, g: Tensor) {
@@ -423,15 +424,6 @@ fn lrn_backward(x: &Tensor, dy: &Tensor, size: usize, alpha: f32, beta: f32, bia
         }
     }
     like(x, dx)
-}
-
-/// Row-major strides of `shape`.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * shape[d + 1];
-    }
-    s
 }
 
 /// Calls `f(flat_index, multi_index)` for every element of `shape` in row-major order.

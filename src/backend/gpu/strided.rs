@@ -7,6 +7,7 @@ use super::context::{fw, uw, Bind, Dispatch, Slot};
 use super::encode::StepIo;
 use super::GpuError;
 use crate::graph::{BinaryKind, ReduceKind, Tensor};
+use crate::tensor::strides;
 
 const SOURCE: &str = include_str!("../../../shaders/strided.wgsl");
 
@@ -53,15 +54,6 @@ fn launch(
         words,
         io.grid256(invocations)?,
     )])
-}
-
-/// Row-major strides of `shape`.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * shape[d + 1];
-    }
-    s
 }
 
 /// Strides of an operand of shape `operand` read at the indices of `out` (NumPy

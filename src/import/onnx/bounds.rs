@@ -14,13 +14,13 @@ pub const MAX_NODES: usize = 1_000_000;
 
 /// Shapes of every node in order, rejecting any value over `MAX_ELEMENTS` per
 /// item as soon as it appears, so later shape arithmetic cannot overflow.
-pub(super) fn bounded_shapes(graph: &mut Graph, batch: usize) -> Result<Shapes, ImportError> {
+pub(super) fn bounded_shapes(graph: &Graph, batch: usize) -> Result<Shapes, ImportError> {
     let mut shapes = Shapes::new();
     let mut first = vec![batch];
     first.extend(&graph.input.item_shape);
     shapes.insert(graph.input.name.clone(), first);
     for i in 0..graph.nodes.len() {
-        match node_shape_bounded(&mut graph.nodes[i], &shapes)? {
+        match node_shape_bounded(&graph.nodes[i], &shapes)? {
             Some(s) => {
                 shapes.insert(graph.nodes[i].output.clone(), s);
             }
@@ -41,7 +41,7 @@ pub(super) fn bounded_shapes(graph: &mut Graph, batch: usize) -> Result<Shapes, 
 /// Ops go through the IR's own shape rules; Add and Concat are checked here (their
 /// sums saturate).
 pub(super) fn node_shape_bounded(
-    node: &mut Node,
+    node: &Node,
     shapes: &Shapes,
 ) -> Result<Option<Vec<usize>>, ImportError> {
     let mut ins = Vec::with_capacity(node.inputs.len());

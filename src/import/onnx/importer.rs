@@ -317,7 +317,7 @@ impl Importer {
         let Some(shapes) = self.shapes.as_mut() else {
             return Ok(());
         };
-        let node = self.graph.nodes.last_mut().expect("called after a push");
+        let node = self.graph.nodes.last().expect("called after a push");
         match node_shape_bounded(node, shapes)? {
             Some(s) => {
                 shapes.insert(node.output.clone(), s);

@@ -245,7 +245,7 @@ fn import(bytes: &[u8], lift: bool) -> Result<Graph, ImportError> {
     if unordered {
         // The file was not in topological order (ONNX requires it, but sorting
         // fixed it): check sizes over the sorted nodes before any plain inference.
-        bounded_shapes(&mut graph, batch)?;
+        bounded_shapes(&graph, batch)?;
     }
     graph.infer_shapes(1)?;
     // Weights and constants: lengths against shapes, and no NaN or infinity.

@@ -3,6 +3,7 @@
 
 use super::dense::OutPtr;
 use crate::graph::Tensor;
+use crate::tensor::strides;
 use rayon::prelude::*;
 
 /// Floats per parallel copy: 256 KiB, large enough that a task is not dominated by its
@@ -75,15 +76,6 @@ pub(super) fn transpose_blocks(
 /// Rows of `rows_per_task * row` output elements per parallel task: about `CHUNK`.
 fn rows_per_task(row: usize) -> usize {
     (CHUNK / row.max(1)).max(1)
-}
-
-/// Row-major strides of `shape`.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * shape[d + 1];
-    }
-    s
 }
 
 /// Writes every row of the last axis of `out_shape` in parallel: `row_at(index)` gives

@@ -337,21 +337,20 @@ fn conv_node(
             )
         }
         Some(CpuChoice::Conv(ConvChoice::InPlace)) => conv2d_relu(x, c, relu),
-        Some(CpuChoice::Conv(ConvChoice::Depthwise)) => match &c.weight {
-            Weights::Dense(w) => dense::depthwise_conv2d(x, c, &w.data, relu),
-            _ => match prepared.and_then(|p| p.decoded(node)) {
-                Some(dense) => {
-                    let Weights::Dense(w) = &dense.weight else {
-                        unreachable!("decoded weights are dense")
-                    };
-                    dense::depthwise_conv2d(x, c, &w.data, relu)
-                }
-                None => {
-                    let w = c.weight.to_dense();
-                    dense::depthwise_conv2d(x, c, &w.data, relu)
-                }
-            },
-        },
+        Some(CpuChoice::Conv(ConvChoice::Depthwise)) => {
+            // Compressed weights: decoded once by the model, or for this call.
+            let w = match (&c.weight, prepared.and_then(|p| p.decoded(node))) {
+                (
+                    _,
+                    Some(Conv2d {
+                        weight: Weights::Dense(w),
+                        ..
+                    }),
+                ) => std::borrow::Cow::Borrowed(w),
+                _ => c.weight.to_dense(),
+            };
+            dense::depthwise_conv2d(x, c, &w.data, relu)
+        }
         Some(CpuChoice::Conv(ConvChoice::DecodedInPlace)) => {
             match prepared.and_then(|p| p.decoded(node)) {
                 Some(dense) => conv2d_relu(x, dense, relu),

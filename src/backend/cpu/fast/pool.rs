@@ -171,7 +171,8 @@ pub fn avg_pool(x: &Tensor, p: &Pool2d) -> Tensor {
 
 /// Mean over H and W, one plane per task, summed in 8 f32 lanes (vectorized; the
 /// reference sums in f64: the difference is a few ulps of the mean). EfficientNet-B0's
-/// 16 squeeze-excitation pools took 1.8 of its ~25 ms at batch 1 in the reference.
+/// global pools (its squeeze-excitations' and the head's) took 1.8 of its ~25 ms at batch 1
+/// in the reference.
 pub fn global_avg_pool(x: &Tensor) -> Tensor {
     let (n, c, hw) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3]);
     let data = x

@@ -1,6 +1,7 @@
 //! Ops that only move data: concat, pad, slice, transpose.
 
 use crate::graph::{PadMode, ReduceKind, Tensor};
+use crate::tensor::strides;
 
 /// Concatenation along `axis`.
 pub fn concat(xs: &[&Tensor], axis: usize) -> Tensor {
@@ -15,15 +16,6 @@ pub fn concat(xs: &[&Tensor], axis: usize) -> Tensor {
         }
     }
     Tensor { shape, data }
-}
-
-/// Row-major strides of `shape`.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * shape[d + 1];
-    }
-    s
 }
 
 /// Calls `f(out_index, multi_index)` for every element of `shape` in row-major order.

@@ -390,15 +390,19 @@ fn fold_binary(ctx: &Ctx, kind: BinaryKind, p: &Const, q: &Const) -> Result<Cons
         ))
     })?;
     if let (ConstData::I64(a), ConstData::I64(b)) = (&p.data, &q.data) {
+        // Each output element reads `v` at its index with the broadcast axes at 0.
         let expand = |v: &[i64], d: &[usize]| {
-            let t = Tensor {
-                shape: d.to_vec(),
-                data: (0..v.len()).map(|i| i as f32).collect(),
-            };
-            let idx = crate::backend::cpu::reference::broadcast_to(&t, &dims);
-            idx.data
-                .iter()
-                .map(|&i| v[i as usize])
+            let own = crate::tensor::strides(d);
+            let lead = dims.len() - d.len();
+            let out = crate::tensor::strides(&dims);
+            (0..dims.iter().product::<usize>())
+                .map(|i| {
+                    let off: usize = (lead..dims.len())
+                        .filter(|&a| d[a - lead] != 1)
+                        .map(|a| (i / out[a]) % dims[a] * own[a - lead])
+                        .sum();
+                    v[off]
+                })
                 .collect::<Vec<i64>>()
         };
         let (a, b) = (expand(a, &p.dims), expand(b, &q.dims));

@@ -8,8 +8,9 @@
 //!
 //! The GEMM path did one 1 x (kh * kw) by (kh * kw) x positions product per channel, whose
 //! packing cost more than the arithmetic. MobileNet v3-large's depthwise layers at batch 1
-//! (AMD EPYC Zen 4, `cnnpack bench --layers 500`): 3.8 ms on the GEMM, 4.6 ms with the
-//! row form alone, 2.1 ms with both; EfficientNet-B0's 10.1, 8.3, 3.5 ms.
+//! (AMD EPYC Zen 4, `cnnpack bench --layers 500`, three runs on a VM whose speed drifted):
+//! ~3.5 ms on the GEMM, 4.6 ms with the row form alone, 2.1 ms with both; EfficientNet-B0's
+//! ~9.6, 8.3, 3.5 ms.
 
 use crate::graph::{Conv2d, Tensor};
 use rayon::prelude::*;
